@@ -1,0 +1,18 @@
+"""Agent Ops Console: entry point and navigation."""
+
+import streamlit as st
+
+from components.context import PAGES, current_identity, current_settings
+from components.sidebar import render_sidebar
+
+st.set_page_config(page_title="Agent Ops Console", page_icon=":material/hub:", layout="wide")
+
+PAGES.update(
+    {
+        "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    }
+)
+navigation = st.navigation(list(PAGES.values()))
+settings = current_settings()
+render_sidebar(settings, current_identity(settings))
+navigation.run()

@@ -1,0 +1,39 @@
+"""Plotly charts shared by pages."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from services.serving import Endpoint
+
+_PALETTE = ("#1f6feb", "#d97706", "#059669", "#9333ea", "#dc2626", "#0891b2")
+
+
+def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
+    """Horizontal stacked bars: each endpoint's traffic share per served version."""
+    figure = go.Figure()
+    for endpoint in endpoints:
+        by_entity = {s.entity_name: s for s in endpoint.served}
+        for index, route in enumerate(endpoint.routes):
+            served = by_entity.get(route.entity_name)
+            label = f"v{served.model_version}" if served else route.entity_name
+            figure.add_bar(
+                y=[endpoint.name],
+                x=[route.percentage],
+                orientation="h",
+                name=f"{endpoint.name} {label}",
+                text=f"{label} · {route.percentage}%",
+                textposition="inside",
+                insidetextanchor="middle",
+                marker_color=_PALETTE[index % len(_PALETTE)],
+                hovertemplate=f"{endpoint.name}<br>{label}: %{{x}}%<extra></extra>",
+                showlegend=False,
+            )
+    figure.update_layout(
+        barmode="stack",
+        height=60 + 48 * max(1, len(endpoints)),
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis=dict(range=[0, 100], ticksuffix="%", title=None),
+        yaxis=dict(title=None, autorange="reversed"),
+    )
+    return figure

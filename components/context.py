@@ -1,0 +1,50 @@
+"""Per-request context for pages: settings, the signed-in user and the page registry."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import streamlit as st
+
+from components.errors import show_error
+from services import _clients
+from services.errors import AgentOpsError
+from services.identity import Identity, resolve_identity
+from services.settings import Settings
+
+
+def request_headers() -> Mapping[str, str]:
+    """Headers of the current request (Databricks Apps forwards the user in them).
+
+    The single accessor the app uses, so tests (AppTest cannot set headers) can replace it.
+    """
+    try:
+        return dict(st.context.headers or {})
+    except Exception:  # noqa: BLE001 - no request context (bare script runs)
+        return {}
+
+
+def current_settings() -> Settings:
+    """Settings for this process, or an error on the page and a stop."""
+    try:
+        return _clients.configure_mlflow()
+    except AgentOpsError as exc:
+        show_error(exc, what="The app is not configured")
+        st.stop()
+        raise  # unreachable: st.stop raises
+
+
+def current_identity(settings: Settings) -> Identity:
+    """The signed-in user (forwarded headers) or the OS user locally."""
+    return resolve_identity(settings, request_headers())
+
+
+# Pages register here under a stable key so other pages link to them only when they exist.
+PAGES: dict[str, st.Page] = {}
+
+
+def page_link(key: str, label: str, *, icon: str | None = None) -> None:
+    """A link to a registered page; nothing when that page is not part of this app."""
+    page = PAGES.get(key)
+    if page is not None:
+        st.page_link(page, label=label, icon=icon)

@@ -1,0 +1,30 @@
+"""Sidebar: which backend and workspace the app is connected to, and who the user is."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from services.identity import Identity, IdentitySource
+from services.settings import Backend, Settings
+
+_BACKEND_LABEL = {
+    Backend.LOCAL: "Local (embedded SQLite)",
+    Backend.MLFLOW: "MLflow server",
+    Backend.DATABRICKS: "Databricks",
+}
+
+
+def render_sidebar(settings: Settings, identity: Identity) -> None:
+    """Backend badge, workspace and user in the sidebar."""
+    with st.sidebar:
+        st.markdown(f"**Backend** &nbsp; :blue-badge[{_BACKEND_LABEL[settings.backend]}]")
+        st.caption("Workspace")
+        st.code(settings.workspace_label, language=None, wrap_lines=True)
+        if settings.databricks_app_name:
+            st.caption(f"App: {settings.databricks_app_name}")
+        who = identity.display_name
+        if identity.source is IdentitySource.UNKNOWN:
+            st.warning("Signed-in user unknown: no forwarded identity headers.", icon=":material/person_off:")
+        else:
+            origin = "Databricks Apps" if identity.source is IdentitySource.DATABRICKS_APPS else "OS user"
+            st.markdown(f":material/person: **{who}**  \n:gray[{origin}]")

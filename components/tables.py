@@ -1,0 +1,77 @@
+"""Tables for the overview: agents, endpoints and evaluations as DataFrames."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from services.evaluations import EvaluationSummary
+from services.overview import AgentActivity
+from services.serving import Endpoint
+
+MAIN_ALIASES = ("champion", "challenger")
+
+
+def _version_label(agent_name: str, version: str | None) -> str:
+    return f"v{version}" if version else "—"
+
+
+def agents_frame(activity: tuple[AgentActivity, ...]) -> pd.DataFrame:
+    """One row per agent: versions, alias holders and last-24h traffic."""
+    rows = []
+    for item in activity:
+        agent, window = item.agent, item.last_24h
+        other = {k: v for k, v in agent.aliases.items() if k not in MAIN_ALIASES}
+        rows.append(
+            {
+                "Agent": agent.name,
+                "Versions": agent.version_count,
+                "Champion": _version_label(agent.name, agent.aliases.get("champion")),
+                "Challenger": _version_label(agent.name, agent.aliases.get("challenger")),
+                "Other aliases": ", ".join(f"{k} → v{v}" for k, v in other.items()) or "—",
+                "Traces (24h)": window.traces,
+                "Error rate (24h)": window.error_rate,
+                "p95 latency (ms)": window.p95_ms,
+                "Cost (24h, $)": window.total_cost,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
+    """One row per endpoint with its traffic split written out."""
+    rows = []
+    for endpoint in endpoints:
+        by_entity = {s.entity_name: s for s in endpoint.served}
+        split = " · ".join(
+            f"{by_entity[r.entity_name].model_name} v{by_entity[r.entity_name].model_version} {r.percentage}%"
+            if r.entity_name in by_entity
+            else f"{r.entity_name} {r.percentage}%"
+            for r in endpoint.routes
+        )
+        rows.append(
+            {
+                "Endpoint": endpoint.name,
+                "State": endpoint.state.value,
+                "Traffic split": split or "—",
+                "Sticky": "yes" if endpoint.sticky else "no",
+                "Updated": endpoint.updated_at,
+                "Updated by": endpoint.updated_by or "—",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
+    """Latest evaluation runs with their mean scorer values as columns."""
+    rows = []
+    for run in runs:
+        row = {
+            "Run": run.run_name,
+            "Agent": run.agent or "—",
+            "Version": f"v{run.version}" if run.version else "—",
+            "Dataset": run.dataset or "—",
+            "Started": run.started_at,
+        }
+        row.update({name.removesuffix("/mean"): value for name, value in sorted(run.metrics.items())})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""Demo agents and datasets for Agent Ops Console."""

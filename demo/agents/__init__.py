@@ -1,0 +1,1 @@
+"""Deterministic MLflow ResponsesAgent demo agents (models-from-code files)."""

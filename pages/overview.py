@@ -1,0 +1,96 @@
+"""Overview: a real summary of the connected workspace."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components.charts import split_chart
+from components.context import current_settings, page_link
+from components.errors import show_error
+from components.tables import agents_frame, endpoints_frame, evaluations_frame
+from services import overview as overview_service
+from services._clients import check_connection
+from services.errors import AgentOpsError
+from services.settings import Settings
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _load(settings: Settings) -> overview_service.WorkspaceOverview:
+    check_connection(settings)
+    return overview_service.workspace_overview(settings)
+
+
+settings = current_settings()
+st.title("Overview")
+
+try:
+    with st.spinner("Reading the workspace…"):
+        data = _load(settings)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the workspace")
+    st.stop()
+
+st.caption(f"Connected to `{settings.workspace_label}` · as of {data.generated_at:%Y-%m-%d %H:%M} UTC")
+
+if data.is_empty:
+    st.info(
+        "**This workspace has no registered agents yet.** Register an agent version in MLflow, "
+        "or fill the store with the demo workspace:\n\n```\npython -m demo.seed\n```",
+        icon=":material/inbox:",
+    )
+    st.stop()
+
+window = data.last_24h
+kpis = st.columns(6)
+kpis[0].metric("Agents", len(data.agents))
+kpis[1].metric("Versions", data.version_count)
+kpis[2].metric("Traces (24h)", f"{window.traces:,}")
+kpis[3].metric("Errors (24h)", f"{window.errors:,}",
+               help="Traces whose root span failed", delta=None)
+kpis[4].metric("Error rate (24h)", f"{window.error_rate:.1%}" if window.error_rate is not None else "—")
+kpis[5].metric("p95 latency (24h)", f"{window.p95_ms:,.0f} ms" if window.p95_ms is not None else "—")
+
+st.subheader("Agents")
+st.caption("Who holds each alias, and each agent's traffic over the last 24 hours.")
+st.dataframe(
+    agents_frame(data.agents),
+    hide_index=True,
+    use_container_width=True,
+    column_config={
+        "Error rate (24h)": st.column_config.NumberColumn(format="percent"),
+        "p95 latency (ms)": st.column_config.NumberColumn(format="%.0f"),
+        "Cost (24h, $)": st.column_config.NumberColumn(format="$%.4f"),
+    },
+)
+page_link("versions", "Browse versions, promote or roll back aliases", icon=":material/sell:")
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Serving endpoints")
+    if data.endpoints:
+        st.plotly_chart(split_chart(data.endpoints), use_container_width=True, config={"displayModeBar": False})
+        st.dataframe(
+            endpoints_frame(data.endpoints),
+            hide_index=True,
+            use_container_width=True,
+            column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+        )
+    else:
+        st.info("No serving endpoints are configured.", icon=":material/route:")
+    page_link("serving", "Change traffic splits", icon=":material/alt_route:")
+with right:
+    st.subheader("Latest evaluations")
+    if data.latest_evaluations:
+        st.dataframe(
+            evaluations_frame(data.latest_evaluations),
+            hide_index=True,
+            use_container_width=True,
+            column_config={"Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+        )
+    else:
+        st.info("No evaluation runs yet.", icon=":material/fact_check:")
+    page_link("evaluations", "Run and compare evaluations", icon=":material/fact_check:")
+
+if st.button("Refresh", icon=":material/refresh:"):
+    _load.clear()
+    st.rerun()

@@ -1,0 +1,182 @@
+"""The backend switch: the one place that configures MLflow and builds clients."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from functools import lru_cache
+from typing import Any, Iterator
+
+from services.errors import (
+    AgentOpsError,
+    BackendUnavailableError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from services.settings import Backend, Settings, load_settings
+
+_logger = logging.getLogger(__name__)
+_configure_lock = threading.Lock()
+_configured_for: Settings | None = None
+
+# Defaults that keep a local SQLite setup from silently losing data or blocking
+# (measured in shared/MLFLOW-NOTES.md). Only set when the user has not chosen otherwise.
+LOCAL_MLFLOW_DEFAULTS = {
+    # Ten parallel workers exhaust SQLite's connection pool and drop evaluation rows.
+    "MLFLOW_GENAI_EVAL_MAX_WORKERS": "2",
+    # The cost catalog is otherwise fetched from the internet, blocking ~7 s offline.
+    "MLFLOW_MODEL_CATALOG_URI": "",
+    # A burst overflows the async export queue (size 1000) and traces are discarded.
+    "MLFLOW_ASYNC_TRACE_LOGGING_MAX_QUEUE_SIZE": "100000",
+    # Fail fast instead of retrying for minutes when a server is down.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def get_settings() -> Settings:
+    """Settings of this process, read once from the environment."""
+    return _cached_settings()
+
+
+@lru_cache(maxsize=1)
+def _cached_settings() -> Settings:
+    return load_settings()
+
+
+def configure_mlflow(settings: Settings | None = None) -> Settings:
+    """Point MLflow at the configured backend (idempotent) and return the settings used."""
+    global _configured_for
+    settings = settings or get_settings()
+    with _configure_lock:
+        if _configured_for == settings:
+            return settings
+        import mlflow
+
+        for key, value in LOCAL_MLFLOW_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        if settings.backend is Backend.LOCAL:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            settings.artifact_root.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_registry_uri(settings.registry_uri)
+        _configured_for = settings
+        return settings
+
+
+def mlflow_client(settings: Settings | None = None) -> Any:
+    """An ``MlflowClient`` for the configured backend."""
+    from mlflow import MlflowClient
+
+    settings = configure_mlflow(settings)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+
+
+def workspace_client(settings: Settings | None = None, *, user_token: str | None = None) -> Any:
+    """A Databricks ``WorkspaceClient``: the app's identity, or the user's when a token is given."""
+    from databricks.sdk import WorkspaceClient
+
+    settings = settings or get_settings()
+    if settings.backend is not Backend.DATABRICKS:
+        raise BackendUnavailableError("A Databricks workspace is only used with AGENTOPS_BACKEND=databricks.")
+    if user_token:
+        # auth_type="pat": otherwise the SDK refuses a token alongside the app's OAuth env vars.
+        return WorkspaceClient(host=settings.databricks_host, token=user_token, auth_type="pat")
+    return WorkspaceClient(host=settings.databricks_host)
+
+
+def artifact_location(settings: Settings, experiment_name: str) -> str | None:
+    """Where a new experiment keeps artifacts: inside the data dir locally, server default otherwise."""
+    if settings.backend is Backend.LOCAL:
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in experiment_name.strip("/"))
+        return (settings.artifact_root / safe).as_uri()
+    return None
+
+
+def get_or_create_experiment(client: Any, name: str, settings: Settings | None = None) -> str:
+    """Experiment id by name, creating it (with an explicit artifact location) when missing."""
+    settings = settings or get_settings()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(settings, name))
+
+
+def check_connection(settings: Settings | None = None) -> None:
+    """Raise ``BackendUnavailableError`` with a clear message when the store cannot be read."""
+    settings = settings or get_settings()
+    if settings.backend is Backend.LOCAL and settings.db_path.exists():
+        with settings.db_path.open("rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise BackendUnavailableError(
+                f"The local store {settings.db_path} is not an SQLite database (it may be "
+                "corrupt). Move it aside, or set AGENTOPS_DATA_DIR to another folder, and restart."
+            )
+    if settings.backend is Backend.MLFLOW:
+        _check_http(settings.mlflow_uri or "")
+    with translate_errors(f"the tracking store at {settings.workspace_label}"):
+        mlflow_client(settings).search_experiments(max_results=1)
+
+
+def _check_http(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BackendUnavailableError(
+            f"Cannot reach the MLflow server at {uri} ({reason}). Check that it is running and "
+            "that AGENTOPS_MLFLOW_URI is right."
+        ) from None
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn MLflow, SQLAlchemy and SDK exceptions into the service layer's typed errors."""
+    try:
+        yield
+    except AgentOpsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point is to classify everything
+        raise classify_error(exc, what) from exc
+
+
+def classify_error(exc: Exception, what: str) -> AgentOpsError:
+    """Map a backend exception to a typed error whose message names ``what``."""
+    from mlflow.exceptions import MlflowException
+
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MlflowException):
+        code = exc.error_code
+        if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return NotFoundError(f"Not found in {what}: {message}")
+        if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            return PermissionDeniedError(f"{what} refused the call: {message}")
+        if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE"):
+            return ValidationError(message)
+        if code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_CONFLICT", "ABORTED"):
+            return ConflictError(message)
+    try:
+        from databricks.sdk import errors as dbx_errors
+
+        if isinstance(exc, dbx_errors.NotFound):
+            return NotFoundError(f"Not found in {what}: {message}")
+        if isinstance(exc, dbx_errors.PermissionDenied):
+            return PermissionDeniedError(f"{what} refused the call: {message}")
+        if isinstance(exc, (dbx_errors.ResourceConflict, dbx_errors.Aborted)):
+            return ConflictError(message)
+        if isinstance(exc, dbx_errors.BadRequest):
+            return ValidationError(message)
+    except ImportError:  # pragma: no cover - the SDK is a hard dependency
+        pass
+    return BackendUnavailableError(f"Could not read {what}: {message}")

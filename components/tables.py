@@ -53,25 +53,25 @@ def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
                 "Endpoint": endpoint.name,
                 "State": endpoint.state.value,
                 "Traffic split": split or "—",
-                "Sticky": "yes" if endpoint.sticky else "no",
-                "Updated": endpoint.updated_at,
                 "Updated by": endpoint.updated_by or "—",
+                "Updated": endpoint.updated_at,
             }
         )
     return pd.DataFrame(rows)
 
 
 def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
-    """Latest evaluation runs with their mean scorer values as columns."""
+    """Latest evaluation runs: agent, version, then each scorer's pass rate as a column."""
     rows = []
     for run in runs:
-        row = {
-            "Run": run.run_name,
-            "Agent": run.agent or "—",
-            "Version": f"v{run.version}" if run.version else "—",
-            "Dataset": run.dataset or "—",
-            "Started": run.started_at,
-        }
+        row = {"Agent": run.agent or run.run_name, "Version": f"v{run.version}" if run.version else "—"}
         row.update({name.removesuffix("/mean"): value for name, value in sorted(run.metrics.items())})
+        row["Dataset"] = run.dataset or "—"
+        row["Started"] = run.started_at
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Scorer columns of an evaluations frame (everything that is not descriptive)."""
+    return [c for c in frame.columns if c not in ("Agent", "Version", "Dataset", "Started")]

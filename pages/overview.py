@@ -7,7 +7,7 @@ import streamlit as st
 from components.charts import split_chart
 from components.context import current_settings, page_link
 from components.errors import show_error
-from components.tables import agents_frame, endpoints_frame, evaluations_frame
+from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns
 from services import overview as overview_service
 from services._clients import check_connection
 from services.errors import AgentOpsError
@@ -64,7 +64,7 @@ st.dataframe(
 )
 page_link("versions", "Browse versions, promote or roll back aliases", icon=":material/sell:")
 
-left, right = st.columns([3, 2])
+left, right = st.columns(2, gap="large")
 with left:
     st.subheader("Serving endpoints")
     if data.endpoints:
@@ -81,11 +81,16 @@ with left:
 with right:
     st.subheader("Latest evaluations")
     if data.latest_evaluations:
+        frame = evaluations_frame(data.latest_evaluations)
         st.dataframe(
-            evaluations_frame(data.latest_evaluations),
+            frame,
             hide_index=True,
             use_container_width=True,
-            column_config={"Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+            column_config={
+                "Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+                **{name: st.column_config.NumberColumn(format="percent", help="Share of rows that passed")
+                   for name in metric_columns(frame)},
+            },
         )
     else:
         st.info("No evaluation runs yet.", icon=":material/fact_check:")

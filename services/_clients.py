@@ -52,10 +52,11 @@ def configure_mlflow(settings: Settings | None = None) -> Settings:
     """Point MLflow at the configured backend (idempotent) and return the settings used."""
     global _configured_for
     settings = settings or get_settings()
+    import mlflow
+
     with _configure_lock:
-        if _configured_for == settings:
+        if _configured_for == settings and mlflow.get_tracking_uri() == settings.tracking_uri:
             return settings
-        import mlflow
 
         for key, value in LOCAL_MLFLOW_DEFAULTS.items():
             os.environ.setdefault(key, value)

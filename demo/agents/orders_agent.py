@@ -204,7 +204,9 @@ def _status_answer(order: dict[str, Any], strategy: str) -> str:
             f"and is currently {status}."
         )
     if status == "shipped":
-        return f"Order {oid} has shipped with {order['carrier']} and is expected to arrive on {eta}."
+        return (
+            f"Order {oid} has shipped with {order['carrier']} and is expected to arrive on {eta}."
+        )
     if status == "processing":
         return (
             f"Order {oid} is still processing at our warehouse and is expected to arrive by {eta}."
@@ -248,11 +250,8 @@ def run_agent(question: str, config: dict) -> AgentRun:
     elif topic:
         arguments = {"topic": topic}
         policy = shipping_policy(topic)
-        tool_calls.append(
-            ToolCall(
-                "shipping_policy", arguments, policy, _tool_duration_ms("shipping_policy", arguments)
-            )
-        )
+        duration = _tool_duration_ms("shipping_policy", arguments)
+        tool_calls.append(ToolCall("shipping_policy", arguments, policy, duration))
         answer = policy
     elif strategy == "basic" or _ORDERISH.search(question):
         answer = "I can help with that! Please share your order number (it looks like A1234)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -28,8 +29,8 @@ AGENTS = tuple(TARGETS)
 
 
 def _load_agent(name: str) -> ModuleType:
-    # Load by path: with tests/demo/__init__.py the name "demo" can resolve to this test
-    # package under pytest's default rootdir-prepend import mode.
+    # Load by file path, the way MLflow's models-from-code loader does, so the file is
+    # exercised as a standalone artifact rather than as part of the demo package.
     module_name = f"_demo_{name}_agent_under_test"
     if module_name in sys.modules:
         return sys.modules[module_name]
@@ -156,10 +157,9 @@ def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Isolated SQLite tracking store with an experiment; restores global MLflow state."""
     # Bundled cost catalog only: no network fetch during tests.
     monkeypatch.setenv("MLFLOW_MODEL_CATALOG_URI", "")
-    # set_tracking_uri/set_experiment also export env vars and module globals; snapshot them
-    # here so monkeypatch restores the originals on teardown.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    # set_tracking_uri/set_experiment also export env vars (which monkeypatch.delenv would not
+    # undo when they were unset to begin with), so snapshot and restore them by hand.
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     previous_uri = tracking_utils._tracking_uri
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -172,6 +172,11 @@ def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     finally:
         # Passing the raw previous value (often None) also resets the tracer provider.
         mlflow.set_tracking_uri(previous_uri)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # (agent, config that differs from DEFAULT_CONFIG, question, tools expected in the trace)
@@ -220,10 +225,3 @@ def test_logged_model_predicts_and_traces(
         "total_tokens": expected.input_tokens + expected.output_tokens,
     }
     assert llm_span.llm_cost and llm_span.llm_cost["total_cost"] > 0
-
-
-def test_zz_probe_no_leak() -> None:
-    import os
-    print("\nPROBE", tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"),
-          os.environ.get("MLFLOW_EXPERIMENT_ID"), mlflow.tracking.fluent._active_experiment_id,
-          os.environ.get("MLFLOW_MODEL_CATALOG_URI"))

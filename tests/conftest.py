@@ -1,0 +1,47 @@
+"""Shared fixtures: one seeded demo store per test session, and isolated empty stores."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Decided before any service module reads the environment: tests never touch the
+# project's own .agentops/ folder.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="agentops-tests-"))
+os.environ["AGENTOPS_BACKEND"] = "local"
+os.environ["AGENTOPS_DATA_DIR"] = str(_SESSION_DIR / "seeded")
+os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+os.environ.pop("AGENTOPS_MLFLOW_URI", None)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def seeded_settings():
+    """Settings of a store seeded once with the demo workspace."""
+    from demo import seed
+    from services._clients import configure_mlflow, get_settings
+
+    settings = configure_mlflow(get_settings())
+    assert seed.seed(settings, progress=lambda *_: None), "the session store was not empty"
+    return settings
+
+
+@pytest.fixture
+def isolated_settings(tmp_path):
+    """Settings of a fresh, empty local store; MLflow points back at the session store after."""
+    from services._clients import configure_mlflow, get_settings
+    from services.settings import load_settings
+
+    settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": str(tmp_path / "store")}))
+    yield settings
+    configure_mlflow(get_settings())
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,94 @@
+"""The Overview page over real stores, driven by Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
+
+from services import _clients
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+def _run_app() -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    return app
+
+
+def _metric(app: AppTest, label: str) -> str:
+    return next(m.value for m in app.metric if m.label == label)
+
+
+def _traces_since(client: MlflowClient, experiment_ids: list[str], since_ms: int) -> int:
+    found = client.search_traces(
+        locations=experiment_ids, filter_string=f"trace.timestamp_ms >= {since_ms}",
+        max_results=5000, include_spans=False,
+    )
+    return len(found)
+
+
+@pytest.fixture
+def use_store(monkeypatch):
+    """Point the app (which reads settings from the environment) at another store."""
+
+    def use(data_dir: Path) -> None:
+        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
+        _clients._cached_settings.cache_clear()
+
+    yield use
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+
+
+@pytest.mark.slow
+def test_overview_shows_what_the_store_holds(seeded_settings):
+    client = MlflowClient(tracking_uri=seeded_settings.tracking_uri)
+    models = client.search_registered_models()
+    experiment_ids = [m.tags["agentops.experiment_id"] for m in models]
+    day_ms = 24 * 3600 * 1000
+    before = _traces_since(client, experiment_ids, int(time.time() * 1000) - day_ms)
+    app = _run_app()
+    after = _traces_since(client, experiment_ids, int(time.time() * 1000) - day_ms)
+
+    assert not app.exception
+    assert _metric(app, "Agents") == str(len(models))
+    assert _metric(app, "Versions") == str(len(client.search_model_versions()))
+    shown = int(_metric(app, "Traces (24h)").replace(",", ""))
+    # The window slides while the page renders; the store's count brackets the shown one.
+    assert after <= shown <= before
+
+    agents = app.dataframe[0].value
+    assert sorted(agents["Agent"]) == sorted(m.name for m in models)
+    for model in models:
+        row = agents[agents["Agent"] == model.name].iloc[0]
+        full = client.get_registered_model(model.name)
+        assert row["Champion"] == f"v{full.aliases['champion']}"
+        assert row["Challenger"] == f"v{full.aliases['challenger']}"
+    endpoints = app.dataframe[1].value
+    assert set(endpoints["Endpoint"]) == {"support-prod", "orders-prod"}
+    evaluations = app.dataframe[2].value
+    assert len(evaluations) == 6
+    assert not app.error
+
+
+def test_empty_store_shows_how_to_fill_it(tmp_path, use_store):
+    use_store(tmp_path / "empty")
+    app = _run_app()
+    assert not app.exception
+    assert any("no registered agents" in i.value for i in app.info)
+    assert any("python -m demo.seed" in i.value for i in app.info)
+
+
+def test_corrupt_store_gives_a_message_not_a_traceback(tmp_path, use_store):
+    data_dir = tmp_path / "corrupt"
+    data_dir.mkdir()
+    (data_dir / "mlflow.db").write_bytes(b"garbage" * 100)
+    use_store(data_dir)
+    app = _run_app()
+    assert not app.exception
+    assert any("not an SQLite database" in e.value for e in app.error)

@@ -85,7 +85,9 @@ def list_endpoints(settings: Settings | None = None) -> list[Endpoint]:
     settings = settings or get_settings()
     if settings.backend is Backend.DATABRICKS:
         with translate_errors("Model Serving"):
-            return [_from_sdk(e) for e in workspace_client(settings).serving_endpoints.list()]
+            endpoints = workspace_client(settings).serving_endpoints
+            # The list call returns config summaries without traffic routes; get() has them.
+            return [_from_sdk(endpoints.get(summary.name)) for summary in endpoints.list()]
     return sorted(_read_local(settings).values(), key=lambda e: e.name)
 
 

@@ -132,3 +132,29 @@ def model_filter(model_id: str) -> str:
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def recent_tag_values(
+    experiment_ids: Sequence[str],
+    key: str,
+    start: datetime,
+    end: datetime,
+    *,
+    sample: int = 1000,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Distinct values of a trace tag among the newest ``sample`` traces of a window (no spans read).
+
+    The store cannot group by tags, so this samples; rare values outside the sample are missed.
+    """
+    if not experiment_ids:
+        return []
+    client = mlflow_client(settings)
+    clauses = f"trace.timestamp_ms >= {_ms(start)} AND trace.timestamp_ms < {_ms(end)}"
+    with translate_errors("trace search"):
+        page = client.search_traces(
+            locations=list(experiment_ids), filter_string=clauses, max_results=sample,
+            include_spans=False, order_by=["timestamp_ms DESC"],
+        )
+    values = {t.info.tags.get(key) for t in page}
+    return sorted((v for v in values if v), key=lambda v: (len(v), v))

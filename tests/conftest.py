@@ -19,6 +19,16 @@ os.environ.pop("AGENTOPS_MLFLOW_URI", None)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_points_at_the_session_store():
+    """Each test starts with MLflow's global URIs on the session store, whatever ran before."""
+    from services import _clients
+
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+    yield
+
+
 @pytest.fixture(scope="session")
 def seeded_settings():
     """Settings of a store seeded once with the demo workspace."""

@@ -41,6 +41,7 @@ def use_store(monkeypatch):
         _clients._cached_settings.cache_clear()
 
     yield use
+    monkeypatch.undo()
     _clients._cached_settings.cache_clear()
     _clients.configure_mlflow()
 

@@ -1,0 +1,181 @@
+"""Tables and widgets for the Versions & releases page (no MLflow calls here)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from services.audit import AliasChange
+from services.releases import AliasState, CheckStatus, Drift, PromotionPlan
+from services.versions import VersionDetail, VersionDiff
+
+_CHECK_ICON = {CheckStatus.PASS: "✅ pass", CheckStatus.FAIL: "❌ fail", CheckStatus.NO_DATA: "➖ no data"}
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "—"
+
+
+def versions_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The listing frame as shown: one row per version, one column per evaluation metric."""
+    metrics = sorted({m for row in frame["metrics"] for m in row}) if not frame.empty else []
+    rows = []
+    for row in frame.itertuples(index=False):
+        shown = {
+            "Version": f"v{row.version}",
+            "Aliases": ", ".join(row.aliases) or "—",
+            "Created": row.created,
+            "Creator": row.creator or "—",
+            "Status": row.status,
+            "Git commit": (row.git_commit or "")[:10] or "—",
+        }
+        shown.update({m.removesuffix("/mean"): row.metrics.get(m) for m in metrics})
+        shown.update(
+            {
+                "Traces (7d)": row.traces,
+                "Error rate": row.error_rate,
+                "p95 (ms)": row.p95_ms,
+                "Cost / request ($)": row.cost_per_request,
+                "Params": ", ".join(f"{k}={v}" for k, v in sorted(row.params.items())) or "—",
+                "Tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items()) if k != "git_commit") or "—",
+                "Source run": row.run_id or "—",
+                "LoggedModel": row.model_id or "—",
+                "Eval dataset": row.eval_dataset or "—",
+            }
+        )
+        rows.append(shown)
+    return pd.DataFrame(rows)
+
+
+def show_versions_table(frame: pd.DataFrame) -> None:
+    shown = versions_table(frame)
+    metric_cols = [c for c in shown.columns if c not in _FIXED]
+    st.dataframe(
+        shown,
+        hide_index=True,
+        use_container_width=True,
+        column_config={
+            "Created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+            "Error rate": st.column_config.NumberColumn(format="percent"),
+            "p95 (ms)": st.column_config.NumberColumn(format="%.0f"),
+            "Cost / request ($)": st.column_config.NumberColumn(format="$%.5f"),
+            **{c: st.column_config.NumberColumn(format="percent", help="Latest evaluation, share of rows that passed")
+               for c in metric_cols},
+        },
+    )
+
+
+_FIXED = {
+    "Version", "Aliases", "Created", "Creator", "Status", "Git commit", "Traces (7d)", "Error rate", "p95 (ms)",
+    "Cost / request ($)", "Params", "Tags", "Source run", "LoggedModel", "Eval dataset",
+}
+
+
+def show_version_detail(detail: VersionDetail) -> None:
+    """Fields, params, tags and evaluation runs of one version."""
+    cols = st.columns(4)
+    cols[0].metric("Aliases", ", ".join(detail.aliases) or "—")
+    cols[1].metric("Traces (7d)", f"{detail.traffic.traces:,}")
+    cols[2].metric("p95 latency", f"{detail.traffic.p95_ms:,.0f} ms" if detail.traffic.p95_ms is not None else "—")
+    cols[3].metric("Cost / request",
+                   f"${detail.traffic.cost_per_request:.5f}" if detail.traffic.cost_per_request is not None else "—")
+    st.markdown(
+        f"**Created** {detail.created:%Y-%m-%d %H:%M} UTC by {detail.creator or 'unknown'} · **status** {detail.status}  \n"
+        f"**Source run** `{detail.run_id or '—'}` · **LoggedModel** `{detail.model_id or '—'}` · "
+        f"**git commit** `{detail.git_commit or '—'}`"
+        if detail.created else f"**Source run** `{detail.run_id or '—'}`"
+    )
+    if detail.description:
+        st.caption(detail.description)
+    left, right = st.columns(2)
+    left.caption("Params")
+    left.dataframe(pd.DataFrame(sorted(detail.params.items()), columns=["Param", "Value"]), hide_index=True,
+                   use_container_width=True)
+    right.caption("Tags")
+    right.dataframe(pd.DataFrame(sorted(detail.tags.items()), columns=["Tag", "Value"]), hide_index=True,
+                    use_container_width=True)
+    st.caption("Evaluation runs of this version")
+    if detail.evaluations:
+        st.dataframe(
+            pd.DataFrame(
+                [{"Run": e.run_name, "Dataset": e.dataset or "—", "Started": e.started_at, "Status": e.status,
+                  **{m.removesuffix("/mean"): v for m, v in sorted(e.metrics.items())}, "Run id": e.run_id}
+                 for e in detail.evaluations]
+            ),
+            hide_index=True, use_container_width=True,
+            column_config={"Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+        )
+    else:
+        st.info("This version has no evaluation runs yet. Evaluate it before promoting it.", icon=":material/fact_check:")
+
+
+def diff_frame(diff: VersionDiff) -> pd.DataFrame:
+    """Only the params and tags that differ, side by side."""
+    frame = diff.rows.rename(columns={"kind": "Kind", "key": "Key", "left": f"v{diff.left}", "right": f"v{diff.right}"})
+    return frame.fillna("(not set)")
+
+
+def evidence_frame(plan: PromotionPlan) -> pd.DataFrame:
+    """Per-metric evidence: current holder, candidate and delta."""
+    return pd.DataFrame(
+        [{"Metric": d.metric.removesuffix("/mean"), f"Now ({_v(plan.current_version)})": d.current,
+          f"Candidate ({_v(plan.target_version)})": d.candidate, "Δ": d.delta}
+         for d in plan.evidence.deltas]
+    )
+
+
+def checks_frame(plan: PromotionPlan) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"Rule": c.rule.describe(), "Result": _CHECK_ICON[c.status], "Detail": c.detail} for c in plan.checks]
+    )
+
+
+def show_plan(plan: PromotionPlan) -> None:
+    """Before → after, the evidence and the gate verdict of a promotion."""
+    st.markdown(
+        f"#### `{plan.agent}@{plan.alias}`: {_v(plan.current_version)} → {_v(plan.target_version)}"
+    )
+    cols = st.columns(2)
+    cols[0].metric("Points to now", _v(plan.current_version))
+    cols[1].metric("Will point to", _v(plan.target_version))
+    ev = plan.evidence
+    if ev.candidate_eval is None:
+        st.warning(f"{_v(plan.target_version)} has no finished evaluation run: there is no evidence for it.",
+                   icon=":material/warning:")
+    else:
+        same = "same dataset" if ev.current_eval else "the current holder has no evaluation on it"
+        st.caption(f"Evidence: latest evaluations on **{ev.dataset or 'unnamed dataset'}** ({same}).")
+        st.dataframe(evidence_frame(plan), hide_index=True, use_container_width=True,
+                     column_config={"Δ": st.column_config.NumberColumn(format="%+.3f")})
+    traffic = ev.candidate_traffic
+    st.caption(
+        f"Candidate traffic (7d): {traffic.traces:,} traces · p95 "
+        f"{f'{traffic.p95_ms:,.0f} ms' if traffic.p95_ms is not None else '—'} · cost/request "
+        f"{f'${traffic.cost_per_request:.5f}' if traffic.cost_per_request is not None else '—'}"
+    )
+    if plan.checks:
+        st.dataframe(checks_frame(plan), hide_index=True, use_container_width=True)
+    else:
+        st.caption("No gate rules are set for this agent.")
+
+
+def states_frame(states: list[AliasState]) -> pd.DataFrame:
+    """Each alias: holder now, last recorded change and whether it moved outside the app."""
+    return pd.DataFrame(
+        [{"Alias": s.alias, "Holds": _v(s.version),
+          "Last change": s.last_change.at if s.last_change else None,
+          "By": s.last_change.user if s.last_change else "—",
+          "Audit": ("⚠️ " if s.drift in (Drift.EXTERNAL, Drift.REMOVED) else "") + s.drift.value,
+          "Rollback to": _v(s.previous_version)}
+         for s in states]
+    )
+
+
+def history_frame(changes: list[AliasChange]) -> pd.DataFrame:
+    """Recorded alias changes, newest first."""
+    return pd.DataFrame(
+        [{"When": c.at, "Alias": c.alias, "From": _v(c.from_version), "To": _v(c.to_version),
+          "Action": c.action.value, "Who": c.user, "Gate": c.gate.value, "Reason": c.reason or "—",
+          "Evidence dataset": (c.evidence or {}).get("dataset") or "—", "Audit run": c.run_id}
+         for c in changes]
+    )

@@ -1,0 +1,821 @@
+"""Monitoring: time series, breakdowns, alerts, a trace explorer and trace detail.
+
+Every chart figure is aggregated inside the store with ``query_trace_metrics`` (time buckets
+and one filtered query per group, since tags cannot be grouping dimensions); no chart loads
+traces into pandas. The explorer pages through ``search_traces`` without spans, and only the
+one trace opened in detail is read with its spans.
+
+Cost: MLflow records a cost on LLM spans whose model it knows. For LLM models without a
+recorded cost, the cost is estimated as tokens x the workspace price table
+(``services.pricing``). When a group mixes models, a group's tokens are attributed to its models
+in proportion to their LLM call counts (the store cannot sum tokens per model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from services import _mlflow_internal as internal
+from services._clients import mlflow_client, translate_errors
+from services.errors import NotFoundError, ValidationError
+from services.pricing import ModelPrice
+from services.settings import Settings
+from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG, tag_filter
+
+_logger = logging.getLogger(__name__)
+
+ALIAS_TAG = "agentops.alias"
+MAX_WINDOW = timedelta(days=90)
+MAX_PAGE_SIZE = 500
+THRESHOLDS_FILE = "alert_thresholds.json"
+# Bucket sizes the charts choose from: the smallest giving at most ~72 points.
+BUCKET_CHOICES_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+
+
+class Split(StrEnum):
+    """How charts are split into series."""
+
+    NONE = "none"
+    VERSION = "version"
+    ALIAS = "alias"
+    ARM = "arm"
+
+
+SPLIT_TAGS = {Split.VERSION: VERSION_TAG, Split.ALIAS: ALIAS_TAG, Split.ARM: ARM_TAG}
+ALL = "all traffic"
+
+
+class Status(StrEnum):
+    OK = "OK"
+    ERROR = "ERROR"
+
+
+class FeedbackFilter(StrEnum):
+    """Assessment filter of the explorer."""
+
+    ANY = "any"
+    NEGATIVE = "negative"  # thumbs_up is false
+    POSITIVE = "positive"  # thumbs_up is true
+
+
+# --- query ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    """Which traces: experiments, the window ``[start, end)`` and equality filters on trace tags."""
+
+    experiment_ids: tuple[str, ...]
+    start: datetime
+    end: datetime
+    agent: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    endpoint: str | None = None
+    arm: str | None = None
+    status: Status | None = None
+
+    @property
+    def start_ms(self) -> int:
+        return int(self.start.timestamp() * 1000)
+
+    @property
+    def end_ms(self) -> int:
+        return int(self.end.timestamp() * 1000)
+
+    def tag_equalities(self) -> dict[str, str]:
+        pairs = {AGENT_TAG: self.agent, VERSION_TAG: self.version, ALIAS_TAG: self.alias,
+                 ENDPOINT_TAG: self.endpoint, ARM_TAG: self.arm}
+        return {k: v for k, v in pairs.items() if v}
+
+
+def validate_query(query: TraceQuery) -> None:
+    """Raise ``ValidationError`` naming the problem; called before any I/O."""
+    for name, moment in (("start", query.start), ("end", query.end)):
+        if not isinstance(moment, datetime) or moment.tzinfo is None:
+            raise ValidationError(f"The window {name} must be a timezone-aware datetime (got {moment!r}).")
+    if query.start >= query.end:
+        raise ValidationError(
+            f"The window starts ({query.start:%Y-%m-%d %H:%M}) after it ends ({query.end:%Y-%m-%d %H:%M}); "
+            "pick a start before the end."
+        )
+    if query.end - query.start > MAX_WINDOW:
+        raise ValidationError(f"The window is longer than {MAX_WINDOW.days} days; pick a shorter one.")
+    if query.status is not None and query.status not in tuple(Status):
+        raise ValidationError(f"Status {query.status!r} is not one of {', '.join(Status)}.")
+    for key, value in query.tag_equalities().items():
+        if any(ch in value for ch in "\n\r`") or len(value) > 250:
+            raise ValidationError(f"The filter value {value!r} for {key} is not a valid tag value.")
+
+
+def metric_filters(query: TraceQuery) -> list[str]:
+    """The query as ``query_trace_metrics`` filters (the window is passed separately)."""
+    filters = [tag_filter(k, v) for k, v in query.tag_equalities().items()]
+    if query.status:
+        filters.append(f'trace.status = "{query.status.value}"')
+    return filters
+
+
+def choose_interval(start: datetime, end: datetime, max_points: int = 72) -> int:
+    """Bucket size in seconds: the smallest choice giving at most ``max_points`` buckets."""
+    span = (end - start).total_seconds()
+    for seconds in BUCKET_CHOICES_S:
+        if span / seconds <= max_points:
+            return seconds
+    return BUCKET_CHOICES_S[-1]
+
+
+# --- time series and totals --------------------------------------------------------------
+
+SERIES_COLUMNS = (
+    "bucket",  # start of the time bucket (UTC)
+    "group",  # series label: a version, alias, arm, or "all traffic"
+    "requests",  # traces started in the bucket
+    "errors",  # traces whose status is ERROR
+    "error_rate",  # errors / requests (NaN without requests)
+    "p50_ms", "p95_ms", "p99_ms",  # latency percentiles (NaN without requests)
+    "input_tokens", "output_tokens", "cached_input_tokens",  # sums over traces with token usage
+    "traces_with_tokens",  # traces that recorded token usage
+    "traces_without_tokens",  # requests - traces_with_tokens
+    "recorded_cost",  # sum of MLflow's recorded span cost (USD)
+    "estimated_cost",  # tokens x price table for LLM models without a recorded cost (USD)
+    "cost",  # recorded_cost + estimated_cost
+    "cost_per_request",  # cost / requests
+)
+TOTALS_COLUMNS = tuple(c for c in SERIES_COLUMNS if c != "bucket") + ("unpriced_models",)
+MODEL_COLUMNS = ("model", "llm_calls", "recorded_cost", "estimated_cost", "cost", "cost_source")
+
+
+@dataclass(frozen=True)
+class MonitoringData:
+    """Charts' data for one query and split.
+
+    ``series`` has ``SERIES_COLUMNS`` (one row per group and bucket, missing buckets filled
+    with zero requests); ``totals`` has ``TOTALS_COLUMNS`` (one row per group, whole window);
+    ``by_model`` has ``MODEL_COLUMNS``.
+    """
+
+    query: TraceQuery
+    split: Split
+    interval_seconds: int
+    series: pd.DataFrame
+    totals: pd.DataFrame
+    by_model: pd.DataFrame
+    elapsed_s: float = 0.0
+
+    @property
+    def is_empty(self) -> bool:
+        return int(self.totals["requests"].sum()) == 0 if len(self.totals) else True
+
+
+def _pct(values: Mapping[str, float], p: int) -> float | None:
+    # Percentile keys come back as "P95.0" or "P95" depending on how the value was given.
+    value = values.get(f"P{float(p)}", values.get(f"P{p}"))
+    return float(value) if value is not None else None
+
+
+def _bucket_key(point: internal.MetricPoint) -> pd.Timestamp | None:
+    raw = point.dimensions.get("time_bucket")
+    return pd.Timestamp(raw).tz_convert("UTC") if raw else None
+
+
+class _Runner:
+    """Runs the store queries of one request, a few at a time (SQLite releases the GIL)."""
+
+    def __init__(self, client: Any, query: TraceQuery) -> None:
+        self.client = client
+        self.query = query
+        self.window = {"start_time_ms": query.start_ms, "end_time_ms": query.end_ms}
+
+    def run(self, jobs: dict[Any, dict[str, Any]]) -> dict[Any, list[internal.MetricPoint]]:
+        def one(kwargs: dict[str, Any]) -> list[internal.MetricPoint]:
+            kwargs = dict(kwargs)
+            metric, aggs = kwargs.pop("metric"), kwargs.pop("aggs")
+            return internal.query_trace_metrics(
+                self.client, list(self.query.experiment_ids), metric, aggs, **self.window, **kwargs
+            )
+
+        if not jobs:
+            return {}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {key: pool.submit(one, kwargs) for key, kwargs in jobs.items()}
+            return {key: future.result() for key, future in futures.items()}
+
+
+def _group_filters(query: TraceQuery, split: Split, groups: Sequence[str]) -> dict[str, list[str]]:
+    base = metric_filters(query)
+    if split is Split.NONE:
+        return {ALL: base}
+    tag = SPLIT_TAGS[split]
+    return {g: base + [tag_filter(tag, g)] for g in groups}
+
+
+def _group_jobs(group: str, filters: list[str], interval: int | None) -> dict[tuple, dict[str, Any]]:
+    timed = {"time_interval_seconds": interval} if interval else {}
+    error = filters + ['trace.status = "ERROR"'] if 'trace.status = "OK"' not in filters else None
+    jobs = {
+        (group, "requests"): dict(metric="trace_count", aggs=["COUNT"], filters=filters, **timed),
+        (group, "latency"): dict(metric="latency", aggs=[("PERCENTILE", 50), ("PERCENTILE", 95), ("PERCENTILE", 99)],
+                                 filters=filters, **timed),
+        (group, "input_tokens"): dict(metric="input_tokens", aggs=["SUM", "AVG"], filters=filters, **timed),
+        (group, "output_tokens"): dict(metric="output_tokens", aggs=["SUM"], filters=filters, **timed),
+        (group, "cached"): dict(metric="cache_read_input_tokens", aggs=["SUM"], filters=filters, **timed),
+        (group, "cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS", filters=filters, **timed),
+    }
+    if error is not None:
+        jobs[(group, "errors")] = dict(metric="trace_count", aggs=["COUNT"], filters=error, **timed)
+    return jobs
+
+
+def _model_jobs(group: str, filters: list[str]) -> dict[tuple, dict[str, Any]]:
+    return {
+        (group, "model_calls"): dict(metric="span_count", aggs=["COUNT"], view_type="SPANS",
+                                     dimensions=["span_model_name"], filters=filters),
+        (group, "model_cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS",
+                                    dimensions=["span_model_name"], filters=filters),
+    }
+
+
+@dataclass(frozen=True)
+class _ModelMix:
+    calls: dict[str, int]
+    recorded: dict[str, float]
+
+    def uncosted_shares(self) -> dict[str, float]:
+        total = sum(self.calls.values())
+        if not total:
+            return {}
+        return {m: n / total for m, n in self.calls.items() if not self.recorded.get(m)}
+
+
+def _model_mix(results: Mapping[tuple, list[internal.MetricPoint]], group: str) -> _ModelMix:
+    calls = {p.dimensions["span_model_name"]: int(p.values.get("COUNT", 0)) for p in results.get((group, "model_calls"), [])}
+    recorded = {p.dimensions["span_model_name"]: float(p.values.get("SUM", 0.0)) for p in results.get((group, "model_cost"), [])}
+    return _ModelMix(calls, recorded)
+
+
+def _estimate(mix: _ModelMix, prices: Mapping[str, ModelPrice], input_tokens: float, output_tokens: float,
+              cached: float) -> tuple[float, list[str]]:
+    estimated, unpriced = 0.0, []
+    for model, share in mix.uncosted_shares().items():
+        price = prices.get(model)
+        if price is None:
+            unpriced.append(model)
+            continue
+        estimated += share * price.cost(input_tokens, output_tokens, cached)
+    return estimated, unpriced
+
+
+def _frame_for_group(group: str, results: Mapping[tuple, list[internal.MetricPoint]], buckets: list[pd.Timestamp] | None,
+                     mix: _ModelMix, prices: Mapping[str, ModelPrice]) -> pd.DataFrame:
+    rows: dict[Any, dict[str, Any]] = {}
+    keys = buckets if buckets is not None else [None]
+    for key in keys:
+        rows[key] = {"bucket": key, "group": group, "requests": 0, "errors": 0, "p50_ms": math.nan, "p95_ms": math.nan,
+                     "p99_ms": math.nan, "input_tokens": 0.0, "output_tokens": 0.0, "cached_input_tokens": 0.0,
+                     "traces_with_tokens": 0, "recorded_cost": 0.0}
+
+    def each(kind: str):
+        for point in results.get((group, kind), []):
+            key = _bucket_key(point) if buckets is not None else None
+            if key in rows:
+                yield rows[key], point.values
+
+    for row, values in each("requests"):
+        row["requests"] = int(values.get("COUNT", 0))
+    for row, values in each("errors"):
+        row["errors"] = int(values.get("COUNT", 0))
+    if (group, "errors") not in results:  # the query itself selects only OK traces
+        pass
+    for row, values in each("latency"):
+        row["p50_ms"], row["p95_ms"], row["p99_ms"] = (_pct(values, p) for p in (50, 95, 99))
+    for row, values in each("input_tokens"):
+        total, mean = float(values.get("SUM", 0.0)), float(values.get("AVG", 0.0) or 0.0)
+        row["input_tokens"] = total
+        # The store skips traces without usage, so SUM / AVG counts the traces that have it.
+        row["traces_with_tokens"] = int(round(total / mean)) if mean else 0
+    for row, values in each("output_tokens"):
+        row["output_tokens"] = float(values.get("SUM", 0.0))
+    for row, values in each("cached"):
+        row["cached_input_tokens"] = float(values.get("SUM", 0.0))
+    for row, values in each("cost"):
+        row["recorded_cost"] = float(values.get("SUM", 0.0))
+
+    unpriced: set[str] = set()
+    for row in rows.values():
+        estimated, missing = _estimate(mix, prices, row["input_tokens"], row["output_tokens"], row["cached_input_tokens"])
+        unpriced.update(missing)
+        row["estimated_cost"] = estimated
+        row["unpriced_models"] = ", ".join(sorted(unpriced))
+    frame = pd.DataFrame(list(rows.values()))
+    return _derive(frame)
+
+
+def _derive(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["cost"] = frame["recorded_cost"] + frame["estimated_cost"]
+    requests = frame["requests"].where(frame["requests"] > 0)
+    frame["error_rate"] = frame["errors"] / requests
+    frame["cost_per_request"] = frame["cost"] / requests
+    frame["traces_without_tokens"] = (frame["requests"] - frame["traces_with_tokens"]).clip(lower=0)
+    return frame
+
+
+def _buckets(query: TraceQuery, interval: int) -> list[pd.Timestamp]:
+    step_ms = interval * 1000
+    first = (query.start_ms // step_ms) * step_ms
+    return [pd.Timestamp(ms, unit="ms", tz="UTC") for ms in range(first, query.end_ms, step_ms)]
+
+
+def monitoring_data(
+    query: TraceQuery,
+    split: Split | str = Split.NONE,
+    groups: Sequence[str] = (),
+    *,
+    prices: Mapping[str, ModelPrice] | None = None,
+    interval_seconds: int | None = None,
+    settings: Settings | None = None,
+) -> MonitoringData:
+    """Time series, per-group totals and cost by model, all aggregated in the store.
+
+    Args:
+        split: series per value of the version, alias or arm tag (``groups`` lists the values).
+        prices: the price table for models without a recorded cost (``pricing.load_prices``).
+    """
+    import time
+
+    started = time.perf_counter()
+    validate_query(query)
+    try:
+        split = Split(split)
+    except ValueError:
+        raise ValidationError(f"Cannot split by {split!r}; use one of {', '.join(Split)}.") from None
+    if split is not Split.NONE and not groups:
+        raise ValidationError(f"Splitting by {split.value} needs the {split.value} values to show; none were given.")
+    interval = interval_seconds or choose_interval(query.start, query.end)
+    if interval < 60 or (query.end - query.start).total_seconds() / interval > 2000:
+        raise ValidationError(f"A {interval} s bucket is too fine for this window; use a larger bucket.")
+    prices = prices or {}
+    group_filters = _group_filters(query, split, groups)
+    if not query.experiment_ids:
+        return _empty(query, split, interval, list(group_filters))
+
+    client = mlflow_client(settings)
+    jobs: dict[tuple, dict[str, Any]] = {}
+    total_jobs: dict[tuple, dict[str, Any]] = {}
+    for group, filters in group_filters.items():
+        jobs.update(_group_jobs(group, filters, interval))
+        total_jobs.update({k: v for k, v in _group_jobs(group, filters, None).items() if k[1] == "latency"})
+        jobs.update(_model_jobs(group, filters))
+    overall = metric_filters(query)
+    jobs.update(_model_jobs("__overall__", overall))
+    with translate_errors("trace metrics"):
+        runner = _Runner(client, query)
+        results = runner.run(jobs)
+        totals_latency = runner.run(total_jobs)
+
+    buckets = _buckets(query, interval)
+    series, totals = [], []
+    for group in group_filters:
+        mix = _model_mix(results, group)
+        series.append(_frame_for_group(group, results, buckets, mix, prices))
+        total = series[-1]
+        summed = {c: total[c].sum() for c in ("requests", "errors", "input_tokens", "output_tokens",
+                                               "cached_input_tokens", "traces_with_tokens", "recorded_cost",
+                                               "estimated_cost")}
+        latency = totals_latency.get((group, "latency"), [])
+        values = latency[0].values if latency else {}
+        unpriced = sorted({m for s in total["unpriced_models"] for m in s.split(", ") if m})
+        row = {"group": group, **summed, "p50_ms": _pct(values, 50), "p95_ms": _pct(values, 95),
+               "p99_ms": _pct(values, 99), "unpriced_models": ", ".join(unpriced)}
+        totals.append(row)
+    series_frame = pd.concat(series, ignore_index=True)[list(SERIES_COLUMNS)]
+    totals_frame = _derive(pd.DataFrame(totals))
+    totals_frame = totals_frame.astype({"p50_ms": float, "p95_ms": float, "p99_ms": float})[list(TOTALS_COLUMNS)]
+
+    overall_mix = _model_mix(results, "__overall__")
+    whole = {c: float(totals_frame[c].sum()) for c in ("input_tokens", "output_tokens", "cached_input_tokens")}
+    if split is not Split.NONE:
+        # Groups can overlap or miss traces; the by-model figures use the unsplit query.
+        whole = None
+    by_model = _by_model(overall_mix, prices, whole, series_frame if whole is None else None, query, client)
+    return MonitoringData(query, split, interval, series_frame, totals_frame, by_model,
+                          elapsed_s=time.perf_counter() - started)
+
+
+def _by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], whole: dict[str, float] | None,
+              _series: pd.DataFrame | None, query: TraceQuery, client: Any) -> pd.DataFrame:
+    if whole is None:
+        runner = _Runner(client, query)
+        jobs = {k: v for k, v in _group_jobs("__overall__", metric_filters(query), None).items()
+                if k[1] in ("input_tokens", "output_tokens", "cached")}
+        with translate_errors("trace metrics"):
+            res = runner.run(jobs)
+
+        def first(kind: str) -> float:
+            points = res.get(("__overall__", kind), [])
+            return float(points[0].values.get("SUM", 0.0)) if points else 0.0
+
+        whole = {"input_tokens": first("input_tokens"), "output_tokens": first("output_tokens"),
+                 "cached_input_tokens": first("cached")}
+    shares = mix.uncosted_shares()
+    rows = []
+    for model in sorted(set(mix.calls) | set(mix.recorded)):
+        recorded = mix.recorded.get(model, 0.0)
+        estimated, source = 0.0, "recorded"
+        if model in shares:
+            price = prices.get(model)
+            if price is None:
+                source = "no price"
+            else:
+                source = "estimated"
+                estimated = shares[model] * price.cost(whole["input_tokens"], whole["output_tokens"],
+                                                       whole["cached_input_tokens"])
+        rows.append({"model": model, "llm_calls": mix.calls.get(model, 0), "recorded_cost": recorded,
+                     "estimated_cost": estimated, "cost": recorded + estimated, "cost_source": source})
+    return pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
+
+
+def _empty(query: TraceQuery, split: Split, interval: int, groups: list[str]) -> MonitoringData:
+    series = pd.concat([_frame_for_group(g, {}, _buckets(query, interval), _ModelMix({}, {}), {}) for g in groups],
+                       ignore_index=True)[list(SERIES_COLUMNS)]
+    totals = _derive(pd.DataFrame([{
+        "group": g, "requests": 0, "errors": 0, "input_tokens": 0.0, "output_tokens": 0.0, "cached_input_tokens": 0.0,
+        "traces_with_tokens": 0, "recorded_cost": 0.0, "estimated_cost": 0.0, "p50_ms": math.nan,
+        "p95_ms": math.nan, "p99_ms": math.nan, "unpriced_models": ""} for g in groups]))[list(TOTALS_COLUMNS)]
+    return MonitoringData(query, split, interval, series, totals, pd.DataFrame(columns=list(MODEL_COLUMNS)))
+
+
+# --- alerts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """Per-agent alert thresholds; ``None`` switches a check off."""
+
+    p95_latency_ms: float | None = 5000.0
+    error_rate: float | None = 0.05
+    daily_cost: float | None = 10.0
+    min_feedback_score: float | None = 0.6
+    feedback_name: str = "thumbs_up"
+
+
+def validate_thresholds(thresholds: AlertThresholds) -> AlertThresholds:
+    """Check ranges; raise ``ValidationError`` naming the bad field."""
+    for name in ("p95_latency_ms", "daily_cost"):
+        value = getattr(thresholds, name)
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValidationError(f"{name} must be zero or more (got {value}).")
+    for name in ("error_rate",):
+        value = getattr(thresholds, name)
+        if value is not None and not 0 <= value <= 1:
+            raise ValidationError(f"{name} is a share between 0 and 1 (got {value}).")
+    if thresholds.min_feedback_score is not None and not math.isfinite(thresholds.min_feedback_score):
+        raise ValidationError("min_feedback_score must be a number.")
+    if not thresholds.feedback_name.strip() or any(c in thresholds.feedback_name for c in "\"`\n"):
+        raise ValidationError(f"Feedback name {thresholds.feedback_name!r} is not a valid assessment name.")
+    return thresholds
+
+
+def load_thresholds(settings: Settings) -> dict[str, AlertThresholds]:
+    """Saved thresholds per agent (key ``"*"`` holds the default for agents without their own)."""
+    path = settings.data_dir / THRESHOLDS_FILE
+    if not path.exists():
+        return {"*": AlertThresholds()}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        loaded = {agent: validate_thresholds(AlertThresholds(**values)) for agent, values in raw.items()}
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise ValidationError(f"Alert thresholds in {path} cannot be read ({exc}); fix or delete the file.") from None
+    loaded.setdefault("*", AlertThresholds())
+    return loaded
+
+
+def save_thresholds(settings: Settings, agent: str, thresholds: AlertThresholds) -> dict[str, AlertThresholds]:
+    """Store one agent's thresholds (``"*"`` for the default) with the workspace."""
+    validate_thresholds(thresholds)
+    current = load_thresholds(settings)
+    current[agent] = thresholds
+    path = settings.data_dir / THRESHOLDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({a: asdict(t) for a, t in sorted(current.items())}, indent=2), encoding="utf-8")
+    return current
+
+
+def thresholds_for(all_thresholds: Mapping[str, AlertThresholds], agent: str) -> AlertThresholds:
+    return all_thresholds.get(agent) or all_thresholds.get("*") or AlertThresholds()
+
+
+@dataclass(frozen=True)
+class AgentHealth:
+    """An agent's figures over a window, the values alerts are checked against."""
+
+    agent: str
+    requests: int
+    error_rate: float | None
+    p95_latency_ms: float | None
+    cost_last_24h: float
+    feedback_score: float | None
+    feedback_count: int
+
+
+@dataclass(frozen=True)
+class Alert:
+    agent: str
+    check: str  # "p95 latency", "error rate", "daily cost", "feedback score"
+    value: float
+    threshold: float
+    message: str
+
+
+def agent_health(query: TraceQuery, *, feedback_name: str = "thumbs_up",
+                 prices: Mapping[str, ModelPrice] | None = None, settings: Settings | None = None) -> AgentHealth:
+    """Requests, error rate, p95, cost over the last 24 h of the window and mean feedback, for ``query.agent``."""
+    validate_query(query)
+    if not query.agent:
+        raise ValidationError("Agent health needs an agent.")
+    day = TraceQuery(**{**query.__dict__, "start": max(query.start, query.end - timedelta(days=1))})
+    whole = monitoring_data(query, prices=prices, interval_seconds=choose_interval(query.start, query.end),
+                            settings=settings).totals.iloc[0]
+    last_day = monitoring_data(day, prices=prices, settings=settings).totals.iloc[0]
+    score, count = None, 0
+    if query.experiment_ids:
+        client = mlflow_client(settings)
+        filters = metric_filters(query) + [f'assessment.name = "{feedback_name}"']
+        with translate_errors("assessment metrics"):
+            runner = _Runner(client, query)
+            res = runner.run({
+                "avg": dict(metric="assessment_value", aggs=["AVG"], view_type="ASSESSMENTS", filters=filters),
+                "count": dict(metric="assessment_count", aggs=["COUNT"], view_type="ASSESSMENTS", filters=filters),
+            })
+        if res["avg"]:
+            score = float(res["avg"][0].values.get("AVG")) if res["avg"][0].values.get("AVG") is not None else None
+        if res["count"]:
+            count = int(res["count"][0].values.get("COUNT", 0))
+    return AgentHealth(
+        agent=query.agent,
+        requests=int(whole["requests"]),
+        error_rate=None if pd.isna(whole["error_rate"]) else float(whole["error_rate"]),
+        p95_latency_ms=None if pd.isna(whole["p95_ms"]) else float(whole["p95_ms"]),
+        cost_last_24h=float(last_day["cost"]),
+        feedback_score=score,
+        feedback_count=count,
+    )
+
+
+def check_alerts(health: AgentHealth, thresholds: AlertThresholds) -> list[Alert]:
+    """The thresholds an agent's figures cross (nothing is checked without traffic)."""
+    alerts: list[Alert] = []
+    if not health.requests:
+        return alerts
+    t = thresholds
+    if t.p95_latency_ms is not None and health.p95_latency_ms is not None and health.p95_latency_ms > t.p95_latency_ms:
+        alerts.append(Alert(health.agent, "p95 latency", health.p95_latency_ms, t.p95_latency_ms,
+                            f"p95 latency {health.p95_latency_ms:,.0f} ms is above {t.p95_latency_ms:,.0f} ms"))
+    if t.error_rate is not None and health.error_rate is not None and health.error_rate > t.error_rate:
+        alerts.append(Alert(health.agent, "error rate", health.error_rate, t.error_rate,
+                            f"error rate {health.error_rate:.1%} is above {t.error_rate:.1%}"))
+    if t.daily_cost is not None and health.cost_last_24h > t.daily_cost:
+        alerts.append(Alert(health.agent, "daily cost", health.cost_last_24h, t.daily_cost,
+                            f"cost over the last 24 h ${health.cost_last_24h:,.2f} is above ${t.daily_cost:,.2f}"))
+    if (t.min_feedback_score is not None and health.feedback_score is not None
+            and health.feedback_score < t.min_feedback_score):
+        alerts.append(Alert(health.agent, "feedback score", health.feedback_score, t.min_feedback_score,
+                            f"mean {t.feedback_name} {health.feedback_score:.2f} is below {t.min_feedback_score:.2f} "
+                            f"({health.feedback_count} assessments)"))
+    return alerts
+
+
+# --- explorer ------------------------------------------------------------------------------
+
+EXPLORER_COLUMNS = (
+    "trace_id", "time", "agent", "version", "alias", "arm", "endpoint", "status", "latency_ms",
+    "input_tokens", "output_tokens",  # NaN when the trace recorded no token usage
+    "has_token_usage", "cost",  # MLflow's recorded cost (NaN when none)
+    "request",  # request preview
+)
+
+
+@dataclass(frozen=True)
+class ExplorerQuery:
+    """The explorer's filters: a ``TraceQuery`` plus latency range and feedback."""
+
+    traces: TraceQuery
+    min_latency_ms: int | None = None
+    max_latency_ms: int | None = None
+    feedback: FeedbackFilter = FeedbackFilter.ANY
+    feedback_name: str = "thumbs_up"
+
+
+@dataclass(frozen=True)
+class TracePage:
+    """One page of matching traces (``EXPLORER_COLUMNS``) and the token of the next page."""
+
+    rows: pd.DataFrame
+    next_token: str | None
+
+
+def _search_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def search_filter(explorer: ExplorerQuery) -> str:
+    """The explorer query as a ``search_traces`` filter string."""
+    q = explorer.traces
+    clauses = [f"trace.timestamp_ms >= {q.start_ms}", f"trace.timestamp_ms < {q.end_ms}"]
+    clauses += [f"tag.`{k}` = '{_search_quote(v)}'" for k, v in q.tag_equalities().items()]
+    if q.status:
+        clauses.append(f"trace.status = '{q.status.value}'")
+    if explorer.min_latency_ms is not None:
+        clauses.append(f"trace.execution_time_ms >= {int(explorer.min_latency_ms)}")
+    if explorer.max_latency_ms is not None:
+        clauses.append(f"trace.execution_time_ms <= {int(explorer.max_latency_ms)}")
+    if explorer.feedback is not FeedbackFilter.ANY:
+        value = "false" if explorer.feedback is FeedbackFilter.NEGATIVE else "true"
+        clauses.append(f"feedback.`{explorer.feedback_name}` = '{value}'")
+    return " AND ".join(clauses)
+
+
+def validate_explorer(explorer: ExplorerQuery, page_size: int) -> None:
+    validate_query(explorer.traces)
+    lo, hi = explorer.min_latency_ms, explorer.max_latency_ms
+    for name, value in (("minimum latency", lo), ("maximum latency", hi)):
+        if value is not None and value < 0:
+            raise ValidationError(f"The {name} must be zero or more milliseconds (got {value}).")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValidationError(f"The latency range {lo}–{hi} ms is empty; the minimum must not exceed the maximum.")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValidationError(f"Page size must be between 1 and {MAX_PAGE_SIZE} (got {page_size}).")
+    if FeedbackFilter(explorer.feedback) is not FeedbackFilter.ANY and any(c in explorer.feedback_name for c in "`'\n"):
+        raise ValidationError(f"Feedback name {explorer.feedback_name!r} is not a valid assessment name.")
+
+
+def _status(info: Any) -> str:
+    state = getattr(info, "state", None)
+    return str(getattr(state, "value", state) or "")
+
+
+def _explorer_row(info: Any) -> dict[str, Any]:
+    tags = info.tags or {}
+    usage = info.token_usage or {}
+    cost = (info.cost or {}).get("total_cost") if getattr(info, "cost", None) else None
+    return {
+        "trace_id": info.trace_id,
+        "time": pd.Timestamp(info.request_time, unit="ms", tz="UTC"),
+        "agent": tags.get(AGENT_TAG), "version": tags.get(VERSION_TAG), "alias": tags.get(ALIAS_TAG),
+        "arm": tags.get(ARM_TAG), "endpoint": tags.get(ENDPOINT_TAG),
+        "status": _status(info),
+        "latency_ms": info.execution_duration,
+        "input_tokens": usage.get("input_tokens", math.nan) if usage else math.nan,
+        "output_tokens": usage.get("output_tokens", math.nan) if usage else math.nan,
+        "has_token_usage": bool(usage),
+        "cost": cost if cost is not None else math.nan,
+        "request": (info.request_preview or "")[:200],
+    }
+
+
+def search_page(explorer: ExplorerQuery, *, page_size: int = 50, page_token: str | None = None,
+                settings: Settings | None = None) -> TracePage:
+    """One page of matching traces, newest first, paged in the store (no spans are read)."""
+    validate_explorer(explorer, page_size)
+    if not explorer.traces.experiment_ids:
+        return TracePage(pd.DataFrame(columns=list(EXPLORER_COLUMNS)), None)
+    client = mlflow_client(settings)
+    with translate_errors("trace search"):
+        page = client.search_traces(
+            locations=list(explorer.traces.experiment_ids), filter_string=search_filter(explorer),
+            max_results=page_size, page_token=page_token, include_spans=False,
+            order_by=["timestamp_ms DESC"],
+        )
+    rows = pd.DataFrame([_explorer_row(t.info) for t in page], columns=list(EXPLORER_COLUMNS))
+    return TracePage(rows, page.token or None)
+
+
+def count_matching(query: TraceQuery, settings: Settings | None = None) -> int:
+    """How many traces match the tag, status and window filters (counted in the store)."""
+    validate_query(query)
+    if not query.experiment_ids:
+        return 0
+    client = mlflow_client(settings)
+    with translate_errors("trace metrics"):
+        points = internal.query_trace_metrics(client, list(query.experiment_ids), "trace_count", ["COUNT"],
+                                              filters=metric_filters(query), start_time_ms=query.start_ms,
+                                              end_time_ms=query.end_ms)
+    return int(points[0].values.get("COUNT", 0)) if points else 0
+
+
+# --- trace detail --------------------------------------------------------------------------
+
+SPAN_COLUMNS = (
+    "span_id", "parent_id", "depth", "name", "span_type", "start_offset_ms", "duration_ms", "status",
+    "error",  # the error message of a failed span
+    "model", "input_tokens", "output_tokens", "cost",  # LLM spans only
+    "inputs", "outputs",  # JSON text
+)
+ASSESSMENT_COLUMNS = ("name", "value", "source", "source_type", "rationale", "time")
+
+
+@dataclass(frozen=True)
+class TraceDetail:
+    """One trace with its span tree (``SPAN_COLUMNS``, depth-first order) and assessments."""
+
+    trace_id: str
+    time: datetime
+    status: str
+    latency_ms: int | None
+    tags: dict[str, str]
+    token_usage: dict[str, int]
+    cost: float | None
+    spans: pd.DataFrame
+    assessments: pd.DataFrame
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _json(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False, indent=1)
+
+
+def _span_error(span: Any) -> str:
+    status = getattr(span, "status", None)
+    code = str(getattr(getattr(status, "status_code", None), "value", getattr(status, "status_code", "")))
+    message = getattr(status, "description", "") or ""
+    for event in getattr(span, "events", None) or []:
+        if event.name == "exception":
+            message = message or str((event.attributes or {}).get("exception.message", ""))
+    return message if "ERROR" in code or message else ""
+
+
+def trace_detail(trace_id: str, settings: Settings | None = None) -> TraceDetail:
+    """A trace's spans (timings, inputs, outputs, tokens, cost, errors) and its assessments."""
+    if not trace_id or not trace_id.strip() or any(c.isspace() for c in trace_id.strip()):
+        raise ValidationError(f"{trace_id!r} is not a trace id; pick a trace from the list.")
+    client = mlflow_client(settings)
+    with translate_errors(f"trace {trace_id}"):
+        trace = client.get_trace(trace_id.strip())
+    if trace is None:
+        raise NotFoundError(f"Trace {trace_id} does not exist.")
+    info, spans = trace.info, list(trace.data.spans)
+    by_parent: dict[str | None, list[Any]] = {}
+    for span in spans:
+        by_parent.setdefault(span.parent_id, []).append(span)
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if s.parent_id is None or s.parent_id not in ids]
+    origin = min((s.start_time_ns for s in spans), default=0)
+    rows: list[dict[str, Any]] = []
+
+    def walk(span: Any, depth: int) -> None:
+        attrs = span.attributes or {}
+        usage = attrs.get("mlflow.chat.tokenUsage") or {}
+        cost = attrs.get("mlflow.llm.cost")
+        cost_total = cost.get("total_cost") if isinstance(cost, dict) else cost
+        status = getattr(span.status, "status_code", "")
+        rows.append({
+            "span_id": span.span_id, "parent_id": span.parent_id, "depth": depth, "name": span.name,
+            "span_type": span.span_type, "start_offset_ms": (span.start_time_ns - origin) / 1e6,
+            "duration_ms": ((span.end_time_ns or span.start_time_ns) - span.start_time_ns) / 1e6,
+            "status": str(getattr(status, "value", status)), "error": _span_error(span),
+            "model": attrs.get("mlflow.llm.model"),
+            "input_tokens": usage.get("input_tokens") if isinstance(usage, dict) else None,
+            "output_tokens": usage.get("output_tokens") if isinstance(usage, dict) else None,
+            "cost": cost_total, "inputs": _json(span.inputs), "outputs": _json(span.outputs),
+        })
+        for child in sorted(by_parent.get(span.span_id, []), key=lambda s: s.start_time_ns):
+            walk(child, depth + 1)
+
+    for root in sorted(roots, key=lambda s: s.start_time_ns):
+        walk(root, 0)
+    span_frame = pd.DataFrame(rows, columns=list(SPAN_COLUMNS))
+    assessments = []
+    for a in getattr(info, "assessments", None) or []:
+        value = a.feedback.value if getattr(a, "feedback", None) is not None else getattr(getattr(a, "expectation", None), "value", None)
+        source = getattr(a, "source", None)
+        assessments.append({
+            "name": a.name, "value": value, "source": getattr(source, "source_id", None),
+            "source_type": str(getattr(source, "source_type", "")), "rationale": a.rationale,
+            "time": pd.Timestamp(a.create_time_ms, unit="ms", tz="UTC") if a.create_time_ms else None,
+        })
+    cost = (info.cost or {}).get("total_cost") if getattr(info, "cost", None) else None
+    return TraceDetail(
+        trace_id=info.trace_id,
+        time=datetime.fromtimestamp(info.request_time / 1000, tz=timezone.utc),
+        status=_status(info),
+        latency_ms=info.execution_duration,
+        tags={k: v for k, v in (info.tags or {}).items() if not k.startswith("mlflow.")},
+        token_usage=dict(info.token_usage or {}),
+        cost=cost,
+        spans=span_frame,
+        assessments=pd.DataFrame(assessments, columns=list(ASSESSMENT_COLUMNS)),
+        errors=tuple(f"{r['name']}: {r['error']}" for r in rows if r["error"]),
+    )

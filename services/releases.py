@@ -1,0 +1,470 @@
+"""Releases: gate rules, promotion evidence, promote / roll back aliases, alias history.
+
+Gate rules live in one registered-model tag (``agentops.gate``, JSON) so they travel with the
+agent. Every alias change made here is recorded by ``services.audit`` with the registry state
+observed around the change, so the trail never disagrees with the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from services import audit, registry, versions
+from services._clients import mlflow_client, translate_errors
+from services.audit import AliasAction, AliasChange, GateOutcome
+from services.errors import ConflictError, NotFoundError, ValidationError
+from services.evaluations import EvaluationSummary
+from services.identity import Identity
+from services.settings import Settings
+
+GATE_TAG = "agentops.gate"
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
+# One lock per (agent, alias): two operators in this process never interleave read-set-record.
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+class GateBlockedError(ValidationError):
+    """The promotion fails the agent's gate; override with a written reason."""
+
+
+class RuleKind(StrEnum):
+    MAX_DROP = "max_drop"  # metric may not drop more than threshold vs the current holder
+    MIN_VALUE = "min_value"  # metric (a pass rate) must be at least threshold
+    MAX_P95_MS = "max_p95_ms"  # p95 latency of the candidate's traffic
+    MAX_COST = "max_cost_per_request"  # mean cost per request of the candidate's traffic
+
+
+class CheckStatus(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    NO_DATA = "no data"
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One gate rule; ``metric`` is None for latency and cost rules."""
+
+    kind: RuleKind
+    threshold: float
+    metric: str | None = None
+
+    def describe(self) -> str:
+        match self.kind:
+            case RuleKind.MAX_DROP:
+                return f"{self.metric} drops at most {self.threshold:g} vs the current holder"
+            case RuleKind.MIN_VALUE:
+                return f"{self.metric} ≥ {self.threshold:g}"
+            case RuleKind.MAX_P95_MS:
+                return f"p95 latency ≤ {self.threshold:g} ms"
+            case RuleKind.MAX_COST:
+                return f"cost per request ≤ ${self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    rule: GateRule
+    status: CheckStatus
+    observed: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    metric: str
+    current: float | None
+    candidate: float | None
+
+    @property
+    def delta(self) -> float | None:
+        if self.current is None or self.candidate is None:
+            return None
+        return self.candidate - self.current
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Latest evaluation of both versions on one dataset, per-metric deltas and traffic."""
+
+    dataset: str | None
+    candidate_eval: EvaluationSummary | None
+    current_eval: EvaluationSummary | None
+    deltas: tuple[MetricDelta, ...]
+    candidate_traffic: versions.VersionTraffic
+    current_traffic: versions.VersionTraffic | None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary for the audit record."""
+        return {
+            "dataset": self.dataset,
+            "candidate_eval_run": self.candidate_eval.run_id if self.candidate_eval else None,
+            "current_eval_run": self.current_eval.run_id if self.current_eval else None,
+            "metrics": {d.metric: {"current": d.current, "candidate": d.candidate, "delta": d.delta}
+                        for d in self.deltas},
+            "candidate_p95_ms": self.candidate_traffic.p95_ms,
+            "candidate_cost_per_request": self.candidate_traffic.cost_per_request,
+        }
+
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    """What a promotion would do: the alias now, after, the evidence and the gate verdict."""
+
+    agent: str
+    alias: str
+    current_version: str | None
+    target_version: str
+    evidence: Evidence
+    checks: tuple[GateCheck, ...]
+
+    @property
+    def blocked(self) -> bool:
+        return any(c.status is CheckStatus.FAIL for c in self.checks)
+
+    @property
+    def is_noop(self) -> bool:
+        return self.current_version == self.target_version
+
+
+class Drift(StrEnum):
+    RECORDED = "recorded"  # the last record's to-version is what the alias holds
+    EXTERNAL = "moved outside the app"  # the alias points elsewhere than the last record says
+    UNRECORDED = "never changed through the app"
+    REMOVED = "removed outside the app"  # recorded, but the alias no longer exists
+
+
+@dataclass(frozen=True)
+class AliasState:
+    alias: str
+    version: str | None
+    last_change: AliasChange | None
+    drift: Drift
+    previous_version: str | None  # what a one-click rollback would restore
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    change: AliasChange
+    plan: PromotionPlan
+    superseded: bool = False  # another operator moved the alias right after this change
+    messages: tuple[str, ...] = field(default=())
+
+
+# --- validation ---------------------------------------------------------------------------
+
+def check_alias(alias: str) -> str:
+    """An alias MLflow accepts; ``ValidationError`` naming the problem otherwise."""
+    alias = (alias or "").strip()
+    if not alias:
+        raise ValidationError("The alias name is empty; use e.g. champion or challenger.")
+    if not _ALIAS_RE.match(alias):
+        raise ValidationError(
+            f"{alias!r} is not a valid alias: use letters, digits, '_' and '-' only (at most 255)."
+        )
+    if alias.lower() == "latest" or _VERSION_ALIAS_RE.match(alias):
+        raise ValidationError(f"{alias!r} is reserved by MLflow (it names 'latest' or a version); pick another name.")
+    return alias
+
+
+# --- gate rules ---------------------------------------------------------------------------
+
+def parse_rules(raw: str | None) -> list[GateRule]:
+    """Gate rules from the tag's JSON; ``ValidationError`` when it is malformed."""
+    if not raw:
+        return []
+    try:
+        data = json.loads(raw)
+        rules = [GateRule(RuleKind(r["kind"]), float(r["threshold"]), r.get("metric")) for r in data]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError(f"The {GATE_TAG} tag is not valid gate JSON ({exc}); fix or clear it.") from None
+    return [_check_rule(r) for r in rules]
+
+
+def _check_rule(rule: GateRule) -> GateRule:
+    if rule.kind in (RuleKind.MAX_DROP, RuleKind.MIN_VALUE) and not rule.metric:
+        raise ValidationError(f"A {rule.kind.value} rule needs a metric, e.g. expected_facts/mean.")
+    if rule.threshold < 0:
+        raise ValidationError(f"The threshold of '{rule.describe()}' must not be negative.")
+    if rule.kind not in (RuleKind.MAX_DROP, RuleKind.MIN_VALUE):
+        rule = GateRule(rule.kind, rule.threshold, None)
+    return rule
+
+
+def gate_rules(agent: str, settings: Settings | None = None) -> list[GateRule]:
+    """The agent's gate rules (empty when none are set)."""
+    agent = versions.check_agent_name(agent)
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        model = client.get_registered_model(agent)
+    return parse_rules((model.tags or {}).get(GATE_TAG))
+
+
+def set_gate_rules(agent: str, rules: list[GateRule], identity: Identity, settings: Settings | None = None) -> list[GateRule]:
+    """Store the agent's gate rules as a registered-model tag (empty list clears them)."""
+    agent = versions.check_agent_name(agent)
+    checked = [_check_rule(r) for r in rules]
+    payload = json.dumps([{"kind": r.kind.value, "threshold": r.threshold, "metric": r.metric} for r in checked])
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        if checked:
+            client.set_registered_model_tag(agent, GATE_TAG, payload)
+        else:
+            try:
+                client.delete_registered_model_tag(agent, GATE_TAG)
+            except Exception as exc:  # noqa: BLE001 - no tag to delete is fine
+                if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    raise
+        client.set_registered_model_tag(agent, GATE_TAG + ".updated_by", identity.user)
+    return checked
+
+
+def evaluate_gate(rules: list[GateRule], evidence: Evidence) -> tuple[GateCheck, ...]:
+    """Each rule checked against the evidence."""
+    checks = []
+    candidate = evidence.candidate_eval.metrics if evidence.candidate_eval else {}
+    current = evidence.current_eval.metrics if evidence.current_eval else {}
+    for rule in rules:
+        if rule.kind is RuleKind.MIN_VALUE:
+            value = candidate.get(rule.metric or "")
+            if value is None:
+                checks.append(GateCheck(rule, CheckStatus.FAIL, None, "the candidate has no evaluation with this metric"))
+            else:
+                ok = value >= rule.threshold
+                checks.append(GateCheck(rule, CheckStatus.PASS if ok else CheckStatus.FAIL, value,
+                                        f"{value:.3f} {'≥' if ok else '<'} {rule.threshold:g}"))
+        elif rule.kind is RuleKind.MAX_DROP:
+            new, old = candidate.get(rule.metric or ""), current.get(rule.metric or "")
+            if new is None:
+                checks.append(GateCheck(rule, CheckStatus.FAIL, None, "the candidate has no evaluation with this metric"))
+            elif old is None:
+                checks.append(GateCheck(rule, CheckStatus.NO_DATA, None,
+                                        "no evaluation of the current holder on the same dataset"))
+            else:
+                drop = old - new
+                ok = drop <= rule.threshold + 1e-12
+                checks.append(GateCheck(rule, CheckStatus.PASS if ok else CheckStatus.FAIL, new - old,
+                                        f"{old:.3f} → {new:.3f} (Δ {new - old:+.3f})"))
+        else:
+            traffic = evidence.candidate_traffic
+            value = traffic.p95_ms if rule.kind is RuleKind.MAX_P95_MS else traffic.cost_per_request
+            if value is None:
+                checks.append(GateCheck(rule, CheckStatus.NO_DATA, None, "no traces of the candidate in the last 7 days"))
+            else:
+                ok = value <= rule.threshold
+                checks.append(GateCheck(rule, CheckStatus.PASS if ok else CheckStatus.FAIL, value,
+                                        f"{value:g} {'≤' if ok else '>'} {rule.threshold:g}"))
+    return tuple(checks)
+
+
+# --- evidence and plan --------------------------------------------------------------------
+
+def gather_evidence(agent: str, candidate: str, current: str | None, settings: Settings | None = None,
+                    *, model: Any = None) -> Evidence:
+    """Latest evaluations of both versions on the same dataset, with deltas, and traffic."""
+    experiment_ids = versions.agent_experiment_ids(agent, settings, model=model)
+    runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
+    finished = [r for r in runs if r.status == "FINISHED"]
+    mine = [r for r in finished if r.version == candidate]
+    theirs = [r for r in finished if current is not None and r.version == current]
+    candidate_eval = current_eval = None
+    # Prefer the newest candidate run whose dataset the current holder was also evaluated on.
+    for run in mine:
+        match = next((t for t in theirs if t.dataset == run.dataset), None)
+        if match is not None:
+            candidate_eval, current_eval = run, match
+            break
+    if candidate_eval is None and mine:
+        candidate_eval = mine[0]
+    metrics = sorted(set(candidate_eval.metrics if candidate_eval else {}) | set(current_eval.metrics if current_eval else {}))
+    deltas = tuple(
+        MetricDelta(m, current_eval.metrics.get(m) if current_eval else None,
+                    candidate_eval.metrics.get(m) if candidate_eval else None)
+        for m in metrics
+    )
+    traffic = versions.traffic_by_model(experiment_ids, settings)
+    client = mlflow_client(settings)
+    empty = versions.VersionTraffic(0, 0, None, None)
+
+    def flow(number: str | None) -> versions.VersionTraffic | None:
+        if number is None:
+            return None
+        with translate_errors(f"version {number} of {agent!r}"):
+            source = client.get_model_version(agent, number).source
+        return traffic.get(versions.model_id_of(source) or "", empty)
+
+    return Evidence(
+        dataset=candidate_eval.dataset if candidate_eval else None,
+        candidate_eval=candidate_eval,
+        current_eval=current_eval,
+        deltas=deltas,
+        candidate_traffic=flow(candidate) or empty,
+        current_traffic=flow(current),
+    )
+
+
+def plan_promotion(agent: str, alias: str, version: str | int, settings: Settings | None = None) -> PromotionPlan:
+    """Before → after for an alias, the evidence and the gate verdict; changes nothing."""
+    agent = versions.check_agent_name(agent)
+    alias = check_alias(alias)
+    number = versions.check_version(version)
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        model = client.get_registered_model(agent)
+    versions.require_version_exists(client, agent, number)
+    current = registry._aliases(model).get(alias)
+    rules = parse_rules((model.tags or {}).get(GATE_TAG))
+    evidence = gather_evidence(agent, number, current, settings, model=model)
+    return PromotionPlan(agent, alias, current, number, evidence, evaluate_gate(rules, evidence))
+
+
+# --- mutations ----------------------------------------------------------------------------
+
+def promote(
+    agent: str,
+    alias: str,
+    version: str | int,
+    identity: Identity,
+    *,
+    reason: str = "",
+    override: bool = False,
+    expected_current: str | None | object = ...,
+    action: AliasAction = AliasAction.PROMOTE,
+    settings: Settings | None = None,
+) -> PromotionResult:
+    """Point ``alias`` at ``version`` behind the gate, and record the change.
+
+    Args:
+        override: promote although the gate fails; needs a non-empty ``reason``.
+        expected_current: the holder the operator saw when confirming; when given and the alias
+            now points elsewhere, nothing changes and ``ConflictError`` says so.
+    """
+    reason = (reason or "").strip()
+    if override and not reason:
+        raise ValidationError("Overriding the gate needs a written reason.")
+    plan = plan_promotion(agent, alias, version, settings)
+    if plan.blocked and not override:
+        failed = "; ".join(f"{c.rule.describe()} ({c.detail})" for c in plan.checks if c.status is CheckStatus.FAIL)
+        raise GateBlockedError(f"The gate blocks v{plan.target_version} as {plan.alias}: {failed}. "
+                               "Nothing changed. Override with a written reason if you must.")
+    gate = GateOutcome.NO_RULES if not plan.checks else (GateOutcome.OVERRIDDEN if plan.blocked else GateOutcome.PASSED)
+    client = mlflow_client(settings)
+    with _lock(plan.agent, plan.alias):
+        before = _read_alias(client, plan.agent, plan.alias)
+        if expected_current is not ... and before != expected_current:
+            raise ConflictError(
+                f"{plan.agent}@{plan.alias} now points to {_label(before)}, not {_label(expected_current)} "
+                "as when you looked. Nothing changed; review the new state and try again."
+            )
+        with translate_errors(f"setting {plan.agent}@{plan.alias}"):
+            client.set_registered_model_alias(plan.agent, plan.alias, plan.target_version)
+        # Record what the registry actually holds now, not what we asked for.
+        after = _read_alias(client, plan.agent, plan.alias)
+        evidence = plan.evidence.summary() | {
+            "checks": [{"rule": c.rule.describe(), "status": c.status.value, "detail": c.detail} for c in plan.checks],
+        }
+        change = audit.record_alias_change(
+            model=plan.agent, alias=plan.alias, action=action, from_version=before, to_version=after,
+            requested_version=plan.target_version, user=identity.user, reason=reason, gate=gate,
+            evidence=evidence, settings=settings,
+        )
+    superseded = after != plan.target_version
+    messages = (f"Another change moved {plan.alias} to {_label(after)} at the same time; recorded as observed.",) if superseded else ()
+    return PromotionResult(change, plan, superseded, messages)
+
+
+def rollback(agent: str, alias: str, identity: Identity, *, reason: str = "", settings: Settings | None = None,
+             expected_current: str | None | object = ...) -> PromotionResult:
+    """Point ``alias`` back at its previous recorded holder (skips the gate: rollbacks restore)."""
+    state = alias_state(agent, alias, settings)
+    if state.previous_version is None:
+        raise NotFoundError(
+            f"No previous holder of {agent}@{alias} is recorded; promote a version explicitly instead."
+        )
+    return promote(
+        agent, alias, state.previous_version, identity, reason=reason or "rollback", override=True,
+        expected_current=state.version if expected_current is ... else expected_current,
+        action=AliasAction.ROLLBACK, settings=settings,
+    )
+
+
+# --- history ------------------------------------------------------------------------------
+
+def alias_history(agent: str, alias: str | None = None, settings: Settings | None = None) -> list[AliasChange]:
+    """Recorded changes of an agent's aliases, newest first."""
+    agent = versions.check_agent_name(agent)
+    if alias is not None:
+        alias = check_alias(alias)
+    return audit.alias_changes(agent, alias, settings=settings)
+
+
+def holder_at(agent: str, alias: str, when: datetime, settings: Settings | None = None) -> str | None:
+    """The version the trail says held ``alias`` at ``when`` (None: not held or nothing recorded)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    history = alias_history(agent, alias, settings)
+    for change in history:
+        if change.at <= when:
+            return change.to_version
+    # Before the first recorded change the alias held that change's from-version.
+    return history[-1].from_version if history else None
+
+
+def alias_states(agent: str, settings: Settings | None = None) -> list[AliasState]:
+    """Each alias the agent has now or had through the app, with drift against the trail."""
+    agent = versions.check_agent_name(agent)
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        current = registry._aliases(client.get_registered_model(agent))
+    history = audit.alias_changes(agent, settings=settings)
+    names = sorted(set(current) | {c.alias for c in history})
+    return [_state(name, current.get(name), [c for c in history if c.alias == name]) for name in names]
+
+
+def alias_state(agent: str, alias: str, settings: Settings | None = None) -> AliasState:
+    """One alias now, its last recorded change and the version a rollback would restore."""
+    agent = versions.check_agent_name(agent)
+    alias = check_alias(alias)
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        current = registry._aliases(client.get_registered_model(agent)).get(alias)
+    return _state(alias, current, audit.alias_changes(agent, alias, settings=settings))
+
+
+def _state(alias: str, version: str | None, history: list[AliasChange]) -> AliasState:
+    last = history[0] if history else None
+    if last is None:
+        drift = Drift.UNRECORDED
+    elif version is None:
+        drift = Drift.REMOVED
+    elif last.to_version == version:
+        drift = Drift.RECORDED
+    else:
+        drift = Drift.EXTERNAL
+    previous = None
+    if drift is Drift.RECORDED:
+        # Walk back past records that did not change the holder (no-op promotions).
+        previous = next((c.from_version for c in history if c.from_version and c.from_version != version), None)
+    elif drift is Drift.EXTERNAL:
+        previous = last.to_version
+    return AliasState(alias, version, last, drift, previous)
+
+
+def _read_alias(client: Any, agent: str, alias: str) -> str | None:
+    with translate_errors(f"registered model {agent!r}"):
+        return registry._aliases(client.get_registered_model(agent)).get(alias)
+
+
+def _lock(agent: str, alias: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((agent, alias), threading.Lock())
+
+
+def _label(version: object) -> str:
+    return f"v{version}" if version else "nothing"

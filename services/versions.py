@@ -1,0 +1,393 @@
+"""Registered versions of one agent: listing, detail, evaluations, traffic and diffs.
+
+Everything an agent's version table needs comes from a fixed number of calls whatever the
+number of versions: one paged ``search_model_versions``, one ``get_registered_model`` (aliases),
+one paged ``search_logged_models`` (params), one paged ``search_runs`` (evaluations) and one
+paged ``search_traces`` without spans (traffic). No call per version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from services import registry
+from services._clients import mlflow_client, translate_errors
+from services.errors import NotFoundError, ValidationError
+from services.evaluations import AGENT_TAG, DATASET_TAG, EVAL_RUN_FILTER, VERSION_TAG, EvaluationSummary
+from services.settings import Settings
+
+_PAGE = 200
+_TRACE_PAGE = 500
+TRAFFIC_WINDOW = timedelta(days=7)
+MODEL_ID_METADATA = "mlflow.modelId"
+
+# Columns of the frame ``list_versions`` returns, in order.
+VERSION_COLUMNS = (
+    "version", "created", "creator", "status", "aliases", "run_id", "model_id", "git_commit",
+    "description", "params", "tags", "eval_dataset", "eval_run_id", "metrics",
+    "traces", "error_rate", "p95_ms", "cost_per_request",
+)
+
+
+@dataclass(frozen=True)
+class VersionTraffic:
+    """Traces linked to one version's LoggedModel over a window."""
+
+    traces: int
+    errors: int
+    p95_ms: float | None
+    cost_per_request: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.traces if self.traces else None
+
+
+@dataclass(frozen=True)
+class VersionDetail:
+    """One version with everything known about it; ``evaluations`` newest first."""
+
+    agent: str
+    version: str
+    created: datetime | None
+    creator: str
+    status: str
+    description: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    model_id: str | None
+    source: str
+    git_commit: str | None
+    params: dict[str, str]
+    tags: dict[str, str]
+    evaluations: tuple[EvaluationSummary, ...]
+    traffic: VersionTraffic
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """Params and tags of two versions; ``rows`` holds only what differs."""
+
+    agent: str
+    left: str
+    right: str
+    rows: pd.DataFrame  # columns: kind ("param" | "tag"), key, left, right
+
+    @property
+    def identical(self) -> bool:
+        return self.rows.empty
+
+
+def check_agent_name(name: str) -> str:
+    """A registered model name, stripped; ``ValidationError`` when empty."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError("Choose an agent: the registered model name is empty.")
+    return name
+
+
+def check_version(version: str | int) -> str:
+    """A version number as text; ``ValidationError`` when it is not a positive integer."""
+    text = str(version).strip().removeprefix("v")
+    if not text.isdigit() or int(text) < 1:
+        raise ValidationError(f"{version!r} is not a version number; use a positive integer such as 3.")
+    return str(int(text))
+
+
+def model_id_of(source: str | None) -> str | None:
+    """The LoggedModel id in a version's ``models:/m-<id>`` source, else None."""
+    if source and source.startswith("models:/m-"):
+        return source.removeprefix("models:/").split("/")[0]
+    return None
+
+
+def agent_experiment_ids(name: str, settings: Settings | None = None, *, model: Any = None) -> list[str]:
+    """Experiments holding an agent's evaluations and traces (its tag plus configured ids)."""
+    from services._clients import get_settings
+
+    settings = settings or get_settings()
+    if model is None:
+        client = mlflow_client(settings)
+        with translate_errors(f"registered model {name!r}"):
+            model = client.get_registered_model(name)
+    ids = list(settings.experiment_ids)
+    tagged = (getattr(model, "tags", None) or {}).get(registry.EXPERIMENT_TAG)
+    if tagged and tagged not in ids:
+        ids.insert(0, tagged)
+    return ids
+
+
+def list_versions(
+    name: str, settings: Settings | None = None, *, search: str = "", now: datetime | None = None
+) -> pd.DataFrame:
+    """All versions of an agent, newest first, with columns ``VERSION_COLUMNS``.
+
+    ``search`` keeps versions whose number, alias, creator, git commit, description or
+    tag/param value contains it (case-insensitive).
+    """
+    name = check_agent_name(name)
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {name!r}"):
+        model = client.get_registered_model(name)
+        versions = _all_versions(client, name)
+    experiment_ids = agent_experiment_ids(name, settings, model=model)
+    aliases_by_version: dict[str, list[str]] = {}
+    for alias, number in registry._aliases(model).items():
+        aliases_by_version.setdefault(str(number), []).append(alias)
+    model_ids = [m for m in (model_id_of(v.source) for v in versions) if m]
+    params = _logged_model_params(client, experiment_ids, model_ids)
+    evaluations = latest_evaluation_by_version(name, settings, experiment_ids=experiment_ids)
+    traffic = traffic_by_model(experiment_ids, settings, now=now)
+    rows = []
+    for v in versions:
+        number = str(v.version)
+        model_id = model_id_of(v.source)
+        tags = dict(v.tags or {})
+        evaluation = evaluations.get(number)
+        flow = traffic.get(model_id or "", VersionTraffic(0, 0, None, None))
+        rows.append(
+            {
+                "version": int(number),
+                "created": registry._ts(v.creation_timestamp),
+                "creator": v.user_id or "",
+                "status": str(v.status or ""),
+                "aliases": tuple(sorted(aliases_by_version.get(number, []))),
+                "run_id": v.run_id or None,
+                "model_id": model_id,
+                "git_commit": tags.get(registry.GIT_COMMIT_TAG),
+                "description": v.description or "",
+                "params": params.get(model_id or "", {}),
+                "tags": tags,
+                "eval_dataset": evaluation.dataset if evaluation else None,
+                "eval_run_id": evaluation.run_id if evaluation else None,
+                "metrics": dict(evaluation.metrics) if evaluation else {},
+                "traces": flow.traces,
+                "error_rate": flow.error_rate,
+                "p95_ms": flow.p95_ms,
+                "cost_per_request": flow.cost_per_request,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(VERSION_COLUMNS))
+    frame = frame.sort_values("version", ascending=False, ignore_index=True)
+    if search.strip():
+        frame = frame[frame.apply(lambda row: _matches(row, search.strip().lower()), axis=1)]
+        frame = frame.reset_index(drop=True)
+    return frame
+
+
+def paginate(frame: pd.DataFrame, page: int, page_size: int) -> tuple[pd.DataFrame, int]:
+    """One page (1-based, clamped) of a frame, and the number of pages."""
+    if page_size < 1:
+        raise ValidationError("Page size must be at least 1.")
+    pages = max(1, -(-len(frame) // page_size))
+    page = min(max(1, page), pages)
+    start = (page - 1) * page_size
+    return frame.iloc[start : start + page_size].reset_index(drop=True), pages
+
+
+def version_detail(name: str, version: str | int, settings: Settings | None = None) -> VersionDetail:
+    """One version: registry fields, LoggedModel params, its evaluation runs and traffic."""
+    name = check_agent_name(name)
+    number = check_version(version)
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {name!r}"):
+        model = client.get_registered_model(name)
+    with translate_errors(f"version {number} of {name!r}"):
+        v = client.get_model_version(name, number)
+    experiment_ids = agent_experiment_ids(name, settings, model=model)
+    model_id = model_id_of(v.source)
+    params = _logged_model_params(client, experiment_ids, [model_id] if model_id else [])
+    runs = evaluations_for(name, settings, experiment_ids=experiment_ids, version=number)
+    traffic = traffic_by_model(experiment_ids, settings).get(model_id or "", VersionTraffic(0, 0, None, None))
+    tags = dict(v.tags or {})
+    return VersionDetail(
+        agent=name,
+        version=number,
+        created=registry._ts(v.creation_timestamp),
+        creator=v.user_id or "",
+        status=str(v.status or ""),
+        description=v.description or "",
+        aliases=tuple(sorted(a for a, n in registry._aliases(model).items() if str(n) == number)),
+        run_id=v.run_id or None,
+        model_id=model_id,
+        source=v.source or "",
+        git_commit=tags.get(registry.GIT_COMMIT_TAG),
+        params=params.get(model_id or "", {}),
+        tags=tags,
+        evaluations=tuple(runs),
+        traffic=traffic,
+    )
+
+
+def diff_versions(name: str, left: str | int, right: str | int, settings: Settings | None = None) -> VersionDiff:
+    """Params and tags that differ between two versions, side by side."""
+    left, right = check_version(left), check_version(right)
+    a = version_detail(name, left, settings)
+    b = version_detail(name, right, settings)
+    rows = []
+    for kind, x, y in (("param", a.params, b.params), ("tag", a.tags, b.tags)):
+        for key in sorted(set(x) | set(y)):
+            if x.get(key) != y.get(key):
+                rows.append({"kind": kind, "key": key, "left": x.get(key), "right": y.get(key)})
+    return VersionDiff(name, left, right, pd.DataFrame(rows, columns=["kind", "key", "left", "right"]))
+
+
+def evaluations_for(
+    name: str,
+    settings: Settings | None = None,
+    *,
+    experiment_ids: Sequence[str] | None = None,
+    version: str | None = None,
+) -> list[EvaluationSummary]:
+    """Evaluation runs of an agent (optionally one version), newest first, in one paged search."""
+    experiment_ids = list(experiment_ids if experiment_ids is not None else agent_experiment_ids(name, settings))
+    if not experiment_ids:
+        return []
+    client = mlflow_client(settings)
+    clauses = [EVAL_RUN_FILTER, f"tags.`{AGENT_TAG}` = '{_q(name)}'"]
+    if version is not None:
+        clauses.append(f"tags.`{VERSION_TAG}` = '{_q(str(version))}'")
+    runs = []
+    with translate_errors("evaluation runs"):
+        token = None
+        while True:
+            page = client.search_runs(
+                experiment_ids, filter_string=" AND ".join(clauses), max_results=1000,
+                page_token=token, order_by=["attributes.start_time DESC"],
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    return [
+        EvaluationSummary(
+            run_id=r.info.run_id,
+            run_name=r.info.run_name or r.info.run_id,
+            experiment_id=r.info.experiment_id,
+            agent=r.data.tags.get(AGENT_TAG),
+            version=r.data.tags.get(VERSION_TAG),
+            dataset=r.data.tags.get(DATASET_TAG),
+            started_at=registry._ts(r.info.start_time),
+            status=r.info.status,
+            metrics={k: v for k, v in r.data.metrics.items() if k.endswith("/mean")},
+        )
+        for r in runs
+    ]
+
+
+def latest_evaluation_by_version(
+    name: str, settings: Settings | None = None, *, experiment_ids: Sequence[str] | None = None
+) -> dict[str, EvaluationSummary]:
+    """The newest finished evaluation run of each version."""
+    latest: dict[str, EvaluationSummary] = {}
+    for run in evaluations_for(name, settings, experiment_ids=experiment_ids):
+        if run.version and run.status == "FINISHED" and run.version not in latest:
+            latest[run.version] = run
+    return latest
+
+
+def traffic_by_model(
+    experiment_ids: Sequence[str], settings: Settings | None = None, *, now: datetime | None = None,
+    window: timedelta = TRAFFIC_WINDOW,
+) -> dict[str, VersionTraffic]:
+    """Trace count, errors, p95 latency and cost per request, grouped by LoggedModel id."""
+    if not experiment_ids:
+        return {}
+    now = now or datetime.now(tz=timezone.utc)
+    since_ms = int((now - window).timestamp() * 1000)
+    client = mlflow_client(settings)
+    grouped: dict[str, list[Any]] = {}
+    with translate_errors("traces"):
+        token = None
+        while True:
+            page = client.search_traces(
+                locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {since_ms}",
+                max_results=_TRACE_PAGE, page_token=token, include_spans=False,
+            )
+            for trace in page:
+                model_id = (trace.info.trace_metadata or {}).get(MODEL_ID_METADATA)
+                if model_id:
+                    grouped.setdefault(model_id, []).append(trace.info)
+            token = page.token
+            if not token:
+                break
+    result = {}
+    for model_id, infos in grouped.items():
+        durations = [i.execution_duration for i in infos if i.execution_duration is not None]
+        costs = [c for c in ((i.cost or {}).get("total_cost") for i in infos) if c is not None]
+        errors = sum(1 for i in infos if str(getattr(i.state, "value", i.state)) == "ERROR")
+        result[model_id] = VersionTraffic(
+            traces=len(infos),
+            errors=errors,
+            p95_ms=float(np.percentile(durations, 95)) if durations else None,
+            cost_per_request=float(sum(costs)) / len(infos) if costs else None,
+        )
+    return result
+
+
+def _all_versions(client: Any, name: str) -> list[Any]:
+    versions = registry._all_pages(client.search_model_versions, filter_string=f"name='{_q(name)}'")
+    if not versions:
+        # search_model_versions raises nothing for an unknown name; the caller already
+        # fetched the registered model, so an empty list means "no versions yet".
+        return []
+    return versions
+
+
+def _logged_model_params(client: Any, experiment_ids: Sequence[str], model_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Params of LoggedModels by id: one paged search per experiment list, not one call per model."""
+    wanted = set(model_ids)
+    found: dict[str, dict[str, str]] = {}
+    if not wanted:
+        return found
+    if experiment_ids:
+        with translate_errors("logged models"):
+            token = None
+            while True:
+                page = client.search_logged_models(
+                    experiment_ids=list(experiment_ids), max_results=100, page_token=token
+                )
+                for model in page:
+                    if model.model_id in wanted:
+                        found[model.model_id] = dict(model.params or {})
+                token = getattr(page, "token", None)
+                if not token:
+                    break
+    # A version logged in an experiment we do not know about: a bounded direct lookup.
+    for model_id in list(wanted - set(found))[:20]:
+        try:
+            found[model_id] = dict(client.get_logged_model(model_id).params or {})
+        except Exception:  # noqa: BLE001 - the model may live where we cannot read it
+            found[model_id] = {}
+    return found
+
+
+def _matches(row: pd.Series, needle: str) -> bool:
+    haystack = [
+        f"v{row['version']}", str(row["version"]), row["creator"], row["git_commit"] or "",
+        row["description"], " ".join(row["aliases"]), " ".join(map(str, row["tags"].values())),
+        " ".join(map(str, row["params"].values())),
+    ]
+    return any(needle in str(part).lower() for part in haystack)
+
+
+def _q(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def require_version_exists(client: Any, name: str, version: str) -> Any:
+    """The model version, or ``NotFoundError`` naming the agent and version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            raise NotFoundError(f"{name!r} has no version {version}. Pick an existing version.") from None
+        with translate_errors(f"version {version} of {name!r}"):
+            raise

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from databricks.sdk.service import serving as sdk
+
+from services import serving
+from services.errors import ValidationError
+from services.settings import load_settings
+from tests.harness.databricks import DatabricksHarness
+
+SERVED = (
+    serving.ServedVersion("agent-1", "agent", "1"),
+    serving.ServedVersion("agent-2", "agent", "2"),
+)
+
+
+def _endpoint(routes: tuple[serving.TrafficRoute, ...], served=SERVED) -> serving.Endpoint:
+    return serving.Endpoint("ep", served, routes, serving.EndpointState.READY, datetime.now(tz=timezone.utc), "ana")
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ((serving.TrafficRoute("agent-1", 70), serving.TrafficRoute("agent-2", 20)), "sums to 90%"),
+        ((serving.TrafficRoute("agent-1", 120), serving.TrafficRoute("agent-2", -20)), "0-100"),
+        ((serving.TrafficRoute("agent-1", 50), serving.TrafficRoute("agent-1", 50)), "twice"),
+        ((serving.TrafficRoute("agent-9", 100),), "does not name a served version"),
+    ],
+)
+def test_bad_split_is_refused_and_nothing_is_stored(tmp_path, routes, message):
+    settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
+    good = serving.save_local_endpoint(_endpoint((serving.TrafficRoute("agent-1", 100),)), settings)
+    before = serving.local_config_path(settings).read_text()
+    with pytest.raises(ValidationError, match=message):
+        serving.save_local_endpoint(_endpoint(routes), settings)
+    assert serving.local_config_path(settings).read_text() == before
+    assert serving.list_endpoints(settings) == [good]
+
+
+def test_local_endpoint_round_trips(tmp_path):
+    settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
+    endpoint = _endpoint((serving.TrafficRoute("agent-1", 70), serving.TrafficRoute("agent-2", 30)))
+    serving.save_local_endpoint(endpoint, settings)
+    (stored,) = serving.list_endpoints(settings)
+    assert stored == endpoint
+    assert stored.percentage_for("agent-2") == 30
+    assert json.loads(serving.local_config_path(settings).read_text())["endpoints"][0]["updated_by"] == "ana"
+
+
+@pytest.fixture
+def harness():
+    running = DatabricksHarness().start()
+    yield running
+    running.stop()
+
+
+def test_databricks_endpoints_are_read_through_the_sdk(harness, monkeypatch):
+    harness.endpoints["agents_main-demo-support"] = sdk.ServingEndpointDetailed(
+        name="agents_main-demo-support",
+        creator="ops@example.com",
+        last_updated_timestamp=1_700_000_000_000,
+        state=sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.IN_PROGRESS, ready=sdk.EndpointStateReady.READY),
+        config=sdk.EndpointCoreConfigOutput(
+            served_entities=[
+                sdk.ServedEntityOutput(name="main-demo-support_1", entity_name="main.demo.support", entity_version="1"),
+                sdk.ServedEntityOutput(name="main-demo-support_2", entity_name="main.demo.support", entity_version="2"),
+            ],
+            traffic_config=sdk.TrafficConfig(routes=[
+                sdk.Route(served_entity_name="main-demo-support_1", traffic_percentage=90),
+                sdk.Route(served_entity_name="main-demo-support_2", traffic_percentage=10),
+            ]),
+        ),
+    )
+    monkeypatch.setenv("DATABRICKS_TOKEN", "test-token")
+    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+    (endpoint,) = serving.list_endpoints(settings)
+    assert endpoint.name == "agents_main-demo-support"
+    assert endpoint.state is serving.EndpointState.UPDATING
+    assert endpoint.served[1] == serving.ServedVersion("main-demo-support_2", "main.demo.support", "2")
+    assert {r.entity_name: r.percentage for r in endpoint.routes} == {"main-demo-support_1": 90, "main-demo-support_2": 10}
+    assert endpoint.updated_by == "ops@example.com"
+    paths = [r.path for r in harness.requests if r.path.startswith("/api/2.0/serving-endpoints")]
+    assert paths == ["/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/agents_main-demo-support"]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from services import _mlflow_internal as internal
 from services import overview, registry, serving, traces
 from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client
-from services.settings import Settings
+from services.settings import Backend, Settings
 
 DEMO_DIR = Path(__file__).resolve().parent
 _logger = logging.getLogger(__name__)
@@ -148,6 +148,8 @@ def seed(settings: Settings | None = None, *, progress: Progress = _print_progre
         trace_ids = _live_traffic(client, agent, module, model_ids, experiment_id, rows, rng)
         tick(f"Adding reviewer feedback on {agent.name} traces")
         _feedback(client, trace_ids, rng)
+    if settings.backend is Backend.LOCAL:
+        internal.analyze_sqlite(str(settings.db_path))
     return True
 
 

@@ -49,6 +49,7 @@ kpis[3].metric("Errors (24h)", f"{window.errors:,}",
                help="Traces whose root span failed", delta=None)
 kpis[4].metric("Error rate (24h)", f"{window.error_rate:.1%}" if window.error_rate is not None else "—")
 kpis[5].metric("p95 latency (24h)", f"{window.p95_ms:,.0f} ms" if window.p95_ms is not None else "—")
+page_link("monitoring", "Explore traces, latency and cost", icon=":material/monitoring:")
 
 st.subheader("Agents")
 st.caption("Who holds each alias, and each agent's traffic over the last 24 hours.")

@@ -93,3 +93,23 @@ def test_corrupt_store_gives_a_message_not_a_traceback(tmp_path, use_store):
     app = _run_app()
     assert not app.exception
     assert any("not an SQLite database" in e.value for e in app.error)
+
+
+def test_unreachable_mlflow_server_gives_a_message(monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
+    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", f"http://127.0.0.1:{port}")
+    _clients._cached_settings.cache_clear()
+    try:
+        app = _run_app()
+        assert not app.exception
+        assert any(f"127.0.0.1:{port}" in e.value and "Cannot reach" in e.value for e in app.error)
+        assert "MLflow server" in "".join(m.value for m in app.sidebar.markdown)
+    finally:
+        monkeypatch.undo()
+        _clients._cached_settings.cache_clear()
+        _clients.configure_mlflow()

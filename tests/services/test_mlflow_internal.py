@@ -104,3 +104,15 @@ def test_store_metrics_equal_hand_computed_and_search_fallback(store_with_model)
     assert model_only.traces == 6
     arm_b = traces._summary_by_search(client, [experiment_id], start, end, [traces.tag_filter("agentops.arm", "b")])
     assert arm_b.traces == 3
+
+
+def test_analyze_refreshes_planner_statistics(store_with_model, isolated_settings):
+    import sqlite3
+
+    client, experiment_id, model_id = store_with_model
+    internal.log_traces(client, [_spec(experiment_id, model_id, i, "a") for i in range(3)])
+    assert internal.analyze_sqlite(str(isolated_settings.db_path))
+    with sqlite3.connect(isolated_settings.db_path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT tbl FROM sqlite_stat1")}
+    assert "spans" in tables
+    assert not internal.analyze_sqlite(str(isolated_settings.data_dir / "missing.db"))

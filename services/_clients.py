@@ -32,6 +32,8 @@ LOCAL_MLFLOW_DEFAULTS = {
     "MLFLOW_MODEL_CATALOG_URI": "",
     # A burst overflows the async export queue (size 1000) and traces are discarded.
     "MLFLOW_ASYNC_TRACE_LOGGING_MAX_QUEUE_SIZE": "100000",
+    # Ten export workers contend for SQLite's single writer; two export faster (measured).
+    "MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS": "2",
     # Fail fast instead of retrying for minutes when a server is down.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",

@@ -236,6 +236,32 @@ def _status(spec: SpanSpec) -> SpanStatus:
     return SpanStatus(SpanStatusCode.OK)
 
 
+# --- confirming stored traces ------------------------------------------------------------------
+
+
+def stored_trace_ids(client: MlflowClient, trace_ids: Sequence[str]) -> set[str]:
+    """The subset of ``trace_ids`` whose trace and spans are in the store.
+
+    Uses the SQL store's ``batch_get_trace_infos`` (one query) where present, else one public
+    ``get_trace`` call per id. A trace counts once its spans landed (the
+    ``mlflow.trace.spansLocation`` tag that ``log_spans`` writes).
+    """
+    store = tracking_store(client)
+    batch = getattr(store, "batch_get_trace_infos", None)
+    infos = []
+    if batch is not None:
+        infos = batch(list(trace_ids))
+    else:
+        for trace_id in trace_ids:
+            try:
+                infos.append(client.get_trace(trace_id).info)
+            except Exception:  # noqa: BLE001 - not stored (yet)
+                continue
+    return {
+        info.trace_id for info in infos if info.tags.get("mlflow.trace.spansLocation")
+    }
+
+
 # --- SQLite maintenance ----------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from services._clients import get_settings, translate_errors, workspace_client
 from services.errors import ValidationError
@@ -177,3 +177,187 @@ def _from_sdk(endpoint: Any) -> Endpoint:
         else None
     )
     return Endpoint(endpoint.name, served, routes, state, updated, endpoint.creator, False, "databricks")
+
+
+# --- changing a split ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A validated change: ``before`` is what the plan was made against, ``after`` what it sets."""
+
+    before: Endpoint
+    after: Endpoint
+
+    def percentages(self) -> tuple[dict[str, int], dict[str, int]]:
+        return _percentages(self.before), _percentages(self.after)
+
+
+def _percentages(endpoint: Endpoint) -> dict[str, int]:
+    by_entity = {s.entity_name: s for s in endpoint.served}
+    return {
+        f"{by_entity[r.entity_name].model_name} v{by_entity[r.entity_name].model_version}"
+        if r.entity_name in by_entity else r.entity_name: r.percentage
+        for r in endpoint.routes
+    }
+
+
+def entity_name_for(model_name: str, version: str) -> str:
+    """Served-entity name for a registered version, in Databricks' agents.deploy style."""
+    return f"{model_name.replace('.', '-')}_{version}"
+
+
+def get_endpoint(name: str, settings: Settings | None = None) -> Endpoint:
+    """One endpoint by name (``NotFoundError`` if it does not exist)."""
+    from services.errors import NotFoundError
+
+    settings = settings or get_settings()
+    if settings.backend is Backend.DATABRICKS:
+        with translate_errors(f"serving endpoint {name!r}"):
+            return _from_sdk(workspace_client(settings).serving_endpoints.get(name))
+    endpoint = _read_local(settings).get(name)
+    if endpoint is None:
+        raise NotFoundError(f"Serving endpoint {name!r} does not exist.")
+    return endpoint
+
+
+def plan_split(
+    endpoint_name: str,
+    weights: dict[tuple[str, str], int],
+    *,
+    sticky: bool | None = None,
+    settings: Settings | None = None,
+) -> SplitPlan:
+    """Validate a proposed split (``(model, version) -> percent``) against the current endpoint.
+
+    Nothing is written. Raises ``ValidationError`` for a split that does not sum to 100, a
+    negative share or an empty split, and ``NotFoundError`` for an unknown endpoint or version.
+    """
+    from services._clients import mlflow_client
+
+    if not weights:
+        raise ValidationError("Choose at least one served version.")
+    for (model_name, version), pct in weights.items():
+        if not isinstance(pct, int) or isinstance(pct, bool):
+            raise ValidationError(f"{model_name} v{version}: the share must be a whole number of percent.")
+    before = get_endpoint(endpoint_name, settings)
+    existing = {(s.model_name, s.model_version): s for s in before.served}
+    served = tuple(
+        existing.get((m, v)) or ServedVersion(entity_name_for(m, v), m, v) for (m, v) in weights
+    )
+    routes = tuple(TrafficRoute(s.entity_name, weights[(s.model_name, s.model_version)]) for s in served)
+    validate_routes(served, routes)
+    # The registry must hold every version we are about to route to.
+    client = mlflow_client(settings)
+    for model_name, version in weights:
+        if (model_name, version) in existing:
+            continue
+        with translate_errors(f"registered model {model_name!r}"):
+            client.get_model_version(model_name, version)
+    after = Endpoint(
+        name=before.name, served=served, routes=routes, state=before.state,
+        updated_at=before.updated_at, updated_by=before.updated_by,
+        sticky=before.sticky if sticky is None else sticky, backend=before.backend,
+    )
+    return SplitPlan(before, after)
+
+
+def apply_split(
+    plan: SplitPlan,
+    *,
+    user: str,
+    reason: str,
+    action: str = "edit split",
+    settings: Settings | None = None,
+    user_token: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Endpoint:
+    """Apply a planned split and record it in the audit trail; returns the endpoint as stored."""
+    from services import traffic_audit
+    from services.errors import ConflictError
+
+    settings = settings or get_settings()
+    if not reason.strip():
+        raise ValidationError("Give a reason for the traffic change; it goes into the audit trail.")
+    before_pct, after_pct = plan.percentages()
+    if settings.backend is Backend.DATABRICKS:
+        stored = _apply_databricks(plan, settings, user_token, progress)
+    else:
+        current = _read_local(settings).get(plan.before.name)
+        if current is None or (current.served, current.routes, current.sticky) != (
+            plan.before.served, plan.before.routes, plan.before.sticky
+        ):
+            raise ConflictError(
+                f"The split of {plan.before.name!r} changed since this change was prepared "
+                f"(by {current.updated_by if current else 'someone'}); review the new split and try again."
+            )
+        stored = save_local_endpoint(
+            Endpoint(
+                name=plan.after.name, served=plan.after.served, routes=plan.after.routes,
+                state=EndpointState.READY, updated_at=datetime.now(tz=timezone.utc), updated_by=user,
+                sticky=plan.after.sticky, backend="local",
+            ),
+            settings,
+        )
+    traffic_audit.record_traffic_change(
+        plan.before.name, action=action, user=user, reason=reason, before=before_pct, after=after_pct, settings=settings,
+    )
+    return stored
+
+
+def _apply_databricks(plan: SplitPlan, settings: Settings, user_token: str | None, progress) -> Endpoint:
+    from datetime import timedelta
+
+    from databricks.sdk.errors import OperationFailed, PermissionDenied, ResourceConflict
+    from databricks.sdk.service import serving as sdk
+
+    from services.errors import ConflictError, PermissionDeniedError
+
+    client = workspace_client(settings, user_token=user_token)
+    name = plan.before.name
+    try:
+        current = client.serving_endpoints.get(name)
+        templates = {e.name: e for e in (current.config.served_entities or [])} if current.config else {}
+        default = next(iter(templates.values()), None)
+        entities = []
+        for served in plan.after.served:
+            template = templates.get(served.entity_name) or default
+            entities.append(
+                sdk.ServedEntityInput(
+                    name=served.entity_name,
+                    entity_name=served.model_name,
+                    entity_version=served.model_version,
+                    workload_size=getattr(template, "workload_size", None) or "Small",
+                    scale_to_zero_enabled=getattr(template, "scale_to_zero_enabled", True),
+                )
+            )
+        routes = [sdk.Route(served_entity_name=r.entity_name, traffic_percentage=r.percentage) for r in plan.after.routes]
+        waiter = client.serving_endpoints.update_config(
+            name, served_entities=entities, traffic_config=sdk.TrafficConfig(routes=routes)
+        )
+        if progress:
+            progress(f"Update of {name!r} submitted; waiting for Model Serving to roll it out…")
+
+        def report(endpoint: Any) -> None:
+            if progress and endpoint.state is not None:
+                progress(f"{name}: config update {getattr(endpoint.state.config_update, 'value', endpoint.state.config_update)}")
+
+        detailed = waiter.result(timeout=timedelta(minutes=30), callback=report)
+    except OperationFailed as exc:
+        raise ConflictError(
+            f"Model Serving could not apply the new split on {name!r} ({exc}); the endpoint keeps serving "
+            "its previous configuration."
+        ) from exc
+    except ResourceConflict as exc:
+        raise ConflictError(
+            f"Endpoint {name!r} already has an update in progress; wait for it to finish, then try again. ({exc})"
+        ) from exc
+    except PermissionDenied as exc:
+        raise PermissionDeniedError(
+            f"Changing traffic on {name!r} needs CAN_MANAGE on the serving endpoint. ({exc})"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - classified below
+        from services._clients import classify_error
+
+        raise classify_error(exc, f"serving endpoint {name!r}") from exc
+    return _from_sdk(detailed)

@@ -26,6 +26,11 @@ class DatabricksHarness:
 
     endpoints: dict[str, Any] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
+    # Endpoints on which config updates are refused with 403 (the caller lacks CAN_MANAGE).
+    forbidden: set[str] = field(default_factory=set)
+    # How many GETs an accepted update stays IN_PROGRESS before it is rolled out.
+    rollout_polls: int = 1
+    _polls_left: dict[str, int] = field(default_factory=dict)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
 
@@ -52,16 +57,71 @@ class DatabricksHarness:
                 elif path.startswith("/api/2.0/serving-endpoints/"):
                     name = path.rsplit("/", 1)[-1]
                     if name in harness.endpoints:
+                        harness._advance(name)
                         self._send(200, harness.endpoints[name].as_dict())
                     else:
                         self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint {name} not found"})
                 else:
                     self._send(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API at {path}"})
 
+            def do_PUT(self) -> None:  # noqa: N802 - http.server naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                harness.requests.append(RecordedRequest("PUT", self.path, body))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) == 5 and parts[:3] == ["api", "2.0", "serving-endpoints"] and parts[4] == "config":
+                    status, payload = harness._update_config(parts[3], body)
+                    self._send(status, payload)
+                else:
+                    self._send(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API at {self.path}"})
+
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
+
+    def _update_config(self, name: str, body: dict) -> tuple[int, dict]:
+        from databricks.sdk.service import serving as sdk
+
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint {name} not found"}
+        if name in self.forbidden:
+            return 403, {"error_code": "PERMISSION_DENIED", "message": f"User does not have CAN_MANAGE on {name}"}
+        if endpoint.state and endpoint.state.config_update == sdk.EndpointStateConfigUpdate.IN_PROGRESS:
+            return 409, {"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint {name} is currently being updated"}
+        request = sdk.EndpointCoreConfigInput.from_dict({**body, "name": name})
+        pending = sdk.PendingConfig(
+            served_entities=[
+                sdk.ServedEntityOutput(name=e.name, entity_name=e.entity_name, entity_version=e.entity_version,
+                                       workload_size=e.workload_size, scale_to_zero_enabled=e.scale_to_zero_enabled)
+                for e in request.served_entities or []
+            ],
+            traffic_config=request.traffic_config,
+        )
+        endpoint.pending_config = pending
+        endpoint.state = sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.IN_PROGRESS,
+                                           ready=endpoint.state.ready if endpoint.state else None)
+        self._polls_left[name] = self.rollout_polls
+        return 200, endpoint.as_dict()
+
+    def _advance(self, name: str) -> None:
+        from databricks.sdk.service import serving as sdk
+
+        if name not in self._polls_left:
+            return
+        self._polls_left[name] -= 1
+        if self._polls_left[name] > 0:
+            return
+        del self._polls_left[name]
+        endpoint = self.endpoints[name]
+        pending = endpoint.pending_config
+        endpoint.config = sdk.EndpointCoreConfigOutput(
+            served_entities=pending.served_entities, traffic_config=pending.traffic_config,
+        )
+        endpoint.pending_config = None
+        endpoint.state = sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.NOT_UPDATING,
+                                           ready=sdk.EndpointStateReady.READY)
 
     def stop(self) -> None:
         if self._server:

@@ -1,0 +1,1 @@
+"""The local serving gateway: registered versions behind Databricks-style invocation URLs."""

@@ -1,0 +1,110 @@
+"""Accounting for gateway traces: every request's trace is confirmed stored, or counted lost.
+
+MLflow exports traces asynchronously and its queue discards traces when it overflows
+(shared/MLFLOW-NOTES.md). The gateway therefore tracks each trace id it produced until the
+store has it, applies backpressure when too many are still unconfirmed, and counts (and logs)
+any trace that never arrives instead of losing it silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    produced: int
+    recorded: int
+    pending: int
+    lost: int
+
+
+class TraceLedger:
+    """Pending trace ids, confirmed in batches by ``exists(ids) -> ids found``."""
+
+    def __init__(
+        self,
+        exists: Callable[[list[str]], Iterable[str]],
+        *,
+        max_pending: int = 2_000,
+        lost_after_s: float = 120.0,
+        interval_s: float = 0.5,
+    ) -> None:
+        self._exists = exists
+        self._max_pending = max_pending
+        self._lost_after_s = lost_after_s
+        self._interval_s = interval_s
+        self._pending: dict[str, float] = {}
+        self._produced = self._recorded = self._lost = 0
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="trace-ledger", daemon=True)
+        self._thread.start()
+
+    def wait_for_room(self, timeout_s: float) -> bool:
+        """Block while too many traces are unconfirmed (backpressure); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while len(self._pending) >= self._max_pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
+
+    def add(self, trace_id: str) -> None:
+        with self._lock:
+            self._pending[trace_id] = time.monotonic()
+            self._produced += 1
+
+    def stats(self) -> LedgerStats:
+        with self._lock:
+            return LedgerStats(self._produced, self._recorded, len(self._pending), self._lost)
+
+    def drain(self, timeout_s: float) -> LedgerStats:
+        """Confirm pending traces until none is left or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.confirm_once()
+            if not self.stats().pending:
+                break
+            time.sleep(self._interval_s)
+        return self.stats()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def confirm_once(self) -> None:
+        with self._lock:
+            ids = list(self._pending)
+        if not ids:
+            return
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            try:
+                found.update(self._exists(ids[start : start + 500]))
+            except Exception:  # noqa: BLE001 - the store may be briefly busy; try next round
+                _logger.warning("could not confirm traces; will retry", exc_info=True)
+                return
+        now = time.monotonic()
+        with self._lock:
+            for trace_id in found:
+                if self._pending.pop(trace_id, None) is not None:
+                    self._recorded += 1
+            for trace_id, since in list(self._pending.items()):
+                if now - since > self._lost_after_s:
+                    del self._pending[trace_id]
+                    self._lost += 1
+                    _logger.error("trace %s was never stored (counted as lost)", trace_id)
+            self._lock.notify_all()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.confirm_once()

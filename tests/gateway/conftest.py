@@ -1,0 +1,85 @@
+"""A store with two real versions of the demo support agent and one that cannot load."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+import pytest
+import uvicorn
+
+from services import registry, serving
+from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client
+from services.settings import load_settings
+
+AGENT_FILE = Path(__file__).resolve().parents[2] / "demo" / "agents" / "support_agent.py"
+MODEL = "gw-agent"
+
+
+@pytest.fixture(scope="session")
+def gateway_store(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("gateway-store")
+    settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": str(data_dir)}))
+    client = mlflow_client(settings)
+    experiment_id = get_or_create_experiment(client, "gw-agent", settings)
+    for strategy in ("keyword", "hybrid", "keyword"):
+        with mlflow.start_run(experiment_id=experiment_id):
+            info = mlflow.pyfunc.log_model(
+                name="agent", python_model=str(AGENT_FILE), model_config={"strategy": strategy, "llm_model": "gpt-4o-mini"},
+                pip_requirements=["mlflow"], registered_model_name=MODEL,
+            )
+    client.set_registered_model_tag(MODEL, registry.EXPERIMENT_TAG, experiment_id)
+    # Version 3 cannot load: its artifacts are gone.
+    broken = client.get_model_version(MODEL, "3")
+    logged = client.get_logged_model(broken.source.removeprefix("models:/"))
+    shutil.rmtree(logged.artifact_location.removeprefix("file://"))
+    mlflow.end_run()
+    yield settings
+    configure_mlflow(load_settings({}))
+
+
+def put_endpoint(settings, name: str, weights: dict[str, int], *, sticky: bool = False) -> serving.Endpoint:
+    served = tuple(serving.ServedVersion(f"{MODEL}_{v}", MODEL, v) for v in weights)
+    routes = tuple(serving.TrafficRoute(f"{MODEL}_{v}", pct) for v, pct in weights.items())
+    return serving.save_local_endpoint(
+        serving.Endpoint(name, served, routes, serving.EndpointState.READY, datetime.now(tz=timezone.utc), "test", sticky),
+        settings,
+    )
+
+
+class RunningGateway:
+    def __init__(self, settings) -> None:
+        from gateway.app import create_app
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.app = create_app(settings, seed=11)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway(self):
+        return self.app.state.gateway
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def running_gateway(gateway_store):
+    configure_mlflow(gateway_store)
+    running = RunningGateway(gateway_store)
+    yield running
+    running.stop()

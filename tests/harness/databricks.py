@@ -70,7 +70,10 @@ class DatabricksHarness:
                 harness.requests.append(RecordedRequest("PUT", self.path, body))
                 parts = self.path.split("?")[0].strip("/").split("/")
                 if len(parts) == 5 and parts[:3] == ["api", "2.0", "serving-endpoints"] and parts[4] == "config":
-                    status, payload = harness._update_config(parts[3], body)
+                    try:
+                        status, payload = harness._update_config(parts[3], body)
+                    except Exception as exc:  # noqa: BLE001 - a harness bug: fail fast, no SDK retries
+                        status, payload = 400, {"error_code": "HARNESS_ERROR", "message": repr(exc)}
                     self._send(status, payload)
                 else:
                     self._send(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API at {self.path}"})
@@ -91,7 +94,7 @@ class DatabricksHarness:
         if endpoint.state and endpoint.state.config_update == sdk.EndpointStateConfigUpdate.IN_PROGRESS:
             return 409, {"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint {name} is currently being updated"}
         request = sdk.EndpointCoreConfigInput.from_dict({**body, "name": name})
-        pending = sdk.PendingConfig(
+        pending = sdk.EndpointPendingConfig(
             served_entities=[
                 sdk.ServedEntityOutput(name=e.name, entity_name=e.entity_name, entity_version=e.entity_version,
                                        workload_size=e.workload_size, scale_to_zero_enabled=e.scale_to_zero_enabled)

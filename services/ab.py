@@ -1,0 +1,419 @@
+"""Judging the arms of an endpoint on live traffic, and promoting the winner.
+
+Per arm (served version) over a time window: requests, error rate, latency percentiles, tokens
+and cost per request, reviewer feedback and live scorer results — with confidence intervals,
+tests for the difference against a baseline arm (scipy / statsmodels), a required-sample-size
+estimate, and a plain verdict that says when there is not yet enough data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from services import serving, traces
+from services._clients import get_settings, mlflow_client, translate_errors
+from services.errors import AgentOpsError, ValidationError
+from services.identity import Identity
+from services.settings import Settings
+
+ALPHA = 0.05
+MAX_TRACES_PER_ARM = 20_000
+POSITIVE_FEEDBACK = "thumbs_up"
+
+
+@dataclass(frozen=True)
+class ArmSample:
+    """Per-request values of one arm; lists are aligned only within themselves."""
+
+    entity_name: str
+    model_name: str
+    version: str
+    latencies_ms: tuple[float, ...]
+    errors: int
+    costs: tuple[float, ...]
+    tokens: tuple[int, ...]
+    feedback: tuple[bool, ...]
+    ratings: tuple[float, ...]
+    scorer_passes: tuple[bool, ...]
+    truncated: bool = False
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms)
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    entity_name: str
+    model_name: str
+    version: str
+    requests: int
+    error_rate: Interval
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    median_latency: Interval
+    cost_per_request: Interval
+    tokens_per_request: float | None
+    feedback_count: int
+    positive_rate: Interval
+    mean_rating: float | None
+    scorer_pass_rate: Interval
+    truncated: bool
+
+
+class Direction(StrEnum):
+    BETTER = "better"
+    WORSE = "worse"
+    NO_DIFFERENCE = "no significant difference"
+    NOT_ENOUGH_DATA = "not enough data"
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    p_value: float | None
+    test: str
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class ArmComparison:
+    candidate: str
+    baseline: str
+    metrics: tuple[MetricComparison, ...]
+    required_per_arm: int | None
+    verdict: str
+
+    @property
+    def is_winner(self) -> bool:
+        directions = {m.metric: m.direction for m in self.metrics}
+        quality = ("error rate", "positive feedback", "scorer pass rate")
+        return any(directions.get(q) is Direction.BETTER for q in quality) and not any(
+            d is Direction.WORSE for d in directions.values()
+        )
+
+
+@dataclass(frozen=True)
+class ArmReport:
+    endpoint: str
+    start: datetime
+    end: datetime
+    baseline: str | None
+    arms: tuple[ArmStats, ...]
+    comparisons: tuple[ArmComparison, ...]
+    verdict: str
+
+    @property
+    def winner(self) -> str | None:
+        winners = [c.candidate for c in self.comparisons if c.is_winner]
+        return winners[0] if len(winners) == 1 else None
+
+
+# --- statistics (pure) ------------------------------------------------------------------------
+
+
+def proportion_interval(successes: int, n: int) -> Interval:
+    """Wilson interval for a proportion (``value`` None when n == 0)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n == 0:
+        return Interval(None, None, None)
+    low, high = proportion_confint(successes, n, alpha=ALPHA, method="wilson")
+    return Interval(successes / n, float(low), float(high))
+
+
+def bootstrap_interval(values: Sequence[float], statistic: Callable = np.median, *, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of a statistic (needs at least 2 values)."""
+    from scipy.stats import bootstrap
+
+    if len(values) == 0:
+        return Interval(None, None, None)
+    data = np.asarray(values, dtype=float)
+    point = float(statistic(data))
+    if len(data) < 2 or np.all(data == data[0]):
+        return Interval(point, point, point)
+    result = bootstrap((data,), statistic, confidence_level=1 - ALPHA, n_resamples=2000,
+                       method="percentile", rng=np.random.default_rng(seed))
+    return Interval(point, float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def two_proportion_test(success_a: int, n_a: int, success_b: int, n_b: int) -> tuple[float | None, str]:
+    """p-value for a difference of two proportions: z-test, or Fisher's exact test for small counts."""
+    from scipy.stats import fisher_exact
+    from statsmodels.stats.proportion import proportions_ztest
+
+    if n_a == 0 or n_b == 0:
+        return None, "none"
+    if success_a + success_b == 0 or success_a + success_b == n_a + n_b:
+        return 1.0, "identical"
+    pooled = (success_a + success_b) / (n_a + n_b)
+    if min(n_a, n_b) * min(pooled, 1 - pooled) < 5:
+        _, p = fisher_exact([[success_a, n_a - success_a], [success_b, n_b - success_b]])
+        return float(p), "Fisher's exact test"
+    _, p = proportions_ztest([success_a, success_b], [n_a, n_b])
+    return float(p), "two-proportion z-test"
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Mann-Whitney U p-value (None with fewer than 2 values in an arm)."""
+    from scipy.stats import mannwhitneyu
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def required_sample_size(baseline_rate: float, minimum_effect: float, ratio: float = 1.0) -> int | None:
+    """Requests per (baseline) arm to detect an absolute change of ``minimum_effect`` (alpha 5%, power 80%)."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    target = min(max(baseline_rate + minimum_effect, 1e-6), 1 - 1e-6)
+    base = min(max(baseline_rate, 1e-6), 1 - 1e-6)
+    effect = abs(proportion_effectsize(target, base))
+    if effect == 0:
+        return None
+    n = NormalIndPower().solve_power(effect_size=effect, alpha=ALPHA, power=0.8, ratio=ratio, alternative="two-sided")
+    return int(np.ceil(n))
+
+
+def arm_stats(sample: ArmSample) -> ArmStats:
+    """Point estimates and intervals for one arm."""
+    latencies = np.asarray(sample.latencies_ms, dtype=float)
+    pct = (lambda q: float(np.percentile(latencies, q))) if len(latencies) else (lambda q: None)
+    return ArmStats(
+        entity_name=sample.entity_name,
+        model_name=sample.model_name,
+        version=sample.version,
+        requests=sample.requests,
+        error_rate=proportion_interval(sample.errors, sample.requests),
+        p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99),
+        median_latency=bootstrap_interval(sample.latencies_ms),
+        cost_per_request=bootstrap_interval(sample.costs, np.mean),
+        tokens_per_request=float(np.mean(sample.tokens)) if sample.tokens else None,
+        feedback_count=len(sample.feedback),
+        positive_rate=proportion_interval(sum(sample.feedback), len(sample.feedback)),
+        mean_rating=float(np.mean(sample.ratings)) if sample.ratings else None,
+        scorer_pass_rate=proportion_interval(sum(sample.scorer_passes), len(sample.scorer_passes)),
+        truncated=sample.truncated,
+    )
+
+
+def _direction(p: float | None, candidate: float | None, baseline: float | None, higher_is_better: bool) -> Direction:
+    if p is None or candidate is None or baseline is None:
+        return Direction.NOT_ENOUGH_DATA
+    if p >= ALPHA or candidate == baseline:
+        return Direction.NO_DIFFERENCE
+    better = candidate > baseline if higher_is_better else candidate < baseline
+    return Direction.BETTER if better else Direction.WORSE
+
+
+def compare_arms(baseline: ArmSample, candidate: ArmSample, *, minimum_effect: float = 0.02) -> ArmComparison:
+    """Tests of the candidate arm against the baseline arm, with a plain verdict."""
+    metrics = []
+    b_n, c_n = baseline.requests, candidate.requests
+    p, test = two_proportion_test(baseline.errors, b_n, candidate.errors, c_n)
+    b_err = baseline.errors / b_n if b_n else None
+    c_err = candidate.errors / c_n if c_n else None
+    metrics.append(MetricComparison("error rate", b_err, c_err, p, test, _direction(p, c_err, b_err, False)))
+    p = mann_whitney(baseline.latencies_ms, candidate.latencies_ms)
+    b_lat = float(np.median(baseline.latencies_ms)) if b_n else None
+    c_lat = float(np.median(candidate.latencies_ms)) if c_n else None
+    metrics.append(MetricComparison("median latency (ms)", b_lat, c_lat, p, "Mann-Whitney U", _direction(p, c_lat, b_lat, False)))
+    if baseline.costs and candidate.costs:
+        p = mann_whitney(baseline.costs, candidate.costs)
+        b_cost, c_cost = float(np.mean(baseline.costs)), float(np.mean(candidate.costs))
+        metrics.append(MetricComparison("cost per request ($)", b_cost, c_cost, p, "Mann-Whitney U", _direction(p, c_cost, b_cost, False)))
+    for name, a, b in (("positive feedback", baseline.feedback, candidate.feedback),
+                       ("scorer pass rate", baseline.scorer_passes, candidate.scorer_passes)):
+        if a or b:
+            p, test = two_proportion_test(sum(a), len(a), sum(b), len(b))
+            ra = sum(a) / len(a) if a else None
+            rb = sum(b) / len(b) if b else None
+            metrics.append(MetricComparison(name, ra, rb, p, test, _direction(p, rb, ra, True)))
+    required = required_sample_size(b_err or 0.0, minimum_effect, ratio=(c_n / b_n) if b_n and c_n else 1.0)
+    label = f"v{candidate.version}"
+    base_label = f"v{baseline.version}"
+    parts = []
+    for m in metrics:
+        if m.direction in (Direction.BETTER, Direction.WORSE):
+            parts.append(f"{label} is {m.direction.value} on {m.metric} ({_fmt(m.candidate)} vs {_fmt(m.baseline)}, p = {m.p_value:.3g})")
+    quiet = [m.metric for m in metrics if m.direction is Direction.NO_DIFFERENCE]
+    if quiet:
+        parts.append(f"no significant change in {', '.join(quiet)}")
+    n_line = f"n = {c_n} vs {b_n} requests"
+    if required and min(b_n, c_n) < required:
+        parts.append(
+            f"not enough data yet to detect a {minimum_effect:.0%} change in error rate: about {required:,} "
+            f"requests per arm are needed"
+        )
+    verdict = f"{label} vs {base_label}: " + "; ".join(parts or ["no data"]) + f" ({n_line})."
+    return ArmComparison(candidate.entity_name, baseline.entity_name, tuple(metrics), required, verdict)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if 0 <= value <= 1:
+        return f"{value:.1%}"
+    return f"{value:,.1f}"
+
+
+# --- reading live traffic --------------------------------------------------------------------
+
+
+def validate_window(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValidationError("Time windows need a time zone.")
+    if start >= end:
+        raise ValidationError("The window's start must be before its end.")
+
+
+def arm_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start: datetime, end: datetime,
+                *, settings: Settings | None = None) -> list[ArmSample]:
+    """Per-arm samples from the endpoint's traces in the window (metadata only, no spans)."""
+    validate_window(start, end)
+    client = mlflow_client(settings)
+    samples = []
+    for served in endpoint.served:
+        clauses = [
+            f"trace.timestamp_ms >= {int(start.timestamp() * 1000)}",
+            f"trace.timestamp_ms < {int(end.timestamp() * 1000)}",
+            f"tag.`{traces.ENDPOINT_TAG}` = '{_q(endpoint.name)}'",
+            f"tag.`{traces.ARM_TAG}` = '{_q(served.entity_name)}'",
+        ]
+        infos: list[Any] = []
+        token = None
+        with translate_errors(f"traces of {endpoint.name}"):
+            while len(infos) < MAX_TRACES_PER_ARM:
+                page = client.search_traces(locations=list(experiment_ids), filter_string=" AND ".join(clauses),
+                                            max_results=500, page_token=token, include_spans=False)
+                infos.extend(t.info for t in page)
+                token = page.token
+                if not token:
+                    break
+        samples.append(_sample(served, infos, truncated=bool(token)))
+    return samples
+
+
+def _sample(served: serving.ServedVersion, infos: list[Any], *, truncated: bool) -> ArmSample:
+    latencies, costs, tokens, feedback, ratings, passes = [], [], [], [], [], []
+    errors = 0
+    for info in infos:
+        latencies.append(float(info.execution_duration or 0))
+        if str(info.state).endswith("ERROR"):
+            errors += 1
+        if info.cost and info.cost.get("total_cost") is not None:
+            costs.append(float(info.cost["total_cost"]))
+        if info.token_usage and info.token_usage.get("total_tokens") is not None:
+            tokens.append(int(info.token_usage["total_tokens"]))
+        for assessment in info.assessments or []:
+            value = getattr(assessment, "value", None)
+            if getattr(assessment, "valid", True) is False or value is None:
+                continue
+            source = str(getattr(assessment.source, "source_type", ""))
+            if assessment.name == POSITIVE_FEEDBACK and isinstance(value, bool):
+                feedback.append(value)
+            elif assessment.name == "rating" and isinstance(value, (int, float)):
+                ratings.append(float(value))
+            elif source.endswith(("CODE", "LLM_JUDGE")) and isinstance(value, (bool, str)):
+                passes.append(value is True or str(value).lower() in ("yes", "true", "pass"))
+    return ArmSample(served.entity_name, served.model_name, served.model_version, tuple(latencies), errors,
+                     tuple(costs), tuple(tokens), tuple(feedback), tuple(ratings), tuple(passes), truncated)
+
+
+def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: datetime, end: datetime | None = None,
+                   *, baseline: str | None = None, minimum_effect: float = 0.02,
+                   settings: Settings | None = None) -> ArmReport:
+    """Stats per arm and each arm compared with the baseline (by default the largest share)."""
+    end = end or datetime.now(tz=timezone.utc)
+    endpoint = serving.get_endpoint(endpoint_name, settings)
+    samples = arm_samples(endpoint, experiment_ids, start, end, settings=settings)
+    if not samples:
+        return ArmReport(endpoint.name, start, end, None, (), (), "This endpoint serves no versions.")
+    by_name = {s.entity_name: s for s in samples}
+    if baseline is None:
+        baseline = max(endpoint.routes, key=lambda r: r.percentage).entity_name
+    if baseline not in by_name:
+        raise ValidationError(f"{baseline!r} is not an arm of {endpoint.name!r}.")
+    base = by_name[baseline]
+    comparisons = tuple(compare_arms(base, s, minimum_effect=minimum_effect) for s in samples if s.entity_name != baseline)
+    stats = tuple(arm_stats(s) for s in samples)
+    if sum(s.requests for s in samples) == 0:
+        verdict = "No traffic in this window yet: send requests to the endpoint, or widen the window."
+    else:
+        verdict = " ".join(c.verdict for c in comparisons) or "Only one arm: nothing to compare."
+    return ArmReport(endpoint.name, start, end, baseline, stats, comparisons, verdict)
+
+
+def _q(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# --- promote the winner / roll back -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    traffic_moved: bool
+    alias_moved: bool
+    endpoint: serving.Endpoint | None
+    message: str
+
+
+class PartialPromotionError(AgentOpsError):
+    """Traffic moved but the alias did not; the message says exactly where things stand."""
+
+
+def promote_arm(
+    endpoint_name: str, entity_name: str, identity: Identity, *, reason: str, alias: str = "champion",
+    override_gate: bool = False, action: str = "promote winner", settings: Settings | None = None,
+) -> PromotionOutcome:
+    """Move 100% of traffic to one arm, then point ``alias`` at its version; both audited.
+
+    Traffic moves first. If the alias cannot follow, ``PartialPromotionError`` states that the
+    traffic moved and the alias did not, so the operator can retry the alias alone.
+    """
+    from services import releases
+    from services.audit import AliasAction
+
+    settings = settings or get_settings()
+    if not reason.strip():
+        raise ValidationError("Give a reason; it goes into the audit trail.")
+    endpoint = serving.get_endpoint(endpoint_name, settings)
+    served = {s.entity_name: s for s in endpoint.served}
+    if entity_name not in served:
+        raise ValidationError(f"{entity_name!r} is not an arm of {endpoint_name!r}.")
+    winner = served[entity_name]
+    weights = {(s.model_name, s.model_version): (100 if s.entity_name == entity_name else 0) for s in endpoint.served}
+    plan = serving.plan_split(endpoint_name, weights, settings=settings)
+    stored = serving.apply_split(plan, user=identity.user, reason=reason, action=action, settings=settings,
+                                 user_token=identity.access_token)
+    try:
+        releases.promote(
+            winner.model_name, alias, winner.model_version, identity, reason=reason, override=override_gate,
+            action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE, settings=settings,
+        )
+    except AgentOpsError as exc:
+        raise PartialPromotionError(
+            f"Traffic on {endpoint_name!r} now goes 100% to {winner.model_name} v{winner.model_version}, "
+            f"but {winner.model_name}@{alias} was NOT moved: {exc} Retry moving the alias on the Versions page, "
+            "or roll the traffic back."
+        ) from exc
+    return PromotionOutcome(True, True, stored,
+                            f"{endpoint_name}: 100% to v{winner.model_version}; {alias} → v{winner.model_version}.")

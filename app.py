@@ -10,6 +10,10 @@ st.set_page_config(page_title="Agent Ops Console", page_icon=":material/hub:", l
 PAGES.update(
     {
         "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+        "versions": st.Page("pages/versions.py", title="Versions & releases", icon=":material/sell:"),
+        "monitoring": st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
+        "evaluations": st.Page("pages/evaluations.py", title="Evaluations", icon=":material/fact_check:"),
+        "serving": st.Page("pages/serving.py", title="Serving & A/B", icon=":material/alt_route:"),
     }
 )
 navigation = st.navigation(list(PAGES.values()))

@@ -1,0 +1,217 @@
+"""Serving: endpoints and their traffic splits, test traffic, judging arms, promoting the winner."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import streamlit as st
+
+from components.charts import split_chart
+from components.context import current_identity, current_settings
+from components.errors import show_error
+from components.serving import arms_frame, comparisons_frame, history_frame, plan_frame
+from services import ab, registry, serving, traffic, traffic_audit
+from services.errors import AgentOpsError
+from services.settings import Backend, Settings
+
+settings = current_settings()
+identity = current_identity(settings)
+st.title("Serving & A/B traffic")
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _endpoints(settings: Settings) -> list[serving.Endpoint]:
+    return serving.list_endpoints(settings)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _agents(settings: Settings) -> list[registry.AgentSummary]:
+    return registry.list_agents(settings)
+
+
+@st.cache_data(ttl=30, show_spinner="Judging the arms…")
+def _report(settings: Settings, endpoint: str, experiments: tuple[str, ...], hours: int, effect: float) -> ab.ArmReport:
+    end = datetime.now(tz=timezone.utc)
+    return ab.judge_endpoint(endpoint, list(experiments), end - timedelta(hours=hours), end,
+                             minimum_effect=effect, settings=settings)
+
+
+def _clear() -> None:
+    _endpoints.clear()
+    _report.clear()
+    _agents.clear()
+
+
+try:
+    endpoints = _endpoints(settings)
+    agents = {a.name: a for a in _agents(settings)}
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the serving endpoints")
+    st.stop()
+
+if not endpoints:
+    st.info(
+        "**No serving endpoints yet.** Locally, endpoints live in the data folder and the demo workspace "
+        "creates two (`python -m demo.seed` on an empty store). On Databricks, deploy an agent with "
+        "`databricks.agents.deploy`.", icon=":material/route:",
+    )
+    st.stop()
+
+if settings.backend is not Backend.DATABRICKS:
+    problem = traffic.gateway_status(settings)
+    if problem:
+        st.warning(f"The local gateway at `{settings.gateway_url}` is {problem}. Splits can still be edited; "
+                   "requests and test traffic need it (`./scripts/run` starts it).", icon=":material/power_off:")
+    else:
+        st.caption(f"Local gateway: `{settings.gateway_url}/serving-endpoints/<name>/invocations`")
+
+by_name = {e.name: e for e in endpoints}
+name = st.selectbox("Endpoint", list(by_name), key="serving_endpoint")
+endpoint = by_name[name]
+cols = st.columns([3, 1, 1])
+cols[0].plotly_chart(split_chart((endpoint,)), use_container_width=True, config={"displayModeBar": False})
+cols[1].metric("State", endpoint.state.value)
+cols[2].metric("Sticky routing", "on" if endpoint.sticky else "off")
+st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC by {endpoint.updated_by or 'unknown'}"
+           if endpoint.updated_at else "Never updated through the app.")
+model_names = sorted({s.model_name for s in endpoint.served})
+experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
+
+split_tab, judge_tab, traffic_tab, history_tab = st.tabs(["Edit split", "Judge arms", "Send test traffic", "History"])
+
+with split_tab:
+    st.markdown("Set each served version's share of requests. Shares are whole percents and must add up to 100.")
+    state_key = f"split_rows::{endpoint.name}"
+    if state_key not in st.session_state:
+        st.session_state[state_key] = {(s.model_name, s.model_version): endpoint.percentage_for(s.entity_name)
+                                       for s in endpoint.served}
+    rows: dict[tuple[str, str], int] = st.session_state[state_key]
+    for (model, version) in list(rows):
+        c1, c2 = st.columns([4, 1])
+        rows[(model, version)] = int(c1.number_input(f"{model} v{version}", min_value=0, max_value=100, step=5,
+                                                     value=int(rows[(model, version)]), key=f"pct::{name}::{model}::{version}"))
+        if len(rows) > 1 and c2.button("Remove", key=f"rm::{name}::{model}::{version}"):
+            del rows[(model, version)]
+            st.rerun()
+    candidates = [a for a in agents.values() if a.name in model_names or not model_names]
+    with st.expander("Add a served version from the registry"):
+        agent_name = st.selectbox("Agent", [a.name for a in candidates] or list(agents), key=f"add_agent::{name}")
+        latest = agents[agent_name].latest_version if agent_name in agents else None
+        options = [str(v) for v in range(int(latest), 0, -1)] if latest else []
+        version = st.selectbox("Version", options, key=f"add_version::{name}")
+        if st.button("Add", key=f"add::{name}", disabled=not version):
+            rows.setdefault((agent_name, version), 0)
+            st.rerun()
+    total = sum(rows.values())
+    if total == 100:
+        st.success(f"Total: {total}%", icon=":material/check_circle:")
+    else:
+        st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
+    sticky = st.toggle("Sticky assignment (same user or conversation → same version)", value=endpoint.sticky,
+                       key=f"sticky::{name}", disabled=settings.backend is Backend.DATABRICKS)
+    reason = st.text_input("Reason (recorded in the audit trail)", key=f"reason::{name}")
+    if st.button("Review change", type="primary", disabled=total != 100, key=f"review::{name}"):
+        try:
+            st.session_state[f"plan::{name}"] = serving.plan_split(name, dict(rows), sticky=sticky, settings=settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="This split cannot be applied")
+    plan = st.session_state.get(f"plan::{name}")
+    if plan is not None:
+        st.subheader("Current → proposed")
+        st.dataframe(plan_frame(plan), hide_index=True, use_container_width=True)
+        confirm, cancel = st.columns(2)
+        if confirm.button("Confirm and apply", type="primary", key=f"confirm::{name}"):
+            try:
+                with st.status("Applying the new split…", expanded=True) as status:
+                    stored = serving.apply_split(plan, user=identity.user, reason=reason, settings=settings,
+                                                 user_token=identity.access_token, progress=status.write)
+                    status.update(label="Split applied", state="complete")
+                st.session_state.pop(f"plan::{name}", None)
+                st.session_state.pop(state_key, None)
+                _clear()
+                st.toast(f"{stored.name}: new split applied and recorded.")
+                st.rerun()
+            except AgentOpsError as exc:
+                show_error(exc, what="The split was not changed")
+        if cancel.button("Cancel", key=f"cancel::{name}"):
+            st.session_state.pop(f"plan::{name}", None)
+            st.rerun()
+
+with judge_tab:
+    c1, c2 = st.columns(2)
+    hours = c1.selectbox("Window", [24, 72, 168, 720], index=2, format_func=lambda h: f"last {h // 24} days" if h >= 48 else f"last {h} hours",
+                         key=f"window::{name}")
+    effect = c2.slider("Smallest error-rate change you care about", 0.005, 0.10, 0.02, 0.005, format="%.3f",
+                       key=f"effect::{name}")
+    try:
+        report = _report(settings, name, experiments, hours, effect)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot judge the arms")
+        report = None
+    if report is not None:
+        if not any(a.requests for a in report.arms):
+            st.info("No traffic in this window yet. Send test traffic or widen the window.", icon=":material/hourglass_empty:")
+        else:
+            st.markdown(f"**Verdict.** {report.verdict}")
+            st.dataframe(arms_frame(report), hide_index=True, use_container_width=True,
+                         column_config={c: st.column_config.NumberColumn(format="%.0f") for c in ("p50 ms", "p95 ms", "p99 ms", "Tokens / request")})
+            with st.expander("Tests per metric"):
+                st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
+                             column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
+            labels = {a.entity_name: f"{a.model_name} v{a.version}" for a in report.arms}
+            st.subheader("Promote or roll back")
+            st.caption("Moves 100% of traffic to the chosen arm, then points `champion` at its version. Both are audited.")
+            default = list(labels).index(report.winner) if report.winner in labels else 0
+            chosen = st.selectbox("Arm", list(labels), index=default, format_func=labels.get, key=f"winner::{name}")
+            if report.winner:
+                st.success(f"Winner on this window: {labels[report.winner]}", icon=":material/emoji_events:")
+            else:
+                st.info("No arm is a clear winner on this window.", icon=":material/balance:")
+            action = st.radio("Action", ["promote winner", "rollback"], horizontal=True, key=f"action::{name}")
+            why = st.text_input("Reason", key=f"why::{name}")
+            override = st.checkbox("Override the promotion gate (needs the reason above)", key=f"override::{name}")
+            before = " · ".join(f"{labels.get(r.entity_name, r.entity_name)} {r.percentage}%" for r in endpoint.routes)
+            st.markdown(f"**Now:** {before}  \n**After:** {labels[chosen]} 100% · champion → v{labels[chosen].rsplit('v', 1)[-1]}")
+            if st.button("Confirm", type="primary", key=f"promote::{name}", disabled=not why.strip()):
+                try:
+                    with st.spinner("Moving traffic, then the alias…"):
+                        outcome = ab.promote_arm(name, chosen, identity, reason=why, override_gate=override,
+                                                 action=action, settings=settings)
+                    _clear()
+                    st.success(outcome.message)
+                except AgentOpsError as exc:
+                    _clear()
+                    show_error(exc, what="Promotion did not complete")
+
+with traffic_tab:
+    if settings.backend is Backend.DATABRICKS:
+        st.info("Test traffic goes through the local gateway; on Databricks, query the endpoint directly.")
+    else:
+        n = st.number_input("Requests", min_value=1, max_value=traffic.MAX_TEST_REQUESTS, value=50, step=10, key=f"n::{name}")
+        if st.button("Send", key=f"send::{name}"):
+            try:
+                questions = traffic.sample_questions(model_names, settings)
+                bar = st.progress(0.0, text="Sending…")
+                result = traffic.send_test_traffic(
+                    name, questions, int(n), settings=settings,
+                    progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} requests"),
+                )
+                st.success(f"{result.ok} of {result.sent} answered; per arm: "
+                           + ", ".join(f"{k}: {v}" for k, v in sorted(result.by_arm.items())))
+                for line in result.errors:
+                    st.warning(line)
+                _report.clear()
+            except AgentOpsError as exc:
+                show_error(exc, what="Test traffic was not sent")
+
+with history_tab:
+    try:
+        changes = traffic_audit.traffic_changes(name, settings=settings)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the audit trail")
+        changes = []
+    if changes:
+        st.dataframe(history_frame(changes), hide_index=True, use_container_width=True,
+                     column_config={"When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+    else:
+        st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")

@@ -53,7 +53,7 @@ def show_versions_table(frame: pd.DataFrame) -> None:
     st.dataframe(
         shown,
         hide_index=True,
-        use_container_width=True,
+        width="stretch",
         column_config={
             "Created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
             "Error rate": st.column_config.NumberColumn(format="percent"),
@@ -90,10 +90,10 @@ def show_version_detail(detail: VersionDetail) -> None:
     left, right = st.columns(2)
     left.caption("Params")
     left.dataframe(pd.DataFrame(sorted(detail.params.items()), columns=["Param", "Value"]), hide_index=True,
-                   use_container_width=True)
+                   width="stretch")
     right.caption("Tags")
     right.dataframe(pd.DataFrame(sorted(detail.tags.items()), columns=["Tag", "Value"]), hide_index=True,
-                    use_container_width=True)
+                    width="stretch")
     st.caption("Evaluation runs of this version")
     if detail.evaluations:
         st.dataframe(
@@ -102,7 +102,7 @@ def show_version_detail(detail: VersionDetail) -> None:
                   **{m.removesuffix("/mean"): v for m, v in sorted(e.metrics.items())}, "Run id": e.run_id}
                  for e in detail.evaluations]
             ),
-            hide_index=True, use_container_width=True,
+            hide_index=True, width="stretch",
             column_config={"Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
         )
     else:
@@ -145,7 +145,7 @@ def show_plan(plan: PromotionPlan) -> None:
     else:
         same = "same dataset" if ev.current_eval else "the current holder has no evaluation on it"
         st.caption(f"Evidence: latest evaluations on **{ev.dataset or 'unnamed dataset'}** ({same}).")
-        st.dataframe(evidence_frame(plan), hide_index=True, use_container_width=True,
+        st.dataframe(evidence_frame(plan), hide_index=True, width="stretch",
                      column_config={"Δ": st.column_config.NumberColumn(format="%+.3f")})
     traffic = ev.candidate_traffic
     st.caption(
@@ -154,7 +154,7 @@ def show_plan(plan: PromotionPlan) -> None:
         f"{f'${traffic.cost_per_request:.5f}' if traffic.cost_per_request is not None else '—'}"
     )
     if plan.checks:
-        st.dataframe(checks_frame(plan), hide_index=True, use_container_width=True)
+        st.dataframe(checks_frame(plan), hide_index=True, width="stretch")
     else:
         st.caption("No gate rules are set for this agent.")
 

@@ -87,7 +87,7 @@ with split_tab:
                                        for s in endpoint.served}
     rows: dict[tuple[str, str], int] = st.session_state[state_key]
     for (model, version) in list(rows):
-        c1, c2 = st.columns([4, 1])
+        c1, c2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
         rows[(model, version)] = int(c1.number_input(f"{model} v{version}", min_value=0, max_value=100, step=5,
                                                      value=int(rows[(model, version)]), key=f"pct::{name}::{model}::{version}"))
         if len(rows) > 1 and c2.button("Remove", key=f"rm::{name}::{model}::{version}"):

@@ -174,10 +174,15 @@ def list_versions(
         )
     frame = pd.DataFrame(rows, columns=list(VERSION_COLUMNS))
     frame = frame.sort_values("version", ascending=False, ignore_index=True)
-    if search.strip():
-        frame = frame[frame.apply(lambda row: _matches(row, search.strip().lower()), axis=1)]
-        frame = frame.reset_index(drop=True)
-    return frame
+    return filter_versions(frame, search)
+
+
+def filter_versions(frame: pd.DataFrame, search: str) -> pd.DataFrame:
+    """Rows whose number, alias, creator, commit, description, tag or param value contains ``search``."""
+    needle = (search or "").strip().lower()
+    if not needle or frame.empty:
+        return frame
+    return frame[frame.apply(lambda row: _matches(row, needle), axis=1)].reset_index(drop=True)
 
 
 def paginate(frame: pd.DataFrame, page: int, page_size: int) -> tuple[pd.DataFrame, int]:

@@ -1,0 +1,309 @@
+"""Versions & releases: browse versions, compare them, promote and roll back aliases behind a gate."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timezone
+
+import pandas as pd
+import streamlit as st
+
+from components.context import current_identity, current_settings
+from components.errors import show_error
+from components.versions import (
+    diff_frame,
+    history_frame,
+    show_plan,
+    show_version_detail,
+    show_versions_table,
+    states_frame,
+)
+from services import registry, releases, versions
+from services.errors import AgentOpsError
+from services.settings import Settings
+
+PAGE_SIZES = (25, 50, 100)
+_PENDING = "versions.pending_plan"
+_NOTICE = "versions.notice"
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _agents(settings: Settings) -> list[registry.AgentSummary]:
+    return registry.list_agents(settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _versions(settings: Settings, agent: str) -> pd.DataFrame:
+    return versions.list_versions(agent, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _detail(settings: Settings, agent: str, version: str) -> versions.VersionDetail:
+    return versions.version_detail(agent, version, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _diff(settings: Settings, agent: str, left: str, right: str) -> versions.VersionDiff:
+    return versions.diff_versions(agent, left, right, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _states(settings: Settings, agent: str) -> list[releases.AliasState]:
+    return releases.alias_states(agent, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _history(settings: Settings, agent: str) -> list:
+    return releases.alias_history(agent, settings=settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _rules(settings: Settings, agent: str) -> list[releases.GateRule]:
+    return releases.gate_rules(agent, settings)
+
+
+def _clear_caches() -> None:
+    for loader in (_agents, _versions, _detail, _diff, _states, _history, _rules):
+        loader.clear()
+
+
+settings = current_settings()
+identity = current_identity(settings)
+st.title("Versions & releases")
+
+try:
+    agents = _agents(settings)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the model registry")
+    st.stop()
+
+if not agents:
+    st.info(
+        "**No registered agents yet.** Register an agent version in MLflow (for example "
+        "`mlflow.pyfunc.log_model(..., registered_model_name=...)`), or fill the store with the demo:"
+        "\n\n```\npython -m demo.seed\n```",
+        icon=":material/inbox:",
+    )
+    st.stop()
+
+notice = st.session_state.pop(_NOTICE, None)
+if notice:
+    st.success(notice, icon=":material/check_circle:")
+
+query = st.text_input("Search agents", placeholder="name contains…", key="versions.agent_search")
+names = [a.name for a in agents if query.strip().lower() in a.name.lower()]
+if not names:
+    st.info(f"No agent name contains {query!r}. Clear the search to see all {len(agents)} agents.",
+            icon=":material/search_off:")
+    st.stop()
+agent = st.selectbox("Agent", names, key="versions.agent")
+
+try:
+    frame = _versions(settings, agent)
+except AgentOpsError as exc:
+    show_error(exc, what=f"Cannot list the versions of {agent}")
+    st.stop()
+
+if frame.empty:
+    st.info(f"**{agent} has no versions yet.** Log a model with `registered_model_name={agent!r}` to create one.",
+            icon=":material/inbox:")
+    st.stop()
+
+numbers = [str(v) for v in frame["version"]]
+tab_list, tab_compare, tab_promote, tab_history, tab_gate = st.tabs(
+    ["Versions", "Compare", "Promote / roll back", "Alias history & audit", "Gate rules"]
+)
+
+with tab_list:
+    controls = st.columns([3, 1, 1])
+    search = controls[0].text_input("Filter versions", placeholder="v3, alias, commit, param value…",
+                                    key="versions.search")
+    page_size = controls[1].selectbox("Per page", PAGE_SIZES, key="versions.page_size")
+    shown = versions.filter_versions(frame, search)
+    _, pages = versions.paginate(shown, 1, page_size)
+    page = controls[2].number_input("Page", min_value=1, max_value=pages, value=1, key="versions.page")
+    rows, pages = versions.paginate(shown, int(page), page_size)
+    st.caption(f"{len(shown)} of {len(frame)} versions · page {min(int(page), pages)} of {pages} · "
+               "traffic over the last 7 days")
+    if rows.empty:
+        st.info("No version matches the filter.", icon=":material/search_off:")
+    else:
+        show_versions_table(rows)
+    chosen = st.selectbox("Version detail", numbers, format_func=lambda v: f"v{v}", key="versions.detail")
+    try:
+        show_version_detail(_detail(settings, agent, chosen))
+    except AgentOpsError as exc:
+        show_error(exc, what=f"Cannot read v{chosen}")
+
+with tab_compare:
+    if len(numbers) < 2:
+        st.info("Only one version exists; register another to compare.", icon=":material/compare_arrows:")
+    else:
+        left_col, right_col = st.columns(2)
+        left = left_col.selectbox("Left", numbers, index=1, format_func=lambda v: f"v{v}", key="versions.left")
+        right = right_col.selectbox("Right", numbers, index=0, format_func=lambda v: f"v{v}", key="versions.right")
+        try:
+            diff = _diff(settings, agent, left, right)
+            if diff.identical:
+                st.info(f"v{left} and v{right} have the same params and tags.", icon=":material/drag_handle:")
+            else:
+                st.caption("Only the params and tags that differ.")
+                st.dataframe(diff_frame(diff), hide_index=True, width="stretch")
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot compare the versions")
+
+with tab_promote:
+    try:
+        states = _states(settings, agent)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the aliases")
+        states = []
+    known = sorted({"champion", "challenger", *(s.alias for s in states)})
+    cols = st.columns([2, 2, 2])
+    alias_options = [*known, "other…"]
+    alias_choice = cols[0].selectbox("Alias", alias_options, index=alias_options.index("champion"),
+                                     key="versions.alias")
+    alias = cols[1].text_input("New alias name", key="versions.alias_other") if alias_choice == "other…" else alias_choice
+    target = cols[2].selectbox("Version", numbers, format_func=lambda v: f"v{v}", key="versions.target")
+    if st.button("Review promotion", icon=":material/fact_check:", key="versions.review"):
+        try:
+            with st.spinner("Gathering evidence…"):
+                st.session_state[_PENDING] = releases.plan_promotion(agent, alias, target, settings)
+        except AgentOpsError as exc:
+            st.session_state.pop(_PENDING, None)
+            show_error(exc, what="Cannot plan this promotion")
+
+    plan: releases.PromotionPlan | None = st.session_state.get(_PENDING)
+    if plan is not None and plan.agent == agent:
+        with st.container(border=True):
+            show_plan(plan)
+            reason = ""
+            override = False
+            if plan.is_noop:
+                st.info(f"{plan.alias} already points to v{plan.target_version}.", icon=":material/info:")
+            if plan.blocked:
+                st.error("**The gate blocks this promotion.** Nothing will change unless you override it "
+                         "with a written reason, which is recorded.", icon=":material/block:")
+                override = st.checkbox("Override the gate", key="versions.override")
+                if override:
+                    reason = st.text_area("Why override? (recorded in the audit trail)", key="versions.reason")
+            else:
+                reason = st.text_input("Reason (optional, recorded)", key="versions.reason_ok")
+            buttons = st.columns(2)
+            confirm = buttons[0].button(
+                "Confirm promotion", type="primary", key="versions.confirm",
+                disabled=plan.blocked and (not override or not reason.strip()),
+            )
+            if buttons[1].button("Cancel", key="versions.cancel"):
+                st.session_state.pop(_PENDING, None)
+                st.rerun()
+            if confirm:
+                try:
+                    result = releases.promote(
+                        plan.agent, plan.alias, plan.target_version, identity, reason=reason,
+                        override=plan.blocked and override, expected_current=plan.current_version,
+                        settings=settings,
+                    )
+                except AgentOpsError as exc:
+                    show_error(exc, what="The alias was not changed")
+                else:
+                    st.session_state.pop(_PENDING, None)
+                    _clear_caches()
+                    change = result.change
+                    st.session_state[_NOTICE] = (
+                        f"{change.alias}: v{change.from_version or '—'} → v{change.to_version} "
+                        f"(recorded as {change.gate.value} by {change.user}). " + " ".join(result.messages)
+                    )
+                    st.rerun()
+
+with tab_history:
+    try:
+        states = _states(settings, agent)
+        history = _history(settings, agent)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the audit trail")
+        states, history = [], []
+    if states:
+        st.dataframe(states_frame(states), hide_index=True, width="stretch",
+                     column_config={"Last change": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+        for state in states:
+            if state.drift in (releases.Drift.EXTERNAL, releases.Drift.REMOVED):
+                st.warning(f"**{state.alias}** was {state.drift.value}: the last recorded change set it to "
+                           f"v{state.last_change.to_version}, the registry holds "
+                           f"{'v' + state.version if state.version else 'nothing'}.", icon=":material/warning:")
+        rollbackable = [s for s in states if s.previous_version and s.version]
+        if rollbackable:
+            roll_cols = st.columns([2, 3, 1])
+            roll_alias = roll_cols[0].selectbox(
+                "Roll back alias", [s.alias for s in rollbackable], key="versions.rollback_alias",
+                format_func=lambda a: next(f"{a}: v{s.version} → v{s.previous_version}" for s in rollbackable if s.alias == a),
+            )
+            roll_reason = roll_cols[1].text_input("Reason", key="versions.rollback_reason")
+            roll_cols[2].write("")
+            if roll_cols[2].button("Roll back", icon=":material/undo:", key="versions.rollback"):
+                state = next(s for s in rollbackable if s.alias == roll_alias)
+                try:
+                    result = releases.rollback(agent, roll_alias, identity, reason=roll_reason,
+                                               expected_current=state.version, settings=settings)
+                except AgentOpsError as exc:
+                    show_error(exc, what="The alias was not rolled back")
+                else:
+                    _clear_caches()
+                    st.session_state[_NOTICE] = (f"Rolled {roll_alias} back: v{result.change.from_version} → "
+                                                 f"v{result.change.to_version}.")
+                    st.rerun()
+    if history:
+        st.subheader("Recorded changes")
+        st.dataframe(history_frame(history), hide_index=True, width="stretch",
+                     column_config={"When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+        st.subheader("Who held an alias at a given time?")
+        q = st.columns(3)
+        when_alias = q[0].selectbox("Alias", sorted({c.alias for c in history}), key="versions.when_alias")
+        when_day = q[1].date_input("Date (UTC)", key="versions.when_day")
+        when_time = q[2].time_input("Time (UTC)", value=time(23, 59), key="versions.when_time")
+        moment = datetime.combine(when_day, when_time, tzinfo=timezone.utc)
+        try:
+            holder = releases.holder_at(agent, when_alias, moment, settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot answer from the audit trail")
+        else:
+            st.markdown(f"At {moment:%Y-%m-%d %H:%M} UTC **{when_alias}** held "
+                        f"**{'v' + holder if holder else 'no version (per the audit trail)'}**.")
+    else:
+        st.info("No alias change has been made through the app yet; promotions and rollbacks appear here.",
+                icon=":material/history:")
+
+with tab_gate:
+    try:
+        rules = _rules(settings, agent)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the gate rules")
+        rules = []
+    st.caption(f"Stored on the registered model as the `{releases.GATE_TAG}` tag, so they travel with the agent. "
+               "Metrics are evaluation metric names such as `expected_facts/mean`.")
+    editor = st.data_editor(
+        pd.DataFrame([{"kind": r.kind.value, "metric": r.metric or "", "threshold": r.threshold} for r in rules],
+                     columns=["kind", "metric", "threshold"]),
+        num_rows="dynamic", width="stretch", key="versions.rules_editor",
+        column_config={
+            "kind": st.column_config.SelectboxColumn("Rule", options=[k.value for k in releases.RuleKind], required=True),
+            "metric": st.column_config.TextColumn("Metric"),
+            "threshold": st.column_config.NumberColumn("Threshold", required=True),
+        },
+    )
+    if st.button("Save gate rules", icon=":material/save:", key="versions.save_rules"):
+        try:
+            new_rules = [
+                releases.GateRule(releases.RuleKind(row["kind"]), float(row["threshold"]), (row["metric"] or None))
+                for row in editor.dropna(subset=["kind", "threshold"]).to_dict("records")
+            ]
+            releases.set_gate_rules(agent, new_rules, identity, settings)
+        except (AgentOpsError, ValueError) as exc:
+            show_error(exc, what="The gate rules were not saved")
+        else:
+            _clear_caches()
+            st.session_state[_NOTICE] = f"Saved {len(new_rules)} gate rule(s) for {agent}."
+            st.rerun()
+
+if st.button("Refresh", icon=":material/refresh:", key="versions.refresh"):
+    _clear_caches()
+    st.rerun()

@@ -1,0 +1,152 @@
+"""The Versions & releases page over real stores, driven by Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
+
+from services import _clients, releases
+from services.identity import Identity, IdentitySource
+from tests.services.test_releases import AGENT, GATE, build_agent
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGE = "pages/versions.py"
+
+
+@pytest.fixture
+def use_store(monkeypatch):
+    """Point the app (which reads settings from the environment) at another store."""
+
+    def use(data_dir: Path) -> None:
+        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
+        _clients._cached_settings.cache_clear()
+
+    yield use
+    # Restore the environment before re-reading settings, or the cache keeps this store.
+    monkeypatch.undo()
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+
+
+@pytest.fixture
+def release_store(isolated_settings, use_store):
+    build_agent(isolated_settings)
+    releases.set_gate_rules(AGENT, GATE, Identity("lead", "lead", IdentitySource.OS_USER), isolated_settings)
+    use_store(isolated_settings.data_dir)
+    return isolated_settings
+
+
+def _open() -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page(PAGE)
+    app.run()
+    assert not app.exception
+    return app
+
+
+def _review(app: AppTest, alias: str, version: str) -> AppTest:
+    app.selectbox(key="versions.alias").set_value(alias)
+    app.selectbox(key="versions.target").set_value(version)
+    app.button(key="versions.review").click().run()
+    assert not app.exception
+    return app
+
+
+def _metric(app: AppTest, label: str) -> str:
+    return next(m.value for m in app.metric if m.label == label)
+
+
+def _champion(settings) -> str:
+    return str(MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases["champion"])
+
+
+def test_empty_store_says_how_to_fill_it(tmp_path, use_store):
+    use_store(tmp_path / "empty")
+    app = _open()
+    assert any("No registered agents yet" in i.value for i in app.info)
+    assert any("python -m demo.seed" in i.value for i in app.info)
+
+
+def test_lists_versions_with_aliases_and_metrics(release_store):
+    app = _open()
+    table = app.dataframe[0].value
+    assert list(table["Version"]) == ["v3", "v2", "v1"]
+    assert table.set_index("Version").loc["v1", "Aliases"] == "champion"
+    assert "expected_facts" in table.columns
+    assert not app.error
+
+
+def test_confirm_step_shows_before_after_and_evidence_then_promotes(release_store):
+    app = _review(_open(), "champion", "2")
+
+    assert _metric(app, "Points to now") == "v1"
+    assert _metric(app, "Will point to") == "v2"
+    evidence = next(d.value for d in app.dataframe if "Δ" in d.value.columns)
+    row = evidence.set_index("Metric").loc["expected_facts"]
+    assert row["Δ"] == pytest.approx(0.30)
+    assert _champion(release_store) == "1"  # reviewing changes nothing
+
+    app.button(key="versions.confirm").click().run()
+
+    assert not app.exception
+    assert _champion(release_store) == "2"
+    assert any("champion: v1 → v2" in s.value for s in app.success)
+    history = releases.alias_history(AGENT, "champion", release_store)
+    assert len(history) == 1 and history[0].user == getpass.getuser()
+    assert history[0].to_version == _champion(release_store)
+
+
+def test_blocked_promotion_changes_nothing(release_store):
+    app = _review(_open(), "champion", "3")
+
+    assert _metric(app, "Will point to") == "v3"
+    assert any("gate blocks" in e.value for e in app.error)
+    confirm = app.button(key="versions.confirm")
+    assert confirm.disabled
+
+    assert _champion(release_store) == "1"
+    assert releases.alias_history(AGENT, settings=release_store) == []
+
+
+def test_override_with_reason_is_recorded(release_store):
+    app = _review(_open(), "champion", "3")
+    app.checkbox(key="versions.override").check().run()
+    app.text_area(key="versions.reason").input("incident 42 hotfix").run()
+    assert not app.button(key="versions.confirm").disabled
+    app.button(key="versions.confirm").click().run()
+
+    assert not app.exception
+    assert _champion(release_store) == "3"
+    change = releases.alias_history(AGENT, "champion", release_store)[0]
+    assert change.override and change.reason == "incident 42 hotfix"
+
+
+def test_history_tab_offers_rollback_and_flags_external_moves(release_store):
+    releases.promote(AGENT, "champion", "2", Identity("ops", "ops", IdentitySource.OS_USER), settings=release_store)
+    app = _open()
+    states = next(d.value for d in app.dataframe if "Rollback to" in d.value.columns)
+    assert states.set_index("Alias").loc["champion", "Rollback to"] == "v1"
+
+    app.button(key="versions.rollback").click().run()
+    assert not app.exception
+    assert _champion(release_store) == "1"
+
+    MlflowClient(release_store.tracking_uri, release_store.tracking_uri).set_registered_model_alias(
+        AGENT, "champion", "3")
+    st.cache_data.clear()  # reads are cached for 30 s; the page's Refresh button does the same
+    app = _open()
+    assert any("moved outside the app" in w.value for w in app.warning)
+
+
+@pytest.mark.slow
+def test_demo_agents_render(seeded_settings, use_store):
+    use_store(seeded_settings.data_dir)
+    app = _open()
+    assert not app.error
+    assert len(app.dataframe[0].value) == 3

@@ -219,20 +219,20 @@ def _group_filters(query: TraceQuery, split: Split, groups: Sequence[str]) -> di
     return {g: base + [tag_filter(tag, g)] for g in groups}
 
 
-def _group_jobs(group: str, filters: list[str], interval: int | None) -> dict[tuple, dict[str, Any]]:
+def _group_jobs(group: str, filters: list[str], interval: int | None, *, cached: bool = True) -> dict[tuple, dict[str, Any]]:
     timed = {"time_interval_seconds": interval} if interval else {}
-    error = filters + ['trace.status = "ERROR"'] if 'trace.status = "OK"' not in filters else None
     jobs = {
-        (group, "requests"): dict(metric="trace_count", aggs=["COUNT"], filters=filters, **timed),
+        # One query gives requests and errors: trace_count grouped by status.
+        (group, "status"): dict(metric="trace_count", aggs=["COUNT"], dimensions=["trace_status"], filters=filters,
+                                **timed),
         (group, "latency"): dict(metric="latency", aggs=[("PERCENTILE", 50), ("PERCENTILE", 95), ("PERCENTILE", 99)],
                                  filters=filters, **timed),
         (group, "input_tokens"): dict(metric="input_tokens", aggs=["SUM", "AVG"], filters=filters, **timed),
         (group, "output_tokens"): dict(metric="output_tokens", aggs=["SUM"], filters=filters, **timed),
-        (group, "cached"): dict(metric="cache_read_input_tokens", aggs=["SUM"], filters=filters, **timed),
         (group, "cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS", filters=filters, **timed),
     }
-    if error is not None:
-        jobs[(group, "errors")] = dict(metric="trace_count", aggs=["COUNT"], filters=error, **timed)
+    if cached:
+        jobs[(group, "cached")] = dict(metric="cache_read_input_tokens", aggs=["SUM"], filters=filters, **timed)
     return jobs
 
 
@@ -290,12 +290,13 @@ def _frame_for_group(group: str, results: Mapping[tuple, list[internal.MetricPoi
             if key in rows:
                 yield rows[key], point.values
 
-    for row, values in each("requests"):
-        row["requests"] = int(values.get("COUNT", 0))
-    for row, values in each("errors"):
-        row["errors"] = int(values.get("COUNT", 0))
-    if (group, "errors") not in results:  # the query itself selects only OK traces
-        pass
+    for point in results.get((group, "status"), []):
+        key = _bucket_key(point) if buckets is not None else None
+        if key in rows:
+            count = int(point.values.get("COUNT", 0))
+            rows[key]["requests"] += count
+            if point.dimensions.get("trace_status") == "ERROR":
+                rows[key]["errors"] += count
     for row, values in each("latency"):
         row["p50_ms"], row["p95_ms"], row["p99_ms"] = (_pct(values, p) for p in (50, 95, 99))
     for row, values in each("input_tokens"):
@@ -369,18 +370,27 @@ def monitoring_data(
         return _empty(query, split, interval, list(group_filters))
 
     client = mlflow_client(settings)
-    jobs: dict[tuple, dict[str, Any]] = {}
-    total_jobs: dict[tuple, dict[str, Any]] = {}
-    for group, filters in group_filters.items():
-        jobs.update(_group_jobs(group, filters, interval))
-        total_jobs.update({k: v for k, v in _group_jobs(group, filters, None).items() if k[1] == "latency"})
-        jobs.update(_model_jobs(group, filters))
+    runner = _Runner(client, query)
     overall = metric_filters(query)
-    jobs.update(_model_jobs("__overall__", overall))
     with translate_errors("trace metrics"):
-        runner = _Runner(client, query)
-        results = runner.run(jobs)
-        totals_latency = runner.run(total_jobs)
+        # Cheap whole-query facts first: they decide which per-group queries are needed.
+        first = runner.run({
+            **_model_jobs("__overall__", overall),
+            ("__overall__", "cached"): dict(metric="cache_read_input_tokens", aggs=["SUM"], filters=overall),
+        })
+        any_cached = any(p.values.get("SUM") for p in first[("__overall__", "cached")])
+        needs_mix = split is not Split.NONE and bool(_model_mix(first, "__overall__").uncosted_shares())
+        jobs: dict[tuple, dict[str, Any]] = {}
+        for group, filters in group_filters.items():
+            jobs.update(_group_jobs(group, filters, interval, cached=any_cached))
+            jobs[(group, "latency_total")] = dict(
+                metric="latency", aggs=[("PERCENTILE", 50), ("PERCENTILE", 95), ("PERCENTILE", 99)], filters=filters)
+            if needs_mix:
+                jobs.update(_model_jobs(group, filters))
+        results = {**first, **runner.run(jobs)}
+    if split is Split.NONE:
+        for kind in ("model_calls", "model_cost"):
+            results[(ALL, kind)] = results[("__overall__", kind)]
 
     buckets = _buckets(query, interval)
     series, totals = [], []
@@ -391,7 +401,7 @@ def monitoring_data(
         summed = {c: total[c].sum() for c in ("requests", "errors", "input_tokens", "output_tokens",
                                                "cached_input_tokens", "traces_with_tokens", "recorded_cost",
                                                "estimated_cost")}
-        latency = totals_latency.get((group, "latency"), [])
+        latency = results.get((group, "latency_total"), [])
         values = latency[0].values if latency else {}
         unpriced = sorted({m for s in total["unpriced_models"] for m in s.split(", ") if m})
         row = {"group": group, **summed, "p50_ms": _pct(values, 50), "p95_ms": _pct(values, 95),
@@ -402,43 +412,40 @@ def monitoring_data(
     totals_frame = totals_frame.astype({"p50_ms": float, "p95_ms": float, "p99_ms": float})[list(TOTALS_COLUMNS)]
 
     overall_mix = _model_mix(results, "__overall__")
-    whole = {c: float(totals_frame[c].sum()) for c in ("input_tokens", "output_tokens", "cached_input_tokens")}
-    if split is not Split.NONE:
-        # Groups can overlap or miss traces; the by-model figures use the unsplit query.
-        whole = None
-    by_model = _by_model(overall_mix, prices, whole, series_frame if whole is None else None, query, client)
+    if split is Split.NONE:
+        whole = {c: float(totals_frame[c].sum()) for c in ("input_tokens", "output_tokens", "cached_input_tokens")}
+        estimates = _estimates_by_model(overall_mix, prices, whole)
+    else:
+        # Each group's tokens are attributed to that group's models (exact when a version
+        # runs one model), then summed per model.
+        estimates = {}
+        for _, row in totals_frame.iterrows():
+            tokens = {c: float(row[c]) for c in ("input_tokens", "output_tokens", "cached_input_tokens")}
+            for model, value in _estimates_by_model(_model_mix(results, row["group"]), prices, tokens).items():
+                estimates[model] = estimates.get(model, 0.0) + value
+    by_model = _by_model(overall_mix, prices, estimates)
     return MonitoringData(query, split, interval, series_frame, totals_frame, by_model,
                           elapsed_s=time.perf_counter() - started)
 
 
-def _by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], whole: dict[str, float] | None,
-              _series: pd.DataFrame | None, query: TraceQuery, client: Any) -> pd.DataFrame:
-    if whole is None:
-        runner = _Runner(client, query)
-        jobs = {k: v for k, v in _group_jobs("__overall__", metric_filters(query), None).items()
-                if k[1] in ("input_tokens", "output_tokens", "cached")}
-        with translate_errors("trace metrics"):
-            res = runner.run(jobs)
+def _estimates_by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], tokens: Mapping[str, float]) -> dict[str, float]:
+    """Estimated cost per priced model without a recorded cost, tokens split by LLM call share."""
+    return {
+        model: share * prices[model].cost(tokens["input_tokens"], tokens["output_tokens"], tokens["cached_input_tokens"])
+        for model, share in mix.uncosted_shares().items()
+        if model in prices
+    }
 
-        def first(kind: str) -> float:
-            points = res.get(("__overall__", kind), [])
-            return float(points[0].values.get("SUM", 0.0)) if points else 0.0
 
-        whole = {"input_tokens": first("input_tokens"), "output_tokens": first("output_tokens"),
-                 "cached_input_tokens": first("cached")}
+def _by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], estimates: Mapping[str, float]) -> pd.DataFrame:
     shares = mix.uncosted_shares()
     rows = []
     for model in sorted(set(mix.calls) | set(mix.recorded)):
         recorded = mix.recorded.get(model, 0.0)
-        estimated, source = 0.0, "recorded"
+        source = "recorded"
         if model in shares:
-            price = prices.get(model)
-            if price is None:
-                source = "no price"
-            else:
-                source = "estimated"
-                estimated = shares[model] * price.cost(whole["input_tokens"], whole["output_tokens"],
-                                                       whole["cached_input_tokens"])
+            source = "estimated" if model in prices else "no price"
+        estimated = estimates.get(model, 0.0)
         rows.append({"model": model, "llm_calls": mix.calls.get(model, 0), "recorded_cost": recorded,
                      "estimated_cost": estimated, "cost": recorded + estimated, "cost_source": source})
     return pd.DataFrame(rows, columns=list(MODEL_COLUMNS))

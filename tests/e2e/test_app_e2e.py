@@ -44,7 +44,8 @@ def running_app(tmp_path_factory, artifacts_dir):
     data_dir = tmp_path_factory.mktemp("e2e-store")
     port = _free_port()
     log = artifacts_dir / "e2e-run.log"
-    env = {**os.environ, "AGENTOPS_DATA_DIR": str(data_dir), "AGENTOPS_PORT": str(port)}
+    env = {**os.environ, "AGENTOPS_DATA_DIR": str(data_dir), "AGENTOPS_PORT": str(port),
+           "AGENTOPS_GATEWAY_URL": f"http://127.0.0.1:{_free_port()}"}
     with log.open("w") as out:
         process = subprocess.Popen(
             [str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -95,5 +96,13 @@ def test_overview_shows_the_demo_agents(running_app, artifacts_dir):
             metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
             assert metrics[0] == "2" and metrics[1] == "6", metrics
             assert grid_text is not None
+
+            # The serving page talks to the gateway the run command started.
+            page.goto(f"{url}/serving", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Serving & A/B traffic").wait_for(timeout=90_000)
+            page.get_by_text("Local gateway:").wait_for(timeout=60_000)
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(artifacts_dir / "serving.png"), full_page=True)
+            assert "not reachable" not in page.inner_text("body")
         finally:
             browser.close()

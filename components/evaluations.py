@@ -1,0 +1,89 @@
+"""Rendering helpers for the Evaluations page: run labels, tables and plotly charts."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from services.evaluations import Comparison, EvaluationSummary, RowChange
+from services.statistics import format_p
+
+ROW_FILTERS = {
+    "All rows": None,
+    "Regressions": (RowChange.REGRESSION,),
+    "Improvements": (RowChange.IMPROVEMENT,),
+    "Unchanged": (RowChange.UNCHANGED,),
+    "In one run only": (RowChange.ONLY_BASELINE, RowChange.ONLY_CANDIDATE),
+}
+
+
+def run_label(run: EvaluationSummary) -> str:
+    """"support-agent v2 · support-agent-golden · 2026-11-23 01:20" for pickers."""
+    who = f"{run.agent} v{run.version}" if run.agent and run.version else run.run_name
+    when = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "?"
+    return f"{who} · {run.dataset or 'unknown dataset'} · {when} · {run.run_id[:6]}"
+
+
+def summary_frame(comparison: Comparison) -> pd.DataFrame:
+    """The per-metric summary as displayed: one row per candidate run and metric."""
+    frame = comparison.summary.copy()
+    if frame.empty:
+        return frame
+    frame["95% CI"] = [
+        "—" if low is None or (isinstance(low, float) and math.isnan(low)) else f"[{low:+.3f}, {high:+.3f}]"
+        for low, high in zip(frame["ci_low"], frame["ci_high"])
+    ]
+    frame["p"] = [format_p(p).removeprefix("p ").removeprefix("= ") for p in frame["p_value"]]
+    return frame.rename(columns={
+        "run": "Run", "metric": "Metric", "kind": "Kind", "n": "Shared rows", "baseline": "Baseline",
+        "value": "Run value", "delta": "Δ", "test": "Test", "direction": "Verdict",
+    })[["Run", "Metric", "Kind", "Shared rows", "Baseline", "Run value", "Δ", "95% CI", "p", "Test", "Verdict"]]
+
+
+def filter_rows(comparison: Comparison, choice: str) -> pd.DataFrame:
+    """The per-row table narrowed to a filter of ``ROW_FILTERS``, without the internal key."""
+    wanted = ROW_FILTERS.get(choice)
+    frame = comparison.rows
+    if wanted is not None and not frame.empty:
+        frame = frame[frame["change"].isin([str(w) for w in wanted])]
+    return frame.drop(columns=["row_key"], errors="ignore")
+
+
+def delta_chart(comparison: Comparison) -> go.Figure:
+    """Per-metric delta against the baseline, one bar per candidate run, with 95% intervals."""
+    frame = comparison.summary.dropna(subset=["delta"])
+    figure = go.Figure()
+    for run, part in frame.groupby("run", sort=False):
+        figure.add_bar(
+            name=str(run),
+            x=part["metric"],
+            y=part["delta"],
+            error_y={
+                "type": "data", "symmetric": False,
+                "array": (part["ci_high"] - part["delta"]).clip(lower=0).tolist(),
+                "arrayminus": (part["delta"] - part["ci_low"]).clip(lower=0).tolist(),
+            },
+            hovertemplate="%{x}: Δ %{y:+.3f}<extra>" + str(run) + "</extra>",
+        )
+    figure.add_hline(y=0, line_color="#888", line_width=1)
+    figure.update_layout(
+        barmode="group", height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title=f"Δ vs baseline ({comparison.baseline.label}) with 95% CI", yaxis_title="Δ (run − baseline)",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def delta_distribution(comparison: Comparison) -> go.Figure:
+    """Distribution of per-row deltas (shared rows) by metric and run."""
+    figure = go.Figure()
+    for (run, metric), part in comparison.deltas.groupby(["run", "metric"], sort=False):
+        figure.add_histogram(x=part["delta"], name=f"{metric} · {run}", opacity=0.7)
+    figure.update_layout(
+        barmode="overlay", height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title="Per-row Δ on shared rows", xaxis_title="Δ (run − baseline)", yaxis_title="rows",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure

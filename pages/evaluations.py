@@ -1,0 +1,224 @@
+"""Evaluations: run mlflow.genai.evaluate against a version, and compare runs row by row."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components import evaluations as view
+from components.context import current_settings, page_link
+from components.errors import show_error
+from services import datasets, eval_jobs, registry, scorers
+from services import evaluations as evaluations_service
+from services.errors import AgentOpsError
+from services.overview import agent_experiment_ids
+from services.settings import Backend, Settings
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _agents(settings: Settings) -> list[registry.AgentSummary]:
+    return registry.list_agents(settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _versions(settings: Settings, agent: str) -> dict[str, str]:
+    return evaluations_service.version_choices(agent, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _datasets(settings: Settings, experiment_ids: tuple[str, ...]) -> datasets.DatasetListing:
+    return datasets.list_datasets(experiment_ids, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _runs(settings: Settings, experiment_ids: tuple[str, ...]) -> list[evaluations_service.EvaluationSummary]:
+    return evaluations_service.evaluation_runs(experiment_ids, settings)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _compare(settings: Settings, run_ids: tuple[str, ...], baseline: str) -> evaluations_service.Comparison:
+    return evaluations_service.compare_runs(run_ids, baseline, settings)
+
+
+def _clear_caches() -> None:
+    _runs.clear()
+    _datasets.clear()
+
+
+settings = current_settings()
+st.title("Evaluations")
+st.caption("Run `mlflow.genai.evaluate` against a registered version, then compare runs row by row.")
+
+try:
+    agents = _agents(settings)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the registered agents")
+    st.stop()
+
+if not agents:
+    st.info(
+        "**No registered agents yet.** Register an agent version in MLflow (or seed the demo with "
+        "`python -m demo.seed`), then evaluate it here.",
+        icon=":material/inbox:",
+    )
+    st.stop()
+
+experiment_ids = tuple(agent_experiment_ids(agents, settings))
+run_tab, compare_tab = st.tabs(["Run", "Compare"])
+
+# --- Run ---------------------------------------------------------------------------------------
+with run_tab:
+    names = [a.name for a in agents]
+    left, right = st.columns(2, gap="large")
+    with left:
+        agent = st.selectbox("Agent", names, key="eval_agent")
+        try:
+            choices = _versions(settings, agent)
+        except AgentOpsError as exc:
+            show_error(exc, what=f"Cannot list the versions of {agent}")
+            choices = {}
+        version = st.selectbox("Version or alias", list(choices), format_func=choices.get, key="eval_version")
+        source = st.radio("Dataset", ["MLflow evaluation dataset", "Upload a file"], horizontal=True, key="eval_source")
+        dataset_name: str | None = None
+        rows: list | None = None
+        upload_name: str | None = None
+        upload_error: AgentOpsError | None = None
+        if source == "MLflow evaluation dataset":
+            agent_ids = tuple(agent_experiment_ids([a for a in agents if a.name == agent], settings))
+            listing = _datasets(settings, agent_ids)
+            if not listing.supported:
+                st.warning(listing.reason, icon=":material/dataset:")
+            elif not listing.datasets:
+                st.info(f"{agent} has no evaluation datasets yet. Upload a file instead.", icon=":material/dataset:")
+            else:
+                dataset_name = st.selectbox("Evaluation dataset", [d.name for d in listing.datasets], key="eval_dataset")
+        else:
+            upload = st.file_uploader(
+                "CSV, JSON or JSONL in MLflow's inputs/expectations shape",
+                type=list(datasets.UPLOAD_FORMATS), key="eval_upload",
+                help='Each row: {"inputs": {"question": ...}, "expectations": {"expected_facts": [...], '
+                     '"required_tools": [...], "expected_response": ...}}. CSV: columns "inputs" and '
+                     '"expectations" as JSON, or "inputs.question", "expectations.expected_facts", ...',
+            )
+            if upload is not None:
+                try:
+                    rows = datasets.parse_upload(upload.name, upload.getvalue())
+                    upload_name = upload.name
+                    st.success(f"{upload.name}: {len(rows)} valid rows.", icon=":material/check_circle:")
+                except AgentOpsError as exc:
+                    upload_error = exc
+                    show_error(exc, what=f"{upload.name} cannot be used")
+    with right:
+        catalog = scorers.scorer_catalog(databricks=settings.backend is Backend.DATABRICKS)
+        available = {s.name: s for s in catalog if s.available}
+        chosen = st.multiselect(
+            "Scorers", list(available), default=list(scorers.DEFAULT_SCORERS),
+            format_func=lambda n: f"{available[n].label} ({available[n].kind})", key="eval_scorers",
+        )
+        blocked = [s for s in catalog if not s.available]
+        if blocked:
+            st.caption(
+                f":material/block: {', '.join(s.label for s in blocked)} cannot run here: {blocked[0].reason}"
+            )
+        with st.expander("Budgets and forbidden content"):
+            latency = st.number_input("Latency budget (ms)", min_value=1.0, value=2000.0, step=100.0)
+            cost = st.number_input("Cost budget per row (USD)", min_value=0.0, value=0.01, step=0.001, format="%.4f")
+            forbidden = st.text_input("Forbidden terms (comma-separated)", value="")
+
+    ready = version is not None and (dataset_name is not None or rows is not None) and bool(chosen)
+    if st.button("Run evaluation", type="primary", icon=":material/play_arrow:", disabled=not ready, key="eval_run"):
+        request = evaluations_service.EvaluationRequest(
+            agent=agent,
+            version=str(version),
+            scorers=tuple(chosen),
+            dataset_name=dataset_name,
+            rows=tuple(rows) if rows is not None else None,
+            dataset_label=upload_name,
+            options=scorers.ScorerOptions(
+                latency_budget_ms=float(latency), cost_budget_usd=float(cost),
+                forbidden_terms=tuple(t.strip() for t in forbidden.split(",") if t.strip()),
+            ),
+        )
+        try:
+            job_id = eval_jobs.start_job(request, settings)
+            st.session_state.setdefault("eval_jobs", []).insert(0, job_id)
+        except AgentOpsError as exc:
+            show_error(exc, what="The evaluation did not start")
+
+    job_ids = list(st.session_state.get("eval_jobs", []))
+    jobs = [job for job in (eval_jobs.get_job(j) for j in job_ids) if job is not None]
+    active = any(not job.finished for job in jobs)
+
+    @st.fragment(run_every=2 if active else None)
+    def _progress() -> None:
+        shown = [job for job in (eval_jobs.get_job(j) for j in job_ids) if job is not None]
+        for job in shown:
+            if job.status is eval_jobs.JobStatus.SUCCEEDED:
+                st.success(f"**{job.label}** finished: run `{job.run_id}`. Compare it in the Compare tab.",
+                           icon=":material/check_circle:")
+            elif job.status is eval_jobs.JobStatus.FAILED:
+                st.error(f"**{job.label}** failed: {job.error}", icon=":material/error:")
+            else:
+                st.progress(job.fraction, text=f"{job.label}: {job.message}")
+        if active and all(job.finished for job in shown):
+            _clear_caches()
+            st.rerun()
+
+    if jobs:
+        st.subheader("Runs started here")
+        _progress()
+    else:
+        st.caption("Runs execute in the background: keep using the app while they run.")
+
+# --- Compare -----------------------------------------------------------------------------------
+with compare_tab:
+    try:
+        runs = _runs(settings, experiment_ids)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot list evaluation runs")
+        runs = []
+    if len(runs) < 2:
+        st.info("**Comparing needs two or more evaluation runs.** Start one in the Run tab.", icon=":material/fact_check:")
+    else:
+        labels = {r.run_id: view.run_label(r) for r in runs}
+        picked = st.multiselect("Runs to compare", list(labels), format_func=labels.get, key="compare_runs",
+                                placeholder="Pick two or more evaluation runs")
+        if len(picked) < 2:
+            st.info("Pick two or more runs; the first is the baseline unless you choose another.", icon=":material/compare:")
+        else:
+            baseline = st.selectbox("Baseline", picked, format_func=labels.get, key="compare_baseline")
+            try:
+                with st.spinner("Reading per-row results and running paired tests…"):
+                    comparison = _compare(settings, tuple(picked), baseline)
+            except AgentOpsError as exc:
+                show_error(exc, what="Cannot compare these runs")
+                st.stop()
+            for candidate in comparison.candidates:
+                if candidate.disjoint:
+                    st.warning(
+                        f"**{candidate.candidate.label}** and the baseline share no rows (disjoint datasets: "
+                        f"{candidate.only_in_baseline} rows only in the baseline, {candidate.only_in_candidate} only in "
+                        "this run). Nothing can be tested.", icon=":material/join_inner:")
+                    continue
+                significant = any(t.direction in ("better", "worse") for t in candidate.tests)
+                (st.success if significant else st.info)(candidate.verdict, icon=":material/analytics:")
+                if candidate.only_in_baseline or candidate.only_in_candidate:
+                    st.caption(
+                        f"{candidate.only_in_baseline} rows only in the baseline and {candidate.only_in_candidate} "
+                        f"only in {candidate.candidate.label}: left out of the tests, listed in the table below."
+                    )
+            st.subheader("Per-metric summary")
+            st.dataframe(view.summary_frame(comparison), hide_index=True, use_container_width=True,
+                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("Baseline", "Run value", "Δ")})
+            if not comparison.deltas.empty:
+                left, right = st.columns(2)
+                left.plotly_chart(view.delta_chart(comparison), use_container_width=True, config={"displayModeBar": False})
+                right.plotly_chart(view.delta_distribution(comparison), use_container_width=True, config={"displayModeBar": False})
+            st.subheader("Rows")
+            counts = comparison.rows["change"].value_counts().to_dict() if not comparison.rows.empty else {}
+            choice = st.radio(
+                "Show", list(view.ROW_FILTERS), horizontal=True, key="compare_filter",
+                format_func=lambda c: c if view.ROW_FILTERS[c] is None
+                else f"{c} ({sum(counts.get(str(w), 0) for w in view.ROW_FILTERS[c])})",
+            )
+            st.dataframe(view.filter_rows(comparison, choice), hide_index=True, use_container_width=True)
+    page_link("versions", "Promote a version whose evaluation is better", icon=":material/sell:")

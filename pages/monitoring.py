@@ -1,0 +1,339 @@
+"""Monitoring: traffic, errors, latency, tokens and cost per version, alias and arm; alerts; trace explorer."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import streamlit as st
+
+from components.context import current_settings
+from components.errors import show_error
+from components.monitoring import breakdown_chart, series_chart, span_waterfall
+from services import monitoring as mon
+from services import pricing, registry
+from services.errors import AgentOpsError
+from services.overview import agent_experiment_ids
+from services.settings import Settings
+from services.traces import ARM_TAG, ENDPOINT_TAG, VERSION_TAG, recent_tag_values
+
+WINDOWS = {"Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1),
+           "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30)}
+ANY = "Any"
+PLOT_CONFIG = {"displayModeBar": False}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _agents(settings: Settings) -> list[registry.AgentSummary]:
+    return registry.list_agents(settings)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _tag_values(settings: Settings, experiment_ids: tuple[str, ...], key: str, start: datetime, end: datetime) -> list[str]:
+    return recent_tag_values(experiment_ids, key, start, end, settings=settings)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _data(settings: Settings, query: mon.TraceQuery, split: str, groups: tuple[str, ...],
+          prices: dict[str, pricing.ModelPrice]) -> mon.MonitoringData:
+    return mon.monitoring_data(query, split, groups, prices=prices, settings=settings)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _health(settings: Settings, query: mon.TraceQuery, feedback_name: str,
+            prices: dict[str, pricing.ModelPrice]) -> mon.AgentHealth:
+    return mon.agent_health(query, feedback_name=feedback_name, prices=prices, settings=settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _page(settings: Settings, explorer: mon.ExplorerQuery, page_size: int, token: str | None) -> mon.TracePage:
+    return mon.search_page(explorer, page_size=page_size, page_token=token, settings=settings)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _detail(settings: Settings, trace_id: str) -> mon.TraceDetail:
+    return mon.trace_detail(trace_id, settings)
+
+
+def _pick(column, label: str, options: list[str], key: str) -> str | None:
+    choice = column.selectbox(label, [ANY, *options], key=key)
+    return None if choice == ANY else choice
+
+
+settings = current_settings()
+st.title("Monitoring")
+
+try:
+    agents = _agents(settings)
+    prices = pricing.load_prices(settings)
+    thresholds = mon.load_thresholds(settings)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the workspace")
+    st.stop()
+
+experiment_ids = tuple(agent_experiment_ids(agents, settings))
+if not experiment_ids:
+    st.info(
+        "**There are no agents or trace experiments to monitor yet.** Register an agent (tag its "
+        "registered model with `agentops.experiment_id`), or fill the store with the demo workspace:"
+        "\n\n```\npython -m demo.seed\n```",
+        icon=":material/inbox:",
+    )
+    st.stop()
+
+# --- filters -------------------------------------------------------------------------------
+# The window end is rounded up to the minute so cached results are reused within a minute.
+now = datetime.now(tz=timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+top = st.columns([2, 2, 2, 2])
+agent = _pick(top[0], "Agent", [a.name for a in agents], "mon_agent")
+window_label = top[1].selectbox("Time window", list(WINDOWS), index=2, key="mon_window")
+start = now - WINDOWS[window_label]
+split_label = top[2].selectbox("Split charts by", ["Version", "Alias", "Arm", "None"], key="mon_split")
+status_label = top[3].selectbox("Status", [ANY, "OK", "ERROR"], key="mon_status")
+
+scope_ids = experiment_ids
+if agent:
+    chosen = next(a for a in agents if a.name == agent)
+    scope_ids = tuple(i for i in (chosen.experiment_id, *settings.experiment_ids) if i) or experiment_ids
+
+try:
+    versions = _tag_values(settings, scope_ids, VERSION_TAG, start, now)
+    arms = _tag_values(settings, scope_ids, ARM_TAG, start, now)
+    endpoints = _tag_values(settings, scope_ids, ENDPOINT_TAG, start, now)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read traces")
+    st.stop()
+aliases = sorted({alias for a in agents if not agent or a.name == agent for alias in a.aliases})
+
+second = st.columns(4)
+version = _pick(second[0], "Version", versions, "mon_version")
+alias = _pick(second[1], "Alias", aliases, "mon_alias")
+endpoint = _pick(second[2], "Endpoint", endpoints, "mon_endpoint")
+arm = _pick(second[3], "Arm", arms, "mon_arm")
+
+query = mon.TraceQuery(scope_ids, start, now, agent=agent, version=version, alias=alias, endpoint=endpoint, arm=arm,
+                       status=mon.Status(status_label) if status_label != ANY else None)
+split = {"Version": mon.Split.VERSION, "Alias": mon.Split.ALIAS, "Arm": mon.Split.ARM, "None": mon.Split.NONE}[split_label]
+groups = {mon.Split.VERSION: versions, mon.Split.ALIAS: aliases, mon.Split.ARM: arms, mon.Split.NONE: []}[split]
+if split is not mon.Split.NONE and not groups:
+    split, groups = mon.Split.NONE, []
+if split is mon.Split.VERSION and not agent:
+    st.caption("Versions are numbered per agent: pick an agent, or split by arm, to keep agents apart.")
+
+try:
+    with st.spinner("Aggregating traces in the store…"):
+        data = _data(settings, query, split.value, tuple(groups), prices)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot aggregate traces")
+    st.stop()
+
+# --- alerts --------------------------------------------------------------------------------
+st.subheader("Alerts")
+alert_agents = [a for a in agents if a.experiment_id and (not agent or a.name == agent)]
+fired: list[mon.Alert] = []
+try:
+    for a in alert_agents:
+        limits = mon.thresholds_for(thresholds, a.name)
+        health_query = mon.TraceQuery((a.experiment_id,), start, now, agent=a.name)
+        fired += mon.check_alerts(_health(settings, health_query, limits.feedback_name, prices), limits)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot check alert thresholds")
+if fired:
+    for alert in fired:
+        st.error(f"**{alert.agent}** — {alert.message}", icon=":material/notifications_active:")
+else:
+    st.success(f"No thresholds crossed in the {window_label.lower()}.", icon=":material/check_circle:")
+
+with st.expander("Alert thresholds", icon=":material/tune:"):
+    target = st.selectbox("Thresholds for", ["* (default for all agents)", *[a.name for a in agents]], key="mon_thr_agent")
+    target_key = "*" if target.startswith("*") else target
+    current = mon.thresholds_for(thresholds, target_key)
+    with st.form("mon_thresholds"):
+        cols = st.columns(5)
+        p95 = cols[0].number_input("p95 latency (ms)", min_value=0.0, value=float(current.p95_latency_ms or 0), step=100.0)
+        err = cols[1].number_input("Error rate (%)", min_value=0.0, max_value=100.0,
+                                   value=float((current.error_rate or 0) * 100), step=0.5)
+        daily = cols[2].number_input("Daily cost ($)", min_value=0.0, value=float(current.daily_cost or 0), step=1.0)
+        score = cols[3].number_input("Min feedback score", value=float(current.min_feedback_score or 0), step=0.05)
+        fname = cols[4].text_input("Feedback name", value=current.feedback_name)
+        st.caption("A zero switches a check off.")
+        if st.form_submit_button("Save thresholds"):
+            try:
+                mon.save_thresholds(settings, target_key, mon.AlertThresholds(
+                    p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()))
+                _health.clear()
+                st.success(f"Saved thresholds for {target}.")
+                st.rerun()
+            except AgentOpsError as exc:
+                show_error(exc, what="Thresholds not saved")
+
+charts_tab, explorer_tab, prices_tab = st.tabs(["Charts", "Trace explorer", "Prices"])
+
+# --- charts --------------------------------------------------------------------------------
+with charts_tab:
+    if data.is_empty:
+        st.info(f"**No traces match these filters in the {window_label.lower()}.** Widen the time window or "
+                "clear a filter.", icon=":material/search_off:")
+    else:
+        totals = data.totals
+        requests = int(totals["requests"].sum())
+        errors = int(totals["errors"].sum())
+        cost = float(totals["cost"].sum())
+        kpis = st.columns(5)
+        kpis[0].metric("Requests", f"{requests:,}")
+        kpis[1].metric("Error rate", f"{errors / requests:.1%}" if requests else "—")
+        kpis[2].metric("Total cost", f"${cost:,.4f}")
+        kpis[3].metric("Cost / 1k requests", f"${cost / requests * 1000:,.3f}" if requests else "—")
+        no_tokens = int(totals["traces_without_tokens"].sum())
+        kpis[4].metric("Traces without token usage", f"{no_tokens:,}",
+                       help="Traces that recorded no token usage: excluded from token and estimated cost figures.")
+        interval = data.interval_seconds
+        bucket = f"{interval // 3600} h" if interval >= 3600 else f"{interval // 60} min"
+        st.caption(f"Store-side aggregation in {data.elapsed_s:.2f} s · {bucket} buckets · series by {data.split.value}")
+        series = data.series
+        left, right = st.columns(2)
+        left.plotly_chart(series_chart(series, {"requests": "requests"}, "Requests", bars=True),
+                          width="stretch", config=PLOT_CONFIG)
+        right.plotly_chart(series_chart(series, {"error_rate": "error rate"}, "Error rate", y_format=".0%"),
+                           width="stretch", config=PLOT_CONFIG)
+        pct = st.segmented_control("Latency percentile", ["p50", "p95", "p99"], default="p95", key="mon_pct") or "p95"
+        left, right = st.columns(2)
+        left.plotly_chart(series_chart(series, {f"{pct}_ms": pct}, f"Latency {pct}", y_suffix=" ms"),
+                          width="stretch", config=PLOT_CONFIG)
+        right.plotly_chart(series_chart(series, {"input_tokens": "input", "output_tokens": "output"}, "Tokens"),
+                           width="stretch", config=PLOT_CONFIG)
+        left, right = st.columns(2)
+        left.plotly_chart(series_chart(series, {"cost_per_request": "cost / request"}, "Cost per request",
+                                       y_format="$.5f"), width="stretch", config=PLOT_CONFIG)
+        right.plotly_chart(series_chart(series, {"cost": "cost"}, "Total cost", y_format="$.4f", bars=True),
+                           width="stretch", config=PLOT_CONFIG)
+
+        st.subheader("Cost breakdown")
+        left, right = st.columns(2)
+        if len(data.by_model):
+            left.plotly_chart(breakdown_chart(data.by_model, "model", "cost", "Cost by model"),
+                              width="stretch", config=PLOT_CONFIG)
+        else:
+            left.info("No LLM spans name a model in this window.")
+        if data.split is not mon.Split.NONE:
+            right.plotly_chart(breakdown_chart(totals, "group", "cost", f"Cost by {data.split.value}"),
+                               width="stretch", config=PLOT_CONFIG)
+        st.dataframe(
+            totals.rename(columns={"group": data.split.value if data.split is not mon.Split.NONE else "scope"}),
+            hide_index=True, width="stretch",
+            column_config={
+                "error_rate": st.column_config.NumberColumn("error rate", format="percent"),
+                **{c: st.column_config.NumberColumn(c, format="%.0f") for c in ("p50_ms", "p95_ms", "p99_ms")},
+                **{c: st.column_config.NumberColumn(c, format="$%.5f")
+                   for c in ("recorded_cost", "estimated_cost", "cost", "cost_per_request")},
+            },
+        )
+        unpriced = sorted({m for s in totals["unpriced_models"] for m in s.split(", ") if m})
+        if unpriced:
+            st.warning(f"No recorded cost and no price for: {', '.join(unpriced)}. Add them on the Prices tab.",
+                       icon=":material/price_change:")
+
+# --- explorer ------------------------------------------------------------------------------
+with explorer_tab:
+    cols = st.columns(4)
+    min_latency = cols[0].number_input("Min latency (ms)", min_value=0, value=0, step=100, key="mon_min_lat")
+    max_latency = cols[1].number_input("Max latency (ms, 0 = none)", min_value=0, value=0, step=100, key="mon_max_lat")
+    feedback = cols[2].selectbox("Feedback", ["Any", "Negative", "Positive"], key="mon_feedback")
+    page_size = cols[3].selectbox("Rows per page", [25, 50, 100], index=1, key="mon_page_size")
+    explorer = mon.ExplorerQuery(
+        query, min_latency_ms=min_latency or None, max_latency_ms=max_latency or None,
+        feedback=mon.FeedbackFilter(feedback.lower()),
+        feedback_name=mon.thresholds_for(thresholds, agent or "*").feedback_name,
+    )
+    # Page tokens of the pages seen so far, reset whenever the filters change.
+    signature = repr((explorer, page_size))
+    if st.session_state.get("mon_sig") != signature:
+        st.session_state.mon_sig, st.session_state.mon_tokens = signature, [None]
+    tokens: list[str | None] = st.session_state.mon_tokens
+    try:
+        page = _page(settings, explorer, page_size, tokens[-1])
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot search traces")
+        page = None
+    if page is not None:
+        if page.rows.empty:
+            st.info("**No traces match these filters.** Widen the time window, clear a filter or the latency range.",
+                    icon=":material/search_off:")
+        else:
+            st.caption(f"Page {len(tokens)} · {len(page.rows)} traces, newest first")
+            shown = page.rows.drop(columns=["has_token_usage"]).copy()
+            shown["input_tokens"] = shown["input_tokens"].astype("Float64")
+            shown["output_tokens"] = shown["output_tokens"].astype("Float64")
+            event = st.dataframe(
+                shown, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                key="mon_table",
+                column_config={
+                    "time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+                    "cost": st.column_config.NumberColumn(format="$%.6f"),
+                    "input_tokens": st.column_config.NumberColumn(help="Empty: the trace recorded no token usage"),
+                },
+            )
+            nav = st.columns([1, 1, 6])
+            if nav[0].button("Previous", disabled=len(tokens) == 1, key="mon_prev"):
+                tokens.pop()
+                st.rerun()
+            if nav[1].button("Next", disabled=page.next_token is None, key="mon_next"):
+                tokens.append(page.next_token)
+                st.rerun()
+            selected = event.selection.rows if event and event.selection else []
+            trace_id = page.rows.iloc[selected[0]]["trace_id"] if selected else None
+            if trace_id:
+                try:
+                    detail = _detail(settings, trace_id)
+                except AgentOpsError as exc:
+                    show_error(exc, what="Cannot open the trace")
+                    detail = None
+                if detail is not None:
+                    st.subheader(f"Trace {detail.trace_id}")
+                    usage = detail.token_usage
+                    cols = st.columns(4)
+                    cols[0].metric("Status", detail.status)
+                    cols[1].metric("Latency", f"{detail.latency_ms:,} ms" if detail.latency_ms is not None else "—")
+                    cols[2].metric("Tokens (in / out)", f"{usage.get('input_tokens', 0):,} / {usage.get('output_tokens', 0):,}"
+                                   if usage else "no usage recorded")
+                    cols[3].metric("Cost", f"${detail.cost:,.6f}" if detail.cost is not None else "not recorded")
+                    for message in detail.errors:
+                        st.error(message, icon=":material/error:")
+                    st.plotly_chart(span_waterfall(detail.spans), width="stretch", config=PLOT_CONFIG)
+                    for _, span in detail.spans.iterrows():
+                        title = f"{'· ' * int(span['depth'])}{span['name']} ({span['span_type']}) — {span['duration_ms']:,.1f} ms"
+                        with st.expander(title, icon=":material/error:" if span["error"] else None):
+                            if span["error"]:
+                                st.error(span["error"])
+                            if span["model"]:
+                                st.caption(f"Model {span['model']} · tokens in {span['input_tokens']} / out "
+                                           f"{span['output_tokens']} · cost {span['cost'] if span['cost'] is not None else '—'}")
+                            st.markdown("**Inputs**")
+                            st.code(span["inputs"] or "—", language="json")
+                            st.markdown("**Outputs**")
+                            st.code(span["outputs"] or "—", language="json")
+                    st.markdown("**Assessments**")
+                    if detail.assessments.empty:
+                        st.caption("No assessments on this trace.")
+                    else:
+                        st.dataframe(detail.assessments.astype({"value": str}), hide_index=True, width="stretch")
+            else:
+                st.caption("Select a row to open the trace: span tree, inputs and outputs, tokens, cost, assessments.")
+
+# --- prices --------------------------------------------------------------------------------
+with prices_tab:
+    st.caption("Used for LLM models without a cost recorded by MLflow. US dollars per million tokens; cached "
+               f"input tokens are priced separately. Stored in `{settings.data_dir / pricing.PRICING_FILE}`.")
+    table = pd.DataFrame([{"model": m, "input_per_mtok": p.input_per_mtok, "output_per_mtok": p.output_per_mtok,
+                           "cached_input_per_mtok": p.cached_input_per_mtok} for m, p in sorted(prices.items())])
+    edited = st.data_editor(table, num_rows="dynamic", hide_index=True, width="stretch", key="mon_prices")
+    if st.button("Save prices", icon=":material/save:", key="mon_save_prices"):
+        rows = edited.dropna(how="all")
+        try:
+            pricing.save_prices(settings, {str(r["model"] or ""): dict(r.drop("model")) for _, r in rows.iterrows()})
+            _data.clear()
+            _health.clear()
+            st.success("Prices saved.")
+            st.rerun()
+        except AgentOpsError as exc:
+            show_error(exc, what="Prices not saved")

@@ -1,0 +1,122 @@
+"""The Evaluations page (Run and Compare tabs) over real stores, driven by Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
+
+from services import _clients, eval_jobs
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGE = "pages/evaluations.py"
+EVAL_FILTER = "tags.`mlflow.runType` = 'genai_evaluate'"
+GOOD_ROWS = [
+    {"inputs": {"question": "How do I reset my password?"}, "expectations": {"expected_facts": ["30 minutes"]}},
+    {"inputs": {"question": "How do I enable two-factor authentication?"}, "expectations": {"expected_facts": ["authenticator app"]}},
+]
+BAD_JSONL = (json.dumps(GOOD_ROWS[0]) + "\n" + json.dumps({"inputs": {"prompt": "hi"}}) + "\n").encode()
+
+
+@pytest.fixture
+def use_store(monkeypatch):
+    """Point the app (which reads settings from the environment) at another store."""
+
+    def use(data_dir: Path) -> None:
+        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
+        _clients._cached_settings.cache_clear()
+
+    yield use
+    monkeypatch.undo()
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+
+
+def _page() -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.switch_page(PAGE)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def _eval_runs(settings) -> list:
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, filter_string=EVAL_FILTER, max_results=1000, order_by=["attributes.start_time ASC"])
+
+
+def _datasets(settings) -> int:
+    from mlflow.genai.datasets import search_datasets
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    return len(search_datasets(experiment_ids=[e.experiment_id for e in client.search_experiments()]))
+
+
+def test_run_tab_offers_versions_datasets_and_explains_judges(seeded_settings):
+    app = _page()
+    assert app.title[0].value == "Evaluations"
+    assert app.selectbox(key="eval_agent").options == ["orders-agent", "support-agent"]
+    assert "@champion (v2)" in app.selectbox(key="eval_version").options
+    assert "orders-agent-golden" in app.selectbox(key="eval_dataset").options
+    assert app.multiselect(key="eval_scorers").value == ["expected_facts", "required_tools"]
+    assert any("Correctness" in c.value and "cannot run here" in c.value for c in app.caption)
+    assert not app.button(key="eval_run").disabled
+
+
+def test_malformed_upload_names_the_row_and_stores_nothing(seeded_settings):
+    runs, stored = len(_eval_runs(seeded_settings)), _datasets(seeded_settings)
+    app = _page()
+    app.radio(key="eval_source").set_value("Upload a file").run()
+    app.file_uploader(key="eval_upload").set_value(("bad.jsonl", BAD_JSONL, "application/jsonl")).run()
+    assert not app.exception
+    message = " ".join(w.value for w in app.warning)
+    assert "Row 2" in message and "inputs.question" in message
+    assert app.button(key="eval_run").disabled
+    assert "eval_jobs" not in app.session_state
+    assert len(_eval_runs(seeded_settings)) == runs and _datasets(seeded_settings) == stored
+
+
+def test_run_from_the_page_in_the_background(seeded_settings):
+    runs = len(_eval_runs(seeded_settings))
+    app = _page()
+    app.selectbox(key="eval_agent").set_value("support-agent").run()
+    app.radio(key="eval_source").set_value("Upload a file").run()
+    upload = json.dumps(GOOD_ROWS).encode()
+    app.file_uploader(key="eval_upload").set_value(("two.json", upload, "application/json")).run()
+    assert any("2 valid rows" in s.value for s in app.success)
+    app.button(key="eval_run").click().run()
+    (job_id,) = app.session_state["eval_jobs"]
+    job = eval_jobs.wait(job_id, timeout=120)
+    assert job.status is eval_jobs.JobStatus.SUCCEEDED, job.error
+    app.run()
+    assert any("finished" in s.value and job.run_id in s.value for s in app.success)
+    assert len(_eval_runs(seeded_settings)) == runs + 1
+
+
+def test_compare_tab_shows_verdicts_summary_and_rows(seeded_settings):
+    by_version = {}
+    for run in _eval_runs(seeded_settings):
+        tags = run.data.tags
+        if tags.get("agentops.agent") == "orders-agent" and tags.get("agentops.dataset") == "orders-agent-golden":
+            by_version.setdefault(tags["agentops.version"], run.info.run_id)
+    app = _page()
+    app.multiselect(key="compare_runs").set_value([by_version["1"], by_version["2"]]).run()
+    assert not app.exception
+    verdicts = " ".join(s.value for s in app.success)
+    assert "B: orders-agent v2 is better on expected_facts" in verdicts and "n = 48 shared rows" in verdicts
+    summary = app.dataframe[0].value
+    assert set(summary["Metric"]) == {"expected_facts", "required_tools"}
+    assert len(app.dataframe[1].value) == 48
+    app.radio(key="compare_filter").set_value("Improvements").run()
+    rows = app.dataframe[1].value
+    assert 0 < len(rows) < 48 and set(rows["change"]) == {"improvement"}
+
+
+def test_empty_store_says_what_to_do(tmp_path, use_store):
+    use_store(tmp_path / "empty")
+    app = _page()
+    assert any("No registered agents yet" in i.value for i in app.info)

@@ -14,7 +14,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -185,6 +184,7 @@ def _log_version(client, agent: DemoAgent, number: int, version: DemoVersion, ag
 
 def _evaluate_version(agent: DemoAgent, number: int, model_id: str, dataset, dataset_name: str, experiment_id: str) -> None:
     import mlflow
+    from services.evaluations import skip_first_row_check
     from services.scorers import DEMO_SCORERS, answer_text
 
     loaded = mlflow.pyfunc.load_model(f"models:/{agent.name}/{number}")
@@ -203,23 +203,10 @@ def _evaluate_version(agent: DemoAgent, number: int, model_id: str, dataset, dat
         # version fails on (v1 of the orders agent raises on unknown ids, and dataset order is not
         # fixed); skipping it lets the failure be recorded as a failed row like any other.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                _env("MLFLOW_GENAI_EVAL_SKIP_TRACE_VALIDATION", "true"):
+                skip_first_row_check():
             mlflow.genai.evaluate(data=dataset, scorers=DEMO_SCORERS, predict_fn=predict_fn, model_id=model_id)
     # evaluate leaves the evaluated model active, which would link later traces to it.
     mlflow.clear_active_model()
-
-
-@contextlib.contextmanager
-def _env(key: str, value: str):
-    previous = os.environ.get(key)
-    os.environ[key] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
 
 
 def _save_endpoint(agent: DemoAgent, settings: Settings) -> None:

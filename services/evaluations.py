@@ -148,7 +148,7 @@ def resolve_version(agent: str, ref: str, settings: Settings | None = None) -> R
 
 
 @contextlib.contextmanager
-def _skip_first_row_check() -> Any:
+def skip_first_row_check() -> Any:
     """Skip evaluate's trial prediction on the first row.
 
     When that single row raises, evaluate aborts the whole run; our predict function is
@@ -210,7 +210,7 @@ def evaluate_rows(
             with (
                 contextlib.redirect_stdout(io.StringIO()),
                 contextlib.redirect_stderr(io.StringIO()),
-                _skip_first_row_check(),
+                skip_first_row_check(),
             ):
                 mlflow.genai.evaluate(data=rows, scorers=scorers, predict_fn=counted, model_id=model_id)
         # evaluate leaves the evaluated model active, which would link later traces to it.

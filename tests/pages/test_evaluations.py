@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from services import _clients, eval_jobs
+from services import eval_jobs
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/evaluations.py"
@@ -19,20 +19,6 @@ GOOD_ROWS = [
     {"inputs": {"question": "How do I enable two-factor authentication?"}, "expectations": {"expected_facts": ["authenticator app"]}},
 ]
 BAD_JSONL = (json.dumps(GOOD_ROWS[0]) + "\n" + json.dumps({"inputs": {"prompt": "hi"}}) + "\n").encode()
-
-
-@pytest.fixture
-def use_store(monkeypatch):
-    """Point the app (which reads settings from the environment) at another store."""
-
-    def use(data_dir: Path) -> None:
-        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
-        _clients._cached_settings.cache_clear()
-
-    yield use
-    monkeypatch.undo()
-    _clients._cached_settings.cache_clear()
-    _clients.configure_mlflow()
 
 
 def _page() -> AppTest:

@@ -8,24 +8,10 @@ import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from services import _clients
 from services import _mlflow_internal as internal
 from tests.services.test_monitoring import TRACES, _spec
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture
-def use_store(monkeypatch):
-    """Point the app (which reads settings from the environment) at another store."""
-
-    def use(data_dir: Path) -> None:
-        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
-        _clients._cached_settings.cache_clear()
-
-    yield use
-    _clients._cached_settings.cache_clear()
-    _clients.configure_mlflow()
 
 
 def _store(settings, traces=TRACES) -> None:

@@ -32,20 +32,6 @@ def _traces_since(client: MlflowClient, experiment_ids: list[str], since_ms: int
     return len(found)
 
 
-@pytest.fixture
-def use_store(monkeypatch):
-    """Point the app (which reads settings from the environment) at another store."""
-
-    def use(data_dir: Path) -> None:
-        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
-        _clients._cached_settings.cache_clear()
-
-    yield use
-    monkeypatch.undo()
-    _clients._cached_settings.cache_clear()
-    _clients.configure_mlflow()
-
-
 @pytest.mark.slow
 def test_overview_shows_what_the_store_holds(seeded_settings):
     client = MlflowClient(tracking_uri=seeded_settings.tracking_uri)

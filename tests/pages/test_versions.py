@@ -10,27 +10,12 @@ import streamlit as st
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from services import _clients, releases
+from services import releases
 from services.identity import Identity, IdentitySource
 from tests.services.test_releases import AGENT, GATE, build_agent
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/versions.py"
-
-
-@pytest.fixture
-def use_store(monkeypatch):
-    """Point the app (which reads settings from the environment) at another store."""
-
-    def use(data_dir: Path) -> None:
-        monkeypatch.setenv("AGENTOPS_DATA_DIR", str(data_dir))
-        _clients._cached_settings.cache_clear()
-
-    yield use
-    # Restore the environment before re-reading settings, or the cache keeps this store.
-    monkeypatch.undo()
-    _clients._cached_settings.cache_clear()
-    _clients.configure_mlflow()
 
 
 @pytest.fixture
@@ -150,3 +135,48 @@ def test_demo_agents_render(seeded_settings, use_store):
     app = _open()
     assert not app.error
     assert len(app.dataframe[0].value) == 3
+
+
+@pytest.fixture
+def ready_store(isolated_settings, use_store):
+    from tests.services.test_readiness import build_ready_agent
+
+    build_ready_agent(isolated_settings, with_datasets=False)
+    use_store(isolated_settings.data_dir)
+    return isolated_settings
+
+
+def test_versions_list_has_a_readiness_column(ready_store):
+    from tests.services.test_readiness import AGENT as READY
+
+    app = _open()
+    app.selectbox(key="versions.agent").set_value(READY).run()
+    table = app.dataframe[0].value.set_index("Version")
+    assert table.loc["v2", "Readiness"].startswith("⛔")  # fails its gate (required)
+    assert "pass" in table.loc["v1", "Readiness"]
+    assert not app.exception
+
+
+def test_failing_load_check_blocks_promotion_until_overridden(ready_store):
+    from tests.services.test_readiness import AGENT as READY
+
+    app = _open()
+    app.selectbox(key="versions.agent").set_value(READY).run()
+    app = _review(app, "champion", "3")
+    assert not any("Required readiness items fail" in e.value for e in app.error)
+    assert not app.button(key="versions.confirm").disabled  # unknown never blocks
+
+    app.button(key="versions.load_check").click().run()
+    assert not app.exception
+    assert any("Required readiness items fail" in e.value for e in app.error)
+    checklist = next(d.value for d in app.dataframe if "Fix" in d.value.columns and "vector index" in " ".join(d.value["Why"]))
+    assert checklist is not None
+    assert app.button(key="versions.confirm").disabled
+
+    app.checkbox(key="versions.override").check().run()
+    app.text_area(key="versions.reason").input("load fixed by config at deploy").run()
+    app.button(key="versions.confirm").click().run()
+    assert not app.exception
+    change = releases.alias_history(READY, "champion", ready_store)[0]
+    assert change.override and change.to_version == "3"
+    assert change.evidence["readiness"]["failing_required"] == ["loads_and_predicts"]

@@ -14,6 +14,7 @@ PAGES.update(
         "monitoring": st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
         "evaluations": st.Page("pages/evaluations.py", title="Evaluations", icon=":material/fact_check:"),
         "serving": st.Page("pages/serving.py", title="Serving & A/B", icon=":material/alt_route:"),
+        "review": st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
     }
 )
 navigation = st.navigation(list(PAGES.values()))

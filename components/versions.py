@@ -16,14 +16,21 @@ def _v(version: str | None) -> str:
     return f"v{version}" if version else "—"
 
 
-def versions_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The listing frame as shown: one row per version, one column per evaluation metric."""
+def versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = None) -> pd.DataFrame:
+    """The listing frame as shown: one row per version, one column per evaluation metric.
+
+    ``readiness`` maps a version number to its readiness summary (a "Readiness" column).
+    """
     metrics = sorted({m for row in frame["metrics"] for m in row}) if not frame.empty else []
     rows = []
     for row in frame.itertuples(index=False):
         shown = {
             "Version": f"v{row.version}",
             "Aliases": ", ".join(row.aliases) or "—",
+        }
+        if readiness is not None:
+            shown["Readiness"] = readiness.get(str(row.version), "—")
+        shown |= {
             "Created": row.created,
             "Creator": row.creator or "—",
             "Status": row.status,
@@ -47,8 +54,8 @@ def versions_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def show_versions_table(frame: pd.DataFrame) -> None:
-    shown = versions_table(frame)
+def show_versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = None) -> None:
+    shown = versions_table(frame, readiness)
     metric_cols = [c for c in shown.columns if c not in _FIXED]
     st.dataframe(
         shown,
@@ -66,7 +73,7 @@ def show_versions_table(frame: pd.DataFrame) -> None:
 
 
 _FIXED = {
-    "Version", "Aliases", "Created", "Creator", "Status", "Git commit", "Traces (7d)", "Error rate", "p95 (ms)",
+    "Version", "Aliases", "Readiness", "Created", "Creator", "Status", "Git commit", "Traces (7d)", "Error rate", "p95 (ms)",
     "Cost / request ($)", "Params", "Tags", "Source run", "LoggedModel", "Eval dataset",
 }
 

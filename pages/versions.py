@@ -9,6 +9,7 @@ import streamlit as st
 
 from components.context import current_identity, current_settings
 from components.errors import show_error
+from components.readiness import readiness_cell, show_readiness
 from components.versions import (
     diff_frame,
     history_frame,
@@ -17,13 +18,14 @@ from components.versions import (
     show_versions_table,
     states_frame,
 )
-from services import registry, releases, versions
+from services import readiness, registry, releases, versions
 from services.errors import AgentOpsError
 from services.settings import Settings
 
 PAGE_SIZES = (25, 50, 100)
 _PENDING = "versions.pending_plan"
 _NOTICE = "versions.notice"
+_LOADS = "versions.load_checks"  # "agent/version" -> readiness.LoadCheckResult of this session
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -61,9 +63,48 @@ def _rules(settings: Settings, agent: str) -> list[releases.GateRule]:
     return releases.gate_rules(agent, settings)
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def _readiness_cells(settings: Settings, agent: str, numbers: tuple[str, ...]) -> dict[str, str]:
+    return {n: readiness_cell(r) for n, r in readiness.assess_versions(agent, numbers, settings).items()}
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _readiness(settings: Settings, agent: str, version: str, against: str, load_key: str,
+               _load: readiness.LoadCheckResult | None) -> readiness.ReadinessReport:
+    return readiness.assess(agent, version, settings, against=against, load=_load)
+
+
 def _clear_caches() -> None:
-    for loader in (_agents, _versions, _detail, _diff, _states, _history, _rules):
+    for loader in (_agents, _versions, _detail, _diff, _states, _history, _rules, _readiness_cells, _readiness):
         loader.clear()
+
+
+def _load_result(agent: str, version: str) -> readiness.LoadCheckResult | None:
+    return st.session_state.setdefault(_LOADS, {}).get(f"{agent}/{version}")
+
+
+def _readiness_panel(agent: str, version: str, against: str, key: str) -> readiness.ReadinessReport | None:
+    """The checklist of one version, with the on-demand load check; None when it cannot be read."""
+    load = _load_result(agent, version)
+    load_key = "" if load is None else f"{load.ok}/{load.stage}/{load.seconds}"
+    try:
+        with st.spinner(f"Checking the readiness of v{version}…"):
+            report = _readiness(settings, agent, version, against, load_key, load)
+    except AgentOpsError as exc:
+        show_error(exc, what=f"Cannot check the readiness of v{version}")
+        return None
+
+    def run(progress) -> readiness.LoadCheckResult:
+        result = readiness.check_load(agent, version, settings, progress=progress)
+        st.session_state.setdefault(_LOADS, {})[f"{agent}/{version}"] = result
+        return result
+
+    try:
+        if show_readiness(report, key=key, run_load_check=run):
+            st.rerun()
+    except AgentOpsError as exc:
+        show_error(exc, what=f"Cannot run the load check of v{version}")
+    return report
 
 
 settings = current_settings()
@@ -127,12 +168,20 @@ with tab_list:
     if rows.empty:
         st.info("No version matches the filter.", icon=":material/search_off:")
     else:
-        show_versions_table(rows)
+        try:
+            with st.spinner("Checking release readiness…"):
+                cells = _readiness_cells(settings, agent, tuple(str(v) for v in rows["version"]))
+        except AgentOpsError as exc:
+            cells = None
+            st.caption(f"Release readiness is not available: {exc}")
+        show_versions_table(rows, cells)
     chosen = st.selectbox("Version detail", numbers, format_func=lambda v: f"v{v}", key="versions.detail")
     try:
         show_version_detail(_detail(settings, agent, chosen))
     except AgentOpsError as exc:
         show_error(exc, what=f"Cannot read v{chosen}")
+    with st.expander(f"Release readiness of v{chosen} (against champion)", expanded=True):
+        _readiness_panel(agent, chosen, "champion", key="versions.detail_load_check")
 
 with tab_compare:
     if len(numbers) < 2:
@@ -176,6 +225,9 @@ with tab_promote:
     if plan is not None and plan.agent == agent:
         with st.container(border=True):
             show_plan(plan)
+            report = _readiness_panel(plan.agent, plan.target_version, plan.alias, key="versions.load_check")
+            ready_blocked = bool(report and report.failures)
+            blocked = plan.blocked or ready_blocked
             reason = ""
             override = False
             if plan.is_noop:
@@ -183,6 +235,10 @@ with tab_promote:
             if plan.blocked:
                 st.error("**The gate blocks this promotion.** Nothing will change unless you override it "
                          "with a written reason, which is recorded.", icon=":material/block:")
+            if ready_blocked:
+                st.error("**Required readiness items fail**, which blocks like the gate. Nothing will change "
+                         "unless you override it with a written reason, which is recorded.", icon=":material/block:")
+            if blocked:
                 override = st.checkbox("Override the gate", key="versions.override")
                 if override:
                     reason = st.text_area("Why override? (recorded in the audit trail)", key="versions.reason")
@@ -191,17 +247,17 @@ with tab_promote:
             buttons = st.columns(2)
             confirm = buttons[0].button(
                 "Confirm promotion", type="primary", key="versions.confirm",
-                disabled=plan.blocked and (not override or not reason.strip()),
+                disabled=blocked and (not override or not reason.strip()),
             )
             if buttons[1].button("Cancel", key="versions.cancel"):
                 st.session_state.pop(_PENDING, None)
                 st.rerun()
             if confirm:
                 try:
-                    result = releases.promote(
+                    result = readiness.promote(
                         plan.agent, plan.alias, plan.target_version, identity, reason=reason,
-                        override=plan.blocked and override, expected_current=plan.current_version,
-                        settings=settings,
+                        override=blocked and override, expected_current=plan.current_version,
+                        load=_load_result(plan.agent, plan.target_version), settings=settings,
                     )
                 except AgentOpsError as exc:
                     show_error(exc, what="The alias was not changed")

@@ -262,6 +262,17 @@ def stored_trace_ids(client: MlflowClient, trace_ids: Sequence[str]) -> set[str]
     }
 
 
+def trace_info(client: MlflowClient, trace_id: str) -> TraceInfo:
+    """One trace's info without loading its spans (``MlflowClient`` has no public accessor).
+
+    Uses the client's private tracing client; falls back to the public ``get_trace``.
+    """
+    tracing = getattr(client, "_tracing_client", None)
+    if tracing is not None and hasattr(tracing, "get_trace_info"):
+        return tracing.get_trace_info(trace_id)
+    return client.get_trace(trace_id).info
+
+
 # --- SQLite maintenance ----------------------------------------------------------------------
 
 

@@ -247,8 +247,9 @@ def compare_arms(baseline: ArmSample, candidate: ArmSample, *, minimum_effect: f
             rb = sum(b) / len(b) if b else None
             metrics.append(MetricComparison(name, ra, rb, p, test, _direction(p, rb, ra, True)))
     required = required_sample_size(b_err or 0.0, minimum_effect, ratio=(c_n / b_n) if b_n and c_n else 1.0)
-    label = f"v{candidate.version}"
-    base_label = f"v{baseline.version}"
+    # Provider models (MLflow AI Gateway) have no version: name them instead.
+    label = f"v{candidate.version}" if candidate.version else candidate.entity_name
+    base_label = f"v{baseline.version}" if baseline.version else baseline.entity_name
     parts = []
     for m in metrics:
         if m.direction in (Direction.BETTER, Direction.WORSE):
@@ -339,11 +340,22 @@ def _sample(served: serving.ServedVersion, infos: list[Any], *, truncated: bool)
 
 def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: datetime, end: datetime | None = None,
                    *, baseline: str | None = None, minimum_effect: float = 0.02,
-                   settings: Settings | None = None) -> ArmReport:
-    """Stats per arm and each arm compared with the baseline (by default the largest share)."""
+                   settings: Settings | None = None, source: str | None = None) -> ArmReport:
+    """Stats per arm and each arm compared with the baseline (by default the largest share).
+
+    ``source="mlflow-gateway"`` judges an MLflow AI Gateway endpoint from its own usage traces
+    (``experiment_ids`` is then ignored); it raises ``ai_gateway.CannotAttributeError`` when those
+    traces cannot tell the arms apart.
+    """
     end = end or datetime.now(tz=timezone.utc)
-    endpoint = serving.get_endpoint(endpoint_name, settings)
-    samples = arm_samples(endpoint, experiment_ids, start, end, settings=settings)
+    if source == "mlflow-gateway":
+        from services import ai_gateway
+
+        endpoint = ai_gateway.get_endpoint(endpoint_name, settings)
+        samples, _ = ai_gateway.arm_samples(endpoint_name, start, end, settings=settings)
+    else:
+        endpoint = serving.get_endpoint(endpoint_name, settings)
+        samples = arm_samples(endpoint, experiment_ids, start, end, settings=settings)
     if not samples:
         return ArmReport(endpoint.name, start, end, None, (), (), "This endpoint serves no versions.")
     by_name = {s.entity_name: s for s in samples}
@@ -383,11 +395,13 @@ class PartialPromotionError(AgentOpsError):
 def promote_arm(
     endpoint_name: str, entity_name: str, identity: Identity, *, reason: str, alias: str = "champion",
     override_gate: bool = False, action: str = "promote winner", settings: Settings | None = None,
+    source: str | None = None,
 ) -> PromotionOutcome:
     """Move 100% of traffic to one arm, then point ``alias`` at its version; both audited.
 
     Traffic moves first. If the alias cannot follow, ``PartialPromotionError`` states that the
-    traffic moved and the alias did not, so the operator can retry the alias alone.
+    traffic moved and the alias did not, so the operator can retry the alias alone. With
+    ``source="mlflow-gateway"`` only the weights change: provider models have no registry alias.
     """
     from services import releases
     from services.audit import AliasAction
@@ -395,6 +409,14 @@ def promote_arm(
     settings = settings or get_settings()
     if not reason.strip():
         raise ValidationError("Give a reason; it goes into the audit trail.")
+    if source == "mlflow-gateway":
+        from services import ai_gateway
+
+        stored = ai_gateway.promote_weights(endpoint_name, entity_name, user=identity.user, reason=reason,
+                                            action=action, settings=settings)
+        return PromotionOutcome(True, False, stored,
+                                f"{endpoint_name}: 100% to {entity_name}. No alias moved: AI Gateway models are "
+                                "provider models, not registered versions.")
     endpoint = serving.get_endpoint(endpoint_name, settings)
     served = {s.entity_name: s for s in endpoint.served}
     if entity_name not in served:

@@ -266,10 +266,15 @@ def evaluate_gate(rules: list[GateRule], evidence: Evidence) -> tuple[GateCheck,
 # --- evidence and plan --------------------------------------------------------------------
 
 def gather_evidence(agent: str, candidate: str, current: str | None, settings: Settings | None = None,
-                    *, model: Any = None) -> Evidence:
-    """Latest evaluations of both versions on the same dataset, with deltas, and traffic."""
+                    *, model: Any = None, runs: list[EvaluationSummary] | None = None,
+                    traffic: dict[str, versions.VersionTraffic] | None = None) -> Evidence:
+    """Latest evaluations of both versions on the same dataset, with deltas, and traffic.
+
+    ``runs`` and ``traffic`` may be passed when already read (e.g. for many versions at once).
+    """
     experiment_ids = versions.agent_experiment_ids(agent, settings, model=model)
-    runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
+    if runs is None:
+        runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
     finished = [r for r in runs if r.status == "FINISHED"]
     mine = [r for r in finished if r.version == candidate]
     theirs = [r for r in finished if current is not None and r.version == current]
@@ -288,7 +293,8 @@ def gather_evidence(agent: str, candidate: str, current: str | None, settings: S
                     candidate_eval.metrics.get(m) if candidate_eval else None)
         for m in metrics
     )
-    traffic = versions.traffic_by_model(experiment_ids, settings)
+    if traffic is None:
+        traffic = versions.traffic_by_model(experiment_ids, settings)
     client = mlflow_client(settings)
     empty = versions.VersionTraffic(0, 0, None, None)
 
@@ -337,6 +343,8 @@ def promote(
     expected_current: str | None | object = ...,
     action: AliasAction = AliasAction.PROMOTE,
     settings: Settings | None = None,
+    readiness_failures: tuple[str, ...] = (),
+    readiness_evidence: dict[str, Any] | None = None,
 ) -> PromotionResult:
     """Point ``alias`` at ``version`` behind the gate, and record the change.
 
@@ -344,16 +352,24 @@ def promote(
         override: promote although the gate fails; needs a non-empty ``reason``.
         expected_current: the holder the operator saw when confirming; when given and the alias
             now points elsewhere, nothing changes and ``ConflictError`` says so.
+        readiness_failures: failing required readiness items (``services.readiness``); they block
+            like a failing gate and take the same override path.
+        readiness_evidence: the readiness checklist, stored with the audit record.
     """
     reason = (reason or "").strip()
     if override and not reason:
         raise ValidationError("Overriding the gate needs a written reason.")
     plan = plan_promotion(agent, alias, version, settings)
-    if plan.blocked and not override:
-        failed = "; ".join(f"{c.rule.describe()} ({c.detail})" for c in plan.checks if c.status is CheckStatus.FAIL)
+    if (plan.blocked or readiness_failures) and not override:
+        failed = "; ".join([f"{c.rule.describe()} ({c.detail})" for c in plan.checks if c.status is CheckStatus.FAIL]
+                           + [f"readiness: {item}" for item in readiness_failures])
         raise GateBlockedError(f"The gate blocks v{plan.target_version} as {plan.alias}: {failed}. "
                                "Nothing changed. Override with a written reason if you must.")
-    gate = GateOutcome.NO_RULES if not plan.checks else (GateOutcome.OVERRIDDEN if plan.blocked else GateOutcome.PASSED)
+    blocked = plan.blocked or bool(readiness_failures)
+    if not plan.checks and not readiness_failures:
+        gate = GateOutcome.NO_RULES
+    else:
+        gate = GateOutcome.OVERRIDDEN if blocked else GateOutcome.PASSED
     client = mlflow_client(settings)
     with _lock(plan.agent, plan.alias):
         before = _read_alias(client, plan.agent, plan.alias)
@@ -369,6 +385,8 @@ def promote(
         evidence = plan.evidence.summary() | {
             "checks": [{"rule": c.rule.describe(), "status": c.status.value, "detail": c.detail} for c in plan.checks],
         }
+        if readiness_evidence is not None:
+            evidence["readiness"] = readiness_evidence
         change = audit.record_alias_change(
             model=plan.agent, alias=plan.alias, action=action, from_version=before, to_version=after,
             requested_version=plan.target_version, user=identity.user, reason=reason, gate=gate,

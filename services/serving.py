@@ -194,6 +194,10 @@ class SplitPlan:
 
 
 def _percentages(endpoint: Endpoint) -> dict[str, int]:
+    if endpoint.backend == "mlflow-gateway":
+        from services import ai_gateway
+
+        return ai_gateway.percentages(endpoint)
     by_entity = {s.entity_name: s for s in endpoint.served}
     return {
         f"{by_entity[r.entity_name].model_name} v{by_entity[r.entity_name].model_version}"
@@ -279,6 +283,10 @@ def apply_split(
     settings = settings or get_settings()
     if not reason.strip():
         raise ValidationError("Give a reason for the traffic change; it goes into the audit trail.")
+    if plan.before.backend == "mlflow-gateway":
+        from services import ai_gateway
+
+        return ai_gateway.apply_weights(plan, user=user, reason=reason, action=action, settings=settings)
     before_pct, after_pct = plan.percentages()
     if settings.backend is Backend.DATABRICKS:
         stored = _apply_databricks(plan, settings, user_token, progress)

@@ -116,3 +116,14 @@ def test_analyze_refreshes_planner_statistics(store_with_model, isolated_setting
         tables = {row[0] for row in connection.execute("SELECT tbl FROM sqlite_stat1")}
     assert "spans" in tables
     assert not internal.analyze_sqlite(str(isolated_settings.data_dir / "missing.db"))
+
+
+def test_trace_info_without_spans_matches_the_public_path(store_with_model):
+    client, experiment_id, model_id = store_with_model
+    (trace_id,) = internal.log_traces(client, [_spec(experiment_id, model_id, 2, "a")])
+    assert hasattr(client, "_tracing_client") and hasattr(client._tracing_client, "get_trace_info"), (
+        "MLflow moved the private trace-info accessor"
+    )
+    info = internal.trace_info(client, trace_id)
+    public = client.get_trace(trace_id).info
+    assert (info.trace_id, info.tags["agentops.arm"], info.token_usage) == (public.trace_id, "a", public.token_usage)

@@ -1,0 +1,1 @@
+"""Command-line entry points of Agent Ops Console (``python -m agentops <command>``)."""

@@ -1,0 +1,29 @@
+"""``python -m agentops <command> ...``: dispatch to a command module."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m agentops <command> [options]
+
+commands:
+  gate    evaluate the release gate and readiness checklist of a version (exit 1 when blocked)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "gate":
+        from agentops import gate
+
+        return gate.main(rest)
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

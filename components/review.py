@@ -1,0 +1,102 @@
+"""Widgets of the Review page: a trace as a conversation, the review form, feedback charts.
+
+Trace content is untrusted: it is shown with ``st.text`` / ``st.code`` only (never as HTML or
+markdown), so a crafted question or answer cannot inject links, images or markup.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from components.charts import _PALETTE
+from services.feedback import LabelKind, LabelQuestion, Review
+from services.review_queue import Conversation, QueueProgress
+
+THUMBS_OPTIONS = {"Not judged": None, ":material/thumb_up: Good answer": True, ":material/thumb_down: Bad answer": False}
+RATING_OPTIONS = ["—", "1", "2", "3", "4", "5"]
+NO_ANSWER = "—"
+
+
+def render_conversation(conv: Conversation) -> None:
+    """User turns, the agent's answer and its tool calls folded away, all as plain text."""
+    meta = " · ".join(x for x in (conv.agent, f"version {conv.version}" if conv.version else None,
+                                  f"{conv.time:%Y-%m-%d %H:%M} UTC") if x)
+    st.caption(meta)
+    if not conv.turns:
+        st.caption("The trace recorded no user message.")
+    for turn in conv.turns:
+        with st.chat_message("user" if turn.role == "user" else "assistant"):
+            st.text(turn.text)
+    if conv.tool_calls:
+        with st.expander(f"Tool calls ({len(conv.tool_calls)})", icon=":material/build:"):
+            for call in conv.tool_calls:
+                st.text(f"{call.name}")
+                st.code(call.arguments or "(no arguments)", language=None, wrap_lines=True)
+                st.code(call.output or "(no output)", language=None, wrap_lines=True)
+    with st.chat_message("assistant"):
+        if conv.error:
+            st.text(f"The agent failed: {conv.error}")
+        else:
+            st.text(conv.answer or "(no answer recorded)")
+
+
+def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review | None) -> tuple[bool, Review]:
+    """The review form, prefilled with the reviewer's earlier judgement; returns (submitted, review)."""
+    previous = previous or Review()
+    with st.form(key, clear_on_submit=False, border=True):
+        thumbs_labels = list(THUMBS_OPTIONS)
+        thumbs_index = thumbs_labels.index(next(k for k, v in THUMBS_OPTIONS.items() if v is previous.thumbs_up))
+        thumbs = st.radio("Is the answer good?", thumbs_labels, index=thumbs_index, horizontal=True, key=f"{key}_thumbs")
+        rating = st.select_slider("Rating (1 = poor, 5 = excellent)", RATING_OPTIONS,
+                                  value=str(previous.rating) if previous.rating else "—", key=f"{key}_rating")
+        comment = st.text_area("Comment", value=previous.comment, key=f"{key}_comment",
+                               placeholder="What is right or wrong about this answer?")
+        corrected = st.text_area("Corrected answer (becomes the expected response when curated)",
+                                 value=previous.corrected_answer, key=f"{key}_corrected")
+        labels: dict[str, str] = {}
+        for q in questions:
+            old = previous.labels.get(q.name, "")
+            if q.kind == LabelKind.CHOICE:
+                options = [NO_ANSWER, *q.options]
+                choice = st.selectbox(q.prompt, options, index=options.index(old) if old in options else 0,
+                                      key=f"{key}_label_{q.name}")
+                labels[q.name] = "" if choice == NO_ANSWER else choice
+            else:
+                labels[q.name] = st.text_input(q.prompt, value=old, key=f"{key}_label_{q.name}")
+        submitted = st.form_submit_button("Submit review", type="primary", icon=":material/send:")
+    review = Review(
+        thumbs_up=THUMBS_OPTIONS[thumbs], rating=None if rating == "—" else int(rating),
+        comment=comment or "", corrected_answer=corrected or "",
+        labels={k: v for k, v in labels.items() if v},
+    )
+    return submitted, review
+
+
+def progress_block(progress: QueueProgress) -> None:
+    """Queue progress: done / in review / left, a bar and a per-reviewer table."""
+    cols = st.columns(4)
+    cols[0].metric("Items", progress.total)
+    cols[1].metric("Done", progress.completed)
+    cols[2].metric("Being reviewed", progress.in_progress)
+    cols[3].metric("Reviewed by you", progress.mine)
+    st.progress(progress.completed / progress.total if progress.total else 0.0,
+                text=f"{progress.completed} of {progress.total} items done")
+    if len(progress.per_reviewer):
+        st.dataframe(progress.per_reviewer, hide_index=True, use_container_width=False)
+
+
+def trend_chart(trend: pd.DataFrame, column: str, title: str, *, percent: bool = False) -> go.Figure:
+    """One line per group over time buckets."""
+    figure = go.Figure()
+    for index, (group, part) in enumerate(trend.groupby("group", sort=True)):
+        figure.add_scatter(x=part["bucket"], y=part[column], mode="lines+markers", name=str(group),
+                           line=dict(color=_PALETTE[index % len(_PALETTE)]))
+    figure.update_layout(title=title, height=280, margin=dict(l=10, r=10, t=36, b=10),
+                         legend=dict(orientation="h", y=-0.2), hovermode="x unified")
+    if percent:
+        figure.update_yaxes(tickformat=".0%", range=[0, 1])
+    else:
+        figure.update_yaxes(range=[0.8, 5.2])
+    return figure

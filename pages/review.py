@@ -1,0 +1,355 @@
+"""Review: queues of traces for domain experts, feedback as MLflow assessments, curation, charts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import streamlit as st
+
+from components.context import current_identity, current_settings, page_link
+from components.errors import show_error
+from components.review import progress_block, render_conversation, review_form, trend_chart
+from services import feedback as fb
+from services import registry
+from services import review_queue as rq
+from services.errors import AgentOpsError
+from services.overview import agent_experiment_ids
+from services.settings import Backend, Settings
+
+WINDOWS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30)}
+SOURCE_LABELS = {
+    rq.QueueSource.SAMPLE: "Sample of live traffic",
+    rq.QueueSource.NEGATIVE_FEEDBACK: "Negative end-user feedback (thumbs down)",
+    rq.QueueSource.LOW_SCORES: "Low scorer results",
+    rq.QueueSource.HAND_PICKED: "Hand-picked trace ids",
+}
+PLOT_CONFIG = {"displayModeBar": False}
+
+
+def _md(text: str) -> str:
+    """Escape markdown so names from headers and tags render as text."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch for ch in str(text))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _agents(settings: Settings) -> list[registry.AgentSummary]:
+    return registry.list_agents(settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _queues(settings: Settings, user: str) -> list[rq.ReviewQueue]:
+    return rq.list_queues(settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _progress(settings: Settings, user: str, queue: rq.ReviewQueue) -> rq.QueueProgress:
+    return rq.progress(queue, user, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _items(settings: Settings, user: str, queue: rq.ReviewQueue) -> list[rq.QueueItem]:
+    return rq.queue_items(queue, settings)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _conversation(settings: Settings, user: str, trace_id: str) -> rq.Conversation:
+    return rq.conversation(trace_id, settings)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _questions(settings: Settings, user: str, agent: str) -> tuple[fb.LabelQuestion, ...]:
+    return fb.label_questions(agent, settings)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _previous(settings: Settings, user: str, trace_id: str) -> fb.Review | None:
+    return fb.current_review(trace_id, user, settings)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _feedback(settings: Settings, user: str, experiment_ids: tuple[str, ...], start_ms: int, end_ms: int,
+              agent: str | None) -> pd.DataFrame:
+    return fb.human_feedback(experiment_ids, start_ms, end_ms, agent=agent, settings=settings)
+
+
+def _after_mutation() -> None:
+    for cached in (_queues, _progress, _items, _previous, _feedback, _questions):
+        cached.clear()
+
+
+settings = current_settings()
+identity = current_identity(settings)
+user = identity.user
+st.title("Review")
+st.caption(f"Reviewing as **{_md(identity.display_name)}** ({_md(user)}); your judgements are stored as MLflow "
+           "assessments on each trace with you as the source.")
+if settings.backend is not Backend.DATABRICKS:
+    st.caption(":material/info: Locally, this app's own review queue is the whole story. On Databricks a queue "
+               "can also be sent to the Databricks Review App as a labeling session.")
+
+try:
+    agents = _agents(settings)
+    queues = _queues(settings, user)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the workspace")
+    st.stop()
+experiment_ids = tuple(agent_experiment_ids(agents, settings))
+agent_names = [a.name for a in agents]
+experiment_of = {a.name: a.experiment_id for a in agents if a.experiment_id}
+
+review_tab, queues_tab, curate_tab, charts_tab, labels_tab = st.tabs(
+    ["Review", "Queues", "Curate", "Feedback charts", "Label questions"])
+
+
+def _queue_picker(container, key: str) -> rq.ReviewQueue | None:
+    if not queues:
+        container.info("**There are no review queues yet.** Create one in the *Queues* tab: a sample of live "
+                       "traffic, traces with thumbs down or low scores, or a hand-picked list.", icon=":material/inbox:")
+        return None
+    by_id = {q.queue_id: q for q in queues}
+    chosen = container.selectbox("Queue", list(by_id), key=key,
+                                 format_func=lambda i: f"{by_id[i].name} · {SOURCE_LABELS[by_id[i].source]}")
+    return by_id[chosen]
+
+
+# --- review ----------------------------------------------------------------------------------
+with review_tab:
+    queue = _queue_picker(st, "review_queue")
+    if queue is not None:
+        state_key = f"review_item_{queue.queue_id}"
+        try:
+            progress_block(_progress(settings, user, queue))
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot read the queue")
+        current = st.session_state.get(state_key)
+        if st.session_state.get("review_notice"):
+            st.success(st.session_state.pop("review_notice"), icon=":material/check_circle:")
+        if current is None:
+            if st.button("Review next item", type="primary", icon=":material/play_arrow:", key="review_next"):
+                try:
+                    item = rq.next_item(queue, user, settings=settings)
+                except AgentOpsError as exc:
+                    show_error(exc, what="Cannot claim an item")
+                    item = None
+                else:
+                    _progress.clear()
+                    if item is None:
+                        st.info("Nothing is left for you in this queue: every item is done, reviewed by you, or "
+                                "being reviewed by someone else right now.", icon=":material/task_alt:")
+                    else:
+                        st.session_state[state_key] = item.trace_id
+                        st.rerun()
+        else:
+            trace_id = current
+            try:
+                conv = _conversation(settings, user, trace_id)
+                questions = _questions(settings, user, conv.agent or queue.agent or "")
+                previous = _previous(settings, user, trace_id)
+            except AgentOpsError as exc:
+                show_error(exc, what="Cannot open this item")
+                st.session_state.pop(state_key, None)
+                st.button("Review next item", key="review_after_error")
+            else:
+                st.subheader("Conversation")
+                render_conversation(conv)
+                st.caption(f"Trace {trace_id} · reserved for you for {rq.CLAIM_SECONDS // 60} minutes")
+                submitted, review = review_form("review_form", questions, previous)
+                if submitted:
+                    try:
+                        rq.submit_queue_review(queue, trace_id, review, user, questions=questions, settings=settings)
+                    except AgentOpsError as exc:
+                        show_error(exc, what="The review was not stored")
+                    else:
+                        _after_mutation()
+                        st.session_state.pop(state_key, None)
+                        st.session_state["review_notice"] = "Review stored. Thank you!"
+                        st.rerun()
+                if st.button("Skip this item", icon=":material/skip_next:", key="review_skip"):
+                    try:
+                        rq.release(queue, trace_id, user, settings)
+                    except AgentOpsError as exc:
+                        show_error(exc, what="Cannot give the item back")
+                    st.session_state.pop(state_key, None)
+                    _progress.clear()
+                    st.rerun()
+
+        try:
+            mine = [i.trace_id for i in _items(settings, user, queue) if user in i.reviewed_by]
+        except AgentOpsError:
+            mine = []
+        if mine:
+            with st.expander(f"Edit one of your earlier reviews ({len(mine)})", icon=":material/edit:"):
+                edit_id = st.selectbox("Trace", mine, key="review_edit_trace")
+                try:
+                    conv = _conversation(settings, user, edit_id)
+                    questions = _questions(settings, user, conv.agent or queue.agent or "")
+                    previous = _previous(settings, user, edit_id)
+                except AgentOpsError as exc:
+                    show_error(exc, what="Cannot open this trace")
+                else:
+                    render_conversation(conv)
+                    submitted, review = review_form("edit_form", questions, previous)
+                    if submitted:
+                        try:
+                            changed = fb.submit_review(edit_id, review, user, questions=questions, settings=settings)
+                        except AgentOpsError as exc:
+                            show_error(exc, what="The change was not stored")
+                        else:
+                            _after_mutation()
+                            st.success(f"Updated {changed} judgement(s); the earlier values stay in the trace's "
+                                       "history, marked as overridden.", icon=":material/history:")
+
+# --- queues ----------------------------------------------------------------------------------
+with queues_tab:
+    st.subheader("New queue")
+    with st.form("new_queue"):
+        cols = st.columns(3)
+        name = cols[0].text_input("Name", key="nq_name")
+        source = cols[1].selectbox("Traces from", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get, key="nq_source")
+        agent = cols[2].selectbox("Agent", agent_names or ["(no agents)"], key="nq_agent")
+        cols = st.columns(4)
+        window = cols[0].selectbox("Time window", list(WINDOWS), index=1, key="nq_window")
+        size = cols[1].number_input("Items", 1, rq.MAX_ITEMS, 20, key="nq_size")
+        reviews = cols[2].number_input("Reviewers per item", 1, 10, 1, key="nq_reviews",
+                                       help="More than one lets you measure agreement between reviewers.")
+        scorer = cols[3].text_input("Scorer (for low scores)", value="expected_facts", key="nq_scorer")
+        pasted = st.text_area("Trace ids (for a hand-picked list; one per line)", key="nq_ids")
+        create = st.form_submit_button("Create queue", type="primary", icon=":material/add:")
+    if create:
+        now = datetime.now(tz=timezone.utc)
+        scope = tuple(i for i in (experiment_of.get(agent), *settings.experiment_ids) if i) or experiment_ids
+        spec = rq.QueueSpec(
+            name=name, source=rq.QueueSource(source), experiment_ids=scope,
+            agent=agent if agent in agent_names else None,
+            start_ms=int((now - WINDOWS[window]).timestamp() * 1000), end_ms=int(now.timestamp() * 1000),
+            size=int(size), scorer=scorer.strip() or None, reviews_per_item=int(reviews),
+            trace_ids=tuple(line.strip() for line in pasted.replace(",", "\n").splitlines() if line.strip()),
+        )
+        try:
+            with st.spinner("Finding traces…"):
+                created = rq.create_queue(spec, user, settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="The queue was not created")
+        else:
+            _after_mutation()
+            st.success(f"Queue '{created.name}' created. Open the Review tab to start.", icon=":material/check_circle:")
+            queues = _queues(settings, user)
+
+    st.subheader("Queues")
+    if not queues:
+        st.caption("No queues yet.")
+    rows = []
+    for q in queues:
+        try:
+            p = _progress(settings, user, q)
+        except AgentOpsError:
+            continue
+        rows.append({"queue": q.name, "source": SOURCE_LABELS[q.source], "agent": q.agent or "", "items": p.total,
+                     "done": p.completed, "in review": p.in_progress, "reviewers per item": q.reviews_per_item,
+                     "reviewers": ", ".join(f"{r} ({n})" for r, n in zip(p.per_reviewer["reviewer"], p.per_reviewer["reviewed"])),
+                     "created by": q.created_by, "created": q.created_at})
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if settings.backend is Backend.DATABRICKS and queues:
+        st.subheader("Databricks Review App")
+        by_id = {q.queue_id: q for q in queues}
+        send = st.selectbox("Queue to send", list(by_id), format_func=lambda i: by_id[i].name, key="dbx_queue")
+        if st.button("Create a labeling session for this queue", icon=":material/open_in_new:"):
+            try:
+                ids = [i.trace_id for i in _items(settings, user, by_id[send])]
+                session = rq.databricks_labeling_session(by_id[send], ids, [user], settings)
+            except AgentOpsError as exc:
+                show_error(exc, what="The labeling session was not created")
+            else:
+                st.success(f"Labeling session '{session.name}' created.")
+                if session.url:
+                    st.link_button("Open in the Review App", session.url)
+
+# --- curate ----------------------------------------------------------------------------------
+with curate_tab:
+    queue = _queue_picker(st, "curate_queue")
+    if queue is not None:
+        try:
+            reviewed = [i.trace_id for i in _items(settings, user, queue) if i.reviewed_by]
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot read the queue")
+            reviewed = []
+        if not reviewed:
+            st.info("No item of this queue has been reviewed yet; review some first.", icon=":material/inbox:")
+        else:
+            st.write(f"{len(reviewed)} reviewed trace(s). Those with a corrected answer become evaluation rows "
+                     "(question → expected response); the others are skipped.")
+            default = f"reviewed-{queue.agent or 'traces'}"
+            dataset_name = st.text_input("Evaluation dataset (created when it does not exist)", value=default, key="cur_name")
+            target = experiment_of.get(queue.agent or "") or (queue.experiment_ids[0] if queue.experiment_ids else "")
+            if st.button("Add reviewed traces to the dataset", type="primary", icon=":material/playlist_add:"):
+                try:
+                    result = fb.curate_to_dataset(reviewed, dataset_name, target, settings)
+                except AgentOpsError as exc:
+                    show_error(exc, what="Nothing was added")
+                else:
+                    st.success(f"Added {result.added} row(s) to '{result.dataset_name}'."
+                               + (f" Skipped {len(result.skipped)} without a corrected answer." if result.skipped else ""),
+                               icon=":material/check_circle:")
+                    page_link("evaluations", "Run an evaluation on it", icon=":material/fact_check:")
+
+# --- charts ----------------------------------------------------------------------------------
+with charts_tab:
+    cols = st.columns(3)
+    chart_agent = cols[0].selectbox("Agent", ["All agents", *agent_names], key="ch_agent")
+    chart_window = cols[1].selectbox("Time window", list(WINDOWS), index=2, key="ch_window")
+    group_by = cols[2].radio("Split by", ["version", "arm"], horizontal=True, key="ch_by")
+    end = datetime.now(tz=timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - WINDOWS[chart_window]
+    agent_filter = None if chart_agent == "All agents" else chart_agent
+    scope = tuple(i for i in (experiment_of.get(chart_agent), *settings.experiment_ids) if i) if agent_filter else experiment_ids
+    try:
+        frame = _feedback(settings, user, scope, int(start.timestamp() * 1000), int(end.timestamp() * 1000), agent_filter)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read feedback")
+        frame = pd.DataFrame(columns=list(fb.FEEDBACK_COLUMNS))
+    if frame.empty:
+        st.info("No human feedback in this window yet. Review some traces, or widen the window.", icon=":material/inbox:")
+    else:
+        freq = "h" if chart_window == "Last 24 hours" else "D"
+        trend = fb.feedback_trend(frame, group_by, freq)
+        left, right = st.columns(2)
+        left.plotly_chart(trend_chart(trend, "share_positive", "Share of thumbs up", percent=True),
+                          config=PLOT_CONFIG, key="ch_share")
+        right.plotly_chart(trend_chart(trend, "mean_rating", "Mean rating (1–5)"), config=PLOT_CONFIG, key="ch_rating")
+        st.subheader("Inter-reviewer agreement")
+        agreement = fb.reviewer_agreement(frame)
+        if int(agreement["traces"].sum()) == 0:
+            st.caption("No trace was reviewed by more than one person here. Create a queue with two or more "
+                       "reviewers per item to measure agreement.")
+        else:
+            st.dataframe(agreement, hide_index=True, column_config={
+                "agreement": st.column_config.ProgressColumn("agreement", format="percent", min_value=0, max_value=1),
+            })
+            st.caption("Share of reviewer pairs on the same trace who agree (thumbs equal; ratings within one point).")
+
+# --- label questions -------------------------------------------------------------------------
+with labels_tab:
+    if not agent_names:
+        st.info("Register an agent first; its owner then defines the questions reviewers answer.", icon=":material/inbox:")
+    else:
+        label_agent = st.selectbox("Agent", agent_names, key="lq_agent")
+        try:
+            current_questions = _questions(settings, user, label_agent)
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot read the label questions")
+            current_questions = ()
+        st.caption("Custom questions reviewers answer for this agent, as JSON: a list of "
+                   '`{"name": "tone", "prompt": "Is the tone right?", "options": ["ok", "too formal", "rude"]}` '
+                   "(leave out options for a free-text answer). Stored on the registered model.")
+        text = st.text_area("Questions", value=fb.questions_json(current_questions) if current_questions else "[]",
+                            height=200, key=f"lq_text_{label_agent}")
+        if st.button("Save questions", icon=":material/save:", key="lq_save"):
+            try:
+                fb.set_label_questions(label_agent, fb.parse_questions(text), settings)
+            except AgentOpsError as exc:
+                show_error(exc, what="The questions were not saved")
+            else:
+                _after_mutation()
+                st.success("Saved.", icon=":material/check_circle:")

@@ -1,0 +1,549 @@
+"""Reviewer feedback as MLflow assessments: label questions, reviews, history, charts, curation.
+
+A review is stored on the trace itself, with the reviewer as a HUMAN assessment source:
+
+| assessment | kind | value |
+| --- | --- | --- |
+| ``thumbs_up`` | feedback | bool |
+| ``rating`` | feedback | int 1–5 |
+| ``comment`` | feedback | free text |
+| ``expected_response`` | expectation | the corrected answer |
+| ``<question name>`` | feedback | the answer to an agent's custom label question |
+
+Editing a judgement overrides the reviewer's earlier assessment the MLflow way
+(``override_feedback``; the old value stays, with ``valid=False``). Custom label questions are a
+JSON list in the agent's registered-model tag ``agentops.review.labels``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from services._clients import configure_mlflow, mlflow_client, translate_errors
+from services.errors import NotFoundError, ValidationError
+from services.settings import Settings
+from services.traces import AGENT_TAG, ARM_TAG, VERSION_TAG
+
+LABELS_TAG = "agentops.review.labels"
+THUMBS = "thumbs_up"
+RATING = "rating"
+COMMENT = "comment"
+EXPECTED_RESPONSE = "expected_response"
+RESERVED_NAMES = (THUMBS, RATING, COMMENT, EXPECTED_RESPONSE, "expected_facts")
+MAX_COMMENT = 5000
+MAX_ANSWER = 20000
+MAX_QUESTIONS = 20
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+
+
+class LabelKind(StrEnum):
+    """How a custom label question is answered."""
+
+    CHOICE = "choice"  # one of ``options``
+    TEXT = "text"  # free text
+
+
+@dataclass(frozen=True)
+class LabelQuestion:
+    """A custom label question the agent's owner defines; its answer is feedback named ``name``."""
+
+    name: str
+    prompt: str
+    kind: LabelKind = LabelKind.CHOICE
+    options: tuple[str, ...] = ()
+
+
+def validate_questions(questions: Sequence[LabelQuestion]) -> tuple[LabelQuestion, ...]:
+    """Check names, prompts and options; raise ``ValidationError`` naming the bad question."""
+    if len(questions) > MAX_QUESTIONS:
+        raise ValidationError(f"An agent can have at most {MAX_QUESTIONS} label questions (got {len(questions)}).")
+    seen: set[str] = set()
+    for number, q in enumerate(questions, start=1):
+        if not isinstance(q.name, str) or not _NAME.match(q.name):
+            raise ValidationError(
+                f"Question {number}: the name {q.name!r} must be lowercase letters, digits and underscores, "
+                "starting with a letter (at most 50 characters)."
+            )
+        if q.name in RESERVED_NAMES:
+            raise ValidationError(f"Question {number}: {q.name!r} is a built-in review field; pick another name.")
+        if q.name in seen:
+            raise ValidationError(f"Question {number}: the name {q.name!r} is used twice.")
+        seen.add(q.name)
+        if not isinstance(q.prompt, str) or not q.prompt.strip():
+            raise ValidationError(f"Question {number} ({q.name}): write the question reviewers will see.")
+        try:
+            kind = LabelKind(q.kind)
+        except ValueError:
+            raise ValidationError(f"Question {number} ({q.name}): kind must be one of {', '.join(LabelKind)}.") from None
+        if kind is LabelKind.CHOICE:
+            options = [o for o in q.options if isinstance(o, str) and o.strip()]
+            if len(options) < 2 or len(options) != len(q.options) or len(set(options)) != len(options):
+                raise ValidationError(
+                    f"Question {number} ({q.name}): a choice question needs at least two distinct, non-empty options."
+                )
+    return tuple(questions)
+
+
+def parse_questions(text: str) -> tuple[LabelQuestion, ...]:
+    """Label questions from their JSON form (a list of objects); validated."""
+    try:
+        raw = json.loads(text or "[]")
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"The label questions are not valid JSON: {exc.msg} (line {exc.lineno}).") from None
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ValidationError('Label questions must be a JSON list such as [{"name": "tone", "prompt": "...", "options": ["ok", "rude"]}].')
+    questions = []
+    for number, item in enumerate(raw, start=1):
+        unknown = set(item) - {"name", "prompt", "kind", "options"}
+        if unknown:
+            raise ValidationError(f"Question {number}: unknown field(s) {', '.join(sorted(unknown))}.")
+        options = item.get("options") or []
+        if not isinstance(options, list):
+            raise ValidationError(f"Question {number}: options must be a list of strings.")
+        questions.append(LabelQuestion(
+            name=str(item.get("name", "")), prompt=str(item.get("prompt", "")),
+            kind=item.get("kind", LabelKind.CHOICE if options else LabelKind.TEXT),
+            options=tuple(str(o) for o in options),
+        ))
+    return validate_questions(questions)
+
+
+def questions_json(questions: Sequence[LabelQuestion]) -> str:
+    """The JSON form stored in the registered-model tag."""
+    return json.dumps(
+        [{"name": q.name, "prompt": q.prompt, "kind": str(q.kind), "options": list(q.options)} for q in questions],
+        indent=1,
+    )
+
+
+def label_questions(agent: str, settings: Settings | None = None) -> tuple[LabelQuestion, ...]:
+    """The agent's custom label questions (none when it has not defined any)."""
+    if not agent:
+        return ()
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        model = client.get_registered_model(agent)
+    text = (getattr(model, "tags", None) or {}).get(LABELS_TAG)
+    if not text:
+        return ()
+    try:
+        return parse_questions(text)
+    except ValidationError:
+        return ()  # a hand-edited tag that no longer parses must not block reviewing
+
+
+def set_label_questions(agent: str, questions: Sequence[LabelQuestion], settings: Settings | None = None) -> None:
+    """Validate and store the agent's custom label questions."""
+    questions = validate_questions(list(questions))
+    if not agent:
+        raise ValidationError("Pick the agent whose label questions these are.")
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {agent!r}"):
+        client.get_registered_model(agent)
+        client.set_registered_model_tag(agent, LABELS_TAG, questions_json(questions))
+
+
+# --- reviews ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Review:
+    """One reviewer's judgement of a trace; ``None`` / empty fields are not stored."""
+
+    thumbs_up: bool | None = None
+    rating: int | None = None
+    comment: str = ""
+    corrected_answer: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return (self.thumbs_up is None and self.rating is None and not self.comment.strip()
+                and not self.corrected_answer.strip() and not any(str(v).strip() for v in self.labels.values()))
+
+
+def validate_review(review: Review, questions: Sequence[LabelQuestion] = ()) -> None:
+    """Raise ``ValidationError`` for a review that cannot be stored; called before any I/O."""
+    if review.is_empty:
+        raise ValidationError("The review is empty: give a thumbs up/down, a rating, a comment, a corrected answer or a label.")
+    if review.thumbs_up is not None and not isinstance(review.thumbs_up, bool):
+        raise ValidationError("Thumbs up/down must be yes or no.")
+    if review.rating is not None and (isinstance(review.rating, bool) or not isinstance(review.rating, int)
+                                      or not 1 <= review.rating <= 5):
+        raise ValidationError(f"The rating must be a whole number from 1 to 5 (got {review.rating!r}).")
+    if len(review.comment) > MAX_COMMENT:
+        raise ValidationError(f"The comment is longer than {MAX_COMMENT:,} characters; shorten it.")
+    if len(review.corrected_answer) > MAX_ANSWER:
+        raise ValidationError(f"The corrected answer is longer than {MAX_ANSWER:,} characters; shorten it.")
+    by_name = {q.name: q for q in questions}
+    for name, value in review.labels.items():
+        question = by_name.get(name)
+        if question is None:
+            raise ValidationError(f"{name!r} is not one of this agent's label questions.")
+        if not isinstance(value, str):
+            raise ValidationError(f"The answer to {question.prompt!r} must be text.")
+        if question.kind == LabelKind.CHOICE and value and value not in question.options:
+            raise ValidationError(
+                f"{value!r} is not an allowed answer to {question.prompt!r}; pick one of {', '.join(question.options)}."
+            )
+        if len(value) > MAX_COMMENT:
+            raise ValidationError(f"The answer to {question.prompt!r} is too long.")
+
+
+def _source(reviewer: str) -> Any:
+    from mlflow.entities import AssessmentSource, AssessmentSourceType
+
+    return AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=reviewer)
+
+
+def _current_by_reviewer(trace: Any, reviewer: str) -> dict[str, Any]:
+    """The reviewer's currently valid assessment per name."""
+    found: dict[str, Any] = {}
+    for a in getattr(trace.info, "assessments", None) or []:
+        source = getattr(a, "source", None)
+        if getattr(source, "source_id", None) == reviewer and str(getattr(source, "source_type", "")).endswith("HUMAN") and a.valid is not False:
+            previous = found.get(a.name)
+            if previous is None or (a.create_time_ms or 0) >= (previous.create_time_ms or 0):
+                found[a.name] = a
+    return found
+
+
+def _review_values(review: Review) -> tuple[dict[str, Any], dict[str, Any]]:
+    feedback: dict[str, Any] = {}
+    if review.thumbs_up is not None:
+        feedback[THUMBS] = bool(review.thumbs_up)
+    if review.rating is not None:
+        feedback[RATING] = int(review.rating)
+    if review.comment.strip():
+        feedback[COMMENT] = review.comment.strip()
+    for name, value in review.labels.items():
+        if str(value).strip():
+            feedback[name] = str(value).strip()
+    expectations = {EXPECTED_RESPONSE: review.corrected_answer.strip()} if review.corrected_answer.strip() else {}
+    return feedback, expectations
+
+
+def get_trace_or_raise(client: Any, trace_id: str) -> Any:
+    """The trace, or ``NotFoundError`` when it was deleted meanwhile."""
+    if not isinstance(trace_id, str) or not trace_id.strip() or any(c.isspace() for c in trace_id.strip()):
+        raise ValidationError(f"{trace_id!r} is not a trace id.")
+    try:
+        with translate_errors(f"trace {trace_id}"):
+            trace = client.get_trace(trace_id.strip())
+    except NotFoundError:
+        trace = None
+    if trace is None:
+        raise NotFoundError(f"Trace {trace_id} no longer exists (it was deleted meanwhile); nothing was stored.")
+    return trace
+
+
+def submit_review(
+    trace_id: str,
+    review: Review,
+    reviewer: str,
+    *,
+    questions: Sequence[LabelQuestion] = (),
+    settings: Settings | None = None,
+) -> int:
+    """Store a review as assessments from ``reviewer``; earlier judgements are overridden. Returns the count written."""
+    if not isinstance(reviewer, str) or not reviewer.strip() or reviewer == "unknown":
+        raise ValidationError("The reviewer is unknown; sign in through Databricks Apps to review.")
+    validate_review(review, questions)
+    settings = configure_mlflow(settings)
+    client = mlflow_client(settings)
+    trace = get_trace_or_raise(client, trace_id)
+    import mlflow
+    from mlflow.entities import Expectation
+    from mlflow.tracing.client import TracingClient
+
+    source = _source(reviewer)
+    current = _current_by_reviewer(trace, reviewer)
+    feedback, expectations = _review_values(review)
+    written = 0
+    with translate_errors(f"assessments of trace {trace_id}"):
+        for name, value in feedback.items():
+            old = current.get(name)
+            if old is not None and getattr(old, "feedback", None) is not None:
+                if old.feedback.value == value:
+                    continue
+                mlflow.override_feedback(trace_id=trace_id, assessment_id=old.assessment_id, value=value, source=source)
+            else:
+                mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
+            written += 1
+        for name, value in expectations.items():
+            old = current.get(name)
+            if old is not None and getattr(old, "expectation", None) is not None:
+                if old.expectation.value == value:
+                    continue
+                # There is no override_expectation; the store keeps history for any ``overrides`` link.
+                replacement = Expectation(name=name, value=value, source=source, trace_id=trace_id)
+                replacement.overrides = old.assessment_id
+                TracingClient().log_assessment(trace_id, replacement)
+            else:
+                mlflow.log_expectation(trace_id=trace_id, name=name, value=value, source=source)
+            written += 1
+    return written
+
+
+ASSESSMENT_HISTORY_COLUMNS = ("assessment_id", "name", "kind", "value", "reviewer", "source_type", "valid",
+                              "overrides", "time")
+
+
+def _value(a: Any) -> Any:
+    if getattr(a, "feedback", None) is not None:
+        return a.feedback.value
+    expectation = getattr(a, "expectation", None)
+    return getattr(expectation, "value", None)
+
+
+def assessment_history(trace_id: str, settings: Settings | None = None) -> pd.DataFrame:
+    """Every assessment of a trace, overridden ones included (``ASSESSMENT_HISTORY_COLUMNS``), oldest first."""
+    client = mlflow_client(settings)
+    trace = get_trace_or_raise(client, trace_id)
+    rows = []
+    for a in getattr(trace.info, "assessments", None) or []:
+        source = getattr(a, "source", None)
+        rows.append({
+            "assessment_id": a.assessment_id, "name": a.name,
+            "kind": "feedback" if getattr(a, "feedback", None) is not None else "expectation",
+            "value": _value(a), "reviewer": getattr(source, "source_id", None),
+            "source_type": str(getattr(getattr(source, "source_type", None), "value", getattr(source, "source_type", ""))),
+            "valid": a.valid is not False, "overrides": a.overrides,
+            "time": pd.Timestamp(a.create_time_ms, unit="ms", tz="UTC") if a.create_time_ms else None,
+        })
+    frame = pd.DataFrame(rows, columns=list(ASSESSMENT_HISTORY_COLUMNS))
+    return frame.sort_values("time", kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def current_review(trace_id: str, reviewer: str, settings: Settings | None = None) -> Review | None:
+    """The reviewer's current judgement of a trace (to prefill an edit), or None."""
+    client = mlflow_client(settings)
+    current = _current_by_reviewer(get_trace_or_raise(client, trace_id), reviewer)
+    if not current:
+        return None
+    values = {name: _value(a) for name, a in current.items()}
+    rating = values.get(RATING)
+    return Review(
+        thumbs_up=values.get(THUMBS) if isinstance(values.get(THUMBS), bool) else None,
+        rating=int(rating) if isinstance(rating, (int, float)) and not isinstance(rating, bool) else None,
+        comment=str(values.get(COMMENT) or ""),
+        corrected_answer=str(values.get(EXPECTED_RESPONSE) or ""),
+        labels={k: str(v) for k, v in values.items() if k not in RESERVED_NAMES and isinstance(v, str)},
+    )
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+FEEDBACK_COLUMNS = ("trace_id", "time", "agent", "version", "arm", "reviewer", "name", "value")
+
+
+def human_feedback(experiment_ids: Sequence[str], start_ms: int, end_ms: int, *, agent: str | None = None,
+                   max_traces: int = 5000, settings: Settings | None = None) -> pd.DataFrame:
+    """Valid HUMAN feedback on traces of a window (``FEEDBACK_COLUMNS``), one row per assessment."""
+    if not experiment_ids:
+        return pd.DataFrame(columns=list(FEEDBACK_COLUMNS))
+    if agent is not None and any(c in agent for c in "'`\n"):
+        raise ValidationError(f"{agent!r} is not an agent name.")
+    client = mlflow_client(settings)
+    clauses = [f"trace.timestamp_ms >= {int(start_ms)}", f"trace.timestamp_ms < {int(end_ms)}"]
+    if agent:
+        clauses.append(f"tag.`{AGENT_TAG}` = '{agent}'")
+    # Only traces with a human thumbs/rating matter; the filter keeps the scan small.
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for name in (THUMBS, RATING):
+        token = None
+        with translate_errors("trace search"):
+            while True:
+                page = client.search_traces(
+                    locations=list(experiment_ids), filter_string=" AND ".join(clauses + [f"feedback.`{name}` IS NOT NULL"]),
+                    max_results=500, page_token=token, include_spans=False,
+                )
+                for trace in page:
+                    if trace.info.trace_id in seen:
+                        continue
+                    seen.add(trace.info.trace_id)
+                    rows.extend(_feedback_rows(trace.info))
+                token = page.token
+                if not token or len(seen) >= max_traces:
+                    break
+    return pd.DataFrame(rows, columns=list(FEEDBACK_COLUMNS))
+
+
+def _feedback_rows(info: Any) -> list[dict[str, Any]]:
+    tags = info.tags or {}
+    out = []
+    for a in getattr(info, "assessments", None) or []:
+        source = getattr(a, "source", None)
+        if getattr(a, "feedback", None) is None or a.valid is False:
+            continue
+        if not str(getattr(source, "source_type", "")).endswith("HUMAN") or a.name not in (THUMBS, RATING):
+            continue
+        out.append({
+            "trace_id": info.trace_id, "time": pd.Timestamp(info.request_time, unit="ms", tz="UTC"),
+            "agent": tags.get(AGENT_TAG), "version": tags.get(VERSION_TAG), "arm": tags.get(ARM_TAG),
+            "reviewer": getattr(source, "source_id", None), "name": a.name, "value": a.feedback.value,
+        })
+    return out
+
+
+class GroupBy(StrEnum):
+    VERSION = "version"
+    ARM = "arm"
+
+
+TREND_COLUMNS = ("bucket", "group", "reviews", "share_positive", "mean_rating", "ratings")
+
+
+def feedback_trend(frame: pd.DataFrame, by: GroupBy | str = GroupBy.VERSION, freq: str = "D") -> pd.DataFrame:
+    """Share of thumbs up and mean rating per group and time bucket (``TREND_COLUMNS``)."""
+    by = GroupBy(by)
+    if frame.empty:
+        return pd.DataFrame(columns=list(TREND_COLUMNS))
+    data = frame.copy()
+    if by is GroupBy.VERSION:
+        # Versions are numbered per agent: "orders-agent v2", never a bare "2" mixing agents.
+        data["group"] = [f"{a or '(no agent)'} v{v}" if v else f"{a or '(no agent)'} (untagged)"
+                         for a, v in zip(data["agent"], data["version"])]
+    else:
+        data["group"] = data[by.value].fillna("(untagged)").astype(str)
+    data["bucket"] = data["time"].dt.floor(freq)
+    out = []
+    for (bucket, group), part in data.groupby(["bucket", "group"], sort=True):
+        thumbs = part[part["name"] == THUMBS]["value"].map(lambda v: bool(v) if isinstance(v, bool) else str(v).lower() == "true")
+        ratings = pd.to_numeric(part[part["name"] == RATING]["value"], errors="coerce").dropna()
+        out.append({
+            "bucket": bucket, "group": group, "reviews": int(len(thumbs)),
+            "share_positive": float(thumbs.mean()) if len(thumbs) else math.nan,
+            "mean_rating": float(ratings.mean()) if len(ratings) else math.nan, "ratings": int(len(ratings)),
+        })
+    return pd.DataFrame(out, columns=list(TREND_COLUMNS))
+
+
+AGREEMENT_COLUMNS = ("name", "traces", "pairs", "agreement")
+
+
+def reviewer_agreement(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise agreement among reviewers of the same trace (``AGREEMENT_COLUMNS``).
+
+    ``agreement`` is the share of reviewer pairs on a trace giving the same thumbs (or a rating
+    within one point), over traces reviewed by two or more people; NaN when there are none.
+    """
+    out = []
+    for name in (THUMBS, RATING):
+        part = frame[frame["name"] == name] if not frame.empty else frame
+        traces = pairs = agreeing = 0
+        for _, per_trace in (part.groupby("trace_id") if len(part) else []):
+            latest = per_trace.drop_duplicates("reviewer", keep="last")["value"].tolist()
+            if len(latest) < 2:
+                continue
+            traces += 1
+            for i in range(len(latest)):
+                for j in range(i + 1, len(latest)):
+                    pairs += 1
+                    a, b = latest[i], latest[j]
+                    same = a == b if name == THUMBS else abs(float(a) - float(b)) <= 1
+                    agreeing += int(same)
+        out.append({"name": name, "traces": traces, "pairs": pairs,
+                    "agreement": agreeing / pairs if pairs else math.nan})
+    return pd.DataFrame(out, columns=list(AGREEMENT_COLUMNS))
+
+
+# --- curation --------------------------------------------------------------------------------
+
+
+def _question_of(inputs: Any) -> str | None:
+    if isinstance(inputs, str):
+        try:
+            inputs = json.loads(inputs)
+        except json.JSONDecodeError:
+            return inputs.strip() or None
+    if isinstance(inputs, dict):
+        if isinstance(inputs.get("question"), str):
+            return inputs["question"]
+        messages = inputs.get("input") or inputs.get("messages")
+        if isinstance(messages, list):
+            users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            users = [u for u in users if isinstance(u, str) and u.strip()]
+            if users:
+                return users[-1]
+    return None
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    """What curation stored: the dataset, the rows added and the traces skipped with the reason."""
+
+    dataset_name: str
+    dataset_id: str
+    added: int
+    skipped: tuple[tuple[str, str], ...]
+
+
+def curation_rows(trace_ids: Sequence[str], settings: Settings | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Evaluation rows from reviewed traces: the question plus corrected answers as expectations."""
+    client = mlflow_client(settings)
+    rows, skipped = [], []
+    for trace_id in trace_ids:
+        try:
+            trace = get_trace_or_raise(client, trace_id)
+        except NotFoundError:
+            skipped.append((trace_id, "deleted"))
+            continue
+        root = next((s for s in trace.data.spans if s.parent_id is None), None)
+        question = _question_of(root.inputs if root is not None else None)
+        if not question:
+            skipped.append((trace_id, "no user question found"))
+            continue
+        valid = [a for a in (trace.info.assessments or []) if a.valid is not False
+                 and getattr(a, "expectation", None) is not None]
+        valid.sort(key=lambda a: a.create_time_ms or 0)
+        expectations: dict[str, Any] = {}
+        for a in valid:
+            if a.name == EXPECTED_RESPONSE and isinstance(a.expectation.value, str):
+                expectations["expected_response"] = a.expectation.value
+            elif a.name == "expected_facts" and isinstance(a.expectation.value, list):
+                expectations["expected_facts"] = [str(v) for v in a.expectation.value]
+        if not expectations:
+            skipped.append((trace_id, "no corrected answer"))
+            continue
+        rows.append({"inputs": {"question": question}, "expectations": expectations})
+    return rows, skipped
+
+
+def curate_to_dataset(trace_ids: Sequence[str], dataset_name: str, experiment_id: str,
+                      settings: Settings | None = None) -> CurationResult:
+    """Add reviewed traces (with corrected answers) to an evaluation dataset, creating it if needed."""
+    from services import datasets
+
+    dataset_name = (dataset_name or "").strip()
+    if not dataset_name:
+        raise ValidationError("Give the evaluation dataset a name.")
+    if not trace_ids:
+        raise ValidationError("There are no reviewed traces to add.")
+    if not experiment_id:
+        raise ValidationError("Pick the experiment the dataset belongs to.")
+    settings = configure_mlflow(settings)
+    rows, skipped = curation_rows(list(dict.fromkeys(trace_ids)), settings)
+    if not rows:
+        raise ValidationError("None of the traces has a corrected answer yet, so nothing was added. "
+                              "Reviewers add one in the 'Corrected answer' field.")
+    datasets.validate_rows(rows)
+    from mlflow.genai.datasets import create_dataset, get_dataset
+
+    with translate_errors(f"evaluation dataset {dataset_name!r}"):
+        try:
+            dataset = get_dataset(name=dataset_name)
+        except Exception:  # noqa: BLE001 - a missing dataset is created below
+            dataset = None
+        if dataset is None:
+            dataset = create_dataset(name=dataset_name, experiment_id=[experiment_id])
+        dataset.merge_records(rows)
+    return CurationResult(dataset_name, str(dataset.dataset_id), len(rows), tuple(skipped))

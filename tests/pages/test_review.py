@@ -1,0 +1,141 @@
+"""The Review page driven as a reviewer (forwarded-user header simulated), over an isolated store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
+
+from services import feedback as fb
+from services import review_queue as rq
+from tests.services.test_feedback import QUESTIONS, make_traces
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+REVIEWER = "rev@example.com"
+
+
+@pytest.fixture
+def as_reviewer(monkeypatch):
+    monkeypatch.setattr("components.context.request_headers", lambda: {"X-Forwarded-Email": REVIEWER})
+
+
+def _store(settings, count: int = 2):
+    client, experiment_id, ids = make_traces(settings, count, name="review")
+    MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri).create_registered_model(
+        "agent-a", tags={"agentops.experiment_id": experiment_id})
+    fb.set_label_questions("agent-a", QUESTIONS, settings)
+    return experiment_id, ids
+
+
+def _open() -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("pages/review.py")
+    app.run()
+    return app
+
+
+def _button(app: AppTest, label: str):
+    return next(b for b in app.button if b.label == label)
+
+
+def test_empty_store_explains_what_to_do(isolated_settings, use_store, as_reviewer):
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    assert not app.exception and not app.error
+    assert any("no review queues yet" in i.value for i in app.info)
+    assert any(REVIEWER.replace(".", "\\.") in c.value for c in app.caption)
+
+
+def test_reviewer_reviews_edits_and_curates(isolated_settings, use_store, as_reviewer):
+    experiment_id, ids = _store(isolated_settings)
+    queue = rq.create_queue(rq.QueueSpec("triage", rq.QueueSource.HAND_PICKED, (), agent="agent-a", trace_ids=tuple(ids)),
+                            "owner@example.com", isolated_settings)
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    assert not app.exception and not app.error
+
+    _button(app, "Review next item").click().run()
+    assert not app.exception
+    shown = [t.value for t in app.text]
+    assert any(v.startswith("What is") for v in shown) and any(v.startswith("It is") for v in shown)
+    trace_id = next(i.trace_id for i in rq.queue_items(queue, isolated_settings) if i.claimed_by == REVIEWER)
+
+    # An empty review is refused and nothing is stored.
+    _button(app, "Submit review").click().run()
+    assert any("empty" in w.value for w in app.warning)
+    assert fb.assessment_history(trace_id, isolated_settings).empty
+
+    app.radio(key="review_form_thumbs").set_value(":material/thumb_down: Bad answer")
+    app.select_slider(key="review_form_rating").set_value("2")
+    app.text_area(key="review_form_comment").input("Wrong number")
+    app.text_area(key="review_form_corrected").input("It is zero.")
+    app.selectbox(key="review_form_label_tone").select("rude")
+    _button(app, "Submit review").click().run()
+    assert not app.exception and not app.warning, [w.value for w in app.warning]
+    assert any("Review stored" in s.value for s in app.success)
+    history = fb.assessment_history(trace_id, isolated_settings)
+    assert set(history["reviewer"]) == {REVIEWER}
+    assert dict(zip(history["name"], history["value"])) == {
+        "thumbs_up": False, "rating": 2, "comment": "Wrong number", "expected_response": "It is zero.", "tone": "rude"}
+    progress = rq.progress(queue, REVIEWER, isolated_settings)
+    assert (progress.completed, progress.mine) == (1, 1)
+
+    # Edit the judgement: MLflow keeps the old value, overridden.
+    app.radio(key="edit_form_thumbs").set_value(":material/thumb_up: Good answer")
+    next(b for b in app.button if b.label == "Submit review" and "edit_form" in b.id).click().run()
+    assert any("Updated 1 judgement" in s.value for s in app.success)
+    thumbs = fb.assessment_history(trace_id, isolated_settings).query("name == 'thumbs_up'")
+    assert list(thumbs["value"]) == [False, True] and list(thumbs["valid"]) == [False, True]
+
+    # Curate the reviewed trace into an evaluation dataset.
+    app.text_input(key="cur_name").input("triaged")
+    _button(app, "Add reviewed traces to the dataset").click().run()
+    assert not app.exception
+    assert any("Added 1 row" in s.value for s in app.success)
+    from services import datasets
+
+    assert datasets.load_dataset_rows("triaged", isolated_settings)[0]["expectations"] == {"expected_response": "It is zero."}
+
+
+def test_deleted_item_gets_a_clear_message(isolated_settings, use_store, as_reviewer):
+    experiment_id, ids = _store(isolated_settings, 1)
+    rq.create_queue(rq.QueueSpec("one", rq.QueueSource.HAND_PICKED, (), trace_ids=tuple(ids)), "o@x", isolated_settings)
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    _button(app, "Review next item").click().run()
+    MlflowClient(tracking_uri=isolated_settings.tracking_uri).delete_traces(experiment_id, trace_ids=ids)
+    app.radio(key="review_form_thumbs").set_value(":material/thumb_up: Good answer")
+    _button(app, "Submit review").click().run()
+    assert not app.exception
+    assert any("deleted meanwhile" in w.value for w in app.warning)
+
+
+def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewer):
+    _, ids = _store(isolated_settings, 2)
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    app.text_input(key="nq_name").input("picked")
+    app.selectbox(key="nq_source").select(rq.QueueSource.HAND_PICKED)
+    app.text_area(key="nq_ids").input("\n".join(ids))
+    _button(app, "Create queue").click().run()
+    assert not app.exception
+    assert any("Queue 'picked' created" in s.value for s in app.success)
+    (queue,) = rq.list_queues(isolated_settings)
+    assert queue.created_by == REVIEWER and len(rq.queue_items(queue, isolated_settings)) == 2
+
+    # An unknown trace id creates nothing.
+    app.text_input(key="nq_name").input("bad")
+    app.text_area(key="nq_ids").input("tr-0000")
+    _button(app, "Create queue").click().run()
+    assert any("does not exist" in w.value for w in app.warning)
+    assert len(rq.list_queues(isolated_settings)) == 1
+
+    # A label question with a single option is refused; the stored questions stay.
+    text = app.text_area(key="lq_text_agent-a")
+    text.input('[{"name": "tone", "prompt": "Tone?", "options": ["only"]}]')
+    _button(app, "Save questions").click().run()
+    assert any("at least two distinct" in w.value for w in app.warning)
+    assert fb.label_questions("agent-a", isolated_settings) == QUESTIONS

@@ -103,6 +103,10 @@ def test_overview_shows_the_demo_agents(running_app, artifacts_dir):
             page.get_by_text("Local gateway:").wait_for(timeout=60_000)
             page.wait_for_timeout(2500)
             page.screenshot(path=str(artifacts_dir / "serving.png"), full_page=True)
-            assert "not reachable" not in page.inner_text("body")
+            body = page.inner_text("body")
+            assert "not reachable" not in body
+            # A deep link still runs through app.py's navigation: every page is listed by title.
+            for title in ("Overview", "Versions & releases", "Evaluations", "Monitoring", "Serving & A/B", "Review"):
+                assert title in body, f"navigation entry {title!r} missing on a deep link"
         finally:
             browser.close()

@@ -26,6 +26,8 @@ class DatabricksHarness:
 
     endpoints: dict[str, Any] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
+    # SCIM users by bearer token (``iam.User`` objects), answered at /api/2.0/preview/scim/v2/Me.
+    users: dict[str, Any] = field(default_factory=dict)
     # Endpoints on which config updates are refused with 403 (the caller lacks CAN_MANAGE).
     forbidden: set[str] = field(default_factory=set)
     # How many GETs an accepted update stays IN_PROGRESS before it is rolled out.
@@ -52,7 +54,14 @@ class DatabricksHarness:
             def do_GET(self) -> None:  # noqa: N802 - http.server naming
                 harness.requests.append(RecordedRequest("GET", self.path, None))
                 path = self.path.split("?")[0]
-                if path == "/api/2.0/serving-endpoints":
+                if path == "/api/2.0/preview/scim/v2/Me":
+                    token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                    user = harness.users.get(token)
+                    if user is None:
+                        self._send(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token"})
+                    else:
+                        self._send(200, user.as_dict())
+                elif path == "/api/2.0/serving-endpoints":
                     self._send(200, {"endpoints": [_summary(e).as_dict() for e in harness.endpoints.values()]})
                 elif path.startswith("/api/2.0/serving-endpoints/"):
                     name = path.rsplit("/", 1)[-1]

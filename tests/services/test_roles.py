@@ -1,0 +1,81 @@
+import json
+
+import pytest
+from databricks.sdk.service.iam import ComplexValue, User
+
+from services import roles
+from services.errors import ConfigurationError, PermissionDeniedError
+from services.identity import Identity, IdentitySource
+from services.settings import load_settings
+
+ANA = Identity("ana@example.com", "ana", IdentitySource.DATABRICKS_APPS, access_token="tok")
+BO = Identity("bo@example.com", "bo", IdentitySource.DATABRICKS_APPS)
+DBX = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x"})
+
+
+@pytest.mark.parametrize(
+    ("role", "action", "allowed"),
+    [
+        (roles.Role.VIEWER, roles.Action.VIEW, True),
+        (roles.Role.VIEWER, roles.Action.REVIEW, False),
+        (roles.Role.REVIEWER, roles.Action.REVIEW, True),
+        (roles.Role.REVIEWER, roles.Action.PROMOTE, False),
+        (roles.Role.REVIEWER, roles.Action.CHANGE_TRAFFIC, False),
+        (roles.Role.OPERATOR, roles.Action.PROMOTE, True),
+        (roles.Role.OPERATOR, roles.Action.CHANGE_TRAFFIC, True),
+        (roles.Role.OPERATOR, roles.Action.EDIT_RULES, False),
+        (roles.Role.ADMIN, roles.Action.EDIT_RULES, True),
+    ],
+)
+def test_role_table(role, action, allowed):
+    if allowed:
+        roles.require(role, action, ANA)
+    else:
+        with pytest.raises(PermissionDeniedError, match=roles.NEEDED[action].label):
+            roles.require(role, action, ANA)
+
+
+def test_local_roles_file(tmp_path):
+    settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
+    assert roles.local_role(ANA, settings) is roles.Role.ADMIN  # no file: one-person workspace
+    (tmp_path / "roles.json").write_text(json.dumps({"users": {"ANA@example.com": "reviewer"}, "default": "viewer"}))
+    assert roles.local_role(ANA, settings) is roles.Role.REVIEWER
+    assert roles.local_role(BO, settings) is roles.Role.VIEWER
+    (tmp_path / "roles.json").write_text(json.dumps({"users": {"ana@example.com": "boss"}}))
+    with pytest.raises(ConfigurationError, match="not a role"):
+        roles.local_role(ANA, settings)
+
+
+def test_groups_map_to_the_highest_role():
+    mapping = roles.parse_group_mapping("operator=release, reviewer=experts, admin=ops-admins")
+    assert roles.role_from_groups(["experts", "release"], mapping) is roles.Role.OPERATOR
+    assert roles.role_from_groups(["other"], mapping) is roles.Role.VIEWER
+    with pytest.raises(ConfigurationError, match="role=group"):
+        roles.parse_group_mapping("operator")
+
+
+def test_databricks_role_reads_the_users_groups_with_their_token(monkeypatch):
+    from services._clients import workspace_client
+    from tests.harness.databricks import DatabricksHarness
+
+    harness = DatabricksHarness().start()
+    try:
+        harness.users["ana-token"] = User(user_name="ana@example.com",
+                                          groups=[ComplexValue(display="experts"), ComplexValue(display="x")])
+        settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+        client = workspace_client(settings, user_token="ana-token")
+        env = {"AGENTOPS_ROLE_GROUPS": "reviewer=experts,operator=release"}
+        assert roles.resolve_role(ANA, settings, workspace_client=client, environ=env) is roles.Role.REVIEWER
+        assert roles.resolve_role(ANA, settings, workspace_client=client, environ={}) is roles.Role.VIEWER
+        me = [r for r in harness.requests if r.path.startswith("/api/2.0/preview/scim/v2/Me")]
+        assert len(me) == 1
+    finally:
+        harness.stop()
+
+
+def test_no_silent_fallback_to_the_service_principal():
+    env = {"AGENTOPS_USER_AUTHORIZATION": "on"}
+    with pytest.raises(PermissionDeniedError, match="no user token"):
+        roles.require_user_token(BO, DBX, env)
+    roles.require_user_token(ANA, DBX, env)
+    roles.require_user_token(BO, DBX, {})

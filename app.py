@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from components.context import PAGES, current_identity, current_settings
+from components.context import PAGES, current_identity, current_role, current_settings
 from components.sidebar import render_sidebar
 
 st.set_page_config(page_title="Agent Ops Console", page_icon=":material/hub:", layout="wide")
@@ -19,5 +19,6 @@ PAGES.update(
 )
 navigation = st.navigation(list(PAGES.values()))
 settings = current_settings()
-render_sidebar(settings, current_identity(settings))
+identity = current_identity(settings)
+render_sidebar(settings, identity, current_role(settings, identity).label)
 navigation.run()

@@ -7,7 +7,7 @@ from typing import Mapping
 import streamlit as st
 
 from components.errors import show_error
-from services import _clients
+from services import _clients, roles
 from services.errors import AgentOpsError
 from services.identity import Identity, resolve_identity
 from services.settings import Settings
@@ -37,6 +37,27 @@ def current_settings() -> Settings:
 def current_identity(settings: Settings) -> Identity:
     """The signed-in user (forwarded headers) or the OS user locally."""
     return resolve_identity(settings, request_headers())
+
+
+def current_role(settings: Settings, identity: Identity) -> "roles.Role":
+    """The signed-in user's role, resolved once per session and user (never shared across users)."""
+    key = f"_agentops_role::{identity.user}"
+    if key not in st.session_state:
+        try:
+            st.session_state[key] = roles.role_for(identity, settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="Could not read your role; acting as a viewer")
+            st.session_state[key] = roles.Role.VIEWER
+    return st.session_state[key]
+
+
+def allowed(settings: Settings, identity: Identity, action: "roles.Action") -> bool:
+    """Whether the current user's role permits ``action`` (pages disable what it does not)."""
+    return current_role(settings, identity) >= roles.NEEDED[action]
+
+
+def role_hint(action: "roles.Action") -> str:
+    return f"Needs the {roles.NEEDED[action].label} role."
 
 
 # Pages register here under a stable key so other pages link to them only when they exist.

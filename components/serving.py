@@ -75,3 +75,18 @@ def arm_label(endpoint: Endpoint, entity_name: str) -> str:
 
 def best_arm_by(arms: tuple[ArmStats, ...]) -> dict[str, str]:
     return {a.entity_name: f"{a.model_name} v{a.version}" for a in arms}
+
+
+def gateway_models_frame(gateway) -> pd.DataFrame:
+    """Models of an MLflow AI Gateway endpoint: arms with their share, then fallbacks in order."""
+    share = {r.entity_name: r.percentage for r in gateway.endpoint.routes}
+    rows = [{"Model definition": m.name, "Provider / model": m.label, "Role": "arm",
+             "Weight": m.weight, "Share %": share.get(m.name, 0)} for m in gateway.primaries]
+    rows += [{"Model definition": m.name, "Provider / model": m.label, "Role": f"fallback #{m.fallback_order or '—'}",
+              "Weight": None, "Share %": None} for m in gateway.fallbacks]
+    return pd.DataFrame(rows)
+
+
+def budgets_frame(gateway) -> pd.DataFrame:
+    return pd.DataFrame([{"Limit": f"{b.amount:,.2f} {b.unit}", "Window": b.window, "Scope": b.scope,
+                          "When exceeded": b.action} for b in gateway.budgets])

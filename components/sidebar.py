@@ -14,7 +14,7 @@ _BACKEND_LABEL = {
 }
 
 
-def render_sidebar(settings: Settings, identity: Identity) -> None:
+def render_sidebar(settings: Settings, identity: Identity, role_label: str | None = None) -> None:
     """Backend badge, workspace and user in the sidebar."""
     with st.sidebar:
         st.markdown(f"**Backend** &nbsp; :blue-badge[{_BACKEND_LABEL[settings.backend]}]")
@@ -27,4 +27,5 @@ def render_sidebar(settings: Settings, identity: Identity) -> None:
             st.warning("Signed-in user unknown: no forwarded identity headers.", icon=":material/person_off:")
         else:
             origin = "Databricks Apps" if identity.source is IdentitySource.DATABRICKS_APPS else "OS user"
-            st.markdown(f":material/person: **{who}**  \n:gray[{origin}]")
+            role = f" · {role_label}" if role_label else ""
+            st.markdown(f":material/person: **{who}**  \n:gray[{origin}{role}]")

@@ -42,6 +42,122 @@ def _clear() -> None:
     _agents.clear()
 
 
+def _gateway_section() -> None:
+    """MLflow AI Gateway endpoints: same split editor, judging and promotion as agent endpoints."""
+    from components.serving import budgets_frame, gateway_models_frame
+    from services import ai_gateway
+
+    try:
+        gateways = {g.endpoint.name: g for g in ai_gateway.list_gateway_endpoints(settings)}
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the MLflow AI Gateway endpoints")
+        return
+    if not gateways:
+        st.info("**No AI Gateway endpoints yet.** Create one in the MLflow UI (AI Gateway → Endpoints) with two or "
+                "more models and the traffic-split routing strategy.", icon=":material/route:")
+        return
+    gname = st.selectbox("AI Gateway endpoint", list(gateways), key="aigw_endpoint")
+    gateway = gateways[gname]
+    g_endpoint = gateway.endpoint
+    st.plotly_chart(split_chart((g_endpoint,)), use_container_width=True, config={"displayModeBar": False})
+    st.dataframe(gateway_models_frame(gateway), hide_index=True, use_container_width=True)
+    st.caption(f"Routing: {gateway.routing_strategy or 'first model only'} · fallback: "
+               f"{gateway.fallback_strategy or 'none'} · usage tracking: {'on' if gateway.usage_tracking else 'off'}")
+    if gateway.budgets:
+        st.dataframe(budgets_frame(gateway), hide_index=True, use_container_width=True)
+    g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
+    with g_split:
+        st.markdown("Set each model's share of requests. Shares are whole percents and must add up to 100. "
+                    "Fallback models keep their place.")
+        rows = {s.entity_name: int(st.number_input(f"{s.entity_name} ({s.model_name})", min_value=0, max_value=100,
+                                                   step=5, value=g_endpoint.percentage_for(s.entity_name),
+                                                   key=f"aigw_pct::{gname}::{s.entity_name}"))
+                for s in g_endpoint.served}
+        total = sum(rows.values())
+        if total == 100:
+            st.success(f"Total: {total}%", icon=":material/check_circle:")
+        else:
+            st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
+        g_reason = st.text_input("Reason (recorded in the audit trail)", key=f"aigw_reason::{gname}")
+        if st.button("Review change", type="primary", disabled=total != 100, key=f"aigw_review::{gname}"):
+            try:
+                st.session_state[f"aigw_plan::{gname}"] = ai_gateway.plan_weights(gname, rows, settings=settings)
+            except AgentOpsError as exc:
+                show_error(exc, what="This split cannot be applied")
+        g_plan = st.session_state.get(f"aigw_plan::{gname}")
+        if g_plan is not None:
+            st.subheader("Current → proposed")
+            st.dataframe(plan_frame(g_plan), hide_index=True, use_container_width=True)
+            st.caption(ai_gateway.CONFIG_CACHE_NOTE)
+            ok, cancel_col = st.columns(2)
+            if ok.button("Confirm and apply", type="primary", key=f"aigw_confirm::{gname}"):
+                try:
+                    with st.spinner("Updating the AI Gateway endpoint…"):
+                        serving.apply_split(g_plan, user=identity.user, reason=g_reason, settings=settings)
+                    st.session_state.pop(f"aigw_plan::{gname}", None)
+                    st.toast(f"{gname}: new weights applied and recorded.")
+                    st.rerun()
+                except AgentOpsError as exc:
+                    show_error(exc, what="The split was not changed")
+            if cancel_col.button("Cancel", key=f"aigw_cancel::{gname}"):
+                st.session_state.pop(f"aigw_plan::{gname}", None)
+                st.rerun()
+    with g_judge:
+        if gateway.attribution_problem:
+            st.warning(f"**Arms cannot be judged.** {gateway.attribution_problem}", icon=":material/help:")
+        else:
+            g_hours = st.selectbox("Window", [24, 72, 168, 720], index=2, key=f"aigw_window::{gname}",
+                                   format_func=lambda h: f"last {h // 24} days" if h >= 48 else f"last {h} hours")
+            end = datetime.now(tz=timezone.utc)
+            try:
+                with st.spinner("Judging the arms from the gateway's usage traces…"):
+                    g_report = ab.judge_endpoint(gname, [], end - timedelta(hours=g_hours), end, settings=settings,
+                                                 source=ai_gateway.BACKEND)
+            except AgentOpsError as exc:
+                show_error(exc, what="Cannot judge the arms")
+                g_report = None
+            if g_report is not None and not any(a.requests for a in g_report.arms):
+                st.info("No usage traces in this window yet.", icon=":material/hourglass_empty:")
+            elif g_report is not None:
+                st.markdown(f"**Verdict.** {g_report.verdict}")
+                st.dataframe(arms_frame(g_report), hide_index=True, use_container_width=True)
+                with st.expander("Tests per metric"):
+                    st.dataframe(comparisons_frame(g_report), hide_index=True, use_container_width=True)
+                st.subheader("Promote or roll back")
+                st.caption("Sets the chosen model's weight to 100% and the others to 0%, audited. There is no "
+                           "registry alias to move: AI Gateway models are provider models, not registered versions.")
+                arms = [a.entity_name for a in g_report.arms]
+                g_chosen = st.selectbox("Arm", arms, index=arms.index(g_report.winner) if g_report.winner in arms else 0,
+                                        key=f"aigw_winner::{gname}")
+                g_action = st.radio("Action", ["promote winner", "rollback"], horizontal=True, key=f"aigw_action::{gname}")
+                g_why = st.text_input("Reason", key=f"aigw_why::{gname}")
+                if st.button("Confirm", type="primary", key=f"aigw_promote::{gname}", disabled=not g_why.strip()):
+                    try:
+                        outcome = ab.promote_arm(gname, g_chosen, identity, reason=g_why, action=g_action,
+                                                 settings=settings, source=ai_gateway.BACKEND)
+                        st.success(outcome.message + " " + ai_gateway.CONFIG_CACHE_NOTE)
+                    except AgentOpsError as exc:
+                        show_error(exc, what="Promotion did not complete")
+    with g_history:
+        try:
+            g_changes = traffic_audit.traffic_changes(gname, settings=settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot read the audit trail")
+            g_changes = []
+        if g_changes:
+            st.dataframe(history_frame(g_changes), hide_index=True, use_container_width=True)
+        else:
+            st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")
+
+
+if settings.backend is Backend.MLFLOW:
+    layer = st.segmented_control("Serving layer", ["Agent endpoints", "MLflow AI Gateway"], default="Agent endpoints",
+                                 key="serving_layer")
+    if layer == "MLflow AI Gateway":
+        _gateway_section()
+        st.stop()
+
+
 try:
     endpoints = _endpoints(settings)
     agents = {a.name: a for a in _agents(settings)}

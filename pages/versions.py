@@ -7,7 +7,7 @@ from datetime import datetime, time, timezone
 import pandas as pd
 import streamlit as st
 
-from components.context import current_identity, current_settings
+from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.readiness import readiness_cell, show_readiness
 from components.versions import (
@@ -18,7 +18,7 @@ from components.versions import (
     show_versions_table,
     states_frame,
 )
-from services import readiness, registry, releases, versions
+from services import roles, readiness, registry, releases, versions
 from services.errors import AgentOpsError
 from services.settings import Settings
 
@@ -109,6 +109,8 @@ def _readiness_panel(agent: str, version: str, against: str, key: str) -> readin
 
 settings = current_settings()
 identity = current_identity(settings)
+can_promote = allowed(settings, identity, roles.Action.PROMOTE)
+can_edit_rules = allowed(settings, identity, roles.Action.EDIT_RULES)
 st.title("Versions & releases")
 
 try:
@@ -213,7 +215,9 @@ with tab_promote:
                                      key="versions.alias")
     alias = cols[1].text_input("New alias name", key="versions.alias_other") if alias_choice == "other…" else alias_choice
     target = cols[2].selectbox("Version", numbers, format_func=lambda v: f"v{v}", key="versions.target")
-    if st.button("Review promotion", icon=":material/fact_check:", key="versions.review"):
+    if not can_promote:
+        st.caption(f":material/lock: {role_hint(roles.Action.PROMOTE)}")
+    if st.button("Review promotion", icon=":material/fact_check:", key="versions.review", disabled=not can_promote):
         try:
             with st.spinner("Gathering evidence…"):
                 st.session_state[_PENDING] = releases.plan_promotion(agent, alias, target, settings)
@@ -295,7 +299,7 @@ with tab_history:
             )
             roll_reason = roll_cols[1].text_input("Reason", key="versions.rollback_reason")
             roll_cols[2].write("")
-            if roll_cols[2].button("Roll back", icon=":material/undo:", key="versions.rollback"):
+            if roll_cols[2].button("Roll back", icon=":material/undo:", key="versions.rollback", disabled=not can_promote):
                 state = next(s for s in rollbackable if s.alias == roll_alias)
                 try:
                     result = releases.rollback(agent, roll_alias, identity, reason=roll_reason,
@@ -346,7 +350,9 @@ with tab_gate:
             "threshold": st.column_config.NumberColumn("Threshold", required=True),
         },
     )
-    if st.button("Save gate rules", icon=":material/save:", key="versions.save_rules"):
+    if not can_edit_rules:
+        st.caption(f":material/lock: {role_hint(roles.Action.EDIT_RULES)}")
+    if st.button("Save gate rules", icon=":material/save:", key="versions.save_rules", disabled=not can_edit_rules):
         try:
             new_rules = [
                 releases.GateRule(releases.RuleKind(row["kind"]), float(row["threshold"]), (row["metric"] or None))

@@ -352,10 +352,11 @@ def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: dat
         from services import ai_gateway
 
         endpoint = ai_gateway.get_endpoint(endpoint_name, settings)
-        samples, _ = ai_gateway.arm_samples(endpoint_name, start, end, settings=settings)
+        samples, unattributed = ai_gateway.arm_samples(endpoint_name, start, end, settings=settings)
     else:
         endpoint = serving.get_endpoint(endpoint_name, settings)
         samples = arm_samples(endpoint, experiment_ids, start, end, settings=settings)
+        unattributed = 0
     if not samples:
         return ArmReport(endpoint.name, start, end, None, (), (), "This endpoint serves no versions.")
     by_name = {s.entity_name: s for s in samples}
@@ -370,6 +371,9 @@ def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: dat
         verdict = "No traffic in this window yet: send requests to the endpoint, or widen the window."
     else:
         verdict = " ".join(c.verdict for c in comparisons) or "Only one arm: nothing to compare."
+    if unattributed:
+        verdict += (f" {unattributed} usage trace(s) name no arm of this endpoint (no provider call was "
+                    "recorded, e.g. the request was refused first) and are not counted in any arm.")
     return ArmReport(endpoint.name, start, end, baseline, stats, comparisons, verdict)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -51,9 +51,9 @@ MAX_TRACES = 20_000
 # bump keeps the truncation on the intended percent; reading back rounds it away.
 _WEIGHT_EPSILON = 1e-5
 CONFIG_CACHE_NOTE = (
-    "The gateway answers from a cached copy of each endpoint's configuration that a weight update "
-    "does not refresh, so new weights take effect within MLFLOW_SERVER_SECRETS_CACHE_TTL seconds "
-    "(60 by default) on the MLflow server."
+    "The gateway answers from a cached copy of each endpoint's configuration that an update through "
+    "the REST API does not refresh, so requests can follow the previous weights for up to about a "
+    "minute (MLflow's endpoint-config cache lifetime) after a change."
 )
 
 
@@ -382,13 +382,15 @@ def promote_weights(endpoint_name: str, entity_name: str, *, user: str, reason: 
 # --- usage traces -> per-arm samples ----------------------------------------------------------
 
 
-def _served_model(trace: Any) -> str | None:
-    """Model name of the first provider span of a usage trace (the arm the router picked)."""
+def _served_model(trace: Any) -> tuple[str | None, bool]:
+    """Model name of the first provider span of a usage trace (the arm the router picked) and
+    whether that call failed (a fallback may still have answered, leaving the trace OK)."""
     spans = [s for s in (trace.data.spans if trace.data else []) if s.parent_id is not None
              and s.get_attribute(MODEL_ATTRIBUTE)]
     if not spans:
-        return None
-    return str(min(spans, key=lambda s: s.start_time_ns).get_attribute(MODEL_ATTRIBUTE))
+        return None, False
+    first = min(spans, key=lambda s: s.start_time_ns)
+    return str(first.get_attribute(MODEL_ATTRIBUTE)), str(getattr(first.status, "status_code", "")).endswith("ERROR")
 
 
 def arm_samples(endpoint_name: str, start: datetime, end: datetime, *,
@@ -411,6 +413,7 @@ def arm_samples(endpoint_name: str, start: datetime, end: datetime, *,
         f"metadata.`{ENDPOINT_ID_METADATA}` = '{gateway.endpoint_id}'",
     ]
     infos: dict[str, list[Any]] = {m.name: [] for m in gateway.primaries}
+    failed: dict[str, int] = {m.name: 0 for m in gateway.primaries}
     unattributed = 0
     seen = 0
     token = None
@@ -420,14 +423,18 @@ def arm_samples(endpoint_name: str, start: datetime, end: datetime, *,
                                         max_results=500, page_token=token, include_spans=True)
             for trace in page:
                 seen += 1
-                model = by_model.get(_served_model(trace) or "")
+                model_name, arm_failed = _served_model(trace)
+                model = by_model.get(model_name or "")
                 if model is None:
                     unattributed += 1
                 else:
                     infos[model.name].append(trace.info)
+                    failed[model.name] += int(arm_failed or str(trace.info.state).endswith("ERROR"))
             token = page.token
             if not token:
                 break
     served = {s.entity_name: s for s in gateway.endpoint.served}
-    samples = [ab._sample(served[m.name], infos[m.name], truncated=bool(token)) for m in gateway.primaries]
+    # An arm's error is its own provider call failing, even when a fallback then answered.
+    samples = [replace(ab._sample(served[m.name], infos[m.name], truncated=bool(token)), errors=failed[m.name])
+               for m in gateway.primaries]
     return samples, unattributed

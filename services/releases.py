@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from services import audit, registry, versions
-from services._clients import mlflow_client, translate_errors
+from services import audit, registry, roles, versions
+from services._clients import get_settings, mlflow_client, translate_errors
 from services.audit import AliasAction, AliasChange, GateOutcome
 from services.errors import ConflictError, NotFoundError, ValidationError
 from services.evaluations import EvaluationSummary
@@ -209,6 +209,7 @@ def gate_rules(agent: str, settings: Settings | None = None) -> list[GateRule]:
 def set_gate_rules(agent: str, rules: list[GateRule], identity: Identity, settings: Settings | None = None) -> list[GateRule]:
     """Store the agent's gate rules as a registered-model tag (empty list clears them)."""
     agent = versions.check_agent_name(agent)
+    roles.enforce(identity, roles.Action.EDIT_RULES, settings or get_settings())
     checked = [_check_rule(r) for r in rules]
     payload = json.dumps([{"kind": r.kind.value, "threshold": r.threshold, "metric": r.metric} for r in checked])
     client = mlflow_client(settings)
@@ -359,6 +360,7 @@ def promote(
     reason = (reason or "").strip()
     if override and not reason:
         raise ValidationError("Overriding the gate needs a written reason.")
+    roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
     plan = plan_promotion(agent, alias, version, settings)
     if (plan.blocked or readiness_failures) and not override:
         failed = "; ".join([f"{c.rule.describe()} ({c.detail})" for c in plan.checks if c.status is CheckStatus.FAIL]

@@ -144,3 +144,24 @@ def require_user_token(identity: Identity, settings: Settings, environ: Mapping[
             "The app will not fall back to its service principal for this change; reload the app, or ask an "
             "admin to enable user authorization scopes for it."
         )
+
+
+def role_for(identity: Identity, settings: Settings) -> Role:
+    """The identity's role, reading Databricks groups with the user's own token when present."""
+    client = None
+    if settings.backend is Backend.DATABRICKS and identity.access_token:
+        from services._clients import translate_errors, workspace_client
+
+        with translate_errors("the workspace's user directory"):
+            client = workspace_client(settings, user_token=identity.access_token)
+            return resolve_role(identity, settings, workspace_client=client)
+    return resolve_role(identity, settings, workspace_client=client)
+
+
+def enforce(identity: Identity, action: Action, settings: Settings) -> Role:
+    """The service-side check every mutation makes (pages check too, to hide what is not allowed)."""
+    if action is not Action.VIEW:
+        require_user_token(identity, settings)
+    role = role_for(identity, settings)
+    require(role, action, identity)
+    return role

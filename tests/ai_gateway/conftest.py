@@ -16,8 +16,6 @@ from services import ai_gateway
 from services.settings import load_settings
 from tests.ai_gateway.fake_openai import FakeOpenAI
 
-CACHE_TTL_S = 1
-
 
 @pytest.fixture(scope="session")
 def fake_openai():
@@ -36,10 +34,7 @@ def gateway_server(tmp_path_factory):
     env = dict(os.environ)
     # The fake provider is plain HTTP on loopback: allow it (the defaults demand public HTTPS).
     env.update(MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES="http,https", MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS="true",
-               MLFLOW_MODEL_CATALOG_URI="",
-               # Invocations read a cached endpoint config that REST updates do not invalidate
-               # (ai_gateway.CONFIG_CACHE_NOTE); a 1 s TTL lets the tests see new weights quickly.
-               MLFLOW_SERVER_SECRETS_CACHE_TTL=str(CACHE_TTL_S))
+               MLFLOW_MODEL_CATALOG_URI="")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"{root}/artifacts",
@@ -66,14 +61,16 @@ def gateway_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gateway_models(gateway_server, fake_openai):
-    """Secret + model definitions ``name -> id`` on the server: model-a/-b/-c answer as gpt-a/-b/-c."""
+    """Secret + model definitions ``name -> id`` on the server: model-a/-b/-c answer as gpt-a/-b/-c,
+    model-a2 as gpt-a too, model-f always fails."""
     rest = ai_gateway._rest
     secret = rest(gateway_server, "POST", "secrets/create", body={
         "secret_name": "fake-openai", "secret_value": {"api_key": "sk-test"}, "provider": "openai",
         "auth_config": {"api_base": fake_openai.api_base},
     })["secret"]["secret_id"]
     ids = {}
-    for name, model in (("model-a", "gpt-a"), ("model-b", "gpt-b"), ("model-c", "gpt-c"), ("model-a2", "gpt-a")):
+    for name, model in (("model-a", "gpt-a"), ("model-b", "gpt-b"), ("model-c", "gpt-c"), ("model-a2", "gpt-a"),
+                        ("model-f", "gpt-fail")):
         ids[name] = rest(gateway_server, "POST", "model-definitions/create", body={
             "name": name, "secret_id": secret, "provider": "openai", "model_name": model,
         })["model_definition"]["model_definition_id"]

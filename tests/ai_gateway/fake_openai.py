@@ -1,4 +1,5 @@
-"""A tiny OpenAI-compatible chat server on loopback that says which model answered."""
+"""A tiny OpenAI-compatible chat server on loopback that says which model answered
+(models named ``*-fail`` answer 500)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from collections import Counter
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 
 def create_app(calls: Counter) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict:
+    async def chat(request: Request):
         body = await request.json()
         model = body.get("model", "")
         calls[model] += 1
+        if model.endswith("-fail"):
+            return JSONResponse({"error": {"message": "upstream down", "type": "server_error"}}, status_code=500)
         return {
             "id": f"chatcmpl-{sum(calls.values())}",
             "object": "chat.completion",

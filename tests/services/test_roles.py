@@ -79,3 +79,26 @@ def test_no_silent_fallback_to_the_service_principal():
         roles.require_user_token(BO, DBX, env)
     roles.require_user_token(ANA, DBX, env)
     roles.require_user_token(BO, DBX, {})
+
+
+def test_promotion_is_refused_for_a_reviewer_and_nothing_changes(isolated_settings):
+    from mlflow import MlflowClient
+
+    from services import audit, releases
+
+    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source="file:///tmp/none")
+    client.set_registered_model_alias("m", "champion", "1")
+    (isolated_settings.data_dir / "roles.json").write_text(json.dumps({"users": {"ops@example.com": "operator"},
+                                                                        "default": "reviewer"}))
+    reviewer = Identity("rev@example.com", "rev", IdentitySource.OS_USER)
+    with pytest.raises(PermissionDeniedError, match="reviewer and may not promote"):
+        releases.promote("m", "champion", "2", reviewer, reason="try", settings=isolated_settings)
+    assert str(client.get_registered_model("m").aliases["champion"]) == "1"
+    assert audit.alias_changes("m", settings=isolated_settings) == []
+    operator = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
+    releases.promote("m", "champion", "2", operator, reason="ok", settings=isolated_settings)
+    assert str(client.get_registered_model("m").aliases["champion"]) == "2"
+    assert audit.alias_changes("m", settings=isolated_settings)[0].user == "ops@example.com"

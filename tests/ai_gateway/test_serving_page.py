@@ -1,0 +1,56 @@
+"""The serving page's MLflow AI Gateway section against the real server (AppTest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from services import _clients, ai_gateway, traffic_audit
+from tests.ai_gateway.conftest import create_endpoint
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def gateway_page(gateway_server, gateway_models, monkeypatch):
+    create_endpoint(gateway_server, gateway_models, "gw-page", {"model-a": 0.5, "model-b": 0.5}, fallback="model-c")
+    monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
+    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", gateway_server.mlflow_uri)
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(gateway_server.data_dir))
+    _clients._cached_settings.cache_clear()
+    app = AppTest.from_file(APP, default_timeout=90)
+    app.run()
+    app.switch_page("pages/serving.py")
+    app.run()
+    app.segmented_control(key="serving_layer").set_value("MLflow AI Gateway").run()
+    app.selectbox(key="aigw_endpoint").set_value("gw-page").run()
+    yield app
+    _clients._cached_settings.cache_clear()
+
+
+def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gateway_page, gateway_server):
+    app = gateway_page
+    assert not app.exception
+    assert any("Total: 100%" in s.value for s in app.success)
+    models = app.dataframe[0].value
+    assert list(models["Role"]) == ["arm", "arm", "fallback #1"]
+
+    app.number_input(key="aigw_pct::gw-page::model-a").set_value(70).run()
+    assert any("Total: 120%" in e.value for e in app.error)
+    assert app.button(key="aigw_review::gw-page").disabled
+
+    app.number_input(key="aigw_pct::gw-page::model-b").set_value(30).run()
+    app.text_input(key="aigw_reason::gw-page").set_value("more of a").run()
+    app.button(key="aigw_review::gw-page").click().run()
+    assert not app.exception
+    assert ai_gateway.get_endpoint("gw-page", gateway_server).percentage_for("model-a") == 50  # preview only
+    app.button(key="aigw_confirm::gw-page").click().run()
+
+    assert not app.exception
+    assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-page", gateway_server).routes} == {
+        "model-a": 70, "model-b": 30}
+    [change] = traffic_audit.traffic_changes("gw-page", settings=gateway_server)
+    assert change.reason == "more of a"

@@ -7,16 +7,19 @@ from datetime import datetime, timedelta, timezone
 import streamlit as st
 
 from components.charts import split_chart
-from components.context import current_identity, current_settings
+from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.serving import arms_frame, comparisons_frame, history_frame, plan_frame
-from services import ab, registry, serving, traffic, traffic_audit
+from services import ab, registry, roles, serving, traffic, traffic_audit
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
 
 settings = current_settings()
 identity = current_identity(settings)
+can_change = allowed(settings, identity, roles.Action.CHANGE_TRAFFIC)
 st.title("Serving & A/B traffic")
+if not can_change:
+    st.caption(f":material/lock: You can look, not change: {role_hint(roles.Action.CHANGE_TRAFFIC)}")
 
 
 @st.cache_data(ttl=15, show_spinner=False)
@@ -79,7 +82,7 @@ def _gateway_section() -> None:
         else:
             st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
         g_reason = st.text_input("Reason (recorded in the audit trail)", key=f"aigw_reason::{gname}")
-        if st.button("Review change", type="primary", disabled=total != 100, key=f"aigw_review::{gname}"):
+        if st.button("Review change", type="primary", disabled=total != 100 or not can_change, key=f"aigw_review::{gname}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
             try:
                 st.session_state[f"aigw_plan::{gname}"] = ai_gateway.plan_weights(gname, rows, settings=settings)
             except AgentOpsError as exc:
@@ -93,7 +96,7 @@ def _gateway_section() -> None:
             if ok.button("Confirm and apply", type="primary", key=f"aigw_confirm::{gname}"):
                 try:
                     with st.spinner("Updating the AI Gateway endpoint…"):
-                        serving.apply_split(g_plan, user=identity.user, reason=g_reason, settings=settings)
+                        serving.apply_split(g_plan, user=identity.user, reason=g_reason, settings=settings, identity=identity)
                     st.session_state.pop(f"aigw_plan::{gname}", None)
                     st.toast(f"{gname}: new weights applied and recorded.")
                     st.rerun()
@@ -131,7 +134,7 @@ def _gateway_section() -> None:
                                         key=f"aigw_winner::{gname}")
                 g_action = st.radio("Action", ["promote winner", "rollback"], horizontal=True, key=f"aigw_action::{gname}")
                 g_why = st.text_input("Reason", key=f"aigw_why::{gname}")
-                if st.button("Confirm", type="primary", key=f"aigw_promote::{gname}", disabled=not g_why.strip()):
+                if st.button("Confirm", type="primary", key=f"aigw_promote::{gname}", disabled=not g_why.strip() or not can_change):
                     try:
                         outcome = ab.promote_arm(gname, g_chosen, identity, reason=g_why, action=g_action,
                                                  settings=settings, source=ai_gateway.BACKEND)
@@ -226,7 +229,7 @@ with split_tab:
     sticky = st.toggle("Sticky assignment (same user or conversation → same version)", value=endpoint.sticky,
                        key=f"sticky::{name}", disabled=settings.backend is Backend.DATABRICKS)
     reason = st.text_input("Reason (recorded in the audit trail)", key=f"reason::{name}")
-    if st.button("Review change", type="primary", disabled=total != 100, key=f"review::{name}"):
+    if st.button("Review change", type="primary", disabled=total != 100 or not can_change, key=f"review::{name}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
         try:
             st.session_state[f"plan::{name}"] = serving.plan_split(name, dict(rows), sticky=sticky, settings=settings)
         except AgentOpsError as exc:
@@ -239,7 +242,7 @@ with split_tab:
         if confirm.button("Confirm and apply", type="primary", key=f"confirm::{name}"):
             try:
                 with st.status("Applying the new split…", expanded=True) as status:
-                    stored = serving.apply_split(plan, user=identity.user, reason=reason, settings=settings,
+                    stored = serving.apply_split(plan, user=identity.user, reason=reason, settings=settings, identity=identity,
                                                  user_token=identity.access_token, progress=status.write)
                     status.update(label="Split applied", state="complete")
                 st.session_state.pop(f"plan::{name}", None)
@@ -288,7 +291,7 @@ with judge_tab:
             override = st.checkbox("Override the promotion gate (needs the reason above)", key=f"override::{name}")
             before = " · ".join(f"{labels.get(r.entity_name, r.entity_name)} {r.percentage}%" for r in endpoint.routes)
             st.markdown(f"**Now:** {before}  \n**After:** {labels[chosen]} 100% · champion → v{labels[chosen].rsplit('v', 1)[-1]}")
-            if st.button("Confirm", type="primary", key=f"promote::{name}", disabled=not why.strip()):
+            if st.button("Confirm", type="primary", key=f"promote::{name}", disabled=not why.strip() or not can_change):
                 try:
                     with st.spinner("Moving traffic, then the alias…"):
                         outcome = ab.promote_arm(name, chosen, identity, reason=why, override_gate=override,

@@ -18,7 +18,7 @@ from components.versions import (
     show_versions_table,
     states_frame,
 )
-from services import roles, readiness, registry, releases, versions
+from services import readiness, registry, releases, roles, versions
 from services.errors import AgentOpsError
 from services.settings import Settings
 

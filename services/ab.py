@@ -411,6 +411,9 @@ def promote_arm(
     from services.audit import AliasAction
 
     settings = settings or get_settings()
+    from services import roles
+
+    roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
     if not reason.strip():
         raise ValidationError("Give a reason; it goes into the audit trail.")
     if source == "mlflow-gateway":

@@ -275,14 +275,21 @@ def apply_split(
     settings: Settings | None = None,
     user_token: str | None = None,
     progress: Callable[[str], None] | None = None,
+    identity: Any = None,
 ) -> Endpoint:
-    """Apply a planned split and record it in the audit trail; returns the endpoint as stored."""
-    from services import traffic_audit
+    """Apply a planned split and record it in the audit trail; returns the endpoint as stored.
+
+    With ``identity`` (pages pass it), the acting user's role is checked first: changing traffic
+    needs the operator role, and on Databricks with user authorization a user token.
+    """
+    from services import roles, traffic_audit
     from services.errors import ConflictError
 
     settings = settings or get_settings()
     if not reason.strip():
         raise ValidationError("Give a reason for the traffic change; it goes into the audit trail.")
+    if identity is not None:
+        roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
     if plan.before.backend == "mlflow-gateway":
         from services import ai_gateway
 

@@ -68,3 +68,25 @@ def test_confirmed_change_is_applied_and_audited(tmp_path, monkeypatch, seeded_s
         # Restore the demo split for the other tests.
         plan = serving.plan_split(endpoint, {("support-agent", "1"): 80, ("support-agent", "2"): 20}, settings=seeded_settings)
         serving.apply_split(plan, user="test", reason="restore demo split", settings=seeded_settings)
+
+
+def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeypatch, tmp_path):
+    import json as _json
+
+    roles_file = tmp_path / "roles.json"
+    roles_file.write_text(_json.dumps({"users": {}, "default": "reviewer"}))
+    monkeypatch.setenv("AGENTOPS_ROLES_FILE", str(roles_file))
+    before = serving.local_config_path(seeded_settings).read_text()
+    app = _serving_page()
+    assert not app.exception
+    assert app.button(key="review::orders-prod").disabled
+    assert any("operator role" in c.value for c in app.caption)
+    # The service refuses too, whatever the page shows.
+    from services.errors import PermissionDeniedError
+    from services.identity import Identity, IdentitySource
+
+    plan = serving.plan_split("orders-prod", {("orders-agent", "2"): 100}, settings=seeded_settings)
+    with pytest.raises(PermissionDeniedError, match="operator"):
+        serving.apply_split(plan, user="rev", reason="try", settings=seeded_settings,
+                            identity=Identity("rev", "rev", IdentitySource.OS_USER))
+    assert serving.local_config_path(seeded_settings).read_text() == before

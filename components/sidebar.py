@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from services.identity import Identity, IdentitySource
-from services.settings import Backend, Settings
+from services.settings import Backend, Settings, missing_databricks_env
 
 _BACKEND_LABEL = {
     Backend.LOCAL: "Local (embedded SQLite)",
@@ -20,6 +20,10 @@ def render_sidebar(settings: Settings, identity: Identity, role_label: str | Non
         st.markdown(f"**Backend** &nbsp; :blue-badge[{_BACKEND_LABEL[settings.backend]}]")
         st.caption("Workspace")
         st.code(settings.workspace_label, language=None, wrap_lines=True)
+        missing = missing_databricks_env()
+        if missing:
+            st.warning("Not set: " + ", ".join(f"`{m}`" for m in missing)
+                       + ". Add the app resources in app.yaml / databricks.yml.", icon=":material/settings:")
         if settings.databricks_app_name:
             st.caption(f"App: {settings.databricks_app_name}")
         who = identity.display_name

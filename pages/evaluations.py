@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from components import evaluations as view
-from components.context import current_settings, page_link
+from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
-from services import datasets, eval_jobs, registry, scorers
+from services import datasets, eval_jobs, registry, roles, scorers
 from services import evaluations as evaluations_service
 from services.errors import AgentOpsError
 from services.overview import agent_experiment_ids
@@ -45,6 +45,7 @@ def _clear_caches() -> None:
 
 
 settings = current_settings()
+can_run = allowed(settings, current_identity(settings), roles.Action.RUN_EVALUATION)
 st.title("Evaluations")
 st.caption("Run `mlflow.genai.evaluate` against a registered version, then compare runs row by row.")
 
@@ -125,7 +126,10 @@ with run_tab:
             forbidden = st.text_input("Forbidden terms (comma-separated)", value="")
 
     ready = version is not None and (dataset_name is not None or rows is not None) and bool(chosen)
-    if st.button("Run evaluation", type="primary", icon=":material/play_arrow:", disabled=not ready, key="eval_run"):
+    if not can_run:
+        st.caption(f":material/lock: {role_hint(roles.Action.RUN_EVALUATION)}")
+    if st.button("Run evaluation", type="primary", icon=":material/play_arrow:", disabled=not ready or not can_run,
+                 key="eval_run"):
         request = evaluations_service.EvaluationRequest(
             agent=agent,
             version=str(version),

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
-from components.context import current_identity, current_settings, page_link
+from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
 from components.review import progress_block, render_conversation, review_form, trend_chart
 from services import feedback as fb
-from services import registry
+from services import registry, roles
 from services import review_queue as rq
 from services.errors import AgentOpsError
 from services.overview import agent_experiment_ids
@@ -80,6 +80,9 @@ def _after_mutation() -> None:
 
 settings = current_settings()
 identity = current_identity(settings)
+can_review = allowed(settings, identity, roles.Action.REVIEW)
+if not can_review:
+    st.warning(f"You can read the queues but not review: {role_hint(roles.Action.REVIEW)}", icon=":material/lock:")
 user = identity.user
 st.title("Review")
 st.caption(f"Reviewing as **{_md(identity.display_name)}** ({_md(user)}); your judgements are stored as MLflow "
@@ -126,7 +129,8 @@ with review_tab:
         if st.session_state.get("review_notice"):
             st.success(st.session_state.pop("review_notice"), icon=":material/check_circle:")
         if current is None:
-            if st.button("Review next item", type="primary", icon=":material/play_arrow:", key="review_next"):
+            if st.button("Review next item", type="primary", icon=":material/play_arrow:", key="review_next",
+                         disabled=not can_review):
                 try:
                     item = rq.next_item(queue, user, settings=settings)
                 except AgentOpsError as exc:

@@ -123,3 +123,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         databricks_host=databricks_host,
         databricks_app_name=env.get("DATABRICKS_APP_NAME") or None,
     )
+
+
+# What a Databricks App needs beyond DATABRICKS_HOST: the app's own credentials (injected by the
+# platform) and the experiment resource (``valueFrom`` in app.yaml).
+DATABRICKS_APP_ENV = ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "AGENTOPS_EXPERIMENT_IDS")
+
+
+def missing_databricks_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names of Databricks App variables that are not set (empty when not on Databricks)."""
+    env = os.environ if environ is None else environ
+    if (env.get("AGENTOPS_BACKEND") or "").strip().lower() != Backend.DATABRICKS.value:
+        return []
+    return [name for name in DATABRICKS_APP_ENV if not env.get(name)]

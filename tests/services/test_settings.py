@@ -39,3 +39,11 @@ def test_missing_or_bad_setting_names_the_variable(environ, named):
 def test_experiment_ids_are_parsed():
     settings = load_settings({"AGENTOPS_EXPERIMENT_IDS": " 12, 34 ,,"})
     assert settings.experiment_ids == ("12", "34")
+
+
+def test_missing_databricks_app_variables_are_named():
+    from services.settings import missing_databricks_env
+
+    env = {"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x", "DATABRICKS_CLIENT_ID": "id"}
+    assert missing_databricks_env(env) == ["DATABRICKS_CLIENT_SECRET", "AGENTOPS_EXPERIMENT_IDS"]
+    assert missing_databricks_env({"AGENTOPS_BACKEND": "local"}) == []

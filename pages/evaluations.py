@@ -143,7 +143,7 @@ with run_tab:
             ),
         )
         try:
-            job_id = eval_jobs.start_job(request, settings)
+            job_id = eval_jobs.start_job(request, settings, current_identity(settings))
             st.session_state.setdefault("eval_jobs", []).insert(0, job_id)
         except AgentOpsError as exc:
             show_error(exc, what="The evaluation did not start")

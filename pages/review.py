@@ -161,7 +161,8 @@ with review_tab:
                 submitted, review = review_form("review_form", questions, previous)
                 if submitted:
                     try:
-                        rq.submit_queue_review(queue, trace_id, review, user, questions=questions, settings=settings)
+                        rq.submit_queue_review(queue, trace_id, review, user, questions=questions, settings=settings,
+                                                 identity=identity)
                     except AgentOpsError as exc:
                         show_error(exc, what="The review was not stored")
                     else:
@@ -196,7 +197,7 @@ with review_tab:
                     submitted, review = review_form("edit_form", questions, previous)
                     if submitted:
                         try:
-                            changed = fb.submit_review(edit_id, review, user, questions=questions, settings=settings)
+                            changed = fb.submit_review(edit_id, review, user, questions=questions, settings=settings, identity=identity)
                         except AgentOpsError as exc:
                             show_error(exc, what="The change was not stored")
                         else:

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
+from typing import Any
 
 from services import evaluations
 from services._clients import configure_mlflow
@@ -59,9 +60,16 @@ def _update(job_id: str, **changes: object) -> None:
         _jobs[job_id] = replace(_jobs[job_id], **changes)
 
 
-def start_job(request: evaluations.EvaluationRequest, settings: Settings) -> str:
-    """Validate the request, then evaluate it in a background thread; returns the job id."""
+def start_job(request: evaluations.EvaluationRequest, settings: Settings, identity: Any = None) -> str:
+    """Validate the request, then evaluate it in a background thread; returns the job id.
+
+    With ``identity`` (the page passes it), running an evaluation needs the operator role.
+    """
     evaluations._check_request(request)
+    if identity is not None:
+        from services import roles
+
+        roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
     job_id = uuid.uuid4().hex[:12]
     rows = len(request.rows) if request.rows is not None else 0
     label = f"{request.agent} {request.version} on {request.dataset_name or request.dataset_label or 'upload'}"

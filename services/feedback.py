@@ -251,12 +251,20 @@ def submit_review(
     *,
     questions: Sequence[LabelQuestion] = (),
     settings: Settings | None = None,
+    identity: Any = None,
 ) -> int:
-    """Store a review as assessments from ``reviewer``; earlier judgements are overridden. Returns the count written."""
+    """Store a review as assessments from ``reviewer``; earlier judgements are overridden. Returns the count written.
+
+    With ``identity`` (the page passes it), giving feedback needs the reviewer role.
+    """
     if not isinstance(reviewer, str) or not reviewer.strip() or reviewer == "unknown":
         raise ValidationError("The reviewer is unknown; sign in through Databricks Apps to review.")
     validate_review(review, questions)
     settings = configure_mlflow(settings)
+    if identity is not None:
+        from services import roles
+
+        roles.enforce(identity, roles.Action.REVIEW, settings)
     client = mlflow_client(settings)
     trace = get_trace_or_raise(client, trace_id)
     import mlflow

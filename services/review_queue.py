@@ -560,7 +560,8 @@ def databricks_labeling_session(queue: ReviewQueue, trace_ids: Sequence[str], re
 
 
 def submit_queue_review(queue: ReviewQueue, trace_id: str, review: Any, reviewer: str, *,
-                        questions: Sequence[Any] = (), settings: Settings | None = None) -> int:
+                        questions: Sequence[Any] = (), settings: Settings | None = None,
+                        identity: Any = None) -> int:
     """Store a review of a queue item (as ``feedback.submit_review``) and mark it done for the reviewer.
 
     Refused with nothing stored when someone else holds the item or it was deleted meanwhile.
@@ -570,6 +571,7 @@ def submit_queue_review(queue: ReviewQueue, trace_id: str, review: Any, reviewer
     _check_reviewer(reviewer)
     feedback.validate_review(review, questions)
     check_can_review(queue, trace_id, reviewer, settings)
-    written = feedback.submit_review(trace_id, review, reviewer, questions=questions, settings=settings)
+    written = feedback.submit_review(trace_id, review, reviewer, questions=questions, settings=settings,
+                                     identity=identity)
     complete(queue, trace_id, reviewer, settings)
     return written

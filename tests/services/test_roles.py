@@ -102,3 +102,19 @@ def test_promotion_is_refused_for_a_reviewer_and_nothing_changes(isolated_settin
     releases.promote("m", "champion", "2", operator, reason="ok", settings=isolated_settings)
     assert str(client.get_registered_model("m").aliases["champion"]) == "2"
     assert audit.alias_changes("m", settings=isolated_settings)[0].user == "ops@example.com"
+
+
+def test_review_and_evaluation_are_refused_by_the_services_for_a_viewer(isolated_settings):
+    from services import eval_jobs, feedback
+    from services.evaluations import EvaluationRequest
+
+    (isolated_settings.data_dir / "roles.json").write_text(json.dumps({"users": {}, "default": "viewer"}))
+    viewer = Identity("v@example.com", "v", IdentitySource.OS_USER)
+    with pytest.raises(PermissionDeniedError, match="reviewer role"):
+        feedback.submit_review("tr-0", feedback.Review(thumbs_up=True), viewer.user, settings=isolated_settings,
+                               identity=viewer)
+    rows = [{"inputs": {"question": "q"}, "expectations": {"expected_facts": ["x"]}}]
+    jobs_before = len(eval_jobs.list_jobs())
+    with pytest.raises(PermissionDeniedError, match="operator role"):
+        eval_jobs.start_job(EvaluationRequest("m", "1", ("expected_facts",), rows=rows), isolated_settings, viewer)
+    assert len(eval_jobs.list_jobs()) == jobs_before

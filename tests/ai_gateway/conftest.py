@@ -3,18 +3,12 @@ OpenAI-compatible server on loopback (no network)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from services import ai_gateway
-from services.settings import load_settings
 from tests.ai_gateway.fake_openai import FakeOpenAI
+from tests.harness.mlflow_server import running_mlflow_server
 
 
 @pytest.fixture(scope="session")
@@ -28,35 +22,11 @@ def fake_openai():
 def gateway_server(tmp_path_factory):
     """Settings of a real ``mlflow server`` (one worker, temp SQLite), stopped by its PID after."""
     root = tmp_path_factory.mktemp("ai-gateway-server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ)
     # The fake provider is plain HTTP on loopback: allow it (the defaults demand public HTTPS).
-    env.update(MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES="http,https", MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS="true",
-               MLFLOW_MODEL_CATALOG_URI="")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"{root}/artifacts",
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
-        yield load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
-                             "AGENTOPS_DATA_DIR": str(root / "data")})
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    env = {"MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "http,https", "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_MODEL_CATALOG_URI": ""}
+    with running_mlflow_server(root, env=env) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

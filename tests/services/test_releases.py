@@ -320,39 +320,10 @@ def test_audit_records_live_in_the_audit_experiment(store):
 @pytest.fixture(scope="module")
 def server_settings(tmp_path_factory):
     """Settings of a real ``mlflow server`` process on a free port (stopped by its PID after)."""
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
+    from tests.harness.mlflow_server import running_mlflow_server
 
-    from services.settings import load_settings
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"{root}/artifacts",
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    pytest.skip("mlflow server did not start")
-                time.sleep(0.5)
-        yield load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
-                             "AGENTOPS_DATA_DIR": str(root / "data")})
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as settings:
+        yield settings
 
 
 @pytest.mark.slow

@@ -10,7 +10,12 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Optional
+
+# An extension: given (method, path without query, parsed JSON body or None, request headers),
+# answer (status, payload) or None to let the next handler try. Modules that speak other REST
+# families (MLflow forwarding, databricks-agents) plug in here instead of editing this file.
+Handler = Callable[[str, str, Any, Any], Optional[tuple[int, Any]]]
 
 
 @dataclass
@@ -33,6 +38,8 @@ class DatabricksHarness:
     # How many GETs an accepted update stays IN_PROGRESS before it is rolled out.
     rollout_polls: int = 1
     _polls_left: dict[str, int] = field(default_factory=dict)
+    # Extensions consulted before the built-in routes, in order.
+    handlers: list[Handler] = field(default_factory=list)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
 
@@ -51,8 +58,30 @@ class DatabricksHarness:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _extension(self, method: str) -> tuple[bool, Any]:
+                """Read the body, record the request and let the extensions answer it first."""
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw
+                harness.requests.append(RecordedRequest(method, self.path, body))
+                path = self.path.split("?")[0]
+                for handler in harness.handlers:
+                    try:
+                        answer = handler(method, path, body, self.headers)
+                    except Exception as exc:  # noqa: BLE001 - a harness bug: fail fast, no SDK retries
+                        answer = (400, {"error_code": "HARNESS_ERROR", "message": repr(exc)})
+                    if answer is not None:
+                        self._send(*answer)
+                        return True, body
+                return False, body
+
             def do_GET(self) -> None:  # noqa: N802 - http.server naming
-                harness.requests.append(RecordedRequest("GET", self.path, None))
+                handled, _ = self._extension("GET")
+                if handled:
+                    return
                 path = self.path.split("?")[0]
                 if path == "/api/2.0/preview/scim/v2/Me":
                     token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
@@ -73,10 +102,25 @@ class DatabricksHarness:
                 else:
                     self._send(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API at {path}"})
 
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                self._fallthrough("POST")
+
+            def do_PATCH(self) -> None:  # noqa: N802 - http.server naming
+                self._fallthrough("PATCH")
+
+            def do_DELETE(self) -> None:  # noqa: N802 - http.server naming
+                self._fallthrough("DELETE")
+
+            def _fallthrough(self, method: str) -> None:
+                handled, _ = self._extension(method)
+                if not handled:
+                    self._send(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API at {self.path}"})
+
             def do_PUT(self) -> None:  # noqa: N802 - http.server naming
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                harness.requests.append(RecordedRequest("PUT", self.path, body))
+                handled, body = self._extension("PUT")
+                if handled:
+                    return
+                body = body or {}
                 parts = self.path.split("?")[0].strip("/").split("/")
                 if len(parts) == 5 and parts[:3] == ["api", "2.0", "serving-endpoints"] and parts[4] == "config":
                     try:

@@ -308,11 +308,12 @@ def arm_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start
                 token = page.token
                 if not token:
                     break
-        samples.append(_sample(served, infos, truncated=bool(token)))
+        samples.append(sample_from_traces(served, infos, truncated=bool(token)))
     return samples
 
 
-def _sample(served: serving.ServedVersion, infos: list[Any], *, truncated: bool) -> ArmSample:
+def sample_from_traces(served: serving.ServedVersion, infos: list[Any], *, truncated: bool) -> ArmSample:
+    """An arm's sample from its trace infos (latency, errors, cost, tokens, feedback, scorer passes)."""
     latencies, costs, tokens, feedback, ratings, passes = [], [], [], [], [], []
     errors = 0
     for info in infos:

@@ -435,6 +435,6 @@ def arm_samples(endpoint_name: str, start: datetime, end: datetime, *,
                 break
     served = {s.entity_name: s for s in gateway.endpoint.served}
     # An arm's error is its own provider call failing, even when a fallback then answered.
-    samples = [replace(ab._sample(served[m.name], infos[m.name], truncated=bool(token)), errors=failed[m.name])
+    samples = [replace(ab.sample_from_traces(served[m.name], infos[m.name], truncated=bool(token)), errors=failed[m.name])
                for m in gateway.primaries]
     return samples, unattributed

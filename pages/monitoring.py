@@ -189,7 +189,11 @@ with charts_tab:
                        help="Traces that recorded no token usage: excluded from token and estimated cost figures.")
         interval = data.interval_seconds
         bucket = f"{interval // 3600} h" if interval >= 3600 else f"{interval // 60} min"
-        st.caption(f"Store-side aggregation in {data.elapsed_s:.2f} s · {bucket} buckets · series by {data.split.value}")
+        how = {"sql": f"{data.store_queries} SQL statements on the store's trace tables",
+               "warehouse": "one statement on the SQL warehouse"}.get(data.aggregation_path,
+                                                                       f"{data.store_queries} store metric queries")
+        st.caption(f"Aggregated in the store in {data.elapsed_s:.2f} s ({how}) · {bucket} buckets · "
+                   f"series by {data.split.value}")
         series = data.series
         left, right = st.columns(2)
         left.plotly_chart(series_chart(series, {"requests": "requests"}, "Requests", bars=True),

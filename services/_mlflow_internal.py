@@ -1,15 +1,21 @@
 """The one place that touches MLflow APIs outside its public surface.
 
-Two non-public store methods make the app fast on a SQL store:
+Non-public store methods and tables that make the app fast on a SQL store:
 
 * ``store.log_spans(experiment_id, spans)`` writes spans of many traces in one DB session
   (about 11x faster than exporting trace by trace, see shared/MLFLOW-NOTES.md), with
   ``store.start_trace(trace_info)`` to attach metadata such as ``mlflow.modelId``.
+* ``bulk_load_traces`` writes finished traces straight into ``trace_info``, ``trace_tags``,
+  ``trace_request_metadata`` and ``spans`` (thousands per transaction, for benchmarks and demo
+  data), building the rows with MLflow's own span translation and aggregation.
 * ``store.query_trace_metrics(...)`` aggregates trace metrics inside the store.
+* ``aggregate_traces`` groups by a trace tag and time bucket in two SQL statements over the
+  store's tables, which ``query_trace_metrics`` cannot (tags are not dimensions there).
 
 Each has a public-API fallback, and ``tests/services/test_mlflow_internal.py`` checks that the
-fast path still exists and gives the same result as the fallback, so an MLflow upgrade that
-changes these internals fails loudly instead of silently slowing down or losing data.
+fast path still exists and gives the same result as the fallback (for the direct load: the same
+rows in every table), so an MLflow upgrade that changes these internals fails loudly instead of
+silently slowing down, losing data or miscounting.
 """
 
 from __future__ import annotations
@@ -100,8 +106,9 @@ def _dump(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
-def _span_dicts(spec: SpanSpec, trace_id: str, otel_trace_id: int, parent: int | None) -> Iterable[dict]:
-    span_id = _ID_RNG.getrandbits(64) or 1
+def _span_dicts(spec: SpanSpec, trace_id: str, otel_trace_id: int, parent: int | None,
+                rng: random.Random = _ID_RNG) -> Iterable[dict]:
+    span_id = rng.getrandbits(64) or 1
     attributes = {
         SpanAttributeKey.REQUEST_ID: _dump(trace_id),
         SpanAttributeKey.SPAN_TYPE: _dump(spec.span_type),
@@ -134,7 +141,7 @@ def _span_dicts(spec: SpanSpec, trace_id: str, otel_trace_id: int, parent: int |
         "links": [],
     }
     for child in spec.children:
-        yield from _span_dicts(child, trace_id, otel_trace_id, span_id)
+        yield from _span_dicts(child, trace_id, otel_trace_id, span_id, rng)
 
 
 def _preview(value: Any) -> str | None:
@@ -144,39 +151,218 @@ def _preview(value: Any) -> str | None:
     return text[:1000]
 
 
-def _log_traces_bulk(client: MlflowClient, traces: Sequence[TraceSpec]) -> list[str]:
+def _trace_parts(spec: TraceSpec, rng: random.Random = _ID_RNG) -> tuple[TraceInfo, list[Span]]:
+    """The ``TraceInfo`` that ``start_trace`` takes and the spans that ``log_spans`` takes."""
+    otel_trace_id = rng.getrandbits(128) or 1
+    trace_id = f"tr-{otel_trace_id:032x}"
+    root = spec.root
+    metadata = {
+        TraceMetadataKey.INPUTS: _preview(root.inputs) or "",
+        TraceMetadataKey.OUTPUTS: _preview(root.outputs) or "",
+        **spec.metadata,
+    }
+    info = TraceInfo(
+        trace_id=trace_id,
+        trace_location=TraceLocation.from_experiment_id(spec.experiment_id),
+        request_time=root.start_ns // 1_000_000,
+        execution_duration=(root.end_ns - root.start_ns) // 1_000_000,
+        state=TraceState.ERROR if root.error else TraceState.OK,
+        request_preview=_preview(root.inputs),
+        response_preview=_preview(root.outputs),
+        trace_metadata=metadata,
+        tags={"mlflow.traceName": root.name, **spec.tags},
+    )
+    spans = [Span.from_dict(d) for d in _span_dicts(root, trace_id, otel_trace_id, None, rng)]
+    return info, spans
+
+
+def _log_traces_bulk(client: MlflowClient, traces: Sequence[TraceSpec], rng: random.Random = _ID_RNG) -> list[str]:
     store = tracking_store(client)
     spans_by_experiment: dict[str, list[Span]] = {}
     trace_ids = []
     for spec in traces:
-        otel_trace_id = _ID_RNG.getrandbits(128) or 1
-        trace_id = f"tr-{otel_trace_id:032x}"
-        root = spec.root
-        metadata = {
-            TraceMetadataKey.INPUTS: _preview(root.inputs) or "",
-            TraceMetadataKey.OUTPUTS: _preview(root.outputs) or "",
-            **spec.metadata,
-        }
-        info = TraceInfo(
-            trace_id=trace_id,
-            trace_location=TraceLocation.from_experiment_id(spec.experiment_id),
-            request_time=root.start_ns // 1_000_000,
-            execution_duration=(root.end_ns - root.start_ns) // 1_000_000,
-            state=TraceState.ERROR if root.error else TraceState.OK,
-            request_preview=_preview(root.inputs),
-            response_preview=_preview(root.outputs),
-            trace_metadata=metadata,
-            tags={"mlflow.traceName": root.name, **spec.tags},
-        )
+        info, spans = _trace_parts(spec, rng)
         # start_trace records metadata (model link, source run) that log_spans cannot; it
         # leaves token usage and cost empty so log_spans fills them from the span tree.
         store.start_trace(info)
-        spans = [Span.from_dict(d) for d in _span_dicts(root, trace_id, otel_trace_id, None)]
         spans_by_experiment.setdefault(spec.experiment_id, []).extend(spans)
-        trace_ids.append(trace_id)
+        trace_ids.append(info.trace_id)
     for experiment_id, spans in spans_by_experiment.items():
         store.log_spans(experiment_id, spans)
     return trace_ids
+
+
+# --- direct bulk load (benchmarks, demo data) -------------------------------------------------
+
+# Span attributes from which log_spans derives more trace fields (session, user, OTLP tags)
+# than this loader writes; specs carrying them go through the store instead.
+_DERIVED_SPAN_ATTRIBUTES = ("session.id", "gen_ai.conversation.id", "user.id")
+_TRACE_TAG_ATTRIBUTE_PREFIX = "mlflow.traceTag."
+
+
+def supports_direct_load(client: MlflowClient, traces: Sequence[TraceSpec] = ()) -> bool:
+    """True when ``bulk_load_traces`` can write ``traces`` straight into the store's tables."""
+    if not supports_bulk_span_logging(client):
+        return False
+    from mlflow.store.tracking.utils.sql_trace_rollups import rollups_enabled
+
+    if rollups_enabled():  # rollups need rebuild markers this loader does not write
+        return False
+
+    def plain(spec: SpanSpec) -> bool:
+        keys = spec.attributes.keys()
+        return (not any(k in _DERIVED_SPAN_ATTRIBUTES or k.startswith(_TRACE_TAG_ATTRIBUTE_PREFIX) for k in keys)
+                and all(plain(child) for child in spec.children))
+
+    return all(plain(spec.root) for spec in traces)
+
+
+def bulk_load_traces(
+    client: MlflowClient, traces: Sequence[TraceSpec], *, chunk_size: int = 5000, rng: random.Random = _ID_RNG
+) -> list[str]:
+    """Write finished traces straight into the SQL store's tables, thousands per transaction.
+
+    For filling a store that nothing else writes to meanwhile (benchmarks, demo data): it takes
+    none of the row locks of ``log_spans``. Rows are built with MLflow's own span translation
+    (cost from the model catalog), token and cost aggregation and column mapping, and
+    ``tests/services/test_mlflow_internal.py`` checks that every table ends up exactly as after
+    ``start_trace`` + ``log_spans``. Falls back to ``log_traces`` where that is not possible.
+    """
+    if not traces:
+        return []
+    if not supports_direct_load(client, traces):
+        return log_traces(client, traces)
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceMetadata, SqlTraceTag
+
+    store = tracking_store(client)
+    experiments = {}
+    for experiment_id in {spec.experiment_id for spec in traces}:
+        experiment = client.get_experiment(experiment_id)
+        if experiment.lifecycle_stage != "active":
+            raise ValueError(f"Experiment {experiment_id} is {experiment.lifecycle_stage}; traces need an active one.")
+        experiments[experiment_id] = experiment
+    trace_ids: list[str] = []
+    tables = (SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlTraceMetadata.__table__, SqlSpan.__table__)
+    for start in range(0, len(traces), chunk_size):
+        rows: tuple[list[dict], ...] = ([], [], [], [])
+        for spec in traces[start : start + chunk_size]:
+            info, spans = _trace_parts(spec, rng)
+            for bucket, new in zip(rows, _trace_rows(store, experiments[spec.experiment_id], info, spans)):
+                bucket.extend(new)
+            trace_ids.append(info.trace_id)
+        with store.engine.begin() as connection:
+            for table, table_rows in zip(tables, rows):
+                if table_rows:
+                    connection.execute(sa.insert(table), table_rows)
+    return trace_ids
+
+
+def _json_or_none(value: Any) -> dict | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def _unquote(value: Any) -> Any:
+    # Span attributes are stored JSON-encoded: '"gpt-4o"' -> 'gpt-4o' (as log_spans reads them).
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return value
+    return parsed if isinstance(parsed, str) else value
+
+
+def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span]) -> tuple[list[dict], ...]:
+    """trace_info, trace_tags, trace_request_metadata and spans rows of one finished trace."""
+    from mlflow.store.tracking.utils.trace_analytics import (
+        COST_COLUMN_BY_KEY,
+        PROMOTED_TRACE_METADATA_KEYS,
+        TOKEN_COLUMN_BY_KEY,
+        analytics_columns_from_metadata,
+        bounded_model_dimension,
+        finite_float_or_none,
+        token_count_or_none,
+        validate_trace_name,
+    )
+    from mlflow.tracing.constant import SpansLocation, TraceTagKey
+    from mlflow.tracing.otel.translation import translate_span_when_storing
+    from mlflow.tracing.utils import (
+        SpanAggregationNode,
+        TraceJSONEncoder,
+        aggregate_cost_from_span_nodes,
+        aggregate_usage_from_span_nodes,
+    )
+    from mlflow.utils.mlflow_tags import MLFLOW_ARTIFACT_LOCATION
+    from mlflow.utils.uri import append_to_uri_path
+
+    trace_id = info.trace_id
+    experiment_id = int(experiment.experiment_id)
+    span_rows, usage_nodes, cost_nodes = [], [], []
+    for span in spans:
+        span_dict = translate_span_when_storing(span)
+        attributes = span_dict.get("attributes", {})
+        usage_nodes.append(SpanAggregationNode(span.span_id, span.parent_id,
+                                               _json_or_none(attributes.get(SpanAttributeKey.CHAT_USAGE))))
+        cost_nodes.append(SpanAggregationNode(span.span_id, span.parent_id,
+                                              _json_or_none(attributes.get(SpanAttributeKey.LLM_COST))))
+        cost = _json_or_none(attributes.get(SpanAttributeKey.LLM_COST) or None) or {}
+        span_rows.append({
+            "trace_id": trace_id,
+            "experiment_id": experiment_id,
+            "span_id": span.span_id,
+            "parent_span_id": span.parent_id,
+            "name": span.name,
+            "type": span.span_type,
+            "status": span.status.status_code,
+            "start_time_unix_nano": span.start_time_ns,
+            "end_time_unix_nano": span.end_time_ns,
+            "content": json.dumps(span_dict, cls=TraceJSONEncoder, ensure_ascii=store.db_type == "mssql"),
+            "input_cost": finite_float_or_none(cost.get("input_cost")),
+            "output_cost": finite_float_or_none(cost.get("output_cost")),
+            "total_cost": finite_float_or_none(cost.get("total_cost")),
+            "model_name": bounded_model_dimension(_unquote(attributes.get(SpanAttributeKey.MODEL))),
+            "model_provider": bounded_model_dimension(_unquote(attributes.get(SpanAttributeKey.MODEL_PROVIDER))),
+        })
+
+    # Values given to start_trace win; log_spans fills token usage and cost from the spans.
+    columns = {c: None for c in (*TOKEN_COLUMN_BY_KEY.values(), *COST_COLUMN_BY_KEY.values(), "session_id")}
+    given = analytics_columns_from_metadata(dict(info.trace_metadata))
+    columns.update(given)
+    if not any(given.get(c) is not None for c in TOKEN_COLUMN_BY_KEY.values()):
+        usage = aggregate_usage_from_span_nodes(usage_nodes) or {}
+        columns.update({c: token_count_or_none(usage.get(k)) for k, c in TOKEN_COLUMN_BY_KEY.items()})
+    if not any(given.get(c) is not None for c in COST_COLUMN_BY_KEY.values()):
+        recorded = aggregate_cost_from_span_nodes(cost_nodes) or {}
+        columns.update({c: finite_float_or_none(recorded.get(k)) for k, c in COST_COLUMN_BY_KEY.items()})
+    trace_row = {
+        "request_id": trace_id,
+        "experiment_id": experiment_id,
+        "timestamp_ms": info.request_time,
+        "execution_time_ms": info.execution_duration,
+        "status": info.state.value,
+        "client_request_id": info.client_request_id,
+        "request_preview": info.request_preview,
+        "response_preview": info.response_preview,
+        "db_payload_generation": 1,  # log_spans bumps it once per write
+        "trace_name": validate_trace_name(info.tags.get(TraceTagKey.TRACE_NAME)),
+        **columns,
+    }
+    artifact_uri = append_to_uri_path(experiment.artifact_location, "traces", trace_id, "artifacts")
+    tags = {k: v for k, v in info.tags.items() if k != TraceTagKey.TRACE_NAME}
+    tags[MLFLOW_ARTIFACT_LOCATION] = artifact_uri
+    tags[TraceTagKey.SPANS_LOCATION] = SpansLocation.TRACKING_STORE.value
+    metadata = {k: v for k, v in info.trace_metadata.items() if k not in PROMOTED_TRACE_METADATA_KEYS}
+    metadata[TraceMetadataKey.TRACE_INFO_FINALIZED] = "true"
+    return (
+        [trace_row],
+        [{"request_id": trace_id, "key": k, "value": v} for k, v in tags.items()],
+        [{"request_id": trace_id, "key": k, "value": v} for k, v in sorted(metadata.items())],
+        span_rows,
+    )
 
 
 # --- public fallback ---------------------------------------------------------------------
@@ -350,3 +536,353 @@ def query_trace_metrics(
         page_token = getattr(page, "token", None)
         if not page_token:
             return points
+
+
+# --- grouped aggregation pushed down to the SQL store ----------------------------------------
+#
+# ``query_trace_metrics`` cannot group by a tag, so a chart split by version needs one query
+# per version per metric (about nine each). On a SQL store the same figures come from two
+# statements over ``trace_info`` (whose token and cost columns MLflow denormalizes for its own
+# analytics), ``trace_tags`` and ``spans``, whatever the number of groups.
+
+PERCENTILES = (50, 95, 99)
+_ERROR_STATUS = "ERROR"
+
+
+@dataclass(frozen=True)
+class AggregateRow:
+    """Figures of one group in one time bucket (``bucket_ms`` None: the whole window).
+
+    ``group`` is the split tag's value, None when the aggregate is not split. Latency
+    percentiles interpolate linearly (numpy's default) over traces with a duration.
+    """
+
+    group: str | None
+    bucket_ms: int | None
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    traces_with_tokens: int  # traces that recorded input token usage
+    recorded_cost: float  # MLflow's recorded cost (USD)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """LLM calls and recorded cost of one model in one group (``group`` None: all matching traces)."""
+
+    group: str | None
+    model: str
+    llm_calls: int
+    recorded_cost: float
+
+
+@dataclass(frozen=True)
+class TraceAggregates:
+    """Everything the monitoring charts need, with how it was computed.
+
+    ``rows`` holds one row per group and non-empty bucket plus one whole-window row per
+    non-empty group; ``models`` holds per-group model rows plus the ``group=None`` rows over
+    every matching trace. ``path`` is ``"sql"`` or ``"query_trace_metrics"``.
+    """
+
+    rows: tuple[AggregateRow, ...]
+    models: tuple[ModelRow, ...]
+    path: str
+    store_queries: int
+
+
+def supports_sql_aggregation(client: MlflowClient) -> bool:
+    """True when the store is MLflow's SQL store on SQLite, whose tables the fast aggregate reads."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = tracking_store(client)
+    return (isinstance(store, SqlAlchemyStore) and hasattr(store, "ManagedSessionMaker")
+            and store.engine.dialect.name in _SQL_AGGREGATE_DIALECTS)
+
+
+def aggregate_traces(
+    client: MlflowClient,
+    experiment_ids: Sequence[str],
+    *,
+    start_ms: int,
+    end_ms: int,
+    interval_seconds: int,
+    group_tag: str | None = None,
+    groups: Sequence[str] = (),
+    tag_equals: dict[str, str] | None = None,
+    status: str | None = None,
+    with_models: bool = True,
+    force_fallback: bool = False,
+) -> TraceAggregates:
+    """Counts, errors, latency percentiles, tokens, cost and model mix per group and bucket.
+
+    Traces are those of ``experiment_ids`` started in ``[start_ms, end_ms)`` whose tags equal
+    ``tag_equals`` (and whose status is ``status``); with ``group_tag``, figures are split by
+    that tag's value among ``groups``. On a SQLite store this runs two SQL statements; elsewhere
+    (REST, Databricks, other databases) it falls back to per-group ``query_trace_metrics`` calls. Without
+    ``with_models`` the model mix (the costlier half on SQLite) is skipped and ``models`` is empty.
+    """
+    if group_tag and not groups:
+        raise ValueError("group_tag needs the group values to aggregate")
+    groups = tuple(dict.fromkeys(groups)) if group_tag else ()
+    tag_pairs = tuple(sorted((tag_equals or {}).items()))
+    args = (list(experiment_ids), start_ms, end_ms, interval_seconds, group_tag, groups, tag_pairs, status,
+            with_models)
+    if supports_sql_aggregation(client) and not force_fallback:
+        return _aggregate_sql(tracking_store(client), *args)
+    return _aggregate_metrics_api(client, *args)
+
+
+# SQLite reads pages through a syscall each unless they are memory-mapped; mapping the file
+# makes the aggregate's scans about 40% cheaper (measured on the 100k-trace bench store).
+_SQLITE_MMAP_BYTES = 1 << 31
+
+
+# Dialects the fast aggregate is tested on. Others take the query_trace_metrics path: MySQL's
+# GROUP_CONCAT truncates at group_concat_max_len (1 KB by default), and PostgreSQL, which has a
+# native percentile_cont, is not exercised by the test suite (its SQL would compile, untested).
+_SQL_AGGREGATE_DIALECTS = ("sqlite",)
+
+
+def _percentiles(values: Any) -> list[float]:
+    import numpy as np
+
+    return [float(v) for v in np.percentile(values, PERCENTILES)]  # linear, as query_trace_metrics
+
+
+def _durations(text: str | None) -> Any:
+    import numpy as np
+
+    return np.array(text.split(","), dtype=np.float64) if text else np.empty(0)
+
+
+def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_tag, groups, tag_pairs, status,
+                   with_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceTag
+
+    ti, tags, spans = SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlSpan.__table__
+    step = interval * 1000
+
+    with store.ManagedSessionMaker() as session:  # the store's own experiment scoping (workspaces)
+        ids = [int(i) for i in store._filter_experiment_ids(session, [int(i) for i in experiment_ids])]
+    conditions = [ti.c.experiment_id.in_(ids), ti.c.timestamp_ms >= start_ms, ti.c.timestamp_ms < end_ms]
+    for key, value in tag_pairs:
+        if key == "mlflow.traceName":  # MLflow keeps this tag in a trace_info column
+            conditions.append(ti.c.trace_name == value)
+            continue
+        conditions.append(sa.exists().where(tags.c.request_id == ti.c.request_id, tags.c.key == key,
+                                            tags.c.value == value))
+    if status:
+        conditions.append(ti.c.status == status)
+
+    group_tags = tags.alias("group_tag")
+    on_group = sa.and_(group_tags.c.request_id == ti.c.request_id, group_tags.c.key == group_tag)
+    grp = [group_tags.c.value.label("grp")] if group_tag else []
+    by_group = [group_tags.c.value] if group_tag else []
+    in_groups = [group_tags.c.value.in_(groups)] if group_tag else []
+    bucket = (sa.func.floor(ti.c.timestamp_ms / step) * step).label("bucket")
+
+    # 1. Per group and bucket: counts and sums grouped in the database, plus the durations as
+    # one comma-joined string, from which numpy takes the percentiles (SQLite has no percentile
+    # aggregate; MLflow registers a Python one, many times slower). One pass over the traces.
+    buckets = (
+        sa.select(
+            *grp, bucket,
+            sa.func.count().label("requests"),
+            sa.func.sum(sa.case((ti.c.status == _ERROR_STATUS, 1), else_=0)).label("errors"),
+            sa.func.sum(ti.c.input_tokens).label("input_tokens"),
+            sa.func.sum(ti.c.output_tokens).label("output_tokens"),
+            sa.func.sum(ti.c.cache_read_input_tokens).label("cached"),
+            sa.func.count(ti.c.input_tokens).label("with_tokens"),
+            sa.func.sum(ti.c.total_cost).label("cost"),
+            sa.func.aggregate_strings(sa.cast(ti.c.execution_time_ms, sa.String), ",").label("durations"),
+        )
+        .select_from(ti.join(group_tags, on_group) if group_tag else ti).where(*conditions, *in_groups)
+        .group_by(*by_group, bucket.element)
+    )
+    # 2. LLM calls and recorded cost per model: per group, and over every matching trace.
+    with_spans = spans.join(ti, spans.c.trace_id == ti.c.request_id)
+    if group_tag:
+        with_spans = with_spans.join(group_tags, on_group, isouter=True)
+    models = (
+        sa.select(*grp, spans.c.model_name, sa.func.count().label("calls"),
+                  sa.func.sum(spans.c.total_cost).label("cost"))
+        .select_from(with_spans).where(*conditions, spans.c.model_name.isnot(None))
+        .group_by(*by_group, spans.c.model_name)
+    )
+
+    def run(statement):
+        with store.engine.connect() as connection:
+            if store.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"PRAGMA mmap_size = {_SQLITE_MMAP_BYTES}")
+            return connection.execute(statement).all()
+
+    # Two pooled connections at once: SQLite works without the GIL, so two cores share the load.
+    statements = (buckets, models) if with_models else (buckets,)
+    with ThreadPoolExecutor(max_workers=len(statements)) as pool:
+        bucket_rows, *more = (f.result() for f in [pool.submit(run, q) for q in statements])
+    model_rows = more[0] if more else []
+
+    none = [None] * len(PERCENTILES)
+    rows, by_group_durations = [], {}
+    for row in bucket_rows:
+        group = row.grp if group_tag else None
+        values = _durations(row.durations)
+        by_group_durations.setdefault(group, []).append(values)
+        rows.append(AggregateRow(
+            group, int(row.bucket), int(row.requests), int(row.errors or 0),
+            *(_percentiles(values) if len(values) else none),
+            int(row.input_tokens or 0), int(row.output_tokens or 0), int(row.cached or 0),
+            int(row.with_tokens or 0), float(row.cost or 0.0),
+        ))
+    whole = {g: np.concatenate(parts) for g, parts in by_group_durations.items()}
+    rows.extend(_window_rows(rows, lambda g: _percentiles(whole[g]) if len(whole[g]) else none))
+
+    model_list, overall = [], {}
+    for row in model_rows:
+        calls, cost = int(row.calls), float(row.cost or 0.0)
+        if group_tag and row.grp in groups:
+            model_list.append(ModelRow(row.grp, row.model_name, calls, cost))
+        total = overall.get(row.model_name, (0, 0.0))
+        overall[row.model_name] = (total[0] + calls, total[1] + cost)
+    model_list.extend(ModelRow(None, model, calls, cost) for model, (calls, cost) in overall.items())
+    return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(model_list)), "sql", len(statements))
+
+
+def _window_rows(bucket_rows: list[AggregateRow], percentiles) -> list[AggregateRow]:
+    """Whole-window rows: additive figures summed over buckets, percentiles from ``percentiles(group)``."""
+    totals: dict[str | None, list] = {}
+    for r in bucket_rows:
+        t = totals.setdefault(r.group, [0] * 7)
+        for i, value in enumerate((r.requests, r.errors, r.input_tokens, r.output_tokens, r.cached_input_tokens,
+                                   r.traces_with_tokens, r.recorded_cost)):
+            t[i] += value
+    return [
+        AggregateRow(group, None, t[0], t[1], *percentiles(group), t[2], t[3], t[4], t[5], float(t[6]))
+        for group, t in totals.items()
+    ]
+
+
+def sort_rows(rows: Iterable[AggregateRow]) -> list[AggregateRow]:
+    return sorted(rows, key=lambda r: (r.group or "", r.bucket_ms is None, r.bucket_ms or 0))
+
+
+def sort_models(rows: Iterable[ModelRow]) -> list[ModelRow]:
+    return sorted(rows, key=lambda r: (r.group is None, r.group or "", r.model))
+
+
+# --- fallback: one query_trace_metrics call per group and metric -------------------------------
+
+
+def _metric_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, group_tag, groups, tag_pairs, status,
+                           with_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = [f'trace.tag.`{k}` = "{_metric_quote(v)}"' for k, v in tag_pairs]
+    if status:
+        base.append(f'trace.status = "{_metric_quote(status)}"')
+    per_group: dict[str | None, list[str]] = (
+        {g: base + [f'trace.tag.`{group_tag}` = "{_metric_quote(g)}"'] for g in groups} if group_tag else {None: base}
+    )
+    # query_trace_metrics' window end is inclusive; ours is exclusive.
+    window = {"start_time_ms": start_ms, "end_time_ms": end_ms - 1}
+    pct = [("PERCENTILE", p) for p in PERCENTILES]
+    timed = {"time_interval_seconds": interval}
+    jobs: dict[tuple, dict[str, Any]] = {}
+    for group, filters in per_group.items():
+        jobs.update({
+            (group, "status"): dict(metric="trace_count", aggs=["COUNT"], dimensions=["trace_status"], **timed),
+            (group, "latency"): dict(metric="latency", aggs=pct, **timed),
+            (group, "latency_total"): dict(metric="latency", aggs=pct),
+            (group, "input_tokens"): dict(metric="input_tokens", aggs=["SUM", "AVG"], **timed),
+            (group, "output_tokens"): dict(metric="output_tokens", aggs=["SUM"], **timed),
+            (group, "cached"): dict(metric="cache_read_input_tokens", aggs=["SUM"], **timed),
+            (group, "cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS", **timed),
+            (group, "model_calls"): dict(metric="span_count", aggs=["COUNT"], view_type="SPANS",
+                                         dimensions=["span_model_name"]),
+            (group, "model_cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS",
+                                        dimensions=["span_model_name"]),
+        })
+        for key in [k for k in jobs if k[0] == group]:
+            jobs[key]["filters"] = filters
+        if not with_models:
+            del jobs[(group, "model_calls")], jobs[(group, "model_cost")]
+    if group_tag and with_models:
+        jobs[("__all__", "model_calls")] = dict(metric="span_count", aggs=["COUNT"], view_type="SPANS",
+                                                dimensions=["span_model_name"], filters=base)
+        jobs[("__all__", "model_cost")] = dict(metric="total_cost", aggs=["SUM"], view_type="SPANS",
+                                               dimensions=["span_model_name"], filters=base)
+
+    def one(spec: dict[str, Any]) -> list[MetricPoint]:
+        spec = dict(spec)
+        metric, aggs = spec.pop("metric"), spec.pop("aggs")
+        return query_trace_metrics(client, experiment_ids, metric, aggs, **window, **spec)
+
+    # A few at a time: SQLite releases the GIL while it works.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {key: pool.submit(one, spec) for key, spec in jobs.items()}
+        results = {key: future.result() for key, future in futures.items()}
+
+    def bucket_of(point: MetricPoint) -> int:
+        from datetime import datetime
+
+        return int(round(datetime.fromisoformat(point.dimensions["time_bucket"]).timestamp() * 1000))
+
+    def pcts(values: dict[str, float]) -> list[float | None]:
+        found = [values.get(f"P{float(p)}", values.get(f"P{p}")) for p in PERCENTILES]
+        return [float(v) if v is not None else None for v in found]
+
+    rows: list[AggregateRow] = []
+    for group in per_group:
+        cells: dict[int, dict[str, Any]] = {}
+
+        def cell(point: MetricPoint) -> dict[str, Any]:
+            return cells.setdefault(bucket_of(point), {"requests": 0, "errors": 0, "input": 0, "output": 0,
+                                                       "cached": 0, "with": 0, "cost": 0.0, "pct": [None] * 3})
+
+        for p in results[(group, "status")]:
+            c, count = cell(p), int(p.values.get("COUNT", 0))
+            c["requests"] += count
+            c["errors"] += count if p.dimensions.get("trace_status") == _ERROR_STATUS else 0
+        for p in results[(group, "latency")]:
+            cell(p)["pct"] = pcts(p.values)
+        for p in results[(group, "input_tokens")]:
+            total, mean = float(p.values.get("SUM", 0) or 0), float(p.values.get("AVG", 0) or 0)
+            # The store skips traces without usage, so SUM / AVG counts the traces that have it.
+            cell(p).update({"input": int(total), "with": int(round(total / mean)) if mean else 0})
+        for kind, name in (("output_tokens", "output"), ("cached", "cached")):
+            for p in results[(group, kind)]:
+                cell(p)[name] = int(p.values.get("SUM", 0) or 0)
+        for p in results[(group, "cost")]:
+            cell(p)["cost"] = float(p.values.get("SUM", 0.0) or 0.0)
+        rows.extend(
+            AggregateRow(group, ms, c["requests"], c["errors"], *c["pct"], c["input"], c["output"], c["cached"],
+                         c["with"], c["cost"])
+            for ms, c in cells.items() if c["requests"]
+        )
+    totals = {g: pcts(results[(g, "latency_total")][0].values) if results[(g, "latency_total")] else [None] * 3
+              for g in per_group}
+    rows.extend(_window_rows(rows, lambda group: totals[group]))
+
+    models: list[ModelRow] = []
+    for group in [*per_group, *(["__all__"] if group_tag else [])] if with_models else []:
+        calls = {p.dimensions["span_model_name"]: int(p.values.get("COUNT", 0)) for p in results[(group, "model_calls")]}
+        costs = {p.dimensions["span_model_name"]: float(p.values.get("SUM", 0.0)) for p in results[(group, "model_cost")]}
+        label = None if group == "__all__" else group
+        models.extend(ModelRow(label, m, calls.get(m, 0), costs.get(m, 0.0)) for m in sorted(set(calls) | set(costs)))
+        if not group_tag:  # unsplit: the one group is also "all matching traces"
+            break
+    return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(models)), "query_trace_metrics", len(jobs))

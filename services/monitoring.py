@@ -1,9 +1,11 @@
 """Monitoring: time series, breakdowns, alerts, a trace explorer and trace detail.
 
-Every chart figure is aggregated inside the store with ``query_trace_metrics`` (time buckets
-and one filtered query per group, since tags cannot be grouping dimensions); no chart loads
-traces into pandas. The explorer pages through ``search_traces`` without spans, and only the
-one trace opened in detail is read with its spans.
+Every chart figure is aggregated inside the store; no chart loads traces into pandas. On a SQL
+store the charts, split or not, take two SQL statements over MLflow's trace tables
+(``_mlflow_internal.aggregate_traces``: counts, errors, token and cost sums grouped by split tag
+and time bucket with each bucket's durations for the percentiles, then the model mix); on
+other stores one ``query_trace_metrics`` call per group and metric. The explorer pages through
+``search_traces`` without spans, and only the one trace opened in detail is read with its spans.
 
 Cost: MLflow records a cost on LLM spans whose model it knows. For LLM models without a
 recorded cost, the cost is estimated as tokens x the workspace price table
@@ -29,6 +31,7 @@ from services._clients import mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
 from services.pricing import ModelPrice
 from services.settings import Settings
+from services.trace_sql import WarehouseSource
 from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG, tag_filter
 
 _logger = logging.getLogger(__name__)
@@ -171,25 +174,16 @@ class MonitoringData:
     totals: pd.DataFrame
     by_model: pd.DataFrame
     elapsed_s: float = 0.0
+    aggregation_path: str = ""  # "sql": pushed down to the store's tables; else "query_trace_metrics"
+    store_queries: int = 0
 
     @property
     def is_empty(self) -> bool:
         return int(self.totals["requests"].sum()) == 0 if len(self.totals) else True
 
 
-def _pct(values: Mapping[str, float], p: int) -> float | None:
-    # Percentile keys come back as "P95.0" or "P95" depending on how the value was given.
-    value = values.get(f"P{float(p)}", values.get(f"P{p}"))
-    return float(value) if value is not None else None
-
-
-def _bucket_key(point: internal.MetricPoint) -> pd.Timestamp | None:
-    raw = point.dimensions.get("time_bucket")
-    return pd.Timestamp(raw).tz_convert("UTC") if raw else None
-
-
 class _Runner:
-    """Runs the store queries of one request, a few at a time (SQLite releases the GIL)."""
+    """Runs a few ``query_trace_metrics`` calls of one request at a time (SQLite releases the GIL)."""
 
     def __init__(self, client: Any, query: TraceQuery) -> None:
         self.client = client
@@ -211,40 +205,6 @@ class _Runner:
             return {key: future.result() for key, future in futures.items()}
 
 
-def _group_filters(query: TraceQuery, split: Split, groups: Sequence[str]) -> dict[str, list[str]]:
-    base = metric_filters(query)
-    if split is Split.NONE:
-        return {ALL: base}
-    tag = SPLIT_TAGS[split]
-    return {g: base + [tag_filter(tag, g)] for g in groups}
-
-
-def _group_jobs(group: str, filters: list[str], interval: int | None, *, cached: bool = True) -> dict[tuple, dict[str, Any]]:
-    timed = {"time_interval_seconds": interval} if interval else {}
-    jobs = {
-        # One query gives requests and errors: trace_count grouped by status.
-        (group, "status"): dict(metric="trace_count", aggs=["COUNT"], dimensions=["trace_status"], filters=filters,
-                                **timed),
-        (group, "latency"): dict(metric="latency", aggs=[("PERCENTILE", 50), ("PERCENTILE", 95), ("PERCENTILE", 99)],
-                                 filters=filters, **timed),
-        (group, "input_tokens"): dict(metric="input_tokens", aggs=["SUM", "AVG"], filters=filters, **timed),
-        (group, "output_tokens"): dict(metric="output_tokens", aggs=["SUM"], filters=filters, **timed),
-        (group, "cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS", filters=filters, **timed),
-    }
-    if cached:
-        jobs[(group, "cached")] = dict(metric="cache_read_input_tokens", aggs=["SUM"], filters=filters, **timed)
-    return jobs
-
-
-def _model_jobs(group: str, filters: list[str]) -> dict[tuple, dict[str, Any]]:
-    return {
-        (group, "model_calls"): dict(metric="span_count", aggs=["COUNT"], view_type="SPANS",
-                                     dimensions=["span_model_name"], filters=filters),
-        (group, "model_cost"): dict(metric="total_cost", aggs=["SUM"], view_type="SPANS",
-                                    dimensions=["span_model_name"], filters=filters),
-    }
-
-
 @dataclass(frozen=True)
 class _ModelMix:
     calls: dict[str, int]
@@ -257,10 +217,9 @@ class _ModelMix:
         return {m: n / total for m, n in self.calls.items() if not self.recorded.get(m)}
 
 
-def _model_mix(results: Mapping[tuple, list[internal.MetricPoint]], group: str) -> _ModelMix:
-    calls = {p.dimensions["span_model_name"]: int(p.values.get("COUNT", 0)) for p in results.get((group, "model_calls"), [])}
-    recorded = {p.dimensions["span_model_name"]: float(p.values.get("SUM", 0.0)) for p in results.get((group, "model_cost"), [])}
-    return _ModelMix(calls, recorded)
+def _model_mix(aggregates: internal.TraceAggregates, group: str | None) -> _ModelMix:
+    rows = [m for m in aggregates.models if m.group == group]
+    return _ModelMix({m.model: m.llm_calls for m in rows}, {m.model: m.recorded_cost for m in rows})
 
 
 def _estimate(mix: _ModelMix, prices: Mapping[str, ModelPrice], input_tokens: float, output_tokens: float,
@@ -275,50 +234,42 @@ def _estimate(mix: _ModelMix, prices: Mapping[str, ModelPrice], input_tokens: fl
     return estimated, unpriced
 
 
-def _frame_for_group(group: str, results: Mapping[tuple, list[internal.MetricPoint]], buckets: list[pd.Timestamp] | None,
-                     mix: _ModelMix, prices: Mapping[str, ModelPrice]) -> pd.DataFrame:
-    rows: dict[Any, dict[str, Any]] = {}
-    keys = buckets if buckets is not None else [None]
-    for key in keys:
-        rows[key] = {"bucket": key, "group": group, "requests": 0, "errors": 0, "p50_ms": math.nan, "p95_ms": math.nan,
-                     "p99_ms": math.nan, "input_tokens": 0.0, "output_tokens": 0.0, "cached_input_tokens": 0.0,
-                     "traces_with_tokens": 0, "recorded_cost": 0.0}
+_ADDITIVE = ("requests", "errors", "input_tokens", "output_tokens", "cached_input_tokens", "traces_with_tokens",
+             "recorded_cost")
 
-    def each(kind: str):
-        for point in results.get((group, kind), []):
-            key = _bucket_key(point) if buckets is not None else None
-            if key in rows:
-                yield rows[key], point.values
 
-    for point in results.get((group, "status"), []):
-        key = _bucket_key(point) if buckets is not None else None
-        if key in rows:
-            count = int(point.values.get("COUNT", 0))
-            rows[key]["requests"] += count
-            if point.dimensions.get("trace_status") == "ERROR":
-                rows[key]["errors"] += count
-    for row, values in each("latency"):
-        row["p50_ms"], row["p95_ms"], row["p99_ms"] = (_pct(values, p) for p in (50, 95, 99))
-    for row, values in each("input_tokens"):
-        total, mean = float(values.get("SUM", 0.0)), float(values.get("AVG", 0.0) or 0.0)
-        row["input_tokens"] = total
-        # The store skips traces without usage, so SUM / AVG counts the traces that have it.
-        row["traces_with_tokens"] = int(round(total / mean)) if mean else 0
-    for row, values in each("output_tokens"):
-        row["output_tokens"] = float(values.get("SUM", 0.0))
-    for row, values in each("cached"):
-        row["cached_input_tokens"] = float(values.get("SUM", 0.0))
-    for row, values in each("cost"):
-        row["recorded_cost"] = float(values.get("SUM", 0.0))
+def _record(row: internal.AggregateRow | None, group: str) -> dict[str, Any]:
+    if row is None:
+        return {"group": group, "requests": 0, "errors": 0, "p50_ms": math.nan, "p95_ms": math.nan,
+                "p99_ms": math.nan, "input_tokens": 0.0, "output_tokens": 0.0, "cached_input_tokens": 0.0,
+                "traces_with_tokens": 0, "recorded_cost": 0.0}
+    pct = {f"p{p}_ms": math.nan if v is None else float(v)
+           for p, v in zip((50, 95, 99), (row.p50_ms, row.p95_ms, row.p99_ms))}
+    return {"group": group, "requests": row.requests, "errors": row.errors, **pct,
+            "input_tokens": float(row.input_tokens), "output_tokens": float(row.output_tokens),
+            "cached_input_tokens": float(row.cached_input_tokens), "traces_with_tokens": row.traces_with_tokens,
+            "recorded_cost": row.recorded_cost}
 
-    unpriced: set[str] = set()
-    for row in rows.values():
-        estimated, missing = _estimate(mix, prices, row["input_tokens"], row["output_tokens"], row["cached_input_tokens"])
+
+def _group_frames(label: str, rows: Sequence[internal.AggregateRow], buckets: list[pd.Timestamp], mix: _ModelMix,
+                  prices: Mapping[str, ModelPrice]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One group's series (every bucket, zeros where empty) and its whole-window totals row."""
+    by_bucket = {r.bucket_ms: r for r in rows if r.bucket_ms is not None}
+    whole = next((r for r in rows if r.bucket_ms is None), None)
+    records, unpriced = [], set()
+    for bucket in buckets:
+        record = {"bucket": bucket, **_record(by_bucket.get(int(bucket.timestamp() * 1000)), label)}
+        record["estimated_cost"], missing = _estimate(mix, prices, record["input_tokens"], record["output_tokens"],
+                                                      record["cached_input_tokens"])
         unpriced.update(missing)
-        row["estimated_cost"] = estimated
-        row["unpriced_models"] = ", ".join(sorted(unpriced))
-    frame = pd.DataFrame(list(rows.values()))
-    return _derive(frame)
+        records.append(record)
+    series = _derive(pd.DataFrame(records))
+    total = _record(whole, label)
+    for column in _ADDITIVE:  # the buckets tile the window, so their sums are the totals
+        total[column] = series[column].sum()
+    total["estimated_cost"] = series["estimated_cost"].sum()
+    total["unpriced_models"] = ", ".join(sorted(unpriced))
+    return series, total
 
 
 def _derive(frame: pd.DataFrame) -> pd.DataFrame:
@@ -344,12 +295,19 @@ def monitoring_data(
     prices: Mapping[str, ModelPrice] | None = None,
     interval_seconds: int | None = None,
     settings: Settings | None = None,
+    warehouse: WarehouseSource | None = None,
 ) -> MonitoringData:
     """Time series, per-group totals and cost by model, all aggregated in the store.
+
+    On a SQL store this is two SQL statements whatever the number of groups
+    (``_mlflow_internal.aggregate_traces``); elsewhere, per-group ``query_trace_metrics`` calls.
+    With ``warehouse`` (Databricks traces kept in Unity Catalog), one statement on that SQL
+    warehouse (``trace_sql``).
 
     Args:
         split: series per value of the version, alias or arm tag (``groups`` lists the values).
         prices: the price table for models without a recorded cost (``pricing.load_prices``).
+        warehouse: the SQL warehouse and Unity Catalog spans table holding the traces.
     """
     import time
 
@@ -361,57 +319,43 @@ def monitoring_data(
         raise ValidationError(f"Cannot split by {split!r}; use one of {', '.join(Split)}.") from None
     if split is not Split.NONE and not groups:
         raise ValidationError(f"Splitting by {split.value} needs the {split.value} values to show; none were given.")
+    for group in groups:
+        if not isinstance(group, str) or not group or any(ch in group for ch in "\n\r`") or len(group) > 250:
+            raise ValidationError(f"The {split.value} value {group!r} is not a valid tag value.")
     interval = interval_seconds or choose_interval(query.start, query.end)
     if interval < 60 or (query.end - query.start).total_seconds() / interval > 2000:
         raise ValidationError(f"A {interval} s bucket is too fine for this window; use a larger bucket.")
     prices = prices or {}
-    group_filters = _group_filters(query, split, groups)
-    if not query.experiment_ids:
-        return _empty(query, split, interval, list(group_filters))
+    labels = list(dict.fromkeys(groups)) if split is not Split.NONE else [ALL]
+    window = dict(start_ms=query.start_ms, end_ms=query.end_ms, interval_seconds=interval,
+                  group_tag=SPLIT_TAGS.get(split), groups=labels if split is not Split.NONE else (),
+                  tag_equals=query.tag_equalities(), status=query.status.value if query.status else None)
+    if warehouse is not None:
+        from services import trace_sql
+        from services._clients import workspace_client
 
-    client = mlflow_client(settings)
-    runner = _Runner(client, query)
-    overall = metric_filters(query)
-    with translate_errors("trace metrics"):
-        # Cheap whole-query facts first: they decide which per-group queries are needed.
-        first = runner.run({
-            **_model_jobs("__overall__", overall),
-            ("__overall__", "cached"): dict(metric="cache_read_input_tokens", aggs=["SUM"], filters=overall),
-        })
-        any_cached = any(p.values.get("SUM") for p in first[("__overall__", "cached")])
-        needs_mix = split is not Split.NONE and bool(_model_mix(first, "__overall__").uncosted_shares())
-        jobs: dict[tuple, dict[str, Any]] = {}
-        for group, filters in group_filters.items():
-            jobs.update(_group_jobs(group, filters, interval, cached=any_cached))
-            jobs[(group, "latency_total")] = dict(
-                metric="latency", aggs=[("PERCENTILE", 50), ("PERCENTILE", 95), ("PERCENTILE", 99)], filters=filters)
-            if needs_mix:
-                jobs.update(_model_jobs(group, filters))
-        results = {**first, **runner.run(jobs)}
-    if split is Split.NONE:
-        for kind in ("model_calls", "model_cost"):
-            results[(ALL, kind)] = results[("__overall__", kind)]
+        trace_sql.aggregate_statement(warehouse, **window)  # refuses bad identifiers before any I/O
+        aggregates = trace_sql.warehouse_aggregates(workspace_client(settings), warehouse, **window)
+    elif not query.experiment_ids:
+        return _empty(query, split, interval, labels)
+    else:
+        client = mlflow_client(settings)
+        with translate_errors("trace metrics"):
+            aggregates = internal.aggregate_traces(client, list(query.experiment_ids), **window)
 
     buckets = _buckets(query, interval)
     series, totals = [], []
-    for group in group_filters:
-        mix = _model_mix(results, group)
-        series.append(_frame_for_group(group, results, buckets, mix, prices))
-        total = series[-1]
-        summed = {c: total[c].sum() for c in ("requests", "errors", "input_tokens", "output_tokens",
-                                               "cached_input_tokens", "traces_with_tokens", "recorded_cost",
-                                               "estimated_cost")}
-        latency = results.get((group, "latency_total"), [])
-        values = latency[0].values if latency else {}
-        unpriced = sorted({m for s in total["unpriced_models"] for m in s.split(", ") if m})
-        row = {"group": group, **summed, "p50_ms": _pct(values, 50), "p95_ms": _pct(values, 95),
-               "p99_ms": _pct(values, 99), "unpriced_models": ", ".join(unpriced)}
-        totals.append(row)
+    for label in labels:
+        key = None if split is Split.NONE else label
+        frame, total = _group_frames(label, [r for r in aggregates.rows if r.group == key], buckets,
+                                     _model_mix(aggregates, key), prices)
+        series.append(frame)
+        totals.append(total)
     series_frame = pd.concat(series, ignore_index=True)[list(SERIES_COLUMNS)]
     totals_frame = _derive(pd.DataFrame(totals))
     totals_frame = totals_frame.astype({"p50_ms": float, "p95_ms": float, "p99_ms": float})[list(TOTALS_COLUMNS)]
 
-    overall_mix = _model_mix(results, "__overall__")
+    overall_mix = _model_mix(aggregates, None)
     if split is Split.NONE:
         whole = {c: float(totals_frame[c].sum()) for c in ("input_tokens", "output_tokens", "cached_input_tokens")}
         estimates = _estimates_by_model(overall_mix, prices, whole)
@@ -421,11 +365,12 @@ def monitoring_data(
         estimates = {}
         for _, row in totals_frame.iterrows():
             tokens = {c: float(row[c]) for c in ("input_tokens", "output_tokens", "cached_input_tokens")}
-            for model, value in _estimates_by_model(_model_mix(results, row["group"]), prices, tokens).items():
+            for model, value in _estimates_by_model(_model_mix(aggregates, row["group"]), prices, tokens).items():
                 estimates[model] = estimates.get(model, 0.0) + value
     by_model = _by_model(overall_mix, prices, estimates)
     return MonitoringData(query, split, interval, series_frame, totals_frame, by_model,
-                          elapsed_s=time.perf_counter() - started)
+                          elapsed_s=time.perf_counter() - started, aggregation_path=aggregates.path,
+                          store_queries=aggregates.store_queries)
 
 
 def _estimates_by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], tokens: Mapping[str, float]) -> dict[str, float]:
@@ -451,13 +396,12 @@ def _by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], estimates: Mappi
     return pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
 
 
-def _empty(query: TraceQuery, split: Split, interval: int, groups: list[str]) -> MonitoringData:
-    series = pd.concat([_frame_for_group(g, {}, _buckets(query, interval), _ModelMix({}, {}), {}) for g in groups],
-                       ignore_index=True)[list(SERIES_COLUMNS)]
-    totals = _derive(pd.DataFrame([{
-        "group": g, "requests": 0, "errors": 0, "input_tokens": 0.0, "output_tokens": 0.0, "cached_input_tokens": 0.0,
-        "traces_with_tokens": 0, "recorded_cost": 0.0, "estimated_cost": 0.0, "p50_ms": math.nan,
-        "p95_ms": math.nan, "p99_ms": math.nan, "unpriced_models": ""} for g in groups]))[list(TOTALS_COLUMNS)]
+def _empty(query: TraceQuery, split: Split, interval: int, labels: list[str]) -> MonitoringData:
+    empty = internal.TraceAggregates((), (), "", 0)
+    parts = [_group_frames(label, [], _buckets(query, interval), _model_mix(empty, None), {}) for label in labels]
+    series = pd.concat([frame for frame, _ in parts], ignore_index=True)[list(SERIES_COLUMNS)]
+    totals = _derive(pd.DataFrame([total for _, total in parts]))
+    totals = totals.astype({"p50_ms": float, "p95_ms": float, "p99_ms": float})[list(TOTALS_COLUMNS)]
     return MonitoringData(query, split, interval, series, totals, pd.DataFrame(columns=list(MODEL_COLUMNS)))
 
 
@@ -550,12 +494,21 @@ def agent_health(query: TraceQuery, *, feedback_name: str = "thumbs_up",
     if not query.agent:
         raise ValidationError("Agent health needs an agent.")
     day = TraceQuery(**{**query.__dict__, "start": max(query.start, query.end - timedelta(days=1))})
-    whole = monitoring_data(query, prices=prices, interval_seconds=choose_interval(query.start, query.end),
-                            settings=settings).totals.iloc[0]
     last_day = monitoring_data(day, prices=prices, settings=settings).totals.iloc[0]
+    requests, errors, p95 = 0, 0, None
     score, count = None, 0
     if query.experiment_ids:
         client = mlflow_client(settings)
+        # The whole window needs no cost, so no model mix: one statement on a SQL store.
+        with translate_errors("trace metrics"):
+            whole = internal.aggregate_traces(
+                client, list(query.experiment_ids), start_ms=query.start_ms, end_ms=query.end_ms,
+                interval_seconds=choose_interval(query.start, query.end), tag_equals=query.tag_equalities(),
+                status=query.status.value if query.status else None, with_models=False,
+            )
+        total = next((r for r in whole.rows if r.bucket_ms is None), None)
+        if total is not None:
+            requests, errors, p95 = total.requests, total.errors, total.p95_ms
         filters = metric_filters(query) + [f'assessment.name = "{feedback_name}"']
         with translate_errors("assessment metrics"):
             runner = _Runner(client, query)
@@ -569,9 +522,9 @@ def agent_health(query: TraceQuery, *, feedback_name: str = "thumbs_up",
             count = int(res["count"][0].values.get("COUNT", 0))
     return AgentHealth(
         agent=query.agent,
-        requests=int(whole["requests"]),
-        error_rate=None if pd.isna(whole["error_rate"]) else float(whole["error_rate"]),
-        p95_latency_ms=None if pd.isna(whole["p95_ms"]) else float(whole["p95_ms"]),
+        requests=requests,
+        error_rate=errors / requests if requests else None,
+        p95_latency_ms=p95,
         cost_last_24h=float(last_day["cost"]),
         feedback_score=score,
         feedback_count=count,

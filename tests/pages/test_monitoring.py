@@ -50,6 +50,7 @@ def test_page_shows_store_figures_and_applies_filters(isolated_settings, use_sto
     assert _metric(app, "Requests") == str(len(TRACES))
     assert _metric(app, "Traces without token usage") == "1"
     assert len(app.get("plotly_chart")) >= 8  # six series charts, cost by model and by version
+    assert any("2 SQL statements" in c.value for c in app.caption)  # pushed down to the store's tables
 
     app.selectbox(key="mon_agent").select("agent-a").run()
     app.selectbox(key="mon_version").select("2").run()

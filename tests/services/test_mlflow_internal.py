@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -127,3 +128,198 @@ def test_trace_info_without_spans_matches_the_public_path(store_with_model):
     info = internal.trace_info(client, trace_id)
     public = client.get_trace(trace_id).info
     assert (info.trace_id, info.tags["agentops.arm"], info.token_usage) == (public.trace_id, "a", public.token_usage)
+
+
+# --- direct bulk load ----------------------------------------------------------------------------
+
+# Every table the store path touches, and the columns the aggregate reads: a rename fails here.
+AGGREGATE_COLUMNS = {
+    "trace_info": {"request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "trace_name",
+                   "input_tokens", "output_tokens", "cache_read_input_tokens", "total_cost"},
+    "trace_tags": {"request_id", "key", "value"},
+    "spans": {"trace_id", "model_name", "total_cost"},
+}
+
+
+def _two_stores(tmp_path):
+    """Two empty stores whose first experiment has the same id and artifact location."""
+    stores = []
+    for name in ("via_store", "direct"):
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / name}.db")
+        experiment_id = client.create_experiment("load", artifact_location=(tmp_path / "artifacts").as_uri())
+        stores.append((client, experiment_id, tmp_path / f"{name}.db"))
+    assert stores[0][1] == stores[1][1]
+    return stores
+
+
+def _varied_specs(experiment_id: str) -> list[internal.TraceSpec]:
+    specs = [_spec(experiment_id, "m-1", i, "a" if i % 2 else "b", error=(i == 3)) for i in range(6)]
+    start = NOW_NS - 3_600_000_000_000
+    cached = internal.SpanSpec("llm", "CHAT_MODEL", start + 1_000, start + 9_000_000, attributes={
+        "mlflow.chat.tokenUsage": {"input_tokens": 900, "output_tokens": 90, "total_tokens": 990,
+                                   "cache_read_input_tokens": 300},
+        "mlflow.llm.model": "unknown-model", "mlflow.llm.provider": "acme"})
+    no_llm = internal.SpanSpec("predict", "AGENT", start, start + 5_000_000, inputs="ünïcode", outputs=None)
+    specs.append(internal.TraceSpec(experiment_id, internal.SpanSpec("predict", "AGENT", start, start + 10_000_000,
+                                                                     inputs={"q": 1}, outputs="x", children=(cached,)),
+                                    tags={"agentops.arm": "c"}, metadata={"mlflow.sourceRun": "run-1"}))
+    specs.append(internal.TraceSpec(experiment_id, no_llm))
+    return specs
+
+
+def _table_rows(db_path) -> dict[str, list[tuple]]:
+    import sqlite3
+
+    with sqlite3.connect(db_path) as connection:
+        names = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {name: sorted(map(repr, connection.execute(f'SELECT * FROM "{name}"')))
+                for name in names if name != "experiments"}  # experiments hold creation times
+
+
+def test_direct_load_writes_exactly_the_rows_of_the_store_path(tmp_path):
+    import random
+
+    (via_store, experiment_id, store_db), (direct, _, direct_db) = _two_stores(tmp_path)
+    assert internal.supports_direct_load(direct, _varied_specs(experiment_id))
+    # The same seed gives both paths the same trace and span ids.
+    internal._log_traces_bulk(via_store, _varied_specs(experiment_id), random.Random(7))
+    ids = internal.bulk_load_traces(direct, _varied_specs(experiment_id), chunk_size=3, rng=random.Random(7))
+    expected, actual = _table_rows(store_db), _table_rows(direct_db)
+    assert set(expected) == set(actual)
+    for table in expected:
+        assert actual[table] == expected[table], f"direct load differs from start_trace + log_spans in {table}"
+    assert len(actual["trace_info"]) == len(ids) == 8 and len(actual["spans"]) == 6 * 3 + 2 + 1
+
+    trace = direct.get_trace(ids[6])
+    assert trace.info.token_usage["cache_read_input_tokens"] == 300
+    assert trace.info.trace_metadata["mlflow.sourceRun"] == "run-1"
+    assert direct.get_trace(ids[0]).info.cost["total_cost"] > 0
+    found = direct.search_traces(locations=[experiment_id], filter_string="tag.`agentops.arm` = 'a'",
+                                 include_spans=False)
+    assert len(found) == 3
+
+
+def test_direct_load_hands_session_spans_to_the_store(store_with_model):
+    client, experiment_id, _ = store_with_model
+    start = NOW_NS - 60_000_000_000
+    root = internal.SpanSpec("chat", "AGENT", start, start + 1_000_000, attributes={"session.id": "s-1"})
+    spec = internal.TraceSpec(experiment_id, root)
+    assert not internal.supports_direct_load(client, [spec])
+    (trace_id,) = internal.bulk_load_traces(client, [spec])
+    assert client.get_trace(trace_id).info.trace_metadata["mlflow.trace.session"] == "s-1"
+
+
+# --- grouped aggregation ----------------------------------------------------------------------------
+
+
+def test_aggregate_reads_columns_that_exist():
+    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceTag
+
+    tables = {m.__tablename__: set(m.__table__.columns.keys()) for m in (SqlTraceInfo, SqlTraceTag, SqlSpan)}
+    for table, columns in AGGREGATE_COLUMNS.items():
+        assert columns <= tables[table], f"MLflow changed {table}: missing {columns - tables[table]}"
+
+
+def _durations(rng, n: int) -> list[int]:
+    return [rng.choice([5, 50, 50, 120, 400, 401, 999, 2500]) if i % 3 else rng.randint(1, 5000) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def spread_store(tmp_path_factory):
+    """Traces over six hours in three arms, each with a known duration, tokens and status (read-only)."""
+    import random
+
+    rng = random.Random(3)
+    folder = tmp_path_factory.mktemp("spread")
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'spread.db'}")
+    experiment_id = client.create_experiment("spread", artifact_location=(folder / "artifacts").as_uri())
+    hour_ns = 3_600_000_000_000
+    origin = (NOW_NS // hour_ns - 6) * hour_ns
+    facts, specs = [], []
+    for i, duration in enumerate(_durations(rng, 150)):
+        start = origin + rng.randrange(6 * hour_ns - 10**10)
+        arm, error = rng.choice("xyz"), rng.random() < 0.2
+        tokens = None if rng.random() < 0.1 else (rng.randint(10, 999), rng.randint(1, 99))
+        children = ()
+        if tokens:
+            children = (internal.SpanSpec("llm", "CHAT_MODEL", start + 1000, start + 2000, attributes={
+                "mlflow.chat.tokenUsage": {"input_tokens": tokens[0], "output_tokens": tokens[1],
+                                           "total_tokens": sum(tokens)},
+                "mlflow.llm.model": "gpt-4o-mini" if arm != "z" else "house-model", "mlflow.llm.provider": "openai"}),)
+        root = internal.SpanSpec("predict", "AGENT", start, start + duration * 1_000_000,
+                                 error="boom" if error else None, children=children)
+        specs.append(internal.TraceSpec(experiment_id, root, tags={"agentops.arm": arm, "agentops.agent": "a"}))
+        facts.append({"arm": arm, "start_ms": start // 1_000_000, "duration": duration, "error": error, "tokens": tokens})
+    internal.bulk_load_traces(client, specs)
+    return client, experiment_id, origin // 1_000_000, facts
+
+
+def test_aggregate_equals_hand_computed_percentiles_and_sums(spread_store):
+    client, experiment_id, origin_ms, facts = spread_store
+    hour = 3_600_000
+    result = internal.aggregate_traces(client, [experiment_id], start_ms=origin_ms, end_ms=origin_ms + 6 * hour,
+                                       interval_seconds=3600, group_tag="agentops.arm", groups=["x", "y", "z"])
+    assert (result.path, result.store_queries) == ("sql", 2)
+    rows = {(r.group, r.bucket_ms): r for r in result.rows}
+    checked = 0
+    for arm in "xyz":
+        for bucket in [None, *range(origin_ms, origin_ms + 6 * hour, hour)]:
+            mine = [f for f in facts if f["arm"] == arm and (bucket is None or bucket <= f["start_ms"] < bucket + hour)]
+            if not mine:
+                assert (arm, bucket) not in rows
+                continue
+            row = rows[(arm, bucket)]
+            durations = [f["duration"] for f in mine]
+            assert row.requests == len(mine) and row.errors == sum(f["error"] for f in mine)
+            assert [row.p50_ms, row.p95_ms, row.p99_ms] == pytest.approx(np.percentile(durations, [50, 95, 99]))
+            assert row.input_tokens == sum(f["tokens"][0] for f in mine if f["tokens"])
+            assert row.output_tokens == sum(f["tokens"][1] for f in mine if f["tokens"])
+            assert row.traces_with_tokens == sum(1 for f in mine if f["tokens"])
+            checked += 1
+    assert checked >= 15
+    calls = {(m.group, m.model): m.llm_calls for m in result.models}
+    assert calls[("z", "house-model")] == sum(1 for f in facts if f["arm"] == "z" and f["tokens"])
+    assert calls[(None, "gpt-4o-mini")] == sum(1 for f in facts if f["arm"] != "z" and f["tokens"])
+
+
+@pytest.mark.parametrize("split, filters", [
+    ({}, {}),
+    ({"group_tag": "agentops.arm", "groups": ["x", "y", "z", "absent"]}, {}),
+    ({"group_tag": "agentops.arm", "groups": ["z", "x"]}, {"tag_equals": {"agentops.agent": "a"}, "status": "ERROR"}),
+    ({}, {"tag_equals": {"agentops.arm": "y"}, "status": "OK"}),
+])
+def test_sql_aggregate_equals_the_query_trace_metrics_fallback(spread_store, split, filters):
+    client, experiment_id, origin_ms, _ = spread_store
+    window = {"start_ms": origin_ms + 1_800_000, "end_ms": origin_ms + 5 * 3_600_000, "interval_seconds": 1800}
+    fast = internal.aggregate_traces(client, [experiment_id], **window, **split, **filters)
+    slow = internal.aggregate_traces(client, [experiment_id], **window, **split, **filters, force_fallback=True)
+    assert (fast.path, slow.path) == ("sql", "query_trace_metrics")
+    assert fast.store_queries == 2 < slow.store_queries
+    assert len(fast.rows) == len(slow.rows) > 0
+    for mine, theirs in zip(fast.rows, slow.rows):
+        assert (mine.group, mine.bucket_ms, mine.requests, mine.errors) == (theirs.group, theirs.bucket_ms,
+                                                                           theirs.requests, theirs.errors)
+        assert (mine.input_tokens, mine.output_tokens, mine.traces_with_tokens) == (
+            theirs.input_tokens, theirs.output_tokens, theirs.traces_with_tokens)
+        assert [mine.p50_ms, mine.p95_ms, mine.p99_ms] == pytest.approx([theirs.p50_ms, theirs.p95_ms, theirs.p99_ms])
+        assert mine.recorded_cost == pytest.approx(theirs.recorded_cost)
+    assert [(m.group, m.model, m.llm_calls) for m in fast.models] == [(m.group, m.model, m.llm_calls) for m in slow.models]
+    assert [m.recorded_cost for m in fast.models] == pytest.approx([m.recorded_cost for m in slow.models])
+
+
+def test_aggregate_refuses_a_split_without_groups(spread_store):
+    client, experiment_id, origin_ms, _ = spread_store
+    with pytest.raises(ValueError, match="group values"):
+        internal.aggregate_traces(client, [experiment_id], start_ms=origin_ms, end_ms=origin_ms + 1,
+                                  interval_seconds=60, group_tag="agentops.arm")
+
+
+def test_totals_without_the_model_mix_take_one_statement(spread_store):
+    client, experiment_id, origin_ms, _ = spread_store
+    window = {"start_ms": origin_ms, "end_ms": origin_ms + 6 * 3_600_000, "interval_seconds": 3600}
+    full = internal.aggregate_traces(client, [experiment_id], **window)
+    light = internal.aggregate_traces(client, [experiment_id], **window, with_models=False)
+    fallback = internal.aggregate_traces(client, [experiment_id], **window, with_models=False, force_fallback=True)
+    assert (light.store_queries, light.models, fallback.models) == (1, (), ())
+    assert light.rows == full.rows
+    assert [r.requests for r in fallback.rows] == [r.requests for r in light.rows]

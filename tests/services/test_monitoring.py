@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -243,3 +244,60 @@ def test_price_table_round_trip_and_validation(isolated_settings):
     with pytest.raises(ValidationError, match="no model name"):
         pricing.save_prices(isolated_settings, {" ": {"input_per_mtok": 1, "output_per_mtok": 2}})
     assert pricing.load_prices(isolated_settings) == saved  # nothing written on refusal
+
+
+def _statements(client):
+    """Statements the store's engine runs while the block runs (PRAGMAs aside)."""
+    import contextlib
+
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *_):
+        if not statement.lstrip().upper().startswith("PRAGMA"):
+            seen.append(statement)
+
+    @contextlib.contextmanager
+    def watching():
+        engine = internal.tracking_store(client).engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            yield seen
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+
+    return watching()
+
+
+def test_split_charts_take_two_statements_whatever_the_groups(known_store):
+    settings, _, experiment_id, _ = known_store
+    from services import _clients
+
+    store_client = _clients.mlflow_client(settings)  # same URI, so the same cached store and engine
+    for groups in (["1"], ["1", "2"], ["1", "2", "3", "4", "5"]):
+        with _statements(store_client) as seen:
+            data = mon.monitoring_data(_query(experiment_id), "version", groups, prices=PRICES, settings=settings)
+        assert (data.aggregation_path, data.store_queries) == ("sql", 2)
+        assert len(seen) == 2, seen
+        assert list(data.totals["group"]) == groups
+
+
+def test_fallback_store_gives_the_same_charts(known_store, monkeypatch):
+    settings, _, experiment_id, _ = known_store
+    query = _query(experiment_id, agent="agent-a")
+    fast = mon.monitoring_data(query, "version", ["1", "2"], prices=PRICES, interval_seconds=900, settings=settings)
+    monkeypatch.setattr(internal, "supports_sql_aggregation", lambda client: False)
+    slow = mon.monitoring_data(query, "version", ["1", "2"], prices=PRICES, interval_seconds=900, settings=settings)
+    assert (fast.aggregation_path, slow.aggregation_path) == ("sql", "query_trace_metrics")
+    assert slow.store_queries > fast.store_queries
+    pd.testing.assert_frame_equal(fast.totals, slow.totals, check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(fast.series, slow.series, check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(fast.by_model, slow.by_model, check_exact=False, rtol=1e-9)
+
+
+def test_bad_group_values_are_refused_before_io(monkeypatch):
+    monkeypatch.setattr(mon, "mlflow_client", lambda *_: pytest.fail("no I/O expected"))
+    query = mon.TraceQuery(("1",), datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
+    with pytest.raises(ValidationError, match="not a valid tag value"):
+        mon.monitoring_data(query, "version", ["1", "2`"])

@@ -12,7 +12,7 @@ import streamlit as st
 
 from components.charts import _PALETTE
 from services.feedback import LabelKind, LabelQuestion, Review
-from services.review_queue import Conversation, QueueProgress
+from services.review_queue import Conversation, LabelingSession, QueueProgress
 
 THUMBS_OPTIONS = {"Not judged": None, ":material/thumb_up: Good answer": True, ":material/thumb_down: Bad answer": False}
 RATING_OPTIONS = ["—", "1", "2", "3", "4", "5"]
@@ -100,3 +100,15 @@ def trend_chart(trend: pd.DataFrame, column: str, title: str, *, percent: bool =
     else:
         figure.update_yaxes(range=[0.8, 5.2])
     return figure
+
+
+def labeling_session_block(session: LabelingSession) -> None:
+    """Where a queue's Databricks Review App labeling session is, and a link to open it."""
+    who = ", ".join(session.assigned_users) or "nobody yet"
+    st.text(f"Labeling session: {session.name}")
+    st.caption(f"{session.traces} trace(s) · assigned to {who}"
+               + (f" · created by {session.created_by}" if session.created_by else ""))
+    if session.url:
+        st.link_button("Open in the Databricks Review App", session.url, icon=":material/open_in_new:")
+    else:
+        st.caption("The Review App did not return a link; open it from the experiment's Review App tab.")

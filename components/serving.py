@@ -1,11 +1,16 @@
-"""Widgets for the serving page: split editor state, arm tables and the change preview."""
+"""Widgets for the serving page: split editor state, arm tables, the change preview, and the
+history, promote and deploy blocks shared by the agent-endpoint and AI Gateway sections."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import pandas as pd
+import streamlit as st
 
 from services.ab import ArmReport, ArmStats, Interval
-from services.serving import Endpoint, SplitPlan
+from services.serving import DeployPlan, Endpoint, SplitPlan
 from services.traffic_audit import TrafficChange
 
 
@@ -63,8 +68,75 @@ def plan_frame(plan: SplitPlan) -> pd.DataFrame:
 def history_frame(changes: list[TrafficChange]) -> pd.DataFrame:
     fmt = lambda split: " · ".join(f"{k} {v}%" for k, v in split.items()) or "—"  # noqa: E731
     return pd.DataFrame([
-        {"When": c.at, "Who": c.user, "Action": c.action, "Before": fmt(c.before), "After": fmt(c.after), "Reason": c.reason}
+        {"When": c.at, "Who": c.user, "Action": c.action, "Before": fmt(c.before), "After": fmt(c.after),
+         "Outcome": c.outcome, "Reason": c.reason}
         for c in changes
+    ])
+
+
+def history_block(changes: list[TrafficChange]) -> None:
+    """The audit trail of one endpoint's traffic changes, or what to do when there is none."""
+    if changes:
+        st.dataframe(history_frame(changes), hide_index=True, use_container_width=True,
+                     column_config={"When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+    else:
+        st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")
+
+
+@dataclass(frozen=True)
+class PromoteRequest:
+    """What the operator confirmed in ``promote_form``."""
+
+    entity_name: str
+    action: str  # "promote winner" or "rollback"
+    reason: str
+    override_gate: bool = False
+
+
+def escape_md(text: str) -> str:
+    """Escape markdown so model and endpoint names render as text."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch for ch in str(text))
+
+
+def promote_form(report: ArmReport, *, key: str, labels: dict[str, str], can_change: bool, caption: str,
+                 now: str, after_note: Callable[[str], str] | None = None,
+                 allow_override: bool = False) -> PromoteRequest | None:
+    """Pick an arm, promote or roll back, with a reason; returns the request once confirmed.
+
+    ``labels`` names each arm (entity name → label); ``now`` describes the current split and
+    ``after_note(label)`` what else follows the traffic move (e.g. the alias). ``key`` is
+    ``"<prefix>::<endpoint>"``; widgets are keyed ``<prefix>winner::<endpoint>`` etc., so the two
+    sections of the page never collide.
+    """
+    prefix, _, name = key.partition("::")
+    st.subheader("Promote or roll back")
+    st.caption(caption)
+    arms = list(labels)
+    default = arms.index(report.winner) if report.winner in labels else 0
+    chosen = st.selectbox("Arm", arms, index=default, format_func=labels.get, key=f"{prefix}winner::{name}")
+    if report.winner:
+        st.success(f"Winner on this window: {labels[report.winner]}", icon=":material/emoji_events:")
+    else:
+        st.info("No arm is a clear winner on this window.", icon=":material/balance:")
+    action = st.radio("Action", ["promote winner", "rollback"], horizontal=True, key=f"{prefix}action::{name}")
+    why = st.text_input("Reason", key=f"{prefix}why::{name}")
+    override = (st.checkbox("Override the promotion gate (needs the reason above)", key=f"{prefix}override::{name}")
+                if allow_override else False)
+    after = f"{labels[chosen]} 100%" + (after_note(labels[chosen]) if after_note else "")
+    st.markdown(f"**Now:** {escape_md(now)}  \n**After:** {escape_md(after)}")
+    if st.button("Confirm", type="primary", key=f"{prefix}promote::{name}", disabled=not why.strip() or not can_change):
+        return PromoteRequest(chosen, action, why, override)
+    return None
+
+
+def deploy_frame(plan: DeployPlan) -> pd.DataFrame:
+    """Current → after-deploy share per served version (the new one gets everything)."""
+    before, after = plan.percentages()
+    names = list(dict.fromkeys([*after, *before]))
+    return pd.DataFrame([
+        {"Served version": n, "Current %": before.get(n, 0), "After deploy %": after.get(n, 0),
+         "Change": after.get(n, 0) - before.get(n, 0)}
+        for n in names
     ])
 
 

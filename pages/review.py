@@ -9,7 +9,7 @@ import streamlit as st
 
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
-from components.review import progress_block, render_conversation, review_form, trend_chart
+from components.review import labeling_session_block, progress_block, render_conversation, review_form, trend_chart
 from services import feedback as fb
 from services import registry, roles
 from services import review_queue as rq
@@ -125,6 +125,9 @@ with review_tab:
             progress_block(_progress(settings, user, queue))
         except AgentOpsError as exc:
             show_error(exc, what="Cannot read the queue")
+        if queue.labeling_session is not None:
+            with st.expander("Also in the Databricks Review App", icon=":material/open_in_new:"):
+                labeling_session_block(queue.labeling_session)
         current = st.session_state.get(state_key)
         if st.session_state.get("review_notice"):
             st.success(st.session_state.pop("review_notice"), icon=":material/check_circle:")
@@ -258,18 +261,30 @@ with queues_tab:
         st.dataframe(pd.DataFrame(rows), hide_index=True)
     if settings.backend is Backend.DATABRICKS and queues:
         st.subheader("Databricks Review App")
+        st.caption("Teams already labeling in the Review App can work on the same traces there: a queue becomes one "
+                   "labeling session (its traces, not copies). The assigned reviewers get edit access to the traces' "
+                   "experiment, as the Review App requires.")
         by_id = {q.queue_id: q for q in queues}
-        send = st.selectbox("Queue to send", list(by_id), format_func=lambda i: by_id[i].name, key="dbx_queue")
-        if st.button("Create a labeling session for this queue", icon=":material/open_in_new:"):
-            try:
-                ids = [i.trace_id for i in _items(settings, user, by_id[send])]
-                session = rq.databricks_labeling_session(by_id[send], ids, [user], settings)
-            except AgentOpsError as exc:
-                show_error(exc, what="The labeling session was not created")
-            else:
-                st.success(f"Labeling session '{session.name}' created.")
-                if session.url:
-                    st.link_button("Open in the Review App", session.url)
+        send = st.selectbox("Queue", list(by_id), format_func=lambda i: by_id[i].name, key="dbx_queue")
+        chosen_queue = by_id[send]
+        if chosen_queue.labeling_session is not None:
+            labeling_session_block(chosen_queue.labeling_session)
+        else:
+            assign = st.text_input("Assign to (workspace e-mails, comma-separated)", value=user, key="dbx_assign")
+            if st.button("Create a labeling session for this queue", icon=":material/open_in_new:", key="dbx_create",
+                         disabled=not can_review, help=None if can_review else role_hint(roles.Action.REVIEW)):
+                try:
+                    ids = [i.trace_id for i in _items(settings, user, chosen_queue)]
+                    with st.spinner("Creating the labeling session in the Review App…"):
+                        session = rq.databricks_labeling_session(
+                            chosen_queue, ids, [a.strip() for a in assign.split(",") if a.strip()], settings,
+                            created_by=user, identity=identity)
+                except AgentOpsError as exc:
+                    show_error(exc, what="The labeling session was not created")
+                else:
+                    _after_mutation()
+                    st.success("Labeling session created over the queue's traces.", icon=":material/check_circle:")
+                    labeling_session_block(session)
 
 # --- curate ----------------------------------------------------------------------------------
 with curate_tab:

@@ -9,7 +9,15 @@ import streamlit as st
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
-from components.serving import arms_frame, comparisons_frame, history_frame, plan_frame
+from components.serving import (
+    arms_frame,
+    comparisons_frame,
+    deploy_frame,
+    escape_md,
+    history_block,
+    plan_frame,
+    promote_form,
+)
 from services import ab, registry, roles, serving, traffic, traffic_audit
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
@@ -43,6 +51,90 @@ def _clear() -> None:
     _endpoints.clear()
     _report.clear()
     _agents.clear()
+
+
+def _history(endpoint_name: str) -> None:
+    """The audit trail of one endpoint (both sections of the page)."""
+    try:
+        changes = traffic_audit.traffic_changes(endpoint_name, settings=settings)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the audit trail")
+        return
+    history_block(changes)
+
+
+def _split_text(endpoint: serving.Endpoint, labels: dict[str, str]) -> str:
+    return " · ".join(f"{labels.get(r.entity_name, r.entity_name)} {r.percentage}%" for r in endpoint.routes) or "—"
+
+
+def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
+    """Databricks: deploy a UC model version with databricks.agents.deploy (preview, confirm, progress)."""
+    st.markdown("Runs `databricks.agents.deploy`: creates or updates the model's `agents_<catalog>-<schema>-<model>` "
+                "endpoint and routes **100%** of its traffic to the new version; versions already served stay at 0%.")
+    uc_agents = [name for name in agents if name.count(".") == 2]
+    c1, c2 = st.columns([3, 1])
+    if uc_agents:
+        model = c1.selectbox("Model (Unity Catalog)", uc_agents, key="deploy_model")
+        latest = agents[model].latest_version
+        versions = [str(v) for v in range(int(latest), 0, -1)] if latest else []
+        version = c2.selectbox("Version", versions, key="deploy_version")
+    else:
+        model = c1.text_input("Model (catalog.schema.model)", key="deploy_model_text")
+        version = c2.text_input("Version", key="deploy_version_text")
+    done = st.session_state.pop("deploy_done", None)
+    if done is not None:
+        st.success(done["message"], icon=":material/rocket_launch:")
+        links = [(label, url) for label, url in done["links"] if url]
+        for column, (label, url) in zip(st.columns(max(len(links), 1)), links):
+            column.link_button(label, url)
+    reason = st.text_input("Reason (recorded in the audit trail)", key="deploy_reason")
+    if st.button("Review deployment", type="primary", key="deploy_review", disabled=not can_change or not model or not version,
+                 help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
+        st.session_state.pop("deploy_plan", None)
+        try:
+            with st.spinner("Checking the version in Unity Catalog and its endpoint…"):
+                experiment = agents[model].experiment_id if model in agents else None
+                st.session_state["deploy_plan"] = serving.plan_deploy(
+                    model, version, experiment_id=experiment or next(iter(settings.experiment_ids), None),
+                    settings=settings, user_token=identity.access_token)
+        except AgentOpsError as exc:
+            show_error(exc, what="This version cannot be deployed")
+    plan: serving.DeployPlan | None = st.session_state.get("deploy_plan")
+    if plan is None:
+        return
+    st.subheader(escape_md(f"{plan.model_name} v{plan.model_version} → {plan.endpoint_name}"))
+    st.caption(("A new endpoint will be created (this takes several minutes)." if plan.creates_endpoint
+                else "The existing endpoint is updated; the previous versions keep serving until the rollout ends.")
+               + f" Served entity: `{plan.entity_name}`.")
+    st.dataframe(deploy_frame(plan), hide_index=True, use_container_width=True)
+    sure = st.checkbox(f"Send all traffic of {plan.endpoint_name} to v{plan.model_version}", key="deploy_confirm")
+    go, cancel = st.columns(2)
+    if go.button("Deploy", type="primary", key="deploy_go", disabled=not sure or not reason.strip() or not can_change):
+        try:
+            with st.status(f"Deploying {plan.model_name} v{plan.model_version}…", expanded=True) as status:
+                done = serving.deploy_version(plan.model_name, plan.model_version, user=identity.user, reason=reason,
+                                              identity=identity, plan=plan, experiment_id=plan.experiment_id,
+                                              settings=settings, progress=status.write)
+                status.update(label=f"{plan.model_name} v{plan.model_version} is serving on {plan.endpoint_name}",
+                              state="complete")
+        except AgentOpsError as exc:
+            _clear()
+            show_error(exc, what="The version was not deployed")
+        else:
+            # Rerun so the chart, the split editor and the history show the new state; the notice survives it.
+            st.session_state.pop("deploy_plan", None)
+            st.session_state.pop("deploy_confirm", None)
+            st.session_state.pop(f"split_rows::{plan.endpoint_name}", None)  # the split editor re-reads the endpoint
+            st.session_state["deploy_done"] = {
+                "message": f"Deployed {plan.model_name} v{plan.model_version} on {plan.endpoint_name}; recorded in its "
+                           "history.",
+                "links": [("Open the endpoint", done.endpoint_url), ("Open the Review App", done.review_app_url)],
+            }
+            _clear()
+            st.rerun()
+    if cancel.button("Cancel", key="deploy_cancel"):
+        st.session_state.pop("deploy_plan", None)
+        st.rerun()
 
 
 def _gateway_section() -> None:
@@ -126,31 +218,20 @@ def _gateway_section() -> None:
                 st.dataframe(arms_frame(g_report), hide_index=True, use_container_width=True)
                 with st.expander("Tests per metric"):
                     st.dataframe(comparisons_frame(g_report), hide_index=True, use_container_width=True)
-                st.subheader("Promote or roll back")
-                st.caption("Sets the chosen model's weight to 100% and the others to 0%, audited. There is no "
-                           "registry alias to move: AI Gateway models are provider models, not registered versions.")
-                arms = [a.entity_name for a in g_report.arms]
-                g_chosen = st.selectbox("Arm", arms, index=arms.index(g_report.winner) if g_report.winner in arms else 0,
-                                        key=f"aigw_winner::{gname}")
-                g_action = st.radio("Action", ["promote winner", "rollback"], horizontal=True, key=f"aigw_action::{gname}")
-                g_why = st.text_input("Reason", key=f"aigw_why::{gname}")
-                if st.button("Confirm", type="primary", key=f"aigw_promote::{gname}", disabled=not g_why.strip() or not can_change):
+                request = promote_form(
+                    g_report, key=f"aigw_::{gname}", labels={a.entity_name: a.entity_name for a in g_report.arms},
+                    can_change=can_change, now=_split_text(g_endpoint, {}),
+                    caption="Sets the chosen model's weight to 100% and the others to 0%, audited. There is no "
+                            "registry alias to move: AI Gateway models are provider models, not registered versions.")
+                if request is not None:
                     try:
-                        outcome = ab.promote_arm(gname, g_chosen, identity, reason=g_why, action=g_action,
-                                                 settings=settings, source=ai_gateway.BACKEND)
+                        outcome = ab.promote_arm(gname, request.entity_name, identity, reason=request.reason,
+                                                 action=request.action, settings=settings, source=ai_gateway.BACKEND)
                         st.success(outcome.message + " " + ai_gateway.CONFIG_CACHE_NOTE)
                     except AgentOpsError as exc:
                         show_error(exc, what="Promotion did not complete")
     with g_history:
-        try:
-            g_changes = traffic_audit.traffic_changes(gname, settings=settings)
-        except AgentOpsError as exc:
-            show_error(exc, what="Cannot read the audit trail")
-            g_changes = []
-        if g_changes:
-            st.dataframe(history_frame(g_changes), hide_index=True, use_container_width=True)
-        else:
-            st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")
+        _history(gname)
 
 
 if settings.backend is Backend.MLFLOW:
@@ -163,17 +244,26 @@ if settings.backend is Backend.MLFLOW:
 
 try:
     endpoints = _endpoints(settings)
-    agents = {a.name: a for a in _agents(settings)}
 except AgentOpsError as exc:
     show_error(exc, what="Cannot read the serving endpoints")
     st.stop()
+try:
+    agents = {a.name: a for a in _agents(settings)}
+except AgentOpsError as exc:
+    # The split and the history do not need the registry; adding versions and deploying name them by hand.
+    show_error(exc, what="Cannot read the registered agents")
+    agents = {}
 
 if not endpoints:
-    st.info(
-        "**No serving endpoints yet.** Locally, endpoints live in the data folder and the demo workspace "
-        "creates two (`python -m demo.seed` on an empty store). On Databricks, deploy an agent with "
-        "`databricks.agents.deploy`.", icon=":material/route:",
-    )
+    if settings.backend is Backend.DATABRICKS:
+        st.info("**No serving endpoints yet.** Deploy a registered agent version below; it gets its own "
+                "`agents_…` endpoint.", icon=":material/route:")
+        _deploy_section(agents)
+    else:
+        st.info(
+            "**No serving endpoints yet.** Locally, endpoints live in the data folder and the demo workspace "
+            "creates two (`python -m demo.seed` on an empty store).", icon=":material/route:",
+        )
     st.stop()
 
 if settings.backend is not Backend.DATABRICKS:
@@ -196,7 +286,11 @@ st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC by {endpoint.
 model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
 
-split_tab, judge_tab, traffic_tab, history_tab = st.tabs(["Edit split", "Judge arms", "Send test traffic", "History"])
+tab_names = ["Edit split", "Judge arms", "Send test traffic", "History"]
+if settings.backend is Backend.DATABRICKS:
+    tab_names.append("Deploy version")
+split_tab, judge_tab, traffic_tab, history_tab, *rest = st.tabs(tab_names)
+deploy_tab = rest[0] if rest else None
 
 with split_tab:
     st.markdown("Set each served version's share of requests. Shares are whole percents and must add up to 100.")
@@ -278,24 +372,16 @@ with judge_tab:
                 st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
                              column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
             labels = {a.entity_name: f"{a.model_name} v{a.version}" for a in report.arms}
-            st.subheader("Promote or roll back")
-            st.caption("Moves 100% of traffic to the chosen arm, then points `champion` at its version. Both are audited.")
-            default = list(labels).index(report.winner) if report.winner in labels else 0
-            chosen = st.selectbox("Arm", list(labels), index=default, format_func=labels.get, key=f"winner::{name}")
-            if report.winner:
-                st.success(f"Winner on this window: {labels[report.winner]}", icon=":material/emoji_events:")
-            else:
-                st.info("No arm is a clear winner on this window.", icon=":material/balance:")
-            action = st.radio("Action", ["promote winner", "rollback"], horizontal=True, key=f"action::{name}")
-            why = st.text_input("Reason", key=f"why::{name}")
-            override = st.checkbox("Override the promotion gate (needs the reason above)", key=f"override::{name}")
-            before = " · ".join(f"{labels.get(r.entity_name, r.entity_name)} {r.percentage}%" for r in endpoint.routes)
-            st.markdown(f"**Now:** {before}  \n**After:** {labels[chosen]} 100% · champion → v{labels[chosen].rsplit('v', 1)[-1]}")
-            if st.button("Confirm", type="primary", key=f"promote::{name}", disabled=not why.strip() or not can_change):
+            request = promote_form(
+                report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,
+                now=_split_text(endpoint, labels), after_note=lambda label: f" · champion → v{label.rsplit('v', 1)[-1]}",
+                caption="Moves 100% of traffic to the chosen arm, then points `champion` at its version. Both are audited.")
+            if request is not None:
                 try:
                     with st.spinner("Moving traffic, then the alias…"):
-                        outcome = ab.promote_arm(name, chosen, identity, reason=why, override_gate=override,
-                                                 action=action, settings=settings)
+                        outcome = ab.promote_arm(name, request.entity_name, identity, reason=request.reason,
+                                                 override_gate=request.override_gate, action=request.action,
+                                                 settings=settings)
                     _clear()
                     st.success(outcome.message)
                 except AgentOpsError as exc:
@@ -324,13 +410,8 @@ with traffic_tab:
                 show_error(exc, what="Test traffic was not sent")
 
 with history_tab:
-    try:
-        changes = traffic_audit.traffic_changes(name, settings=settings)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot read the audit trail")
-        changes = []
-    if changes:
-        st.dataframe(history_frame(changes), hide_index=True, use_container_width=True,
-                     column_config={"When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
-    else:
-        st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")
+    _history(name)
+
+if deploy_tab is not None:
+    with deploy_tab:
+        _deploy_section(agents)

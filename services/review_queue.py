@@ -3,25 +3,30 @@
 * A queue is a run in the ``agentops-review`` experiment; its tags hold the name, how it was
   filled, the agent, the experiments of its traces and how many reviewers each item needs.
 * Membership, claims and completion are trace tags, keyed by the queue id (the run id):
-  ``agentops.review.queue.<id>`` = ``"1"``, ``agentops.review.claim.<id>`` = ``"<user>|<expires>"``
-  and ``agentops.review.done.<id>`` = a JSON list of reviewers who finished the item.
-* A claim is taken under a process lock and re-read after writing, so two reviewers are never
-  handed the same item at once; a claim expires (default 15 minutes) so an abandoned item returns.
+  ``agentops.review.queue.<id>`` = ``"1"``; one ``agentops.review.claim.<id>.<attempt>`` tag per
+  claim attempt (JSON: user, ticket, expiry, held); one ``agentops.review.done.<id>.<reviewer hash>``
+  tag per reviewer who finished the item.
+* Claims hold across threads and processes sharing one store (several app replicas): attempts
+  never overwrite each other and settle the winner by ticket (see "claims" below), so two
+  reviewers are never handed the same item at once. A claim expires (default 15 minutes) so an
+  abandoned item returns.
 
-On Databricks, ``databricks_labeling_session`` additionally creates a Review App labeling
-session for the queue's traces; locally the app's own queue is the whole story.
+On Databricks, ``databricks_labeling_session`` additionally creates (once) a Review App labeling
+session for the queue's traces and records it on the queue; locally the app's own queue is the
+whole story.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
-import threading
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import pandas as pd
 
@@ -45,7 +50,10 @@ CREATOR_TAG = "agentops.review.created_by"
 DESCRIPTION_TAG = "agentops.review.description"
 MAX_ITEMS = 500
 CLAIM_SECONDS = 15 * 60
-_CLAIM_LOCK = threading.Lock()
+# How long an unfinished claim attempt keeps counting (an attempt takes milliseconds; a dead one must not
+# block the item for good).
+CONTEND_SECONDS = 60
+CHOOSING_REREADS = 3
 
 
 class QueueSource(StrEnum):
@@ -86,6 +94,7 @@ class ReviewQueue:
     created_by: str
     created_at: datetime
     description: str = ""
+    labeling_session: "LabelingSession | None" = None  # its Databricks Review App session, once made
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,7 @@ def _queue_from_run(run: Any) -> ReviewQueue:
         reviews_per_item=int(tags.get(REVIEWS_TAG, "1") or 1), created_by=tags.get(CREATOR_TAG, ""),
         created_at=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc),
         description=tags.get(DESCRIPTION_TAG, ""),
+        labeling_session=_labeling_session_from_tag(tags.get(LABELING_TAG)),
     )
 
 
@@ -286,7 +296,70 @@ def get_queue(queue_id: str, settings: Settings | None = None) -> ReviewQueue:
     return _queue_from_run(run)
 
 
-def _parse_claim(value: str | None) -> tuple[str | None, float | None]:
+# --- claims ----------------------------------------------------------------------------------------
+#
+# MLflow tags are last-writer-wins with no compare-and-set, so a claim cannot be "set if unset".
+# Instead every claim attempt writes its own tag (a fresh key per attempt, so no attempt ever
+# overwrites another) and the attempts on one item settle who holds it with Lamport's bakery rule:
+#
+#   1. announce: write the attempt's tag with no ticket ("choosing");
+#   2. read all attempts on the item; give up if someone holds it; otherwise take the ticket
+#      1 + the highest ticket seen and write it;
+#   3. read again: if any other live attempt is still choosing (after a short re-read) or has a
+#      lower (ticket, key), withdraw (delete the tag); otherwise the item is ours;
+#   4. hold: rewrite the tag as held, expiring after ``claim_seconds``.
+#
+# Two attempts can never both pass step 3: whichever read the other's announcement after it was
+# written either saw a lower ticket or took a higher one (the bakery argument). This needs only
+# that a read sees every write completed before it, which one tracking store (SQLite, a database
+# behind ``mlflow server`` or Databricks) gives. An attempt that dies midway stops counting after
+# CONTEND_SECONDS; a held claim after ``claim_seconds``, so an abandoned item returns to the queue.
+
+
+@dataclass(frozen=True)
+class _Claim:
+    key: str
+    user: str
+    ticket: int | None  # None while the attempt is still choosing its ticket
+    expires: float
+    held: bool
+
+    def live(self, now: float) -> bool:
+        return self.expires > now
+
+    def order(self) -> tuple[int, str]:
+        return (self.ticket or 0, self.key)
+
+
+def _claim_prefix(queue_id: str) -> str:
+    return f"{CLAIM_TAG}{queue_id}."
+
+
+def _encode_claim(user: str, ticket: int | None, expires: float, held: bool) -> str:
+    return json.dumps({"user": user, "ticket": ticket, "expires": round(expires, 3), "held": held})
+
+
+def _claims(tags: dict[str, str], queue_id: str) -> list[_Claim]:
+    """All claim attempts of a queue on one trace (including the single-tag format of earlier versions)."""
+    found = []
+    prefix = _claim_prefix(queue_id)
+    for key, value in tags.items():
+        if key.startswith(prefix):
+            try:
+                data = json.loads(value)
+                ticket = data.get("ticket")
+                found.append(_Claim(key, str(data["user"]), int(ticket) if ticket is not None else None,
+                                    float(data["expires"]), bool(data.get("held"))))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not ours to interpret; it never counts as a claim
+        elif key == CLAIM_TAG + queue_id:
+            user, expires = _parse_legacy_claim(value)
+            if user is not None and expires is not None:
+                found.append(_Claim(key, user, 0, expires, True))
+    return found
+
+
+def _parse_legacy_claim(value: str | None) -> tuple[str | None, float | None]:
     if not value or "|" not in value:
         return None, None
     user, _, expires = value.rpartition("|")
@@ -296,57 +369,155 @@ def _parse_claim(value: str | None) -> tuple[str | None, float | None]:
         return None, None
 
 
-def _done(value: str | None) -> tuple[str, ...]:
+def _holder(claims: Sequence[_Claim], now: float) -> _Claim | None:
+    """The live held claim with the lowest ticket (there is at most one unless a holder outlived its claim)."""
+    held = [c for c in claims if c.held and c.live(now)]
+    return min(held, key=_Claim.order) if held else None
+
+
+def _done_key(queue_id: str, reviewer: str) -> str:
+    return f"{DONE_TAG}{queue_id}.{hashlib.sha256(reviewer.encode()).hexdigest()[:16]}"
+
+
+def _done(tags: dict[str, str], queue_id: str) -> tuple[str, ...]:
+    """Reviewers who finished the item: one tag per reviewer (and the JSON list of earlier versions)."""
+    reviewers: list[str] = []
     try:
-        parsed = json.loads(value or "[]")
-    except json.JSONDecodeError:
-        return ()
-    return tuple(str(v) for v in parsed) if isinstance(parsed, list) else ()
+        legacy = json.loads(tags.get(DONE_TAG + queue_id) or "[]")
+        reviewers.extend(str(v) for v in legacy if isinstance(legacy, list))
+    except (json.JSONDecodeError, TypeError):
+        pass
+    prefix = f"{DONE_TAG}{queue_id}."
+    marks = []
+    for key, value in tags.items():
+        if key.startswith(prefix):
+            try:
+                data = json.loads(value)
+                marks.append((float(data.get("at", 0)), str(data["user"])))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    reviewers.extend(user for _, user in sorted(marks))
+    return tuple(dict.fromkeys(reviewers))
 
 
 def _item(queue_id: str, info: Any, now: float) -> QueueItem:
     tags = info.tags or {}
-    user, expires = _parse_claim(tags.get(CLAIM_TAG + queue_id))
-    if expires is not None and expires <= now:
-        user, expires = None, None
-    return QueueItem(queue_id, info.trace_id, tags.get(AGENT_TAG), tags.get(VERSION_TAG), user, expires,
-                     _done(tags.get(DONE_TAG + queue_id)))
+    holder = _holder(_claims(tags, queue_id), now)
+    return QueueItem(queue_id, info.trace_id, tags.get(AGENT_TAG), tags.get(VERSION_TAG),
+                     holder.user if holder else None, holder.expires if holder else None, _done(tags, queue_id))
 
 
 def queue_items(queue: ReviewQueue, settings: Settings | None = None) -> list[QueueItem]:
     """The queue's traces (oldest first) with claim and completion state."""
+    now = time.time()
+    return [_item(queue.queue_id, info, now) for info in _queue_infos(queue, settings)]
+
+
+def _queue_infos(queue: ReviewQueue, settings: Settings | None) -> list[Any]:
     client = mlflow_client(settings)
     if not queue.experiment_ids:
         return []
     with translate_errors(f"review queue {queue.name}"):
         found = _search(client, queue.experiment_ids, f"tag.`{QUEUE_TAG}{queue.queue_id}` = '1'", MAX_ITEMS)
+    return [t.info for t in reversed(found)]
+
+
+def _tags(client: Any, trace_id: str) -> dict[str, str]:
+    return dict(_trace_info(client, trace_id).tags or {})
+
+
+def claim_steps(client: Any, queue_id: str, trace_id: str, reviewer: str, *,
+                claim_seconds: float = CLAIM_SECONDS, reviews_needed: int | None = None) -> Generator[str, None, float | None]:
+    """One claim attempt, pausing after each store operation (tests interleave attempts step by step).
+
+    Returns (as the generator's value) the claim's expiry when the item is now held by
+    ``reviewer``, or None when another attempt won or holds it, or (with ``reviews_needed``) the
+    item no longer needs this reviewer: someone finished it while this attempt started from an
+    older read. Completion is written before a claim is dropped, so the read that finds no
+    holder also sees it.
+    """
+    key = _claim_prefix(queue_id) + secrets.token_hex(8)
+    contend_until = time.time() + CONTEND_SECONDS
+
+    def unwanted(tags: dict[str, str]) -> bool:
+        done = _done(tags, queue_id)
+        return reviews_needed is not None and (reviewer in done or len(done) >= reviews_needed)
+
+    client.set_trace_tag(trace_id, key, _encode_claim(reviewer, None, contend_until, False))
+    yield "announced"
+    tags = _tags(client, trace_id)
+    yield "read"
+    claims = _claims(tags, queue_id)
     now = time.time()
-    items = [_item(queue.queue_id, t.info, now) for t in found]
-    return list(reversed(items))
+    if _holder([c for c in claims if c.key != key], now) is not None or unwanted(tags):
+        client.delete_trace_tag(trace_id, key)
+        yield "withdrawn"
+        return None
+    ticket = 1 + max((c.ticket or 0 for c in claims), default=0)
+    client.set_trace_tag(trace_id, key, _encode_claim(reviewer, ticket, contend_until, False))
+    yield "ticket"
+    mine = _Claim(key, reviewer, ticket, contend_until, False)
+    for attempt in range(CHOOSING_REREADS + 1):
+        tags = _tags(client, trace_id)
+        yield "read"
+        now = time.time()
+        others = [c for c in _claims(tags, queue_id) if c.key != key and c.live(now)]
+        if not any(c.ticket is None for c in others) or attempt == CHOOSING_REREADS:
+            break
+        time.sleep(0.02 * (attempt + 1))  # let an announced attempt take its ticket (bakery's "wait while choosing")
+    if any(c.ticket is None or c.order() < mine.order() for c in others) or unwanted(tags):
+        client.delete_trace_tag(trace_id, key)
+        yield "withdrawn"
+        return None
+    expires = time.time() + claim_seconds
+    client.set_trace_tag(trace_id, key, _encode_claim(reviewer, ticket, expires, True))
+    yield "held"
+    return expires
+
+
+def _run_claim(client: Any, queue_id: str, trace_id: str, reviewer: str, claim_seconds: float,
+               reviews_needed: int) -> float | None:
+    steps = claim_steps(client, queue_id, trace_id, reviewer, claim_seconds=claim_seconds, reviews_needed=reviews_needed)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def next_item(queue: ReviewQueue, reviewer: str, *, claim_seconds: int = CLAIM_SECONDS,
               settings: Settings | None = None) -> QueueItem | None:
-    """Claim the next item for ``reviewer`` (their unexpired claim first); None when nothing is left for them."""
+    """Claim the next item for ``reviewer`` (their unexpired claim first); None when nothing is left for them.
+
+    Safe across threads and processes sharing one store: an item is never held by two reviewers at once.
+    """
     _check_reviewer(reviewer)
     client = mlflow_client(settings)
-    with _CLAIM_LOCK:
-        items = queue_items(queue, settings)
-        mine = [i for i in items if i.claimed_by == reviewer and reviewer not in i.reviewed_by]
-        free = [i for i in items if i.claimed_by is None and reviewer not in i.reviewed_by
-                and len(i.reviewed_by) < queue.reviews_per_item]
-        for item in mine + free:
+    now = time.time()
+    infos = _queue_infos(queue, settings)
+    items = [(_item(queue.queue_id, info, now), info) for info in infos]
+    for item, info in items:
+        if item.claimed_by == reviewer and reviewer not in item.reviewed_by:
+            holder = _holder(_claims(info.tags or {}, queue.queue_id), now)
             expires = time.time() + claim_seconds
-            value = f"{reviewer}|{expires:.3f}"
             try:
                 with translate_errors(f"trace {item.trace_id}"):
-                    client.set_trace_tag(item.trace_id, CLAIM_TAG + queue.queue_id, value)
-                    # Re-read: another process may have written its claim at the same moment.
-                    stored = (_trace_info(client, item.trace_id).tags or {}).get(CLAIM_TAG + queue.queue_id)
+                    # Extending one's own claim keeps its ticket, so it cannot displace anyone.
+                    client.set_trace_tag(item.trace_id, holder.key, _encode_claim(reviewer, holder.ticket, expires, True))
             except (NotFoundError, ValidationError, BackendUnavailableError):
-                continue  # deleted meanwhile: skip it
-            if stored == value:
-                return QueueItem(queue.queue_id, item.trace_id, item.agent, item.version, reviewer, expires, item.reviewed_by)
+                continue  # deleted meanwhile
+            return QueueItem(queue.queue_id, item.trace_id, item.agent, item.version, reviewer, expires, item.reviewed_by)
+    for item, _ in items:
+        if item.claimed_by is not None or reviewer in item.reviewed_by or len(item.reviewed_by) >= queue.reviews_per_item:
+            continue
+        try:
+            with translate_errors(f"trace {item.trace_id}"):
+                expires = _run_claim(client, queue.queue_id, item.trace_id, reviewer, claim_seconds,
+                                     queue.reviews_per_item)
+        except (NotFoundError, ValidationError, BackendUnavailableError):
+            continue  # deleted meanwhile: skip it
+        if expires is not None:
+            return QueueItem(queue.queue_id, item.trace_id, item.agent, item.version, reviewer, expires, item.reviewed_by)
     return None
 
 
@@ -355,42 +526,43 @@ def _check_reviewer(reviewer: str) -> None:
         raise ValidationError("The reviewer is unknown; sign in through Databricks Apps to review.")
 
 
+def _drop_claims_of(client: Any, trace_id: str, claims: Sequence[_Claim], reviewer: str) -> None:
+    for claim in claims:
+        if claim.user == reviewer:
+            client.delete_trace_tag(trace_id, claim.key)
+
+
 def release(queue: ReviewQueue, trace_id: str, reviewer: str, settings: Settings | None = None) -> None:
-    """Give an item back (skip) without reviewing it; only the holder's claim is removed."""
+    """Give an item back (skip) without reviewing it; only the reviewer's own claims are removed."""
     _check_reviewer(reviewer)
     client = mlflow_client(settings)
-    with _CLAIM_LOCK:
-        try:
-            with translate_errors(f"trace {trace_id}"):
-                tags = _trace_info(client, trace_id).tags or {}
-                user, _ = _parse_claim(tags.get(CLAIM_TAG + queue.queue_id))
-                if user == reviewer:
-                    client.delete_trace_tag(trace_id, CLAIM_TAG + queue.queue_id)
-        except NotFoundError:
-            return
+    try:
+        with translate_errors(f"trace {trace_id}"):
+            _drop_claims_of(client, trace_id, _claims(_tags(client, trace_id), queue.queue_id), reviewer)
+    except NotFoundError:
+        return
 
 
 def complete(queue: ReviewQueue, trace_id: str, reviewer: str, settings: Settings | None = None) -> None:
     """Mark an item reviewed by ``reviewer`` and release their claim."""
     _check_reviewer(reviewer)
     client = mlflow_client(settings)
-    with _CLAIM_LOCK:
-        with translate_errors(f"trace {trace_id}"):
-            try:
-                tags = _trace_info(client, trace_id).tags or {}
-            except NotFoundError:
-                raise NotFoundError(f"Trace {trace_id} no longer exists (it was deleted meanwhile).") from None
-            if tags.get(QUEUE_TAG + queue.queue_id) != "1":
-                raise NotFoundError(f"Trace {trace_id} is not in the queue {queue.name!r}.")
-            user, expires = _parse_claim(tags.get(CLAIM_TAG + queue.queue_id))
-            if user and user != reviewer and expires and expires > time.time():
-                raise ConflictError(f"{user} is reviewing this item right now; your review was not recorded in the queue.")
-            done = list(_done(tags.get(DONE_TAG + queue.queue_id)))
-            if reviewer not in done:
-                done.append(reviewer)
-                client.set_trace_tag(trace_id, DONE_TAG + queue.queue_id, json.dumps(done))
-            if user == reviewer:
-                client.delete_trace_tag(trace_id, CLAIM_TAG + queue.queue_id)
+    with translate_errors(f"trace {trace_id}"):
+        try:
+            tags = _tags(client, trace_id)
+        except NotFoundError:
+            raise NotFoundError(f"Trace {trace_id} no longer exists (it was deleted meanwhile).") from None
+        if tags.get(QUEUE_TAG + queue.queue_id) != "1":
+            raise NotFoundError(f"Trace {trace_id} is not in the queue {queue.name!r}.")
+        claims = _claims(tags, queue.queue_id)
+        holder = _holder(claims, time.time())
+        if holder is not None and holder.user != reviewer:
+            raise ConflictError(f"{holder.user} is reviewing this item right now; your review was not recorded in the queue.")
+        if reviewer not in _done(tags, queue.queue_id):
+            # One tag per reviewer: two reviewers finishing at once never overwrite each other.
+            client.set_trace_tag(trace_id, _done_key(queue.queue_id, reviewer),
+                                 json.dumps({"user": reviewer, "at": round(time.time(), 3)}))
+        _drop_claims_of(client, trace_id, claims, reviewer)
 
 
 def check_can_review(queue: ReviewQueue, trace_id: str, reviewer: str, settings: Settings | None = None) -> None:
@@ -398,12 +570,12 @@ def check_can_review(queue: ReviewQueue, trace_id: str, reviewer: str, settings:
     client = mlflow_client(settings)
     try:
         with translate_errors(f"trace {trace_id}"):
-            tags = _trace_info(client, trace_id).tags or {}
+            tags = _tags(client, trace_id)
     except (NotFoundError, ValidationError, BackendUnavailableError):
         raise NotFoundError(f"Trace {trace_id} no longer exists (it was deleted meanwhile); nothing was stored.") from None
-    user, expires = _parse_claim(tags.get(CLAIM_TAG + queue.queue_id))
-    if user and user != reviewer and expires and expires > time.time():
-        raise ConflictError(f"{user} is reviewing this item right now; nothing was stored.")
+    holder = _holder(_claims(tags, queue.queue_id), time.time())
+    if holder is not None and holder.user != reviewer:
+        raise ConflictError(f"{holder.user} is reviewing this item right now; nothing was stored.")
 
 
 def progress(queue: ReviewQueue, reviewer: str | None = None, settings: Settings | None = None) -> QueueProgress:
@@ -531,32 +703,123 @@ def conversation(trace_id: str, settings: Settings | None = None) -> Conversatio
 
 
 # --- Databricks Review App -----------------------------------------------------------------------
+#
+# On Databricks a queue can also live in the Review App as a labeling session over the same traces,
+# so teams already using the Review App are not split. databricks-agents builds its own clients from
+# the environment, so the calls run in a child process as the signed-in user (see
+# ``services.serving.run_agents_call``). The session is recorded on the queue's run, so the queue
+# links to it from then on instead of creating a second one.
+
+LABELING_TAG = "agentops.review.labeling_session"
 
 
 @dataclass(frozen=True)
 class LabelingSession:
+    """A Review App labeling session made for a queue (``url`` opens it in the workspace)."""
+
     name: str
     url: str | None
+    labeling_session_id: str = ""
+    experiment_id: str = ""
+    assigned_users: tuple[str, ...] = ()
+    traces: int = 0
+    created_by: str = ""
+
+
+def _labeling_session_from_tag(value: str | None) -> LabelingSession | None:
+    if not value:
+        return None
+    try:
+        data = json.loads(value)
+        return LabelingSession(str(data["name"]), data.get("url"), str(data.get("id", "")), str(data.get("experiment_id", "")),
+                               tuple(data.get("assigned_users") or ()), int(data.get("traces", 0)),
+                               str(data.get("created_by", "")))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def databricks_labeling_session(queue: ReviewQueue, trace_ids: Sequence[str], reviewers: Sequence[str],
-                                settings: Settings | None = None) -> LabelingSession:
-    """Create a Databricks Review App labeling session for the queue's traces (Databricks only)."""
+                                settings: Settings | None = None, *, created_by: str | None = None,
+                                identity: Any = None, user_token: str | None = None,
+                                progress: Callable[[str], None] | None = None) -> LabelingSession:
+    """The queue's Databricks Review App labeling session: the one already made for it, else a new one.
+
+    A new session gets the queue's ``trace_ids`` and is assigned to ``reviewers`` (who get edit
+    access to the traces' experiment, as the Review App requires). Databricks only. Validation
+    (traces in the queue, one experiment, reviewers named) happens before anything is sent.
+    """
+    from services import roles
     from services._clients import get_settings
+    from services.serving import run_agents_call
 
     settings = settings or get_settings()
+    say = progress or (lambda _message: None)
     if settings.backend is not Backend.DATABRICKS:
         raise BackendUnavailableError("Review App labeling sessions exist only on Databricks; locally this app's own queue is the whole story.")
-    if not trace_ids:
+    existing = get_queue(queue.queue_id, settings).labeling_session  # fresh: someone may have made it meanwhile
+    if existing is not None:
+        return existing
+    ids = list(dict.fromkeys(t.strip() for t in trace_ids if t and t.strip()))
+    if not ids:
         raise ValidationError("The queue has no traces to send to the Review App.")
-    configure_mlflow(settings)
-    with translate_errors("the Databricks Review App"):
-        from mlflow.genai import labeling
+    users = list(dict.fromkeys(r.strip() for r in reviewers if r and r.strip()))
+    if not users or any("@" not in u or any(c.isspace() for c in u) for u in users):
+        raise ValidationError("Assign the session to workspace users by e-mail (e.g. ana@example.com).")
+    if identity is not None:
+        roles.enforce(identity, roles.Action.REVIEW, settings)
+        user_token = user_token or getattr(identity, "access_token", None)
+    if roles.user_authorization_required() and not user_token:
+        raise PermissionDeniedError("User authorization is on, but this request carries no user token; the app will "
+                                    "not create a labeling session as its service principal.")
+    client = mlflow_client(settings)
+    infos = []
+    for trace_id in ids:
+        try:
+            with translate_errors(f"trace {trace_id}"):
+                info = _trace_info(client, trace_id)
+        except (NotFoundError, BackendUnavailableError, ValidationError):
+            raise NotFoundError(f"Trace {trace_id} no longer exists; nothing was sent to the Review App.") from None
+        if (info.tags or {}).get(QUEUE_TAG + queue.queue_id) != "1":
+            raise ValidationError(f"Trace {trace_id} is not in the queue {queue.name!r}; nothing was sent.")
+        infos.append(info)
+    experiments = sorted({e for e in (_experiment_of(i) for i in infos) if e})
+    if len(experiments) != 1:
+        raise ValidationError(
+            "A labeling session belongs to one experiment's Review App, but this queue's traces come from "
+            f"{len(experiments) or 'no'} experiments ({', '.join(experiments)}). Make one queue per agent to send it."
+        )
+    name = f"{queue.name} ({queue.queue_id[:8]})"
+    say(f"Creating the labeling session '{name}' with {len(infos)} trace(s)…")
+    result = run_agents_call("labeling_session", {
+        "name": name, "experiment_id": experiments[0], "assigned_users": users,
+        "trace_infos": [i.to_dict() for i in infos],
+    }, settings, user_token=user_token)
+    session = LabelingSession(result["name"], result.get("url"), result.get("labeling_session_id", ""), experiments[0],
+                              tuple(users), len(infos), created_by or getattr(identity, "user", "") or "")
+    with translate_errors(f"review queue {queue.name}"):
+        client.set_tag(queue.queue_id, LABELING_TAG, json.dumps({
+            "name": session.name, "url": session.url, "id": session.labeling_session_id,
+            "experiment_id": session.experiment_id, "assigned_users": list(session.assigned_users),
+            "traces": session.traces, "created_by": session.created_by, "at": round(time.time(), 3),
+        }))
+    return session
 
-        session = labeling.create_labeling_session(name=f"{queue.name} ({queue.queue_id[:8]})",
-                                                   assigned_users=list(reviewers))
-        session.add_traces(list(trace_ids))
-    return LabelingSession(session.name, getattr(session, "url", None))
+
+def _child_labeling_session(args: dict[str, Any]) -> dict[str, Any]:
+    """Child side of ``databricks_labeling_session``: MLflow 3's labeling API in the traces' experiment."""
+    import os
+
+    from mlflow.entities import Trace, TraceData, TraceInfo
+    from mlflow.genai import labeling
+
+    # The Review App of the active experiment holds the session; in this child that is only ours.
+    os.environ["MLFLOW_EXPERIMENT_ID"] = str(args["experiment_id"])
+    session = labeling.create_labeling_session(name=args["name"], assigned_users=list(args["assigned_users"]))
+    # The traces are already in that experiment, so the session needs their info only (no spans).
+    traces = [Trace(info=TraceInfo.from_dict(info), data=TraceData(spans=[])) for info in args["trace_infos"]]
+    session = session.add_traces(traces)
+    return {"name": session.name, "url": session.url, "labeling_session_id": session.labeling_session_id,
+            "mlflow_run_id": session.mlflow_run_id}
 
 
 def submit_queue_review(queue: ReviewQueue, trace_id: str, review: Any, reviewer: str, *,

@@ -7,7 +7,9 @@ serves them; on Databricks they are Model Serving endpoints read through ``datab
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,8 +18,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from services._clients import get_settings, translate_errors, workspace_client
-from services.errors import ValidationError
+from services.errors import (
+    AgentOpsError,
+    BackendUnavailableError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 from services.settings import Backend, Settings
+
+_logger = logging.getLogger(__name__)
 
 
 class EndpointState(StrEnum):
@@ -206,9 +217,25 @@ def _percentages(endpoint: Endpoint) -> dict[str, int]:
     }
 
 
+# databricks-agents' naming (``databricks/agents/deployments.py``): names are cut to 63 characters,
+# dots become dashes and a trailing "_" or "-" is dropped.
+_MAX_NAME = 63
+
+
+def _sanitize(model_name: str) -> str:
+    return model_name.replace(".", "-").rstrip("_-")
+
+
 def entity_name_for(model_name: str, version: str) -> str:
-    """Served-entity name for a registered version, in Databricks' agents.deploy style."""
-    return f"{model_name.replace('.', '-')}_{version}"
+    """Served-entity name for a registered version, as ``databricks.agents.deploy`` names it."""
+    suffix = f"_{version}"
+    return f"{_sanitize(model_name[: _MAX_NAME - len(suffix)])}{suffix}"
+
+
+def agents_endpoint_name(model_name: str) -> str:
+    """The endpoint ``databricks.agents.deploy`` serves a UC model on: ``agents_<catalog>-<schema>-<model>``."""
+    prefix = "agents_"
+    return f"{prefix}{_sanitize(model_name[: _MAX_NAME - len(prefix)])}"
 
 
 def get_endpoint(name: str, settings: Settings | None = None) -> Endpoint:
@@ -376,3 +403,359 @@ def _apply_databricks(plan: SplitPlan, settings: Settings, user_token: str | Non
 
         raise classify_error(exc, f"serving endpoint {name!r}") from exc
     return _from_sdk(detailed)
+
+
+# --- deploying a version with databricks.agents.deploy ------------------------------------------
+#
+# ``databricks.agents.deploy`` builds its own ``WorkspaceClient()`` and MLflow clients from the
+# environment; it takes no credentials. Running it in this process as the signed-in user would
+# mean putting their token into ``os.environ``, where every other session's client would pick it
+# up. So it runs in a short-lived child process whose environment carries only the identity it
+# acts as (the user's token when given, else the app's own credentials). That also keeps its
+# ~4 s import and its process-wide MLflow settings (it switches the registry URI) out of the app.
+
+MONITOR_EXPERIMENT_TAG = "MONITOR_EXPERIMENT_ID"  # the endpoint tag databricks-agents traces by
+_MAX_SERVED_ENTITIES = 15  # Model Serving refuses more served entities on one endpoint
+_UC_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+_LOCAL_DEPLOY = ("Deploying with databricks.agents.deploy needs the Databricks backend. Locally, add the version "
+                 "to a gateway endpoint in the split editor.")
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """What ``deploy_version`` will do: ``before`` is None when the endpoint does not exist yet."""
+
+    model_name: str
+    model_version: str
+    endpoint_name: str
+    entity_name: str
+    before: Endpoint | None
+    after: dict[str, int]  # "<model> v<version>" -> percent once deployed
+    experiment_id: str | None
+
+    @property
+    def creates_endpoint(self) -> bool:
+        return self.before is None
+
+    def percentages(self) -> tuple[dict[str, int], dict[str, int]]:
+        return (_percentages(self.before) if self.before else {}), dict(self.after)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A finished deploy: the endpoint as stored and the links databricks-agents returned."""
+
+    plan: DeployPlan
+    endpoint: Endpoint
+    endpoint_url: str | None
+    review_app_url: str | None
+    query_endpoint: str | None
+
+
+def validate_uc_model_name(model_name: str) -> str:
+    """``catalog.schema.model`` with plain name parts, or ``ValidationError``."""
+    name = (model_name or "").strip()
+    parts = name.split(".")
+    if len(parts) != 3 or not all(_UC_PART.fullmatch(p) for p in parts):
+        raise ValidationError(
+            f"{model_name!r} is not a Unity Catalog model name: databricks.agents.deploy needs "
+            "catalog.schema.model (letters, digits, '_' or '-' in each part)."
+        )
+    return name
+
+
+def _validate_version(version: Any) -> str:
+    text = str(version).strip() if version is not None else ""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ValidationError(f"{version!r} is not a model version: use the version number (1, 2, …).")
+    return str(int(text))
+
+
+def plan_deploy(model_name: str, version: Any, *, experiment_id: str | None = None,
+                settings: Settings | None = None, user_token: str | None = None) -> DeployPlan:
+    """Validate deploying ``model_name`` v``version`` to its agents endpoint; nothing is written.
+
+    Reads the version from Unity Catalog and the endpoint from Model Serving. Raises
+    ``ValidationError`` for a malformed name or version, a version the endpoint already serves or
+    an endpoint that is full, ``NotFoundError`` for a version that does not exist and
+    ``ConflictError`` while the endpoint is updating.
+    """
+    from databricks.sdk.errors import NotFound
+
+    settings = settings or get_settings()
+    if settings.backend is not Backend.DATABRICKS:
+        raise ValidationError(_LOCAL_DEPLOY)
+    name = validate_uc_model_name(model_name)
+    number = _validate_version(version)
+    endpoint_name = agents_endpoint_name(name)
+    entity = entity_name_for(name, number)
+    client = workspace_client(settings, user_token=user_token)
+    try:
+        client.model_versions.get(name, int(number))
+    except NotFound:
+        raise NotFoundError(f"Version {number} of {name} does not exist in Unity Catalog; nothing was deployed.") from None
+    except Exception as exc:  # noqa: BLE001 - classified below
+        from services._clients import classify_error
+
+        raise classify_error(exc, f"Unity Catalog model {name}") from exc
+    try:
+        detailed = client.serving_endpoints.get(endpoint_name)
+    except NotFound:
+        detailed = None
+    except Exception as exc:  # noqa: BLE001 - classified below
+        from services._clients import classify_error
+
+        raise classify_error(exc, f"serving endpoint {endpoint_name!r}") from exc
+    before = _from_sdk(detailed) if detailed is not None else None
+    label = f"{name} v{number}"
+    if before is not None:
+        if before.state is EndpointState.UPDATING:
+            raise ConflictError(f"Endpoint {endpoint_name!r} already has an update in progress; wait for it to finish, "
+                                "then deploy.")
+        if any(s.entity_name == entity or (s.model_name, s.model_version) == (name, number) for s in before.served):
+            raise ValidationError(f"{endpoint_name!r} already serves {label}. To send it more traffic, use the split "
+                                  "editor instead of deploying it again.")
+        if len(before.served) >= _MAX_SERVED_ENTITIES:
+            raise ValidationError(f"{endpoint_name!r} already serves {len(before.served)} versions, the most Model Serving "
+                                  "allows; remove one in the split editor first.")
+        tags = {t.key: t.value for t in (detailed.tags or [])}
+        experiment_id = tags.get(MONITOR_EXPERIMENT_TAG) or experiment_id
+    # databricks.agents.deploy routes everything to the new version and keeps the others at 0%.
+    after = {label: 100, **{k: 0 for k in (_percentages(before) if before else {}) if k != label}}
+    return DeployPlan(name, number, endpoint_name, entity, before, after, experiment_id)
+
+
+def deploy_version(
+    model_name: str,
+    version: Any,
+    *,
+    user: str,
+    reason: str,
+    identity: Any = None,
+    user_token: str | None = None,
+    experiment_id: str | None = None,
+    plan: DeployPlan | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] | None = None,
+    wait: bool = True,
+) -> Deployment:
+    """Deploy a UC model version with ``databricks.agents.deploy`` (new version gets 100%), audited.
+
+    Validates first (name, version, role and user token, the version in Unity Catalog, the endpoint's
+    state) and sends nothing when that fails. With ``plan`` (the preview the user confirmed), the
+    endpoint must still look as it did then. With ``wait``, follows the rollout to the end.
+    """
+    from services import roles, traffic_audit
+
+    settings = settings or get_settings()
+    say = progress or (lambda _message: None)
+    if settings.backend is not Backend.DATABRICKS:
+        raise ValidationError(_LOCAL_DEPLOY)
+    validate_uc_model_name(model_name)
+    _validate_version(version)
+    if not reason.strip():
+        raise ValidationError("Give a reason for the deployment; it goes into the audit trail.")
+    if identity is not None:
+        roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
+        user_token = user_token or getattr(identity, "access_token", None)
+    if roles.user_authorization_required() and not user_token:
+        raise PermissionDeniedError(
+            "User authorization is on, but this request carries no user token; the app will not deploy as its "
+            "service principal. Reload the app, or ask an admin to enable user authorization scopes for it."
+        )
+    say(f"Checking {model_name} v{version} in Unity Catalog and its endpoint…")
+    fresh = plan_deploy(model_name, version, experiment_id=experiment_id, settings=settings, user_token=user_token)
+    if plan is not None and (plan.model_name, plan.model_version, plan.endpoint_name) != (
+            fresh.model_name, fresh.model_version, fresh.endpoint_name):
+        raise ValidationError("The confirmed plan is for another model or version; review the deployment again.")
+    if plan is not None and plan.percentages()[0] != fresh.percentages()[0]:
+        raise ConflictError(f"The split of {fresh.endpoint_name!r} changed since this deployment was prepared; "
+                            "review it again.")
+    before_pct, after_pct = fresh.percentages()
+    args = {"model_name": fresh.model_name, "model_version": int(fresh.model_version),
+            "endpoint_name": fresh.endpoint_name, "experiment_id": fresh.experiment_id}
+    say(f"{'Creating' if fresh.creates_endpoint else 'Updating'} {fresh.endpoint_name} with databricks.agents.deploy…")
+    action = f"deploy v{fresh.model_version}"
+
+    def record_failure(outcome: str) -> None:
+        # The attempt may have changed the endpoint before failing: keep who tried, even then.
+        try:
+            traffic_audit.record_traffic_change(fresh.endpoint_name, action=action, user=user, reason=reason,
+                                                before=before_pct, after=after_pct, outcome=outcome[:500], settings=settings)
+        except AgentOpsError as audit_error:  # the deploy's own error is the one to show
+            _logger.warning("Could not record the failed deployment of %s v%s: %s", fresh.model_name,
+                            fresh.model_version, audit_error)
+
+    try:
+        result = run_agents_call("deploy", args, settings, user_token=user_token)
+    except AgentOpsError as exc:
+        record_failure(f"failed: {exc}")
+        raise
+    client = workspace_client(settings, user_token=user_token)
+    if wait:
+        say("Deployment submitted; waiting for Model Serving to roll it out…")
+        stored = _wait_for_rollout(client, fresh, progress)
+        if isinstance(stored, AgentOpsError):
+            record_failure(f"rollout failed: {stored}")
+            raise stored
+    else:
+        with translate_errors(f"serving endpoint {fresh.endpoint_name!r}"):
+            stored = _from_sdk(client.serving_endpoints.get(fresh.endpoint_name))
+    if stored.routes:
+        after_pct = _percentages(stored)
+    traffic_audit.record_traffic_change(
+        fresh.endpoint_name, action=action, user=user, reason=reason,
+        before=before_pct, after=after_pct, outcome="applied" if wait else "submitted", settings=settings)
+    return Deployment(fresh, stored, result.get("endpoint_url"), result.get("review_app_url"), result.get("query_endpoint"))
+
+
+def _wait_for_rollout(client: Any, plan: DeployPlan, progress: Callable[[str], None] | None) -> "Endpoint | AgentOpsError":
+    from datetime import timedelta
+
+    from databricks.sdk.errors import OperationFailed
+
+    def report(endpoint: Any) -> None:
+        if progress and endpoint.state is not None:
+            progress(f"{plan.endpoint_name}: config update "
+                     f"{getattr(endpoint.state.config_update, 'value', endpoint.state.config_update)}")
+
+    try:
+        detailed = client.serving_endpoints.wait_get_serving_endpoint_not_updating(
+            plan.endpoint_name, timeout=timedelta(minutes=30), callback=report)
+    except OperationFailed as exc:
+        return ConflictError(f"Model Serving could not roll out {plan.model_name} v{plan.model_version} on "
+                             f"{plan.endpoint_name!r} ({exc}); the endpoint keeps its previous configuration.")
+    except TimeoutError as exc:
+        return BackendUnavailableError(f"The rollout on {plan.endpoint_name!r} did not finish in 30 minutes ({exc}); "
+                                       "check the endpoint's events in the Serving UI.")
+    except Exception as exc:  # noqa: BLE001 - classified below
+        from services._clients import classify_error
+
+        return classify_error(exc, f"serving endpoint {plan.endpoint_name!r}")
+    return _from_sdk(detailed)
+
+
+# --- running databricks-agents calls in a child process ------------------------------------------
+
+_RESULT_MARK = "AGENTOPS-AGENTS-RESULT "
+# The operations a child may run ("module:function", each taking and returning JSON-able dicts).
+_CHILD_OPERATIONS = {
+    "deploy": "services.serving:_child_deploy",
+    "labeling_session": "services.review_queue:_child_labeling_session",
+}
+# Credentials the child must not inherit when it acts as the signed-in user.
+_APP_CREDENTIALS = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_AUTH_TYPE",
+                    "DATABRICKS_CONFIG_PROFILE")
+
+
+def run_agents_call(operation: str, args: dict[str, Any], settings: Settings, *, user_token: str | None = None,
+                    timeout_seconds: float = 600) -> dict[str, Any]:
+    """Run one databricks-agents operation in a child process as the user (token) or the app.
+
+    Returns the operation's JSON result; a failure comes back as the matching typed error.
+    """
+    import subprocess
+    import sys
+
+    from services.settings import PROJECT_ROOT
+
+    if operation not in _CHILD_OPERATIONS:
+        raise ValidationError(f"{operation!r} is not a databricks-agents operation this app runs.")
+    env = {k: v for k, v in os.environ.items() if not (user_token and k in _APP_CREDENTIALS)}
+    env.update({"DATABRICKS_HOST": settings.databricks_host or "", "MLFLOW_TRACKING_URI": "databricks",
+                "MLFLOW_REGISTRY_URI": "databricks-uc", "PYTHONUNBUFFERED": "1"})
+    # The token travels on stdin, not in the child's environment block (readable in /proc).
+    request = json.dumps({"operation": operation, "args": args, "user_token": user_token})
+    try:
+        done = subprocess.run([sys.executable, "-m", "services.serving"], input=request, env=env, cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        raise BackendUnavailableError(f"databricks-agents did not finish {operation} within "
+                                      f"{timeout_seconds:.0f} s; check the workspace, then try again.") from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_MARK)]
+    if not lines:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise BackendUnavailableError(f"databricks-agents stopped during {operation} (exit {done.returncode}): {tail[0]}")
+    answer = json.loads(lines[-1][len(_RESULT_MARK):])
+    if answer.get("ok"):
+        return answer.get("result") or {}
+    raise _child_error(answer, operation)
+
+
+def _child_error(answer: dict[str, Any], operation: str) -> AgentOpsError:
+    kind, message, code = answer.get("error", ""), answer.get("message", ""), answer.get("error_code") or ""
+    what = "databricks.agents.deploy" if operation == "deploy" else "the Databricks Review App"
+    if kind in ("PermissionDenied", "Unauthenticated") or code in ("PERMISSION_DENIED", "UNAUTHENTICATED") \
+            or answer.get("status") in (401, 403):
+        hint = (" Deploying needs CAN_MANAGE on the endpoint (or the right to create one) and EXECUTE on the model."
+                if operation == "deploy" else "")
+        return PermissionDeniedError(f"{what} was refused: {message}.{hint}")
+    if kind in ("NotFound", "ResourceDoesNotExist") or code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") \
+            or answer.get("status") == 404:
+        return NotFoundError(f"{what}: {message}")
+    if kind in ("ResourceConflict", "Aborted") or code in ("RESOURCE_CONFLICT", "ABORTED") \
+            or "currently updating" in message:
+        return ConflictError(f"{what}: {message}")
+    if kind in ("ValueError", "BadRequest", "InvalidParameterValue") or code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
+        return ValidationError(f"{what} refused the request: {message}")
+    return BackendUnavailableError(f"{what} failed: {kind}: {message}")
+
+
+def _child_main() -> int:
+    """Child side of ``run_agents_call``: read the request on stdin, print one result line."""
+    import contextlib
+    import importlib
+    import sys
+
+    request = json.loads(sys.stdin.read())
+    if request.get("user_token"):
+        os.environ["DATABRICKS_TOKEN"] = request["user_token"]
+        os.environ["DATABRICKS_AUTH_TYPE"] = "pat"
+    module_name, _, function = _CHILD_OPERATIONS[request["operation"]].partition(":")
+    out = sys.stdout
+    try:
+        # databricks-agents prints summaries; keep stdout for the one result line.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = getattr(importlib.import_module(module_name), function)(request["args"])
+        answer: dict[str, Any] = {"ok": True, "result": result}
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which classifies it
+        answer = {"ok": False, "error": type(exc).__name__, **_describe(exc)}
+    out.write(_RESULT_MARK + json.dumps(answer, default=str) + "\n")
+    out.flush()
+    return 0
+
+
+def _describe(exc: Exception) -> dict[str, Any]:
+    """Message, error code and HTTP status of a failure, preferring the service's own JSON error."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else type(exc).__name__
+    if response is not None and status is not None:
+        try:
+            payload = response.json()
+        except Exception:  # noqa: BLE001 - not JSON: keep the exception's text
+            payload = None
+        if isinstance(payload, dict) and payload.get("message"):
+            message, code = str(payload["message"]), payload.get("error_code") or code
+    return {"message": message[:1000], "error_code": str(code) if code is not None else None,
+            "status": status if isinstance(status, int) else None}
+
+
+def _child_deploy(args: dict[str, Any]) -> dict[str, Any]:
+    """Child side of ``deploy_version``: the real ``databricks.agents.deploy`` call."""
+    from databricks import agents
+
+    environment = {"MLFLOW_EXPERIMENT_ID": str(args["experiment_id"])} if args.get("experiment_id") else None
+    deployment = agents.deploy(args["model_name"], int(args["model_version"]), endpoint_name=args["endpoint_name"],
+                               environment_vars=environment)
+    if deployment is None:
+        raise RuntimeError("the agents service accepted the deployment but returned no deployment record")
+    return {"endpoint_name": deployment.endpoint_name, "served_entity_name": deployment.served_entity_name,
+            "endpoint_url": deployment.endpoint_url, "review_app_url": deployment.review_app_url,
+            "query_endpoint": deployment.query_endpoint}
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())

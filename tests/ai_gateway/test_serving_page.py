@@ -54,3 +54,25 @@ def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gat
         "model-a": 70, "model-b": 30}
     [change] = traffic_audit.traffic_changes("gw-page", settings=gateway_server)
     assert change.reason == "more of a"
+
+    # The History tab (the same component as the agent-endpoint section) shows the change.
+    assert any("more of a" in list(d.value.get("Reason", [])) for d in app.dataframe)
+
+    # With usage traces, the Judge tab offers the shared promote form; promoting moves the weights.
+    from datetime import datetime, timezone
+
+    from tests.ai_gateway.test_ai_gateway import _samples_when_logged, _send
+
+    start = datetime.now(tz=timezone.utc)
+    _send(gateway_server, "gw-page", 12)
+    _samples_when_logged(gateway_server, "gw-page", start, 12)
+    app.run()
+    assert not app.exception
+    app.selectbox(key="aigw_winner::gw-page").set_value("model-b").run()
+    app.text_input(key="aigw_why::gw-page").input("b for everyone").run()
+    app.button(key="aigw_promote::gw-page").click().run()
+    assert not app.exception
+    assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-page", gateway_server).routes} == {
+        "model-a": 0, "model-b": 100}
+    assert [c.reason for c in traffic_audit.traffic_changes("gw-page", settings=gateway_server)] == [
+        "b for everyone", "more of a"]

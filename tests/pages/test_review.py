@@ -157,3 +157,72 @@ def test_a_viewer_cannot_review(monkeypatch, tmp_path, use_store):
     app.run()
     assert not app.exception
     assert any("not review" in w.value and "reviewer role" in w.value for w in app.warning)
+
+
+# --- Databricks Review App -------------------------------------------------------------------------
+
+
+def _link_buttons(app: AppTest) -> dict[str, str]:
+    """Label → URL of the page's link buttons (AppTest has no typed accessor for them)."""
+    found = {}
+    for element in app.get("link_button"):
+        proto = element.proto
+        found[proto.label] = proto.url
+    return found
+
+
+@pytest.mark.slow
+def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_it(
+        isolated_settings, monkeypatch, as_reviewer):
+    """Databricks backend: the session is made with the real labeling client against the harness; the
+    queue, registry and feedback stay in the local store (the app's MLflow client is pointed there)."""
+    from services import _clients
+    from tests.harness.agents_api import ReviewAppApi
+    from tests.harness.databricks import DatabricksHarness
+    from tests.services.test_serving_split import _local_client_factory
+
+    experiment_id, ids = _store(isolated_settings, 2)
+    queue = rq.create_queue(rq.QueueSpec("triage", rq.QueueSource.HAND_PICKED, (), agent="agent-a", trace_ids=tuple(ids)),
+                            "owner@example.com", isolated_settings)
+    from databricks.sdk.service import iam
+
+    harness = DatabricksHarness().start()
+    api = ReviewAppApi(harness, experiments={experiment_id: "/Users/owner/agent-a"}).install()
+    harness.users["rev-token"] = iam.User(user_name=REVIEWER, groups=[iam.ComplexValue(display="experts")])
+    monkeypatch.setattr("components.context.request_headers",
+                        lambda: {"X-Forwarded-Email": REVIEWER, "X-Forwarded-Access-Token": "rev-token"})
+    try:
+        for key, value in {"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url, "DATABRICKS_TOKEN": "app-token",
+                           "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
+                           "AGENTOPS_ROLE_GROUPS": "reviewer=experts"}.items():
+            monkeypatch.setenv(key, value)
+        _clients._cached_settings.cache_clear()
+        local = _local_client_factory()
+        for module in ("review_queue", "registry", "feedback"):
+            monkeypatch.setattr(f"services.{module}.mlflow_client", local)
+        app = _open()
+        assert not app.exception
+        app.text_input(key="dbx_assign").input(f"{REVIEWER}, bo@example.com").run()
+        _button(app, "Create a labeling session for this queue").click().run()
+        assert not app.exception
+        assert any("Labeling session created" in s.value for s in app.success), [w.value for w in app.warning + app.error]
+        (session_id,) = api.sessions
+        assert [i["source"]["trace_id"] for i in api.items[session_id]] == [
+            i.trace_id for i in rq.queue_items(queue, isolated_settings)]
+        (app_id,) = api.review_apps
+        url = f"{harness.url}/ml/review-v2/{app_id}/tasks/labeling/{session_id}"
+        assert _link_buttons(app) == {"Open in the Databricks Review App": url}
+
+        # From now on the queue links to its session, on the Queues tab and while reviewing it.
+        app = _open()
+        assert not app.exception
+        assert not any(b.label == "Create a labeling session for this queue" for b in app.button)
+        assert list(_link_buttons(app).values()) == [url]
+        # It was made as the signed-in reviewer (their token), not as the app.
+        assert {a for m, p, a in api.callers if m in ("POST", "PATCH")} == {"Bearer rev-token"}
+        assert any(t.value == f"Labeling session: triage ({queue.queue_id[:8]})" for t in app.text)
+    finally:
+        monkeypatch.undo()
+        _clients._cached_settings.cache_clear()
+        _clients.configure_mlflow()
+        harness.stop()

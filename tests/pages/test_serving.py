@@ -90,3 +90,95 @@ def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeyp
         serving.apply_split(plan, user="rev", reason="try", settings=seeded_settings,
                             identity=Identity("rev", "rev", IdentitySource.OS_USER))
     assert serving.local_config_path(seeded_settings).read_text() == before
+
+
+# --- Databricks backend: the "Deploy version" tab --------------------------------------------------
+
+DBX_MODEL = "main.demo.support"
+DBX_ENDPOINT = "agents_main-demo-support"
+
+
+@pytest.fixture
+def databricks_page(monkeypatch, isolated_settings):
+    """The serving page on the Databricks backend: serving and deploys against the harness (real SDK and
+    databricks-agents), the registry and audit trail in a local store, signed in as an operator."""
+    from databricks.sdk.service import iam
+
+    from services import _clients
+    from tests.harness.agents_api import AgentsApi
+    from tests.harness.databricks import DatabricksHarness
+    from tests.services.test_deploy import _existing_endpoint
+    from tests.services.test_serving_split import _local_client_factory
+
+    harness = DatabricksHarness().start()
+    api = AgentsApi(harness).install()
+    for version in (1, 2, 3):
+        api.add_model_version(DBX_MODEL, version)
+    harness.endpoints[DBX_ENDPOINT] = _existing_endpoint()
+    harness.users["olivia-token"] = iam.User(user_name="olivia@example.com",
+                                             groups=[iam.ComplexValue(display="release-managers")])
+    harness.api = api
+    import mlflow
+
+    registry = mlflow.MlflowClient(tracking_uri=isolated_settings.tracking_uri, registry_uri=isolated_settings.tracking_uri)
+    registry.create_registered_model(DBX_MODEL)
+    for _ in range(3):
+        registry.create_model_version(DBX_MODEL, source="file:///tmp/none")
+    for key, value in {"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url, "DATABRICKS_TOKEN": "app-token",
+                       "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
+                       "AGENTOPS_ROLE_GROUPS": "operator=release-managers"}.items():
+        monkeypatch.setenv(key, value)
+    _clients._cached_settings.cache_clear()
+    monkeypatch.setattr("components.context.request_headers", lambda: {
+        "X-Forwarded-Email": "olivia@example.com", "X-Forwarded-Access-Token": "olivia-token"})
+    local = _local_client_factory()
+    monkeypatch.setattr("services.traffic_audit.mlflow_client", local)
+    monkeypatch.setattr("services.registry.mlflow_client", local)
+    yield harness
+    monkeypatch.undo()
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+    api.stop()
+    harness.stop()
+
+
+def test_databricks_deploy_tab_previews_confirms_deploys_and_records(databricks_page):
+    harness = databricks_page
+    app = _serving_page()
+    assert not app.exception
+    assert app.selectbox(key="serving_endpoint").value == DBX_ENDPOINT
+    assert app.selectbox(key="deploy_model").value == DBX_MODEL
+    app.selectbox(key="deploy_version").set_value("3").run()
+    app.text_input(key="deploy_reason").input("ship v3").run()
+    app.button(key="deploy_review").click().run()
+    assert not app.exception
+    preview = next(d.value for d in app.dataframe if "After deploy %" in d.value.columns)
+    assert dict(zip(preview["Served version"], preview["After deploy %"])) == {
+        "main.demo.support v3": 100, "main.demo.support v1": 0, "main.demo.support v2": 0}
+    assert dict(zip(preview["Served version"], preview["Current %"])) == {
+        "main.demo.support v3": 0, "main.demo.support v1": 90, "main.demo.support v2": 10}
+    changes = lambda: [r for r in harness.requests if r.method in ("POST", "PUT", "PATCH")  # noqa: E731
+                       and r.path.startswith(("/api/2.0/serving-endpoints", "/api/2.0/agents/"))]
+    assert changes() == [], "a preview changes nothing"
+    assert app.button(key="deploy_go").disabled  # not before the confirmation box is ticked
+    app.checkbox(key="deploy_confirm").check().run()
+    app.button(key="deploy_go").click().run()
+    assert not app.exception
+    assert any("Deployed main.demo.support v3 on agents_main-demo-support" in s.value for s in app.success), \
+        [e.value for e in app.error]
+    # The page re-read the endpoint: the split editor and the history show the deployment.
+    assert app.number_input(key=f"pct::{DBX_ENDPOINT}::{DBX_MODEL}::3").value == 100
+    assert any("ship v3" in list(d.value.get("Reason", [])) for d in app.dataframe)
+    (put,) = [r for r in harness.requests if r.method == "PUT"]
+    assert put.body["traffic_config"]["routes"][0] == {"served_model_name": "main-demo-support_3", "traffic_percentage": 100}
+    # The deploy went out with the signed-in operator's token, not the app's.
+    assert {a for m, p, a in harness.api.callers if m in ("POST", "PUT")} == {"Bearer olivia-token"}
+    (change,) = traffic_audit.traffic_changes(DBX_ENDPOINT)
+    assert (change.user, change.action, change.reason) == ("olivia@example.com", "deploy v3", "ship v3")
+
+
+def test_databricks_deploy_tab_is_disabled_for_a_viewer(databricks_page, monkeypatch):
+    monkeypatch.setattr("components.context.request_headers", lambda: {"X-Forwarded-Email": "viv@example.com"})
+    app = _serving_page()
+    assert not app.exception
+    assert app.button(key="deploy_review").disabled

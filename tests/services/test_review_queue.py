@@ -124,3 +124,174 @@ def test_labeling_session_is_databricks_only(isolated_settings):
     queue = _hand_picked(isolated_settings, ids)
     with pytest.raises(BackendUnavailableError, match="only on Databricks"):
         rq.databricks_labeling_session(queue, ids, ["a@x"], isolated_settings)
+
+
+# --- claims across processes ---------------------------------------------------------------------
+
+
+def _schedules(a_steps: int, b_steps: int):
+    """Every order of two attempts' store operations (``True`` = A moves)."""
+    from itertools import combinations
+
+    total = a_steps + b_steps
+    for a_turns in combinations(range(total), a_steps):
+        yield [i in a_turns for i in range(total)]
+
+
+def _interleave(make_a, make_b, schedule) -> tuple[object, object]:
+    """Drive two step generators in ``schedule`` order (a finished one's turns pass to the other)."""
+    gens = {True: make_a(), False: make_b()}
+    results: dict[bool, object] = {}
+    for turn in schedule + [True, False] * 8:
+        who = turn if turn not in results else (not turn)
+        if who in results:
+            break
+        try:
+            next(gens[who])
+        except StopIteration as done:
+            results[who] = done.value
+    return results[True], results[False]
+
+
+def _naive_claim_steps(client, queue_id, trace_id, reviewer):
+    """The earlier scheme: one shared claim tag, written if it looked free, then read back."""
+    key = rq.CLAIM_TAG + queue_id
+    free = key not in (client.get_trace(trace_id).info.tags or {})
+    yield "read"
+    if not free:
+        return None
+    client.set_trace_tag(trace_id, key, reviewer)
+    yield "write"
+    won = (client.get_trace(trace_id).info.tags or {}).get(key) == reviewer
+    yield "read"
+    return won or None
+
+
+@pytest.mark.slow
+def test_two_claim_attempts_in_every_interleaving_never_both_win(isolated_settings):
+    client, _, (trace_id,) = make_traces(isolated_settings, 1)
+    queue = _hand_picked(isolated_settings, [trace_id])
+    qid = queue.queue_id
+
+    def reset():
+        for key in rq._tags(client, trace_id):
+            if key.startswith(rq.CLAIM_TAG):
+                client.delete_trace_tag(trace_id, key)
+
+    outcomes = set()
+    for schedule in _schedules(5, 5):  # announce, read, ticket, read, hold/withdraw
+        reset()
+        a, b = _interleave(lambda: rq.claim_steps(client, qid, trace_id, "a@x"),
+                           lambda: rq.claim_steps(client, qid, trace_id, "b@x"), schedule)
+        assert not (a and b), f"both attempts won under schedule {schedule}"
+        holder = rq.queue_items(queue, isolated_settings)[0].claimed_by
+        assert holder == ("a@x" if a else "b@x" if b else None)
+        outcomes.add((bool(a), bool(b)))
+    # Run one after the other, the first attempt wins; some overlaps give it to B, some to neither.
+    assert {(True, False), (False, True)} <= outcomes
+
+    # The checker is able to fail: the earlier single-tag scheme hands the item to both.
+    double = 0
+    for schedule in _schedules(3, 3):
+        reset()
+        a, b = _interleave(lambda: _naive_claim_steps(client, qid, trace_id, "a@x"),
+                           lambda: _naive_claim_steps(client, qid, trace_id, "b@x"), schedule)
+        double += bool(a and b)
+    assert double > 0
+
+
+def _drive(steps):
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def test_an_attempt_started_from_a_stale_read_does_not_reopen_a_finished_item(isolated_settings):
+    client, _, (trace_id,) = make_traces(isolated_settings, 1)
+    queue = _hand_picked(isolated_settings, [trace_id])
+    assert rq.queue_items(queue, isolated_settings)[0].claimed_by is None  # what b saw before a finished
+    item = rq.next_item(queue, "a@x", settings=isolated_settings)
+    rq.complete(queue, item.trace_id, "a@x", isolated_settings)
+    # b's attempt runs on its older read: the item looked free and unreviewed.
+    assert _drive(rq.claim_steps(client, queue.queue_id, trace_id, "b@x", reviews_needed=1)) is None
+    (after,) = rq.queue_items(queue, isolated_settings)
+    assert (after.claimed_by, after.reviewed_by) == (None, ("a@x",))
+    assert not [k for k in rq._tags(client, trace_id) if k.startswith(rq.CLAIM_TAG)], "the withdrawn attempt left no tag"
+
+
+def _hammer(data_dir: str, queue_id: str, reviewer: str, barrier, results) -> None:
+    """One OS process: claim, hold briefly, complete, until this reviewer has done every item."""
+    import random as _random
+    import time as _time
+
+    from services import review_queue as queue_service
+    from services._clients import configure_mlflow
+    from services.settings import load_settings
+
+    settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": data_dir}))
+    queue = queue_service.get_queue(queue_id, settings)
+    rng = _random.Random()
+    log = []
+    barrier.wait()
+    deadline = _time.time() + 120
+    while _time.time() < deadline:
+        item = queue_service.next_item(queue, reviewer, settings=settings)
+        if item is None:
+            left = [i for i in queue_service.queue_items(queue, settings)
+                    if reviewer not in i.reviewed_by and len(i.reviewed_by) < queue.reviews_per_item]
+            if not left:
+                break
+            _time.sleep(rng.uniform(0.0, 0.03))
+            continue
+        start = _time.time()
+        _time.sleep(rng.uniform(0.0, 0.02))
+        end = _time.time()
+        log.append((item.trace_id, reviewer, start, end))
+        queue_service.complete(queue, item.trace_id, reviewer, settings)
+    results.put(log)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reviews", [1, 4])
+def test_reviewers_in_separate_processes_never_hold_the_same_item_at_once(isolated_settings, reviews):
+    import multiprocessing
+
+    _, _, ids = make_traces(isolated_settings, 3 if reviews > 1 else 6)
+    reviewers = [f"p{i}@example.com" for i in range(4)]
+    # With four reviews per item each item is handed out four times, so all four processes compete
+    # for the same few items the whole time; with one, each item must go to exactly one of them.
+    queue = _hand_picked(isolated_settings, ids, reviews=reviews)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(len(reviewers)), ctx.Queue()
+    processes = [ctx.Process(target=_hammer, args=(str(isolated_settings.data_dir), queue.queue_id, r, barrier, results))
+                 for r in reviewers]
+    for process in processes:
+        process.start()
+    logs = [results.get(timeout=240) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    handed = sorted((entry for log in logs for entry in log), key=lambda e: (e[0], e[2]))
+    if reviews == len(reviewers):
+        assert sorted((t, r) for t, r, _, _ in handed) == sorted((t, r) for t in ids for r in reviewers), \
+            "each reviewer got each item exactly once"
+    else:
+        assert sorted(t for t, _, _, _ in handed) == sorted(ids), "each item went to exactly one reviewer"
+    for earlier, later in zip(handed, handed[1:]):
+        if earlier[0] == later[0]:
+            assert later[2] >= earlier[3], f"{later[1]} was handed {later[0]} while {earlier[1]} still held it"
+    progress = rq.progress(queue, settings=isolated_settings)
+    assert (progress.total, progress.completed) == (len(ids), len(ids))
+
+
+def test_a_claim_in_the_earlier_single_tag_format_is_still_honoured(isolated_settings):
+    client, _, ids = make_traces(isolated_settings, 1)
+    queue = _hand_picked(isolated_settings, ids)
+    client.set_trace_tag(ids[0], rq.CLAIM_TAG + queue.queue_id, f"old@x|{time.time() + 600:.3f}")
+    assert rq.queue_items(queue, isolated_settings)[0].claimed_by == "old@x"
+    assert rq.next_item(queue, "new@x", settings=isolated_settings) is None
+    rq.complete(queue, ids[0], "old@x", isolated_settings)
+    assert rq.next_item(queue, "new@x", settings=isolated_settings) is None  # one review per item: done
+    assert rq.queue_items(queue, isolated_settings)[0].reviewed_by == ("old@x",)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from services.evaluations import EvaluationSummary
@@ -9,6 +11,28 @@ from services.overview import AgentActivity
 from services.serving import Endpoint
 
 MAIN_ALIASES = ("champion", "challenger")
+# Markdown that can load, link, run or hide something: links and images ([]()!), raw HTML (<>&),
+# code spans (`), emphasis (*), KaTeX ($), tables (|), strikethrough (~), headings (#) and escapes
+# themselves. Punctuation that only formats harmlessly ('.', '-', ':', '_') is left as typed.
+_MARKDOWN = set("\\`*[]()!<>&$|~#")
+
+
+def plain(text: object) -> str:
+    """``text`` with markdown's active characters escaped, so st.markdown/caption/info show it as typed.
+
+    Registry fields, trace content, tags and error messages are untrusted: unescaped, a markdown
+    image in them loads a URL of the writer's choosing and a link points anywhere.
+    """
+    escaped = "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text)).replace("\n", " ")
+    # GitHub-flavoured markdown also links bare URLs and e-mail addresses: an invisible word joiner
+    # inside "://", "www." and after "@" keeps them text.
+    escaped = escaped.replace("://", ":\u2060//").replace("@", "@\u2060")
+    return re.sub(r"(?i)\b(www)\.", "\\1\u2060.", escaped)
+
+
+def code(text: object) -> str:
+    """``text`` as inline code: backticks (which would end the code span) and line breaks removed."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ").replace("\r", " ") + "`"
 
 
 def _version_label(agent_name: str, version: str | None) -> str:

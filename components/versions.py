@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from components.tables import code, plain
 from services.audit import AliasChange
 from services.releases import AliasState, CheckStatus, Drift, PromotionPlan
 from services.versions import VersionDetail, VersionDiff
@@ -86,14 +87,16 @@ def show_version_detail(detail: VersionDetail) -> None:
     cols[2].metric("p95 latency", f"{detail.traffic.p95_ms:,.0f} ms" if detail.traffic.p95_ms is not None else "—")
     cols[3].metric("Cost / request",
                    f"${detail.traffic.cost_per_request:.5f}" if detail.traffic.cost_per_request is not None else "—")
+    # Registry fields are written by whoever can register a model: shown as text, never as markdown.
     st.markdown(
-        f"**Created** {detail.created:%Y-%m-%d %H:%M} UTC by {detail.creator or 'unknown'} · **status** {detail.status}  \n"
-        f"**Source run** `{detail.run_id or '—'}` · **LoggedModel** `{detail.model_id or '—'}` · "
-        f"**git commit** `{detail.git_commit or '—'}`"
-        if detail.created else f"**Source run** `{detail.run_id or '—'}`"
+        f"**Created** {detail.created:%Y-%m-%d %H:%M} UTC by {plain(detail.creator or 'unknown')} · "
+        f"**status** {plain(detail.status)}  \n"
+        f"**Source run** {code(detail.run_id or '—')} · **LoggedModel** {code(detail.model_id or '—')} · "
+        f"**git commit** {code(detail.git_commit or '—')}"
+        if detail.created else f"**Source run** {code(detail.run_id or '—')}"
     )
     if detail.description:
-        st.caption(detail.description)
+        st.caption(plain(detail.description))
     left, right = st.columns(2)
     left.caption("Params")
     left.dataframe(pd.DataFrame(sorted(detail.params.items()), columns=["Param", "Value"]), hide_index=True,
@@ -140,7 +143,7 @@ def checks_frame(plan: PromotionPlan) -> pd.DataFrame:
 def show_plan(plan: PromotionPlan) -> None:
     """Before → after, the evidence and the gate verdict of a promotion."""
     st.markdown(
-        f"#### `{plan.agent}@{plan.alias}`: {_v(plan.current_version)} → {_v(plan.target_version)}"
+        f"#### {code(f'{plan.agent}@{plan.alias}')}: {_v(plan.current_version)} → {_v(plan.target_version)}"
     )
     cols = st.columns(2)
     cols[0].metric("Points to now", _v(plan.current_version))
@@ -151,7 +154,7 @@ def show_plan(plan: PromotionPlan) -> None:
                    icon=":material/warning:")
     else:
         same = "same dataset" if ev.current_eval else "the current holder has no evaluation on it"
-        st.caption(f"Evidence: latest evaluations on **{ev.dataset or 'unnamed dataset'}** ({same}).")
+        st.caption(f"Evidence: latest evaluations on **{plain(ev.dataset or 'unnamed dataset')}** ({same}).")
         st.dataframe(evidence_frame(plan), hide_index=True, width="stretch",
                      column_config={"Δ": st.column_config.NumberColumn(format="%+.3f")})
     traffic = ev.candidate_traffic

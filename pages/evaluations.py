@@ -7,6 +7,7 @@ import streamlit as st
 from components import evaluations as view
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
+from components.tables import code, plain
 from services import datasets, eval_jobs, registry, roles, scorers
 from services import evaluations as evaluations_service
 from services.errors import AgentOpsError
@@ -75,7 +76,7 @@ with run_tab:
         try:
             choices = _versions(settings, agent)
         except AgentOpsError as exc:
-            show_error(exc, what=f"Cannot list the versions of {agent}")
+            show_error(exc, what=f"Cannot list the versions of {plain(agent)}")
             choices = {}
         version = st.selectbox("Version or alias", list(choices), format_func=choices.get, key="eval_version")
         source = st.radio("Dataset", ["MLflow evaluation dataset", "Upload a file"], horizontal=True, key="eval_source")
@@ -89,7 +90,7 @@ with run_tab:
             if not listing.supported:
                 st.warning(listing.reason, icon=":material/dataset:")
             elif not listing.datasets:
-                st.info(f"{agent} has no evaluation datasets yet. Upload a file instead.", icon=":material/dataset:")
+                st.info(f"{plain(agent)} has no evaluation datasets yet. Upload a file instead.", icon=":material/dataset:")
             else:
                 dataset_name = st.selectbox("Evaluation dataset", [d.name for d in listing.datasets], key="eval_dataset")
         else:
@@ -104,10 +105,10 @@ with run_tab:
                 try:
                     rows = datasets.parse_upload(upload.name, upload.getvalue())
                     upload_name = upload.name
-                    st.success(f"{upload.name}: {len(rows)} valid rows.", icon=":material/check_circle:")
+                    st.success(f"{plain(upload.name)}: {len(rows)} valid rows.", icon=":material/check_circle:")
                 except AgentOpsError as exc:
                     upload_error = exc
-                    show_error(exc, what=f"{upload.name} cannot be used")
+                    show_error(exc, what=f"{plain(upload.name)} cannot be used")
     with right:
         catalog = scorers.scorer_catalog(databricks=settings.backend is Backend.DATABRICKS)
         available = {s.name: s for s in catalog if s.available}
@@ -157,12 +158,12 @@ with run_tab:
         shown = [job for job in (eval_jobs.get_job(j) for j in job_ids) if job is not None]
         for job in shown:
             if job.status is eval_jobs.JobStatus.SUCCEEDED:
-                st.success(f"**{job.label}** finished: run `{job.run_id}`. Compare it in the Compare tab.",
+                st.success(f"**{plain(job.label)}** finished: run {code(job.run_id)}. Compare it in the Compare tab.",
                            icon=":material/check_circle:")
             elif job.status is eval_jobs.JobStatus.FAILED:
-                st.error(f"**{job.label}** failed: {job.error}", icon=":material/error:")
+                st.error(f"**{plain(job.label)}** failed: {plain(job.error)}", icon=":material/error:")
             else:
-                st.progress(job.fraction, text=f"{job.label}: {job.message}")
+                st.progress(job.fraction, text=f"{plain(job.label)}: {plain(job.message)}")
         if active and all(job.finished for job in shown):
             _clear_caches()
             st.rerun()
@@ -204,7 +205,7 @@ with compare_tab:
                         "this run). Nothing can be tested.", icon=":material/join_inner:")
                     continue
                 significant = any(t.direction in ("better", "worse") for t in candidate.tests)
-                (st.success if significant else st.info)(candidate.verdict, icon=":material/analytics:")
+                (st.success if significant else st.info)(plain(candidate.verdict), icon=":material/analytics:")
                 if candidate.only_in_baseline or candidate.only_in_candidate:
                     st.caption(
                         f"{candidate.only_in_baseline} rows only in the baseline and {candidate.only_in_candidate} "

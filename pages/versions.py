@@ -10,6 +10,7 @@ import streamlit as st
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.readiness import readiness_cell, show_readiness
+from components.tables import code, plain
 from components.versions import (
     diff_frame,
     history_frame,
@@ -130,12 +131,12 @@ if not agents:
 
 notice = st.session_state.pop(_NOTICE, None)
 if notice:
-    st.success(notice, icon=":material/check_circle:")
+    st.success(plain(notice), icon=":material/check_circle:")
 
 query = st.text_input("Search agents", placeholder="name contains…", key="versions.agent_search")
 names = [a.name for a in agents if query.strip().lower() in a.name.lower()]
 if not names:
-    st.info(f"No agent name contains {query!r}. Clear the search to see all {len(agents)} agents.",
+    st.info(f"No agent name contains {plain(repr(query))}. Clear the search to see all {len(agents)} agents.",
             icon=":material/search_off:")
     st.stop()
 agent = st.selectbox("Agent", names, key="versions.agent")
@@ -143,11 +144,12 @@ agent = st.selectbox("Agent", names, key="versions.agent")
 try:
     frame = _versions(settings, agent)
 except AgentOpsError as exc:
-    show_error(exc, what=f"Cannot list the versions of {agent}")
+    show_error(exc, what=f"Cannot list the versions of {plain(agent)}")
     st.stop()
 
 if frame.empty:
-    st.info(f"**{agent} has no versions yet.** Log a model with `registered_model_name={agent!r}` to create one.",
+    st.info(f"**{plain(agent)} has no versions yet.** Log a model with {code(f'registered_model_name={agent!r}')} "
+            "to create one.",
             icon=":material/inbox:")
     st.stop()
 
@@ -175,7 +177,7 @@ with tab_list:
                 cells = _readiness_cells(settings, agent, tuple(str(v) for v in rows["version"]))
         except AgentOpsError as exc:
             cells = None
-            st.caption(f"Release readiness is not available: {exc}")
+            st.caption(f"Release readiness is not available: {plain(exc)}")
         show_versions_table(rows, cells)
     chosen = st.selectbox("Version detail", numbers, format_func=lambda v: f"v{v}", key="versions.detail")
     try:
@@ -235,7 +237,7 @@ with tab_promote:
             reason = ""
             override = False
             if plan.is_noop:
-                st.info(f"{plan.alias} already points to v{plan.target_version}.", icon=":material/info:")
+                st.info(f"{plain(plan.alias)} already points to v{plan.target_version}.", icon=":material/info:")
             if plan.blocked:
                 st.error("**The gate blocks this promotion.** Nothing will change unless you override it "
                          "with a written reason, which is recorded.", icon=":material/block:")
@@ -287,7 +289,7 @@ with tab_history:
                      column_config={"Last change": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
         for state in states:
             if state.drift in (releases.Drift.EXTERNAL, releases.Drift.REMOVED):
-                st.warning(f"**{state.alias}** was {state.drift.value}: the last recorded change set it to "
+                st.warning(f"**{plain(state.alias)}** was {state.drift.value}: the last recorded change set it to "
                            f"v{state.last_change.to_version}, the registry holds "
                            f"{'v' + state.version if state.version else 'nothing'}.", icon=":material/warning:")
         rollbackable = [s for s in states if s.previous_version and s.version]
@@ -326,7 +328,7 @@ with tab_history:
         except AgentOpsError as exc:
             show_error(exc, what="Cannot answer from the audit trail")
         else:
-            st.markdown(f"At {moment:%Y-%m-%d %H:%M} UTC **{when_alias}** held "
+            st.markdown(f"At {moment:%Y-%m-%d %H:%M} UTC **{plain(when_alias)}** held "
                         f"**{'v' + holder if holder else 'no version (per the audit trail)'}**.")
     else:
         st.info("No alias change has been made through the app yet; promotions and rollbacks appear here.",

@@ -100,9 +100,16 @@ def load_prices(settings: Settings) -> dict[str, ModelPrice]:
     return validate_prices(raw["models"])
 
 
-def save_prices(settings: Settings, prices: Mapping[str, Any]) -> dict[str, ModelPrice]:
-    """Validate and store the price table (atomically); return what was stored."""
+def save_prices(settings: Settings, prices: Mapping[str, Any], identity: Any = None) -> dict[str, ModelPrice]:
+    """Validate and store the price table (atomically); return what was stored.
+
+    With ``identity`` (pages should pass it), editing prices needs the admin role, like other settings.
+    """
     checked = validate_prices(prices)
+    if identity is not None:
+        from services import roles
+
+        roles.enforce(identity, roles.Action.EDIT_RULES, settings)
     path = _path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"unit": "USD per 1M tokens", "models": {m: asdict(p) for m, p in sorted(checked.items())}}

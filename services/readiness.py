@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Callable, Sequence
 
-from services import registry, releases, versions
-from services._clients import LOCAL_MLFLOW_DEFAULTS, configure_mlflow, mlflow_client, translate_errors
+from services import registry, releases, roles, versions
+from services._clients import LOCAL_MLFLOW_DEFAULTS, configure_mlflow, get_settings, mlflow_client, translate_errors
 from services.errors import AgentOpsError, ValidationError
 from services.evaluations import EvaluationSummary, ROWS_TAG
 from services.identity import Identity
@@ -211,9 +211,10 @@ def check_items(names: Sequence[str]) -> frozenset[Item]:
 
 
 def set_required_items(agent: str, items: Sequence[str], identity: Identity, settings: Settings | None = None) -> frozenset[Item]:
-    """Store which items block a promotion for this agent (a registered-model tag)."""
+    """Store which items block a promotion for this agent (a registered-model tag); needs the admin role."""
     agent = versions.check_agent_name(agent)
     checked = check_items(items)
+    roles.enforce(identity, roles.Action.EDIT_RULES, settings or get_settings())
     client = mlflow_client(settings)
     with translate_errors(f"registered model {agent!r}"):
         client.set_registered_model_tag(agent, REQUIRED_TAG, json.dumps(sorted(i.value for i in checked)))

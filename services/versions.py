@@ -94,7 +94,8 @@ def check_agent_name(name: str) -> str:
 def check_version(version: str | int) -> str:
     """A version number as text; ``ValidationError`` when it is not a positive integer."""
     text = str(version).strip().removeprefix("v")
-    if not text.isdigit() or int(text) < 1:
+    # ASCII digits only: str.isdigit() also accepts '²' (int() then raises) and '١' (another script).
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValidationError(f"{version!r} is not a version number; use a positive integer such as 3.")
     return str(int(text))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.tables import plain
+
 from services.errors import (
     AgentOpsError,
     BackendUnavailableError,
@@ -16,16 +18,21 @@ from services.errors import (
 
 
 def show_error(exc: Exception, *, what: str = "Something went wrong") -> None:
-    """Render an error as a message (never a traceback)."""
+    """Render an error as a message (never a traceback).
+
+    The message is shown as text: exception messages quote names and values from the registry,
+    traces and uploads, which are untrusted and must not render as markdown links or images.
+    """
+    what, text = plain(what), plain(exc)
     if isinstance(exc, (ValidationError, ConflictError, NotFoundError)):
-        st.warning(f"**{what}.** {exc}", icon=":material/warning:")
+        st.warning(f"**{what}.** {text}", icon=":material/warning:")
     elif isinstance(exc, PermissionDeniedError):
-        st.error(f"**{what}: permission denied.** {exc}", icon=":material/lock:")
+        st.error(f"**{what}: permission denied.** {text}", icon=":material/lock:")
     elif isinstance(exc, ConfigurationError):
-        st.error(f"**{what}.** {exc}", icon=":material/settings:")
+        st.error(f"**{what}.** {text}", icon=":material/settings:")
     elif isinstance(exc, BackendUnavailableError):
-        st.error(f"**{what}.** {exc}", icon=":material/cloud_off:")
+        st.error(f"**{what}.** {text}", icon=":material/cloud_off:")
     elif isinstance(exc, AgentOpsError):
-        st.error(f"**{what}.** {exc}")
+        st.error(f"**{what}.** {text}")
     else:
-        st.error(f"**{what}.** Unexpected {type(exc).__name__}: {exc}")
+        st.error(f"**{what}.** Unexpected {type(exc).__name__}: {text}")

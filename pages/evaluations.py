@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
 from components import evaluations as view
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
 from components.charts import split_chart
 from components.context import current_settings, page_link
 from components.errors import show_error

@@ -6,6 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import streamlit as st
 
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error

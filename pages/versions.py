@@ -7,6 +7,10 @@ from datetime import datetime, time, timezone
 import pandas as pd
 import streamlit as st
 
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.readiness import readiness_cell, show_readiness

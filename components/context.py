@@ -35,8 +35,11 @@ def current_settings() -> Settings:
 
 
 def current_identity(settings: Settings) -> Identity:
-    """The signed-in user (forwarded headers) or the OS user locally."""
-    return resolve_identity(settings, request_headers())
+    """The signed-in user (forwarded headers) or the OS user locally; this run's calls act for them."""
+    identity = resolve_identity(settings, request_headers())
+    # Every run starts here (app.py, then the page), so a run never inherits another user's identity.
+    _clients.act_as(identity)
+    return identity
 
 
 def current_role(settings: Settings, identity: Identity) -> "roles.Role":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from services.identity import Identity, IdentitySource
+from services.roles import user_authorization_required
 from services.settings import Backend, Settings, missing_databricks_env
 
 _BACKEND_LABEL = {
@@ -33,3 +34,8 @@ def render_sidebar(settings: Settings, identity: Identity, role_label: str | Non
             origin = "Databricks Apps" if identity.source is IdentitySource.DATABRICKS_APPS else "OS user"
             role = f" · {role_label}" if role_label else ""
             st.markdown(f":material/person: **{who}**  \n:gray[{origin}{role}]")
+        if (settings.backend is Backend.DATABRICKS and user_authorization_required()
+                and identity.source is not IdentitySource.UNKNOWN and not identity.access_token):
+            st.warning("**No user token was forwarded**, so you can look but not change anything: the app does not "
+                       "act as its service principal for you. Reload the app; if this stays, ask an admin to enable "
+                       "user authorization (scopes) for it.", icon=":material/key_off:")

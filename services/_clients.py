@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from services.errors import (
     AgentOpsError,
@@ -19,9 +20,16 @@ from services.errors import (
 )
 from services.settings import Backend, Settings, load_settings
 
+if TYPE_CHECKING:
+    from services.identity import Identity
+
 _logger = logging.getLogger(__name__)
 _configure_lock = threading.Lock()
 _configured_for: Settings | None = None
+# Who the current request acts for. Set at the start of every Streamlit run (components.context) and
+# again by every mutation's role check (roles.enforce). A context variable, so it belongs to the
+# thread serving one session's run and is never read by another user's run.
+_acting: contextvars.ContextVar["Identity | None"] = contextvars.ContextVar("agentops_acting_identity", default=None)
 
 # Defaults that keep a local SQLite setup from silently losing data or blocking
 # (measured in shared/MLFLOW-NOTES.md). Only set when the user has not chosen otherwise.
@@ -71,21 +79,105 @@ def configure_mlflow(settings: Settings | None = None) -> Settings:
         return settings
 
 
+def act_as(identity: "Identity | None") -> None:
+    """Make this request's MLflow and workspace calls act for ``identity`` (with its token, when forwarded)."""
+    _acting.set(identity)
+
+
+@contextlib.contextmanager
+def acting_as(identity: "Identity | None") -> Iterator[None]:
+    """``act_as`` for a block only (tests, background work handed one user's request)."""
+    token = _acting.set(identity)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def acting_identity() -> "Identity | None":
+    """The identity this request acts for, if one was set."""
+    return _acting.get()
+
+
+def _user_token(settings: Settings) -> str | None:
+    """The acting user's forwarded token on Databricks (None elsewhere or when none was forwarded)."""
+    if settings.backend is not Backend.DATABRICKS:
+        return None
+    identity = _acting.get()
+    return identity.access_token if identity is not None else None
+
+
+@lru_cache(maxsize=1)
+def _unity_catalog_client_class() -> type:
+    """``MlflowClient`` whose registry searches return plain entities on Unity Catalog.
+
+    UC search results (``RegisteredModelSearch``/``ModelVersionSearch``) turn ``tags`` and ``aliases``
+    into methods that raise, so any caller reading them crashes. Here they come back as ordinary
+    entities with empty tags and aliases (what UC's search gives); read a model or version itself
+    for its tags and aliases.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+    from mlflow.store.entities.paged_list import PagedList
+
+    def plain(items: Any, entity: type) -> Any:
+        converted = []
+        for item in items:
+            if type(item) is not entity and isinstance(item, entity):
+                copy = entity.__new__(entity)
+                copy.__dict__.update(item.__dict__)
+                item = copy
+            converted.append(item)
+        return PagedList(converted, items.token)
+
+    class UnityCatalogMlflowClient(MlflowClient):
+        def search_registered_models(self, *args: Any, **kwargs: Any) -> Any:
+            return plain(super().search_registered_models(*args, **kwargs), RegisteredModel)
+
+        def search_model_versions(self, *args: Any, **kwargs: Any) -> Any:
+            return plain(super().search_model_versions(*args, **kwargs), ModelVersion)
+
+    return UnityCatalogMlflowClient
+
+
 def mlflow_client(settings: Settings | None = None) -> Any:
-    """An ``MlflowClient`` for the configured backend."""
+    """An ``MlflowClient`` for the configured backend; on Databricks, with the acting user's token when forwarded."""
     from mlflow import MlflowClient
 
     settings = configure_mlflow(settings)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    if settings.backend is not Backend.DATABRICKS:
+        return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    client_class = _unity_catalog_client_class()
+    token = _user_token(settings)
+    if token:
+        from services import _mlflow_user_client
+
+        # Built per call (it costs ~0.2 ms), so one user's client is never handed to another.
+        return _mlflow_user_client.user_mlflow_client(settings.databricks_host or "", token, client_class=client_class)
+    return client_class(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+
+
+def tracing_client(settings: Settings | None = None) -> Any:
+    """MLflow's ``TracingClient`` (assessments, trace tags) with the same identity rules as ``mlflow_client``."""
+    from mlflow.tracing.client import TracingClient
+
+    settings = configure_mlflow(settings)
+    token = _user_token(settings)
+    if token:
+        from services import _mlflow_user_client
+
+        return _mlflow_user_client.user_tracing_client(settings.databricks_host or "", token)
+    return TracingClient(settings.tracking_uri)
 
 
 def workspace_client(settings: Settings | None = None, *, user_token: str | None = None) -> Any:
-    """A Databricks ``WorkspaceClient``: the app's identity, or the user's when a token is given."""
+    """A Databricks ``WorkspaceClient``: the user's (given token, else the acting user's), else the app's."""
     from databricks.sdk import WorkspaceClient
 
     settings = settings or get_settings()
     if settings.backend is not Backend.DATABRICKS:
         raise BackendUnavailableError("A Databricks workspace is only used with AGENTOPS_BACKEND=databricks.")
+    user_token = user_token or _user_token(settings)
     if user_token:
         # auth_type="pat": otherwise the SDK refuses a token alongside the app's OAuth env vars.
         return WorkspaceClient(host=settings.databricks_host, token=user_token, auth_type="pat")

@@ -35,10 +35,23 @@ def _ts(ms: int | None) -> datetime | None:
 
 def _aliases(model: Any) -> dict[str, str]:
     raw = getattr(model, "aliases", None) or {}
+    if callable(raw):
+        # Unity Catalog search results (RegisteredModelSearch) replace the field with a method that raises.
+        return {}
     if isinstance(raw, dict):
         return {str(k): str(v) for k, v in raw.items()}
     # Older entities expose a list of RegisteredModelAlias(alias, version).
     return {str(a.alias): str(a.version) for a in raw}
+
+
+def _tags(model: Any) -> dict[str, str]:
+    raw = getattr(model, "tags", None) or {}
+    if callable(raw):
+        # As with aliases: Unity Catalog search results carry no tags.
+        return {}
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    return {str(t.key): str(t.value) for t in raw}
 
 
 def list_agents(settings: Settings | None = None, *, max_results: int = 1000) -> list[AgentSummary]:
@@ -57,11 +70,14 @@ def list_agents(settings: Settings | None = None, *, max_results: int = 1000) ->
     agents = []
     for model in models:
         aliases = _aliases(model)
-        if not aliases:
-            # search_registered_models leaves aliases empty on some stores; ask directly.
+        tags = _tags(model)
+        if not aliases or not tags:
+            # Search results leave aliases empty on SQLite, and aliases *and* tags empty on Unity
+            # Catalog (where the experiment link lives in a tag); ask the model itself.
             with translate_errors(f"registered model {model.name!r}"):
-                aliases = _aliases(client.get_registered_model(model.name))
-        tags = dict(getattr(model, "tags", {}) or {})
+                full = client.get_registered_model(model.name)
+            aliases = aliases or _aliases(full)
+            tags = tags or _tags(full)
         agents.append(
             AgentSummary(
                 name=model.name,

@@ -18,10 +18,10 @@ from typing import Any
 from services import audit, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.audit import AliasAction, AliasChange, GateOutcome
-from services.errors import ConflictError, NotFoundError, ValidationError
+from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.evaluations import EvaluationSummary
 from services.identity import Identity
-from services.settings import Settings
+from services.settings import Backend, Settings
 
 GATE_TAG = "agentops.gate"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -380,8 +380,11 @@ def promote(
                 f"{plan.agent}@{plan.alias} now points to {_label(before)}, not {_label(expected_current)} "
                 "as when you looked. Nothing changed; review the new state and try again."
             )
-        with translate_errors(f"setting {plan.agent}@{plan.alias}"):
-            client.set_registered_model_alias(plan.agent, plan.alias, plan.target_version)
+        try:
+            with translate_errors(f"setting {plan.agent}@{plan.alias}"):
+                client.set_registered_model_alias(plan.agent, plan.alias, plan.target_version)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(_alias_refused(plan, identity, settings or get_settings(), exc)) from exc
         # Record what the registry actually holds now, not what we asked for.
         after = _read_alias(client, plan.agent, plan.alias)
         evidence = plan.evidence.summary() | {
@@ -397,6 +400,18 @@ def promote(
     superseded = after != plan.target_version
     messages = (f"Another change moved {plan.alias} to {_label(after)} at the same time; recorded as observed.",) if superseded else ()
     return PromotionResult(change, plan, superseded, messages)
+
+
+def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, exc: Exception) -> str:
+    """Which grant the user lacks when the registry refuses an alias change."""
+    who = identity.display_name or identity.user
+    if settings.backend is Backend.DATABRICKS:
+        needs = (f"In Unity Catalog, setting an alias needs {who} to own the registered model {plan.agent} "
+                 "(or be a metastore admin), plus USE CATALOG on its catalog and USE SCHEMA on its schema. "
+                 "Ask the model's owner to make the change or transfer ownership.")
+    else:
+        needs = f"{who} needs permission to edit the registered model {plan.agent} on this MLflow server."
+    return f"{plan.agent}@{plan.alias} was not changed: the registry refused it. {needs} ({exc})"
 
 
 def rollback(agent: str, alias: str, identity: Identity, *, reason: str = "", settings: Settings | None = None,

@@ -159,9 +159,17 @@ def role_for(identity: Identity, settings: Settings) -> Role:
 
 
 def enforce(identity: Identity, action: Action, settings: Settings) -> Role:
-    """The service-side check every mutation makes (pages check too, to hide what is not allowed)."""
+    """The service-side check every mutation makes (pages check too, to hide what is not allowed).
+
+    On Databricks it also makes the rest of the request act for ``identity``: the write that follows
+    goes out with this user's token, whatever the request context held before.
+    """
     if action is not Action.VIEW:
         require_user_token(identity, settings)
+    if settings.backend is Backend.DATABRICKS:
+        from services import _clients
+
+        _clients.act_as(identity)
     role = role_for(identity, settings)
     require(role, action, identity)
     return role

@@ -12,6 +12,14 @@ Every variable the app reads is documented here once, with its default.
 | ``AGENTOPS_GATEWAY_URL`` | ``http://127.0.0.1:8765`` | local serving gateway |
 | ``DATABRICKS_HOST`` | — | workspace URL; required when the backend is ``databricks`` |
 | ``DATABRICKS_APP_NAME`` | — | set by Databricks Apps; shown in the sidebar |
+| ``DATABRICKS_CLIENT_ID`` / ``DATABRICKS_CLIENT_SECRET`` | — | the app's service principal (set by Databricks Apps); used for reads when no user token is forwarded |
+| ``AGENTOPS_USER_AUTHORIZATION`` | off | ``on``: every change needs the signed-in user's forwarded token and is made with it, never as the service principal (``services.roles``) |
+| ``AGENTOPS_ROLE_GROUPS`` | — | workspace groups mapped to roles, e.g. ``operator=release-managers,reviewer=domain-experts`` (``services.roles``) |
+| ``AGENTOPS_ROLES_FILE`` | ``<data dir>/roles.json`` | local roles by user (``services.roles``) |
+
+On Databricks, MLflow and workspace calls carry the signed-in user's token whenever one is forwarded
+(``X-Forwarded-Access-Token``), so Unity Catalog and endpoint permissions are the user's
+(``services._clients``).
 """
 
 from __future__ import annotations

@@ -118,3 +118,27 @@ def test_review_and_evaluation_are_refused_by_the_services_for_a_viewer(isolated
     with pytest.raises(PermissionDeniedError, match="operator role"):
         eval_jobs.start_job(EvaluationRequest("m", "1", ("expected_facts",), rows=rows), isolated_settings, viewer)
     assert len(eval_jobs.list_jobs()) == jobs_before
+
+
+def test_enforce_makes_the_rest_of_a_databricks_request_act_for_the_user(monkeypatch, tmp_path):
+    from services import _clients
+    from tests.harness.databricks import DatabricksHarness
+
+    harness = DatabricksHarness().start()
+    try:
+        harness.users["tok"] = User(user_name="ana@example.com", groups=[ComplexValue(display="experts")])
+        monkeypatch.setenv("AGENTOPS_ROLE_GROUPS", "reviewer=experts")
+        monkeypatch.setenv("AGENTOPS_USER_AUTHORIZATION", "on")
+        settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+        with _clients.acting_as(None):
+            assert roles.enforce(ANA, roles.Action.REVIEW, settings) is roles.Role.REVIEWER
+            # The write that follows goes out with Ana's token, whatever the request held before.
+            assert _clients.acting_identity() is ANA
+            with pytest.raises(PermissionDeniedError, match="no user token"):
+                roles.enforce(BO, roles.Action.REVIEW, settings)
+            assert _clients.acting_identity() is ANA  # a refused identity is not bound
+        with _clients.acting_as(None):
+            roles.enforce(ANA, roles.Action.VIEW, load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)}))
+            assert _clients.acting_identity() is None  # only Databricks requests act for a user
+    finally:
+        harness.stop()

@@ -1,0 +1,162 @@
+"""The Databricks path end to end below the UI: MLflow's own Databricks stores and the real SDK against
+the local workspace (harness + MLflow REST forwarded to a real ``mlflow server``).
+
+Asserts who made each call (the bearer token the harness saw), and the state the server ends in.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from services import _clients, audit, feedback, registry, releases, roles, serving, traffic_audit
+from services.errors import PermissionDeniedError
+from services.identity import Identity, IdentitySource
+from services.settings import load_settings
+from tests.harness import databricks_workspace as dw
+
+pytestmark = pytest.mark.slow
+
+UC_ALIAS = "/api/2.0/mlflow/unity-catalog/registered-models/alias"
+
+
+def _identity(user: dw.WorkspaceUser, *, token: bool = True) -> Identity:
+    return Identity(user.email, user.display, IdentitySource.DATABRICKS_APPS,
+                    access_token=user.token if token else None)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    with dw.databricks_workspace(tmp_path_factory.mktemp("dbx-workspace")) as ws:
+        yield ws
+
+
+@pytest.fixture
+def dbx(workspace, tmp_path, monkeypatch):
+    """Settings of the app on the local workspace, with the app's env as Databricks Apps sets it."""
+    for key, value in workspace.app_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DATABRICKS_TOKEN", raising=False)
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(tmp_path))
+    _clients._cached_settings.cache_clear()
+    settings = _clients.configure_mlflow(load_settings())
+    with _clients.acting_as(None):
+        yield settings
+    _clients._cached_settings.cache_clear()
+    monkeypatch.undo()
+    _clients.configure_mlflow(_clients.get_settings())
+
+
+def _server(workspace) -> MlflowClient:
+    return MlflowClient(workspace.server.tracking_uri, workspace.server.tracking_uri)
+
+
+def _mark(workspace) -> int:
+    return len(workspace.forwarder.calls)
+
+
+def test_the_app_principal_reads_the_uc_registry_with_its_oauth_token(workspace, dbx):
+    start = _mark(workspace)
+    agents = registry.list_agents(dbx)
+    assert [a.name for a in agents] == [dw.AGENT]
+    agent = agents[0]
+    assert agent.aliases == {"challenger": "2", "champion": "1"}
+    # UC search results carry no tags: the experiment link must come from the model itself.
+    assert agent.experiment_id == workspace.seeded.experiment_id
+    assert agent.version_count == 2
+    calls = workspace.forwarder.calls[start:]
+    assert calls and {c.principal for c in calls} == {workspace.app_principal.name}
+    assert all(c.token_hint.startswith("sp-") for c in calls)
+    # UC refused the unfiltered version search; the app fell back to one search per model.
+    searches = [c for c in calls if c.path.endswith("unity-catalog/model-versions/search")]
+    assert [c.status for c in searches] == [400, 200]
+
+
+def test_an_operator_promotes_with_their_own_token_and_the_audit_names_them(workspace, dbx):
+    operator = _identity(dw.OPERATOR)
+    start = _mark(workspace)
+    result = releases.promote(dw.AGENT, "champion", "2", operator, reason="v2 wins the A/B", settings=dbx)
+    assert (result.change.from_version, result.change.to_version) == ("1", "2")
+    server = _server(workspace)
+    assert server.get_registered_model(dw.AGENT).aliases["champion"] == "2"
+    calls = workspace.forwarder.calls[start:]
+    assert {c.principal for c in calls} == {dw.OPERATOR.email}, "a call went out without the operator's token"
+    assert [c.status for c in calls if c.path == UC_ALIAS and c.method == "POST"] == [200]
+    run = server.get_run(result.change.run_id)
+    assert run.data.tags[audit.USER_TAG] == dw.OPERATOR.email
+    assert run.data.tags[audit.TO_TAG] == "2"
+    # Put it back for the other tests.
+    releases.promote(dw.AGENT, "champion", "1", operator, reason="restore", settings=dbx)
+
+
+def test_a_refused_alias_names_the_missing_grant_and_changes_nothing(workspace, dbx):
+    operator = _identity(dw.OPERATOR)
+    denial = workspace.forwarder.deny(dw.OPERATOR.email, "POST", UC_ALIAS, resource=dw.AGENT,
+                                      message=f"User does not own registered model '{dw.AGENT}'.")
+    try:
+        trail = len(audit.alias_changes(dw.AGENT, settings=dbx))
+        with pytest.raises(PermissionDeniedError) as refused:
+            releases.promote(dw.AGENT, "challenger", "1", operator, reason="try", settings=dbx)
+        message = str(refused.value)
+        assert "own" in message and dw.AGENT in message, message
+        assert "USE CATALOG" in message and "USE SCHEMA" in message, message
+        assert _server(workspace).get_registered_model(dw.AGENT).aliases["challenger"] == "2"
+        assert len(audit.alias_changes(dw.AGENT, settings=dbx)) == trail
+    finally:
+        workspace.forwarder.denials.remove(denial)
+
+
+def test_without_the_user_token_a_privileged_write_is_refused_before_anything_is_sent(workspace, dbx):
+    tokenless = _identity(dw.OPERATOR, token=False)
+    start, requests = _mark(workspace), len(workspace.harness.requests)
+    with pytest.raises(PermissionDeniedError, match="no user token"):
+        releases.promote(dw.AGENT, "champion", "2", tokenless, reason="x", settings=dbx)
+    plan = serving.SplitPlan(serving.get_endpoint(dw.ENDPOINT, dbx), serving.get_endpoint(dw.ENDPOINT, dbx))
+    requests = len(workspace.harness.requests)
+    with pytest.raises(PermissionDeniedError, match="no user token"):
+        serving.apply_split(plan, user=tokenless.user, reason="x", settings=dbx, identity=tokenless)
+    assert len(workspace.harness.requests) == requests, "a request went out for a refused write"
+    assert not [c for c in workspace.forwarder.calls[start:] if c.method != "GET"]
+
+
+def test_a_reviewer_may_not_promote_and_nothing_reaches_the_registry(workspace, dbx):
+    reviewer = _identity(dw.REVIEWER)
+    start = _mark(workspace)
+    with pytest.raises(PermissionDeniedError, match="reviewer and may not promote"):
+        releases.promote(dw.AGENT, "champion", "2", reviewer, reason="x", settings=dbx)
+    assert not workspace.forwarder.calls[start:]
+    assert roles.role_for(reviewer, dbx) is roles.Role.REVIEWER
+
+
+def test_an_operator_changes_traffic_with_their_token_and_the_trail_names_them(workspace, dbx):
+    operator = _identity(dw.OPERATOR)
+    _clients.act_as(operator)
+    plan = serving.plan_split(dw.ENDPOINT, {(dw.AGENT, "1"): 50, (dw.AGENT, "2"): 50}, settings=dbx)
+    start, logged = _mark(workspace), len(workspace.log.entries)
+    stored = serving.apply_split(plan, user=operator.user, reason="even split", settings=dbx, identity=operator,
+                                 user_token=operator.access_token)
+    assert {r.entity_name: r.percentage for r in stored.routes} == {f"{dw.AGENT}_1": 50, f"{dw.AGENT}_2": 50}
+    puts = [e for e in workspace.log.entries[logged:] if e.method == "PUT"]
+    assert [e.principal for e in puts] == [dw.OPERATOR.email]
+    assert {c.principal for c in workspace.forwarder.calls[start:]} == {dw.OPERATOR.email}
+    change = traffic_audit.traffic_changes(dw.ENDPOINT, settings=dbx)[0]
+    assert change.user == dw.OPERATOR.email and change.after == {f"{dw.AGENT} v1": 50, f"{dw.AGENT} v2": 50}
+    workspace.harness.endpoints[dw.ENDPOINT] = dw.endpoint()
+
+
+@pytest.mark.xfail(strict=True, reason="services/feedback.py writes assessments through MLflow's fluent API, "
+                   "which carries the app's token; it should use _clients.tracing_client (see the C report)")
+def test_a_reviewers_feedback_is_written_with_their_token_and_sourced_to_them(workspace, dbx):
+    reviewer = _identity(dw.REVIEWER)
+    _clients.act_as(reviewer)
+    trace_id = workspace.seeded.trace_ids[-1]
+    start = _mark(workspace)
+    written = feedback.submit_review(trace_id, feedback.Review(thumbs_up=False, comment="misses the SLA"),
+                                     reviewer.user, settings=dbx, identity=reviewer)
+    assert written == 2
+    stored = _server(workspace).get_trace(trace_id).info.assessments
+    mine = [a for a in stored if a.source.source_id == dw.REVIEWER.email]
+    assert {a.name for a in mine} == {"thumbs_up", "comment"}
+    posts = [c for c in workspace.forwarder.calls[start:] if c.method == "POST" and c.path.endswith("/assessments")]
+    assert len(posts) == 2
+    assert {c.principal for c in posts} == {dw.REVIEWER.email}

@@ -7,6 +7,7 @@ page can start a run, return at once and poll ``get_job``. Runs execute one at a
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import uuid
 from dataclasses import dataclass, replace
@@ -94,7 +95,10 @@ def start_job(request: evaluations.EvaluationRequest, settings: Settings, identi
             _update(job_id, status=JobStatus.SUCCEEDED, run_id=run_id, message="Done",
                     finished_at=datetime.now(tz=timezone.utc))
 
-    threading.Thread(target=work, name=f"eval-{job_id}", daemon=True).start()
+    # The job runs in a copy of the caller's context, so it acts as the same signed-in user
+    # (services._clients.acting_as) rather than as the app's service principal.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(work,), name=f"eval-{job_id}", daemon=True).start()
     return job_id
 
 

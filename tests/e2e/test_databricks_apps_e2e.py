@@ -169,8 +169,6 @@ def _audit_runs(stack: Stack, kind: str) -> list:
     return client.search_runs([experiment.experiment_id], f"tags.`agentops.audit.kind` = '{kind}'")
 
 
-@pytest.mark.xfail(strict=True, reason="Streamlit runs pages/<name>.py directly (multipage v1) until app.py has "
-                   "called st.navigation once, because the page scripts live in a folder named pages/; see the C report")
 def test_a_deep_link_right_after_start_goes_through_app_py(stack, page, artifacts_dir):
     page.goto(f"{stack.operator.url}/versions", wait_until="domcontentloaded")
     page.get_by_role("heading", name="Versions & releases").wait_for(timeout=120_000)

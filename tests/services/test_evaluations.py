@@ -198,3 +198,28 @@ def test_code_scorers_offline():
     assert cost(trace=Trace(1, {"total_cost": 0.002})).value == "no"
     assert cost(trace=Trace(1, {"total_cost": 0.0005})).value == "yes"
     assert "No LLM cost" in cost(trace=Trace(1)).rationale
+
+
+def test_background_job_acts_for_the_user_who_started_it(seeded_settings, monkeypatch):
+    """On Databricks Apps the job's MLflow calls must carry the starter's token, not the app's."""
+    from services import datasets
+    from services._clients import acting_as, acting_identity
+    from services.identity import Identity, IdentitySource
+
+    seen = []
+
+    def run_evaluation(request, settings, progress=None):
+        seen.append(acting_identity())
+        return "run-id"
+
+    monkeypatch.setattr(evaluations, "run_evaluation", run_evaluation)
+    rows = tuple(datasets.load_dataset_rows("orders-agent-golden", seeded_settings)[:2])
+    olivia = Identity(user="olivia@example.com", display_name="Olivia", source=IdentitySource.DATABRICKS_APPS,
+                      access_token="olivia-token")
+    with acting_as(olivia):
+        job_id = eval_jobs.start_job(EvaluationRequest(ORDERS, "@champion", ("expected_facts",), rows=rows),
+                                     seeded_settings)
+    assert acting_identity() is None
+    job = eval_jobs.wait(job_id, timeout=60)
+    assert job.status is eval_jobs.JobStatus.SUCCEEDED, job.error
+    assert seen == [olivia]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.caching import per_user_cache
 from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
@@ -19,27 +20,27 @@ from services.overview import agent_experiment_ids
 from services.settings import Backend, Settings
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _agents(settings: Settings) -> list[registry.AgentSummary]:
     return registry.list_agents(settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _versions(settings: Settings, agent: str) -> dict[str, str]:
     return evaluations_service.version_choices(agent, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _datasets(settings: Settings, experiment_ids: tuple[str, ...]) -> datasets.DatasetListing:
     return datasets.list_datasets(experiment_ids, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _runs(settings: Settings, experiment_ids: tuple[str, ...]) -> list[evaluations_service.EvaluationSummary]:
     return evaluations_service.evaluation_runs(experiment_ids, settings)
 
 
-@st.cache_data(ttl=300, show_spinner=False)
+@per_user_cache(ttl=300, show_spinner=False)
 def _compare(settings: Settings, run_ids: tuple[str, ...], baseline: str) -> evaluations_service.Comparison:
     return evaluations_service.compare_runs(run_ids, baseline, settings)
 

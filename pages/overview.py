@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.caching import per_user_cache
 from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
@@ -18,7 +19,7 @@ from services.errors import AgentOpsError
 from services.settings import Settings
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _load(settings: Settings) -> overview_service.WorkspaceOverview:
     check_connection(settings)
     return overview_service.workspace_overview(settings)

@@ -7,6 +7,7 @@ from datetime import datetime, time, timezone
 import pandas as pd
 import streamlit as st
 
+from components.caching import per_user_cache
 from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
@@ -33,47 +34,47 @@ _NOTICE = "versions.notice"
 _LOADS = "versions.load_checks"  # "agent/version" -> readiness.LoadCheckResult of this session
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _agents(settings: Settings) -> list[registry.AgentSummary]:
     return registry.list_agents(settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _versions(settings: Settings, agent: str) -> pd.DataFrame:
     return versions.list_versions(agent, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _detail(settings: Settings, agent: str, version: str) -> versions.VersionDetail:
     return versions.version_detail(agent, version, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _diff(settings: Settings, agent: str, left: str, right: str) -> versions.VersionDiff:
     return versions.diff_versions(agent, left, right, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _states(settings: Settings, agent: str) -> list[releases.AliasState]:
     return releases.alias_states(agent, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _history(settings: Settings, agent: str) -> list:
     return releases.alias_history(agent, settings=settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _rules(settings: Settings, agent: str) -> list[releases.GateRule]:
     return releases.gate_rules(agent, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _readiness_cells(settings: Settings, agent: str, numbers: tuple[str, ...]) -> dict[str, str]:
     return {n: readiness_cell(r) for n, r in readiness.assess_versions(agent, numbers, settings).items()}
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _readiness(settings: Settings, agent: str, version: str, against: str, load_key: str,
                _load: readiness.LoadCheckResult | None) -> readiness.ReadinessReport:
     return readiness.assess(agent, version, settings, against=against, load=_load)

@@ -150,7 +150,7 @@ def mlflow_client(settings: Settings | None = None) -> Any:
     client_class = _unity_catalog_client_class()
     token = _user_token(settings)
     if token:
-        from services import _mlflow_user_client
+        from services._mlflow_internal import user_client as _mlflow_user_client
 
         # Built per call (it costs ~0.2 ms), so one user's client is never handed to another.
         return _mlflow_user_client.user_mlflow_client(settings.databricks_host or "", token, client_class=client_class)
@@ -164,7 +164,7 @@ def tracing_client(settings: Settings | None = None) -> Any:
     settings = configure_mlflow(settings)
     token = _user_token(settings)
     if token:
-        from services import _mlflow_user_client
+        from services._mlflow_internal import user_client as _mlflow_user_client
 
         return _mlflow_user_client.user_tracing_client(settings.databricks_host or "", token)
     return TracingClient(settings.tracking_uri)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services import _clients, _mlflow_user_client
+from services import _clients
+from services._mlflow_internal import user_client as _mlflow_user_client
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness

@@ -1,5 +1,10 @@
 """The one place that touches MLflow APIs outside its public surface.
 
+This package holds every non-public MLflow use: this module (bulk trace writing, store-side
+aggregates), ``user_client`` (MLflow clients carrying one Databricks user's token) and
+``span_batch`` (the gateway's batched trace writer). Each part has a public fallback or refuses
+loudly, and a test that fails when an MLflow upgrade changes what it relies on.
+
 Non-public store methods and tables that make the app fast on a SQL store:
 
 * ``store.log_spans(experiment_id, spans)`` writes spans of many traces in one DB session

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
 import pytest
-import uvicorn
 
+from gateway.runner import RunningGateway
 from services import registry, serving
 from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client
 from services.settings import load_settings
@@ -50,31 +47,6 @@ def put_endpoint(settings, name: str, weights: dict[str, int], *, sticky: bool =
         serving.Endpoint(name, served, routes, serving.EndpointState.READY, datetime.now(tz=timezone.utc), "test", sticky),
         settings,
     )
-
-
-class RunningGateway:
-    def __init__(self, settings) -> None:
-        from gateway.app import create_app
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.app = create_app(settings, seed=11)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    @property
-    def gateway(self):
-        return self.app.state.gateway
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -7,12 +7,14 @@ import time
 from collections import Counter
 
 import httpx
+import mlflow
 import pytest
 from mlflow import MlflowClient
 from scipy.stats import binomtest
 
-from services import serving
-from tests.gateway.conftest import MODEL, put_endpoint
+from gateway.runner import RunningGateway
+from services import registry, serving
+from tests.gateway.conftest import AGENT_FILE, MODEL, put_endpoint
 
 pytestmark = pytest.mark.slow
 QUESTION = {"input": [{"role": "user", "content": "How do I reset my password?"}]}
@@ -38,7 +40,7 @@ def test_split_routes_within_tolerance_and_every_trace_is_stored(gateway_store, 
     # Two-sided exact test of the observed share against 70%: a real 70/30 router passes.
     assert binomtest(arms[f"{MODEL}_1"], n, 0.7).pvalue > 0.001, arms
 
-    stats = running_gateway.gateway.ledger.drain(180)
+    stats = running_gateway.gateway.drain(180)
     assert (stats.recorded, stats.lost, stats.pending) == (n, 0, 0)
     client = MlflowClient(tracking_uri=gateway_store.tracking_uri)
     stored = Counter()
@@ -70,28 +72,39 @@ def test_sticky_ids_never_switch_arms(gateway_store, running_gateway):
 def test_split_changed_mid_traffic_loses_no_request(gateway_store, running_gateway):
     put_endpoint(gateway_store, "hot", {"1": 50, "2": 50})
     results: list[tuple[float, httpx.Response]] = []
+    sent = 0
+    stop = threading.Event()
 
     def traffic() -> None:
+        nonlocal sent
         with httpx.Client(base_url=running_gateway.url, timeout=60) as client:
-            for _ in range(120):
+            while not stop.is_set():
                 started = time.monotonic()
+                sent += 1
                 results.append((started, client.post("/serving-endpoints/hot/invocations", json=QUESTION)))
 
     worker = threading.Thread(target=traffic)
     worker.start()
-    while len(results) < 30 and worker.is_alive():
-        time.sleep(0.05)
-    plan = serving.plan_split("hot", {(MODEL, "2"): 100}, settings=gateway_store)
-    serving.apply_split(plan, user="ops", reason="move all traffic to v2", settings=gateway_store)
-    applied = time.monotonic()
-    worker.join(timeout=300)
-    assert len(results) == 120
+    try:
+        while len(results) < 30 and worker.is_alive():
+            time.sleep(0.05)
+        plan = serving.plan_split("hot", {(MODEL, "2"): 100}, settings=gateway_store)
+        serving.apply_split(plan, user="ops", reason="move all traffic to v2", settings=gateway_store)
+        applied = time.monotonic()
+        deadline = applied + 120
+        while sum(t > applied for t, _ in results) < 30 and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    assert len(results) == sent
     assert all(r.status_code == 200 for _, r in results)
     before = [r.headers["X-AgentOps-Arm"] for t, r in results if t < applied]
     after = [r.headers["X-AgentOps-Arm"] for t, r in results if t > applied]
-    assert f"{MODEL}_1" in before and after, "the change must land mid-traffic"
+    assert f"{MODEL}_1" in before and len(after) >= 30, "the change must land mid-traffic"
     assert set(after) == {f"{MODEL}_2"}
-    assert running_gateway.gateway.ledger.drain(180).lost == 0
+    stats = running_gateway.gateway.drain(180)
+    assert (stats.produced, stats.recorded, stats.lost) == (sent, sent, 0)
 
 
 @pytest.mark.parametrize(
@@ -113,3 +126,122 @@ def test_bad_requests_get_clear_errors(gateway_store, running_gateway, endpoint,
     assert response.status_code == status
     assert response.json()["error_code"] == code
     assert response.json()["message"]
+
+
+def test_load_from_eight_clients_loses_no_request_and_stores_every_trace(gateway_store, running_gateway):
+    """~2,000 requests from 8 concurrent clients over loopback against a 70/30 split."""
+    put_endpoint(gateway_store, "load-70-30", {"1": 70, "2": 30})
+    clients, per_client = 8, 250
+    results: list[list[httpx.Response]] = [[] for _ in range(clients)]
+
+    def client_loop(index: int) -> None:
+        with httpx.Client(base_url=running_gateway.url, timeout=120) as client:
+            for i in range(per_client):
+                body = {"input": [{"role": "user", "content": f"How do I reset my password? ({index}-{i})"}]}
+                results[index].append(client.post("/serving-endpoints/load-70-30/invocations", json=body))
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=900)
+    responses = [r for per in results for r in per]
+    n = clients * per_client
+    assert len(responses) == n
+    assert Counter(r.status_code for r in responses) == {200: n}
+    trace_ids = [r.headers["X-AgentOps-Trace-Id"] for r in responses]
+    assert len(set(trace_ids)) == n
+    arms = Counter(r.headers["X-AgentOps-Arm"] for r in responses)
+    assert binomtest(arms[f"{MODEL}_1"], n, 0.7).pvalue > 0.001, arms
+
+    gateway = running_gateway.gateway
+    ledger = gateway.drain(300)
+    assert (ledger.produced, ledger.recorded, ledger.pending, ledger.lost) == (n, n, 0, 0)
+    writer = gateway.stats()["trace_writer"]
+    assert writer["mode"] == "batched" and writer["failed"] == 0 and writer["not_captured"] == 0
+    assert writer["largest_batch"] > 1, "under load, traces should be written several per batch"
+
+    client = MlflowClient(tracking_uri=gateway_store.tracking_uri)
+    experiment = client.get_registered_model(MODEL).tags["agentops.experiment_id"]
+    stored: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_traces(locations=[experiment], filter_string="tag.`agentops.endpoint` = 'load-70-30'",
+                                    max_results=500, include_spans=False, page_token=token)
+        stored.update({t.info.trace_id: t.info.tags["agentops.arm"] for t in page})
+        token = page.token
+        if not token:
+            break
+    assert set(stored) == set(trace_ids)
+    assert Counter(stored.values()) == arms
+
+
+def test_traces_that_cannot_be_recorded_are_counted_in_stats_and_health(gateway_store, running_gateway):
+    client = MlflowClient(tracking_uri=gateway_store.tracking_uri)
+    experiment_id = client.create_experiment("gw-doomed", artifact_location=(gateway_store.artifact_root / "gw-doomed").as_uri())
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.pyfunc.log_model(name="agent", python_model=str(AGENT_FILE), registered_model_name="gw-doomed",
+                                model_config={"strategy": "keyword"}, pip_requirements=["mlflow"])
+    client.set_registered_model_tag("gw-doomed", registry.EXPERIMENT_TAG, experiment_id)
+    served = (serving.ServedVersion("gw-doomed_1", "gw-doomed", "1"),)
+    serving.save_local_endpoint(serving.Endpoint("doomed", served, (serving.TrafficRoute("gw-doomed_1", 100),),
+                                                 serving.EndpointState.READY), gateway_store)
+    with httpx.Client(base_url=running_gateway.url, timeout=60) as http:
+        assert http.post("/serving-endpoints/doomed/invocations", json=QUESTION).status_code == 200
+        running_gateway.gateway.drain(60)
+        assert http.get("/health").json()["status"] == "ok"
+        client.delete_experiment(experiment_id)  # its traces can no longer be written
+        response = http.post("/serving-endpoints/doomed/invocations", json=QUESTION)
+        assert response.status_code == 200, "the request is served; its trace is what is lost"
+        running_gateway.gateway.writer.flush(60)
+        stats = http.get("/stats").json()
+        health = http.get("/health")
+    assert stats["traces"]["could_not_record"] == 1 and stats["traces"]["lost"] == 1
+    assert stats["trace_writer"]["failed"] == 1 and stats["trace_writer"]["spooled"] == 1
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    spooled = (gateway_store.data_dir / "gateway-spool").glob("*.jsonl")
+    assert any(response.headers["X-AgentOps-Trace-Id"] in path.read_text() for path in spooled)
+
+
+def test_mlflow_exporter_path_still_records_every_trace(gateway_store):
+    put_endpoint(gateway_store, "exporter", {"1": 50, "2": 50})
+    with RunningGateway(gateway_store, batch_traces=False) as running:
+        responses = _send(running.url, "exporter", 20)
+        ledger = running.gateway.drain(120)
+        mode = running.gateway.stats()["trace_writer"]["mode"]
+    assert all(r.status_code == 200 for r in responses)
+    assert mode == "mlflow-exporter"
+    assert (ledger.produced, ledger.recorded, ledger.lost) == (20, 20, 0)
+
+
+def test_loading_a_version_mid_traffic_costs_no_trace(gateway_store, running_gateway):
+    """``mlflow.pyfunc.load_model`` disables tracing process-wide while it runs; the gateway
+    must keep traced requests and loads apart."""
+    put_endpoint(gateway_store, "warm-v1", {"1": 100})
+    put_endpoint(gateway_store, "cold-v2", {"2": 100})
+    stop = threading.Event()
+    responses: list[httpx.Response] = []
+
+    def traffic() -> None:
+        with httpx.Client(base_url=running_gateway.url, timeout=60) as client:
+            while not stop.is_set():
+                responses.append(client.post("/serving-endpoints/warm-v1/invocations", json=QUESTION))
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        while len(responses) < 20:
+            time.sleep(0.02)
+        with httpx.Client(base_url=running_gateway.url, timeout=60) as client:
+            cold = client.post("/serving-endpoints/cold-v2/invocations", json=QUESTION)  # loads v2 now
+        seen = len(responses)
+        while len(responses) < seen + 20:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert cold.status_code == 200 and all(r.status_code == 200 for r in responses)
+    stats = running_gateway.gateway.drain(120)
+    assert (stats.produced, stats.recorded, stats.lost) == (len(responses) + 1, len(responses) + 1, 0)

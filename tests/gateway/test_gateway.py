@@ -174,6 +174,13 @@ def test_load_from_eight_clients_loses_no_request_and_stores_every_trace(gateway
             break
     assert set(stored) == set(trace_ids)
     assert Counter(stored.values()) == arms
+    from tests.hardening.reliability import write_record
+
+    write_record("gateway_load", "8 clients against a 70/30 split", {
+        "clients": clients, "requests sent": n, "answered 200": Counter(r.status_code for r in responses)[200],
+        "traces stored": len(stored), "traces lost": ledger.lost,
+        "share on the 70% arm": round(arms[f"{MODEL}_1"] / n, 3), "largest write batch": writer["largest_batch"],
+    })
 
 
 def test_traces_that_cannot_be_recorded_are_counted_in_stats_and_health(gateway_store, running_gateway):

@@ -1,7 +1,8 @@
 """Widgets of the Review page: a trace as a conversation, the review form, feedback charts.
 
-Trace content is untrusted: it is shown with ``st.text`` / ``st.code`` only (never as HTML or
-markdown), so a crafted question or answer cannot inject links, images or markup.
+Trace content is untrusted: it is shown with ``st.text`` / ``st.code``, or escaped with
+``components.tables.plain`` where a widget renders markdown (captions, labels), so a crafted
+question, answer or tag cannot inject links, images or markup.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from components.charts import _PALETTE
+from components.charts import _PALETTE, chart_text
+from components.tables import plain
 from services.feedback import LabelKind, LabelQuestion, Review
 from services.review_queue import Conversation, LabelingSession, QueueProgress
 
@@ -23,7 +25,7 @@ def render_conversation(conv: Conversation) -> None:
     """User turns, the agent's answer and its tool calls folded away, all as plain text."""
     meta = " · ".join(x for x in (conv.agent, f"version {conv.version}" if conv.version else None,
                                   f"{conv.time:%Y-%m-%d %H:%M} UTC") if x)
-    st.caption(meta)
+    st.caption(plain(meta))  # the agent and version tags are whatever the traced code wrote
     if not conv.turns:
         st.caption("The trace recorded no user message.")
     for turn in conv.turns:
@@ -60,11 +62,11 @@ def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review
             old = previous.labels.get(q.name, "")
             if q.kind == LabelKind.CHOICE:
                 options = [NO_ANSWER, *q.options]
-                choice = st.selectbox(q.prompt, options, index=options.index(old) if old in options else 0,
+                choice = st.selectbox(plain(q.prompt), options, index=options.index(old) if old in options else 0,
                                       key=f"{key}_label_{q.name}")
                 labels[q.name] = "" if choice == NO_ANSWER else choice
             else:
-                labels[q.name] = st.text_input(q.prompt, value=old, key=f"{key}_label_{q.name}")
+                labels[q.name] = st.text_input(plain(q.prompt), value=old, key=f"{key}_label_{q.name}")
         submitted = st.form_submit_button("Submit review", type="primary", icon=":material/send:")
     review = Review(
         thumbs_up=THUMBS_OPTIONS[thumbs], rating=None if rating == "—" else int(rating),
@@ -91,7 +93,7 @@ def trend_chart(trend: pd.DataFrame, column: str, title: str, *, percent: bool =
     """One line per group over time buckets."""
     figure = go.Figure()
     for index, (group, part) in enumerate(trend.groupby("group", sort=True)):
-        figure.add_scatter(x=part["bucket"], y=part[column], mode="lines+markers", name=str(group),
+        figure.add_scatter(x=part["bucket"], y=part[column], mode="lines+markers", name=chart_text(group),
                            line=dict(color=_PALETTE[index % len(_PALETTE)]))
     figure.update_layout(title=title, height=280, margin=dict(l=10, r=10, t=36, b=10),
                          legend=dict(orientation="h", y=-0.2), hovermode="x unified")
@@ -106,8 +108,8 @@ def labeling_session_block(session: LabelingSession) -> None:
     """Where a queue's Databricks Review App labeling session is, and a link to open it."""
     who = ", ".join(session.assigned_users) or "nobody yet"
     st.text(f"Labeling session: {session.name}")
-    st.caption(f"{session.traces} trace(s) · assigned to {who}"
-               + (f" · created by {session.created_by}" if session.created_by else ""))
+    st.caption(plain(f"{session.traces} trace(s) · assigned to {who}"
+                     + (f" · created by {session.created_by}" if session.created_by else "")))
     if session.url:
         st.link_button("Open in the Databricks Review App", session.url, icon=":material/open_in_new:")
     else:

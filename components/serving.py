@@ -9,6 +9,7 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
+from components.tables import plain
 from services.ab import ArmReport, ArmStats, Interval
 from services.serving import DeployPlan, Endpoint, SplitPlan
 from services.traffic_audit import TrafficChange
@@ -94,8 +95,8 @@ class PromoteRequest:
 
 
 def escape_md(text: str) -> str:
-    """Escape markdown so model and endpoint names render as text."""
-    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch for ch in str(text))
+    """Escape markdown so model and endpoint names render as text (bare URLs and e-mails included)."""
+    return plain(text)
 
 
 def promote_form(report: ArmReport, *, key: str, labels: dict[str, str], can_change: bool, caption: str,

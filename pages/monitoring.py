@@ -7,11 +7,16 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
-from components.context import current_settings
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
+from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
-from components.monitoring import breakdown_chart, series_chart, span_waterfall
+from components.monitoring import breakdown_chart, price_rows, series_chart, trace_detail_block
+from components.tables import plain
 from services import monitoring as mon
-from services import pricing, registry
+from services import pricing, registry, roles
 from services.errors import AgentOpsError
 from services.overview import agent_experiment_ids
 from services.settings import Settings
@@ -61,6 +66,8 @@ def _pick(column, label: str, options: list[str], key: str) -> str | None:
 
 
 settings = current_settings()
+identity = current_identity(settings)
+can_edit = allowed(settings, identity, roles.Action.EDIT_RULES)
 st.title("Monitoring")
 
 try:
@@ -140,7 +147,7 @@ except AgentOpsError as exc:
     show_error(exc, what="Cannot check alert thresholds")
 if fired:
     for alert in fired:
-        st.error(f"**{alert.agent}** — {alert.message}", icon=":material/notifications_active:")
+        st.error(f"**{plain(alert.agent)}** — {plain(alert.message)}", icon=":material/notifications_active:")
 else:
     st.success(f"No thresholds crossed in the {window_label.lower()}.", icon=":material/check_circle:")
 
@@ -156,11 +163,11 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
         daily = cols[2].number_input("Daily cost ($)", min_value=0.0, value=float(current.daily_cost or 0), step=1.0)
         score = cols[3].number_input("Min feedback score", value=float(current.min_feedback_score or 0), step=0.05)
         fname = cols[4].text_input("Feedback name", value=current.feedback_name)
-        st.caption("A zero switches a check off.")
-        if st.form_submit_button("Save thresholds"):
+        st.caption("A zero switches a check off." + ("" if can_edit else f" {role_hint(roles.Action.EDIT_RULES)}"))
+        if st.form_submit_button("Save thresholds", disabled=not can_edit):
             try:
                 mon.save_thresholds(settings, target_key, mon.AlertThresholds(
-                    p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()))
+                    p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()), identity=identity)
                 _health.clear()
                 st.success(f"Saved thresholds for {target}.")
                 st.rerun()
@@ -234,7 +241,7 @@ with charts_tab:
         )
         unpriced = sorted({m for s in totals["unpriced_models"] for m in s.split(", ") if m})
         if unpriced:
-            st.warning(f"No recorded cost and no price for: {', '.join(unpriced)}. Add them on the Prices tab.",
+            st.warning(f"No recorded cost and no price for: {plain(', '.join(unpriced))}. Add them on the Prices tab.",
                        icon=":material/price_change:")
 
 # --- explorer ------------------------------------------------------------------------------
@@ -293,34 +300,7 @@ with explorer_tab:
                     show_error(exc, what="Cannot open the trace")
                     detail = None
                 if detail is not None:
-                    st.subheader(f"Trace {detail.trace_id}")
-                    usage = detail.token_usage
-                    cols = st.columns(4)
-                    cols[0].metric("Status", detail.status)
-                    cols[1].metric("Latency", f"{detail.latency_ms:,} ms" if detail.latency_ms is not None else "—")
-                    cols[2].metric("Tokens (in / out)", f"{usage.get('input_tokens', 0):,} / {usage.get('output_tokens', 0):,}"
-                                   if usage else "no usage recorded")
-                    cols[3].metric("Cost", f"${detail.cost:,.6f}" if detail.cost is not None else "not recorded")
-                    for message in detail.errors:
-                        st.error(message, icon=":material/error:")
-                    st.plotly_chart(span_waterfall(detail.spans), width="stretch", config=PLOT_CONFIG)
-                    for _, span in detail.spans.iterrows():
-                        title = f"{'· ' * int(span['depth'])}{span['name']} ({span['span_type']}) — {span['duration_ms']:,.1f} ms"
-                        with st.expander(title, icon=":material/error:" if span["error"] else None):
-                            if span["error"]:
-                                st.error(span["error"])
-                            if span["model"]:
-                                st.caption(f"Model {span['model']} · tokens in {span['input_tokens']} / out "
-                                           f"{span['output_tokens']} · cost {span['cost'] if span['cost'] is not None else '—'}")
-                            st.markdown("**Inputs**")
-                            st.code(span["inputs"] or "—", language="json")
-                            st.markdown("**Outputs**")
-                            st.code(span["outputs"] or "—", language="json")
-                    st.markdown("**Assessments**")
-                    if detail.assessments.empty:
-                        st.caption("No assessments on this trace.")
-                    else:
-                        st.dataframe(detail.assessments.astype({"value": str}), hide_index=True, width="stretch")
+                    trace_detail_block(detail, PLOT_CONFIG)
             else:
                 st.caption("Select a row to open the trace: span tree, inputs and outputs, tokens, cost, assessments.")
 
@@ -329,12 +309,16 @@ with prices_tab:
     st.caption("Used for LLM models without a cost recorded by MLflow. US dollars per million tokens; cached "
                f"input tokens are priced separately. Stored in `{settings.data_dir / pricing.PRICING_FILE}`.")
     table = pd.DataFrame([{"model": m, "input_per_mtok": p.input_per_mtok, "output_per_mtok": p.output_per_mtok,
-                           "cached_input_per_mtok": p.cached_input_per_mtok} for m, p in sorted(prices.items())])
-    edited = st.data_editor(table, num_rows="dynamic", hide_index=True, width="stretch", key="mon_prices")
-    if st.button("Save prices", icon=":material/save:", key="mon_save_prices"):
-        rows = edited.dropna(how="all")
+                           "cached_input_per_mtok": p.cached_input_per_mtok} for m, p in sorted(prices.items())],
+                         columns=["model", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok"])
+    edited = st.data_editor(table, num_rows="dynamic", hide_index=True, width="stretch", key="mon_prices",
+                            disabled=not can_edit)
+    if not can_edit:
+        st.caption(f":material/lock: {role_hint(roles.Action.EDIT_RULES)}")
+    if st.button("Save prices", icon=":material/save:", key="mon_save_prices", disabled=not can_edit):
         try:
-            pricing.save_prices(settings, {str(r["model"] or ""): dict(r.drop("model")) for _, r in rows.iterrows()})
+            rows = price_rows(edited.dropna(how="all"))
+            pricing.save_prices(settings, rows, identity=identity)
             _data.clear()
             _health.clear()
             st.success("Prices saved.")

@@ -7,9 +7,14 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
 from components.review import labeling_session_block, progress_block, render_conversation, review_form, trend_chart
+from components.tables import plain
 from services import feedback as fb
 from services import registry, roles
 from services import review_queue as rq
@@ -25,11 +30,6 @@ SOURCE_LABELS = {
     rq.QueueSource.HAND_PICKED: "Hand-picked trace ids",
 }
 PLOT_CONFIG = {"displayModeBar": False}
-
-
-def _md(text: str) -> str:
-    """Escape markdown so names from headers and tags render as text."""
-    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch for ch in str(text))
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -85,7 +85,7 @@ if not can_review:
     st.warning(f"You can read the queues but not review: {role_hint(roles.Action.REVIEW)}", icon=":material/lock:")
 user = identity.user
 st.title("Review")
-st.caption(f"Reviewing as **{_md(identity.display_name)}** ({_md(user)}); your judgements are stored as MLflow "
+st.caption(f"Reviewing as **{plain(identity.display_name)}** ({plain(user)}); your judgements are stored as MLflow "
            "assessments on each trace with you as the source.")
 if settings.backend is not Backend.DATABRICKS:
     st.caption(":material/info: Locally, this app's own review queue is the whole story. On Databricks a queue "
@@ -241,7 +241,8 @@ with queues_tab:
             show_error(exc, what="The queue was not created")
         else:
             _after_mutation()
-            st.success(f"Queue '{created.name}' created. Open the Review tab to start.", icon=":material/check_circle:")
+            st.success(f"Queue '{plain(created.name)}' created. Open the Review tab to start.",
+                       icon=":material/check_circle:")
             queues = _queues(settings, user)
 
     st.subheader("Queues")
@@ -309,7 +310,7 @@ with curate_tab:
                 except AgentOpsError as exc:
                     show_error(exc, what="Nothing was added")
                 else:
-                    st.success(f"Added {result.added} row(s) to '{result.dataset_name}'."
+                    st.success(f"Added {result.added} row(s) to '{plain(result.dataset_name)}'."
                                + (f" Skipped {len(result.skipped)} without a corrected answer." if result.skipped else ""),
                                icon=":material/check_circle:")
                     page_link("evaluations", "Run an evaluation on it", icon=":material/fact_check:")
@@ -365,9 +366,11 @@ with labels_tab:
                    "(leave out options for a free-text answer). Stored on the registered model.")
         text = st.text_area("Questions", value=fb.questions_json(current_questions) if current_questions else "[]",
                             height=200, key=f"lq_text_{label_agent}")
-        if st.button("Save questions", icon=":material/save:", key="lq_save"):
+        can_edit_questions = allowed(settings, identity, roles.Action.EDIT_RULES)
+        if st.button("Save questions", icon=":material/save:", key="lq_save", disabled=not can_edit_questions,
+                     help=None if can_edit_questions else role_hint(roles.Action.EDIT_RULES)):
             try:
-                fb.set_label_questions(label_agent, fb.parse_questions(text), settings)
+                fb.set_label_questions(label_agent, fb.parse_questions(text), settings, identity=identity)
             except AgentOpsError as exc:
                 show_error(exc, what="The questions were not saved")
             else:

@@ -168,7 +168,7 @@ def _gateway_section() -> None:
     with g_split:
         st.markdown("Set each model's share of requests. Shares are whole percents and must add up to 100. "
                     "Fallback models keep their place.")
-        rows = {s.entity_name: int(st.number_input(f"{s.entity_name} ({s.model_name})", min_value=0, max_value=100,
+        rows = {s.entity_name: int(st.number_input(escape_md(f"{s.entity_name} ({s.model_name})"), min_value=0, max_value=100,
                                                    step=5, value=g_endpoint.percentage_for(s.entity_name),
                                                    key=f"aigw_pct::{gname}::{s.entity_name}"))
                 for s in g_endpoint.served}
@@ -285,7 +285,7 @@ cols = st.columns([3, 1, 1])
 cols[0].plotly_chart(split_chart((endpoint,)), use_container_width=True, config={"displayModeBar": False})
 cols[1].metric("State", endpoint.state.value)
 cols[2].metric("Sticky routing", "on" if endpoint.sticky else "off")
-st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC by {endpoint.updated_by or 'unknown'}"
+st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC by {escape_md(endpoint.updated_by or 'unknown')}"
            if endpoint.updated_at else "Never updated through the app.")
 model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
@@ -305,7 +305,7 @@ with split_tab:
     rows: dict[tuple[str, str], int] = st.session_state[state_key]
     for (model, version) in list(rows):
         c1, c2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
-        rows[(model, version)] = int(c1.number_input(f"{model} v{version}", min_value=0, max_value=100, step=5,
+        rows[(model, version)] = int(c1.number_input(escape_md(f"{model} v{version}"), min_value=0, max_value=100, step=5,
                                                      value=int(rows[(model, version)]), key=f"pct::{name}::{model}::{version}"))
         if len(rows) > 1 and c2.button("Remove", key=f"rm::{name}::{model}::{version}"):
             del rows[(model, version)]
@@ -408,7 +408,7 @@ with traffic_tab:
                 st.success(f"{result.ok} of {result.sent} answered; per arm: "
                            + ", ".join(f"{k}: {v}" for k, v in sorted(result.by_arm.items())))
                 for line in result.errors:
-                    st.warning(line)
+                    st.warning(escape_md(line))
                 _report.clear()
             except AgentOpsError as exc:
                 show_error(exc, what="Test traffic was not sent")

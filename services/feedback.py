@@ -40,6 +40,7 @@ RESERVED_NAMES = (THUMBS, RATING, COMMENT, EXPECTED_RESPONSE, "expected_facts")
 MAX_COMMENT = 5000
 MAX_ANSWER = 20000
 MAX_QUESTIONS = 20
+MAX_QUESTIONS_JSON = 100_000  # characters of the JSON form; far above 20 questions
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 
 
@@ -93,10 +94,17 @@ def validate_questions(questions: Sequence[LabelQuestion]) -> tuple[LabelQuestio
 
 def parse_questions(text: str) -> tuple[LabelQuestion, ...]:
     """Label questions from their JSON form (a list of objects); validated."""
+    if text is not None and not isinstance(text, str):
+        raise ValidationError(f"Label questions are JSON text (got {type(text).__name__}).")
+    if text and len(text) > MAX_QUESTIONS_JSON:
+        raise ValidationError(f"The label questions are longer than {MAX_QUESTIONS_JSON:,} characters; shorten them.")
     try:
         raw = json.loads(text or "[]")
     except json.JSONDecodeError as exc:
         raise ValidationError(f"The label questions are not valid JSON: {exc.msg} (line {exc.lineno}).") from None
+    except RecursionError:
+        raise ValidationError("The label questions nest lists or objects too deeply; "
+                              'write a flat list such as [{"name": "tone", "prompt": "..."}].') from None
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise ValidationError('Label questions must be a JSON list such as [{"name": "tone", "prompt": "...", "options": ["ok", "rude"]}].')
     questions = []
@@ -124,12 +132,19 @@ def questions_json(questions: Sequence[LabelQuestion]) -> str:
 
 
 def label_questions(agent: str, settings: Settings | None = None) -> tuple[LabelQuestion, ...]:
-    """The agent's custom label questions (none when it has not defined any)."""
-    if not agent:
+    """The agent's custom label questions (none when it has not defined any, or is not a registered model).
+
+    A trace's agent tag is written by whoever traced it, so it may name no registered model; the
+    trace can still be reviewed, with the built-in questions only.
+    """
+    if not agent or not isinstance(agent, str):
         return ()
     client = mlflow_client(settings)
-    with translate_errors(f"registered model {agent!r}"):
-        model = client.get_registered_model(agent)
+    try:
+        with translate_errors(f"registered model {agent!r}"):
+            model = client.get_registered_model(agent)
+    except (NotFoundError, ValidationError):
+        return ()
     text = (getattr(model, "tags", None) or {}).get(LABELS_TAG)
     if not text:
         return ()
@@ -139,11 +154,20 @@ def label_questions(agent: str, settings: Settings | None = None) -> tuple[Label
         return ()  # a hand-edited tag that no longer parses must not block reviewing
 
 
-def set_label_questions(agent: str, questions: Sequence[LabelQuestion], settings: Settings | None = None) -> None:
-    """Validate and store the agent's custom label questions."""
+def set_label_questions(agent: str, questions: Sequence[LabelQuestion], settings: Settings | None = None,
+                        identity: Any = None) -> None:
+    """Validate and store the agent's custom label questions.
+
+    With ``identity`` (pages pass it), editing label questions needs the admin role.
+    """
     questions = validate_questions(list(questions))
-    if not agent:
+    if not agent or not isinstance(agent, str):
         raise ValidationError("Pick the agent whose label questions these are.")
+    settings = configure_mlflow(settings)
+    if identity is not None:
+        from services import roles
+
+        roles.enforce(identity, roles.Action.EDIT_RULES, settings)
     client = mlflow_client(settings)
     with translate_errors(f"registered model {agent!r}"):
         client.get_registered_model(agent)
@@ -526,6 +550,19 @@ def curation_rows(trace_ids: Sequence[str], settings: Settings | None = None) ->
     return rows, skipped
 
 
+def _require_experiment(client: Any, experiment_id: str) -> None:
+    """``NotFoundError`` unless the experiment exists and is not deleted (checked before anything is stored)."""
+    missing = NotFoundError(f"Experiment {experiment_id!r} does not exist (or was deleted); nothing was added. "
+                            "Pick the experiment of the queue's agent.")
+    try:
+        with translate_errors(f"experiment {experiment_id!r}"):
+            experiment = client.get_experiment(experiment_id.strip())
+    except (NotFoundError, ValidationError):
+        raise missing from None
+    if experiment is None or str(getattr(experiment, "lifecycle_stage", "active")) == "deleted":
+        raise missing
+
+
 def curate_to_dataset(trace_ids: Sequence[str], dataset_name: str, experiment_id: str,
                       settings: Settings | None = None) -> CurationResult:
     """Add reviewed traces (with corrected answers) to an evaluation dataset, creating it if needed."""
@@ -536,9 +573,10 @@ def curate_to_dataset(trace_ids: Sequence[str], dataset_name: str, experiment_id
         raise ValidationError("Give the evaluation dataset a name.")
     if not trace_ids:
         raise ValidationError("There are no reviewed traces to add.")
-    if not experiment_id:
+    if not experiment_id or not isinstance(experiment_id, str):
         raise ValidationError("Pick the experiment the dataset belongs to.")
     settings = configure_mlflow(settings)
+    _require_experiment(mlflow_client(settings), experiment_id)
     rows, skipped = curation_rows(list(dict.fromkeys(trace_ids)), settings)
     if not rows:
         raise ValidationError("None of the traces has a corrected answer yet, so nothing was added. "

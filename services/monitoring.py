@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -419,21 +421,40 @@ class AlertThresholds:
     feedback_name: str = "thumbs_up"
 
 
+def _threshold_number(name: str, value: Any) -> float | None:
+    """``value`` as a float, or ``ValidationError`` naming the field when it is not a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(f"{name} must be a number or empty to switch the check off (got {value!r}).")
+    if not math.isfinite(value):
+        raise ValidationError(f"{name} must be a finite number (got {value}).")
+    return float(value)
+
+
 def validate_thresholds(thresholds: AlertThresholds) -> AlertThresholds:
-    """Check ranges; raise ``ValidationError`` naming the bad field."""
+    """Check types and ranges; raise ``ValidationError`` naming the bad field."""
+    if not isinstance(thresholds, AlertThresholds):
+        raise ValidationError(f"Alert thresholds must be AlertThresholds (got {type(thresholds).__name__}).")
+    values = {name: _threshold_number(name, getattr(thresholds, name))
+              for name in ("p95_latency_ms", "error_rate", "daily_cost", "min_feedback_score")}
     for name in ("p95_latency_ms", "daily_cost"):
-        value = getattr(thresholds, name)
-        if value is not None and (not math.isfinite(value) or value < 0):
-            raise ValidationError(f"{name} must be zero or more (got {value}).")
-    for name in ("error_rate",):
-        value = getattr(thresholds, name)
-        if value is not None and not 0 <= value <= 1:
-            raise ValidationError(f"{name} is a share between 0 and 1 (got {value}).")
-    if thresholds.min_feedback_score is not None and not math.isfinite(thresholds.min_feedback_score):
-        raise ValidationError("min_feedback_score must be a number.")
-    if not thresholds.feedback_name.strip() or any(c in thresholds.feedback_name for c in "\"`\n"):
-        raise ValidationError(f"Feedback name {thresholds.feedback_name!r} is not a valid assessment name.")
+        if values[name] is not None and values[name] < 0:
+            raise ValidationError(f"{name} must be zero or more (got {values[name]}).")
+    if values["error_rate"] is not None and not 0 <= values["error_rate"] <= 1:
+        raise ValidationError(f"error_rate is a share between 0 and 1 (got {values['error_rate']}).")
+    name = thresholds.feedback_name
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "\"`\n\r") or len(name) > 250:
+        raise ValidationError(f"feedback_name {name!r} is not a valid assessment name.")
     return thresholds
+
+
+def validate_threshold_key(agent: Any) -> str:
+    """The agent a threshold set belongs to: ``"*"`` (the default) or a registered-model name."""
+    if (not isinstance(agent, str) or not agent or agent != agent.strip() or len(agent) > 256
+            or any(not c.isprintable() or c in "`" for c in agent)):
+        raise ValidationError(f"{agent!r} is not an agent name; pick an agent, or \"*\" for the default.")
+    return agent
 
 
 def load_thresholds(settings: Settings) -> dict[str, AlertThresholds]:
@@ -443,21 +464,35 @@ def load_thresholds(settings: Settings) -> dict[str, AlertThresholds]:
         return {"*": AlertThresholds()}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        loaded = {agent: validate_thresholds(AlertThresholds(**values)) for agent, values in raw.items()}
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        loaded = {validate_threshold_key(agent): validate_thresholds(AlertThresholds(**values))
+                  for agent, values in raw.items()}
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError, ValidationError) as exc:
         raise ValidationError(f"Alert thresholds in {path} cannot be read ({exc}); fix or delete the file.") from None
     loaded.setdefault("*", AlertThresholds())
     return loaded
 
 
-def save_thresholds(settings: Settings, agent: str, thresholds: AlertThresholds) -> dict[str, AlertThresholds]:
-    """Store one agent's thresholds (``"*"`` for the default) with the workspace."""
+def save_thresholds(settings: Settings, agent: str, thresholds: AlertThresholds,
+                    identity: Any = None) -> dict[str, AlertThresholds]:
+    """Store one agent's thresholds (``"*"`` for the default) with the workspace, atomically.
+
+    With ``identity`` (pages should pass it), editing thresholds needs the admin role, like other settings.
+    """
+    validate_threshold_key(agent)
     validate_thresholds(thresholds)
+    if identity is not None:
+        from services import roles
+
+        roles.enforce(identity, roles.Action.EDIT_RULES, settings)
     current = load_thresholds(settings)
     current[agent] = thresholds
     path = settings.data_dir / THRESHOLDS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({a: asdict(t) for a, t in sorted(current.items())}, indent=2), encoding="utf-8")
+    payload = json.dumps({a: asdict(t) for a, t in sorted(current.items())}, indent=2)
+    # A crash mid-write must not leave a half file that blocks every later load.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
+        handle.write(payload)
+    os.replace(handle.name, path)
     return current
 
 

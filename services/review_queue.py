@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Callable, Generator, Sequence
@@ -123,6 +124,17 @@ class QueueProgress:
     mine: int = 0
 
 
+def _whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (3 or 3.0), else ``None`` (2.7, NaN, inf, text, bools)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _validate_spec(spec: QueueSpec) -> None:
     name = (spec.name or "").strip()
     if not name or len(name) > 100 or any(c in name for c in "\n\r"):
@@ -131,10 +143,13 @@ def _validate_spec(spec: QueueSpec) -> None:
         source = QueueSource(spec.source)
     except ValueError:
         raise ValidationError(f"A queue is filled from one of: {', '.join(QueueSource)}.") from None
-    if not 1 <= int(spec.size) <= MAX_ITEMS:
-        raise ValidationError(f"A queue holds between 1 and {MAX_ITEMS} traces (got {spec.size}).")
-    if not 1 <= int(spec.reviews_per_item) <= 10:
-        raise ValidationError("Each item needs between 1 and 10 reviewers.")
+    size = _whole(spec.size)
+    if size is None or not 1 <= size <= MAX_ITEMS:
+        raise ValidationError(f"A queue holds a whole number of traces between 1 and {MAX_ITEMS} (got {spec.size!r}).")
+    reviews = _whole(spec.reviews_per_item)
+    if reviews is None or not 1 <= reviews <= 10:
+        raise ValidationError(f"Each item needs a whole number of reviewers between 1 and 10 "
+                              f"(got {spec.reviews_per_item!r}).")
     if source is QueueSource.HAND_PICKED:
         ids = [t.strip() for t in spec.trace_ids if t.strip()]
         if not ids:
@@ -231,6 +246,8 @@ def _experiment_of(info: Any) -> str | None:
 def create_queue(spec: QueueSpec, created_by: str, settings: Settings | None = None) -> ReviewQueue:
     """Fill a queue from its source and store it; ``ValidationError`` when nothing matches."""
     _validate_spec(spec)
+    # From here on the counts are ints (a whole float such as 20.0 would break slicing and sampling).
+    spec = replace(spec, size=_whole(spec.size), reviews_per_item=_whole(spec.reviews_per_item))
     settings = configure_mlflow(settings)
     client = mlflow_client(settings)
     with translate_errors("trace search"):

@@ -252,6 +252,28 @@ def get_endpoint(name: str, settings: Settings | None = None) -> Endpoint:
     return endpoint
 
 
+_VERSION = re.compile(r"[0-9]+")
+
+
+def normalise_version(version: Any) -> str:
+    """A registry version number as the registry writes it ("01" and 1 are "1"); ``ValidationError`` otherwise."""
+    text = str(version).strip() if isinstance(version, (str, int)) and not isinstance(version, bool) else ""
+    if not _VERSION.fullmatch(text):
+        raise ValidationError(f"{version!r} is not a version number; versions are whole numbers such as 3.")
+    return str(int(text))
+
+
+def _normalised_weights(weights: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """The split keyed by normalised versions; a version named twice (e.g. "1" and "01") is refused."""
+    normalised: dict[tuple[str, str], int] = {}
+    for (model_name, version), pct in weights.items():
+        key = (model_name, normalise_version(version))
+        if key in normalised:
+            raise ValidationError(f"{model_name} v{key[1]} is listed twice in the split; give each version one share.")
+        normalised[key] = pct
+    return normalised
+
+
 def plan_split(
     endpoint_name: str,
     weights: dict[tuple[str, str], int],
@@ -271,6 +293,7 @@ def plan_split(
     for (model_name, version), pct in weights.items():
         if not isinstance(pct, int) or isinstance(pct, bool):
             raise ValidationError(f"{model_name} v{version}: the share must be a whole number of percent.")
+    weights = _normalised_weights(weights)
     before = get_endpoint(endpoint_name, settings)
     existing = {(s.model_name, s.model_version): s for s in before.served}
     served = tuple(

@@ -168,10 +168,6 @@ def _report():
         }, detail={k: v for k, v in found.items() if k != "payloads_on_page"})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pages/monitoring.py renders span errors (st.error), span names (st.expander labels) and the span model "
-    "(st.caption) as markdown, and components/monitoring.py span_waterfall puts span names into plotly labels, "
-    "which render <a href>: payload images load and links appear. Reported to the monitoring owner."))
 def test_trace_detail_shows_payloads_as_text(untrusted_app, browser, pixel, artifacts_dir):
     url, store = untrusted_app
     visit = Visit(browser, pixel, "monitoring-trace")
@@ -211,9 +207,6 @@ def test_review_conversation_shows_payloads_as_text(untrusted_app, browser, pixe
     _assert_inert(found, "Review conversation")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "components/review.py render_conversation shows the trace's agent and version tags with st.caption, which "
-    "renders markdown: a payload image in a tag loads and links appear. Reported to the review owner."))
 def test_review_shows_trace_tags_as_text(untrusted_app, browser, pixel, artifacts_dir):
     url, _ = untrusted_app
     visit = Visit(browser, pixel, "review-tags")

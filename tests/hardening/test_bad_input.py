@@ -275,8 +275,6 @@ def test_split_changes_refuse_bad_shares_and_keep_config_and_trail_in_step(hard_
         assert isinstance(again, ConflictError)
 
 
-@pytest.mark.xfail(strict=True, reason="serving.plan_split does not normalise versions: (m, '1') and (m, '01') "
-                                       "become two arms serving the same version; reported to the serving owner")
 def test_a_version_typed_two_ways_is_one_arm(hard_store):
     before = hard_store.snapshot()
     with pytest.raises(ValidationError):

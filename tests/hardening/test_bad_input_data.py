@@ -292,9 +292,6 @@ def test_alert_thresholds_are_checked_before_they_are_saved(hard_store, tallies,
         assert monitoring.load_thresholds(hard_store.settings)[agent] == thresholds
 
 
-@pytest.mark.xfail(strict=True, reason="monitoring.validate_thresholds lets TypeError/AttributeError through for a "
-                                       "threshold that is text or a feedback name that is None; reported to the "
-                                       "monitoring owner")
 @pytest.mark.parametrize("values", [{"p95_latency_ms": "5"}, {"error_rate": "0.1"}, {"feedback_name": None}])
 def test_thresholds_of_the_wrong_type_are_refused(hard_store, values):
     before = hard_store.snapshot()

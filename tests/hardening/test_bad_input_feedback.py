@@ -101,8 +101,6 @@ def test_label_questions_are_checked_before_they_are_stored(hard_store, tallies,
         fb.set_label_questions(agent, hard_store.questions, hard_store.settings)  # the other tests' questions
 
 
-@pytest.mark.xfail(strict=True, reason="feedback.parse_questions lets json.loads' RecursionError through on deeply "
-                                       "nested JSON; reported to the feedback owner")
 def test_deeply_nested_label_questions_are_refused(hard_store):
     with pytest.raises(ValidationError):
         fb.parse_questions("[" * 3000)
@@ -182,9 +180,6 @@ def test_queue_specs_are_checked_before_a_queue_is_made(hard_store, tallies, cas
             assert {i.trace_id for i in items} == set(trace_ids)
 
 
-@pytest.mark.xfail(strict=True, reason="review_queue._validate_spec calls int() on the size: NaN/inf/text raise "
-                                       "ValueError/OverflowError and 2.7 fails later as BackendUnavailableError; "
-                                       "reported to the review-queue owner")
 @pytest.mark.parametrize("size", [float("nan"), float("inf"), 2.7, "ten"])
 def test_a_queue_size_that_is_not_a_whole_number_is_refused(hard_store, size):
     import time
@@ -197,8 +192,6 @@ def test_a_queue_size_that_is_not_a_whole_number_is_refused(hard_store, size):
     hard_store.assert_unchanged(before, "a fractional queue size")
 
 
-@pytest.mark.xfail(strict=True, reason="feedback.curate_to_dataset creates a dataset linked to an experiment that "
-                                       "does not exist; reported to the feedback owner")
 def test_curation_into_an_experiment_that_does_not_exist_is_refused(hard_store):
     fb.submit_review(hard_store.trace_ids[2], fb.Review(corrected_answer="Order 2 shipped."), "curator@example.com",
                      settings=hard_store.settings)

@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
+from components.tables import plain
 from services import feedback as fb
 from services import review_queue as rq
 from tests.services.test_feedback import QUESTIONS, make_traces
@@ -46,7 +47,7 @@ def test_empty_store_explains_what_to_do(isolated_settings, use_store, as_review
     app = _open()
     assert not app.exception and not app.error
     assert any("no review queues yet" in i.value for i in app.info)
-    assert any(REVIEWER.replace(".", "\\.") in c.value for c in app.caption)
+    assert any(plain(REVIEWER) in c.value for c in app.caption)  # shown as typed, not as a mailto link
 
 
 def test_reviewer_reviews_edits_and_curates(isolated_settings, use_store, as_reviewer):
@@ -98,6 +99,26 @@ def test_reviewer_reviews_edits_and_curates(isolated_settings, use_store, as_rev
     from services import datasets
 
     assert datasets.load_dataset_rows("triaged", isolated_settings)[0]["expectations"] == {"expected_response": "It is zero."}
+
+
+def test_a_trace_whose_agent_tag_is_no_registered_model_opens_with_its_tags_as_text(isolated_settings, use_store,
+                                                                                       as_reviewer):
+    # The agent and version tags are whatever the traced code wrote: here markdown that would load an image.
+    agent = "![pix](http://127.0.0.1:9/pix.png)"
+    _, _, ids = make_traces(isolated_settings, 1, agent=agent, name="tagged")
+    rq.create_queue(rq.QueueSpec("tags", rq.QueueSource.HAND_PICKED, (), trace_ids=tuple(ids)), "o@x", isolated_settings)
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    _button(app, "Review next item").click().run()
+    assert not app.exception and not app.warning, [w.value for w in app.warning]
+    assert any(t.value.startswith("What is") for t in app.text)
+    meta = next(c.value for c in app.caption if "version 1" in c.value)
+    assert plain(agent) in meta and "![" not in meta  # escaped: the image markdown cannot render
+    # Only the built-in questions: the tag names no registered model with label questions.
+    assert [w for w in app.selectbox if "review_form_label" in (w.key or "")] == []
+    app.radio(key="review_form_thumbs").set_value(":material/thumb_up: Good answer")
+    _button(app, "Submit review").click().run()
+    assert any("Review stored" in s.value for s in app.success)
 
 
 def test_deleted_item_gets_a_clear_message(isolated_settings, use_store, as_reviewer):

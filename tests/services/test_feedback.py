@@ -102,6 +102,35 @@ def test_label_questions_round_trip_and_validate(isolated_settings):
                 '[{"name": "rating", "prompt": "x"}]', "not json"):
         with pytest.raises(ValidationError):
             fb.parse_questions(bad)
+    with pytest.raises(ValidationError, match="too deeply"):
+        fb.parse_questions("[" * 3000)  # json.loads would raise RecursionError
+    with pytest.raises(ValidationError, match="longer than"):
+        fb.parse_questions("[" + " " * fb.MAX_QUESTIONS_JSON + "]")
+
+
+def test_a_trace_agent_that_is_not_a_registered_model_has_no_questions(isolated_settings):
+    # The agent tag is whatever the traced code wrote; reviewing must not depend on it naming a model.
+    assert fb.label_questions("![pix](pix.png)", isolated_settings) == ()
+    assert fb.label_questions("no-such-agent", isolated_settings) == ()
+
+
+def test_editing_label_questions_needs_the_admin_role(isolated_settings):
+    import json
+
+    from services.errors import PermissionDeniedError
+    from services.identity import Identity, IdentitySource
+
+    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri, registry_uri=isolated_settings.registry_uri)
+    client.create_registered_model("agent-a")
+    (isolated_settings.data_dir / "roles.json").write_text(json.dumps(
+        {"users": {"admin@example.com": "admin", "rev@example.com": "reviewer"}, "default": "viewer"}))
+    admin = Identity("admin@example.com", "admin", IdentitySource.OS_USER)
+    reviewer = Identity("rev@example.com", "rev", IdentitySource.OS_USER)
+    with pytest.raises(PermissionDeniedError, match="admin"):
+        fb.set_label_questions("agent-a", QUESTIONS, isolated_settings, identity=reviewer)
+    assert fb.label_questions("agent-a", isolated_settings) == ()
+    fb.set_label_questions("agent-a", QUESTIONS, isolated_settings, identity=admin)
+    assert fb.label_questions("agent-a", isolated_settings) == QUESTIONS
 
 
 def test_charts_and_agreement(isolated_settings):
@@ -140,3 +169,19 @@ def test_curation_produces_a_dataset_the_evaluations_service_runs(isolated_setti
     assert run.data.metrics["expected_answer/mean"] == 1.0
     with pytest.raises(ValidationError, match="nothing was added"):
         fb.curate_to_dataset([ids[2]], "reviewed-set", experiment_id, isolated_settings)
+
+
+@pytest.mark.parametrize("experiment", ["999999", "deleted"])
+def test_curation_into_a_missing_experiment_stores_nothing(isolated_settings, experiment):
+    from mlflow.genai.datasets import search_datasets
+
+    client, experiment_id, ids = make_traces(isolated_settings, 1)
+    fb.submit_review(ids[0], fb.Review(corrected_answer="It is zero."), "a@x", settings=isolated_settings)
+    if experiment == "deleted":
+        experiment = client.create_experiment("gone")
+        client.delete_experiment(experiment)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        fb.curate_to_dataset(ids, "nowhere-set", experiment, isolated_settings)
+    assert [d.name for d in search_datasets() if d.name == "nowhere-set"] == []
+    fb.curate_to_dataset(ids, "nowhere-set", experiment_id, isolated_settings)  # the search does see datasets
+    assert [d.name for d in search_datasets() if d.name == "nowhere-set"] == ["nowhere-set"]

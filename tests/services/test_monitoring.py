@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from services import _mlflow_internal as internal
 from services import monitoring as mon
 from services import pricing
-from services.errors import ValidationError
+from services.errors import PermissionDeniedError, ValidationError
+from services.identity import Identity, IdentitySource
 
 NOW_NS = (time.time_ns() // 3_600_000_000_000) * 3_600_000_000_000  # on the hour: buckets are predictable
 PRICED = "acme-llm"  # not in MLflow's catalog: cost comes from the price table
@@ -301,3 +302,49 @@ def test_bad_group_values_are_refused_before_io(monkeypatch):
     query = mon.TraceQuery(("1",), datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
     with pytest.raises(ValidationError, match="not a valid tag value"):
         mon.monitoring_data(query, "version", ["1", "2`"])
+
+
+# --- thresholds: types, agent keys, roles, atomic writes ------------------------------------
+
+ADMIN = Identity("admin@example.com", "admin", IdentitySource.OS_USER)
+OPERATOR = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"p95_latency_ms": "5"}, "p95_latency_ms"), ({"error_rate": "0.1"}, "error_rate"),
+    ({"daily_cost": True}, "daily_cost"), ({"min_feedback_score": float("nan")}, "min_feedback_score"),
+    ({"feedback_name": None}, "feedback_name"), ({"feedback_name": 'a"b'}, "feedback_name"),
+])
+def test_thresholds_of_the_wrong_type_name_the_field(isolated_settings, values, field):
+    with pytest.raises(ValidationError, match=field):
+        mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(**values))
+    assert not (isolated_settings.data_dir / mon.THRESHOLDS_FILE).exists()
+
+
+@pytest.mark.parametrize("agent", ["", " agent-a", "agent\n", "a`b", None, 7, "x" * 300])
+def test_threshold_keys_must_be_agent_names(isolated_settings, agent):
+    with pytest.raises(ValidationError, match="not an agent name"):
+        mon.save_thresholds(isolated_settings, agent, mon.AlertThresholds())
+    assert not (isolated_settings.data_dir / mon.THRESHOLDS_FILE).exists()
+
+
+def test_saving_thresholds_needs_the_admin_role_and_writes_atomically(isolated_settings):
+    import json
+
+    (isolated_settings.data_dir / "roles.json").write_text(json.dumps(
+        {"users": {"admin@example.com": "admin", "ops@example.com": "operator"}, "default": "viewer"}))
+    strict = mon.AlertThresholds(p95_latency_ms=1000, error_rate=0.1)
+    mon.save_thresholds(isolated_settings, "agent-a", strict, identity=ADMIN)
+    path = isolated_settings.data_dir / mon.THRESHOLDS_FILE
+    stored = path.read_bytes()
+    with pytest.raises(PermissionDeniedError, match="admin"):
+        mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(), identity=OPERATOR)
+    assert path.read_bytes() == stored  # refused: the file is as it was
+    assert mon.load_thresholds(isolated_settings)["agent-a"] == strict
+    assert not list(isolated_settings.data_dir.glob("*.tmp"))  # the temp file was moved into place
+
+
+def test_a_corrupt_thresholds_file_is_a_clear_error(isolated_settings):
+    (isolated_settings.data_dir / mon.THRESHOLDS_FILE).write_text('["not", "a", "mapping"]')
+    with pytest.raises(ValidationError, match="cannot be read"):
+        mon.load_thresholds(isolated_settings)

@@ -75,6 +75,10 @@ def test_sources_fill_queues(isolated_settings):
     assert [i.trace_id for i in rq.queue_items(negative, isolated_settings)] == [ids[1]]
     sample = rq.create_queue(rq.QueueSpec("sample", rq.QueueSource.SAMPLE, size=3, **window), "o@x", isolated_settings)
     assert len(rq.queue_items(sample, isolated_settings)) == 3
+    # A whole float (a number widget's 2.0) is the whole number it holds.
+    whole = rq.create_queue(rq.QueueSpec("whole", rq.QueueSource.SAMPLE, size=2.0, reviews_per_item=2.0, **window),
+                            "o@x", isolated_settings)
+    assert len(rq.queue_items(whole, isolated_settings)) == 2 and whole.reviews_per_item == 2
     import mlflow
     from mlflow.entities import AssessmentSource, AssessmentSourceType
 
@@ -82,7 +86,7 @@ def test_sources_fill_queues(isolated_settings):
                         source=AssessmentSource(source_type=AssessmentSourceType.CODE, source_id="expected_facts"))
     low = rq.create_queue(rq.QueueSpec("low", rq.QueueSource.LOW_SCORES, scorer="expected_facts", **window), "o@x", isolated_settings)
     assert [i.trace_id for i in rq.queue_items(low, isolated_settings)] == [ids[2]]
-    assert {q.name for q in rq.list_queues(isolated_settings)} == {"neg", "sample", "low"}
+    assert {q.name for q in rq.list_queues(isolated_settings)} == {"neg", "sample", "whole", "low"}
 
 
 @pytest.mark.parametrize("spec, error, message", [
@@ -90,6 +94,11 @@ def test_sources_fill_queues(isolated_settings):
     (rq.QueueSpec("q", rq.QueueSource.HAND_PICKED, ()), ValidationError, "empty"),
     (rq.QueueSpec("q", rq.QueueSource.HAND_PICKED, (), trace_ids=("tr-doesnotexist",)), NotFoundError, "does not exist"),
     (rq.QueueSpec("q", rq.QueueSource.NEGATIVE_FEEDBACK, ("0",), start_ms=0, end_ms=NOW_MS), ValidationError, "empty"),
+    # Sizes and reviewer counts that are not whole numbers are refused before any search.
+    *[(rq.QueueSpec("q", rq.QueueSource.SAMPLE, ("0",), start_ms=0, end_ms=NOW_MS, size=size), ValidationError,
+       "whole number of traces") for size in (float("nan"), float("inf"), 2.7, "ten", "5", True, None)],
+    *[(rq.QueueSpec("q", rq.QueueSource.SAMPLE, ("0",), start_ms=0, end_ms=NOW_MS, reviews_per_item=n),
+       ValidationError, "whole number of reviewers") for n in (1.5, float("nan"), "2")],
 ])
 def test_bad_queues_store_nothing(isolated_settings, spec, error, message):
     make_traces(isolated_settings, 1)

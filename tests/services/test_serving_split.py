@@ -107,6 +107,11 @@ def test_missing_can_manage_is_named(harness, dbx_settings, monkeypatch):
         ({("main.demo.support", "1"): 110, ("main.demo.support", "2"): -10}, ValidationError, "0-100"),
         ({}, ValidationError, "at least one"),
         ({("main.demo.support", "1"): 50.5, ("main.demo.support", "2"): 49.5}, ValidationError, "whole number"),
+        # The same version typed two ways would be two arms serving one version.
+        ({("main.demo.support", "1"): 50, ("main.demo.support", "01"): 50}, ValidationError, "v1 is listed twice"),
+        ({("main.demo.support", "1"): 50, ("main.demo.support", " 1"): 50}, ValidationError, "v1 is listed twice"),
+        ({("main.demo.support", "v2"): 100}, ValidationError, "not a version number"),
+        ({("main.demo.support", "²"): 100}, ValidationError, "not a version number"),
     ],
 )
 def test_refused_split_sends_nothing(harness, dbx_settings, weights, error, message):
@@ -144,6 +149,9 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
         serving.apply_split(plan, user="bo", reason="stale", settings=isolated_settings)
     with pytest.raises(NotFoundError):
         serving.plan_split("ep", {("m", "9"): 100}, settings=isolated_settings)
+    # A version typed with a leading zero is the registry's version, served by the existing arm.
+    renamed = serving.plan_split("ep", {("m", "01"): 30, ("m", "002"): 70}, settings=isolated_settings)
+    assert renamed.after.served == stored.served and renamed.percentages()[1] == {"m v1": 30, "m v2": 70}
     with pytest.raises(ValidationError, match="reason"):
         serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings),
                             user="ana", reason=" ", settings=isolated_settings)

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from services._clients import configure_mlflow, mlflow_client, translate_errors
+from services._clients import configure_mlflow, mlflow_client, tracing_client, translate_errors
 from services.errors import NotFoundError, ValidationError
 from services.settings import Settings
 from services.traces import AGENT_TAG, ARM_TAG, VERSION_TAG
@@ -291,10 +291,11 @@ def submit_review(
         roles.enforce(identity, roles.Action.REVIEW, settings)
     client = mlflow_client(settings)
     trace = get_trace_or_raise(client, trace_id)
-    import mlflow
-    from mlflow.entities import Expectation
-    from mlflow.tracing.client import TracingClient
+    from mlflow.entities import Expectation, Feedback
 
+    # Not mlflow.log_feedback & co.: those use the process-wide client (on Databricks Apps, the app's
+    # service principal); this one carries the signed-in user's token.
+    tracing = tracing_client(settings)
     source = _source(reviewer)
     current = _current_by_reviewer(trace, reviewer)
     feedback, expectations = _review_values(review)
@@ -305,9 +306,11 @@ def submit_review(
             if old is not None and getattr(old, "feedback", None) is not None:
                 if old.feedback.value == value:
                     continue
-                mlflow.override_feedback(trace_id=trace_id, assessment_id=old.assessment_id, value=value, source=source)
+                # What mlflow.override_feedback logs: a new feedback pointing at the one it replaces.
+                tracing.log_assessment(trace_id, Feedback(name=old.name, span_id=old.span_id, value=value,
+                                                          source=source, overrides=old.assessment_id))
             else:
-                mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
+                tracing.log_assessment(trace_id, Feedback(name=name, value=value, source=source))
             written += 1
         for name, value in expectations.items():
             old = current.get(name)
@@ -317,9 +320,9 @@ def submit_review(
                 # There is no override_expectation; the store keeps history for any ``overrides`` link.
                 replacement = Expectation(name=name, value=value, source=source, trace_id=trace_id)
                 replacement.overrides = old.assessment_id
-                TracingClient().log_assessment(trace_id, replacement)
+                tracing.log_assessment(trace_id, replacement)
             else:
-                mlflow.log_expectation(trace_id=trace_id, name=name, value=value, source=source)
+                tracing.log_assessment(trace_id, Expectation(name=name, value=value, source=source))
             written += 1
     return written
 

@@ -293,8 +293,6 @@ def test_reviewer_gives_feedback_that_names_them_as_the_source(warmed, page, art
     assert tag_writes and {c.principal for c in tag_writes} == {dw.REVIEWER.email}
 
 
-@pytest.mark.xfail(strict=True, reason="services/feedback.py logs assessments with MLflow's fluent API, which "
-                   "carries the app's token; it should use _clients.tracing_client (see the C report)")
 def test_reviewers_feedback_was_sent_with_their_token(stack):
     posts = [c for c in stack.ws.forwarder.calls if c.method == "POST" and c.path.endswith("/assessments")]
     assert posts, "the feedback test did not run first"

@@ -144,8 +144,6 @@ def test_an_operator_changes_traffic_with_their_token_and_the_trail_names_them(w
     workspace.harness.endpoints[dw.ENDPOINT] = dw.endpoint()
 
 
-@pytest.mark.xfail(strict=True, reason="services/feedback.py writes assessments through MLflow's fluent API, "
-                   "which carries the app's token; it should use _clients.tracing_client (see the C report)")
 def test_a_reviewers_feedback_is_written_with_their_token_and_sourced_to_them(workspace, dbx):
     reviewer = _identity(dw.REVIEWER)
     _clients.act_as(reviewer)

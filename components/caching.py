@@ -34,8 +34,9 @@ def per_user_cache(**options: Any) -> Callable[[F], F]:
         def scoped(scope: str, *args: Any, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
 
-        # Streamlit keys a cache by module, qualified name and source: give each wrapper its own.
-        scoped.__module__ = fn.__module__
+        # Streamlit keys a cache by module, qualified name and source, and every wrapper has the same
+        # source. Pages run as ``__main__``, so the file name keeps two pages' ``_versions`` apart.
+        scoped.__module__ = f"{fn.__module__}:{fn.__code__.co_filename}"
         scoped.__qualname__ = fn.__qualname__
         cached = st.cache_data(**options)(scoped)
 

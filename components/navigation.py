@@ -7,19 +7,27 @@ import streamlit as st
 from components.context import PAGES
 
 
+_declared = False
+
+
 def app_pages() -> list:
-    """Register the app's pages (once per process) and return them in sidebar order."""
-    if not PAGES:
-        PAGES.update(
-            {
-                "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-                "versions": st.Page("pages/versions.py", title="Versions & releases", icon=":material/sell:"),
-                "monitoring": st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
-                "evaluations": st.Page("pages/evaluations.py", title="Evaluations", icon=":material/fact_check:"),
-                "serving": st.Page("pages/serving.py", title="Serving & A/B", icon=":material/alt_route:"),
-                "review": st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
-            }
-        )
+    """The app's pages in sidebar order, as new ``st.Page`` objects for this run.
+
+    Streamlit lets a run call each page object once, so pages are never shared between runs or
+    sessions; ``PAGES`` (for ``page_link``) is refreshed with this run's objects.
+    """
+    global _declared
+    PAGES.update(
+        {
+            "overview": st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+            "versions": st.Page("pages/versions.py", title="Versions & releases", icon=":material/sell:"),
+            "monitoring": st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
+            "evaluations": st.Page("pages/evaluations.py", title="Evaluations", icon=":material/fact_check:"),
+            "serving": st.Page("pages/serving.py", title="Serving & A/B", icon=":material/alt_route:"),
+            "review": st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
+        }
+    )
+    _declared = True
     return list(PAGES.values())
 
 
@@ -31,7 +39,7 @@ def ensure_app_navigation() -> None:
     ``st.navigation``. Declaring the navigation here switches Streamlit to ``st.navigation`` mode
     for the process; the rerun then goes through ``app.py`` to the same page.
     """
-    if PAGES:
+    if _declared:
         return
     st.navigation(app_pages())
     st.rerun()

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
+from components.caching import per_user_cache
 from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
@@ -28,34 +29,34 @@ ANY = "Any"
 PLOT_CONFIG = {"displayModeBar": False}
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _agents(settings: Settings) -> list[registry.AgentSummary]:
     return registry.list_agents(settings)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _tag_values(settings: Settings, experiment_ids: tuple[str, ...], key: str, start: datetime, end: datetime) -> list[str]:
     return recent_tag_values(experiment_ids, key, start, end, settings=settings)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _data(settings: Settings, query: mon.TraceQuery, split: str, groups: tuple[str, ...],
           prices: dict[str, pricing.ModelPrice]) -> mon.MonitoringData:
     return mon.monitoring_data(query, split, groups, prices=prices, settings=settings)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _health(settings: Settings, query: mon.TraceQuery, feedback_name: str,
             prices: dict[str, pricing.ModelPrice]) -> mon.AgentHealth:
     return mon.agent_health(query, feedback_name=feedback_name, prices=prices, settings=settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _page(settings: Settings, explorer: mon.ExplorerQuery, page_size: int, token: str | None) -> mon.TracePage:
     return mon.search_page(explorer, page_size=page_size, page_token=token, settings=settings)
 
 
-@st.cache_data(ttl=300, show_spinner=False)
+@per_user_cache(ttl=300, show_spinner=False)
 def _detail(settings: Settings, trace_id: str) -> mon.TraceDetail:
     return mon.trace_detail(trace_id, settings)
 

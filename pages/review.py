@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
+from components.caching import per_user_cache
 from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
@@ -32,42 +33,42 @@ SOURCE_LABELS = {
 PLOT_CONFIG = {"displayModeBar": False}
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _agents(settings: Settings) -> list[registry.AgentSummary]:
     return registry.list_agents(settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _queues(settings: Settings, user: str) -> list[rq.ReviewQueue]:
     return rq.list_queues(settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _progress(settings: Settings, user: str, queue: rq.ReviewQueue) -> rq.QueueProgress:
     return rq.progress(queue, user, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _items(settings: Settings, user: str, queue: rq.ReviewQueue) -> list[rq.QueueItem]:
     return rq.queue_items(queue, settings)
 
 
-@st.cache_data(ttl=300, show_spinner=False)
+@per_user_cache(ttl=300, show_spinner=False)
 def _conversation(settings: Settings, user: str, trace_id: str) -> rq.Conversation:
     return rq.conversation(trace_id, settings)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _questions(settings: Settings, user: str, agent: str) -> tuple[fb.LabelQuestion, ...]:
     return fb.label_questions(agent, settings)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@per_user_cache(ttl=30, show_spinner=False)
 def _previous(settings: Settings, user: str, trace_id: str) -> fb.Review | None:
     return fb.current_review(trace_id, user, settings)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _feedback(settings: Settings, user: str, experiment_ids: tuple[str, ...], start_ms: int, end_ms: int,
               agent: str | None) -> pd.DataFrame:
     return fb.human_feedback(experiment_ids, start_ms, end_ms, agent=agent, settings=settings)

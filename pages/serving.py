@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import streamlit as st
 
+from components.caching import per_user_cache
 from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
@@ -34,17 +35,17 @@ if not can_change:
     st.caption(f":material/lock: You can look, not change: {role_hint(roles.Action.CHANGE_TRAFFIC)}")
 
 
-@st.cache_data(ttl=15, show_spinner=False)
+@per_user_cache(ttl=15, show_spinner=False)
 def _endpoints(settings: Settings) -> list[serving.Endpoint]:
     return serving.list_endpoints(settings)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+@per_user_cache(ttl=60, show_spinner=False)
 def _agents(settings: Settings) -> list[registry.AgentSummary]:
     return registry.list_agents(settings)
 
 
-@st.cache_data(ttl=30, show_spinner="Judging the arms…")
+@per_user_cache(ttl=30, show_spinner="Judging the arms…")
 def _report(settings: Settings, endpoint: str, experiments: tuple[str, ...], hours: int, effect: float) -> ab.ArmReport:
     end = datetime.now(tz=timezone.utc)
     return ab.judge_endpoint(endpoint, list(experiments), end - timedelta(hours=hours), end,

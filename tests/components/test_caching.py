@@ -46,3 +46,13 @@ def test_two_cached_functions_do_not_share_entries():
         return f"second-{x}"
 
     assert (first(1), second(1)) == ("first-1", "second-1")
+
+
+def test_same_named_functions_of_two_page_scripts_do_not_share_entries():
+    """Pages run as ``__main__``: two pages' ``_versions`` differ only by their file."""
+    found = []
+    for filename, value in (("pages/a.py", "from a"), ("pages/b.py", "from b")):
+        namespace = {"__name__": "__main__"}
+        exec(compile(f"def _versions(agent):\n    return {value!r}\n", filename, "exec"), namespace)
+        found.append(per_user_cache(ttl=60)(namespace["_versions"])("support-agent"))
+    assert found == ["from a", "from b"]

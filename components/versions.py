@@ -175,16 +175,18 @@ def states_frame(states: list[AliasState]) -> pd.DataFrame:
         [{"Alias": s.alias, "Holds": _v(s.version),
           "Last change": s.last_change.at if s.last_change else None,
           "By": s.last_change.user if s.last_change else "—",
-          "Audit": ("⚠️ " if s.drift in (Drift.EXTERNAL, Drift.REMOVED) else "") + s.drift.value,
+          "Audit": ("⚠️ " if s.drift in (Drift.EXTERNAL, Drift.REMOVED, Drift.INTERRUPTED) else "") + s.drift.value,
           "Rollback to": _v(s.previous_version)}
          for s in states]
     )
 
 
 def history_frame(changes: list[AliasChange]) -> pd.DataFrame:
-    """Recorded alias changes, newest first."""
+    """Recorded alias changes, newest first; an interrupted attempt shows its requested version and status."""
     return pd.DataFrame(
-        [{"When": c.at, "Alias": c.alias, "From": _v(c.from_version), "To": _v(c.to_version),
+        [{"When": c.at, "Alias": c.alias, "From": _v(c.from_version),
+          "To": _v(c.to_version) if c.completed else f"{_v(c.requested_version)} (requested)",
+          "Status": c.status.value,
           "Action": c.action.value, "Who": c.user, "Gate": c.gate.value, "Reason": c.reason or "—",
           "Evidence dataset": (c.evidence or {}).get("dataset") or "—", "Audit run": c.run_id}
          for c in changes]

@@ -13,11 +13,14 @@ process instead, so traces are still recorded, just with more GIL contention.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 import threading
-from typing import Any, Mapping, Sequence
+import types
+from typing import Any, Iterator, Mapping, Sequence
 
 from services._mlflow_internal.span_batch import CapturedTrace
 from services.settings import Settings
@@ -88,7 +91,8 @@ class ProcessTraceSink:
         self._process = self._context.Process(
             target=_serve, args=(child, self._settings), name="agentops-trace-writer", daemon=True
         )
-        self._process.start()
+        with _plain_main_module():
+            self._process.start()
         child.close()
         self._conn = parent
         self._ready = False
@@ -163,3 +167,20 @@ def _serve(conn: Any, settings: Settings) -> None:
         except Exception as exc:  # noqa: BLE001 - the parent retries the batch
             answer = ("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         conn.send(answer)
+
+
+@contextlib.contextmanager
+def _plain_main_module() -> Iterator[None]:
+    """Start the child without re-running whatever ``__main__`` currently is.
+
+    A spawned child re-imports the parent's ``__main__`` from its file. Inside a Streamlit script
+    run (or anything else that swaps ``sys.modules["__main__"]``) that is a page script, which the
+    child cannot run; the writer only needs this module, so the child gets a bare ``__main__``.
+    """
+    original = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if original is not None:
+            sys.modules["__main__"] = original

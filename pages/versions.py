@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, time, timezone
 
 import pandas as pd
@@ -30,7 +31,10 @@ from services.settings import Settings
 
 PAGE_SIZES = (25, 50, 100)
 _PENDING = "versions.pending_plan"
+# One id per confirmed plan: a retry after a failure completes the same promotion, exactly once.
+_PENDING_REQUEST = "versions.pending_request"
 _NOTICE = "versions.notice"
+_ROLLBACK_REQUEST = "versions.rollback_requests"
 _LOADS = "versions.load_checks"  # "agent/version" -> readiness.LoadCheckResult of this session
 
 
@@ -61,7 +65,7 @@ def _states(settings: Settings, agent: str) -> list[releases.AliasState]:
 
 @per_user_cache(ttl=30, show_spinner=False)
 def _history(settings: Settings, agent: str) -> list:
-    return releases.alias_history(agent, settings=settings)
+    return releases.alias_history(agent, settings=settings, include_interrupted=True)
 
 
 @per_user_cache(ttl=30, show_spinner=False)
@@ -228,6 +232,7 @@ with tab_promote:
         try:
             with st.spinner("Gathering evidence…"):
                 st.session_state[_PENDING] = releases.plan_promotion(agent, alias, target, settings)
+                st.session_state[_PENDING_REQUEST] = uuid.uuid4().hex
         except AgentOpsError as exc:
             st.session_state.pop(_PENDING, None)
             show_error(exc, what="Cannot plan this promotion")
@@ -262,6 +267,7 @@ with tab_promote:
             )
             if buttons[1].button("Cancel", key="versions.cancel"):
                 st.session_state.pop(_PENDING, None)
+                st.session_state.pop(_PENDING_REQUEST, None)
                 st.rerun()
             if confirm:
                 try:
@@ -269,11 +275,13 @@ with tab_promote:
                         plan.agent, plan.alias, plan.target_version, identity, reason=reason,
                         override=blocked and override, expected_current=plan.current_version,
                         load=_load_result(plan.agent, plan.target_version), settings=settings,
+                        request_id=st.session_state.get(_PENDING_REQUEST),
                     )
                 except AgentOpsError as exc:
-                    show_error(exc, what="The alias was not changed")
+                    show_error(exc, what="The promotion did not complete")
                 else:
                     st.session_state.pop(_PENDING, None)
+                    st.session_state.pop(_PENDING_REQUEST, None)
                     _clear_caches()
                     change = result.change
                     st.session_state[_NOTICE] = (
@@ -297,6 +305,11 @@ with tab_history:
                 st.warning(f"**{plain(state.alias)}** was {state.drift.value}: the last recorded change set it to "
                            f"v{state.last_change.to_version}, the registry holds "
                            f"{'v' + state.version if state.version else 'nothing'}.", icon=":material/warning:")
+            if state.drift is releases.Drift.INTERRUPTED and state.interrupted is not None:
+                st.warning(f"**{plain(state.alias)}**: a change to v{state.interrupted.requested_version} by "
+                           f"{plain(state.interrupted.user)} was interrupted (the backend failed mid-change); the "
+                           f"registry holds {'v' + state.version if state.version else 'nothing'}. Retrying that "
+                           "confirmation completes it once; a new promotion supersedes it.", icon=":material/warning:")
         rollbackable = [s for s in states if s.previous_version and s.version]
         if rollbackable:
             roll_cols = st.columns([2, 3, 1])
@@ -308,12 +321,18 @@ with tab_history:
             roll_cols[2].write("")
             if roll_cols[2].button("Roll back", icon=":material/undo:", key="versions.rollback", disabled=not can_promote):
                 state = next(s for s in rollbackable if s.alias == roll_alias)
+                # One request id per rollback of this alias from this holder: a retry after a backend
+                # failure completes the same rollback instead of making a second one.
+                request_key = (agent, roll_alias, state.version)
+                request_id = st.session_state.setdefault(_ROLLBACK_REQUEST, {}).setdefault(request_key, uuid.uuid4().hex)
                 try:
                     result = releases.rollback(agent, roll_alias, identity, reason=roll_reason,
-                                               expected_current=state.version, settings=settings)
+                                               expected_current=state.version, settings=settings,
+                                               request_id=request_id)
                 except AgentOpsError as exc:
                     show_error(exc, what="The alias was not rolled back")
                 else:
+                    st.session_state[_ROLLBACK_REQUEST].pop(request_key, None)
                     _clear_caches()
                     st.session_state[_NOTICE] = (f"Rolled {roll_alias} back: v{result.change.from_version} → "
                                                  f"v{result.change.to_version}.")

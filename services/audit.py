@@ -1,15 +1,23 @@
 """Audit trail of alias changes, stored as runs in a dedicated MLflow experiment.
 
 One run per change, everything in tags, so the trail needs no extra database and works the
-same on a local store, an ``mlflow server`` and Databricks. Runs are never edited after they
-are written; reading the trail is one paged ``search_runs``.
+same on a local store, an ``mlflow server`` and Databricks. Reading the trail is one paged
+``search_runs``.
+
+A change is written in two steps so that a backend failure between them cannot lose it: an
+*intent* (run RUNNING, state ``intent``, a request id, no to-version) before the alias moves,
+then the *completion* (to-version observed, state ``done``, in one ``log_batch``) after it.
+An intent that was never completed reads back as ``ChangeStatus.INTERRUPTED``; a retry with the
+same request id finds it (``find_alias_change``) and completes it instead of changing twice.
+An intent the registry definitely refused is closed and deleted, so it never reads back.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
@@ -31,6 +39,8 @@ GATE_TAG = _PREFIX + "gate"
 OVERRIDE_TAG = _PREFIX + "override"
 EVIDENCE_TAG = _PREFIX + "evidence"
 AT_NS_TAG = _PREFIX + "at_ns"
+REQUEST_TAG = _PREFIX + "request_id"
+STATE_TAG = _PREFIX + "state"  # intent | done | refused; records without it are complete (older trail)
 ALIAS_CHANGE_KIND = "alias_change"
 # Run tags hold at most 8,000 characters; evidence is a summary, trimmed to fit.
 _MAX_TAG = 7_900
@@ -46,6 +56,12 @@ class GateOutcome(StrEnum):
     PASSED = "passed"
     NO_RULES = "no-rules"
     OVERRIDDEN = "overridden"
+
+
+class ChangeStatus(StrEnum):
+    COMPLETED = "completed"
+    # The intent was written but never completed: the backend failed mid-change (or it is in flight).
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,12 @@ class AliasChange:
     evidence: dict[str, Any]
     at: datetime
     at_ns: int
+    request_id: str = ""
+    status: ChangeStatus = ChangeStatus.COMPLETED
+
+    @property
+    def completed(self) -> bool:
+        return self.status is ChangeStatus.COMPLETED
 
 
 def record_alias_change(
@@ -82,7 +104,31 @@ def record_alias_change(
     evidence: dict[str, Any],
     settings: Settings | None = None,
 ) -> AliasChange:
-    """Write one audit run for an alias change and return it as recorded."""
+    """Write one complete audit run for an alias change (intent and completion) and return it."""
+    intent = open_alias_change(
+        model=model, alias=alias, action=action, from_version=from_version, requested_version=requested_version,
+        user=user, reason=reason, gate=gate, evidence=evidence, request_id=uuid.uuid4().hex, settings=settings,
+    )
+    return complete_alias_change(intent, to_version, settings=settings)
+
+
+def open_alias_change(
+    *,
+    model: str,
+    alias: str,
+    action: AliasAction,
+    from_version: str | None,
+    requested_version: str,
+    user: str,
+    reason: str,
+    gate: GateOutcome,
+    evidence: dict[str, Any],
+    request_id: str,
+    settings: Settings | None = None,
+) -> AliasChange:
+    """Write the intent of an alias change (before the alias moves); it reads back as interrupted until completed."""
+    if not request_id:
+        raise ValueError("an alias change intent needs a request id")
     client = mlflow_client(settings)
     at_ns = time.time_ns()
     evidence_json = json.dumps(evidence, default=str, sort_keys=True)
@@ -94,7 +140,7 @@ def record_alias_change(
         ALIAS_TAG: alias,
         ACTION_TAG: action.value,
         FROM_TAG: from_version or "",
-        TO_TAG: to_version or "",
+        TO_TAG: "",
         REQUESTED_TAG: requested_version,
         USER_TAG: user,
         REASON_TAG: reason[:_MAX_TAG],
@@ -102,20 +148,66 @@ def record_alias_change(
         OVERRIDE_TAG: str(gate is GateOutcome.OVERRIDDEN).lower(),
         EVIDENCE_TAG: evidence_json,
         AT_NS_TAG: str(at_ns),
+        REQUEST_TAG: request_id,
+        STATE_TAG: "intent",
         "mlflow.user": user,
     }
-    name = f"{model}@{alias}: v{from_version or '-'} -> v{to_version or '-'}"
+    name = f"{model}@{alias}: v{from_version or '-'} -> v{requested_version} (requested)"
     with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
         experiment_id = get_or_create_experiment(client, _experiment_name(settings), settings)
         run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags, run_name=name)
-        client.set_terminated(run.info.run_id, status="FINISHED")
     return _change(run.info.run_id, tags, at_ns)
 
 
+def complete_alias_change(intent: AliasChange, to_version: str | None, *,
+                          settings: Settings | None = None) -> AliasChange:
+    """Complete an intent with the to-version observed in the registry; returns the completed record."""
+    client = mlflow_client(settings)
+    done = {TO_TAG: to_version or "", STATE_TAG: "done",
+            "mlflow.runName": f"{intent.model}@{intent.alias}: v{intent.from_version or '-'} -> v{to_version or '-'}"}
+    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
+        # One batch: the to-version and the done state land together or not at all.
+        client.log_batch(intent.run_id, tags=[_tag(k, v) for k, v in done.items()])
+        client.set_terminated(intent.run_id, status="FINISHED")
+    return replace(intent, to_version=to_version or None, status=ChangeStatus.COMPLETED)
+
+
+def abandon_alias_change(intent: AliasChange, why: str, *, settings: Settings | None = None) -> None:
+    """Close an intent whose change was definitely not made (refused), and delete it from the trail."""
+    client = mlflow_client(settings)
+    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
+        client.log_batch(intent.run_id, tags=[_tag(STATE_TAG, "refused"), _tag(REASON_TAG + ".refused", why[:_MAX_TAG])])
+        client.set_terminated(intent.run_id, status="FAILED")
+        client.delete_run(intent.run_id)
+
+
+def find_alias_change(model: str, alias: str, request_id: str, *,
+                      settings: Settings | None = None) -> AliasChange | None:
+    """The record (completed or interrupted) written for ``request_id``, if any."""
+    found = _search(model, alias, settings, extra=[f"tags.`{REQUEST_TAG}` = '{_q(request_id)}'"])
+    return found[0] if found else None
+
+
+def _tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
 def alias_changes(
-    model: str, alias: str | None = None, *, settings: Settings | None = None
+    model: str, alias: str | None = None, *, settings: Settings | None = None, completed_only: bool = False,
 ) -> list[AliasChange]:
-    """Recorded changes of one agent's aliases (optionally one alias), newest first."""
+    """Recorded changes of one agent's aliases (optionally one alias), newest first.
+
+    Interrupted intents are included with ``status=INTERRUPTED`` unless ``completed_only``.
+    """
+    changes = _search(model, alias, settings)
+    if completed_only:
+        changes = [c for c in changes if c.completed]
+    return changes
+
+
+def _search(model: str, alias: str | None, settings: Settings | None, extra: list[str] | None = None) -> list[AliasChange]:
     client = mlflow_client(settings)
     with translate_errors("the audit trail"):
         experiment = client.get_experiment_by_name(_experiment_name(settings))
@@ -124,6 +216,7 @@ def alias_changes(
         clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{_q(model)}'"]
         if alias:
             clauses.append(f"tags.`{ALIAS_TAG}` = '{_q(alias)}'")
+        clauses.extend(extra or [])
         runs = []
         token = None
         while True:
@@ -178,4 +271,7 @@ def _change(run_id: str, tags: dict[str, str], at_ns: int) -> AliasChange:
         evidence=evidence,
         at=datetime.fromtimestamp(at_ns / 1e9, tz=timezone.utc),
         at_ns=at_ns,
+        request_id=tags.get(REQUEST_TAG, ""),
+        # Records written before intents existed carry no state and are complete.
+        status=ChangeStatus.INTERRUPTED if tags.get(STATE_TAG) == "intent" else ChangeStatus.COMPLETED,
     )

@@ -670,14 +670,18 @@ def _alerts_check(ctx: _Context) -> tuple[Item, Verdict, str, str]:
 def promote(
     agent: str, alias: str, version: str | int, identity: Identity, *, reason: str = "", override: bool = False,
     expected_current: str | None | object = ..., load: LoadCheckResult | None = None,
-    settings: Settings | None = None,
+    settings: Settings | None = None, request_id: str | None = None,
 ) -> releases.PromotionResult:
-    """Promote behind the gate *and* the readiness checklist; failing required items block alike."""
+    """Promote behind the gate *and* the readiness checklist; failing required items block alike.
+
+    ``request_id`` identifies one confirmation: retrying it after a failure completes an
+    interrupted promotion instead of making a second change (see ``releases.promote``).
+    """
     if override and not (reason or "").strip():
         raise ValidationError("Overriding the gate needs a written reason.")
     report = assess(agent, version, settings, against=alias, load=load)
     return releases.promote(
         agent, alias, version, identity, reason=reason, override=override, expected_current=expected_current,
         settings=settings, readiness_failures=tuple(f"{c.title} ({c.reason})" for c in report.failures),
-        readiness_evidence=report.audit_summary(),
+        readiness_evidence=report.audit_summary(), request_id=request_id,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -17,8 +18,8 @@ from typing import Any
 
 from services import audit, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
-from services.audit import AliasAction, AliasChange, GateOutcome
-from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services.audit import AliasAction, AliasChange, ChangeStatus, GateOutcome
+from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.evaluations import EvaluationSummary
 from services.identity import Identity
 from services.settings import Backend, Settings
@@ -26,6 +27,7 @@ from services.settings import Backend, Settings
 GATE_TAG = "agentops.gate"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
+_REQUEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # One lock per (agent, alias): two operators in this process never interleave read-set-record.
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -138,6 +140,7 @@ class Drift(StrEnum):
     EXTERNAL = "moved outside the app"  # the alias points elsewhere than the last record says
     UNRECORDED = "never changed through the app"
     REMOVED = "removed outside the app"  # recorded, but the alias no longer exists
+    INTERRUPTED = "interrupted change"  # the newest record is an intent never completed (backend failed mid-change)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class AliasState:
     last_change: AliasChange | None
     drift: Drift
     previous_version: str | None  # what a one-click rollback would restore
+    interrupted: AliasChange | None = None  # an uncompleted intent newer than the last completed change
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,7 @@ def promote(
     settings: Settings | None = None,
     readiness_failures: tuple[str, ...] = (),
     readiness_evidence: dict[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> PromotionResult:
     """Point ``alias`` at ``version`` behind the gate, and record the change.
 
@@ -356,10 +361,15 @@ def promote(
         readiness_failures: failing required readiness items (``services.readiness``); they block
             like a failing gate and take the same override path.
         readiness_evidence: the readiness checklist, stored with the audit record.
+        request_id: one id per confirmation. A retry with the same id after a backend failure
+            completes the recorded attempt (alias set if not yet, record completed) instead of
+            changing or recording twice; a retry of a completed one returns it unchanged.
     """
     reason = (reason or "").strip()
     if override and not reason:
         raise ValidationError("Overriding the gate needs a written reason.")
+    if request_id is not None and not _REQUEST_RE.match(request_id):
+        raise ValidationError("A request id is 1-128 letters, digits, '_' or '-' (one per confirmation, e.g. a uuid).")
     roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
     plan = plan_promotion(agent, alias, version, settings)
     if (plan.blocked or readiness_failures) and not override:
@@ -372,34 +382,112 @@ def promote(
         gate = GateOutcome.NO_RULES
     else:
         gate = GateOutcome.OVERRIDDEN if blocked else GateOutcome.PASSED
+    evidence = plan.evidence.summary() | {
+        "checks": [{"rule": c.rule.describe(), "status": c.status.value, "detail": c.detail} for c in plan.checks],
+    }
+    if readiness_evidence is not None:
+        evidence["readiness"] = readiness_evidence
     client = mlflow_client(settings)
     with _lock(plan.agent, plan.alias):
+        if request_id:
+            earlier = audit.find_alias_change(plan.agent, plan.alias, request_id, settings=settings)
+            if earlier is not None:
+                return _resume(client, plan, earlier, identity, settings)
         before = _read_alias(client, plan.agent, plan.alias)
         if expected_current is not ... and before != expected_current:
             raise ConflictError(
                 f"{plan.agent}@{plan.alias} now points to {_label(before)}, not {_label(expected_current)} "
                 "as when you looked. Nothing changed; review the new state and try again."
             )
+        # The intent is written before the alias moves, so a failure after this point leaves a
+        # record that says "interrupted" rather than an alias move nobody recorded.
         try:
-            with translate_errors(f"setting {plan.agent}@{plan.alias}"):
-                client.set_registered_model_alias(plan.agent, plan.alias, plan.target_version)
-        except PermissionDeniedError as exc:
-            raise PermissionDeniedError(_alias_refused(plan, identity, settings or get_settings(), exc)) from exc
-        # Record what the registry actually holds now, not what we asked for.
-        after = _read_alias(client, plan.agent, plan.alias)
-        evidence = plan.evidence.summary() | {
-            "checks": [{"rule": c.rule.describe(), "status": c.status.value, "detail": c.detail} for c in plan.checks],
-        }
-        if readiness_evidence is not None:
-            evidence["readiness"] = readiness_evidence
-        change = audit.record_alias_change(
-            model=plan.agent, alias=plan.alias, action=action, from_version=before, to_version=after,
-            requested_version=plan.target_version, user=identity.user, reason=reason, gate=gate,
-            evidence=evidence, settings=settings,
-        )
+            intent = audit.open_alias_change(
+                model=plan.agent, alias=plan.alias, action=action, from_version=before,
+                requested_version=plan.target_version, user=identity.user, reason=reason, gate=gate,
+                evidence=evidence, request_id=request_id or uuid.uuid4().hex, settings=settings,
+            )
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"The MLflow backend stopped answering before the promotion of {plan.agent}@{plan.alias} → "
+                f"v{plan.target_version} was recorded. Nothing changed: the alias still points to {_label(before)}. "
+                f"Retry once the backend is back. ({exc})"
+            ) from exc
+        change, after = _apply(client, plan, intent, identity, settings)
     superseded = after != plan.target_version
     messages = (f"Another change moved {plan.alias} to {_label(after)} at the same time; recorded as observed.",) if superseded else ()
     return PromotionResult(change, plan, superseded, messages)
+
+
+def _apply(client: Any, plan: PromotionPlan, intent: AliasChange, identity: Identity,
+           settings: Settings | None) -> tuple[AliasChange, str | None]:
+    """Move the alias for an open intent and complete the intent with what the registry then holds."""
+    try:
+        with translate_errors(f"setting {plan.agent}@{plan.alias}"):
+            client.set_registered_model_alias(plan.agent, plan.alias, intent.requested_version)
+    except (PermissionDeniedError, ValidationError, NotFoundError, ConflictError) as exc:
+        # The registry answered and refused: nothing moved, so the intent leaves the trail.
+        _quietly_abandon(intent, str(exc), settings)
+        if isinstance(exc, PermissionDeniedError):
+            raise PermissionDeniedError(_alias_refused(plan, identity, settings or get_settings(), exc)) from exc
+        raise
+    except BackendUnavailableError as exc:
+        raise _interrupted(plan, intent, "while setting the alias", exc) from exc
+    try:
+        # Record what the registry actually holds now, not what we asked for.
+        after = _read_alias(client, plan.agent, plan.alias)
+        change = audit.complete_alias_change(intent, after, settings=settings)
+    except BackendUnavailableError as exc:
+        raise _interrupted(plan, intent, "after setting the alias, before the audit record was completed", exc) from exc
+    return change, after
+
+
+def _resume(client: Any, plan: PromotionPlan, earlier: AliasChange, identity: Identity,
+            settings: Settings | None) -> PromotionResult:
+    """A retry of a request already recorded: return it if complete, else complete it exactly once."""
+    if earlier.requested_version != plan.target_version:
+        raise ValidationError(
+            f"Request {earlier.request_id} was a promotion of {plan.agent}@{plan.alias} to "
+            f"v{earlier.requested_version}, not v{plan.target_version}; start a new confirmation for this one."
+        )
+    if earlier.completed:
+        return PromotionResult(earlier, plan, earlier.to_version != earlier.requested_version,
+                               ("This confirmation was already carried out; nothing changed again.",))
+    now = _read_alias(client, plan.agent, plan.alias)
+    if now == earlier.requested_version:
+        # The alias moved before the failure; only the record is missing its completion.
+        try:
+            change = audit.complete_alias_change(earlier, now, settings=settings)
+        except BackendUnavailableError as exc:
+            raise _interrupted(plan, earlier, "while completing the audit record", exc) from exc
+        return PromotionResult(change, plan, False, ("Completed an interrupted promotion: the alias had already "
+                                                     "moved; its audit record is now complete.",))
+    if now == earlier.from_version:
+        change, after = _apply(client, plan, earlier, identity, settings)
+        return PromotionResult(change, plan, after != plan.target_version,
+                               ("Completed an interrupted promotion: the alias was set and recorded once.",))
+    # Someone else moved the alias since: completing would overwrite their change.
+    _quietly_abandon(earlier, f"superseded: the alias held {_label(now)} on retry", settings)
+    raise ConflictError(
+        f"{plan.agent}@{plan.alias} now points to {_label(now)}, not {_label(earlier.from_version)} or "
+        f"v{earlier.requested_version}: another change happened after the interrupted promotion. "
+        "The interrupted attempt is closed without changing anything; review the new state and try again."
+    )
+
+
+def _interrupted(plan: PromotionPlan, intent: AliasChange, when: str, exc: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"The MLflow backend stopped answering {when} ({plan.agent}@{plan.alias} → v{intent.requested_version}), "
+        f"so the alias may or may not have moved. It is recorded as interrupted (request {intent.request_id}); "
+        f"retry the same confirmation once the backend is back and it completes exactly once. ({exc})"
+    )
+
+
+def _quietly_abandon(intent: AliasChange, why: str, settings: Settings | None) -> None:
+    try:
+        audit.abandon_alias_change(intent, why, settings=settings)
+    except BackendUnavailableError:
+        pass  # stays "interrupted" in the trail; a retry or the next read reconciles it
 
 
 def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, exc: Exception) -> str:
@@ -415,7 +503,7 @@ def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, 
 
 
 def rollback(agent: str, alias: str, identity: Identity, *, reason: str = "", settings: Settings | None = None,
-             expected_current: str | None | object = ...) -> PromotionResult:
+             expected_current: str | None | object = ..., request_id: str | None = None) -> PromotionResult:
     """Point ``alias`` back at its previous recorded holder (skips the gate: rollbacks restore)."""
     state = alias_state(agent, alias, settings)
     if state.previous_version is None:
@@ -425,18 +513,19 @@ def rollback(agent: str, alias: str, identity: Identity, *, reason: str = "", se
     return promote(
         agent, alias, state.previous_version, identity, reason=reason or "rollback", override=True,
         expected_current=state.version if expected_current is ... else expected_current,
-        action=AliasAction.ROLLBACK, settings=settings,
+        action=AliasAction.ROLLBACK, settings=settings, request_id=request_id,
     )
 
 
 # --- history ------------------------------------------------------------------------------
 
-def alias_history(agent: str, alias: str | None = None, settings: Settings | None = None) -> list[AliasChange]:
-    """Recorded changes of an agent's aliases, newest first."""
+def alias_history(agent: str, alias: str | None = None, settings: Settings | None = None, *,
+                  include_interrupted: bool = False) -> list[AliasChange]:
+    """Recorded changes of an agent's aliases, newest first (interrupted attempts only when asked)."""
     agent = versions.check_agent_name(agent)
     if alias is not None:
         alias = check_alias(alias)
-    return audit.alias_changes(agent, alias, settings=settings)
+    return audit.alias_changes(agent, alias, settings=settings, completed_only=not include_interrupted)
 
 
 def holder_at(agent: str, alias: str, when: datetime, settings: Settings | None = None) -> str | None:
@@ -472,8 +561,11 @@ def alias_state(agent: str, alias: str, settings: Settings | None = None) -> Ali
     return _state(alias, current, audit.alias_changes(agent, alias, settings=settings))
 
 
-def _state(alias: str, version: str | None, history: list[AliasChange]) -> AliasState:
+def _state(alias: str, version: str | None, records: list[AliasChange]) -> AliasState:
+    history = [c for c in records if c.completed]
     last = history[0] if history else None
+    interrupted = next((c for c in records if c.status is ChangeStatus.INTERRUPTED
+                        and (last is None or c.at_ns > last.at_ns)), None)
     if last is None:
         drift = Drift.UNRECORDED
     elif version is None:
@@ -488,6 +580,9 @@ def _state(alias: str, version: str | None, history: list[AliasChange]) -> Alias
         previous = next((c.from_version for c in history if c.from_version and c.from_version != version), None)
     elif drift is Drift.EXTERNAL:
         previous = last.to_version
+    if interrupted is not None:
+        # Whether it moved the alias is unknown until retried; offer no rollback meanwhile.
+        return AliasState(alias, version, last, Drift.INTERRUPTED, None, interrupted)
     return AliasState(alias, version, last, drift, previous)
 
 

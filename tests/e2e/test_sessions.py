@@ -81,11 +81,6 @@ def test_browsers_with_different_forwarded_users_keep_their_own_identity(app_wit
                                                            "identity/role checks": checks})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Until some session has opened the root URL after a (re)start, a deep link (a bookmark, a shared /versions "
-    "link) runs pages/versions.py through Streamlit's pages/ auto-discovery instead of app.py's st.navigation: "
-    "no identity, role or backend in the sidebar, and the nav lists file names ('app', 'evaluations', ...). "
-    "Renaming pages/ (e.g. views/) stops the auto-discovery. Reported to the lead."))
 def test_a_deep_link_right_after_a_restart_runs_through_app_py(tmp_path_factory, artifacts_dir):
     from playwright.sync_api import sync_playwright
 

@@ -15,7 +15,7 @@ from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from services import audit, registry, releases
 from services._clients import get_or_create_experiment, mlflow_client
 from services.audit import AliasAction, GateOutcome
-from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from services.releases import CheckStatus, Drift, GateRule, RuleKind
 
@@ -241,6 +241,9 @@ def test_permission_refused_is_typed_and_leaves_alias_and_trail_unchanged(store,
     monkeypatch.undo()
     assert _registry_alias(store, "champion") == "1"
     assert releases.alias_history(AGENT, settings=store) == []
+    # The intent written before the refused call is closed and leaves no trace in the trail.
+    assert releases.alias_history(AGENT, settings=store, include_interrupted=True) == []
+    assert releases.alias_state(AGENT, "champion", store).drift is Drift.UNRECORDED
 
 
 def test_stale_confirmation_is_a_conflict(store):
@@ -276,6 +279,61 @@ def test_concurrent_promotions_leave_a_trail_that_agrees_with_the_registry(store
     assert history[0].from_version == "1"
     for earlier, later in zip(history, history[1:]):
         assert later.from_version == earlier.to_version
+    _assert_trail_agrees(store)
+
+
+def _backend_down(monkeypatch, method: str = "set_registered_model_alias") -> None:
+    def down(self, *args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(MlflowClient, method, down)
+
+
+def test_a_retry_with_the_same_request_id_changes_and_records_once(store):
+    first = releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-1", settings=store)
+    again = releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-1", settings=store)
+    assert again.change == first.change and first.change.request_id == "req-1"
+    assert "already carried out" in again.messages[0]
+    assert [c.run_id for c in releases.alias_history(AGENT, settings=store)] == [first.change.run_id]
+    with pytest.raises(ValidationError, match="not v3"):
+        releases.promote(AGENT, "champion", "3", ALICE, override=True, reason="x", request_id="req-1", settings=store)
+    with pytest.raises(ValidationError, match="request id"):
+        releases.promote(AGENT, "champion", "2", ALICE, request_id="bad id'", settings=store)
+    assert _registry_alias(store, "champion") == "2"
+
+
+@pytest.mark.parametrize("method", ["set_registered_model_alias", "log_batch"])
+def test_an_interrupted_promotion_reads_as_interrupted_and_its_retry_completes_once(store, monkeypatch, method):
+    _backend_down(monkeypatch, method)
+    with pytest.raises(BackendUnavailableError, match="recorded as interrupted .request req-9"):
+        releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-9", settings=store)
+    monkeypatch.undo()
+    moved = method == "log_batch"  # the backend failed after the alias call went through
+    assert _registry_alias(store, "champion") == ("2" if moved else "1")
+    assert releases.alias_history(AGENT, settings=store) == []  # not a completed change
+    [intent] = releases.alias_history(AGENT, settings=store, include_interrupted=True)
+    assert intent.status is audit.ChangeStatus.INTERRUPTED and intent.to_version is None
+    state = releases.alias_state(AGENT, "champion", store)
+    assert state.drift is Drift.INTERRUPTED and state.interrupted == intent and state.previous_version is None
+    assert releases.holder_at(AGENT, "champion", datetime.now(timezone.utc), store) is None
+
+    result = releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-9", settings=store)
+    assert result.change.run_id == intent.run_id and result.change.completed
+    assert (result.change.from_version, result.change.to_version) == ("1", "2")
+    assert [c.run_id for c in releases.alias_history(AGENT, settings=store, include_interrupted=True)] == [intent.run_id]
+    _assert_trail_agrees(store)
+
+
+def test_an_interrupted_promotion_overtaken_by_another_change_is_closed_as_a_conflict(store, monkeypatch):
+    _backend_down(monkeypatch)
+    with pytest.raises(BackendUnavailableError):
+        releases.promote(AGENT, "champion", "2", ALICE, request_id="req-5", settings=store)
+    monkeypatch.undo()
+    releases.promote(AGENT, "champion", "3", BOB, override=True, reason="hotfix", settings=store)
+    with pytest.raises(ConflictError, match="another change happened"):
+        releases.promote(AGENT, "champion", "2", ALICE, request_id="req-5", settings=store)
+    assert _registry_alias(store, "champion") == "3"
+    assert [c.to_version for c in releases.alias_history(AGENT, settings=store, include_interrupted=True)] == ["3"]
     _assert_trail_agrees(store)
 
 

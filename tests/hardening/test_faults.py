@@ -1,0 +1,252 @@
+"""Faults during a promotion: the MLflow server is killed at each step, restarted on the same store,
+and the caller's error, the registry, the audit trail and a retry are checked.
+
+The server is a real ``mlflow server`` process (the command of ``tests/harness/mlflow_server.py``)
+kept on one port and one SQLite store, so a restart is the same backend coming back. The kill is
+injected deterministically by wrapping one ``MlflowClient`` method: the process group gets SIGKILL
+right before (or right after) that call reaches the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from services import audit, releases
+from services.errors import BackendUnavailableError
+from services.releases import Drift
+from services.settings import load_settings
+from tests.hardening.reliability import write_record
+from tests.services.test_releases import AGENT, ALICE, build_agent
+
+pytestmark = pytest.mark.slow
+
+# (fault point, client method wrapped, kill before or after the call reaches the server)
+POINTS = [
+    ("before the audit intent", "create_run", "before"),
+    ("before the alias is set", "set_registered_model_alias", "before"),
+    ("after the alias is set", "set_registered_model_alias", "after"),
+    ("before the audit record is completed", "log_batch", "before"),
+]
+
+
+class RestartableServer:
+    """One ``mlflow server`` on a fixed port and store; killed and started again by PID."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.starts: list[float] = []
+
+    def start(self, timeout_s: float = 120) -> None:
+        began = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+             "--artifacts-destination", f"{self.root}/artifacts", "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.kill()
+                    pytest.fail(f"mlflow server did not start within {timeout_s:.0f} s")
+                time.sleep(0.5)
+        self.starts.append(time.monotonic() - began)
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group (it is the only member of its own session)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from services._clients import configure_mlflow, get_settings
+
+    root = tmp_path_factory.mktemp("faults-server")
+    srv = RestartableServer(root)
+    srv.start()
+    settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
+                              "AGENTOPS_DATA_DIR": str(root / "data")})
+    try:
+        configure_mlflow(settings)
+        build_agent(settings)
+        yield srv, settings
+    finally:
+        srv.kill()
+        configure_mlflow(get_settings())
+
+
+def _holder(settings) -> str | None:
+    held = MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases.get("champion")
+    return None if held is None else str(held)
+
+
+def _records(settings, request_id: str) -> list[audit.AliasChange]:
+    return [c for c in audit.alias_changes(AGENT, "champion", settings=settings) if c.request_id == request_id]
+
+
+@pytest.mark.parametrize(("point", "method", "when"), POINTS, ids=[p[0].replace(" ", "-") for p in POINTS])
+def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, monkeypatch, point, method, when):
+    srv, settings = server
+    if not srv.alive():
+        srv.start()
+    before = _holder(settings)
+    target = "2" if before != "2" else "3"
+    completed_before = releases.alias_history(AGENT, "champion", settings)
+    request_id = uuid.uuid4().hex
+
+    original = getattr(MlflowClient, method)
+    calls = {"faulted": 0}
+
+    def faulty(self, *args, **kwargs):
+        # Only the promotion's own call (the audit trail's log_batch / create_run, the champion alias).
+        if calls["faulted"] == 0:
+            calls["faulted"] += 1
+            if when == "before":
+                srv.kill()
+                return original(self, *args, **kwargs)
+            result = original(self, *args, **kwargs)
+            srv.kill()
+            return result
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, method, faulty)
+    began = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as failed:
+        releases.promote(AGENT, "champion", target, ALICE, reason=f"fault {point}", expected_current=before,
+                         request_id=request_id, settings=settings)
+    error_s = time.monotonic() - began
+    monkeypatch.undo()
+    message = str(failed.value)
+    assert calls["faulted"] == 1 and not srv.alive()
+    assert "Traceback" not in message
+    if method == "create_run":
+        # Nothing was written or moved yet, and the message says so.
+        assert "Nothing changed" in message and f"still points to v{before}" in message, message
+    else:
+        assert "interrupted" in message and request_id in message and "retry" in message, message
+
+    srv.start()
+    # After the restart: the registry and the trail agree on what happened.
+    held = _holder(settings)
+    records = _records(settings, request_id)
+    state = releases.alias_state(AGENT, "champion", settings)
+    assert releases.alias_history(AGENT, "champion", settings) == completed_before  # no completed change yet
+    if method == "create_run":
+        assert held == before and records == []
+        assert state.drift is Drift.RECORDED or state.drift is Drift.UNRECORDED
+    else:
+        assert [r.status for r in records] == [audit.ChangeStatus.INTERRUPTED]
+        assert state.drift is Drift.INTERRUPTED and state.interrupted == records[0]
+        assert state.previous_version is None  # no rollback offered while the outcome is unknown
+        assert held == (target if when == "after" or method == "log_batch" else before)
+        assert records[0].from_version == before and records[0].requested_version == target
+
+    # The retry of the same confirmation completes it exactly once.
+    alias_calls = []
+    set_alias = MlflowClient.set_registered_model_alias
+
+    def counting(self, *args, **kwargs):
+        alias_calls.append(args)
+        return set_alias(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", counting)
+    began = time.monotonic()
+    result = releases.promote(AGENT, "champion", target, ALICE, reason=f"fault {point}", expected_current=before,
+                              request_id=request_id, settings=settings)
+    retry_s = time.monotonic() - began
+    again = releases.promote(AGENT, "champion", target, ALICE, reason=f"fault {point}", expected_current=before,
+                             request_id=request_id, settings=settings)
+    monkeypatch.undo()
+
+    assert _holder(settings) == target
+    records = _records(settings, request_id)
+    assert len(records) == 1 and records[0].completed
+    assert records[0].from_version == before and records[0].to_version == target
+    assert result.change == records[0] and again.change == records[0]
+    assert "already carried out" in " ".join(again.messages)
+    history = releases.alias_history(AGENT, "champion", settings)
+    assert history[1:] == completed_before and history[0] == records[0]
+    assert releases.alias_state(AGENT, "champion", settings).drift is Drift.RECORDED
+    # The alias moves at most once per request: not again when it already had moved.
+    expected_alias_calls = 0 if (when == "after" or method == "log_batch") else 1
+    assert len(alias_calls) == expected_alias_calls
+
+    write_record("faults", f"promotion: server killed {point}", {
+        "error": type(failed.value).__name__,
+        "error after (s)": round(error_s, 2),
+        "restart (s)": round(srv.starts[-1], 1),
+        "alias after restart": f"v{held}" if held else "none",
+        "records for the request": len(records),
+        "alias calls on retry": len(alias_calls),
+        "retry (s)": round(retry_s, 2),
+        "trail agrees": "yes",
+    }, detail={"message": message[:300]},
+        notes="mlflow server SIGKILLed at this step of releases.promote, restarted on the same SQLite store; "
+              "the retry reuses the confirmation's request id.")
+
+
+def test_the_versions_page_says_a_promotion_was_interrupted(isolated_settings, monkeypatch):
+    """The history tab shows the interrupted attempt as such and offers no rollback until it is resolved."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from services import _clients
+
+    build_agent(isolated_settings)
+
+    def down(self, *args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_registered_model_alias", down)
+        with pytest.raises(BackendUnavailableError):
+            releases.promote(AGENT, "champion", "2", ALICE, request_id="page-req", settings=isolated_settings)
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(isolated_settings.data_dir))
+    _clients._cached_settings.cache_clear()
+    st.cache_data.clear()
+    try:
+        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60)
+        app.run()
+        app.switch_page("pages/versions.py")
+        app.run()
+        assert not app.exception
+        assert any("was interrupted" in w.value and "v2" in w.value for w in app.warning), [w.value for w in app.warning]
+        history = next(d.value for d in app.dataframe if "Audit run" in d.value.columns)
+        row = history.iloc[0]
+        assert (row["Status"], row["To"], row["From"]) == ("interrupted", "v2 (requested)", "v1")
+        states = next(d.value for d in app.dataframe if "Rollback to" in d.value.columns)
+        assert "interrupted" in states.set_index("Alias").loc["champion", "Audit"]
+        assert not [b for b in app.button if b.key == "versions.rollback"]
+    finally:
+        monkeypatch.undo()  # restores the session's AGENTOPS_DATA_DIR
+        _clients._cached_settings.cache_clear()
+        _clients.configure_mlflow()

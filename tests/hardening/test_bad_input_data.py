@@ -203,7 +203,10 @@ _STATUS = st.sampled_from([None, monitoring.Status.OK, monitoring.Status.ERROR])
 @st.composite
 def _queries(draw, store):
     bad = draw(st.sampled_from(["none", "none", "window", "tags"]))
-    start, end = NOW - timedelta(days=1), NOW + timedelta(minutes=1)
+    # The store's traces are written when the fixture runs, which in a long suite is minutes after
+    # this module (and NOW) was imported: the window ends after them, not after NOW.
+    later = datetime.now(tz=timezone.utc).replace(microsecond=0)
+    start, end = later - timedelta(days=1), later + timedelta(minutes=1)
     if bad == "window":
         start, end = draw(moments(NOW)), draw(moments(NOW))
     tags = {"agent": AGENT, "version": None, "alias": None, "endpoint": None, "arm": None}

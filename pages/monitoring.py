@@ -42,7 +42,8 @@ def _tag_values(settings: Settings, experiment_ids: tuple[str, ...], key: str, s
 @per_user_cache(ttl=60, show_spinner=False)
 def _data(settings: Settings, query: mon.TraceQuery, split: str, groups: tuple[str, ...],
           prices: dict[str, pricing.ModelPrice]) -> mon.MonitoringData:
-    return mon.monitoring_data(query, split, groups, prices=prices, settings=settings)
+    return mon.monitoring_data(query, split, groups, prices=prices, settings=settings,
+                               warehouse=mon.warehouse_for(settings))
 
 
 @per_user_cache(ttl=60, show_spinner=False)

@@ -814,3 +814,15 @@ def trace_detail(trace_id: str, settings: Settings | None = None) -> TraceDetail
         assessments=pd.DataFrame(assessments, columns=list(ASSESSMENT_COLUMNS)),
         errors=tuple(f"{r['name']}: {r['error']}" for r in rows if r["error"]),
     )
+
+
+def warehouse_for(settings: Settings) -> WarehouseSource | None:
+    """The SQL warehouse that aggregates chart windows, when the Databricks backend has one configured.
+
+    Without both the warehouse and the spans table, charts use the MLflow store's own aggregates.
+    """
+    from services.settings import Backend
+
+    if settings.backend is not Backend.DATABRICKS or not (settings.warehouse_id and settings.trace_spans_table):
+        return None
+    return WarehouseSource(settings.warehouse_id, settings.trace_spans_table)

@@ -15,6 +15,8 @@ Every variable the app reads is documented here once, with its default.
 | ``DATABRICKS_CLIENT_ID`` / ``DATABRICKS_CLIENT_SECRET`` | — | the app's service principal (set by Databricks Apps); used for reads when no user token is forwarded |
 | ``AGENTOPS_USER_AUTHORIZATION`` | off | ``on``: every change needs the signed-in user's forwarded token and is made with it, never as the service principal (``services.roles``) |
 | ``AGENTOPS_ROLE_GROUPS`` | — | workspace groups mapped to roles, e.g. ``operator=release-managers,reviewer=domain-experts`` (``services.roles``) |
+| ``AGENTOPS_WAREHOUSE_ID`` | — | Databricks: SQL warehouse that aggregates trace windows for the Monitoring charts (``valueFrom``) |
+| ``AGENTOPS_TRACE_SPANS_TABLE`` | — | Databricks: Unity Catalog spans table holding the traces (``catalog.schema.table``); with the warehouse, charts are one SQL statement there (``services.trace_sql``) |
 | ``AGENTOPS_ROLES_FILE`` | ``<data dir>/roles.json`` | local roles by user (``services.roles``) |
 
 On Databricks, MLflow and workspace calls carry the signed-in user's token whenever one is forwarded
@@ -51,6 +53,8 @@ class Settings:
     gateway_url: str
     databricks_host: str | None
     databricks_app_name: str | None
+    warehouse_id: str | None = None
+    trace_spans_table: str | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -130,6 +134,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         gateway_url=env.get("AGENTOPS_GATEWAY_URL") or "http://127.0.0.1:8765",
         databricks_host=databricks_host,
         databricks_app_name=env.get("DATABRICKS_APP_NAME") or None,
+        warehouse_id=(env.get("AGENTOPS_WAREHOUSE_ID") or "").strip() or None,
+        trace_spans_table=(env.get("AGENTOPS_TRACE_SPANS_TABLE") or "").strip() or None,
     )
 
 

@@ -157,3 +157,18 @@ def test_monitoring_charts_from_the_warehouse(workspace, monkeypatch):
         mon.monitoring_data(query, "version", ["1"], settings=settings,
                             warehouse=trace_sql.WarehouseSource("wh-1", "bad"))
     assert len(warehouse.received) == 1
+
+
+def test_the_charts_use_the_warehouse_only_when_databricks_has_one_configured(tmp_path):
+    from services import monitoring
+    from services.settings import load_settings
+
+    base = {"AGENTOPS_DATA_DIR": str(tmp_path)}
+    dbx = {**base, "AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://example.cloud.databricks.com"}
+    assert monitoring.warehouse_for(load_settings(dbx)) is None
+    assert monitoring.warehouse_for(load_settings({**dbx, "AGENTOPS_WAREHOUSE_ID": "abc123"})) is None
+    assert monitoring.warehouse_for(load_settings({**base, "AGENTOPS_WAREHOUSE_ID": "abc123",
+                                                   "AGENTOPS_TRACE_SPANS_TABLE": "main.agents.spans"})) is None
+    source = monitoring.warehouse_for(load_settings({**dbx, "AGENTOPS_WAREHOUSE_ID": " abc123 ",
+                                                     "AGENTOPS_TRACE_SPANS_TABLE": "main.agents.spans"}))
+    assert source is not None and (source.warehouse_id, source.spans_table) == ("abc123", "main.agents.spans")

@@ -8,6 +8,7 @@ observed around the change, so the trail never disagrees with the registry.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import uuid
@@ -194,6 +195,8 @@ def parse_rules(raw: str | None) -> list[GateRule]:
 def _check_rule(rule: GateRule) -> GateRule:
     if rule.kind in (RuleKind.MAX_DROP, RuleKind.MIN_VALUE) and not rule.metric:
         raise ValidationError(f"A {rule.kind.value} rule needs a metric, e.g. expected_facts/mean.")
+    if not math.isfinite(rule.threshold):
+        raise ValidationError(f"The threshold of a {rule.kind.value} rule must be a finite number, not {rule.threshold}.")
     if rule.threshold < 0:
         raise ValidationError(f"The threshold of '{rule.describe()}' must not be negative.")
     if rule.kind not in (RuleKind.MAX_DROP, RuleKind.MIN_VALUE):

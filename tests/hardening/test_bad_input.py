@@ -175,8 +175,6 @@ def test_gate_rules_are_checked_before_they_are_stored(hard_store, tallies, agen
         releases.set_gate_rules(agent, [], hard_store.identity, hard_store.settings)
 
 
-@pytest.mark.xfail(strict=True, reason="releases._check_rule accepts a NaN threshold (NaN < 0 is False); "
-                                       "reported to the releases owner")
 def test_gate_rule_with_a_nan_threshold_is_refused(hard_store):
     before = hard_store.snapshot()
     with pytest.raises(ValidationError):

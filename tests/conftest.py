@@ -26,7 +26,11 @@ def _mlflow_points_at_the_session_store():
 
     _clients._cached_settings.cache_clear()
     _clients.configure_mlflow()
+    # Nor does a test inherit the user an earlier one acted as (roles.enforce binds the identity
+    # for the calls that follow it, and tests share one thread).
+    _clients.act_as(None)
     yield
+    _clients.act_as(None)
 
 
 @pytest.fixture(scope="session")

@@ -685,6 +685,10 @@ def run_agents_call(operation: str, args: dict[str, Any], settings: Settings, *,
     if operation not in _CHILD_OPERATIONS:
         raise ValidationError(f"{operation!r} is not a databricks-agents operation this app runs.")
     env = {k: v for k, v in os.environ.items() if not (user_token and k in _APP_CREDENTIALS)}
+    # ``mlflow.set_experiment`` in this process leaves MLFLOW_EXPERIMENT_ID behind; an id from
+    # another tracking store makes databricks-agents refuse the deploy.
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
     env.update({"DATABRICKS_HOST": settings.databricks_host or "", "MLFLOW_TRACKING_URI": "databricks",
                 "MLFLOW_REGISTRY_URI": "databricks-uc", "PYTHONUNBUFFERED": "1"})
     # The token travels on stdin, not in the child's environment block (readable in /proc).

@@ -114,32 +114,29 @@ def _client_classes() -> tuple[type, type, type]:
     from mlflow.tracking._model_registry.client import ModelRegistryClient
     from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
-    class _UserTrackingServiceClient(TrackingServiceClient):
-        def __init__(self, store: Any) -> None:
-            self._user_store = store
-            super().__init__(TRACKING_URI)
+    class _OwnStore:
+        """``store`` answers the store the client was built with."""
+
+        _user_store: Any
 
         @property
         def store(self) -> Any:
             return self._user_store
 
-    class _UserTracingClient(TracingClient):
+    class _UserTrackingServiceClient(_OwnStore, TrackingServiceClient):
         def __init__(self, store: Any) -> None:
             self._user_store = store
             super().__init__(TRACKING_URI)
 
-        @property
-        def store(self) -> Any:
-            return self._user_store
+    class _UserTracingClient(_OwnStore, TracingClient):
+        def __init__(self, store: Any) -> None:
+            self._user_store = store
+            super().__init__(TRACKING_URI)
 
-    class _UserRegistryClient(ModelRegistryClient):
+    class _UserRegistryClient(_OwnStore, ModelRegistryClient):
         def __init__(self, store: Any) -> None:
             self._user_store = store
             super().__init__(REGISTRY_URI, TRACKING_URI)
-
-        @property
-        def store(self) -> Any:
-            return self._user_store
 
     return _UserTrackingServiceClient, _UserTracingClient, _UserRegistryClient
 

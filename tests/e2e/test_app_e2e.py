@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.hardening.served_app import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -19,33 +18,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"scripts/run exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"the app did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def running_app(tmp_path_factory, artifacts_dir):
     data_dir = tmp_path_factory.mktemp("e2e-store")
-    port = _free_port()
+    port = free_port()
     log = artifacts_dir / "e2e-run.log"
     env = {**os.environ, "AGENTOPS_DATA_DIR": str(data_dir), "AGENTOPS_PORT": str(port),
-           "AGENTOPS_GATEWAY_URL": f"http://127.0.0.1:{_free_port()}"}
+           "AGENTOPS_GATEWAY_URL": f"http://127.0.0.1:{free_port()}"}
     with log.open("w") as out:
         process = subprocess.Popen(
             [str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -53,7 +32,7 @@ def running_app(tmp_path_factory, artifacts_dir):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, log, timeout=420)
+        wait_healthy(url, process, log, timeout=420)
         yield url, log
     finally:
         os.killpg(process.pid, signal.SIGTERM)

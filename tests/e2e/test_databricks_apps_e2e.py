@@ -14,16 +14,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.hardening.served_app import free_port, wait_healthy
 from tests.harness import databricks_workspace as dw
 from tests.harness.apps_proxy import AppsProxy, ForwardedUser
 
@@ -49,33 +47,13 @@ class Stack:
         return MlflowClient(self.ws.server.tracking_uri, self.ws.server.tracking_uri)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"scripts/run exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"the app did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, artifacts_dir):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed; scripts/test installs it")
     root = tmp_path_factory.mktemp("dbx-apps")
     with dw.databricks_workspace(root) as ws:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DATABRICKS_", "AGENTOPS_", "MLFLOW_TRACKING_", "MLFLOW_REGISTRY_"))}
         env.update(ws.app_env())
@@ -87,7 +65,7 @@ def stack(tmp_path_factory, artifacts_dir):
         upstream = f"http://127.0.0.1:{port}"
         proxies: list[AppsProxy] = []
         try:
-            _wait_healthy(upstream, process, log, timeout=300)
+            wait_healthy(upstream, process, log, timeout=300)
             for number, user in enumerate((dw.OPERATOR, dw.REVIEWER), start=2001):
                 proxies.append(AppsProxy(upstream, ForwardedUser(user.email, f"{number}@1234567890", user.display,
                                                                  user.token)).start())

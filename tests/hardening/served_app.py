@@ -24,6 +24,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Wait for Streamlit's health check at ``url``; fail with the log's tail if the process exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"scripts/run exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"the app did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
 @contextlib.contextmanager
 def served_app(data_dir: Path, log: Path, env: Mapping[str, str] | None = None, timeout_s: float = 120) -> Iterator[str]:
     """Yield the app's URL; the process group is stopped by its id afterwards (no demo seed, no gateway)."""

@@ -9,13 +9,7 @@ right before (or right after) that call reaches the server.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -26,6 +20,7 @@ from services import audit, releases
 from services.errors import BackendUnavailableError
 from services.releases import Drift
 from services.settings import load_settings
+from tests.hardening.mlflow_restart import RestartableServer
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, ALICE, build_agent
 
@@ -38,52 +33,6 @@ POINTS = [
     ("after the alias is set", "set_registered_model_alias", "after"),
     ("before the audit record is completed", "log_batch", "before"),
 ]
-
-
-class RestartableServer:
-    """One ``mlflow server`` on a fixed port and store; killed and started again by PID."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-        self.starts: list[float] = []
-
-    def start(self, timeout_s: float = 120) -> None:
-        began = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-             "--artifacts-destination", f"{self.root}/artifacts", "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.kill()
-                    pytest.fail(f"mlflow server did not start within {timeout_s:.0f} s")
-                time.sleep(0.5)
-        self.starts.append(time.monotonic() - began)
-
-    def kill(self) -> None:
-        """SIGKILL the server's process group (it is the only member of its own session)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=30)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 @pytest.fixture(scope="module")

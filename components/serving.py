@@ -3,14 +3,17 @@ history, promote and deploy blocks shared by the agent-endpoint and AI Gateway s
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 import streamlit as st
 
+from components.errors import show_error
 from components.tables import plain
 from services.ab import ArmReport, ArmStats, Interval
+from services.errors import AgentOpsError, BackendUnavailableError
 from services.serving import DeployPlan, Endpoint, SplitPlan
 from services.traffic_audit import TrafficChange
 
@@ -84,14 +87,93 @@ def history_block(changes: list[TrafficChange]) -> None:
         st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")
 
 
+def interrupted_notice(changes: list[TrafficChange]) -> str | None:
+    """A warning for the newest change when it was interrupted (its outcome is unknown), else None."""
+    if changes and not changes[0].completed:
+        latest = changes[0]
+        asked = " · ".join(f"{k} {v}%" for k, v in (latest.requested or latest.after).items())
+        return (f"The last traffic change ({latest.action} to {asked}, by {latest.user}) was interrupted: the "
+                "backend stopped answering before it was recorded as done. The split shown above is what the "
+                "endpoint serves now; retrying the same confirmation completes it exactly once.")
+    return None
+
+
+# --- the split change confirmation (both sections of the page) ---------------------------------
+
+
+def propose_split(key: str, plan: SplitPlan) -> None:
+    """Keep a reviewed plan under ``key``; a new plan is a new confirmation (a new request id)."""
+    st.session_state[key] = plan
+    st.session_state.pop(f"{key}::request", None)
+    st.session_state.pop(f"{key}::interrupted", None)
+
+
+def drop_split(key: str) -> None:
+    for suffix in ("", "::request", "::interrupted"):
+        st.session_state.pop(key + suffix, None)
+
+
+def split_confirmation(key: str, apply: Callable[[str, Callable[[str], None]], Endpoint], *,
+                       note: str | None = None) -> Endpoint | None:
+    """Preview the plan under ``key`` and apply it once confirmed; returns the stored endpoint then.
+
+    ``apply(request_id, progress)`` writes the split. The request id is made once per
+    confirmation and kept until it succeeds or is cancelled, so pressing Confirm again after an
+    interruption completes the same change exactly once instead of making a second one.
+    """
+    plan: SplitPlan | None = st.session_state.get(key)
+    if plan is None:
+        return None
+    st.subheader("Current → proposed")
+    st.dataframe(plan_frame(plan), hide_index=True, use_container_width=True)
+    if note:
+        st.caption(note)
+    request_id = st.session_state.setdefault(f"{key}::request", uuid.uuid4().hex)
+    if st.session_state.get(f"{key}::interrupted"):
+        st.warning("The last attempt at this change was interrupted. Press **Confirm and apply** again once the "
+                   f"backend is back: it completes this change exactly once (request `{request_id}`).",
+                   icon=":material/sync_problem:")
+    confirm, cancel = st.columns(2)
+    if confirm.button("Confirm and apply", type="primary", key=f"{key}::confirm"):
+        try:
+            with st.status("Applying the new split…", expanded=True) as status:
+                stored = apply(request_id, status.write)
+                status.update(label="Split applied", state="complete")
+        except BackendUnavailableError as exc:
+            st.session_state[f"{key}::interrupted"] = True
+            show_error(exc, what="The traffic change was interrupted")
+        except AgentOpsError as exc:
+            show_error(exc, what="The split was not changed")
+        else:
+            drop_split(key)
+            return stored
+    if cancel.button("Cancel", key=f"{key}::cancel"):
+        drop_split(key)
+        st.rerun()
+    return None
+
+
+def window_select(key: str, container=st) -> int:
+    """The judging window, in hours."""
+    return container.selectbox("Window", [24, 72, 168, 720], index=2, key=key,
+                               format_func=lambda h: f"last {h // 24} days" if h >= 48 else f"last {h} hours")
+
+
 @dataclass(frozen=True)
 class PromoteRequest:
-    """What the operator confirmed in ``promote_form``."""
+    """What the operator confirmed in ``promote_form``; ``request_id`` is one per confirmation."""
 
     entity_name: str
     action: str  # "promote winner" or "rollback"
     reason: str
     override_gate: bool = False
+    request_id: str | None = None
+
+
+def promote_done(key: str) -> None:
+    """Forget the confirmation of ``promote_form(key=...)`` after it completed."""
+    prefix, _, name = key.partition("::")
+    st.session_state.pop(f"{prefix}request::{name}", None)
 
 
 def escape_md(text: str) -> str:
@@ -126,7 +208,11 @@ def promote_form(report: ArmReport, *, key: str, labels: dict[str, str], can_cha
     after = f"{labels[chosen]} 100%" + (after_note(labels[chosen]) if after_note else "")
     st.markdown(f"**Now:** {escape_md(now)}  \n**After:** {escape_md(after)}")
     if st.button("Confirm", type="primary", key=f"{prefix}promote::{name}", disabled=not why.strip() or not can_change):
-        return PromoteRequest(chosen, action, why, override)
+        # The same arm and action keep their request id until ``promote_done``: a retry completes it once.
+        kept = st.session_state.get(f"{prefix}request::{name}")
+        if kept is None or kept["for"] != (chosen, action):
+            kept = st.session_state[f"{prefix}request::{name}"] = {"for": (chosen, action), "id": uuid.uuid4().hex}
+        return PromoteRequest(chosen, action, why, override, kept["id"])
     return None
 
 

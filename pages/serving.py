@@ -20,8 +20,12 @@ from components.serving import (
     deploy_frame,
     escape_md,
     history_block,
-    plan_frame,
+    interrupted_notice,
+    promote_done,
     promote_form,
+    propose_split,
+    split_confirmation,
+    window_select,
 )
 from services import ab, registry, roles, serving, traffic, traffic_audit
 from services.errors import AgentOpsError
@@ -58,14 +62,19 @@ def _clear() -> None:
     _agents.clear()
 
 
-def _history(endpoint_name: str) -> None:
-    """The audit trail of one endpoint (both sections of the page)."""
+def _changes(endpoint_name: str) -> list[traffic_audit.TrafficChange] | None:
+    """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
     try:
-        changes = traffic_audit.traffic_changes(endpoint_name, settings=settings)
+        return traffic_audit.traffic_changes(endpoint_name, settings=settings)
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read the audit trail")
-        return
-    history_block(changes)
+        return None
+
+
+def _interrupted(changes: list[traffic_audit.TrafficChange] | None) -> None:
+    notice = interrupted_notice(changes or [])
+    if notice:
+        st.warning(escape_md(notice), icon=":material/sync_problem:")
 
 
 def _split_text(endpoint: serving.Endpoint, labels: dict[str, str]) -> str:
@@ -165,6 +174,8 @@ def _gateway_section() -> None:
                f"{gateway.fallback_strategy or 'none'} · usage tracking: {'on' if gateway.usage_tracking else 'off'}")
     if gateway.budgets:
         st.dataframe(budgets_frame(gateway), hide_index=True, use_container_width=True)
+    g_changes = _changes(gname)
+    _interrupted(g_changes)
     g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
     with g_split:
         st.markdown("Set each model's share of requests. Shares are whole percents and must add up to 100. "
@@ -179,35 +190,26 @@ def _gateway_section() -> None:
         else:
             st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
         g_reason = st.text_input("Reason (recorded in the audit trail)", key=f"aigw_reason::{gname}")
+        plan_key = f"aigw_plan::{gname}"
         if st.button("Review change", type="primary", disabled=total != 100 or not can_change, key=f"aigw_review::{gname}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
             try:
-                st.session_state[f"aigw_plan::{gname}"] = ai_gateway.plan_weights(gname, rows, settings=settings)
+                propose_split(plan_key, ai_gateway.plan_weights(gname, rows, settings=settings))
             except AgentOpsError as exc:
                 show_error(exc, what="This split cannot be applied")
-        g_plan = st.session_state.get(f"aigw_plan::{gname}")
-        if g_plan is not None:
-            st.subheader("Current → proposed")
-            st.dataframe(plan_frame(g_plan), hide_index=True, use_container_width=True)
-            st.caption(ai_gateway.CONFIG_CACHE_NOTE)
-            ok, cancel_col = st.columns(2)
-            if ok.button("Confirm and apply", type="primary", key=f"aigw_confirm::{gname}"):
-                try:
-                    with st.spinner("Updating the AI Gateway endpoint…"):
-                        serving.apply_split(g_plan, user=identity.user, reason=g_reason, settings=settings, identity=identity)
-                    st.session_state.pop(f"aigw_plan::{gname}", None)
-                    st.toast(f"{gname}: new weights applied and recorded.")
-                    st.rerun()
-                except AgentOpsError as exc:
-                    show_error(exc, what="The split was not changed")
-            if cancel_col.button("Cancel", key=f"aigw_cancel::{gname}"):
-                st.session_state.pop(f"aigw_plan::{gname}", None)
-                st.rerun()
+        g_plan = st.session_state.get(plan_key)
+        stored = split_confirmation(
+            plan_key, lambda request_id, _progress: serving.apply_split(
+                g_plan, user=identity.user, reason=g_reason, settings=settings, identity=identity,
+                request_id=request_id),
+            note=ai_gateway.CONFIG_CACHE_NOTE)
+        if stored is not None:
+            st.toast(f"{gname}: new weights applied and recorded.")
+            st.rerun()
     with g_judge:
         if gateway.attribution_problem:
             st.warning(f"**Arms cannot be judged.** {gateway.attribution_problem}", icon=":material/help:")
         else:
-            g_hours = st.selectbox("Window", [24, 72, 168, 720], index=2, key=f"aigw_window::{gname}",
-                                   format_func=lambda h: f"last {h // 24} days" if h >= 48 else f"last {h} hours")
+            g_hours = window_select(f"aigw_window::{gname}")
             end = datetime.now(tz=timezone.utc)
             try:
                 with st.spinner("Judging the arms from the gateway's usage traces…"):
@@ -231,12 +233,15 @@ def _gateway_section() -> None:
                 if request is not None:
                     try:
                         outcome = ab.promote_arm(gname, request.entity_name, identity, reason=request.reason,
-                                                 action=request.action, settings=settings, source=ai_gateway.BACKEND)
+                                                 action=request.action, settings=settings, source=ai_gateway.BACKEND,
+                                                 request_id=request.request_id)
+                        promote_done(f"aigw_::{gname}")
                         st.success(outcome.message + " " + ai_gateway.CONFIG_CACHE_NOTE)
                     except AgentOpsError as exc:
                         show_error(exc, what="Promotion did not complete")
     with g_history:
-        _history(gname)
+        if g_changes is not None:
+            history_block(g_changes)
 
 
 if settings.backend is Backend.MLFLOW:
@@ -291,6 +296,8 @@ st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC by {escape_md
 model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
 
+changes = _changes(name)
+_interrupted(changes)
 tab_names = ["Edit split", "Judge arms", "Send test traffic", "History"]
 if settings.backend is Backend.DATABRICKS:
     tab_names.append("Deploy version")
@@ -328,37 +335,26 @@ with split_tab:
     sticky = st.toggle("Sticky assignment (same user or conversation → same version)", value=endpoint.sticky,
                        key=f"sticky::{name}", disabled=settings.backend is Backend.DATABRICKS)
     reason = st.text_input("Reason (recorded in the audit trail)", key=f"reason::{name}")
+    plan_key = f"plan::{name}"
     if st.button("Review change", type="primary", disabled=total != 100 or not can_change, key=f"review::{name}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
         try:
-            st.session_state[f"plan::{name}"] = serving.plan_split(name, dict(rows), sticky=sticky, settings=settings)
+            propose_split(plan_key, serving.plan_split(name, dict(rows), sticky=sticky, settings=settings))
         except AgentOpsError as exc:
             show_error(exc, what="This split cannot be applied")
-    plan = st.session_state.get(f"plan::{name}")
-    if plan is not None:
-        st.subheader("Current → proposed")
-        st.dataframe(plan_frame(plan), hide_index=True, use_container_width=True)
-        confirm, cancel = st.columns(2)
-        if confirm.button("Confirm and apply", type="primary", key=f"confirm::{name}"):
-            try:
-                with st.status("Applying the new split…", expanded=True) as status:
-                    stored = serving.apply_split(plan, user=identity.user, reason=reason, settings=settings, identity=identity,
-                                                 user_token=identity.access_token, progress=status.write)
-                    status.update(label="Split applied", state="complete")
-                st.session_state.pop(f"plan::{name}", None)
-                st.session_state.pop(state_key, None)
-                _clear()
-                st.toast(f"{stored.name}: new split applied and recorded.")
-                st.rerun()
-            except AgentOpsError as exc:
-                show_error(exc, what="The split was not changed")
-        if cancel.button("Cancel", key=f"cancel::{name}"):
-            st.session_state.pop(f"plan::{name}", None)
-            st.rerun()
+    plan = st.session_state.get(plan_key)
+    stored = split_confirmation(
+        plan_key, lambda request_id, progress: serving.apply_split(
+            plan, user=identity.user, reason=reason, settings=settings, identity=identity,
+            user_token=identity.access_token, progress=progress, request_id=request_id))
+    if stored is not None:
+        st.session_state.pop(state_key, None)
+        _clear()
+        st.toast(f"{stored.name}: new split applied and recorded.")
+        st.rerun()
 
 with judge_tab:
     c1, c2 = st.columns(2)
-    hours = c1.selectbox("Window", [24, 72, 168, 720], index=2, format_func=lambda h: f"last {h // 24} days" if h >= 48 else f"last {h} hours",
-                         key=f"window::{name}")
+    hours = window_select(f"window::{name}", c1)
     effect = c2.slider("Smallest error-rate change you care about", 0.005, 0.10, 0.02, 0.005, format="%.3f",
                        key=f"effect::{name}")
     try:
@@ -386,7 +382,8 @@ with judge_tab:
                     with st.spinner("Moving traffic, then the alias…"):
                         outcome = ab.promote_arm(name, request.entity_name, identity, reason=request.reason,
                                                  override_gate=request.override_gate, action=request.action,
-                                                 settings=settings)
+                                                 settings=settings, request_id=request.request_id)
+                    promote_done(f"::{name}")
                     _clear()
                     st.success(outcome.message)
                 except AgentOpsError as exc:
@@ -415,7 +412,8 @@ with traffic_tab:
                 show_error(exc, what="Test traffic was not sent")
 
 with history_tab:
-    _history(name)
+    if changes is not None:
+        history_block(changes)
 
 if deploy_tab is not None:
     with deploy_tab:

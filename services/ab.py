@@ -400,13 +400,15 @@ class PartialPromotionError(AgentOpsError):
 def promote_arm(
     endpoint_name: str, entity_name: str, identity: Identity, *, reason: str, alias: str = "champion",
     override_gate: bool = False, action: str = "promote winner", settings: Settings | None = None,
-    source: str | None = None,
+    source: str | None = None, request_id: str | None = None,
 ) -> PromotionOutcome:
     """Move 100% of traffic to one arm, then point ``alias`` at its version; both audited.
 
     Traffic moves first. If the alias cannot follow, ``PartialPromotionError`` states that the
     traffic moved and the alias did not, so the operator can retry the alias alone. With
     ``source="mlflow-gateway"`` only the weights change: provider models have no registry alias.
+    ``request_id`` (one per confirmation) makes a retry after a backend failure complete each
+    step exactly once.
     """
     from services import releases
     from services.audit import AliasAction
@@ -421,7 +423,8 @@ def promote_arm(
         from services import ai_gateway
 
         stored = ai_gateway.promote_weights(endpoint_name, entity_name, user=identity.user, reason=reason,
-                                            action=action, settings=settings)
+                                            action=action, settings=settings,
+                                            request_id=request_id and f"{request_id}-traffic")
         return PromotionOutcome(True, False, stored,
                                 f"{endpoint_name}: 100% to {entity_name}. No alias moved: AI Gateway models are "
                                 "provider models, not registered versions.")
@@ -433,11 +436,12 @@ def promote_arm(
     weights = {(s.model_name, s.model_version): (100 if s.entity_name == entity_name else 0) for s in endpoint.served}
     plan = serving.plan_split(endpoint_name, weights, settings=settings)
     stored = serving.apply_split(plan, user=identity.user, reason=reason, action=action, settings=settings,
-                                 user_token=identity.access_token)
+                                 user_token=identity.access_token, request_id=request_id and f"{request_id}-traffic")
     try:
         releases.promote(
             winner.model_name, alias, winner.model_version, identity, reason=reason, override=override_gate,
             action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE, settings=settings,
+            request_id=request_id and f"{request_id}-alias",
         )
     except AgentOpsError as exc:
         raise PartialPromotionError(

@@ -328,20 +328,26 @@ def _weight(pct: int) -> float:
 
 
 def apply_weights(plan: SplitPlan, *, user: str, reason: str, action: str = "edit split",
-                  settings: Settings | None = None) -> Endpoint:
-    """Write the planned weights to the gateway (fallbacks kept) and record the change in the audit trail."""
-    from services import traffic_audit
+                  settings: Settings | None = None, request_id: str | None = None) -> Endpoint:
+    """Write the planned weights to the gateway (fallbacks kept) and record the change in the audit trail.
 
+    The audit intent, the write and the completion follow ``serving.apply_split``, so a retry with
+    the same ``request_id`` after a backend failure completes the change exactly once.
+    """
+    from services import serving
+
+    return serving.apply_split(plan, user=user, reason=reason, action=action, settings=settings,
+                               request_id=request_id)
+
+
+def write_weights(plan: SplitPlan, *, user: str, settings: Settings | None = None) -> Endpoint:
+    """Write the planned weights to the gateway (fallbacks kept); returns the endpoint as it then reads.
+
+    Not audited: ``serving.apply_split`` records around this call.
+    """
     settings = settings or get_settings()
-    if not reason.strip():
-        raise ValidationError("Give a reason for the traffic change; it goes into the audit trail.")
     validate_routes(plan.after.served, plan.after.routes)
     current = get_gateway_endpoint(plan.before.name, settings)
-    if (current.endpoint.served, current.endpoint.routes) != (plan.before.served, plan.before.routes):
-        raise ConflictError(
-            f"The split of {plan.before.name!r} changed since this change was prepared (by "
-            f"{current.endpoint.updated_by or 'someone'}); review the new split and try again."
-        )
     share = {r.entity_name: r.percentage for r in plan.after.routes}
     configs = []
     for model in current.models:
@@ -360,23 +366,19 @@ def apply_weights(plan: SplitPlan, *, user: str, reason: str, action: str = "edi
         body["fallback_config"] = {k: v for k, v in (("strategy", current.fallback_strategy),
                                                      ("max_attempts", current.fallback_max_attempts)) if v}
     _rest(settings, "POST", "endpoints/update", body=body, what=f"AI Gateway endpoint {plan.before.name!r}")
-    stored = get_gateway_endpoint(plan.before.name, settings).endpoint
-    traffic_audit.record_traffic_change(
-        plan.before.name, action=action, user=user, reason=reason,
-        before=percentages(plan.before), after=percentages(plan.after), settings=settings,
-    )
-    return stored
+    return get_gateway_endpoint(plan.before.name, settings).endpoint
 
 
 def promote_weights(endpoint_name: str, entity_name: str, *, user: str, reason: str,
-                    action: str = "promote winner", settings: Settings | None = None) -> Endpoint:
+                    action: str = "promote winner", settings: Settings | None = None,
+                    request_id: str | None = None) -> Endpoint:
     """Send 100% to one arm and 0% to the others, audited. Provider models have no registry alias to move."""
     endpoint = get_endpoint(endpoint_name, settings)
     if entity_name not in {s.entity_name for s in endpoint.served}:
         raise ValidationError(f"{entity_name!r} is not an arm of {endpoint_name!r}.")
     weights = {s.entity_name: 100 if s.entity_name == entity_name else 0 for s in endpoint.served}
     plan = plan_weights(endpoint_name, weights, settings=settings)
-    return apply_weights(plan, user=user, reason=reason, action=action, settings=settings)
+    return apply_weights(plan, user=user, reason=reason, action=action, settings=settings, request_id=request_id)
 
 
 # --- usage traces -> per-arm samples ----------------------------------------------------------

@@ -15,6 +15,7 @@ An intent the registry definitely refused is closed and deleted, so it never rea
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ ALIAS_CHANGE_KIND = "alias_change"
 # Run tags hold at most 8,000 characters; evidence is a summary, trimmed to fit.
 _MAX_TAG = 7_900
 _PAGE = 1000
+_REQUEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class AliasAction(StrEnum):
@@ -167,7 +169,7 @@ def complete_alias_change(intent: AliasChange, to_version: str | None, *,
             "mlflow.runName": f"{intent.model}@{intent.alias}: v{intent.from_version or '-'} -> v{to_version or '-'}"}
     with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
         # One batch: the to-version and the done state land together or not at all.
-        client.log_batch(intent.run_id, tags=[_tag(k, v) for k, v in done.items()])
+        client.log_batch(intent.run_id, tags=[run_tag(k, v) for k, v in done.items()])
         client.set_terminated(intent.run_id, status="FINISHED")
     return replace(intent, to_version=to_version or None, status=ChangeStatus.COMPLETED)
 
@@ -176,7 +178,7 @@ def abandon_alias_change(intent: AliasChange, why: str, *, settings: Settings | 
     """Close an intent whose change was definitely not made (refused), and delete it from the trail."""
     client = mlflow_client(settings)
     with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        client.log_batch(intent.run_id, tags=[_tag(STATE_TAG, "refused"), _tag(REASON_TAG + ".refused", why[:_MAX_TAG])])
+        client.log_batch(intent.run_id, tags=[run_tag(STATE_TAG, "refused"), run_tag(REASON_TAG + ".refused", why[:_MAX_TAG])])
         client.set_terminated(intent.run_id, status="FAILED")
         client.delete_run(intent.run_id)
 
@@ -184,11 +186,19 @@ def abandon_alias_change(intent: AliasChange, why: str, *, settings: Settings | 
 def find_alias_change(model: str, alias: str, request_id: str, *,
                       settings: Settings | None = None) -> AliasChange | None:
     """The record (completed or interrupted) written for ``request_id``, if any."""
-    found = _search(model, alias, settings, extra=[f"tags.`{REQUEST_TAG}` = '{_q(request_id)}'"])
+    found = _search(model, alias, settings, extra=[f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
     return found[0] if found else None
 
 
-def _tag(key: str, value: str) -> Any:
+def check_request_id(request_id: str | None) -> None:
+    """Refuse a malformed request id (one per confirmation, e.g. a uuid); ``None`` means "no retry key"."""
+    from services.errors import ValidationError
+
+    if request_id is not None and not _REQUEST_RE.match(request_id):
+        raise ValidationError("A request id is 1-128 letters, digits, '_' or '-' (one per confirmation, e.g. a uuid).")
+
+
+def run_tag(key: str, value: str) -> Any:
     from mlflow.entities import RunTag
 
     return RunTag(key, value)
@@ -213,9 +223,9 @@ def _search(model: str, alias: str | None, settings: Settings | None, extra: lis
         experiment = client.get_experiment_by_name(_experiment_name(settings))
         if experiment is None:
             return []
-        clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{_q(model)}'"]
+        clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"]
         if alias:
-            clauses.append(f"tags.`{ALIAS_TAG}` = '{_q(alias)}'")
+            clauses.append(f"tags.`{ALIAS_TAG}` = '{quote(alias)}'")
         clauses.extend(extra or [])
         runs = []
         token = None
@@ -239,7 +249,7 @@ def _experiment_name(settings: Settings | None) -> str:
     return (settings or get_settings()).audit_experiment
 
 
-def _q(value: str) -> str:
+def quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 

@@ -28,7 +28,6 @@ from services.settings import Backend, Settings
 GATE_TAG = "agentops.gate"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
-_REQUEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # One lock per (agent, alias): two operators in this process never interleave read-set-record.
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -371,8 +370,7 @@ def promote(
     reason = (reason or "").strip()
     if override and not reason:
         raise ValidationError("Overriding the gate needs a written reason.")
-    if request_id is not None and not _REQUEST_RE.match(request_id):
-        raise ValidationError("A request id is 1-128 letters, digits, '_' or '-' (one per confirmation, e.g. a uuid).")
+    audit.check_request_id(request_id)
     roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
     plan = plan_promotion(agent, alias, version, settings)
     if (plan.blocked or readiness_failures) and not override:

@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -326,48 +328,191 @@ def apply_split(
     user_token: str | None = None,
     progress: Callable[[str], None] | None = None,
     identity: Any = None,
+    request_id: str | None = None,
 ) -> Endpoint:
     """Apply a planned split and record it in the audit trail; returns the endpoint as stored.
 
     With ``identity`` (pages pass it), the acting user's role is checked first: changing traffic
     needs the operator role, and on Databricks with user authorization a user token.
+
+    The audit intent is written before the endpoint is touched, and completed with the split the
+    endpoint holds afterwards. ``request_id`` (one per confirmation) makes a retry after a backend
+    failure safe: it completes the recorded attempt (writing the split only if it was not written)
+    instead of changing or recording twice, and a retry of a completed one changes nothing.
     """
-    from services import roles, traffic_audit
-    from services.errors import ConflictError
+    from services import audit, roles, traffic_audit
 
     settings = settings or get_settings()
     if not reason.strip():
         raise ValidationError("Give a reason for the traffic change; it goes into the audit trail.")
+    audit.check_request_id(request_id)
     if identity is not None:
         roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
-    if plan.before.backend == "mlflow-gateway":
-        from services import ai_gateway
-
-        return ai_gateway.apply_weights(plan, user=user, reason=reason, action=action, settings=settings)
+    write = _SplitWriter(plan, user, settings, user_token, progress)
     before_pct, after_pct = plan.percentages()
-    if settings.backend is Backend.DATABRICKS:
-        stored = _apply_databricks(plan, settings, user_token, progress)
-    else:
-        current = _read_local(settings).get(plan.before.name)
-        if current is None or (current.served, current.routes, current.sticky) != (
-            plan.before.served, plan.before.routes, plan.before.sticky
-        ):
-            raise ConflictError(
-                f"The split of {plan.before.name!r} changed since this change was prepared "
-                f"(by {current.updated_by if current else 'someone'}); review the new split and try again."
+    name = plan.before.name
+    with _split_lock(name):
+        if request_id:
+            earlier = traffic_audit.find_traffic_change(name, request_id, settings=settings)
+            if earlier is not None:
+                return _resume_split(write, earlier)
+        write.check_unchanged()
+        try:
+            intent = traffic_audit.open_traffic_change(
+                name, action=action, user=user, reason=reason, before=before_pct, after=after_pct,
+                request_id=request_id or uuid.uuid4().hex, settings=settings,
             )
-        stored = save_local_endpoint(
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"The MLflow backend stopped answering before the traffic change on {name!r} was recorded. "
+                f"Nothing changed: the endpoint keeps its split {_describe_split(before_pct)}. "
+                f"Retry once the backend is back. ({exc})"
+            ) from exc
+        return _write_and_record(write, intent)
+
+
+class _SplitWriter:
+    """Writes one plan's split to its backend: the local config file, Model Serving or MLflow's AI Gateway."""
+
+    def __init__(self, plan: SplitPlan, user: str, settings: Settings, user_token: str | None, progress) -> None:
+        self.plan, self.user, self.settings = plan, user, settings
+        self.user_token, self.progress = user_token, progress
+
+    @property
+    def name(self) -> str:
+        return self.plan.before.name
+
+    def current(self) -> Endpoint:
+        if self.plan.before.backend == "mlflow-gateway":
+            from services import ai_gateway
+
+            return ai_gateway.get_gateway_endpoint(self.name, self.settings).endpoint
+        if self.settings.backend is Backend.DATABRICKS:
+            with translate_errors(f"serving endpoint {self.name!r}"):
+                return _from_sdk(workspace_client(self.settings, user_token=self.user_token).serving_endpoints.get(self.name))
+        current = _read_local(self.settings).get(self.name)
+        if current is None:
+            raise NotFoundError(f"Endpoint {self.name!r} does not exist any more.")
+        return current
+
+    def holds(self, endpoint: Endpoint, target: Endpoint) -> bool:
+        """Whether ``endpoint`` serves ``target``'s split (and stickiness, locally)."""
+        return _percentages(endpoint) == _percentages(target) and (
+            self.plan.before.backend != "local" or endpoint.sticky == target.sticky)
+
+    def check_unchanged(self) -> None:
+        """Refuse a plan made against a split that has changed since (local and AI Gateway endpoints)."""
+        if self.plan.before.backend == "mlflow-gateway" or self.settings.backend is not Backend.DATABRICKS:
+            current = self.current()
+            if (current.served, current.routes, current.sticky) != (
+                self.plan.before.served, self.plan.before.routes, self.plan.before.sticky
+            ):
+                raise ConflictError(
+                    f"The split of {self.name!r} changed since this change was prepared "
+                    f"(by {current.updated_by or 'someone'}); review the new split and try again."
+                )
+
+    def write(self) -> Endpoint:
+        plan = self.plan
+        if plan.before.backend == "mlflow-gateway":
+            from services import ai_gateway
+
+            return ai_gateway.write_weights(plan, user=self.user, settings=self.settings)
+        if self.settings.backend is Backend.DATABRICKS:
+            return _apply_databricks(plan, self.settings, self.user_token, self.progress)
+        return save_local_endpoint(
             Endpoint(
                 name=plan.after.name, served=plan.after.served, routes=plan.after.routes,
-                state=EndpointState.READY, updated_at=datetime.now(tz=timezone.utc), updated_by=user,
+                state=EndpointState.READY, updated_at=datetime.now(tz=timezone.utc), updated_by=self.user,
                 sticky=plan.after.sticky, backend="local",
             ),
-            settings,
+            self.settings,
         )
-    traffic_audit.record_traffic_change(
-        plan.before.name, action=action, user=user, reason=reason, before=before_pct, after=after_pct, settings=settings,
-    )
+
+
+def _write_and_record(write: _SplitWriter, intent: Any) -> Endpoint:
+    """Write the split for an open intent, then complete the intent with the split the endpoint holds."""
+    from services import traffic_audit
+
+    try:
+        stored = write.write()
+    except (PermissionDeniedError, ValidationError, NotFoundError, ConflictError) as exc:
+        # The backend answered and refused: the split did not change, so the intent leaves the trail.
+        _quietly_abandon(intent, str(exc), write.settings)
+        raise
+    except BackendUnavailableError as exc:
+        raise _split_interrupted(intent, "while the new split was being written", exc) from exc
+    try:
+        traffic_audit.complete_traffic_change(intent, _percentages(stored), settings=write.settings)
+    except BackendUnavailableError as exc:
+        raise _split_interrupted(intent, "after the new split was applied, before its audit record was completed",
+                                 exc) from exc
     return stored
+
+
+def _resume_split(write: _SplitWriter, earlier: Any) -> Endpoint:
+    """A retry of a recorded request: return it if complete, else complete it exactly once."""
+    _, after_pct = write.plan.percentages()
+    asked = earlier.requested if earlier.requested is not None else earlier.after
+    if asked != after_pct:
+        raise ValidationError(
+            f"Request {earlier.request_id} changed {write.name!r} to {_describe_split(asked)}, not "
+            f"{_describe_split(after_pct)}; start a new confirmation for this one."
+        )
+    current = write.current()
+    if earlier.completed:
+        return current
+    if write.holds(current, write.plan.after):
+        # The split was written before the failure; only the record is missing its completion.
+        from services import traffic_audit
+
+        try:
+            traffic_audit.complete_traffic_change(earlier, _percentages(current), settings=write.settings)
+        except BackendUnavailableError as exc:
+            raise _split_interrupted(earlier, "while completing the audit record", exc) from exc
+        return current
+    if write.holds(current, write.plan.before):
+        return _write_and_record(write, earlier)
+    # Someone else changed the split since: completing would overwrite their change.
+    _quietly_abandon(earlier, f"superseded: the endpoint held {_describe_split(_percentages(current))} on retry",
+                     write.settings)
+    raise ConflictError(
+        f"{write.name!r} now splits {_describe_split(_percentages(current))}, neither the split before the "
+        f"interrupted change nor the one it asked for: another change happened since. The interrupted attempt "
+        "is closed without changing anything; review the new split and try again."
+    )
+
+
+def _split_interrupted(intent: Any, when: str, exc: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"The backend stopped answering {when} (traffic change on {intent.endpoint!r} to "
+        f"{_describe_split(intent.requested or intent.after)}), so the split may or may not have changed. "
+        f"It is recorded as interrupted (request {intent.request_id}); retry the same confirmation once the "
+        f"backend is back and it completes exactly once. ({exc})"
+    )
+
+
+def _quietly_abandon(intent: Any, why: str, settings: Settings) -> None:
+    from services import traffic_audit
+
+    try:
+        traffic_audit.abandon_traffic_change(intent, why, settings=settings)
+    except BackendUnavailableError:
+        pass  # stays "interrupted" in the trail; a retry reconciles it
+
+
+def _describe_split(percentages: dict[str, int]) -> str:
+    return ", ".join(f"{arm} {pct}%" for arm, pct in percentages.items()) or "(no routes)"
+
+
+_split_locks: dict[str, threading.Lock] = {}
+_split_locks_guard = threading.Lock()
+
+
+def _split_lock(endpoint_name: str) -> threading.Lock:
+    """One lock per endpoint: two operators in this process never interleave check-write-record."""
+    with _split_locks_guard:
+        return _split_locks.setdefault(endpoint_name, threading.Lock())
 
 
 def _apply_databricks(plan: SplitPlan, settings: Settings, user_token: str | None, progress) -> Endpoint:

@@ -47,7 +47,7 @@ def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gat
     app.button(key="aigw_review::gw-page").click().run()
     assert not app.exception
     assert ai_gateway.get_endpoint("gw-page", gateway_server).percentage_for("model-a") == 50  # preview only
-    app.button(key="aigw_confirm::gw-page").click().run()
+    app.button(key="aigw_plan::gw-page::confirm").click().run()
 
     assert not app.exception
     assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-page", gateway_server).routes} == {

@@ -21,8 +21,9 @@ import pytest
 class RestartableServer:
     """One ``mlflow server`` on a fixed port and store; killed and started again by PID."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = env or {}
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -37,6 +38,7 @@ class RestartableServer:
              "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
              "--artifacts-destination", f"{self.root}/artifacts", "--workers", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout_s
         while True:

@@ -56,7 +56,7 @@ def test_confirmed_change_is_applied_and_audited(tmp_path, monkeypatch, seeded_s
     app.button(key=f"review::{endpoint}").click().run()
     preview = app.dataframe[0].value
     assert list(preview["Proposed %"]) == [50, 50] and list(preview["Current %"]) == [80, 20]
-    app.button(key=f"confirm::{endpoint}").click().run()
+    app.button(key=f"plan::{endpoint}::confirm").click().run()
     assert not app.exception
     stored = serving.get_endpoint(endpoint, seeded_settings)
     try:

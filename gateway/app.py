@@ -11,11 +11,25 @@ bulk path (``services._mlflow_internal.span_batch``); elsewhere MLflow's own exp
 Either way the ``TraceLedger`` confirms every trace in the store, backpressure holds requests
 while too many are unconfirmed, and anything that could not be recorded is counted in
 ``/stats`` and ``/health``.
+
+Restarts and retries (``gateway.journal``): every request that reached the model is journaled
+on local disk, with its trace until the store has it, *before* the response is sent. A client
+names a request with ``client_request_id`` in the body (the field Databricks Model Serving
+records) or an ``X-Request-Id`` header; the gateway makes one up otherwise and returns it in
+``X-Request-Id``. A retry with the same id is answered from the journal (``X-AgentOps-Replayed:
+true``, same arm and trace id) without calling the model or tracing again, also after a restart;
+the same id with a different request body is refused (409). After a crash the gateway writes the
+journaled traces the store did not get, so a 200 never loses its trace.
+
+Shutdown (SIGTERM/SIGINT under uvicorn): uvicorn stops accepting connections and lets in-flight
+requests finish; then the app's shutdown hook (``Gateway.close``) writes every queued trace,
+stops the writer process and confirms the traces in the store before the process exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -33,6 +47,7 @@ from mlflow.entities import SpanType
 from mlflow.entities.span import NO_OP_SPAN_TRACE_ID
 from mlflow.entities.trace_location import MlflowExperimentLocation
 
+from gateway.journal import JournalEntry, RequestJournal, fingerprint
 from gateway.ledger import LedgerStats, TraceLedger
 from gateway.router import choose_arm
 from gateway.trace_process import ProcessTraceSink
@@ -47,6 +62,10 @@ from services.settings import Backend, Settings
 
 _logger = logging.getLogger(__name__)
 FALLBACK_EXPERIMENT = "agentops-gateway"
+REQUEST_ID_FIELD = "client_request_id"
+REQUEST_ID_HEADER = "X-Request-Id"
+REPLAYED_HEADER = "X-AgentOps-Replayed"
+_MAX_REQUEST_ID = 200
 
 
 @dataclass(frozen=True)
@@ -103,9 +122,10 @@ class _LoadGate:
 
 
 class GatewayError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
 class Gateway:
@@ -120,11 +140,16 @@ class Gateway:
         batch_traces: bool | None = None,
         max_trace_batch: int = 200,
         writer_process: bool = True,
+        journal: bool = True,
+        idempotency_window_s: float = 3_600.0,
     ) -> None:
         """``batch_traces``: None picks the batched writer whenever the store supports it.
 
         ``writer_process``: write batches from a child process (``gateway.trace_process``) so
         the store's Python work does not compete with requests for this process's GIL.
+
+        ``journal``: keep the request journal (``<data dir>/gateway-journal.sqlite``): request-id
+        idempotency for ``idempotency_window_s`` and traces that survive a crash of this process.
         """
         self.settings = configure_mlflow(settings)
         self.client = mlflow_client(settings)
@@ -139,6 +164,12 @@ class Gateway:
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self.ledger = TraceLedger(lambda ids: internal.stored_trace_ids(self.client, ids), max_pending=max_pending_traces)
+        self.journal = (RequestJournal(settings.data_dir / "gateway-journal.sqlite", window_s=idempotency_window_s)
+                        if journal else None)
+        self._claims: dict[str, list[Any]] = {}  # request id -> [lock, holders]: one at a time per id
+        self._claims_lock = threading.Lock()
+        self._replayed_at_start = self._answered_from_journal = self._journal_errors = 0
+        self._closing = threading.Event()
         self.writer: TraceWriter | None = None
         self._sink: ProcessTraceSink | None = None
         if batch_traces is not False and span_batch.supports_batching(self.client) and span_batch.install():
@@ -148,7 +179,7 @@ class Gateway:
             self.writer = TraceWriter(
                 self._sink or (lambda traces: span_batch.write_traces(self.client, traces)),
                 max_queue=max_pending_traces, max_batch=max_trace_batch,
-                on_written=self.ledger.confirm, on_failed=self.ledger.fail, spool_dir=spool,
+                on_written=self._on_written, on_failed=self._on_failed, spool_dir=spool,
             )
         elif batch_traces:
             raise ValidationError(
@@ -157,6 +188,85 @@ class Gateway:
             )
         self._not_captured = 0
         _logger.info("gateway traces are written %s", "in batches" if self.writer else "by MLflow's exporter")
+        self._replay_thread: threading.Thread | None = None
+        if self.journal is not None:
+            self._replay_thread = threading.Thread(target=self._replay_journal, name="journal-replay", daemon=True)
+            self._replay_thread.start()
+
+    # --- the journal -------------------------------------------------------------------------
+
+    def _on_written(self, trace_ids: list[str]) -> None:
+        self.ledger.confirm(trace_ids)
+        if self.journal is not None:
+            try:
+                self.journal.mark_written(trace_ids)
+            except Exception:  # noqa: BLE001 - the traces are stored; at worst they are rewritten (idempotent)
+                self._journal_error("could not mark traces written in the journal")
+
+    def _on_failed(self, trace_ids: list[str], reason: str) -> None:
+        self.ledger.fail(trace_ids, reason)
+        if self.journal is not None:
+            try:
+                self.journal.mark_failed(trace_ids)
+            except Exception:  # noqa: BLE001 - already counted and spooled by the writer
+                self._journal_error("could not mark traces failed in the journal")
+
+    def _journal_error(self, what: str) -> None:
+        with self._counts_lock:
+            self._journal_errors += 1
+        _logger.exception(what)
+
+    def _replay_journal(self) -> None:
+        """Write the journaled traces a previous process served but did not get into the store."""
+        try:
+            pending = self.journal.stats().pending
+            if not pending:
+                return
+            if self.writer is None:
+                _logger.error("%d journaled traces wait to be written, but this gateway has no batched writer "
+                              "(the store is not a SQL store); they stay in %s", pending, self.journal.path)
+                return
+            _logger.warning("writing %d traces served before the last restart", pending)
+            for captured in self.journal.unwritten():
+                if self._closing.is_set():
+                    return
+                self.ledger.add(captured.trace_id, poll=False)
+                self.writer.submit(captured, timeout_s=30)
+                with self._counts_lock:
+                    self._replayed_at_start += 1
+        except Exception:  # noqa: BLE001 - the rows stay pending and are retried at the next start
+            self._journal_error("replaying journaled traces failed")
+
+    @contextlib.contextmanager
+    def _claim(self, request_id: str) -> Iterator[None]:
+        """Serialise requests with the same id in this process: a duplicate waits for the first."""
+        with self._claims_lock:
+            claim = self._claims.setdefault(request_id, [threading.Lock(), 0])
+            claim[1] += 1
+        try:
+            with claim[0]:
+                yield
+        finally:
+            with self._claims_lock:
+                claim[1] -= 1
+                if not claim[1]:
+                    self._claims.pop(request_id, None)
+
+    def _answer_from_journal(self, entry: JournalEntry, request_fingerprint: str) -> tuple[dict[str, Any], dict[str, str]]:
+        if entry.fingerprint != request_fingerprint:
+            raise GatewayError(
+                409, "RESOURCE_CONFLICT",
+                f"Request id {entry.request_id!r} was already used for a different request; "
+                f"send a new {REQUEST_ID_FIELD} for a new request.",
+                headers={REQUEST_ID_HEADER: entry.request_id},
+            )
+        with self._counts_lock:
+            self._answered_from_journal += 1
+        headers = {**entry.headers, REPLAYED_HEADER: "true"}
+        if entry.status != 200:
+            body = entry.body if isinstance(entry.body, dict) else {}
+            raise GatewayError(entry.status, body.get("error_code", "AGENT_ERROR"), body.get("message", ""), headers)
+        return entry.body, headers
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -205,12 +315,36 @@ class Gateway:
 
     # --- serving -----------------------------------------------------------------------------
 
-    def invoke(self, endpoint_name: str, body: Any) -> tuple[dict[str, Any], dict[str, str]]:
-        """Serve one request; returns the ResponsesAgent response and headers naming the arm."""
+    def invoke(self, endpoint_name: str, body: Any, *, request_id: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+        """Serve one request; returns the ResponsesAgent response and headers naming the arm.
+
+        ``request_id`` is the ``X-Request-Id`` header, if any. A request named by the client (that
+        header or ``client_request_id`` in the body) is served at most once per id: a retry gets
+        the journaled answer. Errors before the model runs (404, 400, 503) journal nothing, so
+        retrying them is always safe.
+        """
+        request = _validate_request(body)
+        request, request_id, named = _request_id(request, request_id)
+        request_fingerprint = fingerprint(endpoint_name, request)
+        if self.journal is None or not named:
+            return self._serve(endpoint_name, request, request_id, request_fingerprint)
+        with self._claim(request_id):
+            try:
+                entry = self.journal.lookup(request_id)
+            except Exception as exc:  # noqa: BLE001 - without the journal a retry could be served twice
+                self._journal_error("reading the request journal failed")
+                raise GatewayError(503, "TEMPORARILY_UNAVAILABLE", "The gateway cannot read its request journal; "
+                                   "retry shortly.", headers={REQUEST_ID_HEADER: request_id}) from exc
+            if entry is not None:
+                return self._answer_from_journal(entry, request_fingerprint)
+            return self._serve(endpoint_name, request, request_id, request_fingerprint)
+
+    def _serve(self, endpoint_name: str, request: dict[str, Any], request_id: str,
+               request_fingerprint: str) -> tuple[dict[str, Any], dict[str, str]]:
         endpoint = self.endpoints().get(endpoint_name)
         if endpoint is None:
-            raise GatewayError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint {endpoint_name!r} does not exist.")
-        request = _validate_request(body)
+            raise GatewayError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint {endpoint_name!r} does not exist.",
+                               headers={REQUEST_ID_HEADER: request_id})
         context = request.get("context") or {}
         sticky_key = context.get("conversation_id") or context.get("user_id")
         with self._rng_lock:
@@ -239,6 +373,7 @@ class Gateway:
                     model_id=loaded.model_id,
                     user=context.get("user_id"),
                     session_id=context.get("conversation_id"),
+                    client_request_id=request_id,
                 )
                 try:
                     response = loaded.model.predict(request)
@@ -248,9 +383,30 @@ class Gateway:
                     span.record_exception(exc)
                     span.set_status("ERROR")
         trace_id = span.trace_id
-        if trace_id == NO_OP_SPAN_TRACE_ID:
-            # Tracing is off in this process: the request is served but its trace is lost, loudly.
+        untraced = trace_id == NO_OP_SPAN_TRACE_ID
+        if untraced:
             trace_id = f"untraced-{uuid.uuid4().hex}"
+        headers = {"X-AgentOps-Arm": served.entity_name, "X-AgentOps-Trace-Id": trace_id, REQUEST_ID_HEADER: request_id}
+        if error is None:
+            status, payload = 200, response.model_dump(exclude_none=True) if hasattr(response, "model_dump") else response
+        else:
+            status, payload = 500, {"error_code": "AGENT_ERROR", "message": f"{type(error).__name__}: {error}"}
+        if self.journal is not None:
+            # Journaled before anything is answered: from here on, a crash loses neither the answer
+            # nor the trace, and a retry with this id gets this answer.
+            entry = JournalEntry(request_id, request_fingerprint, endpoint.name, served.entity_name, trace_id,
+                                 status, payload, headers, "")
+            try:
+                held, inserted = self.journal.record(entry, captured.trace)
+            except Exception:  # noqa: BLE001 - serve anyway; the trace still goes to the writer (in memory)
+                self._journal_error(f"journaling request {request_id} failed")
+            else:
+                if not inserted:
+                    # Another gateway on this data folder journaled the id first: its answer stands,
+                    # and this trace is dropped so the id keeps exactly one trace.
+                    return self._answer_from_journal(held, request_fingerprint)
+        if untraced:
+            # Tracing is off in this process: the request is served but its trace is lost, loudly.
             self.ledger.add(trace_id)
             self.ledger.fail([trace_id], "MLflow tracing is disabled in the gateway process")
         else:
@@ -269,12 +425,9 @@ class Gateway:
                 self.ledger.fail([trace_id], captured.missing)
         with self._counts_lock:
             self._counts[(endpoint.name, served.entity_name, "error" if error else "ok")] += 1
-        headers = {"X-AgentOps-Arm": served.entity_name, "X-AgentOps-Trace-Id": trace_id}
         if error is not None:
-            raise GatewayError(500, "AGENT_ERROR", f"{type(error).__name__}: {error}") from error
-        if hasattr(response, "model_dump"):
-            response = response.model_dump(exclude_none=True)
-        return response, headers
+            raise GatewayError(500, payload["error_code"], payload["message"], headers) from error
+        return payload, headers
 
     def stats(self) -> dict[str, Any]:
         ledger = self.ledger.stats()
@@ -301,7 +454,40 @@ class Gateway:
                 "retries": writer.retries if writer else 0,
                 "not_captured": self._not_captured,
             },
+            "journal": self._journal_stats(),
         }
+
+    def _journal_stats(self) -> dict[str, Any]:
+        with self._counts_lock:
+            replayed, answered, errors = self._replayed_at_start, self._answered_from_journal, self._journal_errors
+        figures: dict[str, Any] = {"enabled": self.journal is not None, "replayed_at_start": replayed,
+                                   "answered_from_journal": answered, "errors": errors}
+        if self.journal is not None:
+            try:
+                journal = self.journal.stats()
+            except Exception:  # noqa: BLE001 - reported as an error, stats still answer
+                self._journal_error("reading journal stats failed")
+                figures["errors"] += 1
+            else:
+                figures.update(requests=journal.requests, pending=journal.pending, written=journal.written,
+                               could_not_record=journal.failed, untracked=journal.untracked)
+        return figures
+
+    def problems(self, stats: dict[str, Any] | None = None) -> list[str]:
+        """Plain sentences for whatever a user should know: traces lost, not recorded, journal errors."""
+        stats = stats or self.stats()
+        traces, journal = stats["traces"], stats["journal"]
+        found = []
+        if traces["lost"]:
+            found.append(f"{traces['lost']} traces of requests served by this process are not in the store "
+                         f"({traces['could_not_record']} could not be recorded and were spooled).")
+        earlier = journal.get("could_not_record", 0) - traces["could_not_record"]
+        if earlier > 0:
+            found.append(f"{earlier} traces of earlier requests could not be recorded (see the gateway spool).")
+        if journal["errors"]:
+            found.append(f"The request journal failed {journal['errors']} times: retries may not be deduplicated "
+                         "and a crash may lose traces.")
+        return found
 
     def drain(self, timeout_s: float) -> LedgerStats:
         """Write queued traces, then confirm pending ones in the store; the ledger's stats."""
@@ -313,7 +499,16 @@ class Gateway:
         return self.ledger.drain(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Record what is queued and stop the background threads."""
+        """Record what is queued and stop the background threads (the graceful-shutdown path).
+
+        Called after the server stopped taking requests and let in-flight ones finish: writes
+        every queued trace (``TraceWriter.close`` flushes), stops the writer process, confirms
+        the traces in the store and marks them written in the journal. Whatever could not be
+        written stays ``pending`` in the journal and is written at the next start.
+        """
+        self._closing.set()
+        if self._replay_thread is not None:
+            self._replay_thread.join(timeout=60)
         if self.writer is not None:
             self.writer.close()
         if self._sink is not None:
@@ -321,6 +516,8 @@ class Gateway:
         mlflow.flush_trace_async_logging()
         self.ledger.drain(30, wait_for_lost=False)
         self.ledger.close()
+        if self.journal is not None:
+            self.journal.close()
 
 
 def _validate_request(body: Any) -> dict[str, Any]:
@@ -338,6 +535,25 @@ def _validate_request(body: Any) -> dict[str, Any]:
     return body
 
 
+def _request_id(request: dict[str, Any], header: str | None) -> tuple[dict[str, Any], str, bool]:
+    """(the request without ``client_request_id``, the request id, whether the client named it)."""
+    field = request.get(REQUEST_ID_FIELD)
+    if field is not None:
+        request = {k: v for k, v in request.items() if k != REQUEST_ID_FIELD}  # not part of the model's input
+    for name, value in ((REQUEST_ID_FIELD, field), (REQUEST_ID_HEADER, header)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip() or len(value) > _MAX_REQUEST_ID or not value.isprintable():
+            raise GatewayError(400, "INVALID_PARAMETER_VALUE",
+                               f"{name} must be a non-empty printable string of at most {_MAX_REQUEST_ID} characters.")
+    if field is not None and header is not None and field != header:
+        raise GatewayError(400, "INVALID_PARAMETER_VALUE",
+                           f"{REQUEST_ID_FIELD} ({field!r}) and the {REQUEST_ID_HEADER} header ({header!r}) differ; "
+                           "send one request id.")
+    named = field if field is not None else header
+    return request, named or f"gw-{uuid.uuid4().hex}", named is not None
+
+
 def create_app(settings: Settings, **gateway_options: Any) -> FastAPI:
     """The FastAPI application around one ``Gateway``."""
     gateway = Gateway(settings, **gateway_options)
@@ -353,7 +569,9 @@ def create_app(settings: Settings, **gateway_options: Any) -> FastAPI:
         from starlette.concurrency import run_in_threadpool
 
         try:
-            payload, headers = await run_in_threadpool(gateway.invoke, name, body)
+            payload, headers = await run_in_threadpool(
+                functools.partial(gateway.invoke, name, body, request_id=request.headers.get(REQUEST_ID_HEADER))
+            )
         except GatewayError as exc:
             return _error(exc)
         return JSONResponse(payload, headers=headers)
@@ -370,9 +588,12 @@ def create_app(settings: Settings, **gateway_options: Any) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        # Always 200 while serving; "degraded" says traces were lost or could not be recorded.
-        traces = gateway.stats()["traces"]
-        return {"status": "degraded" if traces["lost"] else "ok", "traces": traces}
+        # Always 200 while serving; "degraded" says traces were lost or could not be recorded
+        # (also by an earlier process, within the journal's window), and "problems" says what.
+        stats = gateway.stats()
+        problems = gateway.problems(stats)
+        return {"status": "degraded" if problems else "ok", "problems": problems, "traces": stats["traces"],
+                "journal": stats["journal"]}
 
     @app.on_event("shutdown")
     def shutdown() -> None:
@@ -382,4 +603,4 @@ def create_app(settings: Settings, **gateway_options: Any) -> FastAPI:
 
 
 def _error(exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"error_code": exc.code, "message": exc.message}, status_code=exc.status)
+    return JSONResponse({"error_code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers)

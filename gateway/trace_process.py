@@ -144,7 +144,22 @@ def _write_here(settings: Settings, traces: Sequence[CapturedTrace]) -> Mapping[
 
 
 def _serve(conn: Any, settings: Settings) -> None:
-    """The child: write each batch received, answer ("ok", failures) or ("error", text)."""
+    """The child: write each batch received, answer ("ok", failures) or ("error", text).
+
+    It ends when the gateway says so (``None``) or is gone (end of the pipe). Ctrl-C reaches the
+    whole foreground process group, so the child ignores SIGINT: the gateway is then shutting down
+    gracefully and still needs it to write the traces it flushes. SIGTERM keeps its default (the
+    gateway's own ``terminate`` and multiprocessing's exit handler rely on it); a batch cut short
+    by it is retried by the gateway or stays in its journal. A gateway killed outright closes the
+    pipe; the child finishes the batch it holds (one transaction, committed whole or not at all)
+    and exits.
+    """
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (OSError, ValueError):  # pragma: no cover - not the main thread / not supported
+        pass
     try:
         from services._mlflow_internal import span_batch
         from services._clients import configure_mlflow, mlflow_client
@@ -166,7 +181,10 @@ def _serve(conn: Any, settings: Settings) -> None:
             answer = ("ok", dict(span_batch.write_traces(client, batch)))
         except Exception as exc:  # noqa: BLE001 - the parent retries the batch
             answer = ("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except (OSError, EOFError):
+            return  # the gateway is gone; what was committed is in the store, the rest in its journal
 
 
 @contextlib.contextmanager

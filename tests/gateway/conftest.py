@@ -20,7 +20,13 @@ MODEL = "gw-agent"
 
 @pytest.fixture(scope="session")
 def gateway_store(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("gateway-store")
+    settings = build_gateway_store(tmp_path_factory.mktemp("gateway-store"))
+    yield settings
+    configure_mlflow(load_settings({}))
+
+
+def build_gateway_store(data_dir: Path):
+    """Versions 1 and 2 of the demo support agent (keyword, hybrid) and a version 3 that cannot load."""
     settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": str(data_dir)}))
     client = mlflow_client(settings)
     experiment_id = get_or_create_experiment(client, "gw-agent", settings)
@@ -36,8 +42,7 @@ def gateway_store(tmp_path_factory):
     logged = client.get_logged_model(broken.source.removeprefix("models:/"))
     shutil.rmtree(logged.artifact_location.removeprefix("file://"))
     mlflow.end_run()
-    yield settings
-    configure_mlflow(load_settings({}))
+    return settings
 
 
 def put_endpoint(settings, name: str, weights: dict[str, int], *, sticky: bool = False) -> serving.Endpoint:

@@ -10,6 +10,7 @@ import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities.trace_location import MlflowExperimentLocation
 from scipy.stats import binomtest
 
 from gateway.runner import RunningGateway
@@ -252,3 +253,116 @@ def test_loading_a_version_mid_traffic_costs_no_trace(gateway_store, running_gat
     assert cold.status_code == 200 and all(r.status_code == 200 for r in responses)
     stats = running_gateway.gateway.drain(120)
     assert (stats.produced, stats.recorded, stats.lost) == (len(responses) + 1, len(responses) + 1, 0)
+
+
+def _stored_for_request(settings, request_id: str) -> list:
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_registered_model(MODEL).tags["agentops.experiment_id"]
+    return client.search_traces(locations=[experiment], filter_string=f"trace.client_request_id = '{request_id}'",
+                                max_results=10, include_spans=False)
+
+
+@pytest.mark.parametrize("how", ["body", "header"])
+def test_a_retry_with_the_same_request_id_is_answered_once(gateway_store, running_gateway, how):
+    put_endpoint(gateway_store, "idem", {"1": 50, "2": 50})
+    request_id = f"retry-{how}-{time.time_ns()}"
+    body = {**QUESTION, "client_request_id": request_id} if how == "body" else dict(QUESTION)
+    headers = {"X-Request-Id": request_id} if how == "header" else {}
+    with httpx.Client(base_url=running_gateway.url, timeout=60) as http:
+        first = http.post("/serving-endpoints/idem/invocations", json=body, headers=headers)
+        again = http.post("/serving-endpoints/idem/invocations", json=body, headers=headers)
+        other = http.post("/serving-endpoints/idem/invocations", headers={"X-Request-Id": request_id},
+                          json={"input": [{"role": "user", "content": "Something else entirely"}]})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    for name in ("X-AgentOps-Trace-Id", "X-AgentOps-Arm", "X-Request-Id"):
+        assert again.headers[name] == first.headers[name]
+    assert first.headers["X-Request-Id"] == request_id
+    assert "X-AgentOps-Replayed" not in first.headers and again.headers["X-AgentOps-Replayed"] == "true"
+    assert other.status_code == 409 and other.json()["error_code"] == "RESOURCE_CONFLICT"
+    running_gateway.gateway.drain(60)
+    stored = _stored_for_request(gateway_store, request_id)
+    assert [t.info.trace_id for t in stored] == [first.headers["X-AgentOps-Trace-Id"]]
+    stats = running_gateway.gateway.stats()["journal"]
+    assert stats["answered_from_journal"] >= 1 and stats["pending"] == 0 and stats["errors"] == 0
+
+
+def test_concurrent_duplicates_of_one_request_id_produce_one_trace(gateway_store, running_gateway):
+    put_endpoint(gateway_store, "idem", {"1": 50, "2": 50})
+    request_id = f"dup-{time.time_ns()}"
+    body = {**QUESTION, "client_request_id": request_id}
+    responses: list[httpx.Response] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=running_gateway.url, timeout=60) as http:
+            responses.append(http.post("/serving-endpoints/idem/invocations", json=body))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert len({r.headers["X-AgentOps-Trace-Id"] for r in responses}) == 1
+    assert sum(r.headers.get("X-AgentOps-Replayed") == "true" for r in responses) == 3
+    running_gateway.gateway.drain(60)
+    assert len(_stored_for_request(gateway_store, request_id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({**QUESTION, "client_request_id": 7}, {}),
+        ({**QUESTION, "client_request_id": ""}, {}),
+        ({**QUESTION, "client_request_id": "a" * 201}, {}),
+        ({**QUESTION, "client_request_id": "one"}, {"X-Request-Id": "two"}),
+    ],
+    ids=["not-a-string", "empty", "too-long", "field-and-header-differ"],
+)
+def test_bad_request_ids_are_refused_before_the_model_runs(gateway_store, running_gateway, body, headers):
+    put_endpoint(gateway_store, "idem", {"1": 100})
+    before = running_gateway.gateway.stats()["traces"]["produced"]
+    with httpx.Client(base_url=running_gateway.url, timeout=60) as http:
+        response = http.post("/serving-endpoints/idem/invocations", json=body, headers=headers)
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert running_gateway.gateway.stats()["traces"]["produced"] == before
+
+
+def test_traces_journaled_by_a_crashed_gateway_are_written_at_the_next_start(gateway_store):
+    """A trace served but not yet written when the process died is in the journal; the next
+    gateway on the same data folder writes it, and a retry of its request is answered from it."""
+    from gateway.journal import JournalEntry, RequestJournal, fingerprint
+    from services._clients import configure_mlflow
+    from services._mlflow_internal import span_batch
+
+    configure_mlflow(gateway_store)
+    put_endpoint(gateway_store, "crashed", {"1": 100})
+    request_id = f"crashed-{time.time_ns()}"
+    client = MlflowClient(tracking_uri=gateway_store.tracking_uri)
+    experiment = client.get_registered_model(MODEL).tags["agentops.experiment_id"]
+    assert span_batch.install()
+    with span_batch.capture() as captured:  # what a gateway captured right before it was killed
+        with mlflow.start_span(name="crashed", trace_destination=MlflowExperimentLocation(experiment)) as span:
+            mlflow.update_current_trace(tags={"agentops.endpoint": "crashed"}, client_request_id=request_id)
+            span.set_outputs({"output": []})
+    assert captured.trace is not None
+    trace_id = captured.trace.trace_id
+    journal = RequestJournal(gateway_store.data_dir / "gateway-journal.sqlite")
+    headers = {"X-AgentOps-Arm": f"{MODEL}_1", "X-AgentOps-Trace-Id": trace_id, "X-Request-Id": request_id}
+    journal.record(JournalEntry(request_id, fingerprint("crashed", QUESTION), "crashed", f"{MODEL}_1", trace_id, 200,
+                                {"output": []}, headers, ""), captured.trace)
+    journal.close()
+    assert not _stored_for_request(gateway_store, request_id)
+
+    with RunningGateway(gateway_store) as running:
+        ledger = running.gateway.drain(60)
+        while running.gateway.stats()["journal"]["pending"] and ledger.pending == 0:
+            time.sleep(0.1)  # the replay thread may not have submitted yet
+            ledger = running.gateway.drain(60)
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            retry = http.post("/serving-endpoints/crashed/invocations", json={**QUESTION, "client_request_id": request_id})
+        journal_stats = running.gateway.stats()["journal"]
+    assert journal_stats["replayed_at_start"] >= 1 and journal_stats["pending"] == 0
+    assert retry.status_code == 200 and retry.headers["X-AgentOps-Replayed"] == "true"
+    assert retry.headers["X-AgentOps-Trace-Id"] == trace_id
+    assert [t.info.trace_id for t in _stored_for_request(gateway_store, request_id)] == [trace_id]

@@ -283,6 +283,8 @@ if settings.backend is not Backend.DATABRICKS:
                    "requests and test traffic need it (`./scripts/run` starts it).", icon=":material/power_off:")
     else:
         st.caption(f"Local gateway: `{settings.gateway_url}/serving-endpoints/<name>/invocations`")
+        for line in traffic.gateway_problems(settings):
+            st.warning(f"The local gateway reports: {escape_md(line)}", icon=":material/report:")
 
 by_name = {e.name: e for e in endpoints}
 name = st.selectbox("Endpoint", list(by_name), key="serving_endpoint")
@@ -404,7 +406,8 @@ with traffic_tab:
                     progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} requests"),
                 )
                 st.success(f"{result.ok} of {result.sent} answered; per arm: "
-                           + ", ".join(f"{k}: {v}" for k, v in sorted(result.by_arm.items())))
+                           + ", ".join(f"{k}: {v}" for k, v in sorted(result.by_arm.items()))
+                           + (f" ({result.retried} needed a retry while the gateway was unreachable)" if result.retried else ""))
                 for line in result.errors:
                     st.warning(escape_md(line))
                 _report.clear()

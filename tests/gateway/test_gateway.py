@@ -366,3 +366,88 @@ def test_traces_journaled_by_a_crashed_gateway_are_written_at_the_next_start(gat
     assert retry.status_code == 200 and retry.headers["X-AgentOps-Replayed"] == "true"
     assert retry.headers["X-AgentOps-Trace-Id"] == trace_id
     assert [t.info.trace_id for t in _stored_for_request(gateway_store, request_id)] == [trace_id]
+
+
+class FlakyProxy:
+    """HTTP in front of the gateway that, per request id, loses the first attempt of chosen requests.
+
+    ``refuse``: the first attempt gets 503 before reaching the gateway (a gateway restarting).
+    ``lose``: the first attempt reaches the gateway, then the connection is closed before the
+    answer comes back (a response lost in a crash), so only the client's retry can tell.
+    """
+
+    def __init__(self, upstream: str, refuse: set[int], lose: set[int]) -> None:
+        import http.server
+        import json as _json
+
+        proxy = self
+        self.seen: Counter[str] = Counter()
+        self.order: list[str] = []
+        self.refuse, self.lose = refuse, lose
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def do_GET(self):  # health checks pass through
+                answer = httpx.get(upstream + self.path, timeout=10)
+                self._reply(answer.status_code, answer.content, answer.headers)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request_id = _json.loads(raw).get("client_request_id", "")
+                if request_id not in proxy.seen:
+                    proxy.order.append(request_id)
+                proxy.seen[request_id] += 1
+                index, attempt = proxy.order.index(request_id), proxy.seen[request_id]
+                if attempt == 1 and index in proxy.refuse:
+                    self._reply(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "restarting"}', {})
+                    return
+                answer = httpx.post(upstream + self.path, content=raw, headers={"Content-Type": "application/json"},
+                                    timeout=60)
+                if attempt == 1 and index in proxy.lose:
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # the gateway answered; the client never hears it
+                    return
+                self._reply(answer.status_code, answer.content, answer.headers)
+
+            def _reply(self, status, content, headers):
+                self.send_response(status)
+                for name in ("Content-Type", "X-AgentOps-Arm", "X-AgentOps-Trace-Id", "X-Request-Id"):
+                    if name in headers:
+                        self.send_header(name, headers[name])
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_test_traffic_retries_lost_requests_with_their_id_and_makes_one_trace_each(gateway_store, running_gateway):
+    """The page's test traffic: refused and lost requests are sent again with the same id, answered once each."""
+    import dataclasses
+
+    from services import traffic
+
+    put_endpoint(gateway_store, "flaky", {"1": 50, "2": 50})
+    proxy = FlakyProxy(running_gateway.url, refuse={1, 5}, lose={2, 7})
+    try:
+        settings = dataclasses.replace(gateway_store, gateway_url=proxy.url)
+        result = traffic.send_test_traffic("flaky", ["How do I reset my password?", "Where is my order?"], 10,
+                                           seed=3, settings=settings)
+    finally:
+        proxy.stop()
+    assert (result.sent, result.ok, result.failed, result.errors) == (10, 10, 0, ())
+    assert result.retried == 4 and sum(result.by_arm.values()) == 10
+    assert len(proxy.order) == 10 and all(len(set(i)) > 1 for i in proxy.order)  # one id per request
+    assert [proxy.seen[i] for i in proxy.order] == [1, 2, 2, 1, 1, 2, 1, 2, 1, 1]
+    running_gateway.gateway.drain(60)
+    for request_id in proxy.order:  # the lost ones were answered from the journal, not run again
+        assert len(_stored_for_request(gateway_store, request_id)) == 1, request_id
+    assert running_gateway.gateway.stats()["journal"]["answered_from_journal"] >= 2

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import chromium
 from tests.hardening.served_app import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,49 +42,37 @@ def running_app(tmp_path_factory, artifacts_dir):
 
 
 def test_overview_shows_the_demo_agents(running_app, artifacts_dir):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed; scripts/test installs it")
-    from playwright.sync_api import sync_playwright
-
     url, log = running_app
     assert "Seeding the demo workspace" in log.read_text(), "the run command did not seed the fresh store"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Overview").wait_for(timeout=90_000)
+        page.get_by_text("Serving endpoints").wait_for(timeout=90_000)
+        page.wait_for_timeout(2500)  # let the data grids and chart paint
+        page.screenshot(path=str(artifacts_dir / "overview.png"), full_page=True)
+        body = page.inner_text("body")
+        # Agent names live inside canvas data grids; the split chart and sidebar are DOM text.
+        assert "support-prod" in page.content()
+        assert "Local (embedded SQLite)" in body
+        assert "Traceback" not in body
+        grid_text = page.evaluate(
+            "() => Array.from(document.querySelectorAll('[data-testid=\"stDataFrame\"]'))"
+            ".map(e => e.innerText).join('\\n')"
         )
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1100})
-            page.goto(url, wait_until="domcontentloaded")
-            page.get_by_role("heading", name="Overview").wait_for(timeout=90_000)
-            page.get_by_text("Serving endpoints").wait_for(timeout=90_000)
-            page.wait_for_timeout(2500)  # let the data grids and chart paint
-            page.screenshot(path=str(artifacts_dir / "overview.png"), full_page=True)
-            body = page.inner_text("body")
-            # Agent names live inside canvas data grids; the split chart and sidebar are DOM text.
-            assert "support-prod" in page.content()
-            assert "Local (embedded SQLite)" in body
-            assert "Traceback" not in body
-            grid_text = page.evaluate(
-                "() => Array.from(document.querySelectorAll('[data-testid=\"stDataFrame\"]'))"
-                ".map(e => e.innerText).join('\\n')"
-            )
-            assert page.locator('[data-testid="stDataFrame"]').count() == 3
-            metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
-            assert metrics[0] == "2" and metrics[1] == "6", metrics
-            assert grid_text is not None
+        assert page.locator('[data-testid="stDataFrame"]').count() == 3
+        metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+        assert metrics[0] == "2" and metrics[1] == "6", metrics
+        assert grid_text is not None
 
-            # The serving page talks to the gateway the run command started.
-            page.goto(f"{url}/serving", wait_until="domcontentloaded")
-            page.get_by_role("heading", name="Serving & A/B traffic").wait_for(timeout=90_000)
-            page.get_by_text("Local gateway:").wait_for(timeout=60_000)
-            page.wait_for_timeout(2500)
-            page.screenshot(path=str(artifacts_dir / "serving.png"), full_page=True)
-            body = page.inner_text("body")
-            assert "not reachable" not in body
-            # A deep link still runs through app.py's navigation: every page is listed by title.
-            for title in ("Overview", "Versions & releases", "Evaluations", "Monitoring", "Serving & A/B", "Review"):
-                assert title in body, f"navigation entry {title!r} missing on a deep link"
-        finally:
-            browser.close()
+        # The serving page talks to the gateway the run command started.
+        page.goto(f"{url}/serving", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Serving & A/B traffic").wait_for(timeout=90_000)
+        page.get_by_text("Local gateway:").wait_for(timeout=60_000)
+        page.wait_for_timeout(2500)
+        page.screenshot(path=str(artifacts_dir / "serving.png"), full_page=True)
+        body = page.inner_text("body")
+        assert "not reachable" not in body
+        # A deep link still runs through app.py's navigation: every page is listed by title.
+        for title in ("Overview", "Versions & releases", "Evaluations", "Monitoring", "Serving & A/B", "Review"):
+            assert title in body, f"navigation entry {title!r} missing on a deep link"

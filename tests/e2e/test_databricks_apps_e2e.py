@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from tests.harness import databricks_workspace as dw
 from tests.harness.apps_proxy import AppsProxy, ForwardedUser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 UC_ALIAS = "/api/2.0/mlflow/unity-catalog/registered-models/alias"
 # POSTs that only read (MLflow searches by POST; UC hands out read credentials for model files).
 _READ_POSTS = ("/search", "/metrics", "/batchGet", "/generate-temporary-credentials", "/search-long-running")
@@ -49,8 +47,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, artifacts_dir):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed; scripts/test installs it")
     root = tmp_path_factory.mktemp("dbx-apps")
     with dw.databricks_workspace(root) as ws:
         port = free_port()
@@ -79,22 +75,6 @@ def stack(tmp_path_factory, artifacts_dir):
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def browser(stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

@@ -7,33 +7,23 @@ such a run through ``components.navigation.ensure_app_navigation``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.hardening.served_app import CHROMIUM_ARGS, served_app
+from tests.e2e.conftest import chromium
+from tests.hardening.served_app import served_app
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.parametrize("page", ["monitoring", "versions"])
 def test_first_request_deep_link_uses_app_navigation(page, tmp_path, artifacts_dir):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed; scripts/test installs it")
-    from playwright.sync_api import sync_playwright
-
-    with served_app(tmp_path / "data", tmp_path / "app.log") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 900})
-            tab.goto(f"{url}/{page}")  # the server's first page request
-            sidebar = tab.locator("section[data-testid=stSidebar]")
-            sidebar.get_by_text("Backend").wait_for(timeout=60_000)
-            tab.screenshot(path=str(artifacts_dir / f"deep-link-{page}.png"))
-            text = sidebar.inner_text()
-            assert "Versions & releases" in text and "Serving & A/B" in text, text
-            assert "\napp\n" not in f"\n{text}\n", f"file-name navigation shown:\n{text}"
-            assert tab.url.rstrip("/").endswith(f"/{page}")
-        finally:
-            browser.close()
+    with served_app(tmp_path / "data", tmp_path / "app.log") as url, chromium() as browser:
+        tab = browser.new_page(viewport={"width": 1400, "height": 900})
+        tab.goto(f"{url}/{page}")  # the server's first page request
+        sidebar = tab.locator("section[data-testid=stSidebar]")
+        sidebar.get_by_text("Backend").wait_for(timeout=60_000)
+        tab.screenshot(path=str(artifacts_dir / f"deep-link-{page}.png"))
+        text = sidebar.inner_text()
+        assert "Versions & releases" in text and "Serving & A/B" in text, text
+        assert "\napp\n" not in f"\n{text}\n", f"file-name navigation shown:\n{text}"
+        assert tab.url.rstrip("/").endswith(f"/{page}")

@@ -5,16 +5,14 @@ real header accessor (``st.context.headers``), and a viewer cannot press what an
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import chromium
 from tests.hardening.conftest import build_store
 from tests.hardening.reliability import write_record
-from tests.hardening.served_app import CHROMIUM_ARGS, served_app
+from tests.hardening.served_app import served_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 USERS = {  # email -> (display name, role)
@@ -38,38 +36,30 @@ def app_with_roles(tmp_path_factory, artifacts_dir):
 
 
 def test_browsers_with_different_forwarded_users_keep_their_own_identity(app_with_roles, artifacts_dir):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed; scripts/test installs it")
-    from playwright.sync_api import sync_playwright
-
     url = app_with_roles
     seen: dict[str, dict[str, str]] = {}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            pages = {}
-            for email, (name, _) in USERS.items():
-                context = browser.new_context(viewport={"width": 1400, "height": 1000}, extra_http_headers={
-                    "X-Forwarded-Email": email, "X-Forwarded-Preferred-Username": name})
-                pages[email] = context.new_page()
-            # All three load at once, then each moves to the Versions page, then back to the overview.
-            for path, ready in (("/", "Overview"), ("/versions", "Versions & releases"), ("/", "Overview")):
-                for page in pages.values():
-                    page.goto(f"{url}{path}", wait_until="commit")
-                for email, page in pages.items():
-                    page.get_by_role("heading", name=ready).first.wait_for(timeout=90_000)
-                    page.locator('[data-testid="stSidebar"]').get_by_text("Backend").wait_for(timeout=60_000)
-                    page.wait_for_timeout(1500)
-                    seen.setdefault(email, {})[path + ready] = page.locator('[data-testid="stSidebar"]').inner_text()
-                    if ready == "Versions & releases":
-                        page.get_by_role("tab", name="Promote / roll back").click()
-                        button = page.get_by_role("button", name="Review promotion")
-                        role = USERS[email][1]
-                        assert button.is_disabled() == (role not in ("operator", "admin")), f"{email}: promote button"
+    with chromium() as browser:
+        pages = {}
+        for email, (name, _) in USERS.items():
+            context = browser.new_context(viewport={"width": 1400, "height": 1000}, extra_http_headers={
+                "X-Forwarded-Email": email, "X-Forwarded-Preferred-Username": name})
+            pages[email] = context.new_page()
+        # All three load at once, then each moves to the Versions page, then back to the overview.
+        for path, ready in (("/", "Overview"), ("/versions", "Versions & releases"), ("/", "Overview")):
+            for page in pages.values():
+                page.goto(f"{url}{path}", wait_until="commit")
             for email, page in pages.items():
-                page.screenshot(path=str(artifacts_dir / f"session-{email.split('@')[0]}.png"), full_page=True)
-        finally:
-            browser.close()
+                page.get_by_role("heading", name=ready).first.wait_for(timeout=90_000)
+                page.locator('[data-testid="stSidebar"]').get_by_text("Backend").wait_for(timeout=60_000)
+                page.wait_for_timeout(1500)
+                seen.setdefault(email, {})[path + ready] = page.locator('[data-testid="stSidebar"]').inner_text()
+                if ready == "Versions & releases":
+                    page.get_by_role("tab", name="Promote / roll back").click()
+                    button = page.get_by_role("button", name="Review promotion")
+                    role = USERS[email][1]
+                    assert button.is_disabled() == (role not in ("operator", "admin")), f"{email}: promote button"
+        for email, page in pages.items():
+            page.screenshot(path=str(artifacts_dir / f"session-{email.split('@')[0]}.png"), full_page=True)
     checks = 0
     for email, by_page in seen.items():
         name, role = USERS[email]
@@ -82,25 +72,19 @@ def test_browsers_with_different_forwarded_users_keep_their_own_identity(app_wit
 
 
 def test_a_deep_link_right_after_a_restart_runs_through_app_py(tmp_path_factory, artifacts_dir):
-    from playwright.sync_api import sync_playwright
-
     from services._clients import configure_mlflow, get_settings
 
     store = build_store(tmp_path_factory.mktemp("deep-link-store"))
     configure_mlflow(get_settings())
     with served_app(store.settings.data_dir, artifacts_dir / "deep-link-app.log") as url, \
-            sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(extra_http_headers={"X-Forwarded-Email": "ana@example.com",
-                                                              "X-Forwarded-Preferred-Username": "Ana"})
-            page = context.new_page()
-            page.goto(f"{url}/versions", wait_until="domcontentloaded")
-            page.get_by_role("heading", name="Versions & releases").first.wait_for(timeout=90_000)
-            page.wait_for_timeout(3000)
-            page.screenshot(path=str(artifacts_dir / "session-deep-link.png"), full_page=True)
-            sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
-        finally:
-            browser.close()
+            chromium() as browser:
+        context = browser.new_context(extra_http_headers={"X-Forwarded-Email": "ana@example.com",
+                                                          "X-Forwarded-Preferred-Username": "Ana"})
+        page = context.new_page()
+        page.goto(f"{url}/versions", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Versions & releases").first.wait_for(timeout=90_000)
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(artifacts_dir / "session-deep-link.png"), full_page=True)
+        sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
     assert "Ana" in sidebar and "Backend" in sidebar, sidebar  # app.py's sidebar: who and where
     assert "Versions & releases" in sidebar, sidebar  # app.py's navigation titles, not file names

@@ -15,18 +15,16 @@ link pointing at a local "pixel" server that counts every request. After each pa
 
 from __future__ import annotations
 
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.hardening.served_app import CHROMIUM_ARGS, served_app
+from tests.hardening.served_app import served_app
 from tests.hardening.untrusted_store import MARK, build, payload
 from tests.hardening.reliability import write_record
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 _PROBE = """([pixel, mark]) => {
@@ -92,18 +90,6 @@ def untrusted_app(tmp_path_factory, artifacts_dir, pixel):
     configure_mlflow(get_settings())
     with served_app(data_dir, artifacts_dir / "untrusted-app.log") as url:
         yield url, store
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed; scripts/test installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 _FINDINGS: dict[str, dict] = {}

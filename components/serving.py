@@ -94,7 +94,7 @@ def interrupted_notice(changes: list[TrafficChange]) -> str | None:
         asked = " · ".join(f"{k} {v}%" for k, v in (latest.requested or latest.after).items())
         return (f"The last traffic change ({latest.action} to {asked}, by {latest.user}) was interrupted: the "
                 "backend stopped answering before it was recorded as done. The split shown above is what the "
-                "endpoint serves now; retrying the same confirmation completes it exactly once.")
+                "endpoint serves now. Pressing Confirm again on that confirmation completes it exactly once.")
     return None
 
 

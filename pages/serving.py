@@ -71,10 +71,26 @@ def _changes(endpoint_name: str) -> list[traffic_audit.TrafficChange] | None:
         return None
 
 
-def _interrupted(changes: list[traffic_audit.TrafficChange] | None) -> None:
+def _interrupted(endpoint: serving.Endpoint, changes: list[traffic_audit.TrafficChange] | None) -> None:
+    """Name an interrupted change; an operator can settle it from what the endpoint serves now."""
     notice = interrupted_notice(changes or [])
-    if notice:
-        st.warning(escape_md(notice), icon=":material/sync_problem:")
+    settled = st.session_state.pop(f"settled::{endpoint.name}", None)
+    if settled:
+        st.success(escape_md(settled), icon=":material/task_alt:")
+    if not notice:
+        return
+    st.warning(escape_md(notice) + " If that confirmation is gone (another session, a reload), settle the record "
+               "from the split the endpoint serves now.", icon=":material/sync_problem:")
+    if st.button("Settle from the current split", key=f"settle::{endpoint.name}", disabled=not can_change,
+                 help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
+        try:
+            st.session_state[f"settled::{endpoint.name}"] = serving.settle_interrupted(
+                endpoint, changes[0], user=identity.user, settings=settings, identity=identity)
+        except AgentOpsError as exc:
+            show_error(exc, what="The interrupted change was not settled")
+        else:
+            _clear()
+            st.rerun()
 
 
 def _split_text(endpoint: serving.Endpoint, labels: dict[str, str]) -> str:
@@ -175,7 +191,7 @@ def _gateway_section() -> None:
     if gateway.budgets:
         st.dataframe(budgets_frame(gateway), hide_index=True, use_container_width=True)
     g_changes = _changes(gname)
-    _interrupted(g_changes)
+    _interrupted(g_endpoint, g_changes)
     g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
     with g_split:
         st.markdown("Set each model's share of requests. Shares are whole percents and must add up to 100. "
@@ -299,7 +315,7 @@ model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
 
 changes = _changes(name)
-_interrupted(changes)
+_interrupted(endpoint, changes)
 tab_names = ["Edit split", "Judge arms", "Send test traffic", "History"]
 if settings.backend is Backend.DATABRICKS:
     tab_names.append("Deploy version")

@@ -483,6 +483,38 @@ def _resume_split(write: _SplitWriter, earlier: Any) -> Endpoint:
     )
 
 
+def settle_interrupted(endpoint: Endpoint, change: Any, *, user: str, settings: Settings | None = None,
+                       identity: Any = None) -> str:
+    """Settle an interrupted traffic change from the split ``endpoint`` serves now; returns what was recorded.
+
+    For when the confirmation that would retry it is gone (another session, a reload): if the
+    endpoint serves the split the change asked for, the record is completed as applied; otherwise
+    the change did not take effect (or was overwritten since) and the attempt is closed.
+    """
+    from services import roles, traffic_audit
+
+    settings = settings or get_settings()
+    if identity is not None:
+        roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
+    if change.completed:
+        return "This change is already recorded as done."
+    if endpoint.backend == "mlflow-gateway":
+        from services import ai_gateway
+
+        current = ai_gateway.get_gateway_endpoint(endpoint.name, settings).endpoint
+    else:
+        current = get_endpoint(endpoint.name, settings)
+    now = _percentages(current)
+    if now == (change.requested or change.after):
+        traffic_audit.complete_traffic_change(change, now, outcome="applied (settled by " + user + ")",
+                                              settings=settings)
+        return f"{endpoint.name} serves the split the change asked for; it is now recorded as applied."
+    why = "not applied" if now == change.before else "overwritten by a later change"
+    traffic_audit.abandon_traffic_change(change, f"settled by {user}: {why}; the endpoint served {_describe_split(now)}",
+                                         settings=settings)
+    return f"{endpoint.name} serves {_describe_split(now)}: the interrupted change was {why}, and is closed."
+
+
 def _split_interrupted(intent: Any, when: str, exc: Exception) -> BackendUnavailableError:
     return BackendUnavailableError(
         f"The backend stopped answering {when} (traffic change on {intent.endpoint!r} to "

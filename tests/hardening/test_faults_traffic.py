@@ -435,3 +435,63 @@ def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_co
         monkeypatch.undo()
         _clients._cached_settings.cache_clear()
         _clients.configure_mlflow()
+
+
+def _local_endpoint(settings) -> None:
+    build_agent(settings)
+    served = tuple(ServedVersion(serving.entity_name_for(AGENT, v), AGENT, v) for v in ("1", "2"))
+    serving.save_local_endpoint(Endpoint(
+        ENDPOINT, served, (TrafficRoute(served[0].entity_name, 80), TrafficRoute(served[1].entity_name, 20)),
+        EndpointState.READY, backend="local"), settings)
+
+
+@pytest.mark.parametrize("written", [True, False], ids=["split-written", "split-not-written"])
+def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_endpoint(isolated_settings, monkeypatch,
+                                                                                        written):
+    """A reload lost the confirmation: an operator settles the record from what the endpoint serves."""
+    from pathlib import Path
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from services import _clients
+
+    settings = isolated_settings
+    _local_endpoint(settings)
+    plan = serving.plan_split(ENDPOINT, {(AGENT, "1"): 50, (AGENT, "2"): 50}, settings=settings)
+    with monkeypatch.context() as patch:
+        if written:
+            patch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("refused")))
+        else:
+            patch.setattr(serving, "save_local_endpoint",
+                          lambda *a, **k: (_ for _ in ()).throw(BackendUnavailableError("disk went away")))
+        with pytest.raises(BackendUnavailableError):
+            serving.apply_split(plan, user=OPERATOR, reason="lost confirmation", settings=settings,
+                                request_id=uuid.uuid4().hex)
+    held = _split(serving.get_endpoint(ENDPOINT, settings))
+    assert held == ({f"{AGENT} v1": 50, f"{AGENT} v2": 50} if written else {f"{AGENT} v1": 80, f"{AGENT} v2": 20})
+    assert [c.completed for c in traffic_audit.traffic_changes(ENDPOINT, settings=settings)] == [False]
+
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(settings.data_dir))
+    _clients._cached_settings.cache_clear()
+    st.cache_data.clear()
+    try:
+        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=90)
+        app.run()
+        app.switch_page("pages/serving.py").run()  # a new session: no confirmation to retry
+        assert any("was interrupted" in w.value for w in app.warning)
+        app.button(key=f"settle::{ENDPOINT}").click().run()
+        assert not app.exception and not app.error
+        done = " ".join(s.value for s in app.success)
+        assert ("recorded as applied" in done) if written else ("was not applied" in done), done
+        assert not any("was interrupted" in w.value for w in app.warning)
+    finally:
+        monkeypatch.undo()
+        _clients._cached_settings.cache_clear()
+        _clients.configure_mlflow()
+    changes = traffic_audit.traffic_changes(ENDPOINT, settings=settings)
+    if written:
+        assert [(c.completed, c.after, c.user) for c in changes] == [(True, held, OPERATOR)]
+    else:
+        assert changes == []  # closed: it never took effect
+    assert _split(serving.get_endpoint(ENDPOINT, settings)) == held  # settling never changes the split

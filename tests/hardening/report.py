@@ -104,7 +104,7 @@ def _table(records: list[dict[str, Any]]) -> list[str]:
         if with_detail:
             row.append(", ".join(f"{k} {v}" for k, v in (record.get("detail") or {}).items()) or "—")
         lines.append("| " + " | ".join(row) + " |")
-    summable = [c for c in numeric if c not in ("seconds",)]
+    summable = [c for c in numeric if "seconds" not in c and "(s)" not in c and "share" not in c]
     if len(records) > 1 and summable:
         total = ["**total**", *(f"**{_cell(sum(r.get('figures', {}).get(c, 0) for r in records))}**"
                                 if c in summable else "" for c in columns)]
@@ -151,10 +151,24 @@ def render(folder: Path) -> str:
         if section not in by_section:
             lines.append("_No records yet: the tests for this part have not landed or did not run._")
             continue
-        lines += _table(by_section[section])
-        notes = [f"- {r['name']}: {r['notes']}" for r in by_section[section] if r.get("notes")]
-        if notes:
-            lines += ["", *notes]
+        # Faults named "<action>: <fault point>" or "<action> (<variant>)" get one table per action.
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for record in by_section[section]:
+            name = str(record.get("name", ""))
+            action = (name.partition(": ")[0] if ": " in name else name.partition(" (")[0]) if section == "faults" else ""
+            groups.setdefault(action, []).append(record)
+        for action, records in groups.items():
+            if action:
+                lines += [f"### {action[:1].upper()}{action[1:]}", ""]
+            lines += _table(records)
+            notes = [f"- {r['name']}: {r['notes']}" for r in records if r.get("notes")]
+            shared = {r["notes"] for r in records if r.get("notes")}
+            if len(shared) == 1 and len(notes) > 1:
+                notes = [shared.pop()]
+            if notes:
+                lines += ["", *notes]
+            if action:
+                lines.append("")
     if run and run["xfails"]:
         lines += ["", "## Known open findings", "",
                   "Each is a strict xfail: it fails the run as soon as the code is fixed, so the mark gets removed.", ""]

@@ -143,18 +143,13 @@ def recent_tag_values(
     sample: int = 1000,
     settings: Settings | None = None,
 ) -> list[str]:
-    """Distinct values of a trace tag among the newest ``sample`` traces of a window (no spans read).
+    """Distinct values of a trace tag among the traces of a window (no spans read).
 
-    The store cannot group by tags, so this samples; rare values outside the sample are missed.
+    On a SQLite store every trace of the window counts (one SQL statement); elsewhere the store
+    cannot group by tags, so the newest ``sample`` traces are read and rare values may be missed.
     """
     if not experiment_ids:
         return []
-    client = mlflow_client(settings)
-    clauses = f"trace.timestamp_ms >= {_ms(start)} AND trace.timestamp_ms < {_ms(end)}"
     with translate_errors("trace search"):
-        page = client.search_traces(
-            locations=list(experiment_ids), filter_string=clauses, max_results=sample,
-            include_spans=False, order_by=["timestamp_ms DESC"],
-        )
-    values = {t.info.tags.get(key) for t in page}
-    return sorted((v for v in values if v), key=lambda v: (len(v), v))
+        return internal.trace_tag_values(mlflow_client(settings), list(experiment_ids), key, start_ms=_ms(start),
+                                         end_ms=_ms(end), sample=sample)

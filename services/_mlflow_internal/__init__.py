@@ -15,7 +15,8 @@ Non-public store methods and tables that make the app fast on a SQL store:
   data), building the rows with MLflow's own span translation and aggregation.
 * ``store.query_trace_metrics(...)`` aggregates trace metrics inside the store.
 * ``aggregate_traces`` groups by a trace tag and time bucket in two SQL statements over the
-  store's tables, which ``query_trace_metrics`` cannot (tags are not dimensions there).
+  store's tables, which ``query_trace_metrics`` cannot (tags are not dimensions there);
+  ``trace_tag_values`` lists a tag's distinct values in one (the filters of the Monitoring page).
 
 Each has a public-API fallback, and ``tests/services/test_mlflow_internal.py`` checks that the
 fast path still exists and gives the same result as the fallback (for the direct load: the same
@@ -641,6 +642,49 @@ def aggregate_traces(
     if supports_sql_aggregation(client) and not force_fallback:
         return _aggregate_sql(tracking_store(client), *args)
     return _aggregate_metrics_api(client, *args)
+
+
+def trace_tag_values(
+    client: MlflowClient,
+    experiment_ids: Sequence[str],
+    key: str,
+    *,
+    start_ms: int,
+    end_ms: int,
+    sample: int = 1000,
+    force_fallback: bool = False,
+) -> list[str]:
+    """Distinct values of trace tag ``key`` among the traces of a window.
+
+    On a SQLite store, one ``SELECT DISTINCT`` over ``trace_tags`` (every trace of the window);
+    elsewhere the newest ``sample`` traces are searched without spans, so rare values may be missed.
+    """
+    if not experiment_ids:
+        return []
+    if supports_sql_aggregation(client) and not force_fallback:
+        import sqlalchemy as sa
+        from mlflow.store.tracking.dbmodels.models import SqlTraceInfo, SqlTraceTag
+
+        store = tracking_store(client)
+        ti, tags = SqlTraceInfo.__table__, SqlTraceTag.__table__
+        with store.ManagedSessionMaker() as session:  # the store's own experiment scoping (workspaces)
+            ids = [int(i) for i in store._filter_experiment_ids(session, [int(i) for i in experiment_ids])]
+        statement = (
+            sa.select(tags.c.value).distinct()
+            .select_from(tags.join(ti, tags.c.request_id == ti.c.request_id))
+            .where(ti.c.experiment_id.in_(ids), ti.c.timestamp_ms >= start_ms, ti.c.timestamp_ms < end_ms,
+                   tags.c.key == key)
+        )
+        with store.engine.connect() as connection:
+            values = {row[0] for row in connection.execute(statement)}
+    else:
+        page = client.search_traces(
+            locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
+                                                          f"trace.timestamp_ms < {end_ms}",
+            max_results=sample, include_spans=False, order_by=["timestamp_ms DESC"],
+        )
+        values = {t.info.tags.get(key) for t in page}
+    return sorted((v for v in values if v), key=lambda v: (len(v), v))
 
 
 # SQLite reads pages through a syscall each unless they are memory-mapped; mapping the file

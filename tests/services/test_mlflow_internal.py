@@ -323,3 +323,23 @@ def test_totals_without_the_model_mix_take_one_statement(spread_store):
     assert (light.store_queries, light.models, fallback.models) == (1, (), ())
     assert light.rows == full.rows
     assert [r.requests for r in fallback.rows] == [r.requests for r in light.rows]
+
+
+@pytest.mark.parametrize("hours", [(0, 6), (2, 3), (7, 8)], ids=["all", "one-hour", "empty"])
+def test_tag_values_in_sql_equal_the_search_fallback_and_the_facts(spread_store, hours):
+    client, experiment_id, origin_ms, facts = spread_store
+    start, end = origin_ms + hours[0] * 3_600_000, origin_ms + hours[1] * 3_600_000
+    expected = sorted({f["arm"] for f in facts if start <= f["start_ms"] < end})
+    fast = internal.trace_tag_values(client, [experiment_id], "agentops.arm", start_ms=start, end_ms=end)
+    slow = internal.trace_tag_values(client, [experiment_id], "agentops.arm", start_ms=start, end_ms=end,
+                                     force_fallback=True)
+    assert fast == slow == expected
+    assert internal.trace_tag_values(client, [experiment_id], "no.such.tag", start_ms=start, end_ms=end) == []
+    assert internal.trace_tag_values(client, [], "agentops.arm", start_ms=start, end_ms=end) == []
+
+
+def test_tag_values_take_one_statement_and_no_trace_search(spread_store, monkeypatch):
+    client, experiment_id, origin_ms, _ = spread_store
+    monkeypatch.setattr(MlflowClient, "search_traces", lambda *a, **k: pytest.fail("searched traces"))
+    assert internal.trace_tag_values(client, [experiment_id], "agentops.arm", start_ms=origin_ms,
+                                     end_ms=origin_ms + 6 * 3_600_000) == ["x", "y", "z"]

@@ -410,3 +410,25 @@ class ReviewAppApi:
                                                  access_control_list=acl).as_dict()
         self.permissions.setdefault(experiment_id, []).extend(body.get("access_control_list") or [])
         return self._experiment_permissions("GET", path, {})
+
+
+# --- what the tests of these APIs read back ------------------------------------------------------
+
+
+def app_settings(harness: DatabricksHarness, data_dir: Any) -> Any:
+    """The app's settings on the Databricks backend against ``harness`` (data folder for the local parts)."""
+    from services.settings import load_settings
+
+    return load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
+                          "AGENTOPS_DATA_DIR": str(data_dir)})
+
+
+def api_calls(harness: DatabricksHarness, *, with_query: bool = False) -> list[tuple[str, str]]:
+    """``(method, path)`` of every request the harness got (host-metadata probes aside)."""
+    return [(r.method, r.path if with_query else r.path.split("?")[0]) for r in harness.requests
+            if "/.well-known/" not in r.path]
+
+
+def api_tokens(harness: DatabricksHarness) -> set[str]:
+    """Authorization headers of all API calls (the unauthenticated host-metadata probe aside)."""
+    return {auth for _, path, auth in harness.api.callers if not path.startswith("/.well-known/")}

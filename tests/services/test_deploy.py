@@ -15,8 +15,7 @@ from databricks.sdk.service import serving as sdk
 from services import serving, traffic_audit
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
-from services.settings import load_settings
-from tests.harness.agents_api import AgentsApi, agent_mlmodel
+from tests.harness.agents_api import AgentsApi, agent_mlmodel, api_calls, api_tokens, app_settings
 from tests.harness.databricks import DatabricksHarness
 from tests.services.test_serving_split import _local_client_factory
 
@@ -45,21 +44,11 @@ def harness(monkeypatch, isolated_settings):
 
 @pytest.fixture
 def dbx(harness, isolated_settings):
-    return load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
-                          "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir)})
-
-
-def _calls(harness) -> list[tuple[str, str]]:
-    return [(r.method, r.path.split("?")[0]) for r in harness.requests if "/.well-known/" not in r.path]
+    return app_settings(harness, isolated_settings.data_dir)
 
 
 def _mutations(harness) -> list[tuple[str, str]]:
-    return [c for c in _calls(harness) if c[0] in MUTATING]
-
-
-def _tokens(harness) -> set[str]:
-    """Authorization headers of all API calls (the unauthenticated host-metadata probe aside)."""
-    return {auth for _, path, auth in harness.api.callers if not path.startswith("/.well-known/")}
+    return [c for c in api_calls(harness) if c[0] in MUTATING]
 
 
 def _body(harness, method: str, path: str):
@@ -87,7 +76,7 @@ def test_first_deploy_creates_the_agents_endpoint_with_the_documented_requests(h
     done = serving.deploy_version(MODEL, "3", user="ana@example.com", reason="first release", experiment_id="42",
                                   settings=dbx, progress=messages.append)
     uc_path = "/api/2.0/mlflow/unity-catalog"
-    assert _calls(harness) == [
+    assert api_calls(harness) == [
         # our validation: the version in Unity Catalog, the endpoint (404: it will be created)
         ("GET", f"/api/2.1/unity-catalog/models/{MODEL}/versions/3"),
         ("GET", f"/api/2.0/serving-endpoints/{ENDPOINT}"),
@@ -117,7 +106,7 @@ def test_first_deploy_creates_the_agents_endpoint_with_the_documented_requests(h
     assert (record["model_name"], str(record["model_version"]), record["endpoint_name"], record["served_entity_name"]) == (
         MODEL, "3", ENDPOINT, "main-demo-support_3")
     # Every call, ours and the child's, went out as the app (no user token was given).
-    assert _tokens(harness) == {f"Bearer {APP_TOKEN}"}
+    assert api_tokens(harness) == {f"Bearer {APP_TOKEN}"}
 
     assert done.endpoint.state is serving.EndpointState.READY
     assert {r.entity_name: r.percentage for r in done.endpoint.routes} == {"main-demo-support_3": 100}
@@ -142,7 +131,7 @@ def test_deploy_to_an_existing_endpoint_keeps_the_other_versions_at_zero(harness
         {"served_model_name": "main-demo-support_1", "traffic_percentage": 0},
         {"served_model_name": "main-demo-support_2", "traffic_percentage": 0},
     ]
-    assert ("POST", "/api/2.0/serving-endpoints") not in _calls(harness)  # updated, not created
+    assert ("POST", "/api/2.0/serving-endpoints") not in api_calls(harness)  # updated, not created
     assert done.endpoint.percentage_for("main-demo-support_3") == 100
     (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx)
     assert change.before == {"main.demo.support v1": 90, "main.demo.support v2": 10}
@@ -155,8 +144,8 @@ def test_deploy_as_the_signed_in_user_sends_only_their_token(harness, dbx, monke
     harness.users["ana-token"] = iam.User(user_name="ana@example.com", groups=[iam.ComplexValue(display="release-managers")])
     ana = Identity("ana@example.com", "Ana", IdentitySource.DATABRICKS_APPS, access_token="ana-token")
     serving.deploy_version(MODEL, 2, user=ana.user, reason="as ana", identity=ana, settings=dbx)
-    assert _tokens(harness) == {"Bearer ana-token"}, "the child must not fall back to the app's credentials"
-    assert ("POST", "/api/2.0/agents/deployments") in _calls(harness)
+    assert api_tokens(harness) == {"Bearer ana-token"}, "the child must not fall back to the app's credentials"
+    assert ("POST", "/api/2.0/agents/deployments") in api_calls(harness)
 
 
 @pytest.mark.parametrize(("model", "version", "reason", "error", "message"), [
@@ -173,7 +162,7 @@ def test_deploy_as_the_signed_in_user_sends_only_their_token(harness, dbx, monke
 def test_refused_input_sends_nothing(harness, dbx, model, version, reason, error, message):
     with pytest.raises(error, match=message):
         serving.deploy_version(model, version, user="ana", reason=reason, settings=dbx)
-    assert _calls(harness) == []
+    assert api_calls(harness) == []
     assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx) == []
 
 
@@ -195,7 +184,7 @@ def test_refused_against_the_workspace_sends_no_change(harness, dbx, setup, vers
     with pytest.raises(error, match=message):
         serving.deploy_version(MODEL, version, user="ana", reason="r", settings=dbx)
     assert _mutations(harness) == []
-    assert all(method == "GET" for method, _ in _calls(harness))
+    assert all(method == "GET" for method, _ in api_calls(harness))
     assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx) == []
 
 
@@ -205,7 +194,7 @@ def test_roles_and_missing_user_token_refuse_before_any_change(harness, dbx, mon
     bo = Identity("bo@example.com", "Bo", IdentitySource.DATABRICKS_APPS, access_token="bo-token")
     with pytest.raises(PermissionDeniedError, match="operator"):
         serving.deploy_version(MODEL, 3, user=bo.user, reason="r", identity=bo, settings=dbx)
-    assert _calls(harness) == [("GET", "/api/2.0/preview/scim/v2/Me")]
+    assert api_calls(harness) == [("GET", "/api/2.0/preview/scim/v2/Me")]
 
     monkeypatch.setenv("AGENTOPS_USER_AUTHORIZATION", "on")
     harness.requests.clear()
@@ -214,7 +203,7 @@ def test_roles_and_missing_user_token_refuse_before_any_change(harness, dbx, mon
         serving.deploy_version(MODEL, 3, user=no_token.user, reason="r", identity=no_token, settings=dbx)
     with pytest.raises(PermissionDeniedError, match="no user token"):
         serving.deploy_version(MODEL, 3, user="bo", reason="r", settings=dbx)  # no identity, no token
-    assert _calls(harness) == []
+    assert api_calls(harness) == []
 
 
 def test_a_model_without_an_agent_signature_is_refused_by_databricks_agents_before_any_change(harness, dbx):

@@ -13,8 +13,7 @@ from databricks.sdk.service import iam
 from services import review_queue as rq
 from services.errors import BackendUnavailableError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
-from services.settings import load_settings
-from tests.harness.agents_api import ReviewAppApi
+from tests.harness.agents_api import ReviewAppApi, api_calls, api_tokens, app_settings
 from tests.harness.databricks import DatabricksHarness
 from tests.services.test_feedback import make_traces
 from tests.services.test_serving_split import _local_client_factory
@@ -48,12 +47,7 @@ def harness(monkeypatch, store):
 
 @pytest.fixture
 def dbx(harness, isolated_settings):
-    return load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
-                          "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir)})
-
-
-def _calls(harness) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in harness.requests if "/.well-known/" not in r.path]
+    return app_settings(harness, isolated_settings.data_dir)
 
 
 def test_a_queue_becomes_a_labeling_session_over_the_same_traces_once(harness, dbx, store):
@@ -65,7 +59,7 @@ def test_a_queue_becomes_a_labeling_session_over_the_same_traces_once(harness, d
     (app_id,) = api.review_apps
     (session_id,) = api.sessions
     apps = "/api/2.0/managed-evals/review-apps"
-    assert _calls(harness) == [
+    assert api_calls(harness, with_query=True) == [
         ("GET", f"/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"),
         ("GET", f"/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"),
         ("GET", f"{apps}?filter=experiment_id%3D{experiment_id}"),
@@ -86,7 +80,7 @@ def test_a_queue_becomes_a_labeling_session_over_the_same_traces_once(harness, d
     assert api.linked == {api.sessions[session_id]["mlflow_run_id"]: ids}
     assert {(e["user_name"], e["permission_level"]) for e in api.permissions[experiment_id]} == {
         ("ana@example.com", "CAN_EDIT"), ("bo@example.com", "CAN_EDIT")}
-    assert _tokens(harness) == {f"Bearer {APP_TOKEN}"}
+    assert api_tokens(harness) == {f"Bearer {APP_TOKEN}"}
 
     assert session.url == f"{harness.url}/ml/review-v2/{app_id}/tasks/labeling/{session_id}"
     assert (session.labeling_session_id, session.experiment_id, session.traces) == (session_id, experiment_id, 3)
@@ -97,12 +91,7 @@ def test_a_queue_becomes_a_labeling_session_over_the_same_traces_once(harness, d
     # … and asking again links to it instead of making a second session: nothing is sent.
     harness.requests.clear()
     again = rq.databricks_labeling_session(queue, ids, ["ana@example.com"], dbx)
-    assert again == session and _calls(harness) == []
-
-
-def _tokens(harness) -> set[str]:
-    """Authorization headers of all API calls (the unauthenticated host-metadata probe aside)."""
-    return {auth for _, path, auth in harness.api.callers if not path.startswith("/.well-known/")}
+    assert again == session and api_calls(harness, with_query=True) == []
 
 
 @pytest.mark.parametrize(("ids", "reviewers", "error", "message"), [
@@ -115,7 +104,7 @@ def test_refused_sessions_send_nothing(harness, dbx, store, ids, reviewers, erro
     _, _, queue_ids, queue = store
     with pytest.raises(error, match=message):
         rq.databricks_labeling_session(queue, queue_ids if ids is None else ids, reviewers, dbx)
-    assert _calls(harness) == []
+    assert api_calls(harness, with_query=True) == []
     assert rq.get_queue(queue.queue_id, dbx).labeling_session is None
 
 
@@ -128,7 +117,7 @@ def test_traces_outside_the_queue_or_across_experiments_are_refused(harness, dbx
                             "owner@example.com", isolated_settings)
     with pytest.raises(ValidationError, match="one experiment"):
         rq.databricks_labeling_session(mixed, [ids[0], other_ids[0]], ["ana@example.com"], dbx)
-    assert _calls(harness) == []
+    assert api_calls(harness, with_query=True) == []
 
 
 def test_a_refusal_by_the_review_app_is_named_and_nothing_is_recorded(harness, dbx, store):
@@ -148,10 +137,10 @@ def test_made_as_the_signed_in_reviewer_with_their_token(harness, dbx, store, mo
     with pytest.raises(PermissionDeniedError, match="no user token"):
         rq.databricks_labeling_session(queue, ids, ["ana@example.com"], dbx,
                                        identity=Identity("ana@example.com", "Ana", IdentitySource.DATABRICKS_APPS))
-    assert _calls(harness) == []
+    assert api_calls(harness, with_query=True) == []
     session = rq.databricks_labeling_session(queue, ids, ["ana@example.com"], dbx, identity=ana)
     assert session.created_by == "ana@example.com"
-    assert _tokens(harness) == {"Bearer ana-token"}
+    assert api_tokens(harness) == {"Bearer ana-token"}
 
 
 def test_local_backend_has_no_labeling_sessions(isolated_settings, store):

@@ -23,7 +23,37 @@ def run_label(run: EvaluationSummary) -> str:
     """"support-agent v2 · support-agent-golden · 2026-11-23 01:20" for pickers."""
     who = f"{run.agent} v{run.version}" if run.agent and run.version else run.run_name
     when = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "?"
-    return f"{who} · {run.dataset or 'unknown dataset'} · {when} · {run.run_id[:6]}"
+    label = f"{who} · {run.dataset or 'unknown dataset'} · {when} · {run.run_id[:6]}"
+    return f"{label} · {run.state}" if run.state != "finished" else label
+
+
+RUN_STATES = {
+    "finished": "finished",
+    "interrupted": "interrupted",  # the backend (or the app) went away mid-run: not a result
+    "running": "running",
+    "failed": "failed",
+    "killed": "stopped",
+    "scheduled": "scheduled",
+}
+
+
+def runs_frame(runs: list[EvaluationSummary]) -> pd.DataFrame:
+    """Evaluation runs as listed on the Run tab: who, what, when, status and the request it served."""
+    return pd.DataFrame(
+        [
+            {
+                "Agent": run.agent or run.run_name,
+                "Version": f"v{run.version}" if run.version else "—",
+                "Dataset": run.dataset or "—",
+                "Started": run.started_at,
+                "Status": RUN_STATES.get(run.state, run.state),
+                "Request": (run.request_id or "—")[:8],
+                "Run": run.run_id,
+            }
+            for run in runs
+        ],
+        columns=["Agent", "Version", "Dataset", "Started", "Status", "Request", "Run"],
+    )
 
 
 def summary_frame(comparison: Comparison) -> pd.DataFrame:

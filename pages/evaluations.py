@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from components.caching import per_user_cache
@@ -148,15 +150,33 @@ with run_tab:
                 forbidden_terms=tuple(t.strip() for t in forbidden.split(",") if t.strip()),
             ),
         )
+        # One request id per request, kept until it succeeded: pressing Run again after a failure
+        # with the same choices retries that request, which then completes exactly once.
+        fingerprint = evaluations_service.request_fingerprint(request)
+        pending = st.session_state.get("eval_request")
+        if not pending or pending.get("fingerprint") != fingerprint:
+            pending = {"fingerprint": fingerprint, "request_id": evaluations_service.new_request_id()}
+            st.session_state["eval_request"] = pending
+        request = replace(request, request_id=pending["request_id"])
         try:
             job_id = eval_jobs.start_job(request, settings, current_identity(settings))
-            st.session_state.setdefault("eval_jobs", []).insert(0, job_id)
+            started = st.session_state.setdefault("eval_jobs", [])
+            if job_id not in started:  # the same request still going returns its job
+                started.insert(0, job_id)
         except AgentOpsError as exc:
             show_error(exc, what="The evaluation did not start")
 
     job_ids = list(st.session_state.get("eval_jobs", []))
     jobs = [job for job in (eval_jobs.get_job(j) for j in job_ids) if job is not None]
     active = any(not job.finished for job in jobs)
+
+    def _forget_settled(shown: list[eval_jobs.EvalJob]) -> None:
+        """Keep the request id only while its last job was interrupted (a retry must reuse it)."""
+        pending = st.session_state.get("eval_request")
+        if pending and any(j.finished and not j.interrupted and j.request_id == pending["request_id"] for j in shown):
+            del st.session_state["eval_request"]  # succeeded, or refused for good: the next click is a new request
+
+    _forget_settled(jobs)
 
     @st.fragment(run_every=2 if active else None)
     def _progress() -> None:
@@ -165,10 +185,15 @@ with run_tab:
             if job.status is eval_jobs.JobStatus.SUCCEEDED:
                 st.success(f"**{plain(job.label)}** finished: run {code(job.run_id)}. Compare it in the Compare tab.",
                            icon=":material/check_circle:")
+            elif job.status is eval_jobs.JobStatus.FAILED and job.interrupted:
+                st.error(f"**{plain(job.label)}** was interrupted: {plain(job.error)} Press **Run evaluation** "
+                         f"again with the same choices to retry request {code(job.request_id)}: it is not run twice.",
+                         icon=":material/cloud_off:")
             elif job.status is eval_jobs.JobStatus.FAILED:
                 st.error(f"**{plain(job.label)}** failed: {plain(job.error)}", icon=":material/error:")
             else:
                 st.progress(job.fraction, text=f"{plain(job.label)}: {plain(job.message)}")
+        _forget_settled(shown)
         if active and all(job.finished for job in shown):
             _clear_caches()
             st.rerun()
@@ -179,6 +204,24 @@ with run_tab:
     else:
         st.caption("Runs execute in the background: keep using the app while they run.")
 
+    try:
+        recent = _runs(settings, experiment_ids)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot list evaluation runs")
+        recent = []
+    if recent:
+        st.subheader("Evaluation runs")
+        retried = {r.request_id for r in recent if r.request_id and r.state == "finished"}
+        interrupted = [r for r in recent if r.interrupted and r.request_id not in retried]
+        if interrupted:
+            st.warning(
+                f"**{len(interrupted)} run(s) were interrupted and not completed since** (the MLflow backend or the "
+                "app went away mid-run). Their partial results are not used in comparisons or gates. Run the same "
+                "evaluation again to retry.",
+                icon=":material/cloud_off:",
+            )
+        st.dataframe(view.runs_frame(recent[:20]), hide_index=True, use_container_width=True)
+
 # --- Compare -----------------------------------------------------------------------------------
 with compare_tab:
     try:
@@ -186,6 +229,11 @@ with compare_tab:
     except AgentOpsError as exc:
         show_error(exc, what="Cannot list evaluation runs")
         runs = []
+    # An interrupted run's figures are partial: never compared, nor shown next to its retry.
+    left_out = [r for r in runs if r.interrupted]
+    runs = [r for r in runs if not r.interrupted]
+    if left_out:
+        st.caption(f":material/cloud_off: {len(left_out)} interrupted run(s) left out: their results are incomplete.")
     if len(runs) < 2:
         st.info("**Comparing needs two or more evaluation runs.** Start one in the Run tab.", icon=":material/fact_check:")
     else:

@@ -3,6 +3,10 @@
 Jobs live in this process (a Streamlit server keeps its modules loaded between reruns), so a
 page can start a run, return at once and poll ``get_job``. Runs execute one at a time (see
 ``services.evaluations``); a job waiting for another shows ``QUEUED``.
+
+Each job carries its request's id. Starting a request whose job is still going returns that job,
+and a run left behind by a failed job is marked interrupted by the retry with the same id
+(``services.evaluations.run_evaluation``), so pressing Run again after a failure is safe.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from services import evaluations
 from services._clients import configure_mlflow
-from services.errors import AgentOpsError
+from services.errors import AgentOpsError, BackendUnavailableError
 from services.settings import Settings
 
 
@@ -30,7 +34,11 @@ class JobStatus(StrEnum):
 
 @dataclass(frozen=True)
 class EvalJob:
-    """Progress of one background evaluation; ``run_id`` is set once it succeeded."""
+    """Progress of one background evaluation; ``run_id`` is set once it succeeded.
+
+    ``interrupted`` is True when it failed because the MLflow backend stopped answering: a retry
+    with the same ``request_id`` completes the request exactly once.
+    """
 
     job_id: str
     label: str
@@ -42,6 +50,8 @@ class EvalJob:
     finished_at: datetime | None = None
     run_id: str | None = None
     error: str | None = None
+    request_id: str | None = None
+    interrupted: bool = False
 
     @property
     def fraction(self) -> float:
@@ -64,19 +74,25 @@ def _update(job_id: str, **changes: object) -> None:
 def start_job(request: evaluations.EvaluationRequest, settings: Settings, identity: Any = None) -> str:
     """Validate the request, then evaluate it in a background thread; returns the job id.
 
-    With ``identity`` (the page passes it), running an evaluation needs the operator role.
+    With ``identity`` (the page passes it), running an evaluation needs the operator role. A
+    request without an id gets one; a request whose earlier job is still going returns that job.
     """
     evaluations._check_request(request)
     if identity is not None:
         from services import roles
 
         roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
-    job_id = uuid.uuid4().hex[:12]
+    if request.request_id is None:
+        request = replace(request, request_id=evaluations.new_request_id())
     rows = len(request.rows) if request.rows is not None else 0
     label = f"{request.agent} {request.version} on {request.dataset_name or request.dataset_label or 'upload'}"
     with _lock:
+        going = next((j for j in _jobs.values() if j.request_id == request.request_id and not j.finished), None)
+        if going is not None:
+            return going.job_id
+        job_id = uuid.uuid4().hex[:12]
         _jobs[job_id] = EvalJob(job_id, label, JobStatus.QUEUED, 0, rows, "Waiting to start",
-                                datetime.now(tz=timezone.utc))
+                                datetime.now(tz=timezone.utc), request_id=request.request_id)
 
     def progress(done: int, total: int, message: str) -> None:
         _update(job_id, status=JobStatus.RUNNING, done=done, total=total, message=message)
@@ -86,8 +102,9 @@ def start_job(request: evaluations.EvaluationRequest, settings: Settings, identi
             configure_mlflow(settings)
             run_id = evaluations.run_evaluation(request, settings, progress=progress)
         except AgentOpsError as exc:
-            _update(job_id, status=JobStatus.FAILED, error=str(exc), message="Failed",
-                    finished_at=datetime.now(tz=timezone.utc))
+            interrupted = isinstance(exc, BackendUnavailableError)
+            _update(job_id, status=JobStatus.FAILED, error=str(exc), interrupted=interrupted,
+                    message="Interrupted" if interrupted else "Failed", finished_at=datetime.now(tz=timezone.utc))
         except Exception as exc:  # noqa: BLE001 - a background failure must be reported, not lost
             _update(job_id, status=JobStatus.FAILED, error=f"Unexpected {type(exc).__name__}: {exc}",
                     message="Failed", finished_at=datetime.now(tz=timezone.utc))

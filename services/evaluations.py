@@ -1,10 +1,17 @@
-"""Evaluation runs made with ``mlflow.genai.evaluate``."""
+"""Evaluation runs made with ``mlflow.genai.evaluate``.
+
+Every run carries a request id (tag ``agentops.request_id``, one per click on Run). A run the
+backend interrupted is never reported as a result: it is marked ``FAILED`` with the tag
+``agentops.interrupted`` (by the failing call when it can, else by the next read or retry), and a
+retry with the same request id returns the request's finished run or evaluates again, so one
+request ends with exactly one ``FINISHED`` run.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
 
 from services._clients import mlflow_client, translate_errors
 from services.settings import Settings
@@ -13,11 +20,23 @@ EVAL_RUN_FILTER = "tags.`mlflow.runType` = 'genai_evaluate'"
 AGENT_TAG = "agentops.agent"
 VERSION_TAG = "agentops.version"
 DATASET_TAG = "agentops.dataset"
+REQUEST_TAG = "agentops.request_id"
+# Why a run stopped without finishing; set together with status FAILED.
+INTERRUPTED_TAG = "agentops.interrupted"
+# Which process runs the evaluation: {"host", "pid", "process", "attempt"} as JSON.
+OWNER_TAG = "agentops.owner"
+# A RUNNING run whose owner cannot be checked (another host, or no owner tag) counts as
+# interrupted only after this long: a slow evaluation elsewhere must not be failed under it.
+STALE_AFTER = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
 class EvaluationSummary:
-    """One evaluation run; ``metrics`` holds the ``<scorer>/mean`` values."""
+    """One evaluation run; ``metrics`` holds the ``<scorer>/mean`` values.
+
+    ``interrupted`` is the reason when the run stopped without finishing (backend or app went
+    away mid-run); such a run has status ``FAILED`` and its partial figures are not a result.
+    """
 
     run_id: str
     run_name: str
@@ -28,12 +47,43 @@ class EvaluationSummary:
     started_at: datetime | None
     status: str
     metrics: dict[str, float]
+    request_id: str | None = None
+    interrupted: str | None = None
+
+    @property
+    def state(self) -> str:
+        """"interrupted", "finished", "failed", "running" or "killed", for display."""
+        return "interrupted" if self.interrupted else self.status.lower()
+
+
+def _summary(run: Any, *, status: str | None = None, interrupted: str | None = None) -> EvaluationSummary:
+    tags = run.data.tags
+    return EvaluationSummary(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        agent=tags.get(AGENT_TAG),
+        version=tags.get(VERSION_TAG),
+        dataset=tags.get(DATASET_TAG),
+        started_at=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
+        if run.info.start_time
+        else None,
+        status=status or run.info.status,
+        metrics={k: v for k, v in run.data.metrics.items() if k.endswith("/mean")},
+        request_id=tags.get(REQUEST_TAG),
+        # A run whose FINISHED reached the store before the failure is complete (see evaluate_rows).
+        interrupted=interrupted or (tags.get(INTERRUPTED_TAG) if (status or run.info.status) != "FINISHED" else None),
+    )
 
 
 def latest_evaluations(
     experiment_ids: Sequence[str], *, limit: int = 10, settings: Settings | None = None
 ) -> list[EvaluationSummary]:
-    """The most recent evaluation runs across the given experiments, newest first."""
+    """The most recent evaluation runs across the given experiments, newest first.
+
+    A run left ``RUNNING`` by an interruption (see ``is_abandoned``) is marked ``FAILED`` and
+    interrupted on the way; when that write is refused it is still reported as interrupted.
+    """
     if not experiment_ids:
         return []
     client = mlflow_client(settings)
@@ -44,52 +94,68 @@ def latest_evaluations(
             max_results=limit,
             order_by=["attributes.start_time DESC"],
         )
-    return [
-        EvaluationSummary(
-            run_id=run.info.run_id,
-            run_name=run.info.run_name or run.info.run_id,
-            experiment_id=run.info.experiment_id,
-            agent=run.data.tags.get(AGENT_TAG),
-            version=run.data.tags.get(VERSION_TAG),
-            dataset=run.data.tags.get(DATASET_TAG),
-            started_at=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
-            if run.info.start_time
-            else None,
-            status=run.info.status,
-            metrics={k: v for k, v in run.data.metrics.items() if k.endswith("/mean")},
-        )
-        for run in runs
-    ]
+    summaries = []
+    for run in runs:
+        if is_abandoned(run):
+            reason = run.data.tags.get(INTERRUPTED_TAG) or ABANDONED_REASON
+            mark_interrupted(client, run.info.run_id, reason)  # best effort: a read must not fail on it
+            summaries.append(_summary(run, status="FAILED", interrupted=reason))
+        else:
+            summaries.append(_summary(run))
+    return summaries
 
 
 # --- Running evaluations ----------------------------------------------------------------------
 
 import contextlib
+import hashlib
 import io
 import json
+import os
+import re
+import socket
 import threading
+import uuid
 from enum import StrEnum
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 
 from services import statistics
-from services._clients import configure_mlflow, get_or_create_experiment
-from services.errors import NotFoundError, ValidationError
+from services._clients import classify_error, configure_mlflow, get_or_create_experiment
+from services.errors import AgentOpsError, BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 
 # Registered-model tag naming the experiment of an agent (kept in sync with services.registry).
 _EXPERIMENT_TAG = "agentops.experiment_id"
 ROWS_TAG = "agentops.rows"
 SCORERS_TAG = "agentops.scorers"
+ABANDONED_REASON = "interrupted: the run stopped without finishing (the MLflow backend or the app went away mid-run)"
+BACKEND_REASON = "interrupted: the MLflow backend stopped answering mid-run"
+INCOMPLETE_REASON = "interrupted: results were lost while the MLflow backend was failing"
 
 Progress = Callable[[int, int, str], None]
 # evaluate() changes process-wide state (active model, stdout); one evaluation at a time.
 _EVALUATE_LOCK = threading.Lock()
+_REQUEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# This process, as written in OWNER_TAG; attempts are added before their run exists and removed
+# once it ended, so a RUNNING run of this process that is not live here was interrupted.
+_PROCESS = uuid.uuid4().hex
+_live_attempts: set[str] = set()
+_live_guard = threading.Lock()
+
+
+def new_request_id() -> str:
+    """A fresh request id: one per click on Run, kept until that request succeeded."""
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
 class EvaluationRequest:
-    """What to evaluate: a version number or alias of ``agent`` on a named dataset or given rows."""
+    """What to evaluate: a version number or alias of ``agent`` on a named dataset or given rows.
+
+    ``request_id`` makes the request idempotent: a retry with the same id after a failure
+    evaluates at most once more, and returns the finished run once there is one.
+    """
 
     agent: str
     version: str
@@ -98,6 +164,17 @@ class EvaluationRequest:
     rows: tuple[dict[str, Any], ...] | None = None
     dataset_label: str | None = None
     options: Any = None  # services.scorers.ScorerOptions
+    request_id: str | None = None
+
+
+def request_fingerprint(request: EvaluationRequest) -> str:
+    """A digest of what a request evaluates (not its id): equal for the same choices on the page."""
+    payload = {
+        "agent": request.agent, "version": request.version, "scorers": list(request.scorers),
+        "dataset": request.dataset_name, "label": request.dataset_label, "rows": request.rows,
+        "options": repr(request.options),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -117,6 +194,8 @@ def _check_request(request: EvaluationRequest) -> None:
         raise ValidationError("Pick exactly one dataset: an MLflow evaluation dataset or an uploaded file.")
     if not request.scorers:
         raise ValidationError("Pick at least one scorer.")
+    if request.request_id is not None and not _REQUEST_RE.match(request.request_id):
+        raise ValidationError("A request id is 1-128 letters, digits, '_' or '-' (one per click on Run, e.g. a uuid).")
 
 
 def resolve_version(agent: str, ref: str, settings: Settings | None = None) -> ResolvedVersion:
@@ -154,8 +233,6 @@ def skip_first_row_check() -> Any:
     When that single row raises, evaluate aborts the whole run; our predict function is
     already traced, so the check adds nothing and a failing row must be recorded, not fatal.
     """
-    import os
-
     key = "MLFLOW_GENAI_EVAL_SKIP_TRACE_VALIDATION"
     previous = os.environ.get(key)
     os.environ[key] = "true"
@@ -168,6 +245,126 @@ def skip_first_row_check() -> Any:
             os.environ[key] = previous
 
 
+# --- Interrupted runs ---------------------------------------------------------------------------
+
+def _owner(run: Any) -> dict[str, Any]:
+    try:
+        owner = json.loads(run.data.tags.get(OWNER_TAG) or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # someone else's process, or nothing we can check: assume alive
+    return True
+
+
+def is_abandoned(run: Any, *, now: datetime | None = None) -> bool:
+    """Whether a ``RUNNING`` evaluation run can no longer finish, so it was interrupted.
+
+    Sure when this process started it and it is not live here, or when it was started on this
+    host by a process that has exited. A run started elsewhere (another host, or by a tool that
+    writes no owner tag) is only taken as interrupted after ``STALE_AFTER``.
+    """
+    if run.info.status != "RUNNING":
+        return False
+    owner = _owner(run)
+    if owner.get("process") == _PROCESS:
+        with _live_guard:
+            return owner.get("attempt") not in _live_attempts
+    if owner.get("host") == socket.gethostname() and owner.get("pid") is not None:
+        # Our own pid under another process token: the owner exited and this process (say, the
+        # app restarted as pid 1 of its container) took its pid.
+        if str(owner["pid"]) == str(os.getpid()) or not _pid_alive(owner["pid"]):
+            return True
+    now = now or datetime.now(tz=timezone.utc)
+    started = run.info.start_time or 0
+    return now - datetime.fromtimestamp(started / 1000, tz=timezone.utc) > STALE_AFTER
+
+
+def mark_interrupted(client: Any, run_id: str, reason: str) -> bool:
+    """Tag a run as interrupted and end it ``FAILED``; False when the backend refused or is down."""
+    try:
+        with translate_errors(f"evaluation run {run_id}"):
+            client.set_tag(run_id, INTERRUPTED_TAG, reason)
+            client.set_terminated(run_id, "FAILED")
+    except AgentOpsError:
+        return False
+    return True
+
+
+def _settle_request(client: Any, experiment_id: str, request_id: str, tags: dict[str, str]) -> str | None:
+    """The finished run of ``request_id``, if any; its interrupted runs are marked on the way.
+
+    Raises ``ConflictError`` while an attempt of the request is still live, and
+    ``ValidationError`` when the id was used for another agent, version or dataset.
+    """
+    escaped = request_id.replace("'", "\\'")
+    with translate_errors(f"evaluation runs of request {request_id}"):
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"{EVAL_RUN_FILTER} AND tags.`{REQUEST_TAG}` = '{escaped}'",
+            max_results=100, order_by=["attributes.start_time ASC"],
+        )
+    for run in runs:
+        earlier = {k: run.data.tags.get(k) for k in (AGENT_TAG, VERSION_TAG, DATASET_TAG)}
+        wanted = {k: tags.get(k) for k in (AGENT_TAG, VERSION_TAG, DATASET_TAG)}
+        if earlier != wanted:
+            raise ValidationError(
+                f"Request {request_id} evaluated {earlier[AGENT_TAG]} v{earlier[VERSION_TAG]} on "
+                f"{earlier[DATASET_TAG]}, not {wanted[AGENT_TAG]} v{wanted[VERSION_TAG]} on {wanted[DATASET_TAG]}; "
+                "start a new request for this one."
+            )
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    if finished:
+        return finished[0].info.run_id
+    for run in runs:
+        if run.info.status != "RUNNING":
+            continue
+        if not is_abandoned(run):
+            raise ConflictError(
+                f"Request {request_id} is still being evaluated (run {run.info.run_id}); wait for it to finish."
+            )
+        if not mark_interrupted(client, run.info.run_id, run.data.tags.get(INTERRUPTED_TAG) or ABANDONED_REASON):
+            raise BackendUnavailableError(
+                f"Could not mark the interrupted run {run.info.run_id} of request {request_id} as failed. "
+                "Nothing was evaluated again; retry once the MLflow backend answers."
+            )
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error, shortened: a hint for the user, never a traceback."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _missing_results(experiment_id: str, run_id: str, total: int, scorer_names: set[str]) -> str | None:
+    """What the store lacks for a complete run (a trace per row, an assessment per scorer), if anything.
+
+    evaluate() logs a failed assessment or trace export as a warning and carries on, so a run
+    the backend failed under can look finished with rows or scores missing.
+    """
+    import mlflow
+
+    traces = mlflow.search_traces(locations=[experiment_id], run_id=run_id, include_spans=False, return_type="list")
+    if len(traces) < total:
+        return f"{len(traces)} of {total} rows stored"
+
+    def scored(trace: Any) -> bool:
+        names = {a.name for a in trace.info.assessments or []}
+        # A scorer's feedback carries its name, or "<name>/<part>" when it returns several.
+        return all(any(n == want or n.startswith(want + "/") for n in names) for want in scorer_names)
+
+    unscored = sum(1 for t in traces if not scored(t))
+    return f"{unscored} of {total} rows without all their scores" if unscored else None
+
+
 def evaluate_rows(
     rows: list[dict[str, Any]],
     predict_fn: Callable[..., Any],
@@ -178,10 +375,16 @@ def evaluate_rows(
     tags: dict[str, str],
     model_id: str | None = None,
     progress: Progress | None = None,
+    request_id: str | None = None,
+    settings: Settings | None = None,
 ) -> str:
     """Run ``mlflow.genai.evaluate`` on rows in a new run; returns the run id.
 
     A row whose prediction raises is stored as a failed trace (state ERROR), not dropped.
+    With ``request_id``, the request's finished run is returned when there is one (nothing runs
+    again) and its interrupted runs are marked failed first. When the backend fails mid-run,
+    ``BackendUnavailableError`` says so and the run is left (or marked) interrupted, never finished.
+    Without ``settings`` the run goes where MLflow's tracking URI points now.
     """
     import mlflow
 
@@ -201,27 +404,109 @@ def evaluate_rows(
             if progress:
                 progress(min(current, total), total, f"Predicted {min(current, total)} of {total} rows")
 
+    request_id = request_id or new_request_id()
+    retry_hint = (f"Retrying is safe: run the same evaluation again (request {request_id}) once the backend "
+                  "is back; it completes exactly once.")
     with _EVALUATE_LOCK:
         if progress:
             progress(0, total, "Starting the evaluation run")
-        all_tags = {**tags, ROWS_TAG: str(total)}
-        with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=all_tags) as run:
-            # evaluate prints banners and a tqdm bar; progress is reported through the callback.
-            with (
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-                skip_first_row_check(),
-            ):
-                mlflow.genai.evaluate(data=rows, scorers=scorers, predict_fn=counted, model_id=model_id)
-        # evaluate leaves the evaluated model active, which would link later traces to it.
-        mlflow.clear_active_model()
+        try:
+            client = _run_client(settings)
+            earlier = _settle_request(client, experiment_id, request_id, tags)
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"The MLflow backend is not answering, so evaluation request {request_id} did not start and "
+                f"nothing was stored. {retry_hint} ({_short(exc)})"
+            ) from exc
+        if earlier is not None:
+            if progress:
+                progress(total, total, "Already evaluated by this request; not run again")
+            return earlier
+        attempt = uuid.uuid4().hex
+        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "process": _PROCESS, "attempt": attempt})
+        # evaluate() tags the run genai_evaluate itself, but late: an interrupted run must be listed too.
+        all_tags = {**tags, "mlflow.runType": "genai_evaluate", ROWS_TAG: str(total), REQUEST_TAG: request_id,
+                    OWNER_TAG: owner}
+        with _live_guard:
+            _live_attempts.add(attempt)
+        try:
+            try:
+                run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=all_tags)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                error = classify_error(exc, "the evaluation run")
+                if isinstance(error, BackendUnavailableError):
+                    raise BackendUnavailableError(
+                        f"The MLflow backend stopped answering before the evaluation run {run_name!r} was created "
+                        f"(request {request_id}). Nothing was stored. {retry_hint} ({_short(exc)})"
+                    ) from exc
+                raise error from exc
+            run_id = run.info.run_id
+            interrupted: str | None = None
+            cause: BaseException | None = None
+            try:
+                # evaluate prints banners and a tqdm bar; progress is reported through the callback.
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),
+                    contextlib.redirect_stderr(io.StringIO()),
+                    skip_first_row_check(),
+                ):
+                    mlflow.genai.evaluate(data=rows, scorers=scorers, predict_fn=counted, model_id=model_id)
+                missing = _missing_results(experiment_id, run_id, total, {s.name for s in scorers})
+                if missing:
+                    interrupted = f"{INCOMPLETE_REASON} ({missing})"
+            except Exception as exc:  # noqa: BLE001 - an interruption is reported below; anything else re-raised
+                if not isinstance(classify_error(exc, "the evaluation run"), BackendUnavailableError):
+                    _leave_run(mlflow, run_id)
+                    raise
+                interrupted, cause = BACKEND_REASON, exc
+            if interrupted is None:
+                try:
+                    mlflow.end_run("FINISHED")
+                except Exception as exc:  # noqa: BLE001 - unknown whether FINISHED was stored; a retry finds out
+                    interrupted, cause = BACKEND_REASON, exc
+            if interrupted is not None:
+                # Best effort: when the backend is still down, the next read or retry marks it.
+                mark_interrupted(client, run_id, interrupted)
+                _leave_run(mlflow, run_id)
+                detail = _short(cause) if cause is not None else interrupted.removeprefix("interrupted: ")
+                raise BackendUnavailableError(
+                    f"The evaluation run {run_name!r} was interrupted: the MLflow backend failed mid-run "
+                    f"(request {request_id}, run {run_id}). Its partial results are marked interrupted and are not "
+                    f"used as a result. {retry_hint} ({detail})"
+                ) from cause
+        finally:
+            with _live_guard:
+                _live_attempts.discard(attempt)
+            # evaluate leaves the evaluated model active, which would link later traces to it.
+            mlflow.clear_active_model()
     if progress:
         progress(total, total, "Scored and stored")
-    return run.info.run_id
+    return run_id
+
+
+def _run_client(settings: Settings | None) -> Any:
+    """The client for the store ``mlflow.start_run`` and ``evaluate`` write to."""
+    if settings is not None:
+        return mlflow_client(settings)
+    from mlflow import MlflowClient
+
+    return MlflowClient()  # the current tracking URI, as the fluent calls use; no reconfiguration
+
+
+def _leave_run(mlflow: Any, run_id: str) -> None:
+    """End the active run as FAILED if it is still this one (unless ended already); never raises."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        with contextlib.suppress(Exception):  # the backend may be down: the stack is cleared first
+            mlflow.end_run("FAILED")
 
 
 def run_evaluation(request: EvaluationRequest, settings: Settings | None = None, progress: Progress | None = None) -> str:
-    """Evaluate a registered version (number or alias) on a dataset with the chosen scorers."""
+    """Evaluate a registered version (number or alias) on a dataset with the chosen scorers.
+
+    With ``request.request_id`` a retry after a failure completes the request exactly once: the
+    request's finished run is returned without evaluating again.
+    """
     from services import datasets, scorers
     from services.settings import Backend
 
@@ -231,16 +516,30 @@ def run_evaluation(request: EvaluationRequest, settings: Settings | None = None,
     built = scorers.build_scorers(
         list(request.scorers), request.options, databricks=settings.backend is Backend.DATABRICKS
     )
-    resolved = resolve_version(request.agent, request.version, settings)
-    if rows is None:
-        rows = datasets.validate_rows(datasets.load_dataset_rows(request.dataset_name or "", settings))
+    request_id = request.request_id or new_request_id()
+    try:
+        resolved = resolve_version(request.agent, request.version, settings)
+        if rows is None:
+            rows = datasets.validate_rows(datasets.load_dataset_rows(request.dataset_name or "", settings))
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f"The MLflow backend is not answering, so evaluation request {request_id} did not start and nothing "
+            f"was stored. Retrying is safe: run the same evaluation again once the backend is back. ({_short(exc)})"
+        ) from exc
     dataset_label = request.dataset_name or request.dataset_label or "upload"
     import mlflow
 
     if progress:
         progress(0, len(rows), f"Loading {request.agent} v{resolved.version}")
-    with translate_errors(f"models:/{request.agent}/{resolved.version}"):
-        loaded = mlflow.pyfunc.load_model(f"models:/{request.agent}/{resolved.version}")
+    try:
+        with translate_errors(f"models:/{request.agent}/{resolved.version}"):
+            loaded = mlflow.pyfunc.load_model(f"models:/{request.agent}/{resolved.version}")
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f"The MLflow backend stopped answering while loading {request.agent} v{resolved.version}, so evaluation "
+            f"request {request_id} did not start and nothing was stored. Retrying is safe: run the same evaluation "
+            f"again once the backend is back. ({_short(exc)})"
+        ) from exc
 
     def predict_fn(question: str, **_: Any) -> str:
         return scorers.answer_text(loaded.predict({"input": [{"role": "user", "content": question}]}))
@@ -260,6 +559,8 @@ def run_evaluation(request: EvaluationRequest, settings: Settings | None = None,
             },
             model_id=resolved.model_id,
             progress=progress,
+            request_id=request_id,
+            settings=settings,
         )
 
 

@@ -35,6 +35,11 @@ def _eval_runs(settings) -> list:
     return client.search_runs(ids, filter_string=EVAL_FILTER, max_results=1000, order_by=["attributes.start_time ASC"])
 
 
+def _table(app: AppTest, column: str):
+    """The page's dataframe that has ``column`` (the Run tab lists evaluation runs in a table too)."""
+    return next(d.value for d in app.dataframe if column in d.value.columns)
+
+
 def _datasets(settings) -> int:
     from mlflow.genai.datasets import search_datasets
 
@@ -94,11 +99,11 @@ def test_compare_tab_shows_verdicts_summary_and_rows(seeded_settings):
     assert not app.exception
     verdicts = " ".join(s.value for s in app.success)
     assert "B: orders-agent v2 is better on expected_facts" in verdicts and "n = 48 shared rows" in verdicts
-    summary = app.dataframe[0].value
+    summary = _table(app, "Metric")
     assert set(summary["Metric"]) == {"expected_facts", "required_tools"}
-    assert len(app.dataframe[1].value) == 48
+    assert len(_table(app, "change")) == 48
     app.radio(key="compare_filter").set_value("Improvements").run()
-    rows = app.dataframe[1].value
+    rows = _table(app, "change")
     assert 0 < len(rows) < 48 and set(rows["change"]) == {"improvement"}
 
 

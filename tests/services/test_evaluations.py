@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from services import eval_jobs, evaluations, scorers
-from services.errors import NotFoundError, ValidationError
+from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from services.evaluations import EvaluationRequest, RowChange
 from services.statistics import Direction
 
@@ -223,3 +223,184 @@ def test_background_job_acts_for_the_user_who_started_it(seeded_settings, monkey
     job = eval_jobs.wait(job_id, timeout=60)
     assert job.status is eval_jobs.JobStatus.SUCCEEDED, job.error
     assert seen == [olivia]
+
+
+# --- Request ids and interrupted runs -----------------------------------------------------------
+
+TOY_ROWS = [{"inputs": {"question": f"q{i}"}, "expectations": {"expected_facts": [f"answer q{i}"]}} for i in range(3)]
+TOY_TAGS = {"agentops.agent": "toy", "agentops.version": "1", "agentops.dataset": "toy-set"}
+
+
+def _toy_experiment(settings, name: str = "toy") -> str:
+    from services._clients import get_or_create_experiment, mlflow_client
+
+    return get_or_create_experiment(mlflow_client(settings), name, settings)
+
+
+def _toy_run(experiment_id: str, request_id: str, predict_fn=lambda question: f"answer {question}", **kwargs) -> str:
+    return evaluations.evaluate_rows(
+        TOY_ROWS, predict_fn, scorers.build_scorers(["expected_facts"]), experiment_id=experiment_id,
+        run_name="toy", tags=kwargs.pop("tags", TOY_TAGS), request_id=request_id, **kwargs,
+    )
+
+
+def _request_runs(settings, experiment_id: str, request_id: str) -> list:
+    return MlflowClient(tracking_uri=settings.tracking_uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{evaluations.REQUEST_TAG}` = '{request_id}'")
+
+
+def _down(self, *args, **kwargs):
+    raise ConnectionError("Connection refused")
+
+
+@pytest.mark.parametrize("request_id", ["", "has space", "a/b", "x" * 129, "quote'"])
+def test_bad_request_ids_are_refused_before_any_io(request_id):
+    with pytest.raises(ValidationError, match="request id"):
+        evaluations._check_request(EvaluationRequest(SUPPORT, "1", ("expected_facts",), dataset_name=GOLDEN,
+                                                     request_id=request_id))
+
+
+def test_fingerprint_follows_the_choices_not_the_id():
+    base = EvaluationRequest(SUPPORT, "2", ("expected_facts",), dataset_name=GOLDEN)
+    fingerprint = evaluations.request_fingerprint
+    assert fingerprint(base) == fingerprint(EvaluationRequest(SUPPORT, "2", ("expected_facts",), dataset_name=GOLDEN,
+                                                              request_id="r1"))
+    assert fingerprint(base) != fingerprint(EvaluationRequest(SUPPORT, "3", ("expected_facts",), dataset_name=GOLDEN))
+    assert fingerprint(base) != fingerprint(EvaluationRequest(SUPPORT, "2", ("expected_facts",), rows=tuple(TOY_ROWS)))
+
+
+def test_a_retry_of_a_finished_request_returns_its_run(isolated_settings):
+    experiment_id = _toy_experiment(isolated_settings)
+    first = _toy_run(experiment_id, "req-done")
+    calls = []
+    again = _toy_run(experiment_id, "req-done", predict_fn=lambda question: calls.append(question) or "x")
+    assert again == first and calls == []
+    (run,) = _request_runs(isolated_settings, experiment_id, "req-done")
+    assert run.info.status == "FINISHED" and run.data.tags[evaluations.REQUEST_TAG] == "req-done"
+    with pytest.raises(ValidationError, match="start a new request"):
+        _toy_run(experiment_id, "req-done", tags={**TOY_TAGS, "agentops.version": "2"})
+
+
+def test_a_backend_failure_mid_run_marks_it_interrupted_and_the_retry_completes_once(isolated_settings, monkeypatch):
+    experiment_id = _toy_experiment(isolated_settings)
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "log_batch", _down)  # evaluate's metrics never reach the store
+        with pytest.raises(BackendUnavailableError) as failed:
+            _toy_run(experiment_id, "req-mid")
+    message = str(failed.value)
+    assert "was interrupted" in message and "req-mid" in message and "Retrying is safe" in message
+    assert "Traceback" not in message and "\n" not in message
+    assert mlflow.active_run() is None
+    (run,) = _request_runs(isolated_settings, experiment_id, "req-mid")
+    assert run.info.run_id in message
+    # The store answered the clean-up, so the run is already failed and labelled.
+    assert run.info.status == "FAILED" and run.data.tags[evaluations.INTERRUPTED_TAG].startswith("interrupted")
+    (summary,) = evaluations.latest_evaluations([experiment_id], settings=isolated_settings)
+    assert (summary.state, summary.request_id) == ("interrupted", "req-mid")
+
+    run_id = _toy_run(experiment_id, "req-mid")
+    statuses = {r.info.run_id: r.info.status for r in _request_runs(isolated_settings, experiment_id, "req-mid")}
+    assert statuses == {run.info.run_id: "FAILED", run_id: "FINISHED"}
+    assert _toy_run(experiment_id, "req-mid") == run_id
+
+
+def test_a_run_left_running_is_marked_when_listed_or_retried(isolated_settings, monkeypatch):
+    experiment_id = _toy_experiment(isolated_settings)
+    # The backend fails mid-run and stays down for the clean-up too: the run is left RUNNING.
+    for request_id in ("req-list", "req-retry"):
+        with monkeypatch.context() as patch:
+            for method in ("log_batch", "set_tag", "set_terminated"):
+                patch.setattr(MlflowClient, method, _down)
+            with pytest.raises(BackendUnavailableError):
+                _toy_run(experiment_id, request_id)
+        (run,) = _request_runs(isolated_settings, experiment_id, request_id)
+        assert run.info.status == "RUNNING" and evaluations.is_abandoned(run)
+
+    listed = {s.request_id: s for s in evaluations.latest_evaluations([experiment_id], settings=isolated_settings)}
+    assert listed["req-list"].status == "FAILED" and listed["req-list"].state == "interrupted"
+    assert {r.info.status for r in _request_runs(isolated_settings, experiment_id, "req-list")} == {"FAILED"}
+
+    run_id = _toy_run(experiment_id, "req-retry")  # the retry marks its own leftover before running
+    statuses = sorted(r.info.status for r in _request_runs(isolated_settings, experiment_id, "req-retry"))
+    assert statuses == ["FAILED", "FINISHED"]
+    assert MlflowClient(tracking_uri=isolated_settings.tracking_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_live_run_is_not_marked_and_its_request_cannot_start_twice(isolated_settings):
+    import threading
+
+    experiment_id = _toy_experiment(isolated_settings)
+    release, predicting = threading.Event(), threading.Event()
+
+    def slow(question: str) -> str:
+        predicting.set()
+        release.wait(60)
+        return f"answer {question}"
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("run", _toy_run(experiment_id, "req-live", slow)))
+    worker.start()
+    try:
+        assert predicting.wait(60)
+        (summary,) = evaluations.latest_evaluations([experiment_id], settings=isolated_settings)
+        assert (summary.status, summary.interrupted) == ("RUNNING", None)
+        (run,) = _request_runs(isolated_settings, experiment_id, "req-live")
+        assert run.info.status == "RUNNING" and not evaluations.is_abandoned(run)
+        with pytest.raises(ConflictError, match="still being evaluated"):
+            evaluations._settle_request(MlflowClient(tracking_uri=isolated_settings.tracking_uri), experiment_id,
+                                        "req-live", TOY_TAGS)
+    finally:
+        release.set()
+        worker.join(60)
+    (run,) = _request_runs(isolated_settings, experiment_id, "req-live")
+    assert run.info.status == "FINISHED" and result["run"] == run.info.run_id
+
+
+@pytest.mark.parametrize(("owner", "age_hours", "abandoned"), [
+    ({"host": "elsewhere", "pid": 1, "process": "other", "attempt": "a"}, 1, False),  # may be running there
+    ({"host": "elsewhere", "pid": 1, "process": "other", "attempt": "a"}, 13, True),  # stale
+    (None, 1, False),  # a run some other tool is making right now
+    (None, 13, True),
+    ("this host, exited process", 1, True),
+    ("this host, our pid, an earlier process", 1, True),  # the app restarted with the same pid
+])
+def test_runs_started_elsewhere_are_only_failed_when_surely_dead(isolated_settings, owner, age_hours, abandoned):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    experiment_id = _toy_experiment(isolated_settings)
+    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri)
+    if owner == "this host, exited process":
+        exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        owner = {"host": socket.gethostname(), "pid": int(exited.stdout), "process": "gone", "attempt": "a"}
+    elif owner == "this host, our pid, an earlier process":
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "process": "before-restart", "attempt": "a"}
+    tags = {"mlflow.runType": "genai_evaluate", evaluations.REQUEST_TAG: "req-x"}
+    if owner is not None:
+        tags[evaluations.OWNER_TAG] = json.dumps(owner)
+    started = int((time.time() - age_hours * 3600) * 1000)
+    run = client.create_run(experiment_id, start_time=started, tags=tags)
+    assert evaluations.is_abandoned(client.get_run(run.info.run_id)) is abandoned
+    (summary,) = evaluations.latest_evaluations([experiment_id], settings=isolated_settings)
+    assert summary.state == ("interrupted" if abandoned else "running")
+    assert client.get_run(run.info.run_id).info.status == ("FAILED" if abandoned else "RUNNING")
+
+
+def test_a_job_for_a_request_still_going_is_not_started_twice(seeded_settings):
+    from services import datasets
+
+    rows = tuple(datasets.load_dataset_rows("orders-agent-golden", seeded_settings)[:3])
+    request = EvaluationRequest(ORDERS, "1", ("expected_facts",), rows=rows, dataset_label="three.jsonl",
+                                request_id=evaluations.new_request_id())
+    first = eval_jobs.start_job(request, seeded_settings)
+    assert eval_jobs.start_job(request, seeded_settings) == first
+    job = eval_jobs.wait(first, timeout=120)
+    assert job.status is eval_jobs.JobStatus.SUCCEEDED and job.request_id == request.request_id, job.error
+    again = eval_jobs.start_job(request, seeded_settings)
+    assert again != first
+    repeat = eval_jobs.wait(again, timeout=120)
+    assert repeat.status is eval_jobs.JobStatus.SUCCEEDED and repeat.run_id == job.run_id

@@ -94,6 +94,11 @@ def latest_evaluations(
             max_results=limit,
             order_by=["attributes.start_time DESC"],
         )
+    return summarise_runs(client, runs)
+
+
+def summarise_runs(client: Any, runs: Sequence[Any]) -> list[EvaluationSummary]:
+    """Summaries of evaluation runs; a run left ``RUNNING`` by an interruption is marked and shown as such."""
     summaries = []
     for run in runs:
         if is_abandoned(run):

@@ -18,7 +18,14 @@ import pandas as pd
 from services import registry
 from services._clients import mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
-from services.evaluations import AGENT_TAG, DATASET_TAG, EVAL_RUN_FILTER, VERSION_TAG, EvaluationSummary
+from services.evaluations import (
+    AGENT_TAG,
+    DATASET_TAG,
+    EVAL_RUN_FILTER,
+    VERSION_TAG,
+    EvaluationSummary,
+    summarise_runs,
+)
 from services.settings import Settings
 
 _PAGE = 200
@@ -270,20 +277,7 @@ def evaluations_for(
             token = page.token
             if not token:
                 break
-    return [
-        EvaluationSummary(
-            run_id=r.info.run_id,
-            run_name=r.info.run_name or r.info.run_id,
-            experiment_id=r.info.experiment_id,
-            agent=r.data.tags.get(AGENT_TAG),
-            version=r.data.tags.get(VERSION_TAG),
-            dataset=r.data.tags.get(DATASET_TAG),
-            started_at=registry._ts(r.info.start_time),
-            status=r.info.status,
-            metrics={k: v for k, v in r.data.metrics.items() if k.endswith("/mean")},
-        )
-        for r in runs
-    ]
+    return summarise_runs(client, runs)
 
 
 def latest_evaluation_by_version(

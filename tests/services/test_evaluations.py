@@ -404,3 +404,21 @@ def test_a_job_for_a_request_still_going_is_not_started_twice(seeded_settings):
     assert again != first
     repeat = eval_jobs.wait(again, timeout=120)
     assert repeat.status is eval_jobs.JobStatus.SUCCEEDED and repeat.run_id == job.run_id
+
+
+def test_the_versions_view_shows_a_run_left_running_as_interrupted(isolated_settings, monkeypatch):
+    from services import versions
+
+    experiment_id = _toy_experiment(isolated_settings)
+    with monkeypatch.context() as patch:
+        for method in ("log_batch", "set_tag", "set_terminated"):
+            patch.setattr(MlflowClient, method, _down)
+        with pytest.raises(BackendUnavailableError):
+            _toy_run(experiment_id, "req-versions")
+    (run,) = _request_runs(isolated_settings, experiment_id, "req-versions")
+    assert run.info.status == "RUNNING"
+    (summary,) = [s for s in versions.evaluations_for(TOY_TAGS[evaluations.AGENT_TAG], isolated_settings,
+                                                      experiment_ids=[experiment_id])
+                  if s.request_id == "req-versions"]
+    assert summary.status == "FAILED" and summary.state == "interrupted"
+    assert {r.info.status for r in _request_runs(isolated_settings, experiment_id, "req-versions")} == {"FAILED"}

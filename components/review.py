@@ -12,8 +12,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components.charts import _PALETTE, chart_text
+from components.errors import show_error
 from components.tables import plain
-from services.feedback import LabelKind, LabelQuestion, Review
+from services.errors import AgentOpsError
+from services.feedback import LabelKind, LabelQuestion, Review, ReviewPartlySavedError
 from services.review_queue import Conversation, LabelingSession, QueueProgress
 
 THUMBS_OPTIONS = {"Not judged": None, ":material/thumb_up: Good answer": True, ":material/thumb_down: Bad answer": False}
@@ -74,6 +76,22 @@ def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review
         labels={k: v for k, v in labels.items() if v},
     )
     return submitted, review
+
+
+def review_failed(exc: AgentOpsError, *, what: str = "The review was not stored") -> None:
+    """Say what happened to a submission that failed; after an interruption, say how much was stored and what to do.
+
+    The form keeps the reviewer's answers (its widgets keep their state), so submitting again is one click.
+    """
+    if not isinstance(exc, ReviewPartlySavedError):
+        show_error(exc, what=what)
+        return
+    # The message says how much was stored; the title says what kind of failure it was.
+    what = ("The review was stored; marking the item done was interrupted" if exc.stored == exc.total
+            else "The submission was interrupted")
+    show_error(exc, what=what)
+    st.info("Your answers are still in the form above. Press **Submit review** again once the store answers: "
+            "judgements already stored are skipped, so nothing is stored twice.", icon=":material/replay:")
 
 
 def progress_block(progress: QueueProgress) -> None:

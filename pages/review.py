@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -14,12 +15,13 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
-from components.review import labeling_session_block, progress_block, render_conversation, review_form, trend_chart
+from components.review import (labeling_session_block, progress_block, render_conversation, review_failed,
+                               review_form, trend_chart)
 from components.tables import plain
 from services import feedback as fb
 from services import registry, roles
 from services import review_queue as rq
-from services.errors import AgentOpsError
+from services.errors import AgentOpsError, BackendUnavailableError
 from services.overview import agent_experiment_ids
 from services.settings import Backend, Settings
 
@@ -168,7 +170,12 @@ with review_tab:
                         rq.submit_queue_review(queue, trace_id, review, user, questions=questions, settings=settings,
                                                  identity=identity)
                     except AgentOpsError as exc:
-                        show_error(exc, what="The review was not stored")
+                        # The form keeps the answers (its cached prefill is left as it was) for a retry.
+                        review_failed(exc)
+                        if isinstance(exc, fb.ReviewPartlySavedError):
+                            _progress.clear()
+                            _items.clear()
+                            _feedback.clear()
                     else:
                         _after_mutation()
                         st.session_state.pop(state_key, None)
@@ -203,7 +210,9 @@ with review_tab:
                         try:
                             changed = fb.submit_review(edit_id, review, user, questions=questions, settings=settings, identity=identity)
                         except AgentOpsError as exc:
-                            show_error(exc, what="The change was not stored")
+                            review_failed(exc, what="The change was not stored")
+                            if isinstance(exc, fb.ReviewPartlySavedError):
+                                _feedback.clear()
                         else:
                             _after_mutation()
                             st.success(f"Updated {changed} judgement(s); the earlier values stay in the trace's "
@@ -235,12 +244,15 @@ with queues_tab:
             size=int(size), scorer=scorer.strip() or None, reviews_per_item=int(reviews),
             trace_ids=tuple(line.strip() for line in pasted.replace(",", "\n").splitlines() if line.strip()),
         )
+        # One id per confirmation: pressing Create queue again after an interruption finishes that queue.
+        request_id = st.session_state.setdefault("nq_request", uuid.uuid4().hex)
         try:
             with st.spinner("Finding traces…"):
-                created = rq.create_queue(spec, user, settings)
+                created = rq.create_queue(spec, user, settings, request_id=request_id)
         except AgentOpsError as exc:
-            show_error(exc, what="The queue was not created")
+            show_error(exc, what="The queue was not created")  # after an interruption the message says how to finish it
         else:
+            st.session_state.pop("nq_request", None)
             _after_mutation()
             st.success(f"Queue '{plain(created.name)}' created. Open the Review tab to start.",
                        icon=":material/check_circle:")
@@ -309,7 +321,8 @@ with curate_tab:
                 try:
                     result = fb.curate_to_dataset(reviewed, dataset_name, target, settings)
                 except AgentOpsError as exc:
-                    show_error(exc, what="Nothing was added")
+                    show_error(exc, what="Adding to the dataset was interrupted" if isinstance(exc, BackendUnavailableError)
+                               else "Nothing was added")
                 else:
                     st.success(f"Added {result.added} row(s) to '{plain(result.dataset_name)}'."
                                + (f" Skipped {len(result.skipped)} without a corrected answer." if result.skipped else ""),

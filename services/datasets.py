@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from services._clients import translate_errors
-from services.errors import ConflictError, NotFoundError, ValidationError
+from services.errors import AgentOpsError, BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from services.settings import Settings
 
 MAX_ROWS = 5000
@@ -25,6 +26,13 @@ ALLOWED_COLUMNS = ("inputs", "expectations", "tags")
 LIST_EXPECTATIONS = ("expected_facts", "required_tools", "forbidden_content")
 UPLOAD_FORMATS = ("csv", "json", "jsonl")
 MAX_NAME = 200
+# How far this app's save of a dataset got: "pending:<what>" until all its rows are stored, then
+# "done:<what>" (one tag, rewritten in one call). <what> fingerprints the save (rows and experiment), or
+# is CURATION for a dataset curation created. Pending datasets are not listed.
+SAVE_TAG = "agentops.dataset.save"
+PENDING = "pending"
+DONE = "done"
+CURATION = "curation"
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class DatasetListing:
 
 
 def list_datasets(experiment_ids: Sequence[str], settings: Settings | None = None) -> DatasetListing:
-    """MLflow evaluation datasets linked to the given experiments, by name."""
+    """MLflow evaluation datasets linked to the given experiments, by name (unfinished saves left out)."""
     from services._clients import configure_mlflow
 
     configure_mlflow(settings)
@@ -62,6 +70,8 @@ def list_datasets(experiment_ids: Sequence[str], settings: Settings | None = Non
         return DatasetListing((), False, f"This backend does not support MLflow evaluation datasets ({first}). Upload a file instead.")
     datasets = []
     for item in found:
+        if _pending(item):
+            continue  # a save that has not stored all its rows yet (or was interrupted): not usable
         updated = getattr(item, "last_update_time", None)
         datasets.append(
             EvalDataset(
@@ -92,12 +102,109 @@ def load_dataset_rows(name: str, settings: Settings | None = None) -> list[dict[
     return rows
 
 
+def _require_experiment(client: Any, experiment_id: str) -> None:
+    with translate_errors(f"experiment {experiment_id}"):
+        try:
+            experiment = client.get_experiment(experiment_id)
+        except Exception as exc:  # noqa: BLE001 - an id that is not a number is "not found" too
+            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                experiment = None
+            else:
+                raise
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        raise NotFoundError(f"Experiment {experiment_id} does not exist; pick the agent's experiment.")
+
+
+def _fingerprint(rows: list[dict[str, Any]], experiment_id: str) -> str:
+    text = json.dumps({"experiment": experiment_id, "rows": rows}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _tags_of(dataset: Any) -> dict[str, Any]:
+    try:
+        return dict(dataset.tags or {})
+    except NotImplementedError:  # Databricks (Unity Catalog) datasets have no MLflow tags
+        return {}
+
+
+def _save_state(dataset: Any) -> tuple[str | None, str | None]:
+    """(``PENDING`` or ``DONE``, what was saved) from the dataset's save tag; (None, None) without one."""
+    state, _, what = str(_tags_of(dataset).get(SAVE_TAG) or "").partition(":")
+    return (state, what) if state in (PENDING, DONE) and what else (None, None)
+
+
+def _pending(dataset: Any) -> str | None:
+    """What an unfinished save of the dataset was saving (None once its rows are all stored)."""
+    state, what = _save_state(dataset)
+    return what if state == PENDING else None
+
+
+def _named(name: str) -> list[Any]:
+    """The datasets called exactly ``name`` (MLflow does not keep names unique)."""
+    from mlflow.genai.datasets import search_datasets
+
+    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+    with translate_errors(f"evaluation dataset {name!r}"):
+        return [d for d in search_datasets(filter_string=f"name = '{quoted}'", max_results=10) if d.name == name]
+
+
+def _is_empty(dataset: Any, name: str) -> bool:
+    with translate_errors(f"evaluation dataset {name!r}"):
+        return len(dataset.to_df()) == 0
+
+
+def _markers(settings: Settings) -> bool:
+    """Whether datasets carry the unfinished-save marker (MLflow tags; Unity Catalog datasets have none)."""
+    from services.settings import Backend
+
+    return settings.backend is not Backend.DATABRICKS
+
+
+def _interrupted(name: str, exc: Exception, retry: str) -> BackendUnavailableError:
+    cause = " ".join(str(exc).split())
+    cause = cause if len(cause) <= 240 else cause[:239] + "…"
+    return BackendUnavailableError(
+        f"The evaluation dataset {name!r} was created, but its rows may not all be stored: the tracking store "
+        f"stopped answering ({cause}). {retry} once the store is back: that finishes this dataset instead of "
+        "making a second one, and rows already stored are not added twice."
+    )
+
+
+def _merge_and_finish(dataset: Any, rows: list[dict[str, Any]], name: str, marker: str | None) -> None:
+    """Merge the rows (an upsert keyed by inputs: merging the same rows again adds none), then mark the save done."""
+    from mlflow.genai.datasets import set_dataset_tags
+
+    from services._clients import classify_error
+
+    what = f"evaluation dataset {name!r}"
+    with translate_errors(what):
+        try:
+            # merge_records adds keys to the records it is given: hand it a copy.
+            dataset.merge_records(copy.deepcopy(rows))
+        except Exception as exc:
+            # MLflow reports any failure to read the dataset first (a dead server too) as "Dataset not
+            # found" (INVALID_PARAMETER_VALUE); the cause says what really happened.
+            cause = exc.__cause__
+            if isinstance(cause, Exception) and isinstance(classify_error(cause, what), BackendUnavailableError):
+                raise classify_error(cause, what) from exc
+            raise
+        if marker is not None:
+            set_dataset_tags(dataset_id=dataset.dataset_id, tags={SAVE_TAG: f"{DONE}:{marker}"})
+
+
 def save_dataset(name: str, rows: list[dict[str, Any]], experiment_id: str, settings: Settings | None = None) -> str:
     """Store validated rows as a new MLflow evaluation dataset; returns its id.
 
     Refuses a name another dataset already has (``ConflictError``: a name must pick one dataset)
-    and an experiment that does not exist (``NotFoundError``). If storing the rows fails, the
+    and an experiment that does not exist (``NotFoundError``). If the store refuses the rows, the
     half-made dataset is deleted again, so a refusal leaves nothing behind.
+
+    Until its rows are stored the dataset's ``SAVE_TAG`` says so (with a fingerprint of the rows
+    and experiment) and it is not listed. When the store stops answering part-way
+    (``BackendUnavailableError``), saving the same rows under the same name again finishes that
+    dataset: no second dataset, no duplicate rows; once finished, the same save again returns it
+    unchanged. An empty dataset of that name (a save interrupted where no tag can be written, on
+    Databricks) is filled the same way.
     """
     from services._clients import configure_mlflow, mlflow_client
 
@@ -111,32 +218,76 @@ def save_dataset(name: str, rows: list[dict[str, Any]], experiment_id: str, sett
     if not experiment_id:
         raise ValidationError("Pick the experiment the dataset belongs to.")
     settings = configure_mlflow(settings)
-    from mlflow.genai.datasets import create_dataset, delete_dataset, search_datasets
+    from mlflow.genai.datasets import create_dataset, delete_dataset
 
-    client = mlflow_client(settings)
-    with translate_errors(f"experiment {experiment_id}"):
-        try:
-            experiment = client.get_experiment(experiment_id)
-        except Exception as exc:  # noqa: BLE001 - an id that is not a number is "not found" too
-            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                experiment = None
-            else:
-                raise
-    if experiment is None or experiment.lifecycle_stage == "deleted":
-        raise NotFoundError(f"Experiment {experiment_id} does not exist; pick the agent's experiment.")
-    with translate_errors(f"evaluation dataset {name!r}"):
-        quoted = name.replace("\\", "\\\\").replace("'", "\\'")
-        taken = [d for d in search_datasets(filter_string=f"name = '{quoted}'", max_results=10) if d.name == name]
-    if taken:
+    _require_experiment(mlflow_client(settings), experiment_id)
+    fingerprint = _fingerprint(rows, experiment_id)
+    marker = fingerprint if _markers(settings) else None
+    taken = _named(name)
+    dataset = None
+    if len(taken) == 1 and _save_state(taken[0]) == (DONE, fingerprint):
+        return str(taken[0].dataset_id)  # this very save already happened (its answer may have been lost)
+    if len(taken) == 1 and (_pending(taken[0]) == fingerprint
+                            or (_save_state(taken[0]) == (None, None) and _is_empty(taken[0], name))):
+        dataset = taken[0]  # what an interrupted save of these rows left: finish it
+    elif taken and any(_pending(d) for d in taken):
+        raise ConflictError(f"A dataset named {name!r} is unfinished: a save with other rows was interrupted (or is "
+                            "running right now). Save those same rows again to finish it, or pick another name.")
+    elif taken:
         raise ConflictError(f"A dataset named {name!r} already exists; pick another name.")
-    with translate_errors(f"evaluation dataset {name!r}"):
-        dataset = create_dataset(name=name, experiment_id=[experiment_id])
-        try:
-            # merge_records adds keys to the records it is given: hand it a copy.
-            dataset.merge_records(copy.deepcopy(rows))
-        except Exception:
-            delete_dataset(dataset_id=dataset.dataset_id)
-            raise
+    created = dataset is None
+    if created:
+        with translate_errors(f"evaluation dataset {name!r}"):
+            dataset = create_dataset(name=name, experiment_id=[experiment_id],
+                                     tags={SAVE_TAG: f"{PENDING}:{marker}"} if marker else None)
+    try:
+        _merge_and_finish(dataset, rows, name, marker)
+    except BackendUnavailableError as exc:
+        raise _interrupted(name, exc, "Save the same rows under the same name again") from exc
+    except AgentOpsError:
+        if created:
+            # The store refused the rows: take the half-made dataset away again (its error is the one to show).
+            try:
+                with translate_errors(f"evaluation dataset {name!r}"):
+                    delete_dataset(dataset_id=dataset.dataset_id)
+            except AgentOpsError:
+                pass
+        raise
+    return str(dataset.dataset_id)
+
+
+def add_rows(name: str, rows: list[dict[str, Any]], experiment_id: str, settings: Settings | None = None) -> str:
+    """Merge validated rows into the dataset called ``name``, creating it when missing; returns its id.
+
+    Rows are keyed by their inputs, so adding the same rows again changes nothing; a retry after
+    an interruption (``BackendUnavailableError``) reuses the dataset the first attempt created.
+    The caller checks the experiment exists.
+    """
+    from services._clients import configure_mlflow
+
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError("Give the evaluation dataset a name.")
+    validate_rows(rows)
+    settings = configure_mlflow(settings)
+    from mlflow.genai.datasets import create_dataset
+
+    taken = _named(name)
+    if len(taken) > 1:
+        raise ConflictError(f"{len(taken)} datasets are named {name!r}; rename one so the name picks one dataset.")
+    if taken:
+        dataset = taken[0]
+        # Only an interrupted curation is marked done here; an unfinished upload stays unfinished.
+        marker = CURATION if _pending(dataset) == CURATION else None
+    else:
+        marker = CURATION if _markers(settings) else None
+        with translate_errors(f"evaluation dataset {name!r}"):
+            dataset = create_dataset(name=name, experiment_id=[experiment_id],
+                                     tags={SAVE_TAG: f"{PENDING}:{marker}"} if marker else None)
+    try:
+        _merge_and_finish(dataset, rows, name, marker)
+    except BackendUnavailableError as exc:
+        raise _interrupted(name, exc, "Add the same traces to the same dataset again") from exc
     return str(dataset.dataset_id)
 
 

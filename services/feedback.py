@@ -11,8 +11,10 @@ A review is stored on the trace itself, with the reviewer as a HUMAN assessment 
 | ``<question name>`` | feedback | the answer to an agent's custom label question |
 
 Editing a judgement overrides the reviewer's earlier assessment the MLflow way
-(``override_feedback``; the old value stays, with ``valid=False``). Custom label questions are a
-JSON list in the agent's registered-model tag ``agentops.review.labels``.
+(``override_feedback``; the old value stays, with ``valid=False``). A value equal to the reviewer's
+current one is not written again, so a submission interrupted part-way (``ReviewPartlySavedError``)
+is completed by submitting the same review again, each value stored once. Custom label questions
+are a JSON list in the agent's registered-model tag ``agentops.review.labels``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from services._clients import configure_mlflow, mlflow_client, tracing_client, translate_errors
-from services.errors import NotFoundError, ValidationError
+from services.errors import AgentOpsError, BackendUnavailableError, NotFoundError, ValidationError
 from services.settings import Settings
 from services.traces import AGENT_TAG, ARM_TAG, VERSION_TAG
 
@@ -268,6 +270,37 @@ def get_trace_or_raise(client: Any, trace_id: str) -> Any:
     return trace
 
 
+class ReviewPartlySavedError(BackendUnavailableError):
+    """The store stopped answering part-way through storing a review; submitting it again completes it.
+
+    ``stored`` of ``total`` judgements the submission writes were confirmed stored before the
+    interruption. A retry of the same review by the same reviewer writes only what is missing.
+    """
+
+    def __init__(self, message: str, *, stored: int, total: int) -> None:
+        super().__init__(message)
+        self.stored = stored
+        self.total = total
+
+
+def _cause(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _interrupted(stored: int, total: int, exc: BackendUnavailableError) -> ReviewPartlySavedError:
+    if stored:
+        message = (f"The review was only partly saved: {stored} of the {total} judgement(s) it changes were stored "
+                   f"before the tracking store stopped answering ({_cause(exc)}). Your answers are kept: submit the "
+                   "review again once the store is back. Retrying is safe: judgements already stored are skipped, "
+                   "none is written twice.")
+    else:
+        message = (f"The review may not have been saved: the tracking store stopped answering "
+                   f"({_cause(exc)}). Your answers are kept: submit the review again once the store is back. "
+                   "Retrying is safe: nothing is written twice.")
+    return ReviewPartlySavedError(message, stored=stored, total=total)
+
+
 def submit_review(
     trace_id: str,
     review: Review,
@@ -279,6 +312,9 @@ def submit_review(
 ) -> int:
     """Store a review as assessments from ``reviewer``; earlier judgements are overridden. Returns the count written.
 
+    Values equal to the reviewer's current ones are skipped, so submitting the same review again
+    writes nothing, and a retry after an interruption writes only what is still missing. When the
+    store stops answering part-way, ``ReviewPartlySavedError`` says how much was stored.
     With ``identity`` (the page passes it), giving feedback needs the reviewer role.
     """
     if not isinstance(reviewer, str) or not reviewer.strip() or reviewer == "unknown":
@@ -299,32 +335,51 @@ def submit_review(
     source = _source(reviewer)
     current = _current_by_reviewer(trace, reviewer)
     feedback, expectations = _review_values(review)
+    # Everything to write is decided from one read before the first write, so what an interrupted
+    # attempt stored is found (and skipped) by the next attempt's read.
+    pending: list[Any] = []
+    for name, value in feedback.items():
+        old = current.get(name)
+        if old is not None and getattr(old, "feedback", None) is not None:
+            if _same(old.feedback.value, value):
+                continue
+            # What mlflow.override_feedback logs: a new feedback pointing at the one it replaces.
+            pending.append(Feedback(name=old.name, span_id=old.span_id, value=value, source=source,
+                                    overrides=old.assessment_id))
+        else:
+            pending.append(Feedback(name=name, value=value, source=source))
+    for name, value in expectations.items():
+        old = current.get(name)
+        if old is not None and getattr(old, "expectation", None) is not None:
+            if _same(old.expectation.value, value):
+                continue
+            # There is no override_expectation; the store keeps history for any ``overrides`` link.
+            replacement = Expectation(name=name, value=value, source=source, trace_id=trace_id)
+            replacement.overrides = old.assessment_id
+            pending.append(replacement)
+        else:
+            pending.append(Expectation(name=name, value=value, source=source))
     written = 0
-    with translate_errors(f"assessments of trace {trace_id}"):
-        for name, value in feedback.items():
-            old = current.get(name)
-            if old is not None and getattr(old, "feedback", None) is not None:
-                if old.feedback.value == value:
-                    continue
-                # What mlflow.override_feedback logs: a new feedback pointing at the one it replaces.
-                tracing.log_assessment(trace_id, Feedback(name=old.name, span_id=old.span_id, value=value,
-                                                          source=source, overrides=old.assessment_id))
-            else:
-                tracing.log_assessment(trace_id, Feedback(name=name, value=value, source=source))
-            written += 1
-        for name, value in expectations.items():
-            old = current.get(name)
-            if old is not None and getattr(old, "expectation", None) is not None:
-                if old.expectation.value == value:
-                    continue
-                # There is no override_expectation; the store keeps history for any ``overrides`` link.
-                replacement = Expectation(name=name, value=value, source=source, trace_id=trace_id)
-                replacement.overrides = old.assessment_id
-                tracing.log_assessment(trace_id, replacement)
-            else:
-                tracing.log_assessment(trace_id, Expectation(name=name, value=value, source=source))
-            written += 1
+    for assessment in pending:
+        try:
+            with translate_errors(f"assessments of trace {trace_id}"):
+                tracing.log_assessment(trace_id, assessment)
+        except BackendUnavailableError as exc:
+            raise _interrupted(written, len(pending), exc) from exc
+        except AgentOpsError as exc:
+            if not written:
+                raise
+            raise type(exc)(f"The review was only partly saved ({written} of {len(pending)} judgement(s) stored): "
+                            f"{exc}") from exc
+        written += 1
     return written
+
+
+def _same(stored: Any, value: Any) -> bool:
+    """Whether a stored value equals the one submitted (a bool is never equal to a number here)."""
+    if isinstance(stored, bool) or isinstance(value, bool):
+        return isinstance(stored, bool) and isinstance(value, bool) and stored == value
+    return stored == value
 
 
 ASSESSMENT_HISTORY_COLUMNS = ("assessment_id", "name", "kind", "value", "reviewer", "source_type", "valid",
@@ -585,14 +640,7 @@ def curate_to_dataset(trace_ids: Sequence[str], dataset_name: str, experiment_id
         raise ValidationError("None of the traces has a corrected answer yet, so nothing was added. "
                               "Reviewers add one in the 'Corrected answer' field.")
     datasets.validate_rows(rows)
-    from mlflow.genai.datasets import create_dataset, get_dataset
-
-    with translate_errors(f"evaluation dataset {dataset_name!r}"):
-        try:
-            dataset = get_dataset(name=dataset_name)
-        except Exception:  # noqa: BLE001 - a missing dataset is created below
-            dataset = None
-        if dataset is None:
-            dataset = create_dataset(name=dataset_name, experiment_id=[experiment_id])
-        dataset.merge_records(rows)
-    return CurationResult(dataset_name, str(dataset.dataset_id), len(rows), tuple(skipped))
+    # Created when missing, reused when present (also when an interrupted attempt created it); rows are
+    # keyed by their inputs, so adding the same traces again adds no duplicate rows.
+    dataset_id = datasets.add_rows(dataset_name, rows, experiment_id, settings)
+    return CurationResult(dataset_name, dataset_id, len(rows), tuple(skipped))

@@ -33,7 +33,7 @@ import pandas as pd
 
 from services import _mlflow_internal as internal
 from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client, translate_errors
-from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
+from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.settings import Backend, Settings
 from services.traces import AGENT_TAG, VERSION_TAG
 
@@ -49,6 +49,10 @@ EXPERIMENTS_TAG = "agentops.review.experiments"
 REVIEWS_TAG = "agentops.review.reviews_per_item"
 CREATOR_TAG = "agentops.review.created_by"
 DESCRIPTION_TAG = "agentops.review.description"
+# A queue run is created as PENDING_KIND and becomes "queue" (KIND_TAG) only once all its traces are tagged.
+PENDING_KIND = "queue-unfinished"
+FINGERPRINT_TAG = "agentops.review.spec"  # hash of the spec and creator: a retry finds an unfinished queue by it
+REQUEST_TAG = "agentops.review.request"  # the confirmation that made the queue (when the caller gave one)
 MAX_ITEMS = 500
 CLAIM_SECONDS = 15 * 60
 # How long an unfinished claim attempt keeps counting (an attempt takes milliseconds; a dead one must not
@@ -243,11 +247,51 @@ def _experiment_of(info: Any) -> str | None:
     return str(experiment) if experiment else getattr(info, "experiment_id", None)
 
 
-def create_queue(spec: QueueSpec, created_by: str, settings: Settings | None = None) -> ReviewQueue:
-    """Fill a queue from its source and store it; ``ValidationError`` when nothing matches."""
+def _spec_fingerprint(spec: QueueSpec, created_by: str) -> str:
+    """What makes two create_queue calls the same request (the time window aside: a retry is a little later)."""
+    data = {
+        "name": spec.name.strip(), "source": str(QueueSource(spec.source)), "agent": spec.agent or "",
+        "experiments": sorted(str(e) for e in spec.experiment_ids), "size": spec.size, "scorer": spec.scorer or "",
+        "threshold": repr(spec.threshold), "reviews": spec.reviews_per_item, "description": spec.description.strip()[:500],
+        "trace_ids": sorted({t.strip() for t in spec.trace_ids if t.strip()}), "by": created_by,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _earlier_attempts(client: Any, experiment_id: str, fingerprint: str) -> list[Any]:
+    """Queue runs made for the same spec and creator, oldest first."""
+    return list(client.search_runs([experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'",
+                                   max_results=100, order_by=["attributes.start_time ASC"]))
+
+
+def _cause(exc: Exception, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _interrupted(name: str, added: int, total: int, exc: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"The queue {name!r} was only partly created ({added} of {total} trace(s) added) before the tracking store "
+        f"stopped answering ({_cause(exc)}). It is not listed until it is complete: press Create queue again with the "
+        "same settings once the store is back; that finishes this queue, and nothing is added twice."
+    )
+
+
+def create_queue(spec: QueueSpec, created_by: str, settings: Settings | None = None, *,
+                 request_id: str | None = None) -> ReviewQueue:
+    """Fill a queue from its source and store it; ``ValidationError`` when nothing matches.
+
+    The queue's run is marked usable (``KIND_TAG`` = ``queue``) only after all its traces are
+    tagged, so an interrupted creation is never listed. Creating the same spec as the same user
+    again finishes such an unfinished queue instead of starting a second one; with the same
+    ``request_id`` (the page passes one per confirmation) a finished one is returned as it is.
+    """
     _validate_spec(spec)
     # From here on the counts are ints (a whole float such as 20.0 would break slicing and sampling).
     spec = replace(spec, size=_whole(spec.size), reviews_per_item=_whole(spec.reviews_per_item))
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.strip()
+                                   or any(c.isspace() or c in "'`" for c in request_id)):
+        raise ValidationError(f"{request_id!r} is not a request id.")
     settings = configure_mlflow(settings)
     client = mlflow_client(settings)
     with translate_errors("trace search"):
@@ -257,20 +301,67 @@ def create_queue(spec: QueueSpec, created_by: str, settings: Settings | None = N
             "No traces match, so the queue would be empty and was not created. Widen the window, "
             "pick another source, or paste trace ids."
         )
-    experiments = tuple(dict.fromkeys(e for e in (_experiment_of(i) for i in infos) if e)) or tuple(spec.experiment_ids)
+    name = spec.name.strip()
+    fingerprint = _spec_fingerprint(spec, created_by)
     with translate_errors("the review experiment"):
         experiment_id = get_or_create_experiment(client, REVIEW_EXPERIMENT, settings)
-        run = client.create_run(experiment_id, run_name=spec.name.strip(), tags={
-            KIND_TAG: "queue", NAME_TAG: spec.name.strip(), SOURCE_TAG: str(QueueSource(spec.source)),
-            AGENT_QUEUE_TAG: spec.agent or "", EXPERIMENTS_TAG: ",".join(experiments),
-            REVIEWS_TAG: str(int(spec.reviews_per_item)), CREATOR_TAG: created_by,
-            DESCRIPTION_TAG: spec.description.strip()[:500],
-        })
-        queue_id = run.info.run_id
-        for info in infos:
-            client.set_trace_tag(info.trace_id, QUEUE_TAG + queue_id, "1")
-        client.set_terminated(queue_id, "FINISHED")
-    return get_queue(queue_id, settings)
+        earlier = _earlier_attempts(client, experiment_id, fingerprint)
+    if request_id is not None:
+        done = [r for r in earlier if r.data.tags.get(REQUEST_TAG) == request_id and r.data.tags.get(KIND_TAG) == "queue"]
+        if done:
+            return _queue_from_run(done[0])  # this confirmation already made its queue
+    unfinished = [r for r in earlier if r.data.tags.get(KIND_TAG) == PENDING_KIND]
+    added = 0
+    total = len(infos)
+    run = None
+    try:
+        with translate_errors("the review experiment"):
+            if unfinished:
+                run = unfinished[0]
+                queue_id = run.info.run_id
+                # Keep what the interrupted attempt added (a sample is drawn afresh), then top up to the size.
+                kept = {t.info.trace_id: t.info for t in _search(
+                    client, tuple(e for e in run.data.tags.get(EXPERIMENTS_TAG, "").split(",") if e) or spec.experiment_ids,
+                    f"tag.`{QUEUE_TAG}{queue_id}` = '1'", MAX_ITEMS)}
+                fresh = [i for i in infos if i.trace_id not in kept]
+                if QueueSource(spec.source) is not QueueSource.HAND_PICKED:
+                    fresh = fresh[:max(0, spec.size - len(kept))]
+                infos = [*kept.values(), *fresh]
+                total = len(infos)
+            experiments = tuple(dict.fromkeys(e for e in (_experiment_of(i) for i in infos) if e)) or tuple(spec.experiment_ids)
+            tags = {
+                NAME_TAG: name, SOURCE_TAG: str(QueueSource(spec.source)),
+                AGENT_QUEUE_TAG: spec.agent or "", EXPERIMENTS_TAG: ",".join(experiments),
+                REVIEWS_TAG: str(int(spec.reviews_per_item)), CREATOR_TAG: created_by,
+                DESCRIPTION_TAG: spec.description.strip()[:500], FINGERPRINT_TAG: fingerprint,
+                REQUEST_TAG: request_id or "",
+            }
+            if run is None:
+                run = client.create_run(experiment_id, run_name=name, tags={KIND_TAG: PENDING_KIND, **tags})
+                queue_id = run.info.run_id
+            else:
+                changed = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
+                for key, value in changed.items():
+                    client.set_tag(queue_id, key, value)
+            for info in infos:
+                if (getattr(info, "tags", None) or {}).get(QUEUE_TAG + queue_id) != "1":
+                    client.set_trace_tag(info.trace_id, QUEUE_TAG + queue_id, "1")
+                added += 1
+            client.set_terminated(queue_id, "FINISHED")
+            # The marker, written last: from here on the queue is listed and can be reviewed.
+            client.set_tag(queue_id, KIND_TAG, "queue")
+    except BackendUnavailableError as exc:
+        if run is None:
+            raise BackendUnavailableError(
+                f"The queue {name!r} was not created: the tracking store stopped answering ({_cause(exc)}). Press Create "
+                "queue again with the same settings once the store is back; nothing is added twice.") from exc
+        raise _interrupted(name, added, total, exc) from exc
+    return ReviewQueue(
+        queue_id=queue_id, name=name, source=QueueSource(spec.source), agent=spec.agent or None,
+        experiment_ids=experiments, reviews_per_item=int(spec.reviews_per_item), created_by=created_by,
+        created_at=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc),
+        description=spec.description.strip()[:500], labeling_session=_labeling_session_from_tag(run.data.tags.get(LABELING_TAG)),
+    )
 
 
 def _queue_from_run(run: Any) -> ReviewQueue:
@@ -308,6 +399,9 @@ def get_queue(queue_id: str, settings: Settings | None = None) -> ReviewQueue:
             run = client.get_run(queue_id)
     except (NotFoundError, ValidationError, BackendUnavailableError):
         raise NotFoundError(f"Review queue {queue_id} does not exist.") from None
+    if run.data.tags.get(KIND_TAG) == PENDING_KIND:
+        raise NotFoundError(f"Review queue {queue_id} was not finished being created; create it again with the "
+                            "same settings to finish it.")
     if run.data.tags.get(KIND_TAG) != "queue":
         raise NotFoundError(f"Review queue {queue_id} does not exist.")
     return _queue_from_run(run)
@@ -845,6 +939,8 @@ def submit_queue_review(queue: ReviewQueue, trace_id: str, review: Any, reviewer
     """Store a review of a queue item (as ``feedback.submit_review``) and mark it done for the reviewer.
 
     Refused with nothing stored when someone else holds the item or it was deleted meanwhile.
+    When the store stops answering part-way, ``feedback.ReviewPartlySavedError`` says so; submitting
+    the same review again writes only what is missing and then marks the item done.
     """
     from services import feedback
 
@@ -853,5 +949,12 @@ def submit_queue_review(queue: ReviewQueue, trace_id: str, review: Any, reviewer
     check_can_review(queue, trace_id, reviewer, settings)
     written = feedback.submit_review(trace_id, review, reviewer, questions=questions, settings=settings,
                                      identity=identity)
-    complete(queue, trace_id, reviewer, settings)
+    try:
+        complete(queue, trace_id, reviewer, settings)
+    except BackendUnavailableError as exc:
+        raise feedback.ReviewPartlySavedError(
+            f"The review was saved, but the queue could not mark the item done: the tracking store stopped "
+            f"answering ({_cause(exc)}). Your answers are kept: submit the review again once the store is back. Retrying "
+            "is safe: the review is not written twice, and the item is then marked done.",
+            stored=written, total=written) from exc
     return written

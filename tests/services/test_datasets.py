@@ -93,3 +93,74 @@ def test_saving_validates_before_storing(isolated_settings):
     datasets.save_dataset("good", ROWS, experiment_id, isolated_settings)
     assert [d.name for d in datasets.list_datasets([experiment_id], isolated_settings).datasets] == ["good"]
     assert len(datasets.load_dataset_rows("good", isolated_settings)) == 2
+
+
+@pytest.mark.parametrize("point", ["merge_records", "marking it done"])
+def test_an_interrupted_save_is_finished_by_saving_again(isolated_settings, monkeypatch, point):
+    from mlflow import MlflowClient
+    from mlflow.genai.datasets import search_datasets
+    from mlflow.genai.datasets.evaluation_dataset import EvaluationDataset
+
+    from services._clients import get_or_create_experiment
+    from services.errors import BackendUnavailableError, ConflictError
+
+    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri)
+    experiment_id = get_or_create_experiment(client, "ds", isolated_settings)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    original_merge = EvaluationDataset.merge_records
+
+    def merge_then_down(self, records):
+        original_merge(self, records)
+        raise ConnectionError("Connection refused")
+
+    with monkeypatch.context() as patch:
+        if point == "merge_records":
+            patch.setattr(EvaluationDataset, "merge_records", down)
+        else:  # the rows are stored, the answer to the last call is lost
+            patch.setattr(EvaluationDataset, "merge_records", merge_then_down)
+        with pytest.raises(BackendUnavailableError) as failed:
+            datasets.save_dataset("golden", ROWS, experiment_id, isolated_settings)
+    message = str(failed.value)
+    assert "'golden' was created" in message and "Save the same rows under the same name again" in message
+    assert "Traceback" not in message
+    (left,) = [d for d in search_datasets(filter_string="name = 'golden'")]
+    assert datasets.list_datasets([experiment_id], isolated_settings).datasets == ()  # unfinished: not offered
+    # Other rows under that name are refused while the interrupted save is unfinished.
+    with pytest.raises(ConflictError, match="unfinished"):
+        datasets.save_dataset("golden", ROWS[:1], experiment_id, isolated_settings)
+
+    assert datasets.save_dataset("golden", ROWS, experiment_id, isolated_settings) == left.dataset_id
+    assert [d.dataset_id for d in search_datasets(filter_string="name = 'golden'")] == [left.dataset_id]
+    stored = datasets.load_dataset_rows("golden", isolated_settings)
+    assert sorted(r["inputs"]["question"] for r in stored) == sorted(r["inputs"]["question"] for r in ROWS)
+    assert [d.name for d in datasets.list_datasets([experiment_id], isolated_settings).datasets] == ["golden"]
+    # The same save again changes nothing; other rows under the name are refused as before.
+    assert datasets.save_dataset("golden", ROWS, experiment_id, isolated_settings) == left.dataset_id
+    assert len(datasets.load_dataset_rows("golden", isolated_settings)) == len(ROWS)
+    with pytest.raises(ConflictError, match="already exists"):
+        datasets.save_dataset("golden", ROWS[:1], experiment_id, isolated_settings)
+
+
+def test_rows_the_store_refuses_leave_no_dataset(isolated_settings, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.genai.datasets import search_datasets
+    from mlflow.genai.datasets.evaluation_dataset import EvaluationDataset
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from services._clients import get_or_create_experiment
+
+    experiment_id = get_or_create_experiment(MlflowClient(tracking_uri=isolated_settings.tracking_uri), "ds",
+                                             isolated_settings)
+
+    def refuse(self, records):
+        raise MlflowException("bad record", error_code=INVALID_PARAMETER_VALUE)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EvaluationDataset, "merge_records", refuse)
+        with pytest.raises(ValidationError, match="bad record"):
+            datasets.save_dataset("refused", ROWS, experiment_id, isolated_settings)
+    assert [d for d in search_datasets(filter_string="name = 'refused'")] == []

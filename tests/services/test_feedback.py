@@ -185,3 +185,115 @@ def test_curation_into_a_missing_experiment_stores_nothing(isolated_settings, ex
     assert [d.name for d in search_datasets() if d.name == "nowhere-set"] == []
     fb.curate_to_dataset(ids, "nowhere-set", experiment_id, isolated_settings)  # the search does see datasets
     assert [d.name for d in search_datasets() if d.name == "nowhere-set"] == ["nowhere-set"]
+
+
+# --- interruptions -------------------------------------------------------------------------------
+
+REVIEW = fb.Review(thumbs_up=False, rating=2, comment="Missed the point", corrected_answer="It is zero.",
+                   labels={"tone": "rude", "note": "fine"})
+REVIEW_VALUES = {"thumbs_up": False, "rating": 2, "comment": "Missed the point", "tone": "rude", "note": "fine",
+                 "expected_response": "It is zero."}
+
+
+def _failing_on(monkeypatch, call: int):
+    """Make the ``call``-th assessment write fail as a dead server does (the others go through)."""
+    from mlflow.tracing.client import TracingClient
+
+    original = TracingClient.log_assessment
+    calls: list[str] = []
+
+    def log_assessment(self, trace_id, assessment):
+        calls.append(assessment.name)
+        if len(calls) == call:
+            raise ConnectionError("Connection refused")
+        return original(self, trace_id, assessment)
+
+    monkeypatch.setattr(TracingClient, "log_assessment", log_assessment)
+    return calls
+
+
+def _current(settings, trace_id, reviewer):
+    history = fb.assessment_history(trace_id, settings)
+    return history[history["valid"] & (history["reviewer"] == reviewer)]
+
+
+# The write order is the feedback (thumbs, rating, comment, labels), then the corrected answer.
+@pytest.mark.parametrize("fail_at", [1, 3, 6])
+@pytest.mark.parametrize("earlier", [False, True], ids=["new", "overriding"])
+def test_an_interrupted_review_says_so_and_a_retry_completes_it_exactly_once(isolated_settings, monkeypatch,
+                                                                             fail_at, earlier):
+    from services.errors import BackendUnavailableError
+
+    _, _, (trace_id, *_) = make_traces(isolated_settings)
+    reviewer = "rev@example.com"
+    if earlier:  # an earlier judgement of every field, so each write is an override
+        fb.submit_review(trace_id, fb.Review(thumbs_up=True, rating=5, comment="ok", corrected_answer="It is one.",
+                                             labels={"tone": "ok", "note": "n"}), reviewer, questions=QUESTIONS,
+                         settings=isolated_settings)
+    with monkeypatch.context() as patch:
+        calls = _failing_on(patch, fail_at)
+        with pytest.raises(fb.ReviewPartlySavedError) as failed:
+            fb.submit_review(trace_id, REVIEW, reviewer, questions=QUESTIONS, settings=isolated_settings)
+    assert len(calls) == fail_at
+    error = failed.value
+    assert isinstance(error, BackendUnavailableError) and (error.stored, error.total) == (fail_at - 1, 6)
+    message = str(error)
+    assert "Traceback" not in message and "Retrying is safe" in message and "submit the review again" in message
+    if fail_at > 1:
+        assert "only partly saved" in message and f"{fail_at - 1} of the 6" in message
+    else:
+        assert "may not have been saved" in message
+    stored = _current(isolated_settings, trace_id, reviewer)
+    assert sorted(n for n, v in zip(stored["name"], stored["value"]) if REVIEW_VALUES[n] == v) == sorted(calls[:-1])
+
+    # The retry writes only what is missing; one current assessment per field, none duplicated.
+    assert fb.submit_review(trace_id, REVIEW, reviewer, questions=QUESTIONS, settings=isolated_settings) == 7 - fail_at
+    current = _current(isolated_settings, trace_id, reviewer)
+    assert sorted(current["name"]) == sorted(REVIEW_VALUES)
+    assert dict(zip(current["name"], current["value"])) == REVIEW_VALUES
+    assert fb.current_review(trace_id, reviewer, isolated_settings) == REVIEW
+    history = fb.assessment_history(trace_id, isolated_settings)
+    assert len(history) == (12 if earlier else 6)  # every value written once (plus the overridden earlier ones)
+    # A second retry writes nothing.
+    assert fb.submit_review(trace_id, REVIEW, reviewer, questions=QUESTIONS, settings=isolated_settings) == 0
+    assert len(fb.assessment_history(trace_id, isolated_settings)) == len(history)
+
+
+def test_resubmitting_an_unchanged_review_writes_nothing(isolated_settings):
+    _, _, (trace_id, *_) = make_traces(isolated_settings)
+    assert fb.submit_review(trace_id, REVIEW, "rev@example.com", questions=QUESTIONS, settings=isolated_settings) == 6
+    assert fb.submit_review(trace_id, REVIEW, "rev@example.com", questions=QUESTIONS, settings=isolated_settings) == 0
+    # Only the changed comment and corrected answer are rewritten.
+    edited = fb.Review(thumbs_up=False, rating=2, comment="Now clear", corrected_answer="It is 0.",
+                       labels={"tone": "rude", "note": "fine"})
+    assert fb.submit_review(trace_id, edited, "rev@example.com", questions=QUESTIONS, settings=isolated_settings) == 2
+    assert len(fb.assessment_history(trace_id, isolated_settings)) == 8
+
+
+def test_an_interrupted_curation_reuses_its_dataset_on_retry(isolated_settings, monkeypatch):
+    from mlflow.genai.datasets import search_datasets
+    from mlflow.genai.datasets.evaluation_dataset import EvaluationDataset
+
+    from services import datasets
+    from services.errors import BackendUnavailableError
+
+    _, experiment_id, ids = make_traces(isolated_settings, 2)
+    for trace_id, answer in zip(ids, ("It is zero.", "It is one.")):
+        fb.submit_review(trace_id, fb.Review(corrected_answer=answer), "a@x", settings=isolated_settings)
+
+    def down(self, records):
+        raise ConnectionError("Connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EvaluationDataset, "merge_records", down)
+        with pytest.raises(BackendUnavailableError) as failed:
+            fb.curate_to_dataset(ids, "curated", experiment_id, isolated_settings)
+    assert "was created" in str(failed.value) and "again" in str(failed.value)
+    assert datasets.list_datasets([experiment_id], isolated_settings).datasets == ()  # unfinished: not offered
+    first = fb.curate_to_dataset(ids, "curated", experiment_id, isolated_settings)
+    again = fb.curate_to_dataset(ids, "curated", experiment_id, isolated_settings)
+    assert first.dataset_id == again.dataset_id and first.added == 2
+    assert [d.dataset_id for d in search_datasets(filter_string="name = 'curated'")] == [first.dataset_id]
+    assert [d.name for d in datasets.list_datasets([experiment_id], isolated_settings).datasets] == ["curated"]
+    rows = datasets.load_dataset_rows("curated", isolated_settings)
+    assert sorted(r["expectations"]["expected_response"] for r in rows) == ["It is one.", "It is zero."]

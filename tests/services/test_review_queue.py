@@ -304,3 +304,79 @@ def test_a_claim_in_the_earlier_single_tag_format_is_still_honoured(isolated_set
     rq.complete(queue, ids[0], "old@x", isolated_settings)
     assert rq.next_item(queue, "new@x", settings=isolated_settings) is None  # one review per item: done
     assert rq.queue_items(queue, isolated_settings)[0].reviewed_by == ("old@x",)
+
+
+# --- interrupted creation ------------------------------------------------------------------------
+
+
+def _tagging_fails_at(monkeypatch, call: int | None):
+    """Count trace-tag writes; the ``call``-th fails as a dead server does."""
+    from mlflow import MlflowClient
+
+    original = MlflowClient.set_trace_tag
+    calls: list[str] = []
+
+    def set_trace_tag(self, trace_id, key, value):
+        calls.append(trace_id)
+        if len(calls) == call:
+            raise ConnectionError("Connection refused")
+        return original(self, trace_id, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_trace_tag", set_trace_tag)
+    return calls
+
+
+def _queue_runs(settings, name: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(rq.REVIEW_EXPERIMENT)
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(rq.NAME_TAG) == name]
+
+
+def test_an_interrupted_queue_is_not_listed_and_a_retry_finishes_it_once(isolated_settings, monkeypatch):
+    _, _, ids = make_traces(isolated_settings, 4)
+    spec = rq.QueueSpec("triage", rq.QueueSource.HAND_PICKED, (), trace_ids=tuple(ids))
+    with monkeypatch.context() as patch:
+        _tagging_fails_at(patch, 2)
+        with pytest.raises(BackendUnavailableError) as failed:
+            rq.create_queue(spec, "o@x", isolated_settings, request_id="req-1")
+    message = str(failed.value)
+    assert "only partly created (1 of 4" in message and "Create queue again" in message and "Traceback" not in message
+    assert rq.list_queues(isolated_settings) == []  # the partial queue is not offered
+    (partial,) = _queue_runs(isolated_settings, "triage")
+    assert partial.data.tags[rq.KIND_TAG] == rq.PENDING_KIND
+    with pytest.raises(NotFoundError, match="not finished"):
+        rq.get_queue(partial.info.run_id, isolated_settings)
+
+    with monkeypatch.context() as patch:
+        written = _tagging_fails_at(patch, None)
+        queue = rq.create_queue(spec, "o@x", isolated_settings, request_id="req-1")
+        assert len(written) == 3  # only the traces still missing
+        again = rq.create_queue(spec, "o@x", isolated_settings, request_id="req-1")
+        assert len(written) == 3  # the same confirmation again: nothing written
+    assert queue.queue_id == again.queue_id == partial.info.run_id
+    assert [q.queue_id for q in rq.list_queues(isolated_settings)] == [queue.queue_id]
+    assert sorted(i.trace_id for i in rq.queue_items(queue, isolated_settings)) == sorted(ids)
+    assert rq.get_queue(queue.queue_id, isolated_settings) == queue
+    assert len(_queue_runs(isolated_settings, "triage")) == 1
+    # A new confirmation of the same spec is a second queue, as before.
+    rq.create_queue(spec, "o@x", isolated_settings, request_id="req-2")
+    assert len(rq.list_queues(isolated_settings)) == 2
+
+
+def test_a_retry_without_a_request_id_finishes_an_interrupted_sample_to_its_size(isolated_settings, monkeypatch):
+    _, experiment_id, ids = make_traces(isolated_settings, 6)
+    spec = rq.QueueSpec("sample", rq.QueueSource.SAMPLE, (experiment_id,), start_ms=0, end_ms=NOW_MS + 60_000, size=3)
+    with monkeypatch.context() as patch:
+        first = _tagging_fails_at(patch, 2)
+        with pytest.raises(BackendUnavailableError, match="only partly created"):
+            rq.create_queue(spec, "o@x", isolated_settings)
+    # Another user's identical spec is their own queue, not this unfinished one.
+    theirs = rq.create_queue(spec, "someone@x", isolated_settings)
+    # The retry draws a new sample but keeps the trace already added and tops up to the size.
+    queue = rq.create_queue(spec, "o@x", isolated_settings)
+    items = [i.trace_id for i in rq.queue_items(queue, isolated_settings)]
+    assert len(items) == 3 and first[0] in items
+    assert {q.queue_id for q in rq.list_queues(isolated_settings)} == {queue.queue_id, theirs.queue_id}
+    assert len(_queue_runs(isolated_settings, "sample")) == 2

@@ -215,7 +215,7 @@ with run_tab:
         interrupted = [r for r in recent if r.interrupted and r.request_id not in retried]
         if interrupted:
             st.warning(
-                f"**{len(interrupted)} run(s) were interrupted and not completed since** (the MLflow backend or the "
+                f"**{len(interrupted)} {'run was' if len(interrupted) == 1 else 'runs were'} interrupted and not completed since** (the MLflow backend or the "
                 "app went away mid-run). Their partial results are not used in comparisons or gates. Run the same "
                 "evaluation again to retry.",
                 icon=":material/cloud_off:",
@@ -233,7 +233,7 @@ with compare_tab:
     left_out = [r for r in runs if r.interrupted]
     runs = [r for r in runs if not r.interrupted]
     if left_out:
-        st.caption(f":material/cloud_off: {len(left_out)} interrupted run(s) left out: their results are incomplete.")
+        st.caption(f":material/cloud_off: {len(left_out)} interrupted {'run' if len(left_out) == 1 else 'runs'} left out: their results are incomplete.")
     if len(runs) < 2:
         st.info("**Comparing needs two or more evaluation runs.** Start one in the Run tab.", icon=":material/fact_check:")
     else:

@@ -155,8 +155,22 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
     with pytest.raises(ValidationError, match="reason"):
         serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings),
                             user="ana", reason=" ", settings=isolated_settings)
+    for bad in ("", "has space", "a/b", "x" * 129, "quote'"):
+        with pytest.raises(ValidationError, match="request id"):
+            serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings),
+                                user="ana", reason="bad id", settings=isolated_settings, request_id=bad)
     assert serving.get_endpoint("ep", isolated_settings) == stored
     assert len(traffic_audit.traffic_changes("ep", settings=isolated_settings)) == 1
+
+    # One request id is one change: reusing it for another split is refused, not applied.
+    serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings), user="ana",
+                        reason="all on v2", settings=isolated_settings, request_id="req-1")
+    moved = serving.get_endpoint("ep", isolated_settings)
+    with pytest.raises(ValidationError, match="start a new confirmation"):
+        serving.apply_split(serving.plan_split("ep", {("m", "1"): 100}, settings=isolated_settings), user="ana",
+                            reason="all on v1", settings=isolated_settings, request_id="req-1")
+    assert serving.get_endpoint("ep", isolated_settings) == moved
+    assert len(traffic_audit.traffic_changes("ep", settings=isolated_settings)) == 2
 
 
 def _local_client_factory():

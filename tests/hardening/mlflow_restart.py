@@ -6,6 +6,7 @@ coming back, so what was committed before the kill is there afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -54,13 +56,37 @@ class RestartableServer:
 
     def kill(self) -> None:
         """SIGKILL the server's process group (it is the only member of its own session)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=30)
+        kill_group(self.process)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def kill_group(process: subprocess.Popen | None) -> None:
+    """SIGKILL a process started with ``start_new_session=True`` together with its children."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def restartable_backend(root: Path, *, env: dict[str, str] | None = None) -> Iterator[tuple[RestartableServer, Any]]:
+    """A started server and the app's settings on it, MLflow configured for them; afterwards the
+    server is killed and MLflow points back at the session's settings."""
+    from services._clients import configure_mlflow, get_settings
+    from services.settings import load_settings
+
+    srv = RestartableServer(root, env=env)
+    srv.start()
+    settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
+                              "AGENTOPS_DATA_DIR": str(root / "data")})
+    try:
+        configure_mlflow(settings)
+        yield srv, settings
+    finally:
+        srv.kill()
+        configure_mlflow(get_settings())

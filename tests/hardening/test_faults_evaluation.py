@@ -19,8 +19,7 @@ from mlflow.tracing.client import TracingClient
 from services import evaluations
 from services.errors import BackendUnavailableError
 from services.evaluations import EvaluationRequest
-from services.settings import load_settings
-from tests.hardening.mlflow_restart import RestartableServer
+from tests.hardening.mlflow_restart import restartable_backend
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
 
@@ -42,20 +41,9 @@ POINTS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from services._clients import configure_mlflow, get_settings
-
-    root = tmp_path_factory.mktemp("eval-faults-server")
-    srv = RestartableServer(root)
-    srv.start()
-    settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
-                              "AGENTOPS_DATA_DIR": str(root / "data")})
-    try:
-        configure_mlflow(settings)
+    with restartable_backend(tmp_path_factory.mktemp("eval-faults-server")) as (srv, settings):
         experiment_id = build_agent(settings)
         yield srv, settings, experiment_id
-    finally:
-        srv.kill()
-        configure_mlflow(get_settings())
 
 
 def _request(request_id: str) -> EvaluationRequest:

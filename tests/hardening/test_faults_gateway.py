@@ -47,6 +47,7 @@ from scipy.stats import binomtest
 from services import serving
 from services.settings import load_settings
 from tests.gateway.conftest import MODEL, build_gateway_store, put_endpoint
+from tests.hardening.mlflow_restart import kill_group
 from tests.hardening.reliability import write_record
 
 pytestmark = pytest.mark.slow
@@ -98,13 +99,7 @@ class GatewayProcess:
 
     def kill(self) -> None:
         """SIGKILL the gateway and its trace-writer process (its own session and group) at once."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=30)
+        kill_group(self.process)
 
 
 @dataclass

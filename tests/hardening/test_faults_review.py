@@ -22,8 +22,7 @@ from services import datasets
 from services import feedback as fb
 from services import review_queue as rq
 from services.errors import BackendUnavailableError
-from services.settings import load_settings
-from tests.hardening.mlflow_restart import RestartableServer
+from tests.hardening.mlflow_restart import restartable_backend
 from tests.hardening.reliability import write_record
 from tests.services.test_feedback import QUESTIONS, make_traces
 
@@ -41,21 +40,10 @@ ROWS = [{"inputs": {"question": f"Where is order {i}?"}, "expectations": {"expec
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from services._clients import configure_mlflow, get_settings
-
-    root = tmp_path_factory.mktemp("review-faults-server")
-    srv = RestartableServer(root)
-    srv.start()
-    settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
-                              "AGENTOPS_DATA_DIR": str(root / "data")})
-    try:
-        configure_mlflow(settings)
+    with restartable_backend(tmp_path_factory.mktemp("review-faults-server")) as (srv, settings):
         _, experiment_id, ids = make_traces(settings, 12, name="review-faults")
         traces = iter(ids)
         yield srv, settings, experiment_id, traces
-    finally:
-        srv.kill()
-        configure_mlflow(get_settings())
 
 
 def _kill_at(monkeypatch, srv: RestartableServer, cls, method: str, call: int, when: str = "before") -> dict:

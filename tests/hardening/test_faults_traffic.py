@@ -25,7 +25,7 @@ from services import ai_gateway, serving, traffic_audit
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
 from services.settings import load_settings
-from tests.hardening.mlflow_restart import RestartableServer
+from tests.hardening.mlflow_restart import restartable_backend
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
 
@@ -49,26 +49,15 @@ GATEWAY_POINTS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from services._clients import configure_mlflow, get_settings
-
-    root = tmp_path_factory.mktemp("traffic-faults")
-    srv = RestartableServer(root, env={"MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "http,https",
-                                       "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
-                                       "MLFLOW_MODEL_CATALOG_URI": ""})
-    srv.start()
-    settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
-                              "AGENTOPS_DATA_DIR": str(root / "data")})
-    try:
-        configure_mlflow(settings)
+    env = {"MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "http,https", "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_MODEL_CATALOG_URI": ""}  # AI Gateway secrets pointing at loopback
+    with restartable_backend(tmp_path_factory.mktemp("traffic-faults"), env=env) as (srv, settings):
         build_agent(settings)
         served = tuple(ServedVersion(serving.entity_name_for(AGENT, v), AGENT, v) for v in ("1", "2"))
         serving.save_local_endpoint(Endpoint(
             ENDPOINT, served, (TrafficRoute(served[0].entity_name, 80), TrafficRoute(served[1].entity_name, 20)),
             EndpointState.READY, backend="local"), settings)
         yield srv, settings
-    finally:
-        srv.kill()
-        configure_mlflow(get_settings())
 
 
 def _records(settings, endpoint: str, request_id: str) -> list[traffic_audit.TrafficChange]:

@@ -248,8 +248,10 @@ def test_gateway_restart_during_traffic_serves_and_traces_each_request_exactly_o
         gateway.kill()
         stop_s = 0.0
         at_fault = _journal_counts(store.data_dir)
-        # Traces answered with a 200 but not in the store when the process died: held by the journal.
-        assert at_fault["pending"] >= 1, f"the kill should catch traces not yet written ({at_fault})"
+        # Traces answered with a 200 but not in the store when the process died are held by the journal
+        # (hundreds here on a busy machine; a fast one may have written them all). Either way, the
+        # checks below require every one of them in the store after the restart, exactly once; the
+        # replay itself is also tested deterministically in tests/gateway (a "crashed" gateway's journal).
     restart_s = gateway.start()
     assert gateway.process.pid != old_pid
 

@@ -218,7 +218,7 @@ def save_dataset(name: str, rows: list[dict[str, Any]], experiment_id: str, sett
     if not experiment_id:
         raise ValidationError("Pick the experiment the dataset belongs to.")
     settings = configure_mlflow(settings)
-    from mlflow.genai.datasets import create_dataset, delete_dataset
+    from mlflow.genai.datasets import delete_dataset
 
     _require_experiment(mlflow_client(settings), experiment_id)
     fingerprint = _fingerprint(rows, experiment_id)
@@ -237,9 +237,7 @@ def save_dataset(name: str, rows: list[dict[str, Any]], experiment_id: str, sett
         raise ConflictError(f"A dataset named {name!r} already exists; pick another name.")
     created = dataset is None
     if created:
-        with translate_errors(f"evaluation dataset {name!r}"):
-            dataset = create_dataset(name=name, experiment_id=[experiment_id],
-                                     tags={SAVE_TAG: f"{PENDING}:{marker}"} if marker else None)
+        dataset = _create(name, experiment_id, marker)
     try:
         _merge_and_finish(dataset, rows, name, marker)
     except BackendUnavailableError as exc:
@@ -270,8 +268,6 @@ def add_rows(name: str, rows: list[dict[str, Any]], experiment_id: str, settings
         raise ValidationError("Give the evaluation dataset a name.")
     validate_rows(rows)
     settings = configure_mlflow(settings)
-    from mlflow.genai.datasets import create_dataset
-
     taken = _named(name)
     if len(taken) > 1:
         raise ConflictError(f"{len(taken)} datasets are named {name!r}; rename one so the name picks one dataset.")
@@ -281,14 +277,21 @@ def add_rows(name: str, rows: list[dict[str, Any]], experiment_id: str, settings
         marker = CURATION if _pending(dataset) == CURATION else None
     else:
         marker = CURATION if _markers(settings) else None
-        with translate_errors(f"evaluation dataset {name!r}"):
-            dataset = create_dataset(name=name, experiment_id=[experiment_id],
-                                     tags={SAVE_TAG: f"{PENDING}:{marker}"} if marker else None)
+        dataset = _create(name, experiment_id, marker)
     try:
         _merge_and_finish(dataset, rows, name, marker)
     except BackendUnavailableError as exc:
         raise _interrupted(name, exc, "Add the same traces to the same dataset again") from exc
     return str(dataset.dataset_id)
+
+
+def _create(name: str, experiment_id: str, marker: str | None) -> Any:
+    """A new evaluation dataset; with ``marker``, tagged pending until its rows are merged."""
+    from mlflow.genai.datasets import create_dataset
+
+    with translate_errors(f"evaluation dataset {name!r}"):
+        return create_dataset(name=name, experiment_id=[experiment_id],
+                              tags={SAVE_TAG: f"{PENDING}:{marker}"} if marker else None)
 
 
 def _fail(row: int, column: str, problem: str) -> ValidationError:

@@ -17,6 +17,7 @@ Every variable the app reads is documented here once, with its default.
 | ``AGENTOPS_ROLE_GROUPS`` | — | workspace groups mapped to roles, e.g. ``operator=release-managers,reviewer=domain-experts`` (``services.roles``) |
 | ``AGENTOPS_WAREHOUSE_ID`` | — | Databricks: SQL warehouse that aggregates trace windows for the Monitoring charts (``valueFrom``) |
 | ``AGENTOPS_TRACE_SPANS_TABLE`` | — | Databricks: Unity Catalog spans table holding the traces (``catalog.schema.table``); with the warehouse, charts are one SQL statement there (``services.trace_sql``) |
+| ``AGENTOPS_STORE_DB_URL`` | — | ``mlflow`` backend: optional read-only SQLAlchemy URL of the server's own database (``postgresql+psycopg://reader@host/mlflow`` or ``sqlite:///path``); Monitoring aggregates there in SQL instead of through ``query_trace_metrics`` requests (``services._mlflow_internal.store_db``) |
 | ``AGENTOPS_ROLES_FILE`` | ``<data dir>/roles.json`` | local roles by user (``services.roles``) |
 
 On Databricks, MLflow and workspace calls carry the signed-in user's token whenever one is forwarded
@@ -27,7 +28,7 @@ On Databricks, MLflow and workspace calls carry the signed-in user's token whene
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Mapping
@@ -55,6 +56,7 @@ class Settings:
     databricks_app_name: str | None
     warehouse_id: str | None = None
     trace_spans_table: str | None = None
+    store_db_url: str | None = field(default=None, repr=False)  # may carry a password
 
     @property
     def tracking_uri(self) -> str:
@@ -136,6 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         databricks_app_name=env.get("DATABRICKS_APP_NAME") or None,
         warehouse_id=(env.get("AGENTOPS_WAREHOUSE_ID") or "").strip() or None,
         trace_spans_table=(env.get("AGENTOPS_TRACE_SPANS_TABLE") or "").strip() or None,
+        store_db_url=(env.get("AGENTOPS_STORE_DB_URL") or "").strip() or None,
     )
 
 

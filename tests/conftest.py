@@ -59,3 +59,15 @@ def isolated_settings(tmp_path):
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the whole session (``tests/harness/postgres.py``);
+    tests take their own database from it with ``postgres.new_database()``."""
+    from tests.harness import postgres as pg
+
+    if not pg.available():
+        pytest.fail("PostgreSQL is not installed: scripts/test installs Debian's 'postgresql' package.")
+    with pg.running_postgres() as cluster:
+        yield cluster

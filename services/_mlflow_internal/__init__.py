@@ -603,12 +603,11 @@ class TraceAggregates:
 
 
 def supports_sql_aggregation(client: MlflowClient) -> bool:
-    """True when the store is MLflow's SQL store on SQLite, whose tables the fast aggregate reads."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    """True when the fast aggregate can read the store's tables: an embedded SQL store on SQLite or
+    PostgreSQL, or a server whose database URL was given (``store_db``)."""
+    from services._mlflow_internal import store_db
 
-    store = tracking_store(client)
-    return (isinstance(store, SqlAlchemyStore) and hasattr(store, "ManagedSessionMaker")
-            and store.engine.dialect.name in _SQL_AGGREGATE_DIALECTS)
+    return store_db.sql_source(client) is not None
 
 
 def aggregate_traces(
@@ -639,8 +638,10 @@ def aggregate_traces(
     tag_pairs = tuple(sorted((tag_equals or {}).items()))
     args = (list(experiment_ids), start_ms, end_ms, interval_seconds, group_tag, groups, tag_pairs, status,
             with_models)
+    from services._mlflow_internal import store_db
+
     if supports_sql_aggregation(client) and not force_fallback:
-        return _aggregate_sql(tracking_store(client), *args)
+        return _aggregate_sql(store_db.sql_source(client), *args)
     return _aggregate_metrics_api(client, *args)
 
 
@@ -661,11 +662,13 @@ def trace_tag_values(
     """
     if not experiment_ids:
         return []
+    from services._mlflow_internal import store_db
+
     if supports_sql_aggregation(client) and not force_fallback:
         import sqlalchemy as sa
         from mlflow.store.tracking.dbmodels.models import SqlTraceInfo, SqlTraceTag
 
-        store = tracking_store(client)
+        store = store_db.sql_source(client)
         ti, tags = SqlTraceInfo.__table__, SqlTraceTag.__table__
         with store.ManagedSessionMaker() as session:  # the store's own experiment scoping (workspaces)
             ids = [int(i) for i in store._filter_experiment_ids(session, [int(i) for i in experiment_ids])]
@@ -691,11 +694,6 @@ def trace_tag_values(
 # makes the aggregate's scans about 40% cheaper (measured on the 100k-trace bench store).
 _SQLITE_MMAP_BYTES = 1 << 31
 
-
-# Dialects the fast aggregate is tested on. Others take the query_trace_metrics path: MySQL's
-# GROUP_CONCAT truncates at group_concat_max_len (1 KB by default), and PostgreSQL, which has a
-# native percentile_cont, is not exercised by the test suite (its SQL would compile, untested).
-_SQL_AGGREGATE_DIALECTS = ("sqlite",)
 
 
 def _percentiles(values: Any) -> list[float]:

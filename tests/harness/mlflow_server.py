@@ -1,4 +1,10 @@
-"""A real ``mlflow server`` process on a free loopback port, for tests where the HTTP path matters."""
+"""A real ``mlflow server`` process on a free loopback port, for tests where the HTTP path matters.
+
+The one way the tests start an ``mlflow server``: ``running_mlflow_server`` here and the
+restartable server of ``tests/hardening/mlflow_restart.py`` both build the command with
+``server_command`` and wait with ``wait_healthy``. The store is a SQLite file in the test's folder
+unless ``backend_store_uri`` names another (a PostgreSQL database from ``tests/harness/postgres.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,37 +16,53 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import pytest
 
 from services.settings import Settings, load_settings
 
 
-@contextlib.contextmanager
-def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None,
-                          timeout_s: float = 120) -> Iterator[Settings]:
-    """Start a one-worker server on a temp SQLite store; yield settings for it; stop it by PID."""
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return sock.getsockname()[1]
+
+
+def server_command(port: int, root: Path, *, backend_store_uri: str | None = None, workers: int = 1) -> list[str]:
+    """The ``mlflow server`` command line: loopback, one worker, artifacts under ``root``."""
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination", f"{root}/artifacts", "--workers", str(workers)]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, on_fail: Callable[[], None] = lambda: None) -> None:
+    """Poll ``/health`` until it answers; fail the test if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                on_fail()
+                pytest.fail(f"mlflow server did not start within {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 120,
+                          backend_store_uri: str | None = None) -> Iterator[Settings]:
+    """Start a one-worker server (temp SQLite store unless ``backend_store_uri``); yield settings for it;
+    stop it by PID."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"{root}/artifacts",
-         "--workers", "1"],
+        server_command(port, root, backend_store_uri=backend_store_uri),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    pytest.fail(f"mlflow server did not start within {timeout_s:.0f} s")
-                time.sleep(0.5)
+        wait_healthy(url, process, timeout_s)
         yield load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
                              "AGENTOPS_DATA_DIR": str(root / "data")})
     finally:

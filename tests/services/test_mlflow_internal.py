@@ -141,13 +141,21 @@ AGGREGATE_COLUMNS = {
 }
 
 
-def _two_stores(tmp_path):
+def _store_uri(dialect: str, folder, name: str, request) -> str:
+    """A new empty store's URI: a SQLite file in ``folder`` or a database in the session's PostgreSQL."""
+    if dialect == "sqlite":
+        return f"sqlite:///{folder / name}.db"
+    return request.getfixturevalue("postgres").new_database(name)
+
+
+def _two_stores(tmp_path, dialect="sqlite", request=None):
     """Two empty stores whose first experiment has the same id and artifact location."""
     stores = []
     for name in ("via_store", "direct"):
-        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / name}.db")
+        uri = _store_uri(dialect, tmp_path, name, request)
+        client = MlflowClient(tracking_uri=uri)
         experiment_id = client.create_experiment("load", artifact_location=(tmp_path / "artifacts").as_uri())
-        stores.append((client, experiment_id, tmp_path / f"{name}.db"))
+        stores.append((client, experiment_id, uri))
     assert stores[0][1] == stores[1][1]
     return stores
 
@@ -167,19 +175,24 @@ def _varied_specs(experiment_id: str) -> list[internal.TraceSpec]:
     return specs
 
 
-def _table_rows(db_path) -> dict[str, list[tuple]]:
-    import sqlite3
+def _table_rows(uri: str) -> dict[str, list[tuple]]:
+    import sqlalchemy as sa
 
-    with sqlite3.connect(db_path) as connection:
-        names = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {name: sorted(map(repr, connection.execute(f'SELECT * FROM "{name}"')))
-                for name in names if name != "experiments"}  # experiments hold creation times
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            names = sa.inspect(connection).get_table_names()
+            return {name: sorted(map(repr, connection.execute(sa.text(f'SELECT * FROM "{name}"')).all()))
+                    for name in names if name != "experiments"}  # experiments hold creation times
+    finally:
+        engine.dispose()
 
 
-def test_direct_load_writes_exactly_the_rows_of_the_store_path(tmp_path):
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_direct_load_writes_exactly_the_rows_of_the_store_path(tmp_path, dialect, request):
     import random
 
-    (via_store, experiment_id, store_db), (direct, _, direct_db) = _two_stores(tmp_path)
+    (via_store, experiment_id, store_db), (direct, _, direct_db) = _two_stores(tmp_path, dialect, request)
     assert internal.supports_direct_load(direct, _varied_specs(experiment_id))
     # The same seed gives both paths the same trace and span ids.
     internal._log_traces_bulk(via_store, _varied_specs(experiment_id), random.Random(7))
@@ -224,14 +237,15 @@ def _durations(rng, n: int) -> list[int]:
     return [rng.choice([5, 50, 50, 120, 400, 401, 999, 2500]) if i % 3 else rng.randint(1, 5000) for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def spread_store(tmp_path_factory):
-    """Traces over six hours in three arms, each with a known duration, tokens and status (read-only)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def spread_store(tmp_path_factory, request):
+    """Traces over six hours in three arms, each with a known duration, tokens and status (read-only),
+    in a SQLite store and in a PostgreSQL one: the aggregates' statements run on both dialects."""
     import random
 
     rng = random.Random(3)
     folder = tmp_path_factory.mktemp("spread")
-    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'spread.db'}")
+    client = MlflowClient(tracking_uri=_store_uri(request.param, folder, "spread", request))
     experiment_id = client.create_experiment("spread", artifact_location=(folder / "artifacts").as_uri())
     hour_ns = 3_600_000_000_000
     origin = (NOW_NS // hour_ns - 6) * hour_ns

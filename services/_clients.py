@@ -75,6 +75,10 @@ def configure_mlflow(settings: Settings | None = None) -> Settings:
             settings.artifact_root.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(settings.tracking_uri)
         mlflow.set_registry_uri(settings.registry_uri)
+        if settings.backend is Backend.MLFLOW:  # the server's database, for the store-side aggregates
+            from services._mlflow_internal import store_db
+
+            store_db.register(settings.tracking_uri, settings.store_db_url)
         _configured_for = settings
         return settings
 
@@ -216,8 +220,24 @@ def check_connection(settings: Settings | None = None) -> None:
             )
     if settings.backend is Backend.MLFLOW:
         _check_http(settings.mlflow_uri or "")
-    with translate_errors(f"the tracking store at {settings.workspace_label}"):
-        mlflow_client(settings).search_experiments(max_results=1)
+        if settings.store_db_url:
+            from services._mlflow_internal import store_db
+
+            try:
+                store_db.check(settings.store_db_url)
+            except store_db.StoreDatabaseError as exc:
+                raise BackendUnavailableError(str(exc)) from None
+    try:
+        with translate_errors(f"the tracking store at {settings.workspace_label}"):
+            mlflow_client(settings).search_experiments(max_results=1)
+    except BackendUnavailableError as exc:
+        if settings.backend is not Backend.MLFLOW:
+            raise
+        # /health answered, so the server runs but cannot read its own store (its database is down).
+        raise BackendUnavailableError(
+            f"{exc} The MLflow server answers but cannot read its store: if it runs on PostgreSQL, check that "
+            "the database is running (scripts/team-server status <folder>)."
+        ) from None
 
 
 def _check_http(uri: str) -> None:

@@ -72,14 +72,16 @@ def _specs(experiment_id: str, rng: random.Random, count: int, first: int, now_n
             "agentops.alias": "champion" if version == "1" else "challenger", "agentops.endpoint": "bench"})
 
 
-def _build(settings, n: int, days: int) -> str:
+def _build(settings, n: int, days: int, store_uri: str | None = None) -> str:
+    """Fill the store at ``store_uri`` (default: the settings' local SQLite store) once."""
     from mlflow import MlflowClient
 
     from services import _mlflow_internal as internal
-    from services._clients import get_or_create_experiment
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    experiment_id = get_or_create_experiment(client, EXPERIMENT, settings)
+    client = MlflowClient(tracking_uri=store_uri or settings.tracking_uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        EXPERIMENT, artifact_location=(settings.data_dir / "artifacts" / EXPERIMENT).as_uri())
     marker = settings.data_dir / f"bench-{n}.done"
     if marker.exists():
         return experiment_id
@@ -94,11 +96,96 @@ def _build(settings, n: int, days: int) -> str:
         internal.bulk_load_traces(client, list(_specs(experiment_id, rng, count, first, now_ns, days * 86400 * 10**9)),
                                   chunk_size=chunk)
         print(f"  {first + count:,} traces written ({time.perf_counter() - started:.0f} s)", flush=True)
-    internal.analyze_sqlite(str(settings.db_path))  # planner statistics, as the demo seed does
+    _analyze(store_uri or settings.tracking_uri)  # planner statistics, as the demo seed does
     elapsed = time.perf_counter() - started
     print(f"built {n:,} traces in {elapsed:.0f} s ({n / elapsed:,.0f} traces/s)", flush=True)
     marker.write_text(json.dumps({"traces": n, "seconds": round(elapsed, 1)}))
     return experiment_id
+
+
+def _analyze(store_uri: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(store_uri)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(sa.text("ANALYZE"))
+    finally:
+        engine.dispose()
+
+
+# --- where the store lives: embedded SQLite, or behind `mlflow server` on SQLite or PostgreSQL ------
+
+STORES = ("embedded", "server-sqlite", "server-postgres")
+_SERVED: list = []  # the one _Served of this process (child processes reuse its server)
+
+
+class _Served:
+    """The store of ``--store`` and the app's settings on it; started servers stop at exit."""
+
+    def __init__(self, args) -> None:
+        import atexit
+
+        from services._clients import get_settings
+        from services.settings import load_settings
+
+        self.local = get_settings()  # AGENTOPS_DATA_DIR is the bench folder
+        self.kind = args.store
+        self.store_uri = self.local.tracking_uri
+        self.reader_uri = self.store_uri
+        self.cluster = self.server = None
+        if self.kind == "server-postgres":
+            from tests.harness.postgres import PostgresCluster
+
+            root = self.local.data_dir / "postgres"
+            root.mkdir(parents=True, exist_ok=True)
+            from mlflow import MlflowClient
+
+            self.cluster = PostgresCluster(root)
+            fresh = not (root / "data").exists()
+            if not self.cluster.running():
+                self.cluster.start(settings={"shared_buffers": "1GB", "work_mem": "64MB", "max_wal_size": "4GB"})
+                atexit.register(self.cluster.stop)
+            self.store_uri = self.cluster.url("mlflow")
+            if fresh:
+                self.cluster.create_database("mlflow")
+                MlflowClient(tracking_uri=self.store_uri).search_experiments()  # MLflow creates its tables
+                self.cluster.create_reader("mlflow")
+            self.reader_uri = self.store_uri.replace("postgres@", "agentops_reader@")
+        self.app = self.local
+        if self.kind != "embedded":
+            if args.reuse_server:
+                self.url = args.reuse_server
+            else:
+                self.url = self._start_server(args)
+                atexit.register(self.stop)
+
+            def app_settings(**extra):
+                return load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": self.url,
+                                      "AGENTOPS_DATA_DIR": str(self.local.data_dir / "app"), **extra})
+
+            self.app = app_settings(AGENTOPS_STORE_DB_URL=self.reader_uri)
+            self.app_api_only = app_settings()
+
+    def _start_server(self, args) -> str:
+        from tests.harness.mlflow_server import free_port, server_command, wait_healthy
+
+        port = free_port()
+        log = (self.local.data_dir / "mlflow-server.log").open("ab")
+        self.server = subprocess.Popen(
+            server_command(port, self.local.data_dir / "server", backend_store_uri=self.store_uri,
+                           workers=args.server_workers),
+            stdout=log, stderr=log, start_new_session=True, env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""})
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, self.server, 300, on_fail=self.stop)
+        return url
+
+    def stop(self) -> None:
+        import signal
+
+        if self.server is not None and self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            self.server.wait(timeout=60)
 
 
 # --- the plain approach: search without spans, summarize in pandas --------------------------------
@@ -197,24 +284,29 @@ def _setup(args):
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
     from services import monitoring as mon
     from services import pricing
-    from services._clients import configure_mlflow, get_settings
+    from services._clients import configure_mlflow
 
-    settings = configure_mlflow(get_settings())
-    experiment_id = _build(settings, args.traces, args.days)
+    served = _Served(args)
+    experiment_id = _build(served.local, args.traces, args.days, served.store_uri)
+    settings = configure_mlflow(served.app)
     end = datetime.now(tz=timezone.utc) + timedelta(minutes=1)
     query = mon.TraceQuery((experiment_id,), end - timedelta(days=args.days + 1), end)
     prices = pricing.DEFAULT_PRICES | {"acme-llm": pricing.ModelPrice(1.0, 4.0, 0.25)}
 
-    def summary():
-        return mon.monitoring_data(query, mon.Split.VERSION, VERSIONS, prices=prices, settings=settings)
+    def summary(app_settings=settings):
+        return mon.monitoring_data(query, mon.Split.VERSION, VERSIONS, prices=prices, settings=app_settings)
 
+    summary.served = served
+    _SERVED[:] = [served]
     return settings, experiment_id, query, summary
 
 
 def _rss_child(args, what: str) -> dict[str, int]:
     """Memory of a fresh process that opens the store and then does ``what``."""
     command = [sys.executable, "-m", "bench.bench_monitoring", "--traces", str(args.traces), "--days", str(args.days),
-               "--data-dir", args.data_dir, "--rss-of", what]
+               "--data-dir", args.data_dir, "--store", args.store, "--rss-of", what]
+    if args.store != "embedded":
+        command += ["--reuse-server", _SERVED[0].url]
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1]).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -265,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="/tmp/agentops-bench")
     parser.add_argument("--skip-search", action="store_true", help="do not time the mlflow.search_traces baseline")
     parser.add_argument("--skip-rss", action="store_true", help="do not measure peak RSS in child processes")
+    parser.add_argument("--skip-api", action="store_true", help="server stores: do not time the query_trace_metrics path")
+    parser.add_argument("--store", choices=STORES, default="embedded",
+                        help="embedded SQLite (default), or the store behind a real `mlflow server` on SQLite or on "
+                             "a throwaway PostgreSQL in the data folder; the app then uses the mlflow backend with "
+                             "AGENTOPS_STORE_DB_URL, and the query_trace_metrics path is timed too")
+    parser.add_argument("--server-workers", type=int, default=2)
+    parser.add_argument("--reuse-server", help=argparse.SUPPRESS)
     parser.add_argument("--rss-of", choices=("baseline", "summary", "search"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_of:
@@ -277,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     from services import _mlflow_internal as internal
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before timing", flush=True)
+    print(f"store: {args.store}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before timing",
+          flush=True)
     data, cold, summary_peak = _timed(summary)
     warm_runs = [_seconds(summary) for _ in range(5)]
     warm, warm_cpu = min(w for w, _ in warm_runs), min(c for _, c in warm_runs)
@@ -297,6 +397,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(trace.data.spans)} spans, token usage {trace.info.token_usage}")
     ok = stored == requests == args.traces and len(trace.data.spans) >= 2
 
+    if args.store != "embedded" and not args.skip_api:
+        api_only = summary.served.app_api_only
+        api_runs = [_seconds(lambda: summary(api_only)) for _ in range(2)]
+        api = summary(api_only)
+        print(f"same summary through the server's API only ({api.aggregation_path}, {api.store_queries} requests): "
+              f"warm {min(w for w, _ in api_runs):.2f} s wall / {min(c for _, c in api_runs):.2f} s CPU here "
+              f"(runs {', '.join(f'{w:.2f}' for w, _ in api_runs)}); totals equal: "
+              f"{api.totals[['requests', 'errors', 'input_tokens']].equals(data.totals[['requests', 'errors', 'input_tokens']])}",
+              flush=True)
     if not args.skip_search:
         by_search, searched, search_peak = _timed(lambda: summary_by_search(experiment_id, query, data.interval_seconds))
         rows = by_search[0]

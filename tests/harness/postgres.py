@@ -50,7 +50,10 @@ class PostgresCluster:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data = root / "data"
-        self.port = _free_port()
+        port_file = root / "port"  # kept, so a cluster started again (or by another process) has one URL
+        if not port_file.exists():
+            port_file.write_text(str(_free_port()))
+        self.port = int(port_file.read_text())
         self.log = root / "postgres.log"
         self._as_root = os.geteuid() == 0
 

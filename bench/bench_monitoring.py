@@ -72,7 +72,7 @@ def _specs(experiment_id: str, rng: random.Random, count: int, first: int, now_n
             "agentops.alias": "champion" if version == "1" else "challenger", "agentops.endpoint": "bench"})
 
 
-def _build(settings, n: int, days: int, store_uri: str | None = None) -> str:
+def _build(settings, n: int, days: int, store_uri: str | None = None, workers: int = 1) -> str:
     """Fill the store at ``store_uri`` (default: the settings' local SQLite store) once."""
     from mlflow import MlflowClient
 
@@ -90,11 +90,11 @@ def _build(settings, n: int, days: int, store_uri: str | None = None) -> str:
     rng = random.Random(11)  # a local RNG: never seed the global one (trace ids come from it)
     now_ns = time.time_ns()
     started = time.perf_counter()
-    chunk = 5000
+    chunk = 50_000
     for first in range(0, n, chunk):
         count = min(chunk, n - first)
         internal.bulk_load_traces(client, list(_specs(experiment_id, rng, count, first, now_ns, days * 86400 * 10**9)),
-                                  chunk_size=chunk)
+                                  chunk_size=5000, workers=workers)
         print(f"  {first + count:,} traces written ({time.perf_counter() - started:.0f} s)", flush=True)
     _analyze(store_uri or settings.tracking_uri)  # planner statistics, as the demo seed does
     elapsed = time.perf_counter() - started
@@ -287,7 +287,7 @@ def _setup(args):
     from services._clients import configure_mlflow
 
     served = _Served(args)
-    experiment_id = _build(served.local, args.traces, args.days, served.store_uri)
+    experiment_id = _build(served.local, args.traces, args.days, served.store_uri, args.load_workers)
     settings = configure_mlflow(served.app)
     end = datetime.now(tz=timezone.utc) + timedelta(minutes=1)
     query = mon.TraceQuery((experiment_id,), end - timedelta(days=args.days + 1), end)
@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                              "a throwaway PostgreSQL in the data folder; the app then uses the mlflow backend with "
                              "AGENTOPS_STORE_DB_URL, and the query_trace_metrics path is timed too")
     parser.add_argument("--server-workers", type=int, default=2)
+    parser.add_argument("--load-workers", type=int, default=os.cpu_count() or 1,
+                        help="processes building the rows of the bulk load (default: one per CPU)")
     parser.add_argument("--reuse-server", help=argparse.SUPPRESS)
     parser.add_argument("--rss-of", choices=("baseline", "summary", "search"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -188,15 +188,22 @@ def _table_rows(uri: str) -> dict[str, list[tuple]]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-def test_direct_load_writes_exactly_the_rows_of_the_store_path(tmp_path, dialect, request):
+@pytest.mark.parametrize("dialect, workers", [("sqlite", 1), ("postgresql", 1), ("postgresql", 2)])
+def test_direct_load_writes_exactly_the_rows_of_the_store_path(tmp_path, dialect, workers, request):
     import random
 
     (via_store, experiment_id, store_db), (direct, _, direct_db) = _two_stores(tmp_path, dialect, request)
     assert internal.supports_direct_load(direct, _varied_specs(experiment_id))
-    # The same seed gives both paths the same trace and span ids.
-    internal._log_traces_bulk(via_store, _varied_specs(experiment_id), random.Random(7))
-    ids = internal.bulk_load_traces(direct, _varied_specs(experiment_id), chunk_size=3, rng=random.Random(7))
+    # The same seed gives both paths the same trace and span ids (with workers: one seed per piece).
+    specs = _varied_specs(experiment_id)
+    if workers == 1:
+        internal._log_traces_bulk(via_store, specs, random.Random(7))
+    else:
+        seeds = random.Random(7)
+        for piece in [specs[i : i + 3] for i in range(0, len(specs), 3)]:
+            internal._log_traces_bulk(via_store, piece, random.Random(seeds.getrandbits(64)))
+    ids = internal.bulk_load_traces(direct, _varied_specs(experiment_id), chunk_size=3, rng=random.Random(7),
+                                    workers=workers)
     expected, actual = _table_rows(store_db), _table_rows(direct_db)
     assert set(expected) == set(actual)
     for table in expected:

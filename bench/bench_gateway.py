@@ -55,14 +55,48 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _setup(data_dir: str) -> tuple[Any, str]:
+def _serve_on_postgres(data_dir: str) -> dict[str, str]:
+    """A throwaway PostgreSQL and a real ``mlflow server`` on it (both stopped at exit); the app's
+    environment for the ``mlflow`` backend on that server."""
+    import atexit
+    import os
+    import signal
+    import subprocess
+
+    from tests.harness.mlflow_server import free_port, server_command, wait_healthy
+    from tests.harness.postgres import PostgresCluster
+
+    root = Path(data_dir) / "postgres"
+    root.mkdir(parents=True, exist_ok=True)
+    cluster = PostgresCluster(root)
+    cluster.start()
+    atexit.register(cluster.stop)
+    store_uri = cluster.create_database("mlflow")
+    port = free_port()
+    log = (Path(data_dir) / "mlflow-server.log").open("ab")
+    server = subprocess.Popen(server_command(port, Path(data_dir) / "server", backend_store_uri=store_uri, workers=2),
+                              stdout=log, stderr=log, start_new_session=True,
+                              env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""})
+
+    def stop() -> None:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+    atexit.register(stop)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, server, 300, on_fail=stop)
+    return {"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url}
+
+
+def _setup(data_dir: str, env: dict[str, str] | None = None) -> tuple[Any, str]:
     import mlflow
 
     from services import registry, serving
     from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client
     from services.settings import load_settings
 
-    settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": data_dir}))
+    settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": data_dir, **(env or {})}))
     client = mlflow_client(settings)
     experiment_id = get_or_create_experiment(client, "bench-gateway", settings)
     with mlflow.start_run(experiment_id=experiment_id):
@@ -181,16 +215,21 @@ def main() -> None:
     parser.add_argument("--compare-exporter", type=int, default=0, metavar="N",
                         help="also send N requests through a gateway using MLflow's exporter (slow path)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--store", choices=("embedded", "server-postgres"), default="embedded",
+                        help="the embedded SQLite store (default) or a real `mlflow server` on a throwaway PostgreSQL "
+                             "(the app on the mlflow backend; traces go through MLflow's exporter to the server)")
     args = parser.parse_args()
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="agentops-bench-gateway-")
-    settings, experiment_id = _setup(data_dir)
+    env = _serve_on_postgres(data_dir) if args.store == "server-postgres" else {}
+    settings, experiment_id = _setup(data_dir, env)
     direct = _direct(max(args.requests, args.latency_requests), experiment_id)
     batched = _through_gateway(settings, experiment_id, args.requests, args.clients, args.latency_requests)
 
     d50, d95 = _ms(direct["latencies"], 0.5), _ms(direct["latencies"], 0.95)
     s50, s95 = _ms(batched["single_client_latencies"], 0.5), _ms(batched["single_client_latencies"], 0.95)
     report: dict[str, Any] = {
+        "store": args.store,
         "requests": args.requests,
         "clients": args.clients,
         "failures": batched["failures"],

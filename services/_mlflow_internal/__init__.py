@@ -944,7 +944,8 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_link
         keys.append(group_tags.c.value.label("tag_value"))
         in_groups.append(group_tags.c.value.in_(list(by_tag)))
     by_keys = [k.element for k in keys]
-    bucket = (sa.func.floor(ti.c.timestamp_ms / step) * step).label("bucket")
+    # Integer division (both dialects): a numeric floor() made PostgreSQL sort on numerics.
+    bucket = ((ti.c.timestamp_ms // step) * step).label("bucket")
 
     # 1. Per group key and bucket: counts and sums grouped in the database, plus the durations as
     # one comma-joined string, from which numpy takes the percentiles (SQLite has no percentile

@@ -342,11 +342,15 @@ def _rss_only(args) -> int:
     if args.rss_of == "summary":
         summary()
     elif args.rss_of == "search":
-        summary_by_search(experiment_id, query, mon.choose_interval(query.start, query.end))
+        started = time.perf_counter()
+        by_search = summary_by_search(experiment_id, query, mon.choose_interval(query.start, query.end))
+        extra = {"seconds": time.perf_counter() - started, "rows": by_search[0]}
     done.set()
     sampler.join()
     peak[0] = max(peak[0], _status_kib("RssAnon"))
-    print(json.dumps({"anon": peak[0] * 1024, "hwm": _status_kib("VmHWM") * 1024}))
+    if args.rss_of == "search":  # after the peak: the service summary it is checked against
+        extra["problems"] = _agree(summary(), by_search)
+    print(json.dumps({"anon": peak[0] * 1024, "hwm": _status_kib("VmHWM") * 1024, **(locals().get("extra") or {})}))
     return 0
 
 
@@ -357,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="/tmp/agentops-bench")
     parser.add_argument("--skip-search", action="store_true", help="do not time the mlflow.search_traces baseline")
     parser.add_argument("--skip-rss", action="store_true", help="do not measure peak RSS in child processes")
+    parser.add_argument("--one-search", action="store_true",
+                        help="run the search baseline once, in the fresh process that measures its memory")
     parser.add_argument("--skip-api", action="store_true", help="server stores: do not time the query_trace_metrics path")
     parser.add_argument("--store", choices=STORES, default="embedded",
                         help="embedded SQLite (default), or the store behind a real `mlflow server` on SQLite or on "
@@ -408,6 +414,24 @@ def main(argv: list[str] | None = None) -> int:
               f"(runs {', '.join(f'{w:.2f}' for w, _ in api_runs)}); totals equal: "
               f"{api.totals[['requests', 'errors', 'input_tokens']].equals(data.totals[['requests', 'errors', 'input_tokens']])}",
               flush=True)
+    if args.one_search and not args.skip_search:
+        # The baseline runs once, in a fresh process: time, peak RSS and agreement from there.
+        base = _rss_child(args, "baseline")
+        found = _rss_child(args, "search")
+        mine = _rss_child(args, "summary")
+        problems = found["problems"]
+        for problem in problems[:10]:
+            print("  DISAGREE", problem)
+        ok = ok and found["rows"] == requests and not problems
+        print(f"mlflow.search_traces (no spans) + pandas: {found['rows']:,} traces in {found['seconds']:.2f} s "
+              f"(fresh process); summaries agree: {not problems}")
+        print(f"ratio warm summary / search+pandas: {warm / found['seconds']:.4f} ({found['seconds'] / warm:.0f}x "
+              f"faster); cold {cold / found['seconds']:.4f}")
+        print(f"peak memory above a process that only opened the store (fresh process each): summary "
+              f"{(mine['anon'] - base['anon']) / 2**20:.0f} MiB anonymous ({(mine['hwm'] - base['hwm']) / 2**20:.0f} MiB "
+              f"VmHWM), search+pandas {(found['anon'] - base['anon']) / 2**20:.0f} MiB anonymous "
+              f"({(found['hwm'] - base['hwm']) / 2**20:.0f} MiB VmHWM); idle process {base['anon'] / 2**20:.0f} MiB")
+        args.skip_search = args.skip_rss = True
     if not args.skip_search:
         by_search, searched, search_peak = _timed(lambda: summary_by_search(experiment_id, query, data.interval_seconds))
         rows = by_search[0]

@@ -45,3 +45,18 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
         yaxis=dict(title=None, autorange="reversed"),
     )
     return figure
+
+
+def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
+    """Readable time labels: '06 Dec 14:00' ticks (day on its own line when it changes), UTC said once."""
+    update = figure.update_xaxes if axis == "x" else figure.update_yaxes
+    update(
+        type="date", title_text="time (UTC)",
+        tickformatstops=[
+            dict(dtickrange=[None, 60_000], value="%H:%M:%S"),
+            dict(dtickrange=[60_000, 86_400_000], value="%H:%M<br>%d %b"),
+            dict(dtickrange=[86_400_000, None], value="%d %b"),
+        ],
+        hoverformat="%Y-%m-%d %H:%M UTC",
+    )
+    return figure

@@ -99,3 +99,59 @@ def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Scorer columns of an evaluations frame (everything that is not descriptive)."""
     return [c for c in frame.columns if c not in ("Agent", "Version", "Dataset", "Started")]
+
+
+# --- Awkward values read well -----------------------------------------------------------------
+
+DASH = "—"
+
+
+def missing(value: object) -> bool:
+    """None, NaN, NaT, pandas.NA or an empty string: shown as a dash, never as 'None' / 'nan' / 'NaT'."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    try:
+        result = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return bool(result) if isinstance(result, (bool,)) or getattr(result, "shape", None) == () else False
+
+
+def cell(value: object, fmt: str | None = None) -> str:
+    """One table cell as text: a dash when missing, times in UTC, mappings as 'key: value · …'."""
+    import datetime as _dt
+
+    if isinstance(value, (dict,)):
+        return " · ".join(f"{k}: {cell(v)}" for k, v in value.items()) or DASH
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(cell(v) for v in value) or DASH
+    if missing(value):
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (pd.Timestamp, _dt.datetime)):
+        stamp = pd.Timestamp(value)
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return stamp.strftime("%Y-%m-%d %H:%M UTC")
+    if isinstance(value, float):
+        return format(value, fmt) if fmt else (f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000
+                                               else f"{value:.4g}")
+    if fmt and isinstance(value, int):
+        return format(value, fmt)
+    return str(value)
+
+
+def readable(frame: pd.DataFrame, formats: dict[str, str] | None = None, *, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A copy of ``frame`` for display: every cell through ``cell`` (columns in ``keep`` left as they are).
+
+    Numbers keep their meaning (``formats`` gives a format spec per column, e.g. ``".1%"``); a
+    missing value is a dash rather than None, nan or NaT.
+    """
+    formats = formats or {}
+    out = frame.copy()
+    for column in out.columns:
+        if column in keep:
+            continue
+        fmt = formats.get(column)
+        out[column] = [cell(v, fmt) for v in out[column].tolist()]
+    return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from components.tables import code, plain
+from components.tables import code, plain, readable
 from services.audit import AliasChange
 from services.releases import AliasState, CheckStatus, Drift, PromotionPlan
+from services.prompts import PromptChange, PromptRef
 from services.versions import VersionDetail, VersionDiff
 
 _CHECK_ICON = {CheckStatus.PASS: "✅ pass", CheckStatus.FAIL: "❌ fail", CheckStatus.NO_DATA: "➖ no data"}
@@ -191,3 +192,45 @@ def history_frame(changes: list[AliasChange]) -> pd.DataFrame:
           "Evidence dataset": (c.evidence or {}).get("dataset") or "—", "Audit run": c.run_id}
          for c in changes]
     )
+
+
+def prompts_frame(refs: tuple[PromptRef, ...]) -> pd.DataFrame:
+    """The prompt versions one version uses: name, version, where MLflow recorded the link."""
+    return readable(pd.DataFrame(
+        [{"Prompt": r.name, "Version": f"v{r.version}", "Linked on": r.linked_from,
+          "First line": (r.template or "").strip().splitlines()[0][:120] if (r.template or "").strip() else None,
+          "Note": r.problem}
+         for r in refs], columns=["Prompt", "Version", "Linked on", "First line", "Note"]))
+
+
+def show_linked_prompts(refs: tuple[PromptRef, ...], version: str) -> None:
+    """Which prompt-registry versions a version uses, each text behind an expander."""
+    st.caption(f"Prompts v{version} uses")
+    if not refs:
+        st.caption("No prompt-registry version is linked to this version. Load prompts with "
+                   "`mlflow.genai.load_prompt(..., model_id=...)` (or while the model is active) to link them.")
+        return
+    st.dataframe(prompts_frame(refs), hide_index=True, width="stretch")
+    for ref in refs:
+        if ref.template is not None:
+            with st.expander(f"{ref.label}", icon=":material/description:"):
+                st.code(ref.template, language=None, wrap_lines=True)
+
+
+_PROMPT_STATUS = {"changed": "✏️ changed", "same version": "= same version", "same text": "= same text",
+                  "only left": "only in the left version", "only right": "only in the right version"}
+
+
+def show_prompt_changes(changes: tuple[PromptChange, ...], left: str, right: str) -> None:
+    """Each prompt either version uses: its version on both sides and a text diff where it changed."""
+    if not changes:
+        st.caption(f"Neither v{left} nor v{right} has linked prompt-registry versions.")
+        return
+    st.dataframe(readable(pd.DataFrame(
+        [{"Prompt": c.name, f"v{left}": c.left.label if c.left else None,
+          f"v{right}": c.right.label if c.right else None, "Change": _PROMPT_STATUS.get(c.status, c.status)}
+         for c in changes])), hide_index=True, width="stretch")
+    for c in changes:
+        if c.diff:
+            st.caption(f"{plain(c.name)}: {plain(c.left.label)} → {plain(c.right.label)}")
+            st.code(c.diff, language="diff", wrap_lines=True)

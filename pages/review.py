@@ -19,7 +19,7 @@ from components.review import (agreement_frame, labeling_session_block, name_tre
                                progress_block, render_conversation, review_failed, review_form)
 from components.tables import plain
 from services import feedback as fb
-from services import registry, roles
+from services import app_experiments, registry, roles
 from services import review_queue as rq
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.overview import agent_experiment_ids
@@ -76,8 +76,13 @@ def _feedback(settings: Settings, user: str, experiment_ids: tuple[str, ...], st
     return fb.human_feedback(experiment_ids, start_ms, end_ms, agent=agent, settings=settings, human_only=human_only)
 
 
+@per_user_cache(ttl=30, show_spinner=False)
+def _app_experiments(settings: Settings) -> tuple:
+    return app_experiments.app_experiments(settings)
+
+
 def _after_mutation() -> None:
-    for cached in (_queues, _progress, _items, _previous, _feedback, _questions):
+    for cached in (_queues, _progress, _items, _previous, _feedback, _questions, _app_experiments):
         cached.clear()
 
 
@@ -269,6 +274,11 @@ with queues_tab:
             queues = _queues(settings, user)
 
     st.subheader("Queues")
+    try:
+        queue_home = next(e for e in _app_experiments(settings) if e.variable == "AGENTOPS_REVIEW_EXPERIMENT")
+        st.caption(f":material/folder: {plain(app_experiments.describe(queue_home))}")
+    except (AgentOpsError, StopIteration):
+        pass
     if not queues:
         st.caption("No queues yet.")
     rows = []

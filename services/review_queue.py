@@ -37,7 +37,14 @@ from services.errors import BackendUnavailableError, ConflictError, NotFoundErro
 from services.settings import Backend, Settings
 from services.traces import AGENT_TAG, VERSION_TAG
 
-REVIEW_EXPERIMENT = "agentops-review"
+REVIEW_EXPERIMENT = "agentops-review"  # the default of settings.review_experiment (AGENTOPS_REVIEW_EXPERIMENT)
+
+
+def review_experiment_name(settings: Settings | None = None) -> str:
+    """The experiment holding the queues: created with the first queue, never by a read."""
+    from services._clients import get_settings
+
+    return (settings or get_settings()).review_experiment
 QUEUE_TAG = "agentops.review.queue."
 CLAIM_TAG = "agentops.review.claim."
 DONE_TAG = "agentops.review.done."
@@ -349,7 +356,7 @@ def create_queue(spec: QueueSpec, created_by: str, settings: Settings | None = N
     name = spec.name.strip()
     fingerprint = _spec_fingerprint(spec, created_by)
     with translate_errors("the review experiment"):
-        experiment_id = get_or_create_experiment(client, REVIEW_EXPERIMENT, settings)
+        experiment_id = get_or_create_experiment(client, review_experiment_name(settings), settings)
         earlier = _earlier_attempts(client, experiment_id, fingerprint)
     if request_id is not None:
         done = [r for r in earlier if r.data.tags.get(REQUEST_TAG) == request_id and r.data.tags.get(KIND_TAG) == "queue"]
@@ -426,7 +433,7 @@ def list_queues(settings: Settings | None = None) -> list[ReviewQueue]:
     """All queues, newest first (none when the review experiment does not exist yet)."""
     client = mlflow_client(settings)
     with translate_errors("the review experiment"):
-        experiment = client.get_experiment_by_name(REVIEW_EXPERIMENT)
+        experiment = client.get_experiment_by_name(review_experiment_name(settings))
         if experiment is None:
             return []
         runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'queue'",

@@ -80,10 +80,12 @@ def summary_frame(comparison: Comparison) -> pd.DataFrame:
         for low, high in zip(frame["ci_low"], frame["ci_high"])
     ]
     frame["p"] = [format_p(p).removeprefix("p ").removeprefix("= ") for p in frame["p_value"]]
-    return frame.rename(columns={
+    frame = frame.rename(columns={
         "run": "Run", "metric": "Metric", "kind": "Kind", "n": "Shared rows", "baseline": "Baseline",
         "value": "Run value", "delta": "Δ", "test": "Test", "direction": "Verdict",
     })[["Run", "Metric", "Kind", "Shared rows", "Baseline", "Run value", "Δ", "95% CI", "p", "Test", "Verdict"]]
+    # No shared scored rows leaves a figure out: a dash, not nan.
+    return readable(frame, {"Baseline": ".3f", "Run value": ".3f", "Δ": "+.3f"}, keep=("Shared rows",))
 
 
 def filter_rows(comparison: Comparison, choice: str) -> pd.DataFrame:
@@ -92,9 +94,8 @@ def filter_rows(comparison: Comparison, choice: str) -> pd.DataFrame:
     frame = comparison.rows
     if wanted is not None and not frame.empty:
         frame = frame[frame["change"].isin([str(w) for w in wanted])]
-    frame = frame.drop(columns=["row_key"], errors="ignore")
-    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    return readable(frame, keep=tuple(c for c in frame.columns if c not in text))
+    # A row a run does not have, or a scorer that failed, reads as a dash (its rationale says why).
+    return readable(frame.drop(columns=["row_key"], errors="ignore"))
 
 
 def delta_chart(comparison: Comparison) -> go.Figure:

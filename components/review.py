@@ -44,6 +44,9 @@ def render_conversation(conv: Conversation) -> None:
             st.text(f"The agent failed: {conv.error}")
         else:
             st.text(conv.answer or "(no answer recorded)")
+        if conv.raw_output and conv.raw_output != conv.answer:
+            with st.expander("Raw output (JSON)", icon=":material/data_object:"):
+                st.code(conv.raw_output, language="json", wrap_lines=True)
 
 
 def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review | None) -> tuple[bool, Review]:

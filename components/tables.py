@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -58,7 +59,9 @@ def agents_frame(activity: tuple[AgentActivity, ...]) -> pd.DataFrame:
                 "Cost (24h, $)": window.total_cost,
             }
         )
-    return pd.DataFrame(rows)
+    # A missing figure (no traces) is a dash, never None or nan.
+    return readable(pd.DataFrame(rows), {"Error rate (24h)": ".1%", "p95 latency (ms)": ",.0f",
+                                         "Cost (24h, $)": lambda v: f"${v:,.4f}"}, keep=("Versions", "Traces (24h)"))
 
 
 def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
@@ -81,7 +84,7 @@ def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
                 "Updated": endpoint.updated_at,
             }
         )
-    return pd.DataFrame(rows)
+    return readable(pd.DataFrame(rows))
 
 
 def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
@@ -93,7 +96,9 @@ def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
         row["Dataset"] = run.dataset or "—"
         row["Started"] = run.started_at
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # Scorer pass rates as percentages; a scorer a run did not use is a dash.
+    return readable(frame, {c: ".0%" for c in frame.columns if c not in ("Agent", "Version", "Dataset", "Started")})
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -117,8 +122,11 @@ def missing(value: object) -> bool:
     return bool(result) if isinstance(result, (bool,)) or getattr(result, "shape", None) == () else False
 
 
-def cell(value: object, fmt: str | None = None) -> str:
-    """One table cell as text: a dash when missing, times in UTC, mappings as 'key: value · …'."""
+def cell(value: object, fmt: "str | Callable[[Any], str] | None" = None) -> str:
+    """One table cell as text: a dash when missing, times in UTC, mappings as 'key: value · …'.
+
+    ``fmt`` is a format spec (``".1%"``) or a function of the value, used for numbers.
+    """
     import datetime as _dt
 
     if isinstance(value, (dict,)):
@@ -133,6 +141,8 @@ def cell(value: object, fmt: str | None = None) -> str:
         stamp = pd.Timestamp(value)
         stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         return stamp.strftime("%Y-%m-%d %H:%M UTC")
+    if callable(fmt) and isinstance(value, (int, float)):
+        return fmt(value)
     if isinstance(value, float):
         return format(value, fmt) if fmt else (f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000
                                                else f"{value:.4g}")
@@ -141,7 +151,7 @@ def cell(value: object, fmt: str | None = None) -> str:
     return str(value)
 
 
-def readable(frame: pd.DataFrame, formats: dict[str, str] | None = None, *, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+def readable(frame: pd.DataFrame, formats: "dict[str, Any] | None" = None, *, keep: tuple[str, ...] = ()) -> pd.DataFrame:
     """A copy of ``frame`` for display: every cell through ``cell`` (columns in ``keep`` left as they are).
 
     Numbers keep their meaning (``formats`` gives a format spec per column, e.g. ``".1%"``); a

@@ -53,7 +53,10 @@ def versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = None)
             }
         )
         rows.append(shown)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # No traffic or no evaluation leaves a figure out: a dash, never None / nan / NaT.
+    return readable(frame, {"Error rate": ".1%", "p95 (ms)": ",.0f", "Cost / request ($)": lambda v: f"${v:.5f}",
+                            **{m.removesuffix("/mean"): ".0%" for m in metrics}}, keep=("Traces (7d)",))
 
 
 def show_versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = None) -> None:
@@ -64,12 +67,8 @@ def show_versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = 
         hide_index=True,
         width="stretch",
         column_config={
-            "Created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-            "Error rate": st.column_config.NumberColumn(format="percent"),
-            "p95 (ms)": st.column_config.NumberColumn(format="%.0f"),
-            "Cost / request ($)": st.column_config.NumberColumn(format="$%.5f"),
-            **{c: st.column_config.NumberColumn(format="percent", help="Latest evaluation, share of rows that passed")
-               for c in metric_cols},
+            "Aliases": st.column_config.TextColumn(width="large", help="Every alias this version holds, in full"),
+            **{c: st.column_config.TextColumn(help="Latest evaluation, share of rows that passed") for c in metric_cols},
         },
     )
 
@@ -83,7 +82,9 @@ _FIXED = {
 def show_version_detail(detail: VersionDetail) -> None:
     """Fields, params, tags and evaluation runs of one version."""
     cols = st.columns(4)
-    cols[0].metric("Aliases", ", ".join(detail.aliases) or "—")
+    # A metric truncates long text: aliases are listed in full, one per line, as text.
+    cols[0].caption("Aliases")
+    cols[0].text("\n".join(f"@{a}" for a in detail.aliases) or "—")
     cols[1].metric("Traces (7d)", f"{detail.traffic.traces:,}")
     cols[2].metric("p95 latency", f"{detail.traffic.p95_ms:,.0f} ms" if detail.traffic.p95_ms is not None else "—")
     cols[3].metric("Cost / request",
@@ -110,11 +111,11 @@ def show_version_detail(detail: VersionDetail) -> None:
         st.dataframe(
             pd.DataFrame(
                 [{"Run": e.run_name, "Dataset": e.dataset or "—", "Started": e.started_at, "Status": e.status,
-                  **{m.removesuffix("/mean"): v for m, v in sorted(e.metrics.items())}, "Run id": e.run_id}
+                  **{m.removesuffix("/mean"): v for m, v in sorted(e.metrics.items())},
+                  "Linked by": e.linked_by, "Run id": e.run_id}
                  for e in detail.evaluations]
-            ),
+            ).pipe(readable),
             hide_index=True, width="stretch",
-            column_config={"Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
         )
     else:
         st.info("This version has no evaluation runs yet. Evaluate it before promoting it.", icon=":material/fact_check:")
@@ -123,7 +124,7 @@ def show_version_detail(detail: VersionDetail) -> None:
 def diff_frame(diff: VersionDiff) -> pd.DataFrame:
     """Only the params and tags that differ, side by side."""
     frame = diff.rows.rename(columns={"kind": "Kind", "key": "Key", "left": f"v{diff.left}", "right": f"v{diff.right}"})
-    return frame.fillna("(not set)")
+    return readable(frame.fillna("(not set)"))
 
 
 def evidence_frame(plan: PromotionPlan) -> pd.DataFrame:

@@ -288,8 +288,7 @@ with compare_tab:
                         f"only in {candidate.candidate.label}: left out of the tests, listed in the table below."
                     )
             st.subheader("Per-metric summary")
-            st.dataframe(view.summary_frame(comparison), hide_index=True, use_container_width=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("Baseline", "Run value", "Δ")})
+            st.dataframe(view.summary_frame(comparison), hide_index=True, use_container_width=True)
             if not comparison.deltas.empty:
                 left, right = st.columns(2)
                 left.plotly_chart(view.delta_chart(comparison), use_container_width=True, config={"displayModeBar": False})

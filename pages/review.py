@@ -17,7 +17,7 @@ from components.context import allowed, current_identity, current_settings, page
 from components.errors import show_error
 from components.review import (agreement_frame, labeling_session_block, name_trend_chart, names_frame,
                                progress_block, render_conversation, review_failed, review_form)
-from components.tables import plain
+from components.tables import plain, readable
 from services import feedback as fb
 from services import app_experiments, registry, roles
 from services import review_queue as rq
@@ -292,7 +292,7 @@ with queues_tab:
                      "reviewers": ", ".join(f"{r} ({n})" for r, n in zip(p.per_reviewer["reviewer"], p.per_reviewer["reviewed"])),
                      "created by": q.created_by, "created": q.created_at})
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.dataframe(readable(pd.DataFrame(rows)), hide_index=True)
     if settings.backend is Backend.DATABRICKS and queues:
         st.subheader("Databricks Review App")
         st.caption("Teams already labeling in the Review App can work on the same traces there: a queue becomes one "

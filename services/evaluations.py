@@ -835,7 +835,13 @@ def _output_text(response: Any) -> str:
             response = json.loads(response)
         except (json.JSONDecodeError, ValueError):
             return response
-    return answer_text(response)
+    # ResponsesAgent output first; ChatAgent messages, chat completions and plain dicts otherwise.
+    text = answer_text(response)
+    if not text and isinstance(response, dict):
+        from services.review_queue import _answer
+
+        text = _answer(response)
+    return text
 
 
 def run_rows(run_id: str, settings: Settings | None = None) -> tuple[pd.DataFrame, dict[str, bool]]:

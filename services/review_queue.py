@@ -788,6 +788,7 @@ class Conversation:
     answer: str
     tool_calls: tuple[ToolCall, ...]
     error: str = ""
+    raw_output: str = ""  # the root span's outputs as JSON, for an expander behind the text
 
 
 def _text(value: Any) -> str:
@@ -821,6 +822,7 @@ def _content(content: Any) -> str:
 
 
 def _answer(outputs: Any) -> str:
+    """The text of an agent's output: ResponsesAgent, ChatAgent, chat completions or a plain dict/string."""
     if isinstance(outputs, str):
         return outputs
     if isinstance(outputs, dict):
@@ -829,6 +831,12 @@ def _answer(outputs: Any) -> str:
             texts = [_content(i.get("content")) for i in items if isinstance(i, dict) and i.get("type", "message") == "message"]
             if texts:
                 return "\n".join(texts)
+        messages = outputs.get("messages")  # ChatAgent: the assistant's last message
+        if isinstance(messages, list):
+            said = [_content(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+            said = [t for t in said if t]
+            if said:
+                return said[-1]
         for key in ("content", "answer", "text"):
             if isinstance(outputs.get(key), str):
                 return outputs[key]
@@ -862,7 +870,17 @@ def conversation(trace_id: str, settings: Settings | None = None) -> Conversatio
         answer=_answer(root.outputs if root else None),
         tool_calls=tuple(ToolCall(s.name, _text(s.inputs), _text(s.outputs)) for s in tools),
         error=error,
+        raw_output=_raw(root.outputs if root else None),
     )
+
+
+def _raw(outputs: Any) -> str:
+    if outputs is None:
+        return ""
+    try:
+        return json.dumps(outputs, indent=1, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(outputs)
 
 
 # --- Databricks Review App -----------------------------------------------------------------------

@@ -233,5 +233,5 @@ def show_prompt_changes(changes: tuple[PromptChange, ...], left: str, right: str
          for c in changes])), hide_index=True, width="stretch")
     for c in changes:
         if c.diff:
-            st.caption(f"{plain(c.name)}: {plain(c.left.label)} → {plain(c.right.label)}")
+            st.caption(f"{plain(c.name)}: v{plain(c.left.version)} → v{plain(c.right.version)}")
             st.code(c.diff, language="diff", wrap_lines=True)

@@ -709,6 +709,13 @@ def run_evaluation(request: EvaluationRequest, settings: Settings | None = None,
     try:
         with translate_errors(f"models:/{request.agent}/{resolved.version}"):
             loaded = mlflow.pyfunc.load_model(f"models:/{request.agent}/{resolved.version}")
+    except (ValidationError, NotFoundError) as exc:
+        # An external LoggedModel (create_external_model) or one without a pyfunc flavor cannot run here.
+        raise ValidationError(
+            f"{request.agent} v{resolved.version} cannot be loaded here, so nothing was evaluated or stored: "
+            f"{_short(exc)} Evaluate it where it runs with mlflow.genai.evaluate(..., model_id="
+            f"'{resolved.model_id or 'm-…'}'); such runs are listed here and tied to v{resolved.version}."
+        ) from exc
     except BackendUnavailableError as exc:
         raise BackendUnavailableError(
             f"The MLflow backend stopped answering while loading {request.agent} v{resolved.version}, so evaluation "

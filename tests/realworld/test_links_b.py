@@ -133,3 +133,45 @@ def test_linked_prompts_and_their_diff(realworld, realworld_settings):
     removed = [line[1:] for line in change.diff.splitlines() if line.startswith("-") and not line.startswith("---")]
     added = [line[1:] for line in change.diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
     assert removed == old_text.splitlines() and added == new_text.splitlines()
+
+
+def test_a_version_that_cannot_be_loaded_is_refused_with_a_clear_message_and_nothing_stored(realworld, store_copy):
+    support = realworld.agents[UNICODE_AGENT]
+    client = MlflowClient(store_copy.tracking_uri, store_copy.tracking_uri)
+    before = (sorted(e.experiment_id for e in client.search_experiments()),
+              len(client.search_runs([e.experiment_id for e in client.search_experiments()])))
+    request = ev.EvaluationRequest(UNICODE_AGENT, "2", ("expected_facts",), dataset_label="rows.jsonl",
+                                   rows=({"inputs": {"question": "q"}, "expectations": {"expected_facts": ["a"]}},))
+    with pytest.raises(ValidationError, match="cannot be loaded here, so nothing was evaluated or stored"):
+        ev.run_evaluation(request, store_copy)
+    after = (sorted(e.experiment_id for e in client.search_experiments()),
+             len(client.search_runs([e.experiment_id for e in client.search_experiments()])))
+    assert after == before
+    assert support.experiment_id in before[0]
+
+
+def test_an_evaluation_started_the_apps_way_appears_everywhere_at_once(realworld, store_copy):
+    """The app's path after loading the model: evaluate_rows with the resolved version, into the agent's experiment."""
+    from services import readiness, registry
+    from services.overview import agent_experiment_ids
+    from services.scorers import build_scorers
+
+    support = realworld.agents[UNICODE_AGENT]
+    resolved = ev.resolve_version(UNICODE_AGENT, "@champion", store_copy)
+    assert resolved.experiment_id == support.experiment_id  # the agent's own experiment, none created
+    assert resolved.model_id == support.versions[resolved.version].model_id
+    run_id = ev.evaluate_rows(
+        [{"inputs": {"question": "Where is my order?"}, "expectations": {"expected_facts": ["order"]}}],
+        lambda question, **_: f"Your order {question}", build_scorers(["expected_facts"]),
+        experiment_id=resolved.experiment_id, run_name="from the app",
+        tags={ev.AGENT_TAG: UNICODE_AGENT, ev.VERSION_TAG: resolved.version, ev.DATASET_TAG: "rows.jsonl"},
+        model_id=resolved.model_id, settings=store_copy,
+    )
+    ids = agent_experiment_ids(registry.list_agents(store_copy), store_copy)
+    assert run_id in [r.run_id for r in ev.evaluation_runs(ids, store_copy)]  # run list and Compare
+    assert run_id in [r.run_id for r in ev.latest_evaluations(ids, limit=8, settings=store_copy)]  # Overview
+    detail = versions.version_detail(UNICODE_AGENT, resolved.version, store_copy)
+    assert run_id in [r.run_id for r in detail.evaluations]
+    report = readiness.assess(UNICODE_AGENT, resolved.version, store_copy)
+    # The readiness checklist reads the new run as the version's latest evaluation.
+    assert "latest evaluation (rows.jsonl) had only 1 row(s)" in report.check(readiness.Item.DATASETS).reason

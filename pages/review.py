@@ -108,6 +108,9 @@ except AgentOpsError as exc:
 experiment_ids = tuple(agent_experiment_ids(agents, settings))
 agent_names = [a.name for a in agents]
 experiment_of = {a.name: a.experiment_id for a in agents if a.experiment_id}
+# Every experiment found for an agent (its versions' LoggedModels and runs, attached ones), own one first.
+experiments_of = {a.name: tuple(dict.fromkeys(i for i in (a.experiment_id, *getattr(a, "experiment_ids", ())) if i))
+                  for a in agents}
 
 review_tab, queues_tab, curate_tab, charts_tab, labels_tab = st.tabs(
     ["Review", "Queues", "Curate", "Feedback charts", "Label questions"])
@@ -249,7 +252,7 @@ with queues_tab:
         create = st.form_submit_button("Create queue", type="primary", icon=":material/add:")
     if create:
         now = datetime.now(tz=timezone.utc)
-        scope = tuple(i for i in (experiment_of.get(agent), *settings.experiment_ids) if i) or experiment_ids
+        scope = tuple(dict.fromkeys((*experiments_of.get(agent, ()), *settings.experiment_ids))) or experiment_ids
         spec = rq.QueueSpec(
             name=name, source=rq.QueueSource(source), experiment_ids=scope,
             agent=agent if agent in agent_names else None,
@@ -361,7 +364,8 @@ with charts_tab:
     end = datetime.now(tz=timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - WINDOWS[chart_window]
     agent_filter = None if chart_agent == "All agents" else chart_agent
-    scope = tuple(i for i in (experiment_of.get(chart_agent), *settings.experiment_ids) if i) if agent_filter else experiment_ids
+    scope = (tuple(dict.fromkeys((*experiments_of.get(chart_agent, ()), *settings.experiment_ids)))
+             if agent_filter else experiment_ids)
     try:
         frame = _feedback(settings, user, scope, int(start.timestamp() * 1000), int(end.timestamp() * 1000),
                           agent_filter, who == "People")

@@ -102,9 +102,7 @@ def _dataset_input_name(run: Any) -> str | None:
 
 # --- Which version a run evaluated ---------------------------------------------------------------
 
-MODEL_ID_METADATA = "mlflow.modelId"
-# LoggedModel tag MLflow writes when a model is registered: [{"name": ..., "version": ...}].
-MODEL_VERSIONS_TAG = "mlflow.modelVersions"
+from services.links import MODEL_ID_METADATA, MODEL_VERSIONS_TAG, ModelIndex  # noqa: E402,F401 - re-exported
 
 
 class LinkKind(StrEnum):
@@ -123,52 +121,6 @@ class RunLink:
     version: str | None
     model_id: str | None
     how: str | None
-
-
-class ModelIndex:
-    """LoggedModel id → (registered model, version), read once per model id from what MLflow records.
-
-    The LoggedModel's ``mlflow.modelVersions`` tag names its versions; when it is missing (older
-    stores, Unity Catalog) the versions' ``models:/m-<id>`` sources are listed once.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._known: dict[str, tuple[str, str] | None] = {}
-        self._by_source: dict[str, tuple[str, str]] | None = None
-
-    def version_of(self, model_id: str) -> tuple[str, str] | None:
-        if model_id not in self._known:
-            self._known[model_id] = self._lookup(model_id)
-        return self._known[model_id]
-
-    def _lookup(self, model_id: str) -> tuple[str, str] | None:
-        try:
-            model = self._client.get_logged_model(model_id)
-            listed = json.loads((getattr(model, "tags", None) or {}).get(MODEL_VERSIONS_TAG) or "[]")
-        except Exception:  # noqa: BLE001 - a deleted model or a garbled tag: fall back to the registry
-            listed = []
-        for entry in listed if isinstance(listed, list) else []:
-            if isinstance(entry, dict) and entry.get("name") and entry.get("version") is not None:
-                return str(entry["name"]), str(entry["version"])
-        if self._by_source is None:
-            self._by_source = {}
-            try:
-                token = None
-                while True:
-                    page = self._client.search_model_versions(max_results=200, page_token=token)
-                    for v in page:
-                        source = v.source or ""
-                        found = getattr(v, "model_id", None) or (
-                            source.removeprefix("models:/").split("/")[0] if source.startswith("models:/m-") else None)
-                        if found:
-                            self._by_source.setdefault(found, (v.name, str(v.version)))
-                    token = page.token
-                    if not token:
-                        break
-            except Exception:  # noqa: BLE001 - Unity Catalog needs a name filter; the tag is the link there
-                pass
-        return self._by_source.get(model_id)
 
 
 def run_link(client: Any, run: Any, index: ModelIndex | None = None) -> RunLink:
@@ -844,11 +796,21 @@ def _output_text(response: Any) -> str:
             return response
     # ResponsesAgent output first; ChatAgent messages, chat completions and plain dicts otherwise.
     text = answer_text(response)
-    if not text and isinstance(response, dict):
-        from services.review_queue import _answer
-
-        text = _answer(response)
-    return text
+    if text or not isinstance(response, dict) or "output" in response:
+        return text
+    said = [m.get("content") for m in response.get("messages") or [] if isinstance(m, dict) and m.get("role") == "assistant"]
+    said = [t for t in said if isinstance(t, str) and t]
+    if said:
+        return said[-1]
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        content = (choices[0].get("message") or {}).get("content")
+        if isinstance(content, str):
+            return content
+    for key in ("content", "answer", "text"):
+        if isinstance(response.get(key), str):
+            return response[key]
+    return json.dumps(response, ensure_ascii=False, default=str)
 
 
 def run_rows(run_id: str, settings: Settings | None = None) -> tuple[pd.DataFrame, dict[str, bool]]:

@@ -457,7 +457,7 @@ def human_feedback(experiment_ids: Sequence[str], start_ms: int, end_ms: int, *,
     client = mlflow_client(settings)
     clauses = [f"trace.timestamp_ms >= {int(start_ms)}", f"trace.timestamp_ms < {int(end_ms)}"]
     rows: list[dict[str, Any]] = []
-    from services.evaluations import ModelIndex
+    from services.links import ModelIndex
 
     index = ModelIndex(client)
     token = None

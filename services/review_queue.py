@@ -268,7 +268,7 @@ def _agent_filter(client: Any, agent: str | None) -> Callable[[Any], bool]:
     """Whether a trace info may belong to ``agent``: no link to another agent (app tag or model id)."""
     if not agent:
         return lambda info: True
-    from services.evaluations import ModelIndex
+    from services.links import ModelIndex
 
     index = ModelIndex(client)
 

@@ -496,9 +496,9 @@ def _feedback_rows(info: Any, index: Any = None, *, human_only: bool = True) -> 
         source_type = str(getattr(getattr(source, "source_type", None), "value", getattr(source, "source_type", "")))
         if human_only and not source_type.endswith("HUMAN"):
             continue
-        if agent is None and model_id and index is not None:
+        if (agent is None or version is None) and model_id and index is not None:
             found = index.version_of(model_id)
-            if found:
+            if found and agent in (None, found[0]):
                 agent, version = found
         out.append({
             "trace_id": info.trace_id, "time": pd.Timestamp(info.request_time, unit="ms", tz="UTC"),

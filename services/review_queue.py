@@ -862,10 +862,18 @@ def conversation(trace_id: str, settings: Settings | None = None) -> Conversatio
         if "ERROR" in str(getattr(status, "status_code", "")):
             error = getattr(status, "description", "") or "The agent failed on this request."
     tags = trace.info.tags or {}
+    agent, version = tags.get(AGENT_TAG), tags.get(VERSION_TAG)
+    model_id = (getattr(trace.info, "trace_metadata", None) or {}).get("mlflow.modelId")
+    if (agent is None or version is None) and model_id:
+        from services.links import ModelIndex
+
+        found = ModelIndex(client).version_of(model_id)
+        if found and agent in (None, found[0]):
+            agent, version = found
     return Conversation(
         trace_id=trace.info.trace_id,
         time=datetime.fromtimestamp(trace.info.request_time / 1000, tz=timezone.utc),
-        agent=tags.get(AGENT_TAG), version=tags.get(VERSION_TAG),
+        agent=agent, version=version,
         turns=tuple(_turns(root.inputs if root else None)),
         answer=_answer(root.outputs if root else None),
         tool_calls=tuple(ToolCall(s.name, _text(s.inputs), _text(s.outputs)) for s in tools),

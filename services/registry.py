@@ -261,6 +261,57 @@ def _models_in(client: Any, experiment_id: str) -> list[str]:
         return ids
 
 
+@dataclass(frozen=True)
+class LoggedModelFacts:
+    """What the Versions page needs of a LoggedModel."""
+
+    model_id: str
+    experiment_id: str | None
+    params: dict[str, str]
+
+
+def logged_models(client: Any, model_ids: Sequence[str], known_experiments: Sequence[str] = ()
+                  ) -> dict[str, LoggedModelFacts]:
+    """Experiment and params of every LoggedModel in ``model_ids``, however many there are.
+
+    One paged ``search_logged_models`` over the experiments already known; then, while some
+    remain, one ``get_logged_model`` finds a further experiment and one paged search there
+    finds its other models. No call per model unless each lives in an experiment of its own.
+    """
+    wanted = set(m for m in model_ids if m)
+    found: dict[str, LoggedModelFacts] = {}
+    searched: set[str] = set()
+    store = _store_key(client)
+
+    def search(experiment_ids: list[str]) -> None:
+        searched.update(experiment_ids)
+        token = None
+        while True:
+            page = client.search_logged_models(experiment_ids=experiment_ids, max_results=100, page_token=token)
+            for m in page:
+                _remember(store, m.model_id, str(m.experiment_id))
+                if m.model_id in wanted:
+                    found[m.model_id] = LoggedModelFacts(m.model_id, str(m.experiment_id), dict(m.params or {}))
+            token = getattr(page, "token", None)
+            if not token:
+                return
+
+    if wanted and known_experiments:
+        search(list(dict.fromkeys(known_experiments)))
+    while wanted - set(found):
+        model_id = sorted(wanted - set(found))[0]
+        try:
+            model = client.get_logged_model(model_id)
+        except Exception:  # noqa: BLE001 - deleted, or where this user cannot read it
+            found[model_id] = LoggedModelFacts(model_id, None, {})
+            continue
+        found[model_id] = LoggedModelFacts(model_id, str(model.experiment_id), dict(model.params or {}))
+        _remember(store, model_id, str(model.experiment_id))
+        if str(model.experiment_id) not in searched:
+            search([str(model.experiment_id)])
+    return found
+
+
 def attached_experiments(tags: dict[str, str]) -> list[str]:
     """Experiment ids a user attached to an agent (the registered-model tag ``ATTACHED_TAG``)."""
     return [part.strip() for part in (tags.get(ATTACHED_TAG) or "").split(",") if part.strip()]

@@ -706,6 +706,7 @@ def aggregate_traces(
     force_fallback: bool = False,
     links: Sequence[TraceLink] = (),
     group_links: dict[str, TraceLink] | None = None,
+    evaluation_rows: bool = False,
 ) -> TraceAggregates:
     """Counts, errors, latency percentiles, tokens, cost and model mix per group and bucket.
 
@@ -716,7 +717,9 @@ def aggregate_traces(
     SQLite store this runs two SQL statements (the model link is a join on
     ``trace_request_metadata``); elsewhere (REST, Databricks, other databases) it falls back to
     ``query_trace_metrics`` calls per group and linked model. Without ``with_models`` the model
-    mix (the costlier half on SQLite) is skipped and ``models`` is empty.
+    mix (the costlier half on SQLite) is skipped and ``models`` is empty. Traces linked by model
+    id are live traffic: evaluation rows of the same LoggedModel (``mlflow.sourceRun``) are left
+    out on a SQL store unless ``evaluation_rows`` (the fallback cannot tell them apart).
     """
     if group_tag and not groups:
         raise ValueError("group_tag needs the group values to aggregate")
@@ -739,7 +742,7 @@ def aggregate_traces(
     from services._mlflow_internal import store_db
 
     if supports_sql_aggregation(client) and not force_fallback:
-        return _aggregate_sql(store_db.sql_source(client), *args)
+        return _aggregate_sql(store_db.sql_source(client), *args, evaluation_rows=evaluation_rows)
     return _aggregate_metrics_api(client, *args)
 
 
@@ -894,7 +897,7 @@ def _labels_of(model_id: str | None, tag_value: str | None, by_model, by_tag) ->
 
 
 def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_links, tag_pairs, status,
-                   with_models, links):
+                   with_models, links, *, evaluation_rows=False):
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -917,7 +920,7 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_link
     filter_md = metadata.alias("filter_md")
     filter_tags = tags.alias("filter_tag")
     conditions += [_link_condition(ti, filter_tags, filter_md, link) for link in links]
-    if any(link.model_ids for link in [*links, *group_links.values()]):
+    if not evaluation_rows and any(link.model_ids for link in [*links, *group_links.values()]):
         # Traffic linked by model id is live traffic: evaluation rows of the same LoggedModel
         # (``mlflow.genai.evaluate(model_id=...)`` links them too) carry their run and are left out.
         source_run = metadata.alias("source_run")

@@ -101,7 +101,14 @@ def _build(settings, n: int, days: int, store_uri: str | None = None, workers: i
     client = MlflowClient(tracking_uri=store_uri or settings.tracking_uri,
                           registry_uri=store_uri or settings.registry_uri)
     experiment_id = get_or_create_experiment(client, EXPERIMENT, settings)
-    model_ids = _register(client, experiment_id)
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # the registry resolves models:/m-... through it
+    try:
+        model_ids = _register(client, experiment_id)
+    finally:
+        mlflow.set_tracking_uri(previous)
     marker = settings.data_dir / f"bench-model-id-{n}.done"
     if marker.exists():
         return experiment_id

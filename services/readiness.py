@@ -460,6 +460,7 @@ def _model_checks(uri: str) -> list[tuple[Item, Verdict, str, str]]:
         out.append((Item.SIGNATURE, Verdict.FAIL, "the logged model has no signature",
                     "Re-log the model with input_example=... (MLflow infers the signature) or signature=..."))
     else:
+        # Unnamed (tensor/column-index) inputs are numbered: ints, shown as text.
         names = ", ".join(str(n) for n in getattr(signature.inputs, "input_names", lambda: [])() or []) or "unnamed inputs"
         out.append((Item.SIGNATURE, Verdict.PASS, f"signature with inputs: {names}"[:200], ""))
     example = info.saved_input_example_info

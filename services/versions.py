@@ -283,9 +283,9 @@ def evaluations_for(
     if not experiment_ids:
         return []
     client = mlflow_client(settings)
-    clauses = [EVAL_RUN_FILTER, f"tags.`{AGENT_TAG}` = '{_q(name)}'"]
-    if version is not None:
-        clauses.append(f"tags.`{VERSION_TAG}` = '{_q(str(version))}'")
+    # Runs made outside the app carry no app tag: every evaluation run of the experiments is read
+    # and tied to its version through what MLflow recorded (services.evaluations.run_link).
+    clauses = [EVAL_RUN_FILTER]
     runs = []
     with translate_errors("evaluation runs"):
         token = None
@@ -298,7 +298,10 @@ def evaluations_for(
             token = page.token
             if not token:
                 break
-    return summarise_runs(client, runs)
+    # A run another agent's tag claims is not read further (no link lookup for it).
+    runs = [r for r in runs if r.data.tags.get(AGENT_TAG) in (None, "", name)]
+    summaries = summarise_runs(client, runs)
+    return [r for r in summaries if r.agent == name and (version is None or r.version == str(version))]
 
 
 def latest_evaluation_by_version(

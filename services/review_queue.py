@@ -32,7 +32,8 @@ from typing import Any, Callable, Generator, Sequence
 import pandas as pd
 
 from services import _mlflow_internal as internal
-from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client, translate_errors
+from services._clients import (configure_mlflow, get_experiment_by_name, get_or_create_experiment, mlflow_client,
+                              translate_errors)
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.settings import Backend, Settings
 from services.traces import AGENT_TAG, VERSION_TAG
@@ -381,7 +382,7 @@ def list_queues(settings: Settings | None = None) -> list[ReviewQueue]:
     """All queues, newest first (none when the review experiment does not exist yet)."""
     client = mlflow_client(settings)
     with translate_errors("the review experiment"):
-        experiment = client.get_experiment_by_name(REVIEW_EXPERIMENT)
+        experiment = get_experiment_by_name(client, REVIEW_EXPERIMENT, settings)
         if experiment is None:
             return []
         runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'queue'",

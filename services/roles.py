@@ -15,14 +15,13 @@ Pages hide or disable what a role may not do; the services call ``require`` agai
 from __future__ import annotations
 
 import json
-import os
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from services.errors import ConfigurationError, PermissionDeniedError
 from services.identity import Identity
-from services.settings import Backend, Settings
+from services.settings import Backend, Settings, read
 
 
 class Role(IntEnum):
@@ -81,8 +80,7 @@ def role_from_groups(groups: Iterable[str], mapping: Mapping[str, Role]) -> Role
 
 
 def roles_file(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    return Path(env.get("AGENTOPS_ROLES_FILE") or settings.data_dir / "roles.json")
+    return Path(read("AGENTOPS_ROLES_FILE", environ) or settings.data_dir / "roles.json")
 
 
 def local_role(identity: Identity, settings: Settings, environ: Mapping[str, str] | None = None) -> Role:
@@ -101,8 +99,7 @@ def local_role(identity: Identity, settings: Settings, environ: Mapping[str, str
 
 def databricks_role(identity: Identity, workspace_client: Any, environ: Mapping[str, str] | None = None) -> Role:
     """A Databricks user's role from their workspace groups (read with their own client)."""
-    env = os.environ if environ is None else environ
-    mapping = parse_group_mapping(env.get("AGENTOPS_ROLE_GROUPS", ""))
+    mapping = parse_group_mapping(read("AGENTOPS_ROLE_GROUPS", environ))
     if not mapping:
         return Role.VIEWER
     me = workspace_client.current_user.me()
@@ -132,8 +129,7 @@ def require(role: Role, action: Action, identity: Identity) -> None:
 
 def user_authorization_required(environ: Mapping[str, str] | None = None) -> bool:
     """True when the app is configured to act as the signed-in user (``AGENTOPS_USER_AUTHORIZATION=on``)."""
-    env = os.environ if environ is None else environ
-    return (env.get("AGENTOPS_USER_AUTHORIZATION") or "").strip().lower() in ("1", "on", "true", "yes")
+    return read("AGENTOPS_USER_AUTHORIZATION", environ).lower() in ("1", "on", "true", "yes")
 
 
 def require_user_token(identity: Identity, settings: Settings, environ: Mapping[str, str] | None = None) -> None:

@@ -188,13 +188,15 @@ def workspace_client(settings: Settings | None = None, *, user_token: str | None
     settings = settings or get_settings()
     if settings.backend is not Backend.DATABRICKS:
         raise BackendUnavailableError("A Databricks workspace is only used with AGENTOPS_BACKEND=databricks.")
+    from databricks.sdk.core import Config
+
     user_token = user_token or _user_token(settings)
     # The SDK retries 429 and 503 for 300 s by default; a page must not block that long.
     bound = {"retry_timeout_seconds": settings.retry_timeout_seconds}
     if user_token:
         # auth_type="pat": otherwise the SDK refuses a token alongside the app's OAuth env vars.
-        return WorkspaceClient(host=settings.databricks_host, token=user_token, auth_type="pat", **bound)
-    return WorkspaceClient(host=settings.databricks_host, **bound)
+        return WorkspaceClient(config=Config(host=settings.databricks_host, token=user_token, auth_type="pat", **bound))
+    return WorkspaceClient(config=Config(host=settings.databricks_host, **bound))
 
 
 def app_workspace_client(settings: Settings | None = None) -> Any:
@@ -204,7 +206,9 @@ def app_workspace_client(settings: Settings | None = None) -> Any:
     settings = settings or get_settings()
     if settings.backend is not Backend.DATABRICKS:
         raise BackendUnavailableError("A Databricks workspace is only used with AGENTOPS_BACKEND=databricks.")
-    return WorkspaceClient(host=settings.databricks_host, retry_timeout_seconds=settings.retry_timeout_seconds)
+    from databricks.sdk.core import Config
+
+    return WorkspaceClient(config=Config(host=settings.databricks_host, retry_timeout_seconds=settings.retry_timeout_seconds))
 
 
 def artifact_location(settings: Settings, experiment_name: str) -> str | None:

@@ -905,7 +905,7 @@ def databricks_labeling_session(queue: ReviewQueue, trace_ids: Sequence[str], re
     result = run_agents_call("labeling_session", {
         "name": name, "experiment_id": experiments[0], "assigned_users": users,
         "trace_infos": [i.to_dict() for i in infos],
-    }, settings, user_token=user_token)
+    }, settings)  # the Review App API is outside every Databricks Apps user scope: run as the app
     session = LabelingSession(result["name"], result.get("url"), result.get("labeling_session_id", ""), experiments[0],
                               tuple(users), len(infos), created_by or getattr(identity, "user", "") or "")
     with translate_errors(f"review queue {queue.name}"):

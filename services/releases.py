@@ -495,9 +495,11 @@ def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, 
     """Which grant the user lacks when the registry refuses an alias change."""
     who = identity.display_name or identity.user
     if settings.backend is Backend.DATABRICKS:
-        needs = (f"In Unity Catalog, setting an alias needs {who} to own the registered model {plan.agent} "
-                 "(or be a metastore admin), plus USE CATALOG on its catalog and USE SCHEMA on its schema. "
-                 "Ask the model's owner to make the change or transfer ownership.")
+        # No Databricks Apps user scope covers the registry: the app sets aliases as its service principal.
+        needs = (f"{who} may promote in this app, but the app sets aliases as its own service principal, and in "
+                 f"Unity Catalog that needs the service principal to own the registered model {plan.agent} (or "
+                 "MANAGE on it), plus USE CATALOG on its catalog and USE SCHEMA on its schema. Ask the model's owner "
+                 "to grant these to the app's service principal.")
     else:
         needs = f"{who} needs permission to edit the registered model {plan.agent} on this MLflow server."
     return f"{plan.agent}@{plan.alias} was not changed: the registry refused it. {needs} ({exc})"

@@ -24,7 +24,8 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
         by_entity = {s.entity_name: s for s in endpoint.served}
         for index, route in enumerate(endpoint.routes):
             served = by_entity.get(route.entity_name)
-            label = chart_text(f"v{served.model_version}" if served else route.entity_name)
+            # External and foundation models have no version: they are named by their served entity.
+            label = chart_text(f"v{served.model_version}" if served and served.model_version else route.entity_name)
             figure.add_bar(
                 y=[chart_text(endpoint.name)],
                 x=[route.percentage],

@@ -229,7 +229,7 @@ def deploy_frame(plan: DeployPlan) -> pd.DataFrame:
 
 def arm_label(endpoint: Endpoint, entity_name: str) -> str:
     served = next((s for s in endpoint.served if s.entity_name == entity_name), None)
-    return f"{served.model_name} v{served.model_version}" if served else entity_name
+    return served.label if served else entity_name
 
 
 def best_arm_by(arms: tuple[ArmStats, ...]) -> dict[str, str]:

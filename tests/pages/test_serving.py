@@ -171,8 +171,10 @@ def test_databricks_deploy_tab_previews_confirms_deploys_and_records(databricks_
     assert any("ship v3" in list(d.value.get("Reason", [])) for d in app.dataframe)
     (put,) = [r for r in harness.requests if r.method == "PUT"]
     assert put.body["traffic_config"]["routes"][0] == {"served_model_name": "main-demo-support_3", "traffic_percentage": 100}
-    # The deploy went out with the signed-in operator's token, not the app's.
-    assert {a for m, p, a in harness.api.callers if m in ("POST", "PUT")} == {"Bearer olivia-token"}
+    # databricks-agents is outside every Databricks Apps user scope: the deploy is the app's, made after the
+    # operator's role check (their token reads their groups), and audited in their name below.
+    assert {a for m, p, a in harness.api.callers if m in ("POST", "PUT")} == {"Bearer app-token"}
+    assert harness.scope_refusals == []
     (change,) = traffic_audit.traffic_changes(DBX_ENDPOINT)
     assert (change.user, change.action, change.reason) == ("olivia@example.com", "deploy v3", "ship v3")
 

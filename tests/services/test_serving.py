@@ -81,6 +81,7 @@ def test_databricks_endpoints_are_read_through_the_sdk(harness, monkeypatch):
     assert endpoint.state is serving.EndpointState.UPDATING
     assert endpoint.served[1] == serving.ServedVersion("main-demo-support_2", "main.demo.support", "2")
     assert {r.entity_name: r.percentage for r in endpoint.routes} == {"main-demo-support_1": 90, "main-demo-support_2": 10}
-    assert endpoint.updated_by == "ops@example.com"
+    # Who changed it comes from the audit trail (none here), never from the endpoint's creator (issue 18).
+    assert endpoint.updated_by is None
     paths = [r.path for r in harness.requests if r.path.startswith("/api/2.0/serving-endpoints")]
     assert paths == ["/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/agents_main-demo-support"]

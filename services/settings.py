@@ -57,6 +57,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AGENTOPS_SERVING_ENDPOINT", None, "Databricks: the serving endpoint the app was granted "
              "(``valueFrom`` the serving-endpoint resource); listed first and read even when the list "
              "call does not return it", Source.APP_YAML),
+    Variable("AGENTOPS_REVIEW_EXPERIMENT", "agentops-review (Databricks: /Shared/agentops-review)",
+             "experiment (name) that holds the review queues (one run per queue); created when the first queue is, "
+             "never on a read; on Databricks a bare name is kept under /Shared/"),
     Variable("AGENTOPS_GATEWAY_URL", "http://127.0.0.1:8765", "local serving gateway"),
     Variable("DATABRICKS_HOST", None, "workspace URL; required when the backend is ``databricks``", Source.PLATFORM, True),
     Variable("DATABRICKS_APP_NAME", None, "set by Databricks Apps; shown in the sidebar", Source.PLATFORM),
@@ -118,6 +121,7 @@ class Settings:
     audit_experiment_id: str | None = None
     serving_endpoint: str | None = None
     retry_timeout_seconds: int = 20
+    review_experiment: str = "agentops-review"
 
     @property
     def tracking_uri(self) -> str:
@@ -228,6 +232,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         audit_experiment_id=audit_id,
         serving_endpoint=read("AGENTOPS_SERVING_ENDPOINT", env) or None,
         retry_timeout_seconds=retry,
+        review_experiment=read("AGENTOPS_REVIEW_EXPERIMENT", env) or "agentops-review",
     )
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from databricks.sdk.service import serving as sdk
 from streamlit.testing.v1 import AppTest
 
 from services import serving, traffic_audit
@@ -177,6 +178,35 @@ def test_databricks_deploy_tab_previews_confirms_deploys_and_records(databricks_
     assert harness.scope_refusals == []
     (change,) = traffic_audit.traffic_changes(DBX_ENDPOINT)
     assert (change.user, change.action, change.reason) == ("olivia@example.com", "deploy v3", "ship v3")
+
+
+def test_databricks_page_shows_a_rollout_an_unreadable_endpoint_and_external_models_by_name(databricks_page):
+    from tests.services.test_serving_split import _external_endpoint
+
+    harness = databricks_page
+    harness.endpoints["chat-router"] = _external_endpoint()
+    harness.unreadable.add("zz-forbidden")
+    harness.endpoints["zz-forbidden"] = _external_endpoint()
+    harness.endpoints["zz-forbidden"].name = "zz-forbidden"
+    endpoint = harness.endpoints[DBX_ENDPOINT]
+    harness.change_endpoint(DBX_ENDPOINT, lambda e: setattr(e, "pending_config", sdk.EndpointPendingConfig(
+        served_entities=e.config.served_entities, traffic_config=sdk.TrafficConfig(routes=[
+            sdk.Route(served_entity_name="main-demo-support_1", traffic_percentage=0),
+            sdk.Route(served_entity_name="main-demo-support_2", traffic_percentage=100)]))))
+    endpoint.state = sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.IN_PROGRESS,
+                                       ready=sdk.EndpointStateReady.READY)
+    endpoint.last_updated_timestamp = 1_700_000_000_000
+    app = _serving_page()
+    assert not app.exception
+    info = " ".join(i.value for i in app.info)
+    assert "rolling out" in info and "main.demo.support v2 100%" in info, info
+    assert any("last change by nobody through this app" in c.value for c in app.caption)
+    app.selectbox(key="serving_endpoint").set_value("chat-router").run()
+    assert not app.exception
+    assert {n.label for n in app.number_input} >= {"gpt-4o", "gpt-4o-mini"}
+    app.selectbox(key="serving_endpoint").set_value("zz-forbidden").run()
+    assert not app.exception
+    assert any("cannot be read" in e.value and "CAN_QUERY" in e.value for e in app.error)
 
 
 def test_databricks_deploy_tab_is_disabled_for_a_viewer(databricks_page, monkeypatch):

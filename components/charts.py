@@ -48,10 +48,10 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
 
 
 def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
-    """Readable time labels: '06 Dec 14:00' ticks (day on its own line when it changes), UTC said once."""
+    """Readable time labels: '14:00' over '06 Dec' ticks, dates alone for days; hover says UTC."""
     update = figure.update_xaxes if axis == "x" else figure.update_yaxes
     update(
-        type="date", title_text="time (UTC)",
+        type="date",
         tickformatstops=[
             dict(dtickrange=[None, 60_000], value="%H:%M:%S"),
             dict(dtickrange=[60_000, 86_400_000], value="%H:%M<br>%d %b"),

@@ -63,7 +63,8 @@ def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
     # widen the range to a day either side so the labels are dates.
     import pandas as pd
 
-    xs = [x for trace in figure.data for x in (getattr(trace, axis, None) or [])]
+    # A trace's axis values may be a numpy array (plotly keeps it), whose truth value is ambiguous.
+    xs = [x for trace in figure.data for x in (lambda v: [] if v is None else list(v))(getattr(trace, axis, None))]
     stamps = pd.to_datetime(pd.Series(xs), utc=True, errors="coerce").dropna() if xs else pd.Series(dtype="datetime64[ns, UTC]")
     if len(stamps) and stamps.nunique() == 1:
         only = stamps.iloc[0].tz_convert(None)

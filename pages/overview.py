@@ -11,6 +11,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
 from components.context import current_settings, page_link
+from components.empty import seed_hint
 from components.errors import show_error
 from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns
 from services import overview as overview_service
@@ -39,8 +40,9 @@ st.caption(f"Connected to `{settings.workspace_label}` · as of {data.generated_
 
 if data.is_empty:
     st.info(
-        "**This workspace has no registered agents yet.** Register an agent version in MLflow, "
-        "or fill the store with the demo workspace:\n\n```\npython -m demo.seed\n```",
+        seed_hint(settings, "**This workspace has no registered agents yet.** Register an agent version in MLflow,",
+                  "(for example `mlflow.pyfunc.log_model(..., registered_model_name=...)`); this store already "
+                  "holds other data, so the demo seeder would refuse it."),
         icon=":material/inbox:",
     )
     st.stop()

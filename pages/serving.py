@@ -13,6 +13,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.serving import (
     arms_frame,
@@ -27,7 +28,7 @@ from components.serving import (
     split_confirmation,
     window_select,
 )
-from services import ab, registry, roles, serving, traffic, traffic_audit
+from services import ab, registry, roles, serving, team_state, traffic, traffic_audit
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
 
@@ -287,8 +288,13 @@ if not endpoints:
         _deploy_section(agents)
     else:
         st.info(
-            "**No serving endpoints yet.** Locally, endpoints live in the data folder and the demo workspace "
-            "creates two (`python -m demo.seed` on an empty store).", icon=":material/route:",
+            seed_hint(settings, "**No agent endpoints yet.** Endpoint configurations and splits are stored with the "
+                      f"team's data (experiment `{team_state.state_experiment(settings)}`), so everyone on this "
+                      "store sees the same ones;",
+                      "none has been created on this store yet."
+                      + (" MLflow AI Gateway endpoints are under *Serving layer* above."
+                         if settings.backend is Backend.MLFLOW else "")),
+            icon=":material/route:",
         )
     st.stop()
 

@@ -14,6 +14,7 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.context import allowed, current_identity, current_settings, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.readiness import readiness_cell, show_readiness
 from components.tables import code, plain
@@ -131,9 +132,9 @@ except AgentOpsError as exc:
 
 if not agents:
     st.info(
-        "**No registered agents yet.** Register an agent version in MLflow (for example "
-        "`mlflow.pyfunc.log_model(..., registered_model_name=...)`), or fill the store with the demo:"
-        "\n\n```\npython -m demo.seed\n```",
+        seed_hint(settings, "**No registered agents yet.** Register an agent version in MLflow (for example "
+                  "`mlflow.pyfunc.log_model(..., registered_model_name=...)`),",
+                  "and it appears here."),
         icon=":material/inbox:",
     )
     st.stop()

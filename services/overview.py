@@ -66,10 +66,13 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
 
 
 def store_is_empty(settings: Settings | None = None) -> bool:
-    """True when the store holds no registered model and no experiment besides ``Default``."""
+    """True when the store holds no registered model and no experiment besides ``Default`` (and team state)."""
+    from services.team_state import state_experiment
+
+    settings = settings or get_settings()
     client = mlflow_client(settings)
     with translate_errors("the tracking store"):
         if client.search_registered_models(max_results=1):
             return False
         experiments = client.search_experiments(max_results=10)
-    return all(e.name == "Default" for e in experiments)
+    return all(e.name in ("Default", state_experiment(settings)) for e in experiments)

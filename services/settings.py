@@ -9,6 +9,7 @@ Every variable the app reads is documented here once, with its default.
 | ``AGENTOPS_MLFLOW_URI`` | — | tracking URI of a remote ``mlflow server``; required when the backend is ``mlflow`` |
 | ``AGENTOPS_EXPERIMENT_IDS`` | — | comma-separated experiment ids holding traces and evaluations (Databricks: from ``valueFrom``) |
 | ``AGENTOPS_AUDIT_EXPERIMENT`` | ``agentops-audit`` | experiment (name) that holds the audit trail of mutating actions |
+| ``AGENTOPS_STATE_EXPERIMENT`` | ``agentops-team-state`` (Databricks: ``/Shared/agentops-team-state``) | experiment (name) holding the team's shared configuration: endpoints and splits, alert thresholds, prices, roles (``services.team_state``) |
 | ``AGENTOPS_GATEWAY_URL`` | ``http://127.0.0.1:8765`` | local serving gateway |
 | ``DATABRICKS_HOST`` | — | workspace URL; required when the backend is ``databricks`` |
 | ``DATABRICKS_APP_NAME`` | — | set by Databricks Apps; shown in the sidebar |
@@ -17,7 +18,7 @@ Every variable the app reads is documented here once, with its default.
 | ``AGENTOPS_ROLE_GROUPS`` | — | workspace groups mapped to roles, e.g. ``operator=release-managers,reviewer=domain-experts`` (``services.roles``) |
 | ``AGENTOPS_WAREHOUSE_ID`` | — | Databricks: SQL warehouse that aggregates trace windows for the Monitoring charts (``valueFrom``) |
 | ``AGENTOPS_TRACE_SPANS_TABLE`` | — | Databricks: Unity Catalog spans table holding the traces (``catalog.schema.table``); with the warehouse, charts are one SQL statement there (``services.trace_sql``) |
-| ``AGENTOPS_ROLES_FILE`` | ``<data dir>/roles.json`` | local roles by user (``services.roles``) |
+| ``AGENTOPS_ROLES_FILE`` | — | a roles file managed outside the app; when set it overrides the roles stored with the team's data (``services.roles``) |
 
 On Databricks, MLflow and workspace calls carry the signed-in user's token whenever one is forwarded
 (``X-Forwarded-Access-Token``), so Unity Catalog and endpoint permissions are the user's
@@ -55,6 +56,7 @@ class Settings:
     databricks_app_name: str | None
     warehouse_id: str | None = None
     trace_spans_table: str | None = None
+    state_experiment: str | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -136,6 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         databricks_app_name=env.get("DATABRICKS_APP_NAME") or None,
         warehouse_id=(env.get("AGENTOPS_WAREHOUSE_ID") or "").strip() or None,
         trace_spans_table=(env.get("AGENTOPS_TRACE_SPANS_TABLE") or "").strip() or None,
+        state_experiment=(env.get("AGENTOPS_STATE_EXPERIMENT") or "").strip() or None,
     )
 
 

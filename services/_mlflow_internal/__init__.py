@@ -644,6 +644,10 @@ def aggregate_traces(
     return _aggregate_metrics_api(client, *args)
 
 
+# The most traces one `search_traces` page may ask `mlflow server` for (its handler refuses more).
+SEARCH_TRACES_PAGE_LIMIT = 500
+
+
 def trace_tag_values(
     client: MlflowClient,
     experiment_ids: Sequence[str],
@@ -678,12 +682,20 @@ def trace_tag_values(
         with store.engine.connect() as connection:
             values = {row[0] for row in connection.execute(statement)}
     else:
-        page = client.search_traces(
-            locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
-                                                          f"trace.timestamp_ms < {end_ms}",
-            max_results=sample, include_spans=False, order_by=["timestamp_ms DESC"],
-        )
-        values = {t.info.tags.get(key) for t in page}
+        # Paged: `mlflow server` refuses a search_traces page over SEARCH_TRACES_PAGE_LIMIT.
+        values, token, read = set(), None, 0
+        while read < sample:
+            page = client.search_traces(
+                locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
+                                                              f"trace.timestamp_ms < {end_ms}",
+                max_results=min(SEARCH_TRACES_PAGE_LIMIT, sample - read), include_spans=False,
+                order_by=["timestamp_ms DESC"], page_token=token,
+            )
+            values.update(t.info.tags.get(key) for t in page)
+            read += len(page)
+            token = page.token
+            if not token or not page:
+                break
     return sorted((v for v in values if v), key=lambda v: (len(v), v))
 
 

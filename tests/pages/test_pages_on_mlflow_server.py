@@ -1,0 +1,91 @@
+"""Every page (AppTest) against a real ``mlflow server`` whose store another team wrote.
+
+The store is written over HTTP with MLflow's public APIs only (a registered model with two
+versions, traces linked to them, an evaluation-style run), and the app runs on the ``mlflow``
+backend with a teammate's own empty data folder. The server's real limits (``search_traces``
+refuses pages over 500) apply: no local client is swapped in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
+
+from services import _clients
+from tests.harness.mlflow_server import running_mlflow_server
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGES = ("pages/overview.py", "pages/versions.py", "pages/evaluations.py", "pages/review.py",
+         "pages/serving.py", "pages/monitoring.py")
+MODEL = "support-bot"
+pytestmark = pytest.mark.slow
+
+
+class _Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def _write_store(uri: str, artifacts: Path) -> None:
+    """What another team's code writes: models, versions, linked traces, a run. No agentops tags."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    experiment_id = client.create_experiment("support-bot-dev")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    for number in (1, 2):
+        with mlflow.start_run(run_name=f"train-{number}"):
+            info = mlflow.pyfunc.log_model(name="agent", python_model=_Echo(), registered_model_name=MODEL,
+                                           pip_requirements=["mlflow"])
+            mlflow.log_metric("accuracy", 0.7 + number / 10)
+        mlflow.set_active_model(model_id=info.model_id)
+        for index in range(3):
+            with mlflow.start_span(name="predict", span_type="AGENT") as span:
+                span.set_inputs({"question": f"order {index}?"})
+                span.set_outputs({"answer": "shipped"})
+                mlflow.update_current_trace(tags={"team.version": str(number)})
+    mlflow.flush_trace_async_logging()
+    client.set_registered_model_alias(MODEL, "champion", "1")
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("team-server")
+    with running_mlflow_server(root, open_roles=False) as settings:
+        _write_store(settings.mlflow_uri, root / "artifacts")
+        yield settings
+    _clients.configure_mlflow()
+
+
+@pytest.fixture
+def teammate_app(shared_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
+    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", shared_server.mlflow_uri)
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(tmp_path / "teammate"))  # a teammate's own, empty folder
+    _clients._cached_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+
+
+def _problems(app: AppTest) -> list[str]:
+    """Error blocks other than threshold alerts (which are the page working)."""
+    return [e.value for e in app.error if e.icon != ":material/notifications_active:"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_without_an_error_block_on_a_real_mlflow_server(teammate_app, page):
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.run()
+    app.switch_page(page)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not _problems(app), _problems(app)
+    # The store has content: no page may suggest the demo seeder, which refuses a non-empty store.
+    texts = " ".join(m.value for m in [*app.markdown, *app.info, *app.warning, *app.caption])
+    assert "demo.seed" not in texts

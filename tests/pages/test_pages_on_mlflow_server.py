@@ -30,7 +30,7 @@ class _Echo(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def _write_store(uri: str, artifacts: Path) -> None:
+def _write_store(uri: str, artifacts: Path) -> str:
     """What another team's code writes: models, versions, linked traces, a run. No agentops tags."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -50,21 +50,24 @@ def _write_store(uri: str, artifacts: Path) -> None:
                 mlflow.update_current_trace(tags={"team.version": str(number)})
     mlflow.flush_trace_async_logging()
     client.set_registered_model_alias(MODEL, "champion", "1")
+    return experiment_id
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("team-server")
     with running_mlflow_server(root, open_roles=False) as settings:
-        _write_store(settings.mlflow_uri, root / "artifacts")
-        yield settings
+        experiment_id = _write_store(settings.mlflow_uri, root / "artifacts")
+        yield settings, experiment_id
     _clients.configure_mlflow()
 
 
 @pytest.fixture
 def teammate_app(shared_server, tmp_path, monkeypatch):
+    settings, experiment_id = shared_server
     monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
-    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", shared_server.mlflow_uri)
+    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", settings.mlflow_uri)
+    monkeypatch.setenv("AGENTOPS_EXPERIMENT_IDS", experiment_id)  # where the team's traces are
     monkeypatch.setenv("AGENTOPS_DATA_DIR", str(tmp_path / "teammate"))  # a teammate's own, empty folder
     _clients._cached_settings.cache_clear()
     yield
@@ -74,14 +77,18 @@ def teammate_app(shared_server, tmp_path, monkeypatch):
 
 
 def _problems(app: AppTest) -> list[str]:
-    """Error blocks other than threshold alerts (which are the page working)."""
-    return [e.value for e in app.error if e.icon != ":material/notifications_active:"]
+    """Error blocks other than threshold alerts (which are the page working), and refusals shown as warnings."""
+    return ([e.value for e in app.error if e.icon != ":material/notifications_active:"]
+            + [w.value for w in app.main.warning if w.icon == ":material/warning:"])
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_runs_without_an_error_block_on_a_real_mlflow_server(teammate_app, page):
     app = AppTest.from_file(APP, default_timeout=120)
     app.run()
+    # No roles record on this shared server: nobody is admin, and the sidebar says why.
+    assert any("everyone is a viewer" in w.value for w in app.sidebar.warning)
+    assert "viewer" in " ".join(m.value for m in app.sidebar.markdown)
     app.switch_page(page)
     app.run()
     assert not app.exception, [e.value for e in app.exception]
@@ -89,3 +96,5 @@ def test_every_page_runs_without_an_error_block_on_a_real_mlflow_server(teammate
     # The store has content: no page may suggest the demo seeder, which refuses a non-empty store.
     texts = " ".join(m.value for m in [*app.markdown, *app.info, *app.warning, *app.caption])
     assert "demo.seed" not in texts
+    if page == "pages/monitoring.py":  # the trace figures were read through the server (page size caps)
+        assert any(m.label == "Requests" and m.value == "6" for m in app.metric), [m.value for m in app.metric]

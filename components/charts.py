@@ -24,7 +24,9 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
         by_entity = {s.entity_name: s for s in endpoint.served}
         for index, route in enumerate(endpoint.routes):
             served = by_entity.get(route.entity_name)
-            label = chart_text(f"v{served.model_version}" if served else route.entity_name)
+            # A registered version is short as "vN"; a gateway arm is named by its provider and model.
+            label = chart_text((f"v{served.model_version}" if served.model_version else served.model_name)
+                               if served else route.entity_name)
             figure.add_bar(
                 y=[chart_text(endpoint.name)],
                 x=[route.percentage],

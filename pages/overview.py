@@ -13,7 +13,7 @@ from components.charts import split_chart
 from components.context import current_settings, page_link
 from components.empty import seed_hint
 from components.errors import show_error
-from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns
+from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns, plain
 from services import overview as overview_service
 from services._clients import check_connection
 from services.errors import AgentOpsError
@@ -84,7 +84,16 @@ with left:
             column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
         )
     else:
-        st.info("No serving endpoints are configured.", icon=":material/route:")
+        st.info("No agent endpoints are configured.", icon=":material/route:")
+    if data.gateway_endpoints:
+        st.markdown("**MLflow AI Gateway**")
+        st.plotly_chart(split_chart(data.gateway_endpoints), use_container_width=True,
+                        config={"displayModeBar": False}, key="overview_gateway_chart")
+        st.dataframe(endpoints_frame(data.gateway_endpoints), hide_index=True, use_container_width=True,
+                     column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+    elif data.gateway_problem:
+        st.warning(f"MLflow AI Gateway endpoints could not be listed: {plain(data.gateway_problem)}",
+                   icon=":material/cloud_off:")
     page_link("serving", "Change traffic splits", icon=":material/alt_route:")
 with right:
     st.subheader("Latest evaluations")

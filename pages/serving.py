@@ -396,7 +396,7 @@ with judge_tab:
             with st.expander("Tests per metric"):
                 st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
                              column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
-            labels = {a.entity_name: f"{a.model_name} v{a.version}" for a in report.arms}
+            labels = {a.entity_name: serving.version_label(a.model_name, a.version) for a in report.arms}
             request = promote_form(
                 report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,
                 now=_split_text(endpoint, labels), after_note=lambda label: f" · champion → v{label.rsplit('v', 1)[-1]}",

@@ -23,6 +23,10 @@ class WorkspaceOverview:
     last_24h: traces.TraceWindowSummary
     latest_evaluations: tuple[evaluations.EvaluationSummary, ...]
     generated_at: datetime
+    # MLflow AI Gateway endpoints of an ``mlflow server`` (arms named provider/model), and why they
+    # could not be listed when that failed (the rest of the overview still shows).
+    gateway_endpoints: tuple[serving.Endpoint, ...] = ()
+    gateway_problem: str | None = None
 
     @property
     def version_count(self) -> int:
@@ -30,7 +34,7 @@ class WorkspaceOverview:
 
     @property
     def is_empty(self) -> bool:
-        return not self.agents and not self.endpoints
+        return not self.agents and not self.endpoints and not self.gateway_endpoints
 
 
 def agent_experiment_ids(agents: list[registry.AgentSummary], settings: Settings) -> list[str]:
@@ -56,13 +60,28 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
         )
         for agent in agents
     )
+    gateway_endpoints, gateway_problem = _gateway_endpoints(settings)
     return WorkspaceOverview(
+        gateway_endpoints=gateway_endpoints,
+        gateway_problem=gateway_problem,
         agents=activity,
         endpoints=tuple(serving.list_endpoints(settings)),
         last_24h=traces.window_summary(experiment_ids, since, now, settings=settings),
         latest_evaluations=tuple(evaluations.latest_evaluations(experiment_ids, limit=8, settings=settings)),
         generated_at=now,
     )
+
+
+def _gateway_endpoints(settings: Settings) -> tuple[tuple[serving.Endpoint, ...], str | None]:
+    from services import ai_gateway
+    from services.errors import AgentOpsError
+
+    if not ai_gateway.available(settings):
+        return (), None
+    try:
+        return tuple(ai_gateway.list_endpoints(settings)), None
+    except AgentOpsError as exc:
+        return (), str(exc)
 
 
 def store_is_empty(settings: Settings | None = None) -> bool:

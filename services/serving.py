@@ -47,6 +47,16 @@ class ServedVersion:
     model_name: str
     model_version: str
 
+    @property
+    def label(self) -> str:
+        """How people name the arm: ``model vN`` for a registered version, ``provider/model`` for a gateway model."""
+        return version_label(self.model_name, self.model_version)
+
+
+def version_label(model_name: str, version: str | None) -> str:
+    """``model vN``, or just the model when it has no registry version (MLflow AI Gateway arms)."""
+    return f"{model_name} v{version}" if version else model_name
+
 
 @dataclass(frozen=True)
 class TrafficRoute:

@@ -98,3 +98,27 @@ def test_every_page_runs_without_an_error_block_on_a_real_mlflow_server(teammate
     assert "demo.seed" not in texts
     if page == "pages/monitoring.py":  # the trace figures were read through the server (page size caps)
         assert any(m.label == "Requests" and m.value == "6" for m in app.metric), [m.value for m in app.metric]
+
+
+def test_an_admin_grants_a_role_on_the_overview_and_a_teammate_has_it(teammate_app, shared_server, tmp_path):
+    """Runs last in this module: it gives the server its first roles."""
+    import getpass
+
+    from services import roles
+    from services.identity import Identity, IdentitySource
+    from services.settings import load_settings
+
+    settings, _ = shared_server
+    roles.init_roles(getpass.getuser(), settings, by="test")
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.run()
+    assert not [w for w in app.sidebar.warning if "everyone is a viewer" in w.value]
+    next(t for t in app.text_input if t.label.startswith("User")).input("Bo@Example.com")
+    next(s for s in app.selectbox if s.label == "Role").select("operator")
+    next(b for b in app.button if b.label == "Grant role").click().run()
+    assert any("bo@example.com is now operator" in s.value for s in app.success)
+    assert not app.exception and not _problems(app), _problems(app)
+    other = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": settings.mlflow_uri,
+                           "AGENTOPS_DATA_DIR": str(tmp_path / "bo")})
+    bo = Identity("bo@example.com", "bo", IdentitySource.OS_USER)
+    assert roles.local_role(bo, other) is roles.Role.OPERATOR

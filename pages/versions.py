@@ -334,6 +334,10 @@ with tab_history:
                     show_error(exc, what="The alias was not rolled back")
                 else:
                     st.session_state[_ROLLBACK_REQUEST].pop(request_key, None)
+                    # The forms describing a change are rebuilt from the stored state: no stale reason,
+                    # and no promotion planned against the holder that was just replaced.
+                    for key in ("versions.rollback_reason", "versions.rollback_alias", _PENDING, _PENDING_REQUEST):
+                        st.session_state.pop(key, None)
                     _clear_caches()
                     st.session_state[_NOTICE] = (f"Rolled {roll_alias} back: v{result.change.from_version} → "
                                                  f"v{result.change.to_version}.")

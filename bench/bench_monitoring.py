@@ -41,11 +41,13 @@ from pathlib import Path
 
 VERSIONS = ("1", "2", "3")
 MODELS = {"1": "gpt-4o-mini", "2": "gpt-4o-mini", "3": "acme-llm"}
-EXPERIMENT = "bench-monitoring"
+EXPERIMENT = "bench-monitoring-model-id"
+AGENT = "bench-agent"
 TARGET_WARM_S = 2.0
 
 
-def _specs(experiment_id: str, rng: random.Random, count: int, first: int, now_ns: int, span_ns: int):
+def _specs(experiment_id: str, rng: random.Random, count: int, first: int, now_ns: int, span_ns: int,
+           model_ids: dict[str, str]):
     from services import _mlflow_internal as internal
 
     for i in range(first, first + count):
@@ -67,9 +69,26 @@ def _specs(experiment_id: str, rng: random.Random, count: int, first: int, now_n
             ))
         root = internal.SpanSpec("predict", "AGENT", start, end, inputs={"question": f"q{i}"}, outputs="a",
                                  error="boom" if error else None, children=tuple(children))
-        yield internal.TraceSpec(experiment_id, root, tags={
-            "agentops.agent": "bench-agent", "agentops.version": version, "agentops.arm": f"bench-agent-{version}",
-            "agentops.alias": "champion" if version == "1" else "challenger", "agentops.endpoint": "bench"})
+        # Linked to its version only as MLflow links it: the LoggedModel id in the trace metadata.
+        yield internal.TraceSpec(experiment_id, root, metadata={"mlflow.modelId": model_ids[version]})
+
+
+def _register(client, experiment_id: str) -> dict[str, str]:
+    """``bench-agent`` v1..v3, each registered from a LoggedModel; version -> model id."""
+    try:
+        existing = client.search_model_versions(f"name='{AGENT}'")
+    except Exception:  # noqa: BLE001 - no such model yet
+        existing = []
+    if len(existing) >= len(VERSIONS):
+        return {str(v.version): v.source.removeprefix("models:/") for v in existing}
+    client.create_registered_model(AGENT)
+    found = {}
+    for version in VERSIONS:
+        model = client.create_logged_model(experiment_id=experiment_id, name=f"bench-{version}",
+                                           params={"llm": MODELS[version]})
+        mv = client.create_model_version(AGENT, source=f"models:/{model.model_id}", model_id=model.model_id)
+        found[str(mv.version)] = model.model_id
+    return found
 
 
 def _build(settings, n: int, days: int) -> str:
@@ -78,9 +97,10 @@ def _build(settings, n: int, days: int) -> str:
     from services import _mlflow_internal as internal
     from services._clients import get_or_create_experiment
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
     experiment_id = get_or_create_experiment(client, EXPERIMENT, settings)
-    marker = settings.data_dir / f"bench-{n}.done"
+    model_ids = _register(client, experiment_id)
+    marker = settings.data_dir / f"bench-model-id-{n}.done"
     if marker.exists():
         return experiment_id
     if not internal.supports_direct_load(client):
@@ -91,8 +111,8 @@ def _build(settings, n: int, days: int) -> str:
     chunk = 5000
     for first in range(0, n, chunk):
         count = min(chunk, n - first)
-        internal.bulk_load_traces(client, list(_specs(experiment_id, rng, count, first, now_ns, days * 86400 * 10**9)),
-                                  chunk_size=chunk)
+        internal.bulk_load_traces(client, list(_specs(experiment_id, rng, count, first, now_ns, days * 86400 * 10**9,
+                                                      model_ids)), chunk_size=chunk)
         print(f"  {first + count:,} traces written ({time.perf_counter() - started:.0f} s)", flush=True)
     internal.analyze_sqlite(str(settings.db_path))  # planner statistics, as the demo seed does
     elapsed = time.perf_counter() - started
@@ -105,9 +125,17 @@ def _build(settings, n: int, days: int) -> str:
 
 
 def summary_by_search(experiment_id: str, query, interval_seconds: int):
-    """Per-version totals and per-version/bucket series from ``mlflow.search_traces`` + pandas."""
+    """Per-version totals and per-version/bucket series from ``mlflow.search_traces`` + pandas.
+
+    The version of a trace is found as the app finds it: its ``mlflow.modelId`` -> the registered
+    version whose source is that LoggedModel.
+    """
     import mlflow
     import pandas as pd
+    from mlflow import MlflowClient
+
+    version_of = {v.source.removeprefix("models:/"): str(v.version)
+                  for v in MlflowClient().search_model_versions(f"name='{AGENT}'")}
 
     frame = mlflow.search_traces(
         locations=[experiment_id], include_spans=False,
@@ -116,7 +144,7 @@ def summary_by_search(experiment_id: str, query, interval_seconds: int):
     usage = frame["trace_metadata"].map(lambda m: json.loads(m.get("mlflow.trace.tokenUsage", "null")) or {})
     cost = frame["trace_metadata"].map(lambda m: json.loads(m.get("mlflow.trace.cost", "null")) or {})
     flat = pd.DataFrame({
-        "group": frame["tags"].map(lambda t: t.get("agentops.version")),
+        "group": frame["trace_metadata"].map(lambda m: version_of.get(m.get("mlflow.modelId"))),
         "bucket": frame["request_time"] // (interval_seconds * 1000) * (interval_seconds * 1000),
         "error": frame["state"] == "ERROR",
         "latency": frame["execution_duration"].astype(float),
@@ -202,7 +230,7 @@ def _setup(args):
     settings = configure_mlflow(get_settings())
     experiment_id = _build(settings, args.traces, args.days)
     end = datetime.now(tz=timezone.utc) + timedelta(minutes=1)
-    query = mon.TraceQuery((experiment_id,), end - timedelta(days=args.days + 1), end)
+    query = mon.TraceQuery((experiment_id,), end - timedelta(days=args.days + 1), end, agent=AGENT)
     prices = pricing.DEFAULT_PRICES | {"acme-llm": pricing.ModelPrice(1.0, 4.0, 0.25)}
 
     def summary():

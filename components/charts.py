@@ -47,3 +47,27 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
         yaxis=dict(title=None, autorange="reversed"),
     )
     return figure
+
+
+def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
+    """Readable time labels: '06 Dec 14:00' ticks (day on its own line when it changes), UTC said once."""
+    update = figure.update_xaxes if axis == "x" else figure.update_yaxes
+    update(
+        type="date", title_text="time (UTC)",
+        tickformatstops=[
+            dict(dtickrange=[None, 60_000], value="%H:%M:%S"),
+            dict(dtickrange=[60_000, 86_400_000], value="%H:%M<br>%d %b"),
+            dict(dtickrange=[86_400_000, None], value="%d %b"),
+        ],
+        hoverformat="%Y-%m-%d %H:%M UTC",
+    )
+    # One time bucket alone makes plotly zoom into a second around it (ticks '23:59:59 … 00:00:00'):
+    # widen the range to a day either side so the labels are dates.
+    import pandas as pd
+
+    xs = [x for trace in figure.data for x in (getattr(trace, axis, None) or [])]
+    stamps = pd.to_datetime(pd.Series(xs), utc=True, errors="coerce").dropna() if xs else pd.Series(dtype="datetime64[ns, UTC]")
+    if len(stamps) and stamps.nunique() == 1:
+        only = stamps.iloc[0].tz_convert(None)
+        update(range=[only - pd.Timedelta(days=1), only + pd.Timedelta(days=1)], dtick=86_400_000)
+    return figure

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from services.evaluations import Comparison, EvaluationSummary, RowChange
 from services.statistics import format_p
+from components.tables import readable
 
 ROW_FILTERS = {
     "All rows": None,
@@ -21,7 +22,7 @@ ROW_FILTERS = {
 
 def run_label(run: EvaluationSummary) -> str:
     """"support-agent v2 · support-agent-golden · 2026-11-23 01:20" for pickers."""
-    who = f"{run.agent} v{run.version}" if run.agent and run.version else run.run_name
+    who = f"{run.agent} v{run.version}" if run.agent and run.version else f"{run.run_name} (not attached)"
     when = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "?"
     label = f"{who} · {run.dataset or 'unknown dataset'} · {when} · {run.run_id[:6]}"
     return f"{label} · {run.state}" if run.state != "finished" else label
@@ -37,23 +38,36 @@ RUN_STATES = {
 }
 
 
+LINKS = {
+    "app tags": "started here",
+    "evaluated model": "evaluated LoggedModel",
+    "model id on its traces": "model id on its traces",
+}
+
+
 def runs_frame(runs: list[EvaluationSummary]) -> pd.DataFrame:
-    """Evaluation runs as listed on the Run tab: who, what, when, status and the request it served."""
-    return pd.DataFrame(
+    """Evaluation runs as listed on the Run tab: who, what, when, status and the request it served.
+
+    A run of a bare ``predict_fn`` (no LoggedModel recorded) is listed under its experiment with
+    its run name, and "not attached" as its version; it can still be compared.
+    """
+    return readable(pd.DataFrame(
         [
             {
                 "Agent": run.agent or run.run_name,
-                "Version": f"v{run.version}" if run.version else "—",
-                "Dataset": run.dataset or "—",
+                "Version": f"v{run.version}" if run.version else "not attached",
+                "Dataset": run.dataset,
                 "Started": run.started_at,
                 "Status": RUN_STATES.get(run.state, run.state),
-                "Request": (run.request_id or "—")[:8],
+                "Request": (run.request_id or "")[:8],
                 "Run": run.run_id,
+                "Experiment": run.experiment_id,
+                "Linked by": LINKS.get(run.linked_by or "", run.linked_by) if run.linked_by else "no model recorded",
             }
             for run in runs
         ],
-        columns=["Agent", "Version", "Dataset", "Started", "Status", "Request", "Run"],
-    )
+        columns=["Agent", "Version", "Dataset", "Started", "Status", "Request", "Run", "Experiment", "Linked by"],
+    ))
 
 
 def summary_frame(comparison: Comparison) -> pd.DataFrame:
@@ -66,10 +80,12 @@ def summary_frame(comparison: Comparison) -> pd.DataFrame:
         for low, high in zip(frame["ci_low"], frame["ci_high"])
     ]
     frame["p"] = [format_p(p).removeprefix("p ").removeprefix("= ") for p in frame["p_value"]]
-    return frame.rename(columns={
+    frame = frame.rename(columns={
         "run": "Run", "metric": "Metric", "kind": "Kind", "n": "Shared rows", "baseline": "Baseline",
         "value": "Run value", "delta": "Δ", "test": "Test", "direction": "Verdict",
     })[["Run", "Metric", "Kind", "Shared rows", "Baseline", "Run value", "Δ", "95% CI", "p", "Test", "Verdict"]]
+    # No shared scored rows leaves a figure out: a dash, not nan.
+    return readable(frame, {"Baseline": ".3f", "Run value": ".3f", "Δ": "+.3f"}, keep=("Shared rows",))
 
 
 def filter_rows(comparison: Comparison, choice: str) -> pd.DataFrame:
@@ -78,7 +94,8 @@ def filter_rows(comparison: Comparison, choice: str) -> pd.DataFrame:
     frame = comparison.rows
     if wanted is not None and not frame.empty:
         frame = frame[frame["change"].isin([str(w) for w in wanted])]
-    return frame.drop(columns=["row_key"], errors="ignore")
+    # A row a run does not have, or a scorer that failed, reads as a dash (its rationale says why).
+    return readable(frame.drop(columns=["row_key"], errors="ignore"))
 
 
 def delta_chart(comparison: Comparison) -> go.Figure:

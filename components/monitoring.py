@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from components.charts import _PALETTE, chart_text
+from components.charts import _PALETTE, chart_text, time_axis
 from components.tables import plain
 from services.errors import ValidationError
 from services.monitoring import TraceDetail
@@ -46,6 +46,7 @@ def series_chart(series: pd.DataFrame, columns: dict[str, str], title: str, *, y
                 )
     figure.update_layout(title=dict(text=title, font=dict(size=14)), barmode="stack", **_LAYOUT)
     figure.update_yaxes(tickformat=y_format, ticksuffix=y_suffix, rangemode="tozero")
+    time_axis(figure)
     return figure
 
 

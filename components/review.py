@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from components.charts import _PALETTE, chart_text
+from components.charts import _PALETTE, chart_text, time_axis
 from components.errors import show_error
-from components.tables import plain
+from components.tables import plain, readable
 from services.errors import AgentOpsError
 from services.feedback import LabelKind, LabelQuestion, Review, ReviewPartlySavedError
 from services.review_queue import Conversation, LabelingSession, QueueProgress
@@ -44,6 +44,9 @@ def render_conversation(conv: Conversation) -> None:
             st.text(f"The agent failed: {conv.error}")
         else:
             st.text(conv.answer or "(no answer recorded)")
+        if conv.raw_output and conv.raw_output != conv.answer:
+            with st.expander("Raw output (JSON)", icon=":material/data_object:"):
+                st.code(conv.raw_output, language="json", wrap_lines=True)
 
 
 def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review | None) -> tuple[bool, Review]:
@@ -115,6 +118,7 @@ def trend_chart(trend: pd.DataFrame, column: str, title: str, *, percent: bool =
                            line=dict(color=_PALETTE[index % len(_PALETTE)]))
     figure.update_layout(title=title, height=280, margin=dict(l=10, r=10, t=36, b=10),
                          legend=dict(orientation="h", y=-0.2), hovermode="x unified")
+    time_axis(figure)
     if percent:
         figure.update_yaxes(tickformat=".0%", range=[0, 1])
     else:
@@ -132,3 +136,29 @@ def labeling_session_block(session: LabelingSession) -> None:
         st.link_button("Open in the Databricks Review App", session.url, icon=":material/open_in_new:")
     else:
         st.caption("The Review App did not return a link; open it from the experiment's Review App tab.")
+
+
+def names_frame(names: pd.DataFrame) -> pd.DataFrame:
+    """The feedback names table: counts per value and per source written out, no empty cells."""
+    return readable(names.rename(columns={"values": "counts per value", "sources": "sources (count)"}))
+
+
+def agreement_frame(agreement: pd.DataFrame) -> pd.DataFrame:
+    """Agreement per name; a name no two people judged shows a dash, not nan."""
+    return readable(agreement, keep=("agreement",))
+
+
+def name_trend_chart(trend: pd.DataFrame, name: str, kind: str) -> go.Figure:
+    """One feedback name over time: share of true, mean, or count per category; time labels on the x axis."""
+    figure = go.Figure()
+    for index, (group, part) in enumerate(trend.groupby("group", sort=True)):
+        figure.add_scatter(x=part["bucket"], y=part["value"], mode="lines+markers", name=chart_text(group),
+                           line=dict(color=_PALETTE[index % len(_PALETTE)]),
+                           customdata=part["n"], hovertemplate="%{y} (n=%{customdata})<extra></extra>")
+    what = {"boolean": "share true", "numeric": "mean", "categorical": "count per value"}.get(kind, "count")
+    figure.update_layout(title=chart_text(f"{name} · {what}"), height=300, margin=dict(l=10, r=10, t=36, b=10),
+                         legend=dict(orientation="h", y=-0.25), hovermode="x unified")
+    time_axis(figure)
+    if kind == "boolean":
+        figure.update_yaxes(tickformat=".0%", range=[0, 1.05])
+    return figure

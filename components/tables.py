@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -58,7 +59,9 @@ def agents_frame(activity: tuple[AgentActivity, ...]) -> pd.DataFrame:
                 "Cost (24h, $)": window.total_cost,
             }
         )
-    return pd.DataFrame(rows)
+    # A missing figure (no traces) is a dash, never None or nan.
+    return readable(pd.DataFrame(rows), {"Error rate (24h)": ".1%", "p95 latency (ms)": ",.0f",
+                                         "Cost (24h, $)": lambda v: f"${v:,.4f}"}, keep=("Versions", "Traces (24h)"))
 
 
 def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
@@ -81,7 +84,7 @@ def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
                 "Updated": endpoint.updated_at,
             }
         )
-    return pd.DataFrame(rows)
+    return readable(pd.DataFrame(rows))
 
 
 def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
@@ -93,9 +96,72 @@ def evaluations_frame(runs: tuple[EvaluationSummary, ...]) -> pd.DataFrame:
         row["Dataset"] = run.dataset or "—"
         row["Started"] = run.started_at
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # Scorer pass rates as percentages; a scorer a run did not use is a dash.
+    return readable(frame, {c: ".0%" for c in frame.columns if c not in ("Agent", "Version", "Dataset", "Started")})
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Scorer columns of an evaluations frame (everything that is not descriptive)."""
     return [c for c in frame.columns if c not in ("Agent", "Version", "Dataset", "Started")]
+
+
+# --- Awkward values read well -----------------------------------------------------------------
+
+DASH = "—"
+
+
+def missing(value: object) -> bool:
+    """None, NaN, NaT, pandas.NA or an empty string: shown as a dash, never as 'None' / 'nan' / 'NaT'."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    try:
+        result = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return bool(result) if isinstance(result, (bool,)) or getattr(result, "shape", None) == () else False
+
+
+def cell(value: object, fmt: "str | Callable[[Any], str] | None" = None) -> str:
+    """One table cell as text: a dash when missing, times in UTC, mappings as 'key: value · …'.
+
+    ``fmt`` is a format spec (``".1%"``) or a function of the value, used for numbers.
+    """
+    import datetime as _dt
+
+    if isinstance(value, (dict,)):
+        return " · ".join(f"{k}: {cell(v)}" for k, v in value.items()) or DASH
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(cell(v) for v in value) or DASH
+    if missing(value):
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (pd.Timestamp, _dt.datetime)):
+        stamp = pd.Timestamp(value)
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return stamp.strftime("%Y-%m-%d %H:%M UTC")
+    if callable(fmt) and isinstance(value, (int, float)):
+        return fmt(value)
+    if isinstance(value, float):
+        return format(value, fmt) if fmt else (f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000
+                                               else f"{value:.4g}")
+    if fmt and isinstance(value, int):
+        return format(value, fmt)
+    return str(value)
+
+
+def readable(frame: pd.DataFrame, formats: "dict[str, Any] | None" = None, *, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A copy of ``frame`` for display: every cell through ``cell`` (columns in ``keep`` left as they are).
+
+    Numbers keep their meaning (``formats`` gives a format spec per column, e.g. ``".1%"``); a
+    missing value is a dash rather than None, nan or NaT.
+    """
+    formats = formats or {}
+    out = frame.copy()
+    for column in out.columns:
+        if column in keep:
+            continue
+        fmt = formats.get(column)
+        out[column] = [cell(v, fmt) for v in out[column].tolist()]
+    return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from components.tables import code, plain
+from components.tables import code, plain, readable
 from services.audit import AliasChange
 from services.releases import AliasState, CheckStatus, Drift, PromotionPlan
+from services.prompts import PromptChange, PromptRef
 from services.versions import VersionDetail, VersionDiff
 
 _CHECK_ICON = {CheckStatus.PASS: "✅ pass", CheckStatus.FAIL: "❌ fail", CheckStatus.NO_DATA: "➖ no data"}
@@ -52,7 +53,10 @@ def versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = None)
             }
         )
         rows.append(shown)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # No traffic or no evaluation leaves a figure out: a dash, never None / nan / NaT.
+    return readable(frame, {"Error rate": ".1%", "p95 (ms)": ",.0f", "Cost / request ($)": lambda v: f"${v:.5f}",
+                            **{m.removesuffix("/mean"): ".0%" for m in metrics}}, keep=("Traces (7d)",))
 
 
 def show_versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = None) -> None:
@@ -63,12 +67,8 @@ def show_versions_table(frame: pd.DataFrame, readiness: dict[str, str] | None = 
         hide_index=True,
         width="stretch",
         column_config={
-            "Created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-            "Error rate": st.column_config.NumberColumn(format="percent"),
-            "p95 (ms)": st.column_config.NumberColumn(format="%.0f"),
-            "Cost / request ($)": st.column_config.NumberColumn(format="$%.5f"),
-            **{c: st.column_config.NumberColumn(format="percent", help="Latest evaluation, share of rows that passed")
-               for c in metric_cols},
+            "Aliases": st.column_config.TextColumn(width="large", help="Every alias this version holds, in full"),
+            **{c: st.column_config.TextColumn(help="Latest evaluation, share of rows that passed") for c in metric_cols},
         },
     )
 
@@ -82,7 +82,9 @@ _FIXED = {
 def show_version_detail(detail: VersionDetail) -> None:
     """Fields, params, tags and evaluation runs of one version."""
     cols = st.columns(4)
-    cols[0].metric("Aliases", ", ".join(detail.aliases) or "—")
+    # A metric truncates long text: aliases are listed in full, one per line, as text.
+    cols[0].caption("Aliases")
+    cols[0].text("\n".join(f"@{a}" for a in detail.aliases) or "—")
     cols[1].metric("Traces (7d)", f"{detail.traffic.traces:,}")
     cols[2].metric("p95 latency", f"{detail.traffic.p95_ms:,.0f} ms" if detail.traffic.p95_ms is not None else "—")
     cols[3].metric("Cost / request",
@@ -109,11 +111,11 @@ def show_version_detail(detail: VersionDetail) -> None:
         st.dataframe(
             pd.DataFrame(
                 [{"Run": e.run_name, "Dataset": e.dataset or "—", "Started": e.started_at, "Status": e.status,
-                  **{m.removesuffix("/mean"): v for m, v in sorted(e.metrics.items())}, "Run id": e.run_id}
+                  **{m.removesuffix("/mean"): v for m, v in sorted(e.metrics.items())},
+                  "Linked by": e.linked_by, "Run id": e.run_id}
                  for e in detail.evaluations]
-            ),
+            ).pipe(readable),
             hide_index=True, width="stretch",
-            column_config={"Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
         )
     else:
         st.info("This version has no evaluation runs yet. Evaluate it before promoting it.", icon=":material/fact_check:")
@@ -122,7 +124,7 @@ def show_version_detail(detail: VersionDetail) -> None:
 def diff_frame(diff: VersionDiff) -> pd.DataFrame:
     """Only the params and tags that differ, side by side."""
     frame = diff.rows.rename(columns={"kind": "Kind", "key": "Key", "left": f"v{diff.left}", "right": f"v{diff.right}"})
-    return frame.fillna("(not set)")
+    return readable(frame.fillna("(not set)"))
 
 
 def evidence_frame(plan: PromotionPlan) -> pd.DataFrame:
@@ -191,3 +193,45 @@ def history_frame(changes: list[AliasChange]) -> pd.DataFrame:
           "Evidence dataset": (c.evidence or {}).get("dataset") or "—", "Audit run": c.run_id}
          for c in changes]
     )
+
+
+def prompts_frame(refs: tuple[PromptRef, ...]) -> pd.DataFrame:
+    """The prompt versions one version uses: name, version, where MLflow recorded the link."""
+    return readable(pd.DataFrame(
+        [{"Prompt": r.name, "Version": f"v{r.version}", "Linked on": r.linked_from,
+          "First line": (r.template or "").strip().splitlines()[0][:120] if (r.template or "").strip() else None,
+          "Note": r.problem}
+         for r in refs], columns=["Prompt", "Version", "Linked on", "First line", "Note"]))
+
+
+def show_linked_prompts(refs: tuple[PromptRef, ...], version: str) -> None:
+    """Which prompt-registry versions a version uses, each text behind an expander."""
+    st.caption(f"Prompts v{version} uses")
+    if not refs:
+        st.caption("No prompt-registry version is linked to this version. Load prompts with "
+                   "`mlflow.genai.load_prompt(..., model_id=...)` (or while the model is active) to link them.")
+        return
+    st.dataframe(prompts_frame(refs), hide_index=True, width="stretch")
+    for ref in refs:
+        if ref.template is not None:
+            with st.expander(f"{ref.label}", icon=":material/description:"):
+                st.code(ref.template, language=None, wrap_lines=True)
+
+
+_PROMPT_STATUS = {"changed": "✏️ changed", "same version": "= same version", "same text": "= same text",
+                  "only left": "only in the left version", "only right": "only in the right version"}
+
+
+def show_prompt_changes(changes: tuple[PromptChange, ...], left: str, right: str) -> None:
+    """Each prompt either version uses: its version on both sides and a text diff where it changed."""
+    if not changes:
+        st.caption(f"Neither v{left} nor v{right} has linked prompt-registry versions.")
+        return
+    st.dataframe(readable(pd.DataFrame(
+        [{"Prompt": c.name, f"v{left}": c.left.label if c.left else None,
+          f"v{right}": c.right.label if c.right else None, "Change": _PROMPT_STATUS.get(c.status, c.status)}
+         for c in changes])), hide_index=True, width="stretch")
+    for c in changes:
+        if c.diff:
+            st.caption(f"{plain(c.name)}: v{plain(c.left.version)} → v{plain(c.right.version)}")
+            st.code(c.diff, language="diff", wrap_lines=True)

@@ -302,14 +302,14 @@ def _trace_spec(agent, module, version: DemoVersion, number: int, model_id: str,
     cursor += int(rng.uniform(1, 4) * 1e6)
     outputs = None if error else {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": answer}]}]}
     root = internal.SpanSpec("predict", "AGENT", root_start, cursor, inputs=request, outputs=outputs, error=error, children=tuple(children))
+    # The version is linked the way MLflow links it (mlflow.modelId, as set_active_model and
+    # serving record); the tags name the endpoint and arm, and the agent (an extra the feedback
+    # and review-queue agent filters still read), never the version.
     tags = {
         traces.AGENT_TAG: agent.name,
-        traces.VERSION_TAG: str(number),
         traces.ENDPOINT_TAG: agent.endpoint,
         traces.ARM_TAG: f"{agent.name}-{number}",
     }
-    if alias:
-        tags["agentops.alias"] = alias
     metadata = {"mlflow.modelId": model_id, "mlflow.trace.user": user_id}
     return internal.TraceSpec(experiment_id, root, tags=tags, metadata=metadata), correct and error is None
 

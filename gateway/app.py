@@ -294,10 +294,13 @@ class Gateway:
                     503, "SERVED_VERSION_UNAVAILABLE",
                     f"{served.model_name} v{served.model_version} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                 ) from exc
-            source = version.source or ""
-            model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else version.model_id if hasattr(version, "model_id") else None
-            experiment_id = (model.tags or {}).get(registry.EXPERIMENT_TAG) or get_or_create_experiment(
-                self.client, FALLBACK_EXPERIMENT, self.settings
+            model_id = registry.model_id_of(version)
+            # The version's own experiment: the legacy tag if set, else its LoggedModel's (or source
+            # run's) experiment, else the gateway's fallback experiment.
+            experiment_id = (
+                (model.tags or {}).get(registry.EXPERIMENT_TAG)
+                or registry.experiments_of_versions(self.client, [version]).get(model_id or version.run_id or "")
+                or get_or_create_experiment(self.client, FALLBACK_EXPERIMENT, self.settings)
             )
             aliases = tuple(sorted(a for a, v in registry._aliases(model).items() if v == served.model_version))
             self._models[key] = LoadedVersion(loaded, model_id, experiment_id, aliases)
@@ -342,14 +345,14 @@ class Gateway:
         loaded = self.load(served)
         if not self.ledger.wait_for_room(timeout_s=30):
             raise GatewayError(503, "TRACE_BACKLOG_FULL", "Too many traces are waiting to be stored; retry shortly.")
+        # The version is linked through the trace's mlflow.modelId (set below), as MLflow's own
+        # serving does; the tags name the endpoint and arm, which MLflow has no notion of, and the
+        # agent (still read by the feedback and review-queue agent filters, an extra, not the link).
         tags = {
             traces.AGENT_TAG: served.model_name,
-            traces.VERSION_TAG: served.model_version,
             traces.ENDPOINT_TAG: endpoint.name,
             traces.ARM_TAG: served.entity_name,
         }
-        if loaded.aliases:
-            tags["agentops.alias"] = ",".join(loaded.aliases)
         error: Exception | None = None
         response: Any = None
         # The experiment is given per root span: set_destination would rebuild MLflow's tracer

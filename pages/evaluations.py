@@ -16,6 +16,7 @@ from components.context import allowed, current_identity, current_settings, page
 from components.empty import seed_hint
 from components.errors import show_error
 from components.tables import code, plain
+from components.widgets import reset_when_changed
 from services import datasets, eval_jobs, registry, roles, scorers
 from services import evaluations as evaluations_service
 from services.errors import AgentOpsError
@@ -46,6 +47,11 @@ def _runs(settings: Settings, experiment_ids: tuple[str, ...]) -> list[evaluatio
 @per_user_cache(ttl=300, show_spinner=False)
 def _compare(settings: Settings, run_ids: tuple[str, ...], baseline: str) -> evaluations_service.Comparison:
     return evaluations_service.compare_runs(run_ids, baseline, settings)
+
+
+@per_user_cache(ttl=30, show_spinner=False)
+def _experiment_runs(settings: Settings, experiment_id: str) -> list[evaluations_service.EvaluationSummary]:
+    return evaluations_service.experiment_runs(experiment_id, settings)
 
 
 def _clear_caches() -> None:
@@ -81,6 +87,8 @@ with run_tab:
     left, right = st.columns(2, gap="large")
     with left:
         agent = st.selectbox("Agent", names, key="eval_agent")
+        # A version or dataset picked for the previous agent means nothing for this one.
+        reset_when_changed("evaluations", agent, ("eval_version", "eval_dataset"))
         try:
             choices = _versions(settings, agent)
         except AgentOpsError as exc:
@@ -196,7 +204,8 @@ with run_tab:
                 st.progress(job.fraction, text=f"{plain(job.label)}: {plain(job.message)}")
         _forget_settled(shown)
         if active and all(job.finished for job in shown):
-            _clear_caches()
+            # Every page's cached reads (Overview, Versions, readiness) show the new run at once.
+            st.cache_data.clear()
             st.rerun()
 
     if jobs:
@@ -205,13 +214,27 @@ with run_tab:
     else:
         st.caption("Runs execute in the background: keep using the app while they run.")
 
+    st.subheader("Evaluation runs")
+    where = st.columns([2, 2])
+    scope_choice = where[0].selectbox(
+        "Experiment", ["All the agents' experiments", *experiment_ids, "Another experiment id…"], key="eval_scope",
+        help="Runs made outside the app are listed too: with a LoggedModel they are tied to its version; a bare "
+             "predict_fn run is listed under its experiment, not attached to a version, and can be compared.")
+    other_id = where[1].text_input("Experiment id", key="eval_scope_other",
+                                   placeholder="e.g. 123456789") if scope_choice == "Another experiment id…" else ""
+    recent = []
     try:
-        recent = _runs(settings, experiment_ids)
+        if scope_choice == "Another experiment id…":
+            recent = _experiment_runs(settings, other_id) if other_id.strip() else []
+        elif scope_choice in experiment_ids:
+            recent = _runs(settings, (scope_choice,))
+        else:
+            recent = _runs(settings, experiment_ids)
     except AgentOpsError as exc:
         show_error(exc, what="Cannot list evaluation runs")
-        recent = []
+    if not recent:
+        st.caption("No evaluation runs here yet: run one above, or pick another experiment.")
     if recent:
-        st.subheader("Evaluation runs")
         retried = {r.request_id for r in recent if r.request_id and r.state == "finished"}
         interrupted = [r for r in recent if r.interrupted and r.request_id not in retried]
         if interrupted:
@@ -221,7 +244,7 @@ with run_tab:
                 "evaluation again to retry.",
                 icon=":material/cloud_off:",
             )
-        st.dataframe(view.runs_frame(recent[:20]), hide_index=True, use_container_width=True)
+        st.dataframe(view.runs_frame(recent[:50]), hide_index=True, use_container_width=True)
 
 # --- Compare -----------------------------------------------------------------------------------
 with compare_tab:
@@ -266,8 +289,7 @@ with compare_tab:
                         f"only in {candidate.candidate.label}: left out of the tests, listed in the table below."
                     )
             st.subheader("Per-metric summary")
-            st.dataframe(view.summary_frame(comparison), hide_index=True, use_container_width=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("Baseline", "Run value", "Δ")})
+            st.dataframe(view.summary_frame(comparison), hide_index=True, use_container_width=True)
             if not comparison.deltas.empty:
                 left, right = st.columns(2)
                 left.plotly_chart(view.delta_chart(comparison), use_container_width=True, config={"displayModeBar": False})

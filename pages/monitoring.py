@@ -22,7 +22,7 @@ from services import pricing, registry, roles, team_state
 from services.errors import AgentOpsError, ConflictError
 from services.overview import agent_experiment_ids
 from services.settings import Settings
-from services.traces import ARM_TAG, ENDPOINT_TAG, VERSION_TAG, recent_tag_values
+from services.traces import ARM_TAG, ENDPOINT_TAG, recent_tag_values
 
 WINDOWS = {"Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1),
            "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30)}
@@ -38,6 +38,11 @@ def _agents(settings: Settings) -> list[registry.AgentSummary]:
 @per_user_cache(ttl=60, show_spinner=False)
 def _tag_values(settings: Settings, experiment_ids: tuple[str, ...], key: str, start: datetime, end: datetime) -> list[str]:
     return recent_tag_values(experiment_ids, key, start, end, settings=settings)
+
+
+@per_user_cache(ttl=60, show_spinner=False)
+def _versions(settings: Settings, query: mon.TraceQuery) -> list[str]:
+    return mon.versions_with_traffic(query, settings)
 
 
 @per_user_cache(ttl=60, show_spinner=False)
@@ -88,9 +93,9 @@ except AgentOpsError as exc:
 experiment_ids = tuple(agent_experiment_ids(agents, settings))
 if not experiment_ids:
     st.info(
-        seed_hint(settings, "**There are no agents or trace experiments to monitor yet.** Register an agent (tag its "
-                  "registered model with `agentops.experiment_id`), or set `AGENTOPS_EXPERIMENT_IDS` to the "
-                  "experiments holding your traces,", "and restart the app."),
+        seed_hint(settings, "**There are no agents or trace experiments to monitor yet.** Register an agent from a "
+                  "LoggedModel (its experiment is found from it), or set `AGENTOPS_EXPERIMENT_IDS`,",
+                  "and its traces appear here."),
         icon=":material/inbox:",
     )
     st.stop()
@@ -108,10 +113,11 @@ status_label = top[3].selectbox("Status", [ANY, "OK", "ERROR"], key="mon_status"
 scope_ids = experiment_ids
 if agent:
     chosen = next(a for a in agents if a.name == agent)
-    scope_ids = tuple(i for i in (chosen.experiment_id, *settings.experiment_ids) if i) or experiment_ids
+    scope_ids = tuple(dict.fromkeys(i for i in (*chosen.experiment_ids, *settings.experiment_ids) if i)) or experiment_ids
 
 try:
-    versions = _tag_values(settings, scope_ids, VERSION_TAG, start, now)
+    # Versions with traffic in the window, attributed through the traces' mlflow.modelId.
+    versions = _versions(settings, mon.TraceQuery(scope_ids, start, now, agent=agent))
     arms = _tag_values(settings, scope_ids, ARM_TAG, start, now)
     endpoints = _tag_values(settings, scope_ids, ENDPOINT_TAG, start, now)
 except AgentOpsError as exc:
@@ -143,12 +149,12 @@ except AgentOpsError as exc:
 
 # --- alerts --------------------------------------------------------------------------------
 st.subheader("Alerts")
-alert_agents = [a for a in agents if a.experiment_id and (not agent or a.name == agent)]
+alert_agents = [a for a in agents if a.experiment_ids and (not agent or a.name == agent)]
 fired: list[mon.Alert] = []
 try:
     for a in alert_agents:
         limits = mon.thresholds_for(thresholds, a.name)
-        health_query = mon.TraceQuery((a.experiment_id,), start, now, agent=a.name)
+        health_query = mon.TraceQuery(tuple(a.experiment_ids), start, now, agent=a.name)
         fired += mon.check_alerts(_health(settings, health_query, limits.feedback_name, prices), limits)
 except AgentOpsError as exc:
     show_error(exc, what="Cannot check alert thresholds")
@@ -295,6 +301,10 @@ with explorer_tab:
                     "time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
                     "cost": st.column_config.NumberColumn(format="$%.6f"),
                     "input_tokens": st.column_config.NumberColumn(help="Empty: the trace recorded no token usage"),
+                    "model_id": st.column_config.TextColumn(help="The trace's mlflow.modelId: the LoggedModel that served it"),
+                    "link": st.column_config.TextColumn(
+                        help="How agent and version were found: through the model id (LoggedModel → registered "
+                             "version), through the tags older app versions wrote, or why they are missing"),
                 },
             )
             nav = st.columns([1, 1, 6])

@@ -65,11 +65,6 @@ st.dataframe(
     agents_frame(data.agents),
     hide_index=True,
     use_container_width=True,
-    column_config={
-        "Error rate (24h)": st.column_config.NumberColumn(format="percent"),
-        "p95 latency (ms)": st.column_config.NumberColumn(format="%.0f"),
-        "Cost (24h, $)": st.column_config.NumberColumn(format="$%.4f"),
-    },
 )
 page_link("versions", "Browse versions, promote or roll back aliases", icon=":material/sell:")
 
@@ -82,7 +77,6 @@ with left:
             endpoints_frame(data.endpoints),
             hide_index=True,
             use_container_width=True,
-            column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
         )
     else:
         st.info("No agent endpoints are configured.", icon=":material/route:")
@@ -104,11 +98,8 @@ with right:
             frame,
             hide_index=True,
             use_container_width=True,
-            column_config={
-                "Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-                **{name: st.column_config.NumberColumn(format="percent", help="Share of rows that passed")
-                   for name in metric_columns(frame)},
-            },
+            column_config={name: st.column_config.TextColumn(help="Share of rows that passed")
+                           for name in metric_columns(frame)},
         )
     else:
         st.info("No evaluation runs yet.", icon=":material/fact_check:")

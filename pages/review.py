@@ -15,11 +15,11 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
-from components.review import (labeling_session_block, progress_block, render_conversation, review_failed,
-                               review_form, trend_chart)
-from components.tables import plain
+from components.review import (agreement_frame, labeling_session_block, name_trend_chart, names_frame,
+                               progress_block, render_conversation, review_failed, review_form)
+from components.tables import plain, readable
 from services import feedback as fb
-from services import registry, roles
+from services import app_experiments, registry, roles
 from services import review_queue as rq
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.overview import agent_experiment_ids
@@ -28,7 +28,7 @@ from services.settings import Backend, Settings
 WINDOWS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30)}
 SOURCE_LABELS = {
     rq.QueueSource.SAMPLE: "Sample of live traffic",
-    rq.QueueSource.NEGATIVE_FEEDBACK: "Negative end-user feedback (thumbs down)",
+    rq.QueueSource.NEGATIVE_FEEDBACK: "Negative feedback (thumbs down, or any feedback name)",
     rq.QueueSource.LOW_SCORES: "Low scorer results",
     rq.QueueSource.HAND_PICKED: "Hand-picked trace ids",
 }
@@ -72,12 +72,17 @@ def _previous(settings: Settings, user: str, trace_id: str) -> fb.Review | None:
 
 @per_user_cache(ttl=60, show_spinner=False)
 def _feedback(settings: Settings, user: str, experiment_ids: tuple[str, ...], start_ms: int, end_ms: int,
-              agent: str | None) -> pd.DataFrame:
-    return fb.human_feedback(experiment_ids, start_ms, end_ms, agent=agent, settings=settings)
+              agent: str | None, human_only: bool = True) -> pd.DataFrame:
+    return fb.human_feedback(experiment_ids, start_ms, end_ms, agent=agent, settings=settings, human_only=human_only)
+
+
+@per_user_cache(ttl=30, show_spinner=False)
+def _app_experiments(settings: Settings) -> tuple:
+    return app_experiments.app_experiments(settings)
 
 
 def _after_mutation() -> None:
-    for cached in (_queues, _progress, _items, _previous, _feedback, _questions):
+    for cached in (_queues, _progress, _items, _previous, _feedback, _questions, _app_experiments):
         cached.clear()
 
 
@@ -103,6 +108,9 @@ except AgentOpsError as exc:
 experiment_ids = tuple(agent_experiment_ids(agents, settings))
 agent_names = [a.name for a in agents]
 experiment_of = {a.name: a.experiment_id for a in agents if a.experiment_id}
+# Every experiment found for an agent (its versions' LoggedModels and runs, attached ones), own one first.
+experiments_of = {a.name: tuple(dict.fromkeys(i for i in (a.experiment_id, *getattr(a, "experiment_ids", ())) if i))
+                  for a in agents}
 
 review_tab, queues_tab, curate_tab, charts_tab, labels_tab = st.tabs(
     ["Review", "Queues", "Curate", "Feedback charts", "Label questions"])
@@ -232,16 +240,26 @@ with queues_tab:
         reviews = cols[2].number_input("Reviewers per item", 1, 10, 1, key="nq_reviews",
                                        help="More than one lets you measure agreement between reviewers.")
         scorer = cols[3].text_input("Scorer (for low scores)", value="expected_facts", key="nq_scorer")
+        cols = st.columns(3)
+        feedback_name = cols[0].text_input("Feedback name (for negative feedback)", value=fb.THUMBS, key="nq_feedback",
+                                           help="Any feedback name on the traces: a boolean is negative when false, a "
+                                                "number when below the threshold, a category when it is one of the "
+                                                "values listed.")
+        threshold = cols[1].number_input("Below this is low", value=0.5, step=0.5, key="nq_threshold")
+        negative = cols[2].text_input("Negative values (categories, comma-separated)", key="nq_negative",
+                                      placeholder="e.g. unhelpful, wrong")
         pasted = st.text_area("Trace ids (for a hand-picked list; one per line)", key="nq_ids")
         create = st.form_submit_button("Create queue", type="primary", icon=":material/add:")
     if create:
         now = datetime.now(tz=timezone.utc)
-        scope = tuple(i for i in (experiment_of.get(agent), *settings.experiment_ids) if i) or experiment_ids
+        scope = tuple(dict.fromkeys((*experiments_of.get(agent, ()), *settings.experiment_ids))) or experiment_ids
         spec = rq.QueueSpec(
             name=name, source=rq.QueueSource(source), experiment_ids=scope,
             agent=agent if agent in agent_names else None,
             start_ms=int((now - WINDOWS[window]).timestamp() * 1000), end_ms=int(now.timestamp() * 1000),
             size=int(size), scorer=scorer.strip() or None, reviews_per_item=int(reviews),
+            threshold=float(threshold), feedback_name=feedback_name.strip() or None,
+            negative_values=tuple(v.strip() for v in negative.split(",") if v.strip()),
             trace_ids=tuple(line.strip() for line in pasted.replace(",", "\n").splitlines() if line.strip()),
         )
         # One id per confirmation: pressing Create queue again after an interruption finishes that queue.
@@ -259,6 +277,11 @@ with queues_tab:
             queues = _queues(settings, user)
 
     st.subheader("Queues")
+    try:
+        queue_home = next(e for e in _app_experiments(settings) if e.variable == "AGENTOPS_REVIEW_EXPERIMENT")
+        st.caption(f":material/folder: {plain(app_experiments.describe(queue_home))}")
+    except (AgentOpsError, StopIteration):
+        pass
     if not queues:
         st.caption("No queues yet.")
     rows = []
@@ -272,7 +295,7 @@ with queues_tab:
                      "reviewers": ", ".join(f"{r} ({n})" for r, n in zip(p.per_reviewer["reviewer"], p.per_reviewer["reviewed"])),
                      "created by": q.created_by, "created": q.created_at})
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.dataframe(readable(pd.DataFrame(rows)), hide_index=True)
     if settings.backend is Backend.DATABRICKS and queues:
         st.subheader("Databricks Review App")
         st.caption("Teams already labeling in the Review App can work on the same traces there: a queue becomes one "
@@ -331,38 +354,52 @@ with curate_tab:
 
 # --- charts ----------------------------------------------------------------------------------
 with charts_tab:
-    cols = st.columns(3)
+    cols = st.columns([2, 2, 2, 2])
     chart_agent = cols[0].selectbox("Agent", ["All agents", *agent_names], key="ch_agent")
     chart_window = cols[1].selectbox("Time window", list(WINDOWS), index=2, key="ch_window")
     group_by = cols[2].radio("Split by", ["version", "arm"], horizontal=True, key="ch_by")
+    who = cols[3].radio("Sources", ["People", "All sources"], horizontal=True, key="ch_sources",
+                        help="People: HUMAN assessments (reviewers, end users). All sources adds LLM judges and code "
+                             "on live traces (evaluation runs' scores are left out).")
     end = datetime.now(tz=timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - WINDOWS[chart_window]
     agent_filter = None if chart_agent == "All agents" else chart_agent
-    scope = tuple(i for i in (experiment_of.get(chart_agent), *settings.experiment_ids) if i) if agent_filter else experiment_ids
+    scope = (tuple(dict.fromkeys((*experiments_of.get(chart_agent, ()), *settings.experiment_ids)))
+             if agent_filter else experiment_ids)
     try:
-        frame = _feedback(settings, user, scope, int(start.timestamp() * 1000), int(end.timestamp() * 1000), agent_filter)
+        frame = _feedback(settings, user, scope, int(start.timestamp() * 1000), int(end.timestamp() * 1000),
+                          agent_filter, who == "People")
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read feedback")
         frame = pd.DataFrame(columns=list(fb.FEEDBACK_COLUMNS))
     if frame.empty:
-        st.info("No human feedback in this window yet. Review some traces, or widen the window.", icon=":material/inbox:")
+        st.info("No feedback in this window yet. Review some traces, widen the window, or include all sources.",
+                icon=":material/inbox:")
     else:
-        freq = "h" if chart_window == "Last 24 hours" else "D"
-        trend = fb.feedback_trend(frame, group_by, freq)
-        left, right = st.columns(2)
-        left.plotly_chart(trend_chart(trend, "share_positive", "Share of thumbs up", percent=True),
-                          config=PLOT_CONFIG, key="ch_share")
-        right.plotly_chart(trend_chart(trend, "mean_rating", "Mean rating (1–5)"), config=PLOT_CONFIG, key="ch_rating")
+        names = fb.feedback_names(frame)
+        st.subheader("Feedback names")
+        st.caption(f"{len(frame)} judgement(s) on {frame['trace_id'].nunique()} trace(s): every feedback name "
+                   "present, whoever logged it.")
+        st.dataframe(names_frame(names), hide_index=True, width="stretch")
+        chartable = [n for n, k in zip(names["name"], names["kind"]) if k != str(fb.FeedbackKind.TEXT)]
+        if chartable:
+            preferred = [n for n in (fb.THUMBS, fb.RATING) if n in chartable]
+            chart_name = st.selectbox("Chart", chartable, index=chartable.index(preferred[0]) if preferred else 0,
+                                      key=f"ch_name_{chart_agent}")
+            kind = dict(zip(names["name"], names["kind"]))[chart_name]
+            freq = "h" if chart_window == "Last 24 hours" else "D"
+            trend = fb.name_trend(frame, chart_name, group_by, freq)
+            st.plotly_chart(name_trend_chart(trend, chart_name, kind), config=PLOT_CONFIG, key="ch_trend")
         st.subheader("Inter-reviewer agreement")
         agreement = fb.reviewer_agreement(frame)
         if int(agreement["traces"].sum()) == 0:
             st.caption("No trace was reviewed by more than one person here. Create a queue with two or more "
                        "reviewers per item to measure agreement.")
         else:
-            st.dataframe(agreement, hide_index=True, column_config={
+            st.dataframe(agreement_frame(agreement), hide_index=True, column_config={
                 "agreement": st.column_config.ProgressColumn("agreement", format="percent", min_value=0, max_value=1),
             })
-            st.caption("Share of reviewer pairs on the same trace who agree (thumbs equal; ratings within one point).")
+            st.caption("Share of reviewer pairs on the same trace who agree (same value; ratings within one point).")
 
 # --- label questions -------------------------------------------------------------------------
 with labels_tab:

@@ -18,15 +18,18 @@ from components.empty import seed_hint
 from components.errors import show_error
 from components.readiness import readiness_cell, show_readiness
 from components.tables import code, plain
+from components.widgets import reset_when_changed
 from components.versions import (
     diff_frame,
     history_frame,
+    show_linked_prompts,
     show_plan,
+    show_prompt_changes,
     show_version_detail,
     show_versions_table,
     states_frame,
 )
-from services import readiness, registry, releases, roles, versions
+from services import app_experiments, prompts, readiness, registry, releases, roles, versions
 from services.errors import AgentOpsError
 from services.settings import Settings
 
@@ -57,6 +60,16 @@ def _detail(settings: Settings, agent: str, version: str) -> versions.VersionDet
 @per_user_cache(ttl=30, show_spinner=False)
 def _diff(settings: Settings, agent: str, left: str, right: str) -> versions.VersionDiff:
     return versions.diff_versions(agent, left, right, settings)
+
+
+@per_user_cache(ttl=30, show_spinner=False)
+def _prompts(settings: Settings, agent: str, version: str) -> tuple[prompts.PromptRef, ...]:
+    return prompts.linked_prompts(agent, version, settings)
+
+
+@per_user_cache(ttl=30, show_spinner=False)
+def _prompt_changes(settings: Settings, agent: str, left: str, right: str) -> tuple[prompts.PromptChange, ...]:
+    return prompts.prompt_changes(agent, left, right, settings)
 
 
 @per_user_cache(ttl=30, show_spinner=False)
@@ -150,6 +163,9 @@ if not names:
             icon=":material/search_off:")
     st.stop()
 agent = st.selectbox("Agent", names, key="versions.agent")
+# A version or alias picked for the previous agent means nothing for this one.
+reset_when_changed("versions", agent, ("versions.detail", "versions.left", "versions.right", "versions.target",
+                                       "versions.alias", "versions.alias_other", "versions.page"))
 
 try:
     frame = _versions(settings, agent)
@@ -194,6 +210,10 @@ with tab_list:
         show_version_detail(_detail(settings, agent, chosen))
     except AgentOpsError as exc:
         show_error(exc, what=f"Cannot read v{chosen}")
+    try:
+        show_linked_prompts(_prompts(settings, agent, chosen), chosen)
+    except AgentOpsError as exc:
+        show_error(exc, what=f"Cannot read the prompts v{chosen} uses")
     with st.expander(f"Release readiness of v{chosen} (against champion)", expanded=True):
         _readiness_panel(agent, chosen, "champion", key="versions.detail_load_check")
 
@@ -213,6 +233,11 @@ with tab_compare:
                 st.dataframe(diff_frame(diff), hide_index=True, width="stretch")
         except AgentOpsError as exc:
             show_error(exc, what="Cannot compare the versions")
+        st.subheader("Prompts")
+        try:
+            show_prompt_changes(_prompt_changes(settings, agent, left, right), left, right)
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot compare the prompts of these versions")
 
 with tab_promote:
     try:
@@ -292,6 +317,12 @@ with tab_promote:
                     st.rerun()
 
 with tab_history:
+    try:
+        audit_home = next(e for e in app_experiments.app_experiments(settings)
+                          if e.variable == "AGENTOPS_AUDIT_EXPERIMENT")
+        st.caption(f":material/folder: {plain(app_experiments.describe(audit_home))}")
+    except (AgentOpsError, StopIteration):
+        pass
     try:
         states = _states(settings, agent)
         history = _history(settings, agent)

@@ -296,8 +296,16 @@ def arm_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start
             f"trace.timestamp_ms >= {int(start.timestamp() * 1000)}",
             f"trace.timestamp_ms < {int(end.timestamp() * 1000)}",
             f"tag.`{traces.ENDPOINT_TAG}` = '{_q(endpoint.name)}'",
-            f"tag.`{traces.ARM_TAG}` = '{_q(served.entity_name)}'",
         ]
+        # An arm's traces are its version's: linked by mlflow.modelId (version -> LoggedModel), the
+        # arm tag only when the version has no LoggedModel or one version serves two arms.
+        model_id = _model_id(client, served) if sum(
+            (s.model_name, s.model_version) == (served.model_name, served.model_version) for s in endpoint.served
+        ) == 1 else None
+        if model_id:
+            clauses.append(f"metadata.`mlflow.modelId` = '{_q(model_id)}'")
+        else:
+            clauses.append(f"tag.`{traces.ARM_TAG}` = '{_q(served.entity_name)}'")
         infos: list[Any] = []
         token = None
         with translate_errors(f"traces of {endpoint.name}"):
@@ -310,6 +318,15 @@ def arm_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start
                     break
         samples.append(sample_from_traces(served, infos, truncated=bool(token)))
     return samples
+
+
+def _model_id(client: Any, served: serving.ServedVersion) -> str | None:
+    from services import registry
+
+    try:
+        return registry.model_id_of(client.get_model_version(served.model_name, str(served.model_version)))
+    except Exception:  # noqa: BLE001 - a version we cannot read: fall back to the arm tag
+        return None
 
 
 def sample_from_traces(served: serving.ServedVersion, infos: list[Any], *, truncated: bool) -> ArmSample:

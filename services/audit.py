@@ -285,3 +285,42 @@ def _change(run_id: str, tags: dict[str, str], at_ns: int) -> AliasChange:
         # Records written before intents existed carry no state and are complete.
         status=ChangeStatus.INTERRUPTED if tags.get(STATE_TAG) == "intent" else ChangeStatus.COMPLETED,
     )
+
+
+# --- experiments attached to an agent ----------------------------------------------------------
+
+EXPERIMENT_LINK_KIND = "experiment_link"
+EXPERIMENT_TAG = _PREFIX + "experiment_id"
+
+
+def record_experiment_link(*, model: str, action: str, experiment_id: str, before: list[str], after: list[str],
+                           user: str, settings: Settings | None = None) -> str:
+    """Write one audit run for attaching/detaching an experiment to an agent; returns the run id."""
+    client = mlflow_client(settings)
+    at_ns = time.time_ns()
+    tags = {
+        KIND_TAG: EXPERIMENT_LINK_KIND, MODEL_TAG: model, ACTION_TAG: action, EXPERIMENT_TAG: experiment_id,
+        FROM_TAG: ",".join(before), TO_TAG: ",".join(after), USER_TAG: user, AT_NS_TAG: str(at_ns),
+        STATE_TAG: "done", "mlflow.user": user,
+    }
+    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
+        audit_experiment = get_or_create_experiment(client, _experiment_name(settings), settings)
+        run = client.create_run(audit_experiment, start_time=at_ns // 1_000_000, tags=tags,
+                                run_name=f"{model}: {action} experiment {experiment_id}")
+        client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
+def experiment_links(model: str, *, settings: Settings | None = None) -> list[dict[str, str]]:
+    """Recorded attach/detach changes of one agent's experiments, newest first."""
+    client = mlflow_client(settings)
+    with translate_errors("the audit trail"):
+        experiment = client.get_experiment_by_name(_experiment_name(settings))
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], max_results=_PAGE,
+                                  filter_string=f"tags.`{KIND_TAG}` = '{EXPERIMENT_LINK_KIND}' AND "
+                                                f"tags.`{MODEL_TAG}` = '{quote(model)}'",
+                                  order_by=["attributes.start_time DESC"])
+    return [{"action": r.data.tags.get(ACTION_TAG, ""), "experiment_id": r.data.tags.get(EXPERIMENT_TAG, ""),
+             "user": r.data.tags.get(USER_TAG, ""), "at_ns": r.data.tags.get(AT_NS_TAG, "")} for r in runs]

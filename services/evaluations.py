@@ -9,8 +9,10 @@ request ends with exactly one ``FINISHED`` run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any, Sequence
 
 from services._clients import mlflow_client, translate_errors
@@ -49,6 +51,14 @@ class EvaluationSummary:
     metrics: dict[str, float]
     request_id: str | None = None
     interrupted: str | None = None
+    model_id: str | None = None
+    # How the run was tied to its version: LinkKind value, or None for a bare predict_fn run.
+    linked_by: str | None = None
+
+    @property
+    def attached(self) -> bool:
+        """Whether the run belongs to a registered version (a bare ``predict_fn`` run does not)."""
+        return bool(self.agent and self.version)
 
     @property
     def state(self) -> str:
@@ -56,15 +66,17 @@ class EvaluationSummary:
         return "interrupted" if self.interrupted else self.status.lower()
 
 
-def _summary(run: Any, *, status: str | None = None, interrupted: str | None = None) -> EvaluationSummary:
+def _summary(run: Any, *, status: str | None = None, interrupted: str | None = None,
+             link: "RunLink | None" = None) -> EvaluationSummary:
     tags = run.data.tags
+    link = link or RunLink(tags.get(AGENT_TAG), tags.get(VERSION_TAG), None, None)
     return EvaluationSummary(
         run_id=run.info.run_id,
         run_name=run.info.run_name or run.info.run_id,
         experiment_id=run.info.experiment_id,
-        agent=tags.get(AGENT_TAG),
-        version=tags.get(VERSION_TAG),
-        dataset=tags.get(DATASET_TAG),
+        agent=link.agent,
+        version=link.version,
+        dataset=tags.get(DATASET_TAG) or _dataset_input_name(run),
         started_at=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
         if run.info.start_time
         else None,
@@ -73,7 +85,92 @@ def _summary(run: Any, *, status: str | None = None, interrupted: str | None = N
         request_id=tags.get(REQUEST_TAG),
         # A run whose FINISHED reached the store before the failure is complete (see evaluate_rows).
         interrupted=interrupted or (tags.get(INTERRUPTED_TAG) if (status or run.info.status) != "FINISHED" else None),
+        model_id=link.model_id,
+        linked_by=link.how,
     )
+
+
+def _dataset_input_name(run: Any) -> str | None:
+    """The name of the dataset ``evaluate`` logged as the run's input (``"dataset"`` for a plain list)."""
+    inputs = getattr(getattr(run, "inputs", None), "dataset_inputs", None) or []
+    for item in inputs:
+        name = getattr(getattr(item, "dataset", None), "name", None)
+        if name:
+            return str(name)
+    return None
+
+
+# --- Which version a run evaluated ---------------------------------------------------------------
+
+from services.links import MODEL_ID_METADATA, MODEL_VERSIONS_TAG, ModelIndex  # noqa: E402,F401 - re-exported
+
+
+class LinkKind(StrEnum):
+    """Where the version of an evaluation run was read from."""
+
+    APP_TAGS = "app tags"  # runs started from this app (agentops.agent / agentops.version)
+    MODEL_INPUT = "evaluated model"  # evaluate(model_id=...) logs the LoggedModel as the run's input
+    TRACE_MODEL = "model id on its traces"  # predict_fn called a loaded model / set_active_model
+
+
+@dataclass(frozen=True)
+class RunLink:
+    """The registered version an evaluation run evaluated; all None for a bare ``predict_fn`` run."""
+
+    agent: str | None
+    version: str | None
+    model_id: str | None
+    how: str | None
+
+
+def run_link(client: Any, run: Any, index: ModelIndex | None = None) -> RunLink:
+    """The version an evaluation run evaluated, from the links MLflow records.
+
+    In order: this app's run tags; the LoggedModel ``evaluate(model_id=...)`` logged as the run's
+    input; the ``mlflow.modelId`` on the run's traces. A run with none of them (a bare
+    ``predict_fn``) is linked to no version. Reading a link never fails the listing.
+    """
+    tags = run.data.tags
+    if tags.get(AGENT_TAG) and tags.get(VERSION_TAG):
+        return RunLink(tags[AGENT_TAG], tags[VERSION_TAG], _model_input(run), LinkKind.APP_TAGS.value)
+    index = index or ModelIndex(client)
+    model_id, how = _model_input(run), LinkKind.MODEL_INPUT
+    if model_id is None:
+        try:
+            model_id = _model_input(client.get_run(run.info.run_id))  # search results leave model inputs out
+        except Exception:  # noqa: BLE001
+            model_id = None
+    if model_id is None:
+        model_id, how = _trace_model_id(run), LinkKind.TRACE_MODEL
+    if model_id is None:
+        return RunLink(None, None, None, None)
+    found = index.version_of(model_id)
+    if found is None:
+        return RunLink(None, None, model_id, how.value)
+    return RunLink(found[0], found[1], model_id, how.value)
+
+
+def _model_input(run: Any) -> str | None:
+    inputs = getattr(getattr(run, "inputs", None), "model_inputs", None) or []
+    for item in inputs:
+        if getattr(item, "model_id", None):
+            return str(item.model_id)
+    return None
+
+
+def _trace_model_id(run: Any) -> str | None:
+    import mlflow
+
+    try:
+        traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id,
+                                      max_results=1, include_spans=False, return_type="list")
+    except Exception:  # noqa: BLE001
+        return None
+    for trace in traces:
+        model_id = (trace.info.trace_metadata or {}).get(MODEL_ID_METADATA)
+        if model_id:
+            return str(model_id)
+    return None
 
 
 def latest_evaluations(
@@ -100,13 +197,15 @@ def latest_evaluations(
 def summarise_runs(client: Any, runs: Sequence[Any]) -> list[EvaluationSummary]:
     """Summaries of evaluation runs; a run left ``RUNNING`` by an interruption is marked and shown as such."""
     summaries = []
+    index = ModelIndex(client)
     for run in runs:
+        link = run_link(client, run, index)
         if is_abandoned(run):
             reason = run.data.tags.get(INTERRUPTED_TAG) or ABANDONED_REASON
             mark_interrupted(client, run.info.run_id, reason)  # best effort: a read must not fail on it
-            summaries.append(_summary(run, status="FAILED", interrupted=reason))
+            summaries.append(_summary(run, status="FAILED", interrupted=reason, link=link))
         else:
-            summaries.append(_summary(run))
+            summaries.append(_summary(run, link=link))
     return summaries
 
 
@@ -224,11 +323,34 @@ def resolve_version(agent: str, ref: str, settings: Settings | None = None) -> R
     model_id = getattr(version, "model_id", None) or (
         source.removeprefix("models:/").split("/")[0] if source.startswith("models:/m-") else None
     )
-    experiment_id = (getattr(model, "tags", None) or {}).get(_EXPERIMENT_TAG)
+    experiment_id = (getattr(model, "tags", None) or {}).get(_EXPERIMENT_TAG) or _own_experiment(
+        client, model_id, getattr(version, "run_id", None))
+    if not experiment_id and settings.experiment_ids:
+        experiment_id = settings.experiment_ids[0]
     if not experiment_id:
+        # Nothing MLflow recorded says where the agent lives: only then does the app make an experiment.
         with translate_errors("the experiment of the agent"):
             experiment_id = get_or_create_experiment(client, f"agentops-{agent}", settings)
     return ResolvedVersion(agent, str(version.version), model_id, str(experiment_id))
+
+
+def _own_experiment(client: Any, model_id: str | None, run_id: str | None) -> str | None:
+    """The experiment of the version's LoggedModel, else of its source run: where the agent's traces live."""
+    if model_id:
+        try:
+            with translate_errors(f"LoggedModel {model_id}"):
+                found = getattr(client.get_logged_model(model_id), "experiment_id", None)
+            if found:
+                return str(found)
+        except NotFoundError:
+            pass
+    if run_id:
+        try:
+            with translate_errors(f"run {run_id}"):
+                return str(client.get_run(run_id).info.experiment_id)
+        except NotFoundError:
+            pass
+    return None
 
 
 @contextlib.contextmanager
@@ -539,6 +661,13 @@ def run_evaluation(request: EvaluationRequest, settings: Settings | None = None,
     try:
         with translate_errors(f"models:/{request.agent}/{resolved.version}"):
             loaded = mlflow.pyfunc.load_model(f"models:/{request.agent}/{resolved.version}")
+    except (ValidationError, NotFoundError) as exc:
+        # An external LoggedModel (create_external_model) or one without a pyfunc flavor cannot run here.
+        raise ValidationError(
+            f"{request.agent} v{resolved.version} cannot be loaded here, so nothing was evaluated or stored: "
+            f"{_short(exc)} Evaluate it where it runs with mlflow.genai.evaluate(..., model_id="
+            f"'{resolved.model_id or 'm-…'}'); such runs are listed here and tied to v{resolved.version}."
+        ) from exc
     except BackendUnavailableError as exc:
         raise BackendUnavailableError(
             f"The MLflow backend stopped answering while loading {request.agent} v{resolved.version}, so evaluation "
@@ -665,7 +794,23 @@ def _output_text(response: Any) -> str:
             response = json.loads(response)
         except (json.JSONDecodeError, ValueError):
             return response
-    return answer_text(response)
+    # ResponsesAgent output first; ChatAgent messages, chat completions and plain dicts otherwise.
+    text = answer_text(response)
+    if text or not isinstance(response, dict) or "output" in response:
+        return text
+    said = [m.get("content") for m in response.get("messages") or [] if isinstance(m, dict) and m.get("role") == "assistant"]
+    said = [t for t in said if isinstance(t, str) and t]
+    if said:
+        return said[-1]
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        content = (choices[0].get("message") or {}).get("content")
+        if isinstance(content, str):
+            return content
+    for key in ("content", "answer", "text"):
+        if isinstance(response.get(key), str):
+            return response[key]
+    return json.dumps(response, ensure_ascii=False, default=str)
 
 
 def run_rows(run_id: str, settings: Settings | None = None) -> tuple[pd.DataFrame, dict[str, bool]]:
@@ -757,11 +902,12 @@ def _as_question(inputs: Any) -> Any:
     return inputs
 
 
-def _run_ref(run: Any, letter: str, rows: int) -> RunRef:
+def _run_ref(run: Any, letter: str, rows: int, link: RunLink | None = None) -> RunRef:
     tags = run.data.tags
-    agent, version = tags.get(AGENT_TAG), tags.get(VERSION_TAG)
+    agent, version = (link.agent, link.version) if link else (tags.get(AGENT_TAG), tags.get(VERSION_TAG))
     name = f"{agent} v{version}" if agent and version else (run.info.run_name or run.info.run_id[:8])
-    return RunRef(run.info.run_id, f"{letter}: {name}", run.info.experiment_id, agent, version, tags.get(DATASET_TAG), rows)
+    return RunRef(run.info.run_id, f"{letter}: {name}", run.info.experiment_id, agent, version,
+                  tags.get(DATASET_TAG) or _dataset_input_name(run), rows)
 
 
 def compare_runs(
@@ -781,6 +927,7 @@ def compare_runs(
     frames: dict[str, pd.DataFrame] = {}
     kinds: dict[str, bool] = {}
     refs: list[RunRef] = []
+    index_of_models = ModelIndex(client)
     for index, run_id in enumerate(ordered):
         with translate_errors(f"evaluation run {run_id}"):
             run = client.get_run(run_id)
@@ -790,7 +937,8 @@ def compare_runs(
         frames[run_id] = frame.set_index("row_key", drop=False)
         for name, flag in pass_fail.items():
             kinds[name] = kinds.get(name, True) and flag
-        refs.append(_run_ref(run, chr(ord("A") + index) if index < 26 else str(index + 1), len(frame)))
+        refs.append(_run_ref(run, chr(ord("A") + index) if index < 26 else str(index + 1), len(frame),
+                             run_link(client, run, index_of_models)))
     metrics = tuple(sorted(kinds))
     base_ref, base = refs[0], frames[baseline_run_id]
 
@@ -910,3 +1058,23 @@ def version_choices(agent: str, settings: Settings | None = None) -> dict[str, s
 def evaluation_runs(experiment_ids: Sequence[str], settings: Settings | None = None, *, limit: int = 200) -> list[EvaluationSummary]:
     """Evaluation runs that can be compared, newest first."""
     return latest_evaluations(experiment_ids, limit=limit, settings=settings)
+
+
+def experiment_runs(experiment_id: str, settings: Settings | None = None, *, limit: int = 200) -> list[EvaluationSummary]:
+    """Evaluation runs of one experiment, also one no agent is tied to; ``NotFoundError`` for an unknown id.
+
+    Nothing is written: an unknown or deleted experiment is reported, never created.
+    """
+    text = (experiment_id or "").strip() if isinstance(experiment_id, str) else ""
+    if not text or any(c.isspace() or c in "'`\"" for c in text) or len(text) > 200:
+        raise ValidationError(f"{experiment_id!r} is not an experiment id; copy it from the experiment's page in MLflow.")
+    client = mlflow_client(settings)
+    missing = NotFoundError(f"Experiment {text!r} does not exist (or was deleted); check the id. Nothing was changed.")
+    try:
+        with translate_errors(f"experiment {text!r}"):
+            experiment = client.get_experiment(text)
+    except (NotFoundError, ValidationError):
+        raise missing from None
+    if experiment is None or str(getattr(experiment, "lifecycle_stage", "active")) == "deleted":
+        raise missing
+    return latest_evaluations([text], limit=limit, settings=settings)

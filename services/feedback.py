@@ -431,57 +431,192 @@ def current_review(trace_id: str, reviewer: str, settings: Settings | None = Non
 
 # --- charts ----------------------------------------------------------------------------------
 
-FEEDBACK_COLUMNS = ("trace_id", "time", "agent", "version", "arm", "reviewer", "name", "value")
+# ``source_type`` is HUMAN, LLM_JUDGE or CODE; ``model_id`` is the trace's ``mlflow.modelId``.
+# ``agent`` / ``version`` come from the app's trace tags when present, else from the model id
+# (LoggedModel → registered version), so feedback on traces written by other code is attributed too.
+FEEDBACK_COLUMNS = ("trace_id", "time", "agent", "version", "arm", "reviewer", "name", "value", "source_type",
+                    "model_id")
+MODEL_ID_METADATA = "mlflow.modelId"
+# Metadata evaluate() puts on the traces of an evaluation run: their scores are not live feedback.
+SOURCE_RUN_METADATA = "mlflow.sourceRun"
 
 
 def human_feedback(experiment_ids: Sequence[str], start_ms: int, end_ms: int, *, agent: str | None = None,
-                   max_traces: int = 5000, settings: Settings | None = None) -> pd.DataFrame:
-    """Valid HUMAN feedback on traces of a window (``FEEDBACK_COLUMNS``), one row per assessment."""
+                   max_traces: int = 5000, settings: Settings | None = None,
+                   human_only: bool = True) -> pd.DataFrame:
+    """Valid feedback of any name on live traces of a window (``FEEDBACK_COLUMNS``), one row per assessment.
+
+    Every feedback name present is read (not only ``thumbs_up`` / ``rating``); with
+    ``human_only`` (the default) only HUMAN sources count. Traces of evaluation runs are left out.
+    With ``agent``, traces attributed to another agent are left out.
+    """
     if not experiment_ids:
         return pd.DataFrame(columns=list(FEEDBACK_COLUMNS))
     if agent is not None and any(c in agent for c in "'`\n"):
         raise ValidationError(f"{agent!r} is not an agent name.")
     client = mlflow_client(settings)
     clauses = [f"trace.timestamp_ms >= {int(start_ms)}", f"trace.timestamp_ms < {int(end_ms)}"]
-    if agent:
-        clauses.append(f"tag.`{AGENT_TAG}` = '{agent}'")
-    # Only traces with a human thumbs/rating matter; the filter keeps the scan small.
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for name in (THUMBS, RATING):
-        token = None
-        with translate_errors("trace search"):
-            while True:
-                page = client.search_traces(
-                    locations=list(experiment_ids), filter_string=" AND ".join(clauses + [f"feedback.`{name}` IS NOT NULL"]),
-                    max_results=500, page_token=token, include_spans=False,
-                )
-                for trace in page:
-                    if trace.info.trace_id in seen:
-                        continue
-                    seen.add(trace.info.trace_id)
-                    rows.extend(_feedback_rows(trace.info))
-                token = page.token
-                if not token or len(seen) >= max_traces:
-                    break
+    from services.links import ModelIndex
+
+    index = ModelIndex(client)
+    token = None
+    seen = 0
+    with translate_errors("trace search"):
+        while True:
+            page = client.search_traces(
+                locations=list(experiment_ids), filter_string=" AND ".join(clauses),
+                max_results=500, page_token=token, include_spans=False,
+            )
+            for trace in page:
+                seen += 1
+                if (trace.info.trace_metadata or {}).get(SOURCE_RUN_METADATA):
+                    continue
+                found = _feedback_rows(trace.info, index, human_only=human_only)
+                if agent:
+                    found = [r for r in found if r["agent"] in (agent, None)]
+                rows.extend(found)
+            token = page.token
+            if not token or seen >= max_traces:
+                break
     return pd.DataFrame(rows, columns=list(FEEDBACK_COLUMNS))
 
 
-def _feedback_rows(info: Any) -> list[dict[str, Any]]:
+def _feedback_rows(info: Any, index: Any = None, *, human_only: bool = True) -> list[dict[str, Any]]:
     tags = info.tags or {}
+    model_id = (getattr(info, "trace_metadata", None) or {}).get(MODEL_ID_METADATA)
+    agent, version = tags.get(AGENT_TAG), tags.get(VERSION_TAG)
     out = []
     for a in getattr(info, "assessments", None) or []:
         source = getattr(a, "source", None)
         if getattr(a, "feedback", None) is None or a.valid is False:
             continue
-        if not str(getattr(source, "source_type", "")).endswith("HUMAN") or a.name not in (THUMBS, RATING):
+        if getattr(a.feedback, "error", None) is not None and a.feedback.value is None:
+            continue  # a scorer that failed gave no judgement
+        source_type = str(getattr(getattr(source, "source_type", None), "value", getattr(source, "source_type", "")))
+        if human_only and not source_type.endswith("HUMAN"):
             continue
+        if (agent is None or version is None) and model_id and index is not None:
+            found = index.version_of(model_id)
+            if found and agent in (None, found[0]):
+                agent, version = found
         out.append({
             "trace_id": info.trace_id, "time": pd.Timestamp(info.request_time, unit="ms", tz="UTC"),
-            "agent": tags.get(AGENT_TAG), "version": tags.get(VERSION_TAG), "arm": tags.get(ARM_TAG),
+            "agent": agent, "version": version, "arm": tags.get(ARM_TAG),
             "reviewer": getattr(source, "source_id", None), "name": a.name, "value": a.feedback.value,
+            "source_type": source_type.rsplit(".", 1)[-1], "model_id": model_id,
         })
     return out
+
+
+class FeedbackKind(StrEnum):
+    """How a feedback name is answered, read from the values present."""
+
+    BOOLEAN = "boolean"
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    TEXT = "text"  # free text: too many distinct or long values to chart
+
+
+MAX_CATEGORIES = 12
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() == "true"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def feedback_kind(values: Sequence[Any]) -> FeedbackKind:
+    """Boolean, numeric, categorical or free text, from the values a feedback name holds."""
+    present = [v for v in values if v is not None]
+    if present and all(_is_bool(v) for v in present):
+        return FeedbackKind.BOOLEAN
+    if present and all(_is_number(v) for v in present):
+        return FeedbackKind.NUMERIC
+    texts = {str(v) for v in present}
+    if len(texts) <= MAX_CATEGORIES and all(len(t) <= 40 for t in texts):
+        return FeedbackKind.CATEGORICAL
+    return FeedbackKind.TEXT
+
+
+def _value_label(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+NAME_COLUMNS = ("name", "kind", "count", "traces", "values", "sources", "reviewers")
+
+
+def feedback_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every feedback name present with its kind, counts per value and sources (``NAME_COLUMNS``).
+
+    ``values`` is ``{value label: count}`` (for numeric names too; for free text it is empty);
+    ``sources`` is ``{source type: count}``.
+    """
+    out = []
+    if frame.empty:
+        return pd.DataFrame(columns=list(NAME_COLUMNS))
+    for name, part in frame.groupby("name", sort=True):
+        kind = feedback_kind(part["value"].tolist())
+        values: dict[str, int] = {}
+        if kind is not FeedbackKind.TEXT:
+            labels = [_value_label(_as_bool(v) if kind is FeedbackKind.BOOLEAN else v) for v in part["value"]]
+            for label in sorted(set(labels), key=lambda x: (-labels.count(x), x)):
+                values[label] = labels.count(label)
+        out.append({
+            "name": name, "kind": str(kind), "count": int(len(part)), "traces": int(part["trace_id"].nunique()),
+            "values": values, "sources": part["source_type"].fillna("?").value_counts().sort_index().to_dict(),
+            "reviewers": int(part["reviewer"].dropna().nunique()),
+        })
+    return pd.DataFrame(out, columns=list(NAME_COLUMNS))
+
+
+NAME_TREND_COLUMNS = ("bucket", "group", "n", "value")
+
+
+def _group_column(data: pd.DataFrame, by: "GroupBy") -> pd.Series:
+    if by is GroupBy.VERSION:
+        # Versions are numbered per agent: "orders-agent v2", never a bare "2" mixing agents.
+        return pd.Series([f"{a or '(no agent)'} v{v}" if v else f"{a or '(no agent)'} (no version)"
+                          for a, v in zip(data["agent"], data["version"])], index=data.index)
+    return data[by.value].fillna("(no arm)").astype(str)
+
+
+def name_trend(frame: pd.DataFrame, name: str, by: "GroupBy | str" = "version", freq: str = "D") -> pd.DataFrame:
+    """One feedback name over time per group (``NAME_TREND_COLUMNS``).
+
+    ``value`` is the share of true (boolean), the mean (numeric) or, for a categorical name, the
+    count of each value, with the value named in ``group`` ("agent v1 · helpful").
+    """
+    by = GroupBy(by)
+    part = frame[frame["name"] == name].copy() if not frame.empty else frame
+    if part.empty:
+        return pd.DataFrame(columns=list(NAME_TREND_COLUMNS))
+    kind = feedback_kind(part["value"].tolist())
+    part["group"] = _group_column(part, by)
+    part["bucket"] = part["time"].dt.floor(freq)
+    out = []
+    if kind is FeedbackKind.CATEGORICAL or kind is FeedbackKind.TEXT:
+        part["label"] = part["value"].map(_value_label)
+        for (bucket, group, label), rows in part.groupby(["bucket", "group", "label"], sort=True):
+            out.append({"bucket": bucket, "group": f"{group} · {label}", "n": int(len(rows)), "value": float(len(rows))})
+    else:
+        for (bucket, group), rows in part.groupby(["bucket", "group"], sort=True):
+            values = (rows["value"].map(_as_bool).astype(float) if kind is FeedbackKind.BOOLEAN
+                      else pd.to_numeric(rows["value"], errors="coerce").dropna())
+            out.append({"bucket": bucket, "group": group, "n": int(len(values)),
+                        "value": float(values.mean()) if len(values) else math.nan})
+    return pd.DataFrame(out, columns=list(NAME_TREND_COLUMNS))
 
 
 class GroupBy(StrEnum):
@@ -523,12 +658,16 @@ AGREEMENT_COLUMNS = ("name", "traces", "pairs", "agreement")
 def reviewer_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     """Pairwise agreement among reviewers of the same trace (``AGREEMENT_COLUMNS``).
 
-    ``agreement`` is the share of reviewer pairs on a trace giving the same thumbs (or a rating
-    within one point), over traces reviewed by two or more people; NaN when there are none.
+    ``agreement`` is the share of reviewer pairs on a trace giving the same value (a ``rating``
+    within one point), over traces reviewed by two or more people; NaN when there are none. One
+    row for ``thumbs_up`` and ``rating`` always, and one per other chartable name present.
     """
     out = []
-    for name in (THUMBS, RATING):
+    present = sorted(set(frame["name"]) - {THUMBS, RATING, COMMENT}) if not frame.empty else []
+    for name in (THUMBS, RATING, *present):
         part = frame[frame["name"] == name] if not frame.empty else frame
+        if name not in (THUMBS, RATING) and feedback_kind(part["value"].tolist()) is FeedbackKind.TEXT:
+            continue
         traces = pairs = agreeing = 0
         for _, per_trace in (part.groupby("trace_id") if len(part) else []):
             latest = per_trace.drop_duplicates("reviewer", keep="last")["value"].tolist()
@@ -539,7 +678,7 @@ def reviewer_agreement(frame: pd.DataFrame) -> pd.DataFrame:
                 for j in range(i + 1, len(latest)):
                     pairs += 1
                     a, b = latest[i], latest[j]
-                    same = a == b if name == THUMBS else abs(float(a) - float(b)) <= 1
+                    same = abs(float(a) - float(b)) <= 1 if name == RATING else _value_label(a) == _value_label(b)
                     agreeing += int(same)
         out.append({"name": name, "traces": traces, "pairs": pairs,
                     "agreement": agreeing / pairs if pairs else math.nan})

@@ -53,6 +53,9 @@ class Split(StrEnum):
     ARM = "arm"
 
 
+# Tags that earlier versions of the app (demo seeder, gateway) wrote on traces. Versions and aliases
+# are now attributed through the ``mlflow.modelId`` trace metadata (``_links``); these tags still
+# count for traces that carry no model id. The arm split stays a tag (the gateway's own notion).
 SPLIT_TAGS = {Split.VERSION: VERSION_TAG, Split.ALIAS: ALIAS_TAG, Split.ARM: ARM_TAG}
 ALL = "all traffic"
 
@@ -126,6 +129,103 @@ def metric_filters(query: TraceQuery) -> list[str]:
     if query.status:
         filters.append(f'trace.status = "{query.status.value}"')
     return filters
+
+
+# --- attribution: trace -> LoggedModel -> registered version -------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """How traces map to agents and versions: ``mlflow.modelId`` -> LoggedModel -> registered version."""
+
+    versions: tuple[Any, ...]  # registry.VersionLink of the agents in scope
+
+    def by_model(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for link in self.versions:
+            if link.model_id and link.model_id not in found:
+                found[link.model_id] = link
+        return found
+
+    def model_ids(self, *, agent: str | None = None, version: str | None = None,
+                  alias: str | None = None) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(
+            link.model_id for link in self.versions
+            if link.model_id and (agent is None or link.agent == agent)
+            and (version is None or link.version == version) and (alias is None or alias in link.aliases)
+        ))
+
+
+def attribution(agent: str | None = None, settings: Settings | None = None) -> Attribution:
+    """The versions of ``agent`` (every agent when None) with their LoggedModel ids and aliases.
+
+    An agent that is not (or no longer) registered has no versions: its traces are then found
+    only through the app's older trace tags.
+    """
+    from services import registry
+
+    if agent:
+        try:
+            links, _ = registry.agent_links(agent, settings)
+        except NotFoundError:
+            links = []
+        return Attribution(tuple(links))
+    return Attribution(tuple(registry.all_version_links(settings)))
+
+
+def _filter_links(query: TraceQuery, attribution_: Attribution) -> list[internal.TraceLink]:
+    """Agent, version and alias filters as trace links: the model ids, or the legacy tag."""
+    links = []
+    if query.agent:
+        links.append(internal.TraceLink(attribution_.model_ids(agent=query.agent), ((AGENT_TAG, query.agent),)))
+    if query.version:
+        links.append(internal.TraceLink(attribution_.model_ids(agent=query.agent, version=query.version),
+                                        ((VERSION_TAG, query.version),)))
+    if query.alias:
+        links.append(internal.TraceLink(attribution_.model_ids(agent=query.agent, alias=query.alias),
+                                        ((ALIAS_TAG, query.alias),)))
+    return links
+
+
+def _group_links(query: TraceQuery, split: Split, labels: Sequence[str],
+                 attribution_: Attribution) -> dict[str, internal.TraceLink]:
+    if split is Split.VERSION:
+        return {v: internal.TraceLink(attribution_.model_ids(agent=query.agent, version=v), ((VERSION_TAG, v),))
+                for v in labels}
+    if split is Split.ALIAS:
+        return {a: internal.TraceLink(attribution_.model_ids(agent=query.agent, alias=a), ((ALIAS_TAG, a),))
+                for a in labels}
+    return {g: internal.TraceLink(tags=((SPLIT_TAGS[split], g),)) for g in labels}
+
+
+def _other_tags(query: TraceQuery) -> dict[str, str]:
+    """The tag filters that stay tags (endpoint and arm, written by the gateway)."""
+    return {k: v for k, v in query.tag_equalities().items() if k in (ENDPOINT_TAG, ARM_TAG)}
+
+
+def _needs_attribution(query: TraceQuery, split: Split = Split.NONE) -> bool:
+    return bool(query.agent or query.version or query.alias) or split in (Split.VERSION, Split.ALIAS)
+
+
+def versions_with_traffic(query: TraceQuery, settings: Settings | None = None) -> list[str]:
+    """Version numbers (of ``query.agent``, or of any agent) whose LoggedModel has traces in the window.
+
+    Traces written with the app's older version tag count too. Newest version first.
+    """
+    validate_query(query)
+    if not query.experiment_ids:
+        return []
+    attribution_ = attribution(query.agent, settings)
+    client = mlflow_client(settings)
+    with translate_errors("trace search"):
+        model_ids = set(internal.trace_model_ids(client, list(query.experiment_ids), start_ms=query.start_ms,
+                                                 end_ms=query.end_ms))
+        legacy = internal.trace_tag_values(client, list(query.experiment_ids), VERSION_TAG, start_ms=query.start_ms,
+                                           end_ms=query.end_ms)
+    found = {link.version for link in attribution_.versions if link.model_id in model_ids}
+    if query.agent is None or not attribution_.versions:
+        found |= set(legacy)
+    return sorted(found, key=lambda v: (-int(v) if v.isdigit() else 0, v))
 
 
 def choose_interval(start: datetime, end: datetime, max_points: int = 72) -> int:
@@ -341,7 +441,8 @@ def monitoring_data(
     else:
         client = mlflow_client(settings)
         with translate_errors("trace metrics"):
-            aggregates = internal.aggregate_traces(client, list(query.experiment_ids), **window)
+            aggregates = internal.aggregate_traces(client, list(query.experiment_ids),
+                                                   **_linked_window(query, split, labels, window, settings))
 
     buckets = _buckets(query, interval)
     series, totals = [], []
@@ -371,6 +472,20 @@ def monitoring_data(
     return MonitoringData(query, split, interval, series_frame, totals_frame, by_model,
                           elapsed_s=time.perf_counter() - started, aggregation_path=aggregates.path,
                           store_queries=aggregates.store_queries)
+
+
+def _linked_window(query: TraceQuery, split: Split, labels: Sequence[str], window: dict[str, Any],
+                   settings: Settings | None) -> dict[str, Any]:
+    """``aggregate_traces`` arguments attributing traces to agents, versions and aliases by model id."""
+    if not _needs_attribution(query, split):
+        return window
+    attribution_ = attribution(query.agent, settings)
+    linked = {k: v for k, v in window.items() if k not in ("group_tag", "groups", "tag_equals")}
+    linked["tag_equals"] = _other_tags(query)
+    linked["links"] = _filter_links(query, attribution_)
+    if split is not Split.NONE:
+        linked["group_links"] = _group_links(query, split, labels, attribution_)
+    return linked
 
 
 def _estimates_by_model(mix: _ModelMix, prices: Mapping[str, ModelPrice], tokens: Mapping[str, float]) -> dict[str, float]:
@@ -571,26 +686,16 @@ def agent_health(query: TraceQuery, *, feedback_name: str = "thumbs_up",
     if query.experiment_ids:
         client = mlflow_client(settings)
         # The whole window needs no cost, so no model mix: one statement on a SQL store.
+        window = dict(start_ms=query.start_ms, end_ms=query.end_ms,
+                      interval_seconds=choose_interval(query.start, query.end), tag_equals=query.tag_equalities(),
+                      status=query.status.value if query.status else None)
         with translate_errors("trace metrics"):
-            whole = internal.aggregate_traces(
-                client, list(query.experiment_ids), start_ms=query.start_ms, end_ms=query.end_ms,
-                interval_seconds=choose_interval(query.start, query.end), tag_equals=query.tag_equalities(),
-                status=query.status.value if query.status else None, with_models=False,
-            )
+            whole = internal.aggregate_traces(client, list(query.experiment_ids), with_models=False,
+                                              **_linked_window(query, Split.NONE, [], window, settings))
         total = next((r for r in whole.rows if r.bucket_ms is None), None)
         if total is not None:
             requests, errors, p95 = total.requests, total.errors, total.p95_ms
-        filters = metric_filters(query) + [f'assessment.name = "{feedback_name}"']
-        with translate_errors("assessment metrics"):
-            runner = _Runner(client, query)
-            res = runner.run({
-                "avg": dict(metric="assessment_value", aggs=["AVG"], view_type="ASSESSMENTS", filters=filters),
-                "count": dict(metric="assessment_count", aggs=["COUNT"], view_type="ASSESSMENTS", filters=filters),
-            })
-        if res["avg"]:
-            score = float(res["avg"][0].values.get("AVG")) if res["avg"][0].values.get("AVG") is not None else None
-        if res["count"]:
-            count = int(res["count"][0].values.get("COUNT", 0))
+        score, count = _feedback_score(client, query, feedback_name, settings)
     return AgentHealth(
         agent=query.agent,
         requests=requests,
@@ -600,6 +705,45 @@ def agent_health(query: TraceQuery, *, feedback_name: str = "thumbs_up",
         feedback_score=score,
         feedback_count=count,
     )
+
+
+def _feedback_score(client: Any, query: TraceQuery, feedback_name: str,
+                    settings: Settings | None) -> tuple[float | None, int]:
+    """Mean and count of one assessment on the query's traces, linked by model id where known.
+
+    Assessment metrics filter with AND only: one query pair per model id with traffic in the
+    window (the legacy agent/version tags when no model id of the agent has any), combined.
+    """
+    name = f'assessment.name = "{feedback_name}"'
+    base = [tag_filter(k, v) for k, v in _other_tags(query).items()]
+    if query.status:
+        base.append(f'trace.status = "{query.status.value}"')
+    filter_sets = [metric_filters(query) + [name]]
+    if _needs_attribution(query):
+        attribution_ = attribution(query.agent, settings)
+        wanted = set(attribution_.model_ids(agent=query.agent, version=query.version, alias=query.alias))
+        if wanted:
+            with translate_errors("trace search"):
+                active = set(internal.trace_model_ids(client, list(query.experiment_ids), start_ms=query.start_ms,
+                                                      end_ms=query.end_ms))
+            if wanted & active:
+                from services.traces import model_filter
+
+                filter_sets = [base + [model_filter(m), name] for m in sorted(wanted & active)]
+    jobs: dict[Any, dict[str, Any]] = {}
+    for i, filters in enumerate(filter_sets):
+        jobs[(i, "avg")] = dict(metric="assessment_value", aggs=["AVG"], view_type="ASSESSMENTS", filters=filters)
+        jobs[(i, "count")] = dict(metric="assessment_count", aggs=["COUNT"], view_type="ASSESSMENTS", filters=filters)
+    with translate_errors("assessment metrics"):
+        res = _Runner(client, query).run(jobs)
+    total, weighted = 0, 0.0
+    for i in range(len(filter_sets)):
+        n = int(res[(i, "count")][0].values.get("COUNT", 0)) if res[(i, "count")] else 0
+        mean = res[(i, "avg")][0].values.get("AVG") if res[(i, "avg")] else None
+        if n and mean is not None:
+            total += n
+            weighted += float(mean) * n
+    return (weighted / total if total else None), total
 
 
 def check_alerts(health: AgentHealth, thresholds: AlertThresholds) -> list[Alert]:
@@ -632,6 +776,8 @@ EXPLORER_COLUMNS = (
     "input_tokens", "output_tokens",  # NaN when the trace recorded no token usage
     "has_token_usage", "cost",  # MLflow's recorded cost (NaN when none)
     "request",  # request preview
+    "model_id",  # the trace's mlflow.modelId (None: the trace records no LoggedModel)
+    "link",  # how agent/version were found: "model id", "tags" (older app traces) or why they are missing
 )
 
 
@@ -694,14 +840,27 @@ def _status(info: Any) -> str:
     return str(getattr(state, "value", state) or "")
 
 
-def _explorer_row(info: Any) -> dict[str, Any]:
+def _explorer_row(info: Any, by_model: Mapping[str, Any] | None = None) -> dict[str, Any]:
     tags = info.tags or {}
     usage = info.token_usage or {}
     cost = (info.cost or {}).get("total_cost") if getattr(info, "cost", None) else None
+    model_id = (getattr(info, "trace_metadata", None) or {}).get(internal.MODEL_ID_KEY)
+    version_link = (by_model or {}).get(model_id or "")
+    if version_link is not None:
+        agent, version = version_link.agent, version_link.version
+        alias, link = ",".join(version_link.aliases) or None, "model id"
+    else:
+        agent, version, alias = tags.get(AGENT_TAG), tags.get(VERSION_TAG), tags.get(ALIAS_TAG)
+        if agent or version:
+            link = "tags"
+        elif model_id:
+            link = "model id of no registered version"
+        else:
+            link = "no model id on the trace"
     return {
         "trace_id": info.trace_id,
         "time": pd.Timestamp(info.request_time, unit="ms", tz="UTC"),
-        "agent": tags.get(AGENT_TAG), "version": tags.get(VERSION_TAG), "alias": tags.get(ALIAS_TAG),
+        "agent": agent, "version": version, "alias": alias,
         "arm": tags.get(ARM_TAG), "endpoint": tags.get(ENDPOINT_TAG),
         "status": _status(info),
         "latency_ms": info.execution_duration,
@@ -710,37 +869,85 @@ def _explorer_row(info: Any) -> dict[str, Any]:
         "has_token_usage": bool(usage),
         "cost": cost if cost is not None else math.nan,
         "request": (info.request_preview or "")[:200],
+        "model_id": model_id,
+        "link": link,
     }
+
+
+# Pages of the store read at most per explorer page when matching several model ids client-side.
+_MAX_SCAN_PAGES = 20
+
+
+def _matches_link(info: Any, links: Sequence[internal.TraceLink]) -> bool:
+    metadata = getattr(info, "trace_metadata", None) or {}
+    model_id = metadata.get(internal.MODEL_ID_KEY)
+    if model_id and metadata.get(internal.SOURCE_RUN_KEY):
+        return False  # an evaluation row of that model, not live traffic (as in the aggregates)
+    tags = info.tags or {}
+    return all(model_id in link.model_ids or any(tags.get(k) == v for k, v in link.tags) for link in links)
 
 
 def search_page(explorer: ExplorerQuery, *, page_size: int = 50, page_token: str | None = None,
                 settings: Settings | None = None) -> TracePage:
-    """One page of matching traces, newest first, paged in the store (no spans are read)."""
+    """One page of matching traces, newest first, paged in the store (no spans are read).
+
+    Agent, version and alias filters follow the ``mlflow.modelId`` link: one linked model is a
+    store-side filter; several (an agent's versions) are matched on each page read, a bounded
+    number of store pages per explorer page.
+    """
     validate_explorer(explorer, page_size)
     if not explorer.traces.experiment_ids:
         return TracePage(pd.DataFrame(columns=list(EXPLORER_COLUMNS)), None)
     client = mlflow_client(settings)
+    q = explorer.traces
+    attribution_ = attribution(None, settings)
+    by_model = attribution_.by_model()
+    links = _filter_links(q, attribution_) if _needs_attribution(q) else []
+    filter_string = search_filter(explorer)
+    post: list[internal.TraceLink] = []
+    wanted = set.intersection(*(set(link.model_ids) for link in links)) if links else set()
+    if links and wanted:
+        plain = ExplorerQuery(TraceQuery(**{**q.__dict__, "agent": None, "version": None, "alias": None}),
+                              explorer.min_latency_ms, explorer.max_latency_ms, explorer.feedback,
+                              explorer.feedback_name)
+        filter_string = search_filter(plain)
+        if len(wanted) > 1:
+            with translate_errors("trace search"):
+                active = set(internal.trace_model_ids(client, list(q.experiment_ids), start_ms=q.start_ms,
+                                                      end_ms=q.end_ms))
+            wanted = (wanted & active) or wanted
+        if len(wanted) == 1:
+            filter_string += f" AND metadata.`{internal.MODEL_ID_KEY}` = '{_search_quote(next(iter(wanted)))}'"
+        post = links
+    rows: list[dict[str, Any]] = []
+    token = page_token
     with translate_errors("trace search"):
-        page = client.search_traces(
-            locations=list(explorer.traces.experiment_ids), filter_string=search_filter(explorer),
-            max_results=page_size, page_token=page_token, include_spans=False,
-            order_by=["timestamp_ms DESC"],
-        )
-    rows = pd.DataFrame([_explorer_row(t.info) for t in page], columns=list(EXPLORER_COLUMNS))
-    return TracePage(rows, page.token or None)
+        for _ in range(_MAX_SCAN_PAGES if post else 1):
+            page = client.search_traces(
+                locations=list(q.experiment_ids), filter_string=filter_string,
+                max_results=page_size, page_token=token, include_spans=False,
+                order_by=["timestamp_ms DESC"],
+            )
+            rows += [_explorer_row(t.info, by_model) for t in page if not post or _matches_link(t.info, post)]
+            token = page.token or None
+            if not token or len(rows) >= page_size:
+                break
+    return TracePage(pd.DataFrame(rows, columns=list(EXPLORER_COLUMNS)), token)
 
 
 def count_matching(query: TraceQuery, settings: Settings | None = None) -> int:
-    """How many traces match the tag, status and window filters (counted in the store)."""
+    """How many traces match the agent/version/alias links, tag, status and window filters (counted in the store)."""
     validate_query(query)
     if not query.experiment_ids:
         return 0
     client = mlflow_client(settings)
+    window = dict(start_ms=query.start_ms, end_ms=query.end_ms, interval_seconds=choose_interval(query.start, query.end),
+                  tag_equals=query.tag_equalities(), status=query.status.value if query.status else None)
     with translate_errors("trace metrics"):
-        points = internal.query_trace_metrics(client, list(query.experiment_ids), "trace_count", ["COUNT"],
-                                              filters=metric_filters(query), start_time_ms=query.start_ms,
-                                              end_time_ms=query.end_ms)
-    return int(points[0].values.get("COUNT", 0)) if points else 0
+        result = internal.aggregate_traces(client, list(query.experiment_ids), with_models=False,
+                                           **_linked_window(query, Split.NONE, [], window, settings))
+    total = next((r for r in result.rows if r.bucket_ms is None), None)
+    return total.requests if total else 0
 
 
 # --- trace detail --------------------------------------------------------------------------

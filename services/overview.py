@@ -38,10 +38,36 @@ class WorkspaceOverview:
 
 
 def agent_experiment_ids(agents: list[registry.AgentSummary], settings: Settings) -> list[str]:
-    """Experiments holding the agents' traces: configured ids plus each agent's tagged experiment."""
+    """Experiments holding the agents' traces: configured ids plus each agent's discovered ones."""
     ids = list(settings.experiment_ids)
-    ids += [a.experiment_id for a in agents if a.experiment_id and a.experiment_id not in ids]
+    for agent in agents:
+        for experiment_id in agent.experiment_ids or ((agent.experiment_id,) if agent.experiment_id else ()):
+            if experiment_id not in ids:
+                ids.append(experiment_id)
     return ids
+
+
+def agent_window(agent: registry.AgentSummary, model_ids: tuple[str, ...], since: datetime, now: datetime,
+                 settings: Settings) -> traces.TraceWindowSummary:
+    """An agent's last-window traffic: traces linked to its versions' LoggedModels (``mlflow.modelId``),
+    or carrying the app's older agent tag; one store-side aggregate."""
+    from services import _mlflow_internal as internal
+
+    experiment_ids = list(dict.fromkeys([*agent.experiment_ids, *settings.experiment_ids]))
+    empty = traces.TraceWindowSummary(since, now, 0, 0, None, None, None)
+    if not experiment_ids:
+        return empty
+    link = internal.TraceLink(model_ids, ((traces.AGENT_TAG, agent.name),))
+    with translate_errors("trace metrics"):
+        result = internal.aggregate_traces(
+            mlflow_client(settings), experiment_ids, start_ms=int(since.timestamp() * 1000),
+            end_ms=int(now.timestamp() * 1000), interval_seconds=86400, links=[link], with_models=False,
+        )
+    total = next((r for r in result.rows if r.bucket_ms is None), None)
+    if total is None:
+        return empty
+    return traces.TraceWindowSummary(since, now, total.requests, total.errors, total.p50_ms, total.p95_ms,
+                                     total.recorded_cost if total.recorded_cost else None)
 
 
 def workspace_overview(settings: Settings | None = None, *, now: datetime | None = None) -> WorkspaceOverview:
@@ -51,12 +77,12 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
     since = now - timedelta(hours=24)
     agents = registry.list_agents(settings)
     experiment_ids = agent_experiment_ids(agents, settings)
+    links = registry.all_version_links(settings) if agents else []
     activity = tuple(
         AgentActivity(
             agent,
-            traces.window_summary([agent.experiment_id], since, now, settings=settings)
-            if agent.experiment_id
-            else traces.TraceWindowSummary(since, now, 0, 0, None, None, None),
+            agent_window(agent, tuple(l.model_id for l in links if l.agent == agent.name and l.model_id),
+                         since, now, settings),
         )
         for agent in agents
     )

@@ -347,9 +347,13 @@ def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -
         model = client.get_registered_model(agent)
     if required is None:
         required = parse_required((model.tags or {}).get(REQUIRED_TAG))
-    experiment_ids = versions.agent_experiment_ids(agent, settings, model=model)
+    with translate_errors(f"versions of {agent!r}"):
+        all_versions = registry.agent_versions(client, agent)
+    experiment_ids = versions.agent_experiment_ids(agent, settings, model=model, versions=all_versions)
     runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
-    traffic = versions.traffic_by_model(experiment_ids, settings)
+    # Live traffic per LoggedModel, aggregated in the store (the model-id link).
+    traffic = versions.traffic_by_model(experiment_ids, settings,
+                                        model_ids=[m for m in map(registry.model_id_of, all_versions) if m])
     endpoints, endpoints_error = None, ""
     try:
         endpoints = serving.list_endpoints(settings)
@@ -456,7 +460,8 @@ def _model_checks(uri: str) -> list[tuple[Item, Verdict, str, str]]:
         out.append((Item.SIGNATURE, Verdict.FAIL, "the logged model has no signature",
                     "Re-log the model with input_example=... (MLflow infers the signature) or signature=..."))
     else:
-        names = ", ".join(getattr(signature.inputs, "input_names", lambda: [])() or []) or "unnamed inputs"
+        # Unnamed (tensor/column-index) inputs are numbered: ints, shown as text.
+        names = ", ".join(str(n) for n in getattr(signature.inputs, "input_names", lambda: [])() or []) or "unnamed inputs"
         out.append((Item.SIGNATURE, Verdict.PASS, f"signature with inputs: {names}"[:200], ""))
     example = info.saved_input_example_info
     if not example:
@@ -528,7 +533,8 @@ def _traces_check(ctx: _Context, number: str, model_id: str | None) -> tuple[Ite
         return (Item.TRACES, Verdict.PASS, "traces exist (none in the last 7 days)", "")
     if not ctx.experiment_ids:
         return (Item.TRACES, Verdict.UNKNOWN, "the agent has no experiment to search for traces",
-                f"Set the {registry.EXPERIMENT_TAG} tag on the registered model or AGENTOPS_EXPERIMENT_IDS.")
+                "Register the version from a LoggedModel (its experiment is found from it), attach an "
+                "experiment to the agent on the Versions page, or set AGENTOPS_EXPERIMENT_IDS.")
     return (Item.TRACES, Verdict.FAIL, "no trace is linked to this version", fix)
 
 

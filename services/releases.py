@@ -300,17 +300,22 @@ def gather_evidence(agent: str, candidate: str, current: str | None, settings: S
                     candidate_eval.metrics.get(m) if candidate_eval else None)
         for m in metrics
     )
-    if traffic is None:
-        traffic = versions.traffic_by_model(experiment_ids, settings)
     client = mlflow_client(settings)
     empty = versions.VersionTraffic(0, 0, None, None)
+    # Live trace counts come from the model-id link: version -> LoggedModel -> mlflow.modelId.
+    model_of: dict[str, str | None] = {}
+    for number in (candidate, current):
+        if number is not None:
+            with translate_errors(f"version {number} of {agent!r}"):
+                model_of[number] = registry.model_id_of(client.get_model_version(agent, number))
+    if traffic is None:
+        traffic = versions.traffic_by_model(experiment_ids, settings,
+                                            model_ids=[m for m in model_of.values() if m])
 
     def flow(number: str | None) -> versions.VersionTraffic | None:
         if number is None:
             return None
-        with translate_errors(f"version {number} of {agent!r}"):
-            source = client.get_model_version(agent, number).source
-        return traffic.get(versions.model_id_of(source) or "", empty)
+        return traffic.get(model_of.get(number) or "", empty)
 
     return Evidence(
         dataset=candidate_eval.dataset if candidate_eval else None,

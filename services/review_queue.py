@@ -37,7 +37,14 @@ from services.errors import BackendUnavailableError, ConflictError, NotFoundErro
 from services.settings import Backend, Settings
 from services.traces import AGENT_TAG, VERSION_TAG
 
-REVIEW_EXPERIMENT = "agentops-review"
+REVIEW_EXPERIMENT = "agentops-review"  # the default of settings.review_experiment (AGENTOPS_REVIEW_EXPERIMENT)
+
+
+def review_experiment_name(settings: Settings | None = None) -> str:
+    """The experiment holding the queues: created with the first queue, never by a read."""
+    from services._clients import get_settings
+
+    return (settings or get_settings()).review_experiment
 QUEUE_TAG = "agentops.review.queue."
 CLAIM_TAG = "agentops.review.claim."
 DONE_TAG = "agentops.review.done."
@@ -86,6 +93,11 @@ class QueueSpec:
     trace_ids: tuple[str, ...] = ()
     reviews_per_item: int = 1
     description: str = ""
+    # NEGATIVE_FEEDBACK: the feedback name to read (default ``thumbs_up``) and, for a categorical
+    # name, the values that count as negative (a boolean is negative when false, a number when
+    # below ``threshold``).
+    feedback_name: str | None = None
+    negative_values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,12 @@ def _validate_spec(spec: QueueSpec) -> None:
     if source is QueueSource.LOW_SCORES:
         if not spec.scorer or any(c in spec.scorer for c in "'`\n"):
             raise ValidationError("Name the scorer whose low results should be reviewed.")
+    if source is QueueSource.NEGATIVE_FEEDBACK and spec.feedback_name is not None:
+        if not isinstance(spec.feedback_name, str) or not spec.feedback_name.strip() or len(spec.feedback_name) > 200 \
+                or any(c in spec.feedback_name for c in "'`\n"):
+            raise ValidationError("Name the feedback whose negative values should be reviewed (e.g. thumbs_up).")
+    if not isinstance(spec.threshold, (int, float)) or isinstance(spec.threshold, bool) or not math.isfinite(spec.threshold):
+        raise ValidationError(f"The threshold must be a number (got {spec.threshold!r}).")
 
 
 def _window_clauses(spec: QueueSpec) -> list[str]:
@@ -193,7 +211,10 @@ def _search(client: Any, experiment_ids: Sequence[str], filter_string: str, limi
     return found
 
 
-def _is_low(value: Any, threshold: float) -> bool:
+def _is_low(value: Any, threshold: float, negative: set[str] | None = None) -> bool:
+    """Whether a feedback value is negative: false, below the threshold, or one of the ``negative`` values."""
+    if negative and not isinstance(value, (int, float)):
+        return str(value).strip().lower() in negative
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):
@@ -214,23 +235,52 @@ def _candidates(client: Any, spec: QueueSpec) -> list[Any]:
                 raise NotFoundError(f"Trace {trace_id} does not exist; check the id. No queue was created.") from None
         return infos
     clauses = _window_clauses(spec)
-    if spec.agent and source is not QueueSource.LOW_SCORES:
-        clauses.append(f"tag.`{AGENT_TAG}` = '{spec.agent}'")
-    if source is QueueSource.NEGATIVE_FEEDBACK:
-        return _search(client, spec.experiment_ids, " AND ".join(clauses + ["feedback.`thumbs_up` = 'false'"]), spec.size)
+    # The agent is not a search clause: traces written by other code carry no app tag. Traces of the
+    # agent's experiments count, except those linked (tag or mlflow.modelId) to another agent.
+    mine = _agent_filter(client, spec.agent if source is not QueueSource.LOW_SCORES else None)
+    feedback_name = (spec.feedback_name or "").strip() or "thumbs_up"
+    if source is QueueSource.NEGATIVE_FEEDBACK and feedback_name == "thumbs_up" and not spec.negative_values:
+        # The fast path MLflow's search answers itself.
+        found = _search(client, spec.experiment_ids, " AND ".join(clauses + ["feedback.`thumbs_up` = 'false'"]),
+                        MAX_ITEMS * 4 if spec.agent else spec.size)
+        return [t for t in found if mine(_info(t))][:spec.size]
     if source is QueueSource.SAMPLE:
-        pool = _search(client, spec.experiment_ids, " AND ".join(clauses), min(MAX_ITEMS * 4, spec.size * 10))
+        pool = [t for t in _search(client, spec.experiment_ids, " AND ".join(clauses), min(MAX_ITEMS * 4, spec.size * 10))
+                if mine(_info(t))]
         return random.Random().sample(pool, min(spec.size, len(pool)))
+    name = spec.scorer if source is QueueSource.LOW_SCORES else feedback_name
+    negative = {v.strip().lower() for v in spec.negative_values if v.strip()}
     pool = _search(client, spec.experiment_ids, " AND ".join(clauses), 5000)
     low = []
     for info in (t.info for t in pool):
-        results = [a for a in (info.assessments or []) if a.name == spec.scorer and a.valid is not False
+        if not mine(info):
+            continue
+        results = [a for a in (info.assessments or []) if a.name == name and a.valid is not False
                    and getattr(a, "feedback", None) is not None]
-        if any(_is_low(a.feedback.value, spec.threshold) for a in results):
+        if any(_is_low(a.feedback.value, spec.threshold, negative) for a in results):
             low.append(info)
         if len(low) >= spec.size:
             break
     return low
+
+
+def _agent_filter(client: Any, agent: str | None) -> Callable[[Any], bool]:
+    """Whether a trace info may belong to ``agent``: no link to another agent (app tag or model id)."""
+    if not agent:
+        return lambda info: True
+    from services.links import ModelIndex
+
+    index = ModelIndex(client)
+
+    def keep(info: Any) -> bool:
+        tagged = (getattr(info, "tags", None) or {}).get(AGENT_TAG)
+        if tagged:
+            return tagged == agent
+        model_id = (getattr(info, "trace_metadata", None) or {}).get("mlflow.modelId")
+        found = index.version_of(model_id) if model_id else None
+        return found is None or found[0] == agent
+
+    return keep
 
 
 def _trace_info(client: Any, trace_id: str) -> Any:
@@ -252,7 +302,9 @@ def _spec_fingerprint(spec: QueueSpec, created_by: str) -> str:
     data = {
         "name": spec.name.strip(), "source": str(QueueSource(spec.source)), "agent": spec.agent or "",
         "experiments": sorted(str(e) for e in spec.experiment_ids), "size": spec.size, "scorer": spec.scorer or "",
-        "threshold": repr(spec.threshold), "reviews": spec.reviews_per_item, "description": spec.description.strip()[:500],
+        "threshold": repr(spec.threshold), "reviews": spec.reviews_per_item,
+        **({"feedback": spec.feedback_name, "negative": sorted(spec.negative_values)}
+           if spec.feedback_name or spec.negative_values else {}), "description": spec.description.strip()[:500],
         "trace_ids": sorted({t.strip() for t in spec.trace_ids if t.strip()}), "by": created_by,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
@@ -304,7 +356,7 @@ def create_queue(spec: QueueSpec, created_by: str, settings: Settings | None = N
     name = spec.name.strip()
     fingerprint = _spec_fingerprint(spec, created_by)
     with translate_errors("the review experiment"):
-        experiment_id = get_or_create_experiment(client, REVIEW_EXPERIMENT, settings)
+        experiment_id = get_or_create_experiment(client, review_experiment_name(settings), settings)
         earlier = _earlier_attempts(client, experiment_id, fingerprint)
     if request_id is not None:
         done = [r for r in earlier if r.data.tags.get(REQUEST_TAG) == request_id and r.data.tags.get(KIND_TAG) == "queue"]
@@ -381,7 +433,7 @@ def list_queues(settings: Settings | None = None) -> list[ReviewQueue]:
     """All queues, newest first (none when the review experiment does not exist yet)."""
     client = mlflow_client(settings)
     with translate_errors("the review experiment"):
-        experiment = client.get_experiment_by_name(REVIEW_EXPERIMENT)
+        experiment = client.get_experiment_by_name(review_experiment_name(settings))
         if experiment is None:
             return []
         runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'queue'",
@@ -736,6 +788,7 @@ class Conversation:
     answer: str
     tool_calls: tuple[ToolCall, ...]
     error: str = ""
+    raw_output: str = ""  # the root span's outputs as JSON, for an expander behind the text
 
 
 def _text(value: Any) -> str:
@@ -769,6 +822,7 @@ def _content(content: Any) -> str:
 
 
 def _answer(outputs: Any) -> str:
+    """The text of an agent's output: ResponsesAgent, ChatAgent, chat completions or a plain dict/string."""
     if isinstance(outputs, str):
         return outputs
     if isinstance(outputs, dict):
@@ -777,6 +831,12 @@ def _answer(outputs: Any) -> str:
             texts = [_content(i.get("content")) for i in items if isinstance(i, dict) and i.get("type", "message") == "message"]
             if texts:
                 return "\n".join(texts)
+        messages = outputs.get("messages")  # ChatAgent: the assistant's last message
+        if isinstance(messages, list):
+            said = [_content(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+            said = [t for t in said if t]
+            if said:
+                return said[-1]
         for key in ("content", "answer", "text"):
             if isinstance(outputs.get(key), str):
                 return outputs[key]
@@ -802,15 +862,33 @@ def conversation(trace_id: str, settings: Settings | None = None) -> Conversatio
         if "ERROR" in str(getattr(status, "status_code", "")):
             error = getattr(status, "description", "") or "The agent failed on this request."
     tags = trace.info.tags or {}
+    agent, version = tags.get(AGENT_TAG), tags.get(VERSION_TAG)
+    model_id = (getattr(trace.info, "trace_metadata", None) or {}).get("mlflow.modelId")
+    if (agent is None or version is None) and model_id:
+        from services.links import ModelIndex
+
+        found = ModelIndex(client).version_of(model_id)
+        if found and agent in (None, found[0]):
+            agent, version = found
     return Conversation(
         trace_id=trace.info.trace_id,
         time=datetime.fromtimestamp(trace.info.request_time / 1000, tz=timezone.utc),
-        agent=tags.get(AGENT_TAG), version=tags.get(VERSION_TAG),
+        agent=agent, version=version,
         turns=tuple(_turns(root.inputs if root else None)),
         answer=_answer(root.outputs if root else None),
         tool_calls=tuple(ToolCall(s.name, _text(s.inputs), _text(s.outputs)) for s in tools),
         error=error,
+        raw_output=_raw(root.outputs if root else None),
     )
+
+
+def _raw(outputs: Any) -> str:
+    if outputs is None:
+        return ""
+    try:
+        return json.dumps(outputs, indent=1, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(outputs)
 
 
 # --- Databricks Review App -----------------------------------------------------------------------

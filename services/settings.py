@@ -8,7 +8,8 @@ Every variable the app reads is documented here once, with its default.
 | ``AGENTOPS_DATA_DIR`` | ``<project>/.agentops`` | folder for the local store, artifacts and endpoint configs |
 | ``AGENTOPS_MLFLOW_URI`` | — | tracking URI of a remote ``mlflow server``; required when the backend is ``mlflow`` |
 | ``AGENTOPS_EXPERIMENT_IDS`` | — | comma-separated experiment ids holding traces and evaluations (Databricks: from ``valueFrom``) |
-| ``AGENTOPS_AUDIT_EXPERIMENT`` | ``agentops-audit`` | experiment (name) that holds the audit trail of mutating actions |
+| ``AGENTOPS_AUDIT_EXPERIMENT`` | ``agentops-audit`` | experiment (name) that holds the audit trail of mutating actions; created on the first recorded change, never on a read |
+| ``AGENTOPS_REVIEW_EXPERIMENT`` | ``agentops-review`` | experiment (name) that holds the review queues (one run per queue); created when the first queue is, never on a read |
 | ``AGENTOPS_STATE_EXPERIMENT`` | ``agentops-team-state`` (Databricks: ``/Shared/agentops-team-state``) | experiment (name) holding the team's shared configuration: endpoints and splits, alert thresholds, prices, roles (``services.team_state``) |
 | ``AGENTOPS_GATEWAY_URL`` | ``http://127.0.0.1:8765`` | local serving gateway |
 | ``DATABRICKS_HOST`` | — | workspace URL; required when the backend is ``databricks`` |
@@ -57,6 +58,7 @@ class Settings:
     warehouse_id: str | None = None
     trace_spans_table: str | None = None
     state_experiment: str | None = None
+    review_experiment: str = "agentops-review"
 
     @property
     def tracking_uri(self) -> str:
@@ -139,6 +141,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         warehouse_id=(env.get("AGENTOPS_WAREHOUSE_ID") or "").strip() or None,
         trace_spans_table=(env.get("AGENTOPS_TRACE_SPANS_TABLE") or "").strip() or None,
         state_experiment=(env.get("AGENTOPS_STATE_EXPERIMENT") or "").strip() or None,
+        review_experiment=(env.get("AGENTOPS_REVIEW_EXPERIMENT") or "").strip() or "agentops-review",
     )
 
 

@@ -114,20 +114,37 @@ def model_id_of(source: str | None) -> str | None:
     return None
 
 
-def agent_experiment_ids(name: str, settings: Settings | None = None, *, model: Any = None) -> list[str]:
-    """Experiments holding an agent's evaluations and traces (its tag plus configured ids)."""
+def agent_experiment_ids(name: str, settings: Settings | None = None, *, model: Any = None,
+                         versions: Sequence[Any] | None = None,
+                         models: dict[str, registry.LoggedModelFacts] | None = None) -> list[str]:
+    """Experiments holding an agent's evaluations and traces: those of its versions' LoggedModels
+    and source runs, the tagged and attached ones, plus configured ids."""
     from services._clients import get_settings
 
     settings = settings or get_settings()
-    if model is None:
-        client = mlflow_client(settings)
-        with translate_errors(f"registered model {name!r}"):
+    client = mlflow_client(settings)
+    with translate_errors(f"registered model {name!r}"):
+        if model is None:
             model = client.get_registered_model(name)
-    ids = list(settings.experiment_ids)
-    tagged = (getattr(model, "tags", None) or {}).get(registry.EXPERIMENT_TAG)
-    if tagged and tagged not in ids:
-        ids.insert(0, tagged)
+        if versions is None:
+            versions = _all_versions(client, name)
+        if models is not None:
+            found = {m: f.experiment_id for m, f in models.items() if f.experiment_id}
+            runs_only = [v for v in versions if not registry.model_id_of(v) and v.run_id]
+            found.update(registry.experiments_of_versions(client, runs_only) if runs_only else {})
+        else:
+            found = registry.experiments_of_versions(client, versions)
+    ids = registry._agent_experiments(registry._tags(model), versions, found)
+    ids += [i for i in settings.experiment_ids if i not in ids]
     return ids
+
+
+def _known_experiments(model: Any, settings: Settings | None) -> list[str]:
+    from services._clients import get_settings
+
+    tags = registry._tags(model)
+    known = [tags[registry.EXPERIMENT_TAG]] if tags.get(registry.EXPERIMENT_TAG) else []
+    return list(dict.fromkeys([*known, *registry.attached_experiments(tags), *(settings or get_settings()).experiment_ids]))
 
 
 def list_versions(
@@ -143,18 +160,20 @@ def list_versions(
     with translate_errors(f"registered model {name!r}"):
         model = client.get_registered_model(name)
         versions = _all_versions(client, name)
-    experiment_ids = agent_experiment_ids(name, settings, model=model)
+    model_ids = [m for m in (registry.model_id_of(v) for v in versions) if m]
+    with translate_errors("logged models"):
+        models = registry.logged_models(client, model_ids, _known_experiments(model, settings))
+    experiment_ids = agent_experiment_ids(name, settings, model=model, versions=versions, models=models)
     aliases_by_version: dict[str, list[str]] = {}
     for alias, number in registry._aliases(model).items():
         aliases_by_version.setdefault(str(number), []).append(alias)
-    model_ids = [m for m in (model_id_of(v.source) for v in versions) if m]
-    params = _logged_model_params(client, experiment_ids, model_ids)
+    params = {m: f.params for m, f in models.items()}
     evaluations = latest_evaluation_by_version(name, settings, experiment_ids=experiment_ids)
-    traffic = traffic_by_model(experiment_ids, settings, now=now)
+    traffic = traffic_by_model(experiment_ids, settings, now=now, model_ids=model_ids)
     rows = []
     for v in versions:
         number = str(v.version)
-        model_id = model_id_of(v.source)
+        model_id = registry.model_id_of(v)
         tags = dict(v.tags or {})
         evaluation = evaluations.get(number)
         flow = traffic.get(model_id or "", VersionTraffic(0, 0, None, None))
@@ -213,10 +232,12 @@ def version_detail(name: str, version: str | int, settings: Settings | None = No
     with translate_errors(f"version {number} of {name!r}"):
         v = client.get_model_version(name, number)
     experiment_ids = agent_experiment_ids(name, settings, model=model)
-    model_id = model_id_of(v.source)
-    params = _logged_model_params(client, experiment_ids, [model_id] if model_id else [])
+    model_id = registry.model_id_of(v)
+    with translate_errors("logged models"):
+        params = {m: f.params for m, f in registry.logged_models(client, [model_id] if model_id else []).items()}
     runs = evaluations_for(name, settings, experiment_ids=experiment_ids, version=number)
-    traffic = traffic_by_model(experiment_ids, settings).get(model_id or "", VersionTraffic(0, 0, None, None))
+    traffic = (traffic_by_model(experiment_ids, settings, model_ids=[model_id]).get(model_id, VersionTraffic(0, 0, None, None))
+               if model_id else VersionTraffic(0, 0, None, None))
     tags = dict(v.tags or {})
     return VersionDetail(
         agent=name,
@@ -262,9 +283,9 @@ def evaluations_for(
     if not experiment_ids:
         return []
     client = mlflow_client(settings)
-    clauses = [EVAL_RUN_FILTER, f"tags.`{AGENT_TAG}` = '{_q(name)}'"]
-    if version is not None:
-        clauses.append(f"tags.`{VERSION_TAG}` = '{_q(str(version))}'")
+    # Runs made outside the app carry no app tag: every evaluation run of the experiments is read
+    # and tied to its version through what MLflow recorded (services.evaluations.run_link).
+    clauses = [EVAL_RUN_FILTER]
     runs = []
     with translate_errors("evaluation runs"):
         token = None
@@ -277,7 +298,10 @@ def evaluations_for(
             token = page.token
             if not token:
                 break
-    return summarise_runs(client, runs)
+    # A run another agent's tag claims is not read further (no link lookup for it).
+    runs = [r for r in runs if r.data.tags.get(AGENT_TAG) in (None, "", name)]
+    summaries = summarise_runs(client, runs)
+    return [r for r in summaries if r.agent == name and (version is None or r.version == str(version))]
 
 
 def latest_evaluation_by_version(
@@ -293,14 +317,36 @@ def latest_evaluation_by_version(
 
 def traffic_by_model(
     experiment_ids: Sequence[str], settings: Settings | None = None, *, now: datetime | None = None,
-    window: timedelta = TRAFFIC_WINDOW,
+    window: timedelta = TRAFFIC_WINDOW, model_ids: Sequence[str] | None = None,
 ) -> dict[str, VersionTraffic]:
-    """Trace count, errors, p95 latency and cost per request, grouped by LoggedModel id."""
+    """Trace count, errors, p95 latency and cost per request, grouped by LoggedModel id.
+
+    Every trace linked to the LoggedModel counts, evaluation rows included (as before). With
+    ``model_ids`` the figures are aggregated in the store (``_mlflow_internal.aggregate_traces``,
+    grouped by the ``mlflow.modelId`` metadata); without, every trace of the window is read.
+    """
     if not experiment_ids:
         return {}
     now = now or datetime.now(tz=timezone.utc)
     since_ms = int((now - window).timestamp() * 1000)
     client = mlflow_client(settings)
+    if model_ids is not None:
+        from services import _mlflow_internal as internal
+
+        wanted = [m for m in dict.fromkeys(model_ids) if m]
+        if not wanted:
+            return {}
+        with translate_errors("traces"):
+            result = internal.aggregate_traces(
+                client, list(experiment_ids), start_ms=since_ms, end_ms=int(now.timestamp() * 1000) + 1,
+                interval_seconds=86400, group_links={m: internal.TraceLink((m,)) for m in wanted},
+                with_models=False, evaluation_rows=True,
+            )
+        return {
+            row.group: VersionTraffic(row.requests, row.errors, row.p95_ms,
+                                      row.recorded_cost / row.requests if row.recorded_cost and row.requests else None)
+            for row in result.rows if row.bucket_ms is None and row.group
+        }
     grouped: dict[str, list[Any]] = {}
     with translate_errors("traces"):
         token = None
@@ -310,7 +356,8 @@ def traffic_by_model(
                 max_results=_TRACE_PAGE, page_token=token, include_spans=False,
             )
             for trace in page:
-                model_id = (trace.info.trace_metadata or {}).get(MODEL_ID_METADATA)
+                metadata = trace.info.trace_metadata or {}
+                model_id = metadata.get(MODEL_ID_METADATA)
                 if model_id:
                     grouped.setdefault(model_id, []).append(trace.info)
             token = page.token
@@ -358,12 +405,20 @@ def _logged_model_params(client: Any, experiment_ids: Sequence[str], model_ids: 
                 token = getattr(page, "token", None)
                 if not token:
                     break
-    # A version logged in an experiment we do not know about: a bounded direct lookup.
-    for model_id in list(wanted - set(found))[:20]:
-        try:
-            found[model_id] = dict(client.get_logged_model(model_id).params or {})
-        except Exception:  # noqa: BLE001 - the model may live where we cannot read it
-            found[model_id] = {}
+    # A version logged in an experiment we do not know about: direct lookups, all of them (an
+    # agent with hundreds of versions gets params on every one), a few at a time.
+    missing = sorted(wanted - set(found))
+    if missing:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(model_id: str) -> dict[str, str]:
+            try:
+                return dict(client.get_logged_model(model_id).params or {})
+            except Exception:  # noqa: BLE001 - the model may live where we cannot read it
+                return {}
+
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+            found.update(zip(missing, pool.map(one, missing)))
     return found
 
 

@@ -602,6 +602,28 @@ class TraceAggregates:
     store_queries: int
 
 
+MODEL_ID_KEY = "mlflow.modelId"
+SOURCE_RUN_KEY = "mlflow.sourceRun"
+
+
+@dataclass(frozen=True)
+class TraceLink:
+    """Which traces belong to something (an agent, a version, an alias holder).
+
+    A trace matches when its ``mlflow.modelId`` metadata is one of ``model_ids`` (the link
+    ``set_active_model``, loaded pyfunc models and Databricks serving record), or when it carries
+    one of the ``tags`` pairs (traces written by earlier versions of this app, linked by its own
+    tags). In a grouping, all links' tags must use one key.
+    """
+
+    model_ids: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.model_ids and not self.tags
+
+
 def supports_sql_aggregation(client: MlflowClient) -> bool:
     """True when the store is MLflow's SQL store on SQLite, whose tables the fast aggregate reads."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -624,28 +646,115 @@ def aggregate_traces(
     status: str | None = None,
     with_models: bool = True,
     force_fallback: bool = False,
+    links: Sequence[TraceLink] = (),
+    group_links: dict[str, TraceLink] | None = None,
+    evaluation_rows: bool = False,
 ) -> TraceAggregates:
     """Counts, errors, latency percentiles, tokens, cost and model mix per group and bucket.
 
     Traces are those of ``experiment_ids`` started in ``[start_ms, end_ms)`` whose tags equal
-    ``tag_equals`` (and whose status is ``status``); with ``group_tag``, figures are split by
-    that tag's value among ``groups``. On a SQLite store this runs two SQL statements; elsewhere
-    (REST, Databricks, other databases) it falls back to per-group ``query_trace_metrics`` calls. Without
-    ``with_models`` the model mix (the costlier half on SQLite) is skipped and ``models`` is empty.
+    ``tag_equals``, that match every one of ``links`` (and whose status is ``status``). Figures
+    are split by ``group_links`` (label -> link; a trace may count in several labels, e.g. two
+    aliases on one version) or, the older form, by ``group_tag``'s value among ``groups``. On a
+    SQLite store this runs two SQL statements (the model link is a join on
+    ``trace_request_metadata``); elsewhere (REST, Databricks, other databases) it falls back to
+    ``query_trace_metrics`` calls per group and linked model. Without ``with_models`` the model
+    mix (the costlier half on SQLite) is skipped and ``models`` is empty. Traces linked by model
+    id are live traffic: evaluation rows of the same LoggedModel (``mlflow.sourceRun``) are left
+    out on a SQL store unless ``evaluation_rows`` (the fallback cannot tell them apart).
     """
     if group_tag and not groups:
         raise ValueError("group_tag needs the group values to aggregate")
-    groups = tuple(dict.fromkeys(groups)) if group_tag else ()
+    if group_tag:
+        group_links = {g: TraceLink(tags=((group_tag, g),)) for g in dict.fromkeys(groups)}
+    group_links = dict(group_links or {})
+    if group_links:
+        keys = {k for link in group_links.values() for k, _ in link.tags}
+        if len(keys) > 1:
+            raise ValueError(f"the groups' tags use several keys ({sorted(keys)}); use one")
+        if any(link.is_empty for link in group_links.values()):
+            raise ValueError("every group needs a model id or a tag to select its traces")
     tag_pairs = tuple(sorted((tag_equals or {}).items()))
-    args = (list(experiment_ids), start_ms, end_ms, interval_seconds, group_tag, groups, tag_pairs, status,
-            with_models)
+    links = tuple(link for link in links)
+    if any(link.is_empty for link in links):
+        # A filter that nothing can match (an agent without versions): no traces.
+        return TraceAggregates((), (), "empty", 0)
+    args = (list(experiment_ids), start_ms, end_ms, interval_seconds, group_links, tag_pairs, status,
+            with_models, links)
     if supports_sql_aggregation(client) and not force_fallback:
-        return _aggregate_sql(tracking_store(client), *args)
+        return _aggregate_sql(tracking_store(client), *args, evaluation_rows=evaluation_rows)
     return _aggregate_metrics_api(client, *args)
+
+
+def trace_model_ids(
+    client: MlflowClient,
+    experiment_ids: Sequence[str],
+    *,
+    start_ms: int,
+    end_ms: int,
+    sample: int = 1000,
+    force_fallback: bool = False,
+    live_only: bool = True,
+) -> list[str]:
+    """Distinct ``mlflow.modelId`` values among the traces of a window (which versions had traffic).
+
+    With ``live_only``, evaluation rows (traces carrying ``mlflow.sourceRun``) do not count.
+
+    On a SQLite store, one ``SELECT DISTINCT`` over ``trace_request_metadata``; elsewhere the
+    newest ``sample`` traces are searched without spans, so rare values may be missed.
+    """
+    if not experiment_ids:
+        return []
+    if supports_sql_aggregation(client) and not force_fallback:
+        import sqlalchemy as sa
+        from mlflow.store.tracking.dbmodels.models import SqlTraceInfo, SqlTraceMetadata
+
+        store = tracking_store(client)
+        ti, md = SqlTraceInfo.__table__, SqlTraceMetadata.__table__
+        with store.ManagedSessionMaker() as session:
+            ids = [int(i) for i in store._filter_experiment_ids(session, [int(i) for i in experiment_ids])]
+        statement = (
+            sa.select(md.c.value).distinct()
+            .select_from(md.join(ti, md.c.request_id == ti.c.request_id))
+            .where(ti.c.experiment_id.in_(ids), ti.c.timestamp_ms >= start_ms, ti.c.timestamp_ms < end_ms,
+                   md.c.key == MODEL_ID_KEY)
+        )
+        if live_only:
+            run = md.alias("source_run")
+            statement = statement.where(~sa.exists().where(run.c.request_id == ti.c.request_id,
+                                                            run.c.key == SOURCE_RUN_KEY))
+        with store.engine.connect() as connection:
+            values = {row[0] for row in connection.execute(statement)}
+    else:
+        values = set()
+        for info in _newest_trace_infos(client, experiment_ids, start_ms, end_ms, sample):
+            metadata = info.trace_metadata or {}
+            if not (live_only and metadata.get(SOURCE_RUN_KEY)):
+                values.add(metadata.get(MODEL_ID_KEY))
+    return sorted(v for v in values if v)
 
 
 # The most traces one `search_traces` page may ask `mlflow server` for (its handler refuses more).
 SEARCH_TRACES_PAGE_LIMIT = 500
+
+
+def _newest_trace_infos(client: MlflowClient, experiment_ids: Sequence[str], start_ms: int, end_ms: int,
+                        sample: int) -> list[Any]:
+    """The newest ``sample`` trace infos of a window, in pages the server accepts (no spans read)."""
+    infos: list[Any] = []
+    token = None
+    while len(infos) < sample:
+        page = client.search_traces(
+            locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
+                                                          f"trace.timestamp_ms < {end_ms}",
+            max_results=min(SEARCH_TRACES_PAGE_LIMIT, sample - len(infos)), include_spans=False,
+            order_by=["timestamp_ms DESC"], page_token=token,
+        )
+        infos.extend(t.info for t in page)
+        token = page.token
+        if not token or not page:
+            break
+    return infos
 
 
 def trace_tag_values(
@@ -682,20 +791,7 @@ def trace_tag_values(
         with store.engine.connect() as connection:
             values = {row[0] for row in connection.execute(statement)}
     else:
-        # Paged: `mlflow server` refuses a search_traces page over SEARCH_TRACES_PAGE_LIMIT.
-        values, token, read = set(), None, 0
-        while read < sample:
-            page = client.search_traces(
-                locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
-                                                              f"trace.timestamp_ms < {end_ms}",
-                max_results=min(SEARCH_TRACES_PAGE_LIMIT, sample - read), include_spans=False,
-                order_by=["timestamp_ms DESC"], page_token=token,
-            )
-            values.update(t.info.tags.get(key) for t in page)
-            read += len(page)
-            token = page.token
-            if not token or not page:
-                break
+        values = {info.tags.get(key) for info in _newest_trace_infos(client, experiment_ids, start_ms, end_ms, sample)}
     return sorted((v for v in values if v), key=lambda v: (len(v), v))
 
 
@@ -722,15 +818,51 @@ def _durations(text: str | None) -> Any:
     return np.array(text.split(","), dtype=np.float64) if text else np.empty(0)
 
 
-def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_tag, groups, tag_pairs, status,
-                   with_models):
+def _link_condition(ti, tags, md, link: TraceLink):
+    """SQL: the trace ``ti`` matches ``link`` (plain EXISTS subqueries, valid on SQLite and PostgreSQL)."""
+    import sqlalchemy as sa
+
+    parts = []
+    if link.model_ids:
+        parts.append(sa.exists().where(md.c.request_id == ti.c.request_id, md.c.key == MODEL_ID_KEY,
+                                       md.c.value.in_(list(link.model_ids))))
+    for key, value in link.tags:
+        parts.append(sa.exists().where(tags.c.request_id == ti.c.request_id, tags.c.key == key,
+                                       tags.c.value == value))
+    return sa.or_(*parts)
+
+
+def _label_map(group_links: dict[str, TraceLink]) -> tuple[dict[str, list[str]], dict[str, list[str]], str | None]:
+    """Labels by model id and by legacy tag value, and the legacy tag key (None when no group has one)."""
+    by_model: dict[str, list[str]] = {}
+    by_tag: dict[str, list[str]] = {}
+    tag_key = None
+    for label, link in group_links.items():
+        for model_id in link.model_ids:
+            by_model.setdefault(model_id, []).append(label)
+        for key, value in link.tags:
+            tag_key = key
+            by_tag.setdefault(value, []).append(label)
+    return by_model, by_tag, tag_key
+
+
+def _labels_of(model_id: str | None, tag_value: str | None, by_model, by_tag) -> list[str]:
+    # The model id is MLflow's own link and wins; the legacy tag counts for traces without one.
+    if model_id is not None and model_id in by_model:
+        return by_model[model_id]
+    return by_tag.get(tag_value, []) if tag_value is not None else []
+
+
+def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_links, tag_pairs, status,
+                   with_models, links, *, evaluation_rows=False):
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     import sqlalchemy as sa
-    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceTag
+    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceMetadata, SqlTraceTag
 
     ti, tags, spans = SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlSpan.__table__
+    metadata = SqlTraceMetadata.__table__
     step = interval * 1000
 
     with store.ManagedSessionMaker() as session:  # the store's own experiment scoping (workspaces)
@@ -742,22 +874,44 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_tag,
             continue
         conditions.append(sa.exists().where(tags.c.request_id == ti.c.request_id, tags.c.key == key,
                                             tags.c.value == value))
+    filter_md = metadata.alias("filter_md")
+    filter_tags = tags.alias("filter_tag")
+    conditions += [_link_condition(ti, filter_tags, filter_md, link) for link in links]
+    if not evaluation_rows and any(link.model_ids for link in [*links, *group_links.values()]):
+        # Traffic linked by model id is live traffic: evaluation rows of the same LoggedModel
+        # (``mlflow.genai.evaluate(model_id=...)`` links them too) carry their run and are left out.
+        source_run = metadata.alias("source_run")
+        conditions.append(~sa.exists().where(source_run.c.request_id == ti.c.request_id,
+                                             source_run.c.key == SOURCE_RUN_KEY))
     if status:
         conditions.append(ti.c.status == status)
 
+    grouped = bool(group_links)
+    by_model, by_tag, tag_key = _label_map(group_links) if grouped else ({}, {}, None)
+    # The group keys: the trace's model id (outer join on trace_request_metadata) and, for traces
+    # written with the app's older tags, that tag's value (outer join on trace_tags).
+    md = metadata.alias("group_md")
     group_tags = tags.alias("group_tag")
-    on_group = sa.and_(group_tags.c.request_id == ti.c.request_id, group_tags.c.key == group_tag)
-    grp = [group_tags.c.value.label("grp")] if group_tag else []
-    by_group = [group_tags.c.value] if group_tag else []
-    in_groups = [group_tags.c.value.in_(groups)] if group_tag else []
+    joined = ti
+    keys, in_groups = [], []
+    if by_model:
+        joined = joined.join(md, sa.and_(md.c.request_id == ti.c.request_id, md.c.key == MODEL_ID_KEY), isouter=True)
+        keys.append(md.c.value.label("model_id"))
+        in_groups.append(md.c.value.in_(list(by_model)))
+    if tag_key:
+        joined = joined.join(group_tags, sa.and_(group_tags.c.request_id == ti.c.request_id,
+                                                 group_tags.c.key == tag_key), isouter=True)
+        keys.append(group_tags.c.value.label("tag_value"))
+        in_groups.append(group_tags.c.value.in_(list(by_tag)))
+    by_keys = [k.element for k in keys]
     bucket = (sa.func.floor(ti.c.timestamp_ms / step) * step).label("bucket")
 
-    # 1. Per group and bucket: counts and sums grouped in the database, plus the durations as
+    # 1. Per group key and bucket: counts and sums grouped in the database, plus the durations as
     # one comma-joined string, from which numpy takes the percentiles (SQLite has no percentile
     # aggregate; MLflow registers a Python one, many times slower). One pass over the traces.
     buckets = (
         sa.select(
-            *grp, bucket,
+            *keys, bucket,
             sa.func.count().label("requests"),
             sa.func.sum(sa.case((ti.c.status == _ERROR_STATUS, 1), else_=0)).label("errors"),
             sa.func.sum(ti.c.input_tokens).label("input_tokens"),
@@ -767,18 +921,16 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_tag,
             sa.func.sum(ti.c.total_cost).label("cost"),
             sa.func.aggregate_strings(sa.cast(ti.c.execution_time_ms, sa.String), ",").label("durations"),
         )
-        .select_from(ti.join(group_tags, on_group) if group_tag else ti).where(*conditions, *in_groups)
-        .group_by(*by_group, bucket.element)
+        .select_from(joined).where(*conditions, *([sa.or_(*in_groups)] if in_groups else []))
+        .group_by(*by_keys, bucket.element)
     )
-    # 2. LLM calls and recorded cost per model: per group, and over every matching trace.
-    with_spans = spans.join(ti, spans.c.trace_id == ti.c.request_id)
-    if group_tag:
-        with_spans = with_spans.join(group_tags, on_group, isouter=True)
+    # 2. LLM calls and recorded cost per model: per group key, and over every matching trace.
+    with_spans = spans.join(joined, spans.c.trace_id == ti.c.request_id)
     models = (
-        sa.select(*grp, spans.c.model_name, sa.func.count().label("calls"),
+        sa.select(*keys, spans.c.model_name, sa.func.count().label("calls"),
                   sa.func.sum(spans.c.total_cost).label("cost"))
         .select_from(with_spans).where(*conditions, spans.c.model_name.isnot(None))
-        .group_by(*by_group, spans.c.model_name)
+        .group_by(*by_keys, spans.c.model_name)
     )
 
     def run(statement):
@@ -793,28 +945,45 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_tag,
         bucket_rows, *more = (f.result() for f in [pool.submit(run, q) for q in statements])
     model_rows = more[0] if more else []
 
+    def labels(row) -> list[str | None]:
+        if not grouped:
+            return [None]
+        return _labels_of(getattr(row, "model_id", None), getattr(row, "tag_value", None), by_model, by_tag)
+
+    # Rows of several keys with one label (a version's model id and its legacy tag, or one model
+    # id under two aliases) are merged: sums add up, durations are pooled before the percentiles.
+    cells: dict[tuple[str | None, int], list] = {}
+    for row in bucket_rows:
+        for group in labels(row):
+            c = cells.setdefault((group, int(row.bucket)), [0, 0, 0, 0, 0, 0, 0.0, []])
+            for i, value in enumerate((row.requests, row.errors, row.input_tokens, row.output_tokens, row.cached,
+                                       row.with_tokens)):
+                c[i] += int(value or 0)
+            c[6] += float(row.cost or 0.0)
+            c[7].append(_durations(row.durations))
     none = [None] * len(PERCENTILES)
     rows, by_group_durations = [], {}
-    for row in bucket_rows:
-        group = row.grp if group_tag else None
-        values = _durations(row.durations)
+    for (group, bucket_ms), c in cells.items():
+        values = np.concatenate(c[7]) if c[7] else np.empty(0)
         by_group_durations.setdefault(group, []).append(values)
         rows.append(AggregateRow(
-            group, int(row.bucket), int(row.requests), int(row.errors or 0),
-            *(_percentiles(values) if len(values) else none),
-            int(row.input_tokens or 0), int(row.output_tokens or 0), int(row.cached or 0),
-            int(row.with_tokens or 0), float(row.cost or 0.0),
+            group, bucket_ms, c[0], c[1], *(_percentiles(values) if len(values) else none),
+            c[2], c[3], c[4], c[5], c[6],
         ))
     whole = {g: np.concatenate(parts) for g, parts in by_group_durations.items()}
     rows.extend(_window_rows(rows, lambda g: _percentiles(whole[g]) if len(whole[g]) else none))
 
-    model_list, overall = [], {}
+    per_group: dict[tuple[str, str], tuple[int, float]] = {}
+    overall: dict[str, tuple[int, float]] = {}
     for row in model_rows:
         calls, cost = int(row.calls), float(row.cost or 0.0)
-        if group_tag and row.grp in groups:
-            model_list.append(ModelRow(row.grp, row.model_name, calls, cost))
+        if grouped:
+            for group in labels(row):
+                total = per_group.get((group, row.model_name), (0, 0.0))
+                per_group[(group, row.model_name)] = (total[0] + calls, total[1] + cost)
         total = overall.get(row.model_name, (0, 0.0))
         overall[row.model_name] = (total[0] + calls, total[1] + cost)
+    model_list = [ModelRow(g, m, calls, cost) for (g, m), (calls, cost) in per_group.items()]
     model_list.extend(ModelRow(None, model, calls, cost) for model, (calls, cost) in overall.items())
     return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(model_list)), "sql", len(statements))
 
@@ -848,18 +1017,135 @@ def _metric_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, group_tag, groups, tag_pairs, status,
-                           with_models):
+def _metric_model(model_id: str) -> str:
+    return f'trace.metadata.`{MODEL_ID_KEY}` = "{_metric_quote(model_id)}"'
+
+
+def _metric_tag(key: str, value: str) -> str:
+    return f'trace.tag.`{key}` = "{_metric_quote(value)}"'
+
+
+def _fallback_units(base: list[str], group_links: dict[str, TraceLink], links: Sequence[TraceLink]
+                    ) -> dict[str | None, list[list[str]]]:
+    """Per label, AND-only filter lists whose traces are disjoint (one per linked model id).
+
+    ``query_trace_metrics`` filters are AND-only, so a link is its model ids where it has any (each
+    trace has one model id, so nothing counts twice) and its tag otherwise: traces linked only by
+    the app's older tags are found here only when no model id is known for them.
+    """
+    allowed: set[str] | None = None
+    base = list(base)
+    for link in links:
+        if link.model_ids:
+            allowed = set(link.model_ids) if allowed is None else allowed & set(link.model_ids)
+        elif link.tags:
+            base.append(_metric_tag(*link.tags[0]))
+
+    def parts(link: TraceLink | None) -> list[list[str]]:
+        if link is not None and link.model_ids:
+            ids = [m for m in link.model_ids if allowed is None or m in allowed]
+            return [base + [_metric_model(m)] for m in ids]
+        extra = [_metric_tag(*link.tags[0])] if link is not None and link.tags else []
+        if allowed is None:
+            return [base + extra]
+        return [base + extra + [_metric_model(m)] for m in sorted(allowed)]
+
+    if group_links:
+        return {label: parts(link) for label, link in group_links.items()}
+    return {None: parts(None)}
+
+
+def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, group_links, tag_pairs, status,
+                           with_models, links):
     from concurrent.futures import ThreadPoolExecutor
 
-    base = [f'trace.tag.`{k}` = "{_metric_quote(v)}"' for k, v in tag_pairs]
+    base = [_metric_tag(k, v) for k, v in tag_pairs]
     if status:
         base.append(f'trace.status = "{_metric_quote(status)}"')
-    per_group: dict[str | None, list[str]] = (
-        {g: base + [f'trace.tag.`{group_tag}` = "{_metric_quote(g)}"'] for g in groups} if group_tag else {None: base}
-    )
     # query_trace_metrics' window end is inclusive; ours is exclusive.
     window = {"start_time_ms": start_ms, "end_time_ms": end_ms - 1}
+    units_by_label = _fallback_units(base, group_links, links)
+    grouped = bool(group_links)
+    overall_query = grouped and not any(link.model_ids for link in links)
+
+    def count(filters: list[str]) -> int:
+        points = query_trace_metrics(client, experiment_ids, "trace_count", ["COUNT"], filters=filters, **window)
+        return int(points[0].values.get("COUNT", 0)) if points else 0
+
+    # A label spanning many model ids (an agent's hundreds of versions): count first, then read
+    # the full figures only of the models that had traffic in the window.
+    many = [(label, i) for label, units in units_by_label.items() if len(units) > 1 for i in range(len(units))]
+    if many:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            counts = dict(zip(many, pool.map(lambda key: count(units_by_label[key[0]][key[1]]), many)))
+        units_by_label = {
+            label: [u for i, u in enumerate(units) if len(units) == 1 or counts[(label, i)]]
+            for label, units in units_by_label.items()
+        }
+    per_unit: dict[tuple, list[str]] = {
+        (label, i): filters for label, units in units_by_label.items() for i, filters in enumerate(units)
+    }
+    aggregates = _aggregate_units(client, experiment_ids, window, interval, per_unit, base if overall_query else None,
+                                  with_models)
+    rows_by_label: dict[str | None, list[AggregateRow]] = {}
+    totals_by_label: dict[str | None, list[AggregateRow]] = {}
+    models_by_label: dict[str | None, dict[str, list]] = {}
+    for (label, _), (rows, models) in aggregates["units"].items():
+        rows_by_label.setdefault(label, []).extend(r for r in rows if r.bucket_ms is not None)
+        totals_by_label.setdefault(label, []).extend(r for r in rows if r.bucket_ms is None)
+        for m in models:
+            entry = models_by_label.setdefault(label, {}).setdefault(m.model, [0, 0.0])
+            entry[0] += m.llm_calls
+            entry[1] += m.recorded_cost
+    out_rows: list[AggregateRow] = []
+    for label in units_by_label:
+        merged: dict[int | None, list[AggregateRow]] = {}
+        for r in rows_by_label.get(label, []) + totals_by_label.get(label, []):
+            merged.setdefault(r.bucket_ms, []).append(r)
+        out_rows.extend(_merge_rows(label if grouped else None, ms, parts) for ms, parts in merged.items())
+    models: list[ModelRow] = []
+    if with_models:
+        overall: dict[str, list] = {}
+        for label, by_model in models_by_label.items():
+            for model, (calls, cost) in by_model.items():
+                if grouped:
+                    models.append(ModelRow(label, model, calls, cost))
+                entry = overall.setdefault(model, [0, 0.0])
+                entry[0] += calls
+                entry[1] += cost
+        if aggregates["overall"] is not None:
+            overall = {m.model: [m.llm_calls, m.recorded_cost] for m in aggregates["overall"]}
+        models.extend(ModelRow(None, model, calls, cost) for model, (calls, cost) in overall.items())
+    return TraceAggregates(tuple(sort_rows(out_rows)), tuple(sort_models(models)), "query_trace_metrics",
+                           aggregates["queries"] + len(many))
+
+
+def _merge_rows(group: str | None, bucket_ms: int | None, parts: list[AggregateRow]) -> AggregateRow:
+    """One label's row from the rows of its model ids: sums add up; percentiles are the
+    request-weighted mean of the parts' (exact for one part, an approximation for several)."""
+    if len(parts) == 1:
+        p = parts[0]
+        return AggregateRow(group, bucket_ms, p.requests, p.errors, p.p50_ms, p.p95_ms, p.p99_ms, p.input_tokens,
+                            p.output_tokens, p.cached_input_tokens, p.traces_with_tokens, p.recorded_cost)
+
+    def weighted(attr: str) -> float | None:
+        pairs = [(getattr(p, attr), p.requests) for p in parts if getattr(p, attr) is not None and p.requests]
+        weight = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / weight if weight else None
+
+    return AggregateRow(
+        group, bucket_ms, sum(p.requests for p in parts), sum(p.errors for p in parts),
+        weighted("p50_ms"), weighted("p95_ms"), weighted("p99_ms"),
+        sum(p.input_tokens for p in parts), sum(p.output_tokens for p in parts),
+        sum(p.cached_input_tokens for p in parts), sum(p.traces_with_tokens for p in parts),
+        float(sum(p.recorded_cost for p in parts)),
+    )
+
+
+def _aggregate_units(client, experiment_ids, window, interval, per_group, overall_filters, with_models):
+    """Rows and model rows of each unit (one AND-only filter list), in ``query_trace_metrics`` calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
     pct = [("PERCENTILE", p) for p in PERCENTILES]
     timed = {"time_interval_seconds": interval}
     jobs: dict[tuple, dict[str, Any]] = {}
@@ -881,11 +1167,11 @@ def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, g
             jobs[key]["filters"] = filters
         if not with_models:
             del jobs[(group, "model_calls")], jobs[(group, "model_cost")]
-    if group_tag and with_models:
+    if overall_filters is not None and with_models:
         jobs[("__all__", "model_calls")] = dict(metric="span_count", aggs=["COUNT"], view_type="SPANS",
-                                                dimensions=["span_model_name"], filters=base)
+                                                dimensions=["span_model_name"], filters=overall_filters)
         jobs[("__all__", "model_cost")] = dict(metric="total_cost", aggs=["SUM"], view_type="SPANS",
-                                               dimensions=["span_model_name"], filters=base)
+                                               dimensions=["span_model_name"], filters=overall_filters)
 
     def one(spec: dict[str, Any]) -> list[MetricPoint]:
         spec = dict(spec)
@@ -906,7 +1192,7 @@ def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, g
         found = [values.get(f"P{float(p)}", values.get(f"P{p}")) for p in PERCENTILES]
         return [float(v) if v is not None else None for v in found]
 
-    rows: list[AggregateRow] = []
+    units: dict[tuple, tuple[list[AggregateRow], list[ModelRow]]] = {}
     for group in per_group:
         cells: dict[int, dict[str, Any]] = {}
 
@@ -929,21 +1215,22 @@ def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, g
                 cell(p)[name] = int(p.values.get("SUM", 0) or 0)
         for p in results[(group, "cost")]:
             cell(p)["cost"] = float(p.values.get("SUM", 0.0) or 0.0)
-        rows.extend(
+        rows = [
             AggregateRow(group, ms, c["requests"], c["errors"], *c["pct"], c["input"], c["output"], c["cached"],
                          c["with"], c["cost"])
             for ms, c in cells.items() if c["requests"]
-        )
-    totals = {g: pcts(results[(g, "latency_total")][0].values) if results[(g, "latency_total")] else [None] * 3
-              for g in per_group}
-    rows.extend(_window_rows(rows, lambda group: totals[group]))
-
-    models: list[ModelRow] = []
-    for group in [*per_group, *(["__all__"] if group_tag else [])] if with_models else []:
-        calls = {p.dimensions["span_model_name"]: int(p.values.get("COUNT", 0)) for p in results[(group, "model_calls")]}
-        costs = {p.dimensions["span_model_name"]: float(p.values.get("SUM", 0.0)) for p in results[(group, "model_cost")]}
-        label = None if group == "__all__" else group
-        models.extend(ModelRow(label, m, calls.get(m, 0), costs.get(m, 0.0)) for m in sorted(set(calls) | set(costs)))
-        if not group_tag:  # unsplit: the one group is also "all matching traces"
-            break
-    return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(models)), "query_trace_metrics", len(jobs))
+        ]
+        total_pct = pcts(results[(group, "latency_total")][0].values) if results[(group, "latency_total")] else [None] * 3
+        rows.extend(_window_rows(rows, lambda _: total_pct))
+        models: list[ModelRow] = []
+        if with_models:
+            calls = {p.dimensions["span_model_name"]: int(p.values.get("COUNT", 0)) for p in results[(group, "model_calls")]}
+            costs = {p.dimensions["span_model_name"]: float(p.values.get("SUM", 0.0)) for p in results[(group, "model_cost")]}
+            models = [ModelRow(group, m, calls.get(m, 0), costs.get(m, 0.0)) for m in sorted(set(calls) | set(costs))]
+        units[group] = (rows, models)
+    overall = None
+    if ("__all__", "model_calls") in results:
+        calls = {p.dimensions["span_model_name"]: int(p.values.get("COUNT", 0)) for p in results[("__all__", "model_calls")]}
+        costs = {p.dimensions["span_model_name"]: float(p.values.get("SUM", 0.0)) for p in results[("__all__", "model_cost")]}
+        overall = [ModelRow(None, m, calls.get(m, 0), costs.get(m, 0.0)) for m in sorted(set(calls) | set(costs))]
+    return {"units": units, "overall": overall, "queries": len(jobs)}

@@ -52,7 +52,9 @@ def test_split_routes_within_tolerance_and_every_trace_is_stored(gateway_store, 
     for trace in found:
         assert trace.info.trace_id in trace_ids
         stored[trace.info.tags["agentops.arm"]] += 1
-        version = trace.info.tags["agentops.version"]
+        # The arm's version is linked by model id only (issue 17): no agentops.version tag.
+        version = trace.info.tags["agentops.arm"].rsplit("_", 1)[1]
+        assert "agentops.version" not in trace.info.tags
         source = client.get_model_version(MODEL, version).source
         assert trace.info.trace_metadata["mlflow.modelId"] == source.removeprefix("models:/")
     assert stored == arms

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -20,6 +19,7 @@ from services import audit, releases
 from services.errors import BackendUnavailableError
 from services.releases import Drift
 from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, ALICE, build_agent
 
@@ -153,11 +153,6 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
 
 def test_the_versions_page_says_a_promotion_was_interrupted(isolated_settings, monkeypatch):
     """The history tab shows the interrupted attempt as such and offers no rollback until it is resolved."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from services import _clients
-
     build_agent(isolated_settings)
 
     def down(self, *args, **kwargs):
@@ -167,14 +162,7 @@ def test_the_versions_page_says_a_promotion_was_interrupted(isolated_settings, m
         patch.setattr(MlflowClient, "set_registered_model_alias", down)
         with pytest.raises(BackendUnavailableError):
             releases.promote(AGENT, "champion", "2", ALICE, request_id="page-req", settings=isolated_settings)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(isolated_settings.data_dir))
-    _clients._cached_settings.cache_clear()
-    st.cache_data.clear()
-    try:
-        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60)
-        app.run()
-        app.switch_page("pages/versions.py")
-        app.run()
+    with app_page(isolated_settings, monkeypatch, "pages/versions.py", timeout=60) as app:
         assert not app.exception
         assert any("was interrupted" in w.value and "v2" in w.value for w in app.warning), [w.value for w in app.warning]
         history = next(d.value for d in app.dataframe if "Audit run" in d.value.columns)
@@ -183,7 +171,3 @@ def test_the_versions_page_says_a_promotion_was_interrupted(isolated_settings, m
         states = next(d.value for d in app.dataframe if "Rollback to" in d.value.columns)
         assert "interrupted" in states.set_index("Alias").loc["champion", "Audit"]
         assert not [b for b in app.button if b.key == "versions.rollback"]
-    finally:
-        monkeypatch.undo()  # restores the session's AGENTOPS_DATA_DIR
-        _clients._cached_settings.cache_clear()
-        _clients.configure_mlflow()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -20,6 +19,7 @@ from services import evaluations
 from services.errors import BackendUnavailableError
 from services.evaluations import EvaluationRequest
 from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
 
@@ -156,23 +156,15 @@ def test_the_evaluations_page_labels_an_interrupted_run_and_retries_it(isolated_
     import json
 
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
-    from services import _clients, eval_jobs
+    from services import eval_jobs
 
     build_agent(isolated_settings)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(isolated_settings.data_dir))
-    _clients._cached_settings.cache_clear()
-    st.cache_data.clear()
 
     def down(self, *args, **kwargs):
         raise ConnectionError("Connection refused")
 
-    try:
-        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120)
-        app.run()
-        app.switch_page("pages/evaluations.py")
-        app.run()
+    with app_page(isolated_settings, monkeypatch, "pages/evaluations.py", timeout=120) as app:
         assert not app.exception
         app.selectbox(key="eval_agent").set_value(AGENT).run()
         app.radio(key="eval_source").set_value("Upload a file").run()
@@ -218,7 +210,3 @@ def test_the_evaluations_page_labels_an_interrupted_run_and_retries_it(isolated_
         stored = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                     filter_string=f"tags.`{evaluations.REQUEST_TAG}` = '{request_id}'")
         assert sorted(r.info.status for r in stored) == ["FAILED", "FINISHED"]
-    finally:
-        monkeypatch.undo()  # restores the session's AGENTOPS_DATA_DIR
-        _clients._cached_settings.cache_clear()
-        _clients.configure_mlflow()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -23,6 +22,7 @@ from services import feedback as fb
 from services import review_queue as rq
 from services.errors import BackendUnavailableError
 from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_feedback import QUESTIONS, make_traces
 
@@ -364,10 +364,7 @@ def _some_traces(settings, experiment_id: str) -> list[str]:
 def test_the_review_page_says_a_review_was_partly_saved_and_keeps_the_answers(isolated_settings, monkeypatch):
     """A submission interrupted after two judgements: the page says so, the form keeps the answers, and
     pressing Submit again stores the rest exactly once."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
-    from services import _clients
 
     _, experiment_id, ids = make_traces(isolated_settings, 1, name="review-page")
     MlflowClient(tracking_uri=isolated_settings.tracking_uri, registry_uri=isolated_settings.registry_uri) \
@@ -376,14 +373,7 @@ def test_the_review_page_says_a_review_was_partly_saved_and_keeps_the_answers(is
     queue = rq.create_queue(rq.QueueSpec("triage", rq.QueueSource.HAND_PICKED, (), agent="agent-a",
                                          trace_ids=tuple(ids)), "owner@example.com", isolated_settings)
     monkeypatch.setattr("components.context.request_headers", lambda: {"X-Forwarded-Email": REVIEWER})
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(isolated_settings.data_dir))
-    _clients._cached_settings.cache_clear()
-    st.cache_data.clear()
-    try:
-        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=90)
-        app.run()
-        app.switch_page("pages/review.py")
-        app.run()
+    with app_page(isolated_settings, monkeypatch, "pages/review.py") as app:
         assert not app.exception
         next(b for b in app.button if b.label == "Review next item").click().run()
         app.radio(key="review_form_thumbs").set_value(":material/thumb_down: Bad answer")
@@ -434,7 +424,3 @@ def test_the_review_page_says_a_review_was_partly_saved_and_keeps_the_answers(is
             "assessments in the trace": 6,
         }, notes="AppTest of pages/review.py: the third assessment write fails as a dead server does; the page "
                  "names how much was stored and what to do, keeps the form, and Submit again completes it once.")
-    finally:
-        monkeypatch.undo()
-        _clients._cached_settings.cache_clear()
-        _clients.configure_mlflow()

@@ -26,6 +26,7 @@ from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
 from services.settings import load_settings
 from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
 
@@ -374,12 +375,8 @@ def test_databricks_split_change_with_mlflow_down_then_retry_completes_exactly_o
 def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_completes_once(isolated_settings,
                                                                                             monkeypatch):
     """Confirm fails part-way: the page says so, keeps the confirmation, and pressing Confirm again completes it."""
-    from pathlib import Path
 
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
-    from services import _clients
 
     settings = isolated_settings
     build_agent(settings)
@@ -387,13 +384,7 @@ def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_co
     serving.save_local_endpoint(Endpoint(
         ENDPOINT, served, (TrafficRoute(served[0].entity_name, 80), TrafficRoute(served[1].entity_name, 20)),
         EndpointState.READY, backend="local"), settings)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(settings.data_dir))
-    _clients._cached_settings.cache_clear()
-    st.cache_data.clear()
-    try:
-        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=90)
-        app.run()
-        app.switch_page("pages/serving.py").run()
+    with app_page(settings, monkeypatch, "pages/serving.py") as app:
         app.number_input(key=f"pct::{ENDPOINT}::{AGENT}::1").set_value(50).run()
         app.number_input(key=f"pct::{ENDPOINT}::{AGENT}::2").set_value(50).run()
         app.text_input(key=f"reason::{ENDPOINT}").input("even split").run()
@@ -421,10 +412,6 @@ def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_co
         assert [(c.completed, c.after) for c in changes] == [(True, {f"{AGENT} v1": 50, f"{AGENT} v2": 50})]
         assert _split(serving.get_endpoint(ENDPOINT, settings)) == {f"{AGENT} v1": 50, f"{AGENT} v2": 50}
         assert not any("was interrupted" in w.value for w in app.warning)
-    finally:
-        monkeypatch.undo()
-        _clients._cached_settings.cache_clear()
-        _clients.configure_mlflow()
 
 
 def _local_endpoint(settings) -> None:
@@ -439,12 +426,8 @@ def _local_endpoint(settings) -> None:
 def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_endpoint(isolated_settings, monkeypatch,
                                                                                         written):
     """A reload lost the confirmation: an operator settles the record from what the endpoint serves."""
-    from pathlib import Path
 
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
-    from services import _clients
 
     settings = isolated_settings
     _local_endpoint(settings)
@@ -462,23 +445,14 @@ def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_en
     assert held == ({f"{AGENT} v1": 50, f"{AGENT} v2": 50} if written else {f"{AGENT} v1": 80, f"{AGENT} v2": 20})
     assert [c.completed for c in traffic_audit.traffic_changes(ENDPOINT, settings=settings)] == [False]
 
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(settings.data_dir))
-    _clients._cached_settings.cache_clear()
-    st.cache_data.clear()
-    try:
-        app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=90)
-        app.run()
-        app.switch_page("pages/serving.py").run()  # a new session: no confirmation to retry
+    # A new session: no confirmation to retry.
+    with app_page(settings, monkeypatch, "pages/serving.py") as app:
         assert any("was interrupted" in w.value for w in app.warning)
         app.button(key=f"settle::{ENDPOINT}").click().run()
         assert not app.exception and not app.error
         done = " ".join(s.value for s in app.success)
         assert ("recorded as applied" in done) if written else ("was not applied" in done), done
         assert not any("was interrupted" in w.value for w in app.warning)
-    finally:
-        monkeypatch.undo()
-        _clients._cached_settings.cache_clear()
-        _clients.configure_mlflow()
     changes = traffic_audit.traffic_changes(ENDPOINT, settings=settings)
     if written:
         assert [(c.completed, c.after, c.user) for c in changes] == [(True, held, OPERATOR)]

@@ -65,7 +65,8 @@ def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
     # widen the range to a day either side so the labels are dates.
     import pandas as pd
 
-    xs = [x for trace in figure.data for x in (getattr(trace, axis, None) or [])]
+    # A trace's axis values may be a numpy array, whose truth value is ambiguous: test for None only.
+    xs = [x for trace in figure.data if getattr(trace, axis, None) is not None for x in getattr(trace, axis)]
     stamps = pd.to_datetime(pd.Series(xs), utc=True, errors="coerce").dropna() if xs else pd.Series(dtype="datetime64[ns, UTC]")
     if len(stamps) and stamps.nunique() == 1:
         only = stamps.iloc[0].tz_convert(None)

@@ -109,8 +109,8 @@ def _records(tags: dict[str, str]) -> dict[str, Record]:
 
 def read_all(settings: Settings, prefix: str = "") -> dict[str, Record]:
     """Every record whose key starts with ``prefix`` (one read of the state experiment)."""
-    client = mlflow_client(settings)
     with translate_errors(f"the team configuration ({state_experiment(settings)})"):
+        client = mlflow_client(settings)
         experiment = _experiment(client, settings, create=False)
     if experiment is None or experiment.lifecycle_stage == "deleted":
         return {}
@@ -132,9 +132,9 @@ def write(key: str, value: Any, *, expected_version: int, user: str, settings: S
     from mlflow.exceptions import MlflowException
 
     text = json.dumps(value, sort_keys=True)
-    client = mlflow_client(settings)
     what = f"the team configuration ({state_experiment(settings)})"
     with translate_errors(what):
+        client = mlflow_client(settings)
         experiment = _experiment(client, settings, create=True)
         _check_version(key, _records(dict(experiment.tags or {})).get(key), expected_version)
         claim = f"{state_experiment(settings)}.claim.{_slug(key)}.v{expected_version + 1}"
@@ -182,8 +182,8 @@ def update(key: str, change: Callable[[Any], Any], *, user: str, settings: Setti
 
 def history(settings: Settings, key: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Recorded configuration changes, newest first: key, version, user, time, note."""
-    client = mlflow_client(settings)
     with translate_errors(f"the team configuration ({state_experiment(settings)})"):
+        client = mlflow_client(settings)
         experiment = _experiment(client, settings, create=False)
         if experiment is None:
             return []

@@ -232,7 +232,7 @@ def _record_change(client: Any, experiment_id: str, key: str, version: int, user
     tags = {RECORD_KIND_TAG: key, "agentops.state.version": str(version), "agentops.state.user": user,
             "agentops.state.note": note[:500], "mlflow.user": user}
     run = client.create_run(experiment_id, tags=tags, run_name=f"{key} v{version}")
-    client.set_terminated(run.info.run_id)
+    client.update_run(run.info.run_id, status="FINISHED")
 
 
 def _q(value: str) -> str:

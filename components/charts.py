@@ -50,10 +50,10 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
 
 
 def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
-    """Readable time labels: '06 Dec 14:00' ticks (day on its own line when it changes), UTC said once."""
+    """Readable time labels: '14:00' over '06 Dec' ticks, dates alone for days; hover says UTC."""
     update = figure.update_xaxes if axis == "x" else figure.update_yaxes
     update(
-        type="date", title_text="time (UTC)",
+        type="date",
         tickformatstops=[
             dict(dtickrange=[None, 60_000], value="%H:%M:%S"),
             dict(dtickrange=[60_000, 86_400_000], value="%H:%M<br>%d %b"),
@@ -65,8 +65,8 @@ def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
     # widen the range to a day either side so the labels are dates.
     import pandas as pd
 
-    # A trace's axis values may be a numpy array, whose truth value is ambiguous: test for None only.
-    xs = [x for trace in figure.data if getattr(trace, axis, None) is not None for x in getattr(trace, axis)]
+    # A trace's axis values may be a numpy array (plotly keeps it), whose truth value is ambiguous.
+    xs = [x for trace in figure.data for x in (lambda v: [] if v is None else list(v))(getattr(trace, axis, None))]
     stamps = pd.to_datetime(pd.Series(xs), utc=True, errors="coerce").dropna() if xs else pd.Series(dtype="datetime64[ns, UTC]")
     if len(stamps) and stamps.nunique() == 1:
         only = stamps.iloc[0].tz_convert(None)

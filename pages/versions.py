@@ -179,6 +179,41 @@ if frame.empty:
             icon=":material/inbox:")
     st.stop()
 
+with st.expander("Experiments of this agent", icon=":material/science:"):
+    chosen_agent = next(a for a in agents if a.name == agent)
+    attached = registry.attached_experiments(chosen_agent.tags)
+    if chosen_agent.experiment_ids:
+        st.caption("Traces and evaluations are read from: "
+                   + ", ".join(f"`{e}`" + (" (attached)" if e in attached else "") for e in chosen_agent.experiment_ids)
+                   + ". Found from the versions' LoggedModels and source runs; attach one for traces logged "
+                     "outside any LoggedModel.")
+    else:
+        st.caption("No experiment found from the versions' LoggedModels: attach the experiment holding this "
+                   "agent's traces.")
+    link_cols = st.columns([3, 1])
+    new_experiment = link_cols[0].text_input("Experiment id to attach", key="versions.attach_id")
+    if link_cols[1].button("Attach", key="versions.attach", disabled=not can_edit_rules):
+        try:
+            registry.attach_experiment(agent, new_experiment, identity, settings)
+            _clear_caches()
+            st.session_state[_NOTICE] = f"Attached experiment {new_experiment.strip()} to {agent}."
+            st.rerun()
+        except AgentOpsError as exc:
+            show_error(exc, what="Experiment not attached")
+    if attached:
+        detach_cols = st.columns([3, 1])
+        to_detach = detach_cols[0].selectbox("Attached experiment", attached, key="versions.detach_id")
+        if detach_cols[1].button("Detach", key="versions.detach", disabled=not can_edit_rules):
+            try:
+                registry.detach_experiment(agent, to_detach, identity, settings)
+                _clear_caches()
+                st.session_state[_NOTICE] = f"Detached experiment {to_detach} from {agent}."
+                st.rerun()
+            except AgentOpsError as exc:
+                show_error(exc, what="Experiment not detached")
+    if not can_edit_rules:
+        st.caption(role_hint(roles.Action.EDIT_RULES))
+
 numbers = [str(v) for v in frame["version"]]
 tab_list, tab_compare, tab_promote, tab_history, tab_gate = st.tabs(
     ["Versions", "Compare", "Promote / roll back", "Alias history & audit", "Gate rules"]

@@ -167,7 +167,7 @@ def attribution(agent: str | None = None, settings: Settings | None = None) -> A
     if agent:
         try:
             links, _ = registry.agent_links(agent, settings)
-        except NotFoundError:
+        except (NotFoundError, ValidationError):  # not a registered model (name unknown or not valid there)
             links = []
         return Attribution(tuple(links))
     return Attribution(tuple(registry.all_version_links(settings)))

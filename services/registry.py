@@ -359,22 +359,22 @@ def agent_links(name: str, settings: Settings | None = None) -> tuple[list[Versi
     return links, _agent_experiments(_tags(model), versions, found)
 
 
-def attach_experiment(name: str, experiment_id: str, *, user: str, settings: Settings | None = None) -> list[str]:
+def attach_experiment(name: str, experiment_id: str, identity: Any, settings: Settings | None = None) -> list[str]:
     """Attach an experiment to an agent (for traces logged outside any LoggedModel); audited.
 
     Validates before writing: the agent and the experiment must exist. Returns the attached ids.
     """
     experiment_id = _check_experiment_id(experiment_id)
+    user = _allowed(identity, settings)
     client = mlflow_client(settings)
     with translate_errors(f"registered model {name!r}"):
         model = client.get_registered_model(name)
-    with translate_errors(f"experiment {experiment_id}"):
-        try:
+    try:
+        with translate_errors(f"experiment {experiment_id}"):
             experiment = client.get_experiment(experiment_id)
-        except Exception as exc:  # noqa: BLE001 - a missing experiment is the user's input, say so
-            if "not" in str(exc).lower() and "exist" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
-                raise NotFoundError(f"Experiment {experiment_id} does not exist; nothing was attached to {name!r}.") from None
-            raise
+    except NotFoundError:
+        raise NotFoundError(f"Experiment {experiment_id} does not exist; nothing was attached to {name!r}. "
+                            "Give the id shown in MLflow's experiment page.") from None
     if getattr(experiment, "lifecycle_stage", "active") != "active":
         raise ValidationError(f"Experiment {experiment_id} is deleted; restore it first. Nothing was attached.")
     before = attached_experiments(_tags(model))
@@ -387,9 +387,10 @@ def attach_experiment(name: str, experiment_id: str, *, user: str, settings: Set
     return after
 
 
-def detach_experiment(name: str, experiment_id: str, *, user: str, settings: Settings | None = None) -> list[str]:
+def detach_experiment(name: str, experiment_id: str, identity: Any, settings: Settings | None = None) -> list[str]:
     """Detach an experiment a user attached earlier; audited. Returns the attached ids."""
     experiment_id = _check_experiment_id(experiment_id)
+    user = _allowed(identity, settings)
     client = mlflow_client(settings)
     with translate_errors(f"registered model {name!r}"):
         model = client.get_registered_model(name)
@@ -404,6 +405,14 @@ def detach_experiment(name: str, experiment_id: str, *, user: str, settings: Set
         else:
             client.delete_registered_model_tag(name, ATTACHED_TAG)
     return after
+
+
+def _allowed(identity: Any, settings: Settings | None) -> str:
+    from services import roles
+    from services._clients import get_settings
+
+    roles.enforce(identity, roles.Action.EDIT_RULES, settings or get_settings())
+    return identity.user
 
 
 def _check_experiment_id(experiment_id: Any) -> str:

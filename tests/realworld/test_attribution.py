@@ -117,8 +117,12 @@ def test_explorer_names_agent_and_version_from_the_model_id(realworld, realworld
                          settings=realworld_settings)
     assert set(v2.rows.trace_id) == set(facts.versions["2"].trace_ids)
     everything = mon.search_page(mon.ExplorerQuery(_query(realworld)), page_size=500, settings=realworld_settings)
-    unlinked = everything.rows.set_index("trace_id").loc[realworld.unlinked_trace_ids]
+    rows = everything.rows.set_index("trace_id")
+    unlinked = rows.loc[realworld.unlinked_trace_ids]
     assert set(unlinked.link) == {"no model id on the trace"} and unlinked.version.isna().all()
+    orphans = rows.loc[realworld.orphan_trace_ids]
+    assert set(orphans.link) == {"model id of no registered version"} and orphans.version.isna().all()
+    assert orphans.model_id.notna().all()
 
 
 def test_bulk_agent_figures_per_version(realworld, realworld_settings):

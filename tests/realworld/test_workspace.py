@@ -29,6 +29,8 @@ def test_builder_facts_match_the_store(realworld):
         assert sum(i.state.value == "ERROR" for i in infos) == version.errors
         assert sum((i.token_usage or {}).get("input_tokens", 0) for i in infos) == version.input_tokens
     assert len(by_model[None]) == len(realworld.unlinked_trace_ids)
+    assert sum(len(v) for k, v in by_model.items() if k) == sum(v.traces for v in support.versions.values()) + len(
+        realworld.orphan_trace_ids)
     assert len(realworld.agents[BULK_AGENT].versions) == BULK_VERSIONS
     for model in client.search_registered_models():
         assert not any(k.startswith("agentops.") for k in model.tags)

@@ -28,6 +28,7 @@ REVIEWERS = ("alice@example.com", "bob@example.com", "chen@example.com")
 # Per version of the unicode agent: (traces, of which errors). v3 has versions but no errors.
 TRACE_PLAN = {"1": (9, 2), "2": (7, 1), "3": (4, 0)}
 UNLINKED_TRACES = 3  # traces in the agent's experiment with no model id at all
+ORPHAN_TRACES = 2  # traces linked to a LoggedModel that no registered version comes from
 PROMPT_TEMPLATES = (
     "You are a helpful support agent. Answer {{question}} briefly.",
     "You are a helpful support agent for Café customers.\nAnswer {{question}} briefly and cite the order id.",
@@ -70,6 +71,7 @@ class WorkspaceFacts:
     data_dir: Path
     agents: dict[str, AgentFacts]
     unlinked_trace_ids: list[str]
+    orphan_trace_ids: list[str]
     # assessment name -> value -> count (only feedback the builder logged on live traces)
     feedback: dict[str, Counter]
     feedback_reviewers: dict[str, set[str]]
@@ -163,6 +165,10 @@ def _build(mlflow, client, uri: str, data_dir: Path) -> WorkspaceFacts:
             if not fail:
                 facts.input_tokens += tokens_in
                 facts.output_tokens += tokens_out
+    # A LoggedModel nobody registered: its traces link to a model id that maps to no version.
+    orphan = mlflow.create_external_model(name="prototype", experiment_id=support_exp)
+    mlflow.set_active_model(model_id=orphan.model_id)
+    orphaned = [_one_trace(mlflow, f"orphan {i}", 10, 5, False) for i in range(ORPHAN_TRACES)]
     mlflow.clear_active_model()
     unlinked = [_one_trace(mlflow, f"unlinked {i}", 10, 5, False) for i in range(UNLINKED_TRACES)]
     mlflow.flush_trace_async_logging()
@@ -253,6 +259,7 @@ def _build(mlflow, client, uri: str, data_dir: Path) -> WorkspaceFacts:
         data_dir=data_dir,
         agents=agents,
         unlinked_trace_ids=unlinked,
+        orphan_trace_ids=orphaned,
         feedback=feedback,
         feedback_reviewers=reviewers,
         eval_runs=eval_runs,

@@ -24,8 +24,10 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
         by_entity = {s.entity_name: s for s in endpoint.served}
         for index, route in enumerate(endpoint.routes):
             served = by_entity.get(route.entity_name)
-            # External and foundation models have no version: they are named by their served entity.
-            label = chart_text(f"v{served.model_version}" if served and served.model_version else route.entity_name)
+            # A registered version is short as "vN"; a gateway arm is named by its provider and model; external
+            # and foundation models on Databricks have no version: they are named by their served entity.
+            label = chart_text(f"v{served.model_version}" if served and served.model_version
+                               else (served.model_name if served and served.model_name else route.entity_name))
             figure.add_bar(
                 y=[chart_text(endpoint.name)],
                 x=[route.percentage],

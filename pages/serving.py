@@ -13,6 +13,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.serving import (
     arms_frame,
@@ -27,7 +28,7 @@ from components.serving import (
     split_confirmation,
     window_select,
 )
-from services import ab, registry, roles, serving, traffic, traffic_audit
+from services import ab, registry, roles, serving, team_state, traffic, traffic_audit
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
 
@@ -290,8 +291,13 @@ if not endpoints:
         _deploy_section(agents)
     else:
         st.info(
-            "**No serving endpoints yet.** Locally, endpoints live in the data folder and the demo workspace "
-            "creates two (`python -m demo.seed` on an empty store).", icon=":material/route:",
+            seed_hint(settings, "**No agent endpoints yet.** Endpoint configurations and splits are stored with the "
+                      f"team's data (experiment `{team_state.state_experiment(settings)}`), so everyone on this "
+                      "store sees the same ones;",
+                      "none has been created on this store yet."
+                      + (" MLflow AI Gateway endpoints are under *Serving layer* above."
+                         if settings.backend is Backend.MLFLOW else "")),
+            icon=":material/route:",
         )
     st.stop()
 
@@ -406,7 +412,7 @@ with judge_tab:
             with st.expander("Tests per metric"):
                 st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
                              column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
-            labels = {a.entity_name: f"{a.model_name} v{a.version}" for a in report.arms}
+            labels = {a.entity_name: serving.version_label(a.model_name, a.version) for a in report.arms}
             request = promote_form(
                 report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,
                 now=_split_text(endpoint, labels), after_note=lambda label: f" · champion → v{label.rsplit('v', 1)[-1]}",

@@ -584,14 +584,32 @@ def _state(alias: str, version: str | None, records: list[AliasChange]) -> Alias
         drift = Drift.EXTERNAL
     previous = None
     if drift is Drift.RECORDED:
-        # Walk back past records that did not change the holder (no-op promotions).
-        previous = next((c.from_version for c in history if c.from_version and c.from_version != version), None)
+        previous = _undo_target(history, version)
     elif drift is Drift.EXTERNAL:
         previous = last.to_version
     if interrupted is not None:
         # Whether it moved the alias is unknown until retried; offer no rollback meanwhile.
         return AliasState(alias, version, last, Drift.INTERRUPTED, None, interrupted)
     return AliasState(alias, version, last, drift, previous)
+
+
+def _undo_target(history: list[AliasChange], version: str | None) -> str | None:
+    """The holder a rollback restores: the trail replayed as an undo stack (newest-first ``history``).
+
+    A promotion pushes the holder it replaced (no-op promotions push nothing); a rollback that restored
+    the top of the stack pops it, so after rolling back, the next rollback goes further back instead of
+    re-applying the move just undone.
+    """
+    stack: list[str] = []
+    for change in reversed(history):
+        if change.action is AliasAction.ROLLBACK:
+            if stack and stack[-1] == change.to_version:
+                stack.pop()
+        elif change.from_version and change.from_version != change.to_version:
+            stack.append(change.from_version)
+    while stack and stack[-1] == version:
+        stack.pop()
+    return stack[-1] if stack else None
 
 
 def _read_alias(client: Any, agent: str, alias: str) -> str | None:

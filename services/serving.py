@@ -1,7 +1,7 @@
 """Serving endpoints and their traffic splits.
 
-Locally, endpoint configurations live in ``<data dir>/endpoints.json`` and the local gateway
-serves them; on Databricks they are Model Serving endpoints read through ``databricks-sdk``.
+Locally and on an ``mlflow server``, endpoint configurations are versioned records in the tracking
+store (``services.team_state``), shared by everyone on it, and the local gateway serves them; on Databricks they are Model Serving endpoints read through ``databricks-sdk``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,16 @@ class ServedVersion:
     def label(self) -> str:
         return f"{self.model_name} v{self.model_version}" if self.model_version else self.entity_name
 
+    @property
+    def label(self) -> str:
+        """How people name the arm: ``model vN`` for a registered version, ``provider/model`` for a gateway model."""
+        return version_label(self.model_name, self.model_version)
+
+
+def version_label(model_name: str, version: str | None) -> str:
+    """``model vN``, or just the model when it has no registry version (MLflow AI Gateway arms)."""
+    return f"{model_name} v{version}" if version else model_name
+
 
 @dataclass(frozen=True)
 class TrafficRoute:
@@ -72,9 +81,11 @@ class Endpoint:
     updated_by: str | None = None
     sticky: bool = False
     backend: str = "local"
-    # Databricks: the config's version (a concurrency token), a rollout's pending split, why the
+    # Databricks: a rollout's pending split, why the
     # endpoint cannot be edited, and why it could not be read (an endpoint that fails alone).
-    config_version: int | None = None
+    # The concurrency token of the stored configuration: Model Serving's config version on Databricks, the
+    # version of the team-state record for local endpoints. A write names the one it read.
+    config_version: int | None = field(default=None, compare=False)
     pending_routes: tuple[TrafficRoute, ...] = ()
     read_only: str | None = None
     error: str | None = None
@@ -121,47 +132,74 @@ def list_endpoints(settings: Settings | None = None) -> list[Endpoint]:
     return sorted(_read_local(settings).values(), key=lambda e: e.name)
 
 
-# --- local store -----------------------------------------------------------------------------
+# --- local store ---------------------------------------------------------------------------------
+# Local and mlflow-backend endpoint configurations are team state: one versioned record per endpoint
+# in the tracking store (``services.team_state``), so everyone on the store sees the same splits.
+
+ENDPOINT_KEY = "endpoint:"
 
 
 def local_config_path(settings: Settings) -> Path:
+    """The embedded store's former endpoint file, migrated into the tracking store once."""
     return settings.data_dir / "endpoints.json"
 
 
 def _read_local(settings: Settings) -> dict[str, Endpoint]:
+    from services import team_state
+
+    records = team_state.read_all(settings, ENDPOINT_KEY)
+    if not records and _migrate_endpoint_file(settings):
+        records = team_state.read_all(settings, ENDPOINT_KEY)
+    return {r.value["name"]: _endpoint_from_json(r.value, r.version) for r in records.values()}
+
+
+def _migrate_endpoint_file(settings: Settings) -> bool:
+    from services import team_state
+
     path = local_config_path(settings)
-    if not path.exists():
-        return {}
+    if settings.backend is not Backend.LOCAL or not path.exists():
+        return False
     with translate_errors(f"endpoint configuration {path}"):
         raw = json.loads(path.read_text(encoding="utf-8"))
-    return {item["name"]: _endpoint_from_json(item) for item in raw.get("endpoints", [])}
+    for item in raw.get("endpoints", []):
+        try:
+            team_state.write(ENDPOINT_KEY + item["name"], item, expected_version=0, user=team_state.MIGRATED_BY,
+                             settings=settings, note=f"migrated from {path}")
+        except ConflictError:
+            pass  # another process migrated it first
+    return True
 
 
-def save_local_endpoint(endpoint: Endpoint, settings: Settings | None = None) -> Endpoint:
-    """Validate and store one local endpoint configuration atomically."""
+def save_local_endpoint(endpoint: Endpoint, settings: Settings | None = None, *,
+                        expected_version: int | None = None) -> Endpoint:
+    """Validate and store one endpoint configuration in the tracking store.
+
+    With ``expected_version`` the write succeeds only if nobody changed the endpoint since that version
+    (``ConflictError`` otherwise); without it, it is written over the current version.
+    """
+    from services import team_state
+
     settings = settings or get_settings()
     validate_routes(endpoint.served, endpoint.routes)
-    endpoints = _read_local(settings)
-    endpoints[endpoint.name] = endpoint
-    path = local_config_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"endpoints": [_endpoint_to_json(e) for e in sorted(endpoints.values(), key=lambda e: e.name)]}
-    # Write-then-rename so a crash never leaves a half-written config for the gateway.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".endpoints.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
-    return endpoint
+    key = ENDPOINT_KEY + endpoint.name
+    if expected_version is None:
+        current = team_state.read(key, settings)
+        expected_version = current.version if current else 0
+    record = team_state.write(key, _endpoint_to_json(endpoint), expected_version=expected_version,
+                              user=endpoint.updated_by or "unknown", settings=settings,
+                              note=_describe_split(_percentages(endpoint)))
+    return _endpoint_from_json(record.value, record.version)
 
 
 def _endpoint_to_json(endpoint: Endpoint) -> dict[str, Any]:
     data = asdict(endpoint)
+    data.pop("config_version", None)
     data["state"] = endpoint.state.value
     data["updated_at"] = endpoint.updated_at.isoformat() if endpoint.updated_at else None
     return data
 
 
-def _endpoint_from_json(item: dict[str, Any]) -> Endpoint:
+def _endpoint_from_json(item: dict[str, Any], version: int = 0) -> Endpoint:
     return Endpoint(
         name=item["name"],
         served=tuple(ServedVersion(**s) for s in item.get("served", [])),
@@ -171,6 +209,7 @@ def _endpoint_from_json(item: dict[str, Any]) -> Endpoint:
         updated_by=item.get("updated_by"),
         sticky=bool(item.get("sticky", False)),
         backend="local",
+        config_version=version,
     )
 
 
@@ -469,6 +508,7 @@ class _SplitWriter:
     def __init__(self, plan: SplitPlan, user: str, settings: Settings, user_token: str | None, progress) -> None:
         self.plan, self.user, self.settings = plan, user, settings
         self.user_token, self.progress = user_token, progress
+        self._read_version: int | None = None
 
     @property
     def name(self) -> str:
@@ -485,6 +525,7 @@ class _SplitWriter:
         current = _read_local(self.settings).get(self.name)
         if current is None:
             raise NotFoundError(f"Endpoint {self.name!r} does not exist any more.")
+        self._read_version = current.config_version  # the version the check saw; the write must find it
         return current
 
     def holds(self, endpoint: Endpoint, target: Endpoint) -> bool:
@@ -524,6 +565,7 @@ class _SplitWriter:
                 sticky=plan.after.sticky, backend="local",
             ),
             self.settings,
+            expected_version=self._read_version,
         )
 
 

@@ -60,6 +60,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AGENTOPS_REVIEW_EXPERIMENT", "agentops-review (Databricks: /Shared/agentops-review)",
              "experiment (name) that holds the review queues (one run per queue); created when the first queue is, "
              "never on a read; on Databricks a bare name is kept under /Shared/"),
+    Variable("AGENTOPS_STATE_EXPERIMENT", "agentops-team-state (Databricks: /Shared/agentops-team-state)",
+             "experiment (name) holding the team's shared configuration: endpoints and splits, alert thresholds, "
+             "prices, roles (``services.team_state``)"),
     Variable("AGENTOPS_GATEWAY_URL", "http://127.0.0.1:8765", "local serving gateway"),
     Variable("DATABRICKS_HOST", None, "workspace URL; required when the backend is ``databricks``", Source.PLATFORM, True),
     Variable("DATABRICKS_APP_NAME", None, "set by Databricks Apps; shown in the sidebar", Source.PLATFORM),
@@ -71,7 +74,8 @@ VARIABLES: tuple[Variable, ...] = (
              "MLflow calls as the app with the user recorded", Source.APP_YAML),
     Variable("AGENTOPS_ROLE_GROUPS", None, "workspace groups mapped to roles, e.g. "
              "``operator=release-managers,reviewer=domain-experts`` (``services.roles``)", Source.APP_YAML),
-    Variable("AGENTOPS_ROLES_FILE", "<data dir>/roles.json", "local roles by user (``services.roles``)"),
+    Variable("AGENTOPS_ROLES_FILE", None, "a roles file managed outside the app; when set it overrides the roles "
+             "stored with the team's data (``services.roles``)"),
     Variable("AGENTOPS_WAREHOUSE_ID", None, "Databricks: SQL warehouse that aggregates trace windows for the "
              "Monitoring charts (``valueFrom``)", Source.APP_YAML),
     Variable("AGENTOPS_TRACE_SPANS_TABLE", None, "Databricks: Unity Catalog spans table holding the traces "
@@ -122,6 +126,7 @@ class Settings:
     serving_endpoint: str | None = None
     retry_timeout_seconds: int = 20
     review_experiment: str = "agentops-review"
+    state_experiment: str | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -233,6 +238,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         serving_endpoint=read("AGENTOPS_SERVING_ENDPOINT", env) or None,
         retry_timeout_seconds=retry,
         review_experiment=read("AGENTOPS_REVIEW_EXPERIMENT", env) or "agentops-review",
+        state_experiment=read("AGENTOPS_STATE_EXPERIMENT", env) or None,
     )
 
 

@@ -17,10 +17,23 @@ import pytest
 from services.settings import Settings, load_settings
 
 
+def open_team_roles(settings: Settings) -> None:
+    """Store the roles record ``everyone is admin`` on a shared server (MLflow's URIs are restored after)."""
+    from services import _clients, team_state
+
+    team_state.write("roles", {"users": {}, "default": "admin"}, expected_version=0, user="test-harness",
+                     settings=settings, note="tests act as many users")
+    _clients.configure_mlflow(_clients.get_settings())
+
+
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None,
-                          timeout_s: float = 120) -> Iterator[Settings]:
-    """Start a one-worker server on a temp SQLite store; yield settings for it; stop it by PID."""
+                          timeout_s: float = 120, open_roles: bool = True) -> Iterator[Settings]:
+    """Start a one-worker server on a temp SQLite store; yield settings for it; stop it by PID.
+
+    ``open_roles``: store a roles record making everyone admin, as a team that chose so would (the
+    tests act as many users). Without it the server has no roles and everyone is a viewer.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -41,8 +54,11 @@ def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None,
                 if time.time() > deadline or process.poll() is not None:
                     pytest.fail(f"mlflow server did not start within {timeout_s:.0f} s")
                 time.sleep(0.5)
-        yield load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
-                             "AGENTOPS_DATA_DIR": str(root / "data")})
+        settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
+                                  "AGENTOPS_DATA_DIR": str(root / "data")})
+        if open_roles:
+            open_team_roles(settings)
+        yield settings
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,13 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
 
 
+def _endpoint_records(settings) -> dict:
+    """The stored endpoint configurations (team state records: version and value of each)."""
+    from services import team_state
+
+    return {k: (r.version, r.value) for k, r in team_state.read_all(settings, serving.ENDPOINT_KEY).items()}
+
+
 def _serving_page() -> AppTest:
     app = AppTest.from_file(APP, default_timeout=90)
     app.run()
@@ -24,7 +30,7 @@ def _serving_page() -> AppTest:
 
 
 def test_split_editor_checks_the_sum_and_a_bad_split_changes_nothing(seeded_settings):
-    before = serving.local_config_path(seeded_settings).read_text()
+    before = _endpoint_records(seeded_settings)
     app = _serving_page()
     assert not app.exception
     assert app.selectbox(key="serving_endpoint").value == "orders-prod"
@@ -33,7 +39,7 @@ def test_split_editor_checks_the_sum_and_a_bad_split_changes_nothing(seeded_sett
     assert any("Total: 80%" in e.value for e in app.error)
     review = app.button(key="review::orders-prod")
     assert review.disabled
-    assert serving.local_config_path(seeded_settings).read_text() == before
+    assert _endpoint_records(seeded_settings) == before
 
 
 def test_judge_tab_shows_arms_and_a_verdict(seeded_settings):
@@ -77,7 +83,7 @@ def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeyp
     roles_file = tmp_path / "roles.json"
     roles_file.write_text(_json.dumps({"users": {}, "default": "reviewer"}))
     monkeypatch.setenv("AGENTOPS_ROLES_FILE", str(roles_file))
-    before = serving.local_config_path(seeded_settings).read_text()
+    before = _endpoint_records(seeded_settings)
     app = _serving_page()
     assert not app.exception
     assert app.button(key="review::orders-prod").disabled
@@ -90,7 +96,7 @@ def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeyp
     with pytest.raises(PermissionDeniedError, match="operator"):
         serving.apply_split(plan, user="rev", reason="try", settings=seeded_settings,
                             identity=Identity("rev", "rev", IdentitySource.OS_USER))
-    assert serving.local_config_path(seeded_settings).read_text() == before
+    assert _endpoint_records(seeded_settings) == before
 
 
 # --- Databricks backend: the "Deploy version" tab --------------------------------------------------

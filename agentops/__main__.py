@@ -8,6 +8,7 @@ USAGE = """usage: python -m agentops <command> [options]
 
 commands:
   gate    evaluate the release gate and readiness checklist of a version (exit 1 when blocked)
+  roles   show the team's roles, or set the first admin of a shared store (`roles init --admin USER`)
 """
 
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from agentops import gate
 
         return gate.main(rest)
+    if command == "roles":
+        from agentops import roles
+
+        return roles.main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

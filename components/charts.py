@@ -24,7 +24,10 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
         by_entity = {s.entity_name: s for s in endpoint.served}
         for index, route in enumerate(endpoint.routes):
             served = by_entity.get(route.entity_name)
-            label = chart_text(f"v{served.model_version}" if served else route.entity_name)
+            # A registered version is short as "vN"; a gateway arm is named by its provider and model; external
+            # and foundation models on Databricks have no version: they are named by their served entity.
+            label = chart_text(f"v{served.model_version}" if served and served.model_version
+                               else (served.model_name if served and served.model_name else route.entity_name))
             figure.add_bar(
                 y=[chart_text(endpoint.name)],
                 x=[route.percentage],
@@ -48,10 +51,10 @@ def split_chart(endpoints: tuple[Endpoint, ...]) -> go.Figure:
 
 
 def time_axis(figure: go.Figure, *, axis: str = "x") -> go.Figure:
-    """Readable time labels: '06 Dec 14:00' ticks (day on its own line when it changes), UTC said once."""
+    """Readable time labels: '14:00' over '06 Dec' ticks, dates alone for days; hover says UTC."""
     update = figure.update_xaxes if axis == "x" else figure.update_yaxes
     update(
-        type="date", title_text="time (UTC)",
+        type="date",
         tickformatstops=[
             dict(dtickrange=[None, 60_000], value="%H:%M:%S"),
             dict(dtickrange=[60_000, 86_400_000], value="%H:%M<br>%d %b"),

@@ -10,7 +10,7 @@ from components.errors import show_error
 from services import _clients, roles
 from services.errors import AgentOpsError
 from services.identity import Identity, resolve_identity
-from services.settings import Settings
+from services.settings import Backend, Settings
 
 
 def request_headers() -> Mapping[str, str]:
@@ -51,6 +51,18 @@ def current_role(settings: Settings, identity: Identity) -> "roles.Role":
         except AgentOpsError as exc:
             show_error(exc, what="Could not read your role; acting as a viewer")
             st.session_state[key] = roles.Role.VIEWER
+    return st.session_state[key]
+
+
+def roles_unset(settings: Settings, identity: Identity) -> bool:
+    """Whether this shared store has no roles yet (so everyone is a viewer); read once per session."""
+    key = f"_agentops_roles_unset::{identity.user}"
+    if key not in st.session_state:
+        try:
+            st.session_state[key] = (settings.backend is not Backend.DATABRICKS
+                                     and roles.roles_table(settings)[1] is roles.RolesSource.UNSET)
+        except AgentOpsError:
+            st.session_state[key] = False  # the role lookup already showed the error
     return st.session_state[key]
 
 

@@ -156,7 +156,7 @@ def name_trend_chart(trend: pd.DataFrame, name: str, kind: str) -> go.Figure:
                            line=dict(color=_PALETTE[index % len(_PALETTE)]),
                            customdata=part["n"], hovertemplate="%{y} (n=%{customdata})<extra></extra>")
     what = {"boolean": "share true", "numeric": "mean", "categorical": "count per value"}.get(kind, "count")
-    figure.update_layout(title=chart_text(f"{name} · {what}"), height=300, margin=dict(l=10, r=10, t=36, b=10),
+    figure.update_layout(title=chart_text(f"{name} · {what} (times in UTC)"), height=300, margin=dict(l=10, r=10, t=36, b=10),
                          legend=dict(orientation="h", y=-0.25), hovermode="x unified")
     time_axis(figure)
     if kind == "boolean":

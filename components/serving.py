@@ -14,7 +14,7 @@ from components.errors import show_error
 from components.tables import plain
 from services.ab import ArmReport, ArmStats, Interval
 from services.errors import AgentOpsError, BackendUnavailableError
-from services.serving import DeployPlan, Endpoint, SplitPlan
+from services.serving import DeployPlan, Endpoint, SplitPlan, version_label
 from services.traffic_audit import TrafficChange
 
 
@@ -31,7 +31,7 @@ def arms_frame(report: ArmReport) -> pd.DataFrame:
     rows = []
     for arm in report.arms:
         rows.append({
-            "Arm": f"{arm.model_name} v{arm.version}" + (" (baseline)" if arm.entity_name == report.baseline else ""),
+            "Arm": version_label(arm.model_name, arm.version) + (" (baseline)" if arm.entity_name == report.baseline else ""),
             "Requests": arm.requests,
             "Error rate (95% CI)": _ci(arm.error_rate, ".1%"),
             "p50 ms": arm.p50_ms, "p95 ms": arm.p95_ms, "p99 ms": arm.p99_ms,
@@ -229,11 +229,11 @@ def deploy_frame(plan: DeployPlan) -> pd.DataFrame:
 
 def arm_label(endpoint: Endpoint, entity_name: str) -> str:
     served = next((s for s in endpoint.served if s.entity_name == entity_name), None)
-    return f"{served.model_name} v{served.model_version}" if served else entity_name
+    return served.label if served else entity_name
 
 
 def best_arm_by(arms: tuple[ArmStats, ...]) -> dict[str, str]:
-    return {a.entity_name: f"{a.model_name} v{a.version}" for a in arms}
+    return {a.entity_name: version_label(a.model_name, a.version) for a in arms}
 
 
 def gateway_models_frame(gateway) -> pd.DataFrame:

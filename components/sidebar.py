@@ -15,7 +15,8 @@ _BACKEND_LABEL = {
 }
 
 
-def render_sidebar(settings: Settings, identity: Identity, role_label: str | None = None) -> None:
+def render_sidebar(settings: Settings, identity: Identity, role_label: str | None = None, *,
+                   roles_unset: bool = False) -> None:
     """Backend badge, workspace and user in the sidebar."""
     with st.sidebar:
         st.markdown(f"**Backend** &nbsp; :blue-badge[{_BACKEND_LABEL[settings.backend]}]")
@@ -34,6 +35,11 @@ def render_sidebar(settings: Settings, identity: Identity, role_label: str | Non
             origin = "Databricks Apps" if identity.source is IdentitySource.DATABRICKS_APPS else "OS user"
             role = f" · {role_label}" if role_label else ""
             st.markdown(f":material/person: **{who}**  \n:gray[{origin}{role}]")
+        if roles_unset:
+            st.warning("**No roles are set up on this shared MLflow server, so everyone is a viewer** (an "
+                       "unconfigured server must not make everyone admin). Someone with access to the server sets "
+                       "the first admin once: `python -m agentops roles init --admin <user>`; admins then grant "
+                       "roles under *Team roles* on the Overview page.", icon=":material/admin_panel_settings:")
         if (settings.backend is Backend.DATABRICKS and user_authorization_required()
                 and identity.source is not IdentitySource.UNKNOWN and not identity.access_token):
             st.warning("**No user token was forwarded**, so you can look but not change anything: the app does not "

@@ -70,7 +70,7 @@ def endpoints_frame(endpoints: tuple[Endpoint, ...]) -> pd.DataFrame:
     for endpoint in endpoints:
         by_entity = {s.entity_name: s for s in endpoint.served}
         split = " · ".join(
-            f"{by_entity[r.entity_name].model_name} v{by_entity[r.entity_name].model_version} {r.percentage}%"
+            f"{by_entity[r.entity_name].label} {r.percentage}%"
             if r.entity_name in by_entity
             else f"{r.entity_name} {r.percentage}%"
             for r in endpoint.routes

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import random
 import threading
 import time
@@ -156,7 +155,6 @@ class Gateway:
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._config_lock = threading.Lock()
-        self._config_mtime: float | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._models: dict[tuple[str, str], LoadedVersion] = {}
         self._model_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -271,17 +269,9 @@ class Gateway:
     # --- configuration ---------------------------------------------------------------------
 
     def endpoints(self) -> dict[str, Endpoint]:
-        """Current endpoint configs, re-read when the config file changed (hot reload)."""
-        path = serving.local_config_path(self.settings)
-        try:
-            mtime = os.stat(path).st_mtime_ns
-        except FileNotFoundError:
-            mtime = None
+        """Current endpoint configs, read from the tracking store on every call (a split change applies at once)."""
         with self._config_lock:
-            if mtime != self._config_mtime:
-                # The file is replaced atomically, so a read sees the old or the new split whole.
-                self._endpoints = {e.name: e for e in serving.list_endpoints(self.settings)}
-                self._config_mtime = mtime
+            self._endpoints = {e.name: e for e in serving.list_endpoints(self.settings)}
             return self._endpoints
 
     # --- models ------------------------------------------------------------------------------

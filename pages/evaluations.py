@@ -13,6 +13,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components import evaluations as view
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.tables import code, plain
 from components.widgets import reset_when_changed
@@ -71,8 +72,8 @@ except AgentOpsError as exc:
 
 if not agents:
     st.info(
-        "**No registered agents yet.** Register an agent version in MLflow (or seed the demo with "
-        "`python -m demo.seed`), then evaluate it here.",
+        seed_hint(settings, "**No registered agents yet.** Register an agent version in MLflow, then evaluate it here;",
+                  "nothing else is needed."),
         icon=":material/inbox:",
     )
     st.stop()

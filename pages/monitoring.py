@@ -13,12 +13,13 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.context import allowed, current_identity, current_settings, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.monitoring import breakdown_chart, price_rows, series_chart, trace_detail_block
 from components.tables import plain
 from services import monitoring as mon
-from services import pricing, registry, roles
-from services.errors import AgentOpsError
+from services import pricing, registry, roles, team_state
+from services.errors import AgentOpsError, ConflictError
 from services.overview import agent_experiment_ids
 from services.settings import Settings
 from services.traces import ARM_TAG, ENDPOINT_TAG, recent_tag_values
@@ -81,6 +82,10 @@ try:
     agents = _agents(settings)
     prices = pricing.load_prices(settings)
     thresholds = mon.load_thresholds(settings)
+    # The versions this session's forms were filled from: a save names them, so a teammate's save
+    # in between gives a conflict instead of being overwritten.
+    stored_versions = {"thr:" + k: v for k, v in mon.threshold_versions(settings).items()}
+    stored_versions["prices"] = pricing.prices_version(settings)
 except AgentOpsError as exc:
     show_error(exc, what="Cannot read the workspace")
     st.stop()
@@ -88,10 +93,9 @@ except AgentOpsError as exc:
 experiment_ids = tuple(agent_experiment_ids(agents, settings))
 if not experiment_ids:
     st.info(
-        "**There are no agents or trace experiments to monitor yet.** Register an agent from a "
-        "LoggedModel (its experiment is found from it), set `AGENTOPS_EXPERIMENT_IDS`, or fill the "
-        "store with the demo workspace:"
-        "\n\n```\npython -m demo.seed\n```",
+        seed_hint(settings, "**There are no agents or trace experiments to monitor yet.** Register an agent from a "
+                  "LoggedModel (its experiment is found from it), or set `AGENTOPS_EXPERIMENT_IDS`,",
+                  "and its traces appear here."),
         icon=":material/inbox:",
     )
     st.stop()
@@ -164,6 +168,8 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
     target = st.selectbox("Thresholds for", ["* (default for all agents)", *[a.name for a in agents]], key="mon_thr_agent")
     target_key = "*" if target.startswith("*") else target
     current = mon.thresholds_for(thresholds, target_key)
+    seen = st.session_state.setdefault("mon_seen_versions", {})
+    seen.setdefault("thr:" + target_key, stored_versions.get("thr:" + target_key, 0))
     with st.form("mon_thresholds"):
         cols = st.columns(5)
         p95 = cols[0].number_input("p95 latency (ms)", min_value=0.0, value=float(current.p95_latency_ms or 0), step=100.0)
@@ -176,11 +182,15 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
         if st.form_submit_button("Save thresholds", disabled=not can_edit):
             try:
                 mon.save_thresholds(settings, target_key, mon.AlertThresholds(
-                    p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()), identity=identity)
+                    p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()), identity=identity,
+                    expected_version=seen["thr:" + target_key])
+                seen.pop("thr:" + target_key, None)
                 _health.clear()
                 st.success(f"Saved thresholds for {target}.")
                 st.rerun()
             except AgentOpsError as exc:
+                if isinstance(exc, ConflictError):  # the next save builds on the values now shown
+                    seen["thr:" + target_key] = mon.threshold_versions(settings).get(target_key, 0)
                 show_error(exc, what="Thresholds not saved")
 
 charts_tab, explorer_tab, prices_tab = st.tabs(["Charts", "Trace explorer", "Prices"])
@@ -320,7 +330,10 @@ with explorer_tab:
 # --- prices --------------------------------------------------------------------------------
 with prices_tab:
     st.caption("Used for LLM models without a cost recorded by MLflow. US dollars per million tokens; cached "
-               f"input tokens are priced separately. Stored in `{settings.data_dir / pricing.PRICING_FILE}`.")
+               "input tokens are priced separately. Stored with the team's data (experiment "
+               f"`{team_state.state_experiment(settings)}`), so everyone on this store uses the same prices.")
+    seen = st.session_state.setdefault("mon_seen_versions", {})
+    seen.setdefault("prices", stored_versions["prices"])
     table = pd.DataFrame([{"model": m, "input_per_mtok": p.input_per_mtok, "output_per_mtok": p.output_per_mtok,
                            "cached_input_per_mtok": p.cached_input_per_mtok} for m, p in sorted(prices.items())],
                          columns=["model", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok"])
@@ -331,10 +344,13 @@ with prices_tab:
     if st.button("Save prices", icon=":material/save:", key="mon_save_prices", disabled=not can_edit):
         try:
             rows = price_rows(edited.dropna(how="all"))
-            pricing.save_prices(settings, rows, identity=identity)
+            pricing.save_prices(settings, rows, identity=identity, expected_version=seen["prices"])
+            seen.pop("prices", None)
             _data.clear()
             _health.clear()
             st.success("Prices saved.")
             st.rerun()
         except AgentOpsError as exc:
+            if isinstance(exc, ConflictError):
+                seen["prices"] = pricing.prices_version(settings)
             show_error(exc, what="Prices not saved")

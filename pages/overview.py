@@ -10,13 +10,15 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
-from components.context import current_settings, page_link
+from components.context import allowed, current_identity, current_settings, page_link, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
-from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns
+from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns, plain
 from services import overview as overview_service
 from services._clients import check_connection
-from services.errors import AgentOpsError
-from services.settings import Settings
+from services import roles
+from services.errors import AgentOpsError, ConflictError
+from services.settings import Backend, Settings
 
 
 @per_user_cache(ttl=30, show_spinner=False)
@@ -39,8 +41,9 @@ st.caption(f"Connected to `{settings.workspace_label}` · as of {data.generated_
 
 if data.is_empty:
     st.info(
-        "**This workspace has no registered agents yet.** Register an agent version in MLflow, "
-        "or fill the store with the demo workspace:\n\n```\npython -m demo.seed\n```",
+        seed_hint(settings, "**This workspace has no registered agents yet.** Register an agent version in MLflow,",
+                  "(for example `mlflow.pyfunc.log_model(..., registered_model_name=...)`); this store already "
+                  "holds other data, so the demo seeder would refuse it."),
         icon=":material/inbox:",
     )
     st.stop()
@@ -76,7 +79,16 @@ with left:
             use_container_width=True,
         )
     else:
-        st.info("No serving endpoints are configured.", icon=":material/route:")
+        st.info("No agent endpoints are configured.", icon=":material/route:")
+    if data.gateway_endpoints:
+        st.markdown("**MLflow AI Gateway**")
+        st.plotly_chart(split_chart(data.gateway_endpoints), use_container_width=True,
+                        config={"displayModeBar": False}, key="overview_gateway_chart")
+        st.dataframe(endpoints_frame(data.gateway_endpoints), hide_index=True, use_container_width=True,
+                     column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+    elif data.gateway_problem:
+        st.warning(f"MLflow AI Gateway endpoints could not be listed: {plain(data.gateway_problem)}",
+                   icon=":material/cloud_off:")
     page_link("serving", "Change traffic splits", icon=":material/alt_route:")
 with right:
     st.subheader("Latest evaluations")
@@ -92,6 +104,45 @@ with right:
     else:
         st.info("No evaluation runs yet.", icon=":material/fact_check:")
     page_link("evaluations", "Run and compare evaluations", icon=":material/fact_check:")
+
+if settings.backend is not Backend.DATABRICKS:
+    identity = current_identity(settings)
+    with st.expander("Team roles", icon=":material/admin_panel_settings:"):
+        try:
+            table, source, version = roles.roles_table(settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="Cannot read the roles")
+            table, source, version = None, None, 0
+        if source is roles.RolesSource.FILE:
+            st.caption("Roles come from the file named by `AGENTOPS_ROLES_FILE`; edit that file to change them.")
+        elif source is roles.RolesSource.ONE_PERSON:
+            st.caption("No roles are stored: this embedded store is a one-person workspace and you are admin. "
+                       "Granting a role below keeps you admin and stores the roles with the store's data.")
+        elif source is roles.RolesSource.UNSET:
+            st.caption("No roles are stored on this shared server, so everyone is a viewer. Set the first admin "
+                       "with `python -m agentops roles init --admin <user>`.")
+        if table:
+            st.dataframe([{"User": u, "Role": r} for u, r in table["users"].items()]
+                         + [{"User": "everyone else", "Role": table["default"]}], hide_index=True)
+        can_grant = source in (roles.RolesSource.STORE, roles.RolesSource.ONE_PERSON) and allowed(
+            settings, identity, roles.Action.EDIT_RULES)
+        seen = st.session_state.setdefault("overview_roles_version", version)
+        with st.form("overview_grant"):
+            cols = st.columns([3, 2])
+            who = cols[0].text_input("User (email or user name)", disabled=not can_grant)
+            role = cols[1].selectbox("Role", [r.label for r in roles.Role], index=1, disabled=not can_grant)
+            if not can_grant:
+                st.caption(role_hint(roles.Action.EDIT_RULES))
+            if st.form_submit_button("Grant role", disabled=not can_grant):
+                try:
+                    roles.grant(who, role, identity=identity, settings=settings, expected_version=seen)
+                    st.session_state.pop("overview_roles_version", None)
+                    st.session_state.pop(f"_agentops_role::{identity.user}", None)
+                    st.success(f"{who.strip().lower()} is now {role}.")
+                except AgentOpsError as exc:
+                    if isinstance(exc, ConflictError):
+                        st.session_state["overview_roles_version"] = version
+                    show_error(exc, what="Role not granted")
 
 if st.button("Refresh", icon=":material/refresh:"):
     _load.clear()

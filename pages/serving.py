@@ -13,6 +13,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.serving import (
     arms_frame,
@@ -27,7 +28,7 @@ from components.serving import (
     split_confirmation,
     window_select,
 )
-from services import ab, registry, roles, serving, traffic, traffic_audit
+from services import ab, registry, roles, serving, team_state, traffic, traffic_audit
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
 
@@ -93,8 +94,11 @@ def _interrupted(endpoint: serving.Endpoint, changes: list[traffic_audit.Traffic
             st.rerun()
 
 
-def _split_text(endpoint: serving.Endpoint, labels: dict[str, str]) -> str:
-    return " · ".join(f"{labels.get(r.entity_name, r.entity_name)} {r.percentage}%" for r in endpoint.routes) or "—"
+def _split_text(endpoint: serving.Endpoint, labels: dict[str, str], *, pending: bool = False) -> str:
+    by_entity = {v.entity_name: v.label for v in endpoint.served}
+    routes = endpoint.pending_routes if pending else endpoint.routes
+    return " · ".join(f"{labels.get(r.entity_name) or by_entity.get(r.entity_name, r.entity_name)} {r.percentage}%"
+                      for r in routes) or "—"
 
 
 def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
@@ -287,8 +291,13 @@ if not endpoints:
         _deploy_section(agents)
     else:
         st.info(
-            "**No serving endpoints yet.** Locally, endpoints live in the data folder and the demo workspace "
-            "creates two (`python -m demo.seed` on an empty store).", icon=":material/route:",
+            seed_hint(settings, "**No agent endpoints yet.** Endpoint configurations and splits are stored with the "
+                      f"team's data (experiment `{team_state.state_experiment(settings)}`), so everyone on this "
+                      "store sees the same ones;",
+                      "none has been created on this store yet."
+                      + (" MLflow AI Gateway endpoints are under *Serving layer* above."
+                         if settings.backend is Backend.MLFLOW else "")),
+            icon=":material/route:",
         )
     st.stop()
 
@@ -305,11 +314,21 @@ if settings.backend is not Backend.DATABRICKS:
 by_name = {e.name: e for e in endpoints}
 name = st.selectbox("Endpoint", list(by_name), key="serving_endpoint")
 endpoint = by_name[name]
+if endpoint.error:
+    st.error(f"**{escape_md(name)} cannot be read.** {escape_md(endpoint.error)} The other endpoints are listed as "
+             "usual.", icon=":material/error:")
+    st.stop()
 cols = st.columns([3, 1, 1])
 cols[0].plotly_chart(split_chart((endpoint,)), use_container_width=True, config={"displayModeBar": False})
 cols[1].metric("State", endpoint.state.value)
 cols[2].metric("Sticky routing", "on" if endpoint.sticky else "off")
-st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC by {escape_md(endpoint.updated_by or 'unknown')}"
+if endpoint.pending_routes:
+    st.info(f"**A configuration update is rolling out.** Serving now: {escape_md(_split_text(endpoint, {}, pending=False))}"
+            f" → when it finishes: {escape_md(_split_text(endpoint, {}, pending=True))}.", icon=":material/sync:")
+# On Databricks the endpoint names only its creator; who changed it comes from the audit trail.
+changed_by = endpoint.updated_by or ("nobody through this app (no change in its audit trail)"
+                                     if endpoint.backend == "databricks" else "unknown")
+st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC · last change by {escape_md(changed_by)}"
            if endpoint.updated_at else "Never updated through the app.")
 model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
@@ -331,7 +350,8 @@ with split_tab:
     rows: dict[tuple[str, str], int] = st.session_state[state_key]
     for (model, version) in list(rows):
         c1, c2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
-        rows[(model, version)] = int(c1.number_input(escape_md(f"{model} v{version}"), min_value=0, max_value=100, step=5,
+        # An external or foundation model has no version: it is named by its served entity.
+        rows[(model, version)] = int(c1.number_input(escape_md(f"{model} v{version}" if version else model), min_value=0, max_value=100, step=5,
                                                      value=int(rows[(model, version)]), key=f"pct::{name}::{model}::{version}"))
         if len(rows) > 1 and c2.button("Remove", key=f"rm::{name}::{model}::{version}"):
             del rows[(model, version)]
@@ -354,7 +374,9 @@ with split_tab:
                        key=f"sticky::{name}", disabled=settings.backend is Backend.DATABRICKS)
     reason = st.text_input("Reason (recorded in the audit trail)", key=f"reason::{name}")
     plan_key = f"plan::{name}"
-    if st.button("Review change", type="primary", disabled=total != 100 or not can_change, key=f"review::{name}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
+    if endpoint.read_only:
+        st.caption(f":material/lock: {escape_md(name)} is {escape_md(endpoint.read_only)}.")
+    if st.button("Review change", type="primary", disabled=total != 100 or not can_change or bool(endpoint.read_only), key=f"review::{name}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
         try:
             propose_split(plan_key, serving.plan_split(name, dict(rows), sticky=sticky, settings=settings))
         except AgentOpsError as exc:
@@ -390,7 +412,7 @@ with judge_tab:
             with st.expander("Tests per metric"):
                 st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
                              column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
-            labels = {a.entity_name: f"{a.model_name} v{a.version}" for a in report.arms}
+            labels = {a.entity_name: serving.version_label(a.model_name, a.version) for a in report.arms}
             request = promote_form(
                 report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,
                 now=_split_text(endpoint, labels), after_note=lambda label: f" · champion → v{label.rsplit('v', 1)[-1]}",

@@ -14,6 +14,7 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.context import allowed, current_identity, current_settings, role_hint
+from components.empty import seed_hint
 from components.errors import show_error
 from components.readiness import readiness_cell, show_readiness
 from components.tables import code, plain
@@ -144,9 +145,9 @@ except AgentOpsError as exc:
 
 if not agents:
     st.info(
-        "**No registered agents yet.** Register an agent version in MLflow (for example "
-        "`mlflow.pyfunc.log_model(..., registered_model_name=...)`), or fill the store with the demo:"
-        "\n\n```\npython -m demo.seed\n```",
+        seed_hint(settings, "**No registered agents yet.** Register an agent version in MLflow (for example "
+                  "`mlflow.pyfunc.log_model(..., registered_model_name=...)`),",
+                  "and it appears here."),
         icon=":material/inbox:",
     )
     st.stop()
@@ -399,6 +400,10 @@ with tab_history:
                     show_error(exc, what="The alias was not rolled back")
                 else:
                     st.session_state[_ROLLBACK_REQUEST].pop(request_key, None)
+                    # The forms describing a change are rebuilt from the stored state: no stale reason,
+                    # and no promotion planned against the holder that was just replaced.
+                    for key in ("versions.rollback_reason", "versions.rollback_alias", _PENDING, _PENDING_REQUEST):
+                        st.session_state.pop(key, None)
                     _clear_caches()
                     st.session_state[_NOTICE] = (f"Rolled {roll_alias} back: v{result.change.from_version} → "
                                                  f"v{result.change.to_version}.")

@@ -111,6 +111,24 @@ def _user_token(settings: Settings) -> str | None:
     return identity.access_token if identity is not None else None
 
 
+# The scopes a Databricks App can ask for its users' tokens (``user_api_scopes``), from the Databricks
+# Apps documentation ("Configure authorization in a Databricks app"); the two ``iam`` ones are always
+# granted. None covers MLflow tracking, the Unity Catalog model registry, databricks-agents or the
+# Review App: a user token sent there is refused ("Invalid scope").
+APPS_USER_SCOPES = frozenset({
+    "sql", "serving.serving-endpoints", "dashboards.genie", "files.files", "catalog.catalogs:read",
+    "catalog.schemas:read", "catalog.tables:read", "catalog.connections", "vectorsearch.vector-search-indexes",
+    "vectorsearch.vector-search-endpoints", "iam.access-control:read", "iam.current-user:read",
+})
+# Every call this app makes with a user's token, by the scope it needs (databricks.yml declares them;
+# tests/services/test_settings.py checks). Everything else runs as the app's service principal.
+USER_TOKEN_CALLS = {
+    "serving.serving-endpoints": "Model Serving: list and read endpoints, change a traffic split (update_config)",
+    "sql": "SQL statements on the warehouse (Monitoring aggregates, services.trace_sql)",
+    "iam.current-user:read": "the signed-in user's groups, for the app's roles (SCIM Me)",
+}
+
+
 @lru_cache(maxsize=1)
 def _unity_catalog_client_class() -> type:
     """``MlflowClient`` whose registry searches return plain entities on Unity Catalog.
@@ -145,32 +163,25 @@ def _unity_catalog_client_class() -> type:
 
 
 def mlflow_client(settings: Settings | None = None) -> Any:
-    """An ``MlflowClient`` for the configured backend; on Databricks, with the acting user's token when forwarded."""
+    """An ``MlflowClient`` for the configured backend.
+
+    On Databricks it is the app's service principal's, whoever is signed in: no Databricks Apps user
+    scope covers MLflow or the Unity Catalog registry. Mutations check the user's role first
+    (``roles.enforce``) and record the user in the audit trail or the assessment's source.
+    """
     from mlflow import MlflowClient
 
     settings = configure_mlflow(settings)
     if settings.backend is not Backend.DATABRICKS:
         return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
-    client_class = _unity_catalog_client_class()
-    token = _user_token(settings)
-    if token:
-        from services._mlflow_internal import user_client as _mlflow_user_client
-
-        # Built per call (it costs ~0.2 ms), so one user's client is never handed to another.
-        return _mlflow_user_client.user_mlflow_client(settings.databricks_host or "", token, client_class=client_class)
-    return client_class(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    return _unity_catalog_client_class()(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
 
 
 def tracing_client(settings: Settings | None = None) -> Any:
-    """MLflow's ``TracingClient`` (assessments, trace tags) with the same identity rules as ``mlflow_client``."""
+    """MLflow's ``TracingClient`` (assessments, trace tags); the app's service principal on Databricks, like ``mlflow_client``."""
     from mlflow.tracing.client import TracingClient
 
     settings = configure_mlflow(settings)
-    token = _user_token(settings)
-    if token:
-        from services._mlflow_internal import user_client as _mlflow_user_client
-
-        return _mlflow_user_client.user_tracing_client(settings.databricks_host or "", token)
     return TracingClient(settings.tracking_uri)
 
 
@@ -181,11 +192,27 @@ def workspace_client(settings: Settings | None = None, *, user_token: str | None
     settings = settings or get_settings()
     if settings.backend is not Backend.DATABRICKS:
         raise BackendUnavailableError("A Databricks workspace is only used with AGENTOPS_BACKEND=databricks.")
+    from databricks.sdk.core import Config
+
     user_token = user_token or _user_token(settings)
+    # The SDK retries 429 and 503 for 300 s by default; a page must not block that long.
+    bound = {"retry_timeout_seconds": settings.retry_timeout_seconds}
     if user_token:
         # auth_type="pat": otherwise the SDK refuses a token alongside the app's OAuth env vars.
-        return WorkspaceClient(host=settings.databricks_host, token=user_token, auth_type="pat")
-    return WorkspaceClient(host=settings.databricks_host)
+        return WorkspaceClient(config=Config(host=settings.databricks_host, token=user_token, auth_type="pat", **bound))
+    return WorkspaceClient(config=Config(host=settings.databricks_host, **bound))
+
+
+def app_workspace_client(settings: Settings | None = None) -> Any:
+    """The app's own ``WorkspaceClient`` (service principal), for calls no user scope covers."""
+    from databricks.sdk import WorkspaceClient
+
+    settings = settings or get_settings()
+    if settings.backend is not Backend.DATABRICKS:
+        raise BackendUnavailableError("A Databricks workspace is only used with AGENTOPS_BACKEND=databricks.")
+    from databricks.sdk.core import Config
+
+    return WorkspaceClient(config=Config(host=settings.databricks_host, retry_timeout_seconds=settings.retry_timeout_seconds))
 
 
 def artifact_location(settings: Settings, experiment_name: str) -> str | None:
@@ -196,9 +223,24 @@ def artifact_location(settings: Settings, experiment_name: str) -> str | None:
     return None
 
 
+def workspace_experiment_name(name: str, settings: Settings | None = None) -> str:
+    """``name`` as the backend accepts it: on Databricks an absolute path (``/Shared/<name>`` for a bare name)."""
+    settings = settings or get_settings()
+    if settings.backend is Backend.DATABRICKS and not name.startswith("/"):
+        # A workspace refuses relative experiment names ("Got an invalid experiment name").
+        return f"/Shared/{name}"
+    return name
+
+
+def get_experiment_by_name(client: Any, name: str, settings: Settings | None = None) -> Any:
+    """The experiment called ``name`` (see ``workspace_experiment_name``), or None."""
+    return client.get_experiment_by_name(workspace_experiment_name(name, settings))
+
+
 def get_or_create_experiment(client: Any, name: str, settings: Settings | None = None) -> str:
     """Experiment id by name, creating it (with an explicit artifact location) when missing."""
     settings = settings or get_settings()
+    name = workspace_experiment_name(name, settings)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -270,6 +312,11 @@ def classify_error(exc: Exception, what: str) -> AgentOpsError:
     """Map a backend exception to a typed error whose message names ``what``."""
     from mlflow.exceptions import MlflowException
 
+    throttled = throttled_for(exc)
+    if throttled is not None:
+        return BackendUnavailableError(
+            f"{what} is throttled: retry after {throttled} s (Databricks answered 429 Too Many Requests"
+            " for longer than the app waits).")
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, MlflowException):
         code = exc.error_code
@@ -295,3 +342,19 @@ def classify_error(exc: Exception, what: str) -> AgentOpsError:
     except ImportError:  # pragma: no cover - the SDK is a hard dependency
         pass
     return BackendUnavailableError(f"Could not read {what}: {message}")
+
+
+def throttled_for(exc: BaseException) -> int | None:
+    """Seconds Databricks asked to wait when ``exc`` is (or ends) a throttled call, else None."""
+    try:
+        from databricks.sdk.errors import TooManyRequests
+    except ImportError:  # pragma: no cover - the SDK is a hard dependency
+        return None
+    seen: BaseException | None = exc
+    for _ in range(5):  # the SDK raises TimeoutError from the last 429 once its retry bound is spent
+        if seen is None:
+            return None
+        if isinstance(seen, TooManyRequests):
+            return int(getattr(seen, "retry_after_secs", None) or 1)
+        seen = seen.__cause__ or seen.__context__
+    return None

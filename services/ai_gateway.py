@@ -21,7 +21,6 @@ name; when two arms serve the same model name the traces cannot tell them apart 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -37,7 +36,7 @@ from services.errors import (
     ValidationError,
 )
 from services.serving import Endpoint, EndpointState, ServedVersion, SplitPlan, TrafficRoute, validate_routes
-from services.settings import Backend, Settings
+from services.settings import Backend, Settings, read
 
 BACKEND = "mlflow-gateway"
 API_PREFIX = "/api/3.0/mlflow/gateway"
@@ -146,10 +145,10 @@ def _rest(settings: Settings, method: str, path: str, *, params: dict | None = N
     headers = {}
     auth = None
     # Same credentials the MLflow client uses for this server.
-    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+    if token := read("MLFLOW_TRACKING_TOKEN"):
         headers["Authorization"] = f"Bearer {token}"
-    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
-        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    elif read("MLFLOW_TRACKING_USERNAME"):
+        auth = (read("MLFLOW_TRACKING_USERNAME"), read("MLFLOW_TRACKING_PASSWORD"))
     url = f"{settings.mlflow_uri.rstrip('/')}{API_PREFIX}/{path}"
     try:
         response = httpx.request(method, url, params=params, json=body, headers=headers, auth=auth, timeout=30)

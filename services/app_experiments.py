@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services._clients import get_settings, mlflow_client, translate_errors
+from services._clients import get_settings, mlflow_client, translate_errors, workspace_experiment_name
 from services.settings import Settings
 
 
@@ -38,7 +38,13 @@ def app_experiments(settings: Settings | None = None) -> tuple[AppExperiment, ..
     out = []
     for purpose, name, variable in wanted:
         with translate_errors(f"experiment {name!r}"):
-            found = client.get_experiment_by_name(name)
+            if variable == "AGENTOPS_AUDIT_EXPERIMENT" and settings.audit_experiment_id:
+                # Databricks Apps: the audit-experiment resource, by id (AGENTOPS_AUDIT_EXPERIMENT_ID).
+                found = client.get_experiment(settings.audit_experiment_id)
+                name, variable = found.name, "AGENTOPS_AUDIT_EXPERIMENT_ID"
+            else:
+                name = workspace_experiment_name(name, settings)  # absolute on Databricks
+                found = client.get_experiment_by_name(name)
         live = found is not None and str(getattr(found, "lifecycle_stage", "active")) != "deleted"
         out.append(AppExperiment(purpose, name, variable, str(found.experiment_id) if live else None))
     return tuple(out)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from services._clients import get_or_create_experiment, mlflow_client, translate_errors
+from services._clients import get_experiment_by_name, get_or_create_experiment, mlflow_client, translate_errors
 from services.settings import Settings
 
 _PREFIX = "agentops.audit."
@@ -156,7 +156,7 @@ def open_alias_change(
     }
     name = f"{model}@{alias}: v{from_version or '-'} -> v{requested_version} (requested)"
     with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        experiment_id = get_or_create_experiment(client, _experiment_name(settings), settings)
+        experiment_id = audit_experiment_id(client, settings, create=True)
         run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags, run_name=name)
     return _change(run.info.run_id, tags, at_ns)
 
@@ -220,8 +220,8 @@ def alias_changes(
 def _search(model: str, alias: str | None, settings: Settings | None, extra: list[str] | None = None) -> list[AliasChange]:
     client = mlflow_client(settings)
     with translate_errors("the audit trail"):
-        experiment = client.get_experiment_by_name(_experiment_name(settings))
-        if experiment is None:
+        experiment_id = audit_experiment_id(client, settings, create=False)
+        if experiment_id is None:
             return []
         clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"]
         if alias:
@@ -231,7 +231,7 @@ def _search(model: str, alias: str | None, settings: Settings | None, extra: lis
         token = None
         while True:
             page = client.search_runs(
-                [experiment.experiment_id], filter_string=" AND ".join(clauses),
+                [experiment_id], filter_string=" AND ".join(clauses),
                 max_results=_PAGE, page_token=token, order_by=["attributes.start_time DESC"],
             )
             runs.extend(page)
@@ -246,7 +246,21 @@ def _search(model: str, alias: str | None, settings: Settings | None, extra: lis
 def _experiment_name(settings: Settings | None) -> str:
     from services._clients import get_settings
 
-    return (settings or get_settings()).audit_experiment
+    return (settings or get_settings()).audit_label
+
+
+def audit_experiment_id(client: Any, settings: Settings | None, *, create: bool) -> str | None:
+    """The audit trail's experiment: ``AGENTOPS_AUDIT_EXPERIMENT_ID`` when set, else the named one
+    (created when ``create``; None when it does not exist yet)."""
+    from services._clients import get_settings
+
+    settings = settings or get_settings()
+    if settings.audit_experiment_id:
+        return settings.audit_experiment_id
+    if create:
+        return get_or_create_experiment(client, settings.audit_experiment, settings)
+    experiment = get_experiment_by_name(client, settings.audit_experiment, settings)
+    return experiment.experiment_id if experiment is not None else None
 
 
 def quote(value: str) -> str:
@@ -304,7 +318,7 @@ def record_experiment_link(*, model: str, action: str, experiment_id: str, befor
         STATE_TAG: "done", "mlflow.user": user,
     }
     with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        audit_experiment = get_or_create_experiment(client, _experiment_name(settings), settings)
+        audit_experiment = audit_experiment_id(client, settings, create=True)
         run = client.create_run(audit_experiment, start_time=at_ns // 1_000_000, tags=tags,
                                 run_name=f"{model}: {action} experiment {experiment_id}")
         client.set_terminated(run.info.run_id, status="FINISHED")
@@ -315,10 +329,10 @@ def experiment_links(model: str, *, settings: Settings | None = None) -> list[di
     """Recorded attach/detach changes of one agent's experiments, newest first."""
     client = mlflow_client(settings)
     with translate_errors("the audit trail"):
-        experiment = client.get_experiment_by_name(_experiment_name(settings))
-        if experiment is None:
+        experiment_id = audit_experiment_id(client, settings, create=False)
+        if experiment_id is None:
             return []
-        runs = client.search_runs([experiment.experiment_id], max_results=_PAGE,
+        runs = client.search_runs([experiment_id], max_results=_PAGE,
                                   filter_string=f"tags.`{KIND_TAG}` = '{EXPERIMENT_LINK_KIND}' AND "
                                                 f"tags.`{MODEL_TAG}` = '{quote(model)}'",
                                   order_by=["attributes.start_time DESC"])

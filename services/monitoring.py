@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -30,9 +28,9 @@ import pandas as pd
 
 from services import _mlflow_internal as internal
 from services._clients import mlflow_client, translate_errors
-from services.errors import NotFoundError, ValidationError
+from services.errors import ConflictError, NotFoundError, ValidationError
 from services.pricing import ModelPrice
-from services.settings import Settings
+from services.settings import Backend, Settings
 from services.trace_sql import WarehouseSource
 from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG, tag_filter
 
@@ -572,43 +570,81 @@ def validate_threshold_key(agent: Any) -> str:
     return agent
 
 
-def load_thresholds(settings: Settings) -> dict[str, AlertThresholds]:
-    """Saved thresholds per agent (key ``"*"`` holds the default for agents without their own)."""
-    path = settings.data_dir / THRESHOLDS_FILE
-    if not path.exists():
-        return {"*": AlertThresholds()}
+THRESHOLDS_KEY = "thresholds:"
+
+
+def _parse_threshold_file(path: Any) -> dict[str, dict[str, Any]]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         loaded = {validate_threshold_key(agent): validate_thresholds(AlertThresholds(**values))
                   for agent, values in raw.items()}
     except (OSError, json.JSONDecodeError, TypeError, AttributeError, ValidationError) as exc:
         raise ValidationError(f"Alert thresholds in {path} cannot be read ({exc}); fix or delete the file.") from None
+    return {agent: asdict(t) for agent, t in loaded.items()}
+
+
+def load_thresholds(settings: Settings) -> dict[str, AlertThresholds]:
+    """Saved thresholds per agent (key ``"*"`` holds the default for agents without their own).
+
+    They are team state in the tracking store (``services.team_state``, one record per agent), so a
+    teammate's app and a CI runner's ``agentops gate`` see the same ones; an embedded store's former
+    ``alert_thresholds.json`` is migrated once.
+    """
+    from services import team_state
+
+    records = team_state.read_all(settings, THRESHOLDS_KEY)
+    if not records:
+        path = settings.data_dir / THRESHOLDS_FILE
+        if settings.backend is Backend.LOCAL and path.exists():
+            for agent, values in _parse_threshold_file(path).items():
+                try:
+                    team_state.write(THRESHOLDS_KEY + agent, values, expected_version=0, user=team_state.MIGRATED_BY,
+                                     settings=settings, note=f"migrated from {path}")
+                except ConflictError:
+                    pass  # another process migrated it first
+            records = team_state.read_all(settings, THRESHOLDS_KEY)
+    loaded: dict[str, AlertThresholds] = {}
+    for key, record in records.items():
+        try:
+            loaded[key[len(THRESHOLDS_KEY):]] = validate_thresholds(AlertThresholds(**record.value))
+        except (TypeError, ValidationError) as exc:
+            raise ValidationError(f"The stored alert thresholds {key!r} cannot be read ({exc}); save them again.") from None
     loaded.setdefault("*", AlertThresholds())
     return loaded
 
 
+def threshold_versions(settings: Settings) -> dict[str, int]:
+    """The stored version of each agent's thresholds (0: never saved), for a conflict-checked save."""
+    from services import team_state
+
+    return {k[len(THRESHOLDS_KEY):]: r.version for k, r in team_state.read_all(settings, THRESHOLDS_KEY).items()}
+
+
 def save_thresholds(settings: Settings, agent: str, thresholds: AlertThresholds,
-                    identity: Any = None) -> dict[str, AlertThresholds]:
-    """Store one agent's thresholds (``"*"`` for the default) with the workspace, atomically.
+                    identity: Any = None, *, expected_version: int | None = None) -> dict[str, AlertThresholds]:
+    """Store one agent's thresholds (``"*"`` for the default) with the team's data.
 
     With ``identity`` (pages should pass it), editing thresholds needs the admin role, like other settings.
+    With ``expected_version`` (the version the editor loaded, 0 if none), a concurrent save by someone
+    else gives ``ConflictError`` instead of being overwritten.
     """
+    from services import team_state
+
     validate_threshold_key(agent)
     validate_thresholds(thresholds)
     if identity is not None:
         from services import roles
 
         roles.enforce(identity, roles.Action.EDIT_RULES, settings)
-    current = load_thresholds(settings)
-    current[agent] = thresholds
-    path = settings.data_dir / THRESHOLDS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({a: asdict(t) for a, t in sorted(current.items())}, indent=2)
-    # A crash mid-write must not leave a half file that blocks every later load.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
-        handle.write(payload)
-    os.replace(handle.name, path)
-    return current
+    load_thresholds(settings)  # migrates a former file first, so the save lands on top of it
+    key = THRESHOLDS_KEY + agent
+    if expected_version is None:
+        current = team_state.read(key, settings)
+        expected_version = current.version if current else 0
+    team_state.write(key, asdict(thresholds), expected_version=expected_version,
+                     user=getattr(identity, "user", None) or "unknown", settings=settings,
+                     note=f"alert thresholds of {agent}")
+    return load_thresholds(settings)
 
 
 def thresholds_for(all_thresholds: Mapping[str, AlertThresholds], agent: str) -> AlertThresholds:

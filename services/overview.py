@@ -23,6 +23,10 @@ class WorkspaceOverview:
     last_24h: traces.TraceWindowSummary
     latest_evaluations: tuple[evaluations.EvaluationSummary, ...]
     generated_at: datetime
+    # MLflow AI Gateway endpoints of an ``mlflow server`` (arms named provider/model), and why they
+    # could not be listed when that failed (the rest of the overview still shows).
+    gateway_endpoints: tuple[serving.Endpoint, ...] = ()
+    gateway_problem: str | None = None
 
     @property
     def version_count(self) -> int:
@@ -30,7 +34,7 @@ class WorkspaceOverview:
 
     @property
     def is_empty(self) -> bool:
-        return not self.agents and not self.endpoints
+        return not self.agents and not self.endpoints and not self.gateway_endpoints
 
 
 def agent_experiment_ids(agents: list[registry.AgentSummary], settings: Settings) -> list[str]:
@@ -82,7 +86,10 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
         )
         for agent in agents
     )
+    gateway_endpoints, gateway_problem = _gateway_endpoints(settings)
     return WorkspaceOverview(
+        gateway_endpoints=gateway_endpoints,
+        gateway_problem=gateway_problem,
         agents=activity,
         endpoints=tuple(serving.list_endpoints(settings)),
         last_24h=traces.window_summary(experiment_ids, since, now, settings=settings),
@@ -91,11 +98,26 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
     )
 
 
+def _gateway_endpoints(settings: Settings) -> tuple[tuple[serving.Endpoint, ...], str | None]:
+    from services import ai_gateway
+    from services.errors import AgentOpsError
+
+    if not ai_gateway.available(settings):
+        return (), None
+    try:
+        return tuple(ai_gateway.list_endpoints(settings)), None
+    except AgentOpsError as exc:
+        return (), str(exc)
+
+
 def store_is_empty(settings: Settings | None = None) -> bool:
-    """True when the store holds no registered model and no experiment besides ``Default``."""
+    """True when the store holds no registered model and no experiment besides ``Default`` (and team state)."""
+    from services.team_state import state_experiment
+
+    settings = settings or get_settings()
     client = mlflow_client(settings)
     with translate_errors("the tracking store"):
         if client.search_registered_models(max_results=1):
             return False
         experiments = client.search_experiments(max_results=10)
-    return all(e.name == "Default" for e in experiments)
+    return all(e.name in ("Default", state_experiment(settings)) for e in experiments)

@@ -1,16 +1,15 @@
-"""Price table per LLM model, stored as JSON with the workspace (``<data_dir>/pricing.json``).
+"""Price table per LLM model, stored with the team's data (record ``prices`` of ``services.team_state``).
 
 MLflow records a cost on LLM spans whose model is in its catalog; for other models the
 monitoring service estimates cost as tokens x these prices. Prices are US dollars per one
 million tokens; cached input tokens are priced separately (they are part of the input tokens).
+An embedded store's former ``<data_dir>/pricing.json`` is migrated into the tracking store once.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,11 +83,10 @@ def validate_prices(raw: Mapping[str, Any]) -> dict[str, ModelPrice]:
     return prices
 
 
-def load_prices(settings: Settings) -> dict[str, ModelPrice]:
-    """The workspace's price table; the defaults when none was saved yet."""
-    path = _path(settings)
-    if not path.exists():
-        return dict(DEFAULT_PRICES)
+PRICES_KEY = "prices"
+
+
+def _parse_file(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -97,23 +95,56 @@ def load_prices(settings: Settings) -> dict[str, ModelPrice]:
         ) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
         raise ValidationError(f"The price table {path} has no 'models' mapping. Delete it to start from the defaults.")
-    return validate_prices(raw["models"])
+    return _payload(validate_prices(raw["models"]))
 
 
-def save_prices(settings: Settings, prices: Mapping[str, Any], identity: Any = None) -> dict[str, ModelPrice]:
-    """Validate and store the price table (atomically); return what was stored.
+def _payload(prices: Mapping[str, ModelPrice]) -> dict[str, Any]:
+    return {"unit": "USD per 1M tokens", "models": {m: asdict(p) for m, p in sorted(prices.items())}}
+
+
+def _record(settings: Settings) -> Any:
+    from services import team_state
+
+    record = team_state.read(PRICES_KEY, settings)
+    if record is None:
+        record = team_state.migrate_file(PRICES_KEY, _path(settings), _parse_file, settings)
+    return record
+
+
+def load_prices(settings: Settings) -> dict[str, ModelPrice]:
+    """The team's price table; the defaults when none was saved yet."""
+    record = _record(settings)
+    if record is None:
+        return dict(DEFAULT_PRICES)
+    models = record.value.get("models") if isinstance(record.value, dict) else None
+    if not isinstance(models, dict):
+        raise ValidationError("The stored price table has no 'models' mapping; save the table again.")
+    return validate_prices(models)
+
+
+def prices_version(settings: Settings) -> int:
+    """The stored version of the price table (0: never saved), for a conflict-checked save."""
+    record = _record(settings)
+    return record.version if record else 0
+
+
+def save_prices(settings: Settings, prices: Mapping[str, Any], identity: Any = None, *,
+                expected_version: int | None = None) -> dict[str, ModelPrice]:
+    """Validate and store the price table with the team's data; return what was stored.
 
     With ``identity`` (pages should pass it), editing prices needs the admin role, like other settings.
+    With ``expected_version`` (the version the editor loaded), a concurrent edit gives ``ConflictError``.
     """
+    from services import team_state
+
     checked = validate_prices(prices)
     if identity is not None:
         from services import roles
 
         roles.enforce(identity, roles.Action.EDIT_RULES, settings)
-    path = _path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"unit": "USD per 1M tokens", "models": {m: asdict(p) for m, p in sorted(checked.items())}}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
+    if expected_version is None:
+        expected_version = prices_version(settings)
+    team_state.write(PRICES_KEY, _payload(checked), expected_version=expected_version,
+                     user=getattr(identity, "user", None) or "unknown", settings=settings,
+                     note=f"{len(checked)} model prices")
     return checked

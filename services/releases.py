@@ -500,9 +500,11 @@ def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, 
     """Which grant the user lacks when the registry refuses an alias change."""
     who = identity.display_name or identity.user
     if settings.backend is Backend.DATABRICKS:
-        needs = (f"In Unity Catalog, setting an alias needs {who} to own the registered model {plan.agent} "
-                 "(or be a metastore admin), plus USE CATALOG on its catalog and USE SCHEMA on its schema. "
-                 "Ask the model's owner to make the change or transfer ownership.")
+        # No Databricks Apps user scope covers the registry: the app sets aliases as its service principal.
+        needs = (f"{who} may promote in this app, but the app sets aliases as its own service principal, and in "
+                 f"Unity Catalog that needs the service principal to own the registered model {plan.agent} (or "
+                 "MANAGE on it), plus USE CATALOG on its catalog and USE SCHEMA on its schema. Ask the model's owner "
+                 "to grant these to the app's service principal.")
     else:
         needs = f"{who} needs permission to edit the registered model {plan.agent} on this MLflow server."
     return f"{plan.agent}@{plan.alias} was not changed: the registry refused it. {needs} ({exc})"
@@ -582,14 +584,32 @@ def _state(alias: str, version: str | None, records: list[AliasChange]) -> Alias
         drift = Drift.EXTERNAL
     previous = None
     if drift is Drift.RECORDED:
-        # Walk back past records that did not change the holder (no-op promotions).
-        previous = next((c.from_version for c in history if c.from_version and c.from_version != version), None)
+        previous = _undo_target(history, version)
     elif drift is Drift.EXTERNAL:
         previous = last.to_version
     if interrupted is not None:
         # Whether it moved the alias is unknown until retried; offer no rollback meanwhile.
         return AliasState(alias, version, last, Drift.INTERRUPTED, None, interrupted)
     return AliasState(alias, version, last, drift, previous)
+
+
+def _undo_target(history: list[AliasChange], version: str | None) -> str | None:
+    """The holder a rollback restores: the trail replayed as an undo stack (newest-first ``history``).
+
+    A promotion pushes the holder it replaced (no-op promotions push nothing); a rollback that restored
+    the top of the stack pops it, so after rolling back, the next rollback goes further back instead of
+    re-applying the move just undone.
+    """
+    stack: list[str] = []
+    for change in reversed(history):
+        if change.action is AliasAction.ROLLBACK:
+            if stack and stack[-1] == change.to_version:
+                stack.pop()
+        elif change.from_version and change.from_version != change.to_version:
+            stack.append(change.from_version)
+    while stack and stack[-1] == version:
+        stack.pop()
+    return stack[-1] if stack else None
 
 
 def _read_alias(client: Any, agent: str, alias: str) -> str | None:

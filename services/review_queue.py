@@ -32,7 +32,8 @@ from typing import Any, Callable, Generator, Sequence
 import pandas as pd
 
 from services import _mlflow_internal as internal
-from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client, translate_errors
+from services._clients import (configure_mlflow, get_experiment_by_name, get_or_create_experiment, mlflow_client,
+                              translate_errors)
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.settings import Backend, Settings
 from services.traces import AGENT_TAG, VERSION_TAG
@@ -433,7 +434,7 @@ def list_queues(settings: Settings | None = None) -> list[ReviewQueue]:
     """All queues, newest first (none when the review experiment does not exist yet)."""
     client = mlflow_client(settings)
     with translate_errors("the review experiment"):
-        experiment = client.get_experiment_by_name(review_experiment_name(settings))
+        experiment = get_experiment_by_name(client, review_experiment_name(settings), settings)
         if experiment is None:
             return []
         runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'queue'",
@@ -982,7 +983,7 @@ def databricks_labeling_session(queue: ReviewQueue, trace_ids: Sequence[str], re
     result = run_agents_call("labeling_session", {
         "name": name, "experiment_id": experiments[0], "assigned_users": users,
         "trace_infos": [i.to_dict() for i in infos],
-    }, settings, user_token=user_token)
+    }, settings)  # the Review App API is outside every Databricks Apps user scope: run as the app
     session = LabelingSession(result["name"], result.get("url"), result.get("labeling_session_id", ""), experiments[0],
                               tuple(users), len(infos), created_by or getattr(identity, "user", "") or "")
     with translate_errors(f"review queue {queue.name}"):

@@ -5,9 +5,14 @@ Where a role comes from:
 * Databricks: the signed-in user's workspace groups (``current_user.me()`` with the user's own
   token), mapped by ``AGENTOPS_ROLE_GROUPS`` (e.g. ``admin=ops-admins,operator=release-managers,
   reviewer=domain-experts``). Users in no mapped group are viewers.
-* Locally: ``AGENTOPS_ROLES_FILE`` (default ``<data dir>/roles.json``), a JSON object
-  ``{"users": {"ana@example.com": "reviewer"}, "default": "viewer"}``. Without the file the
-  local store is a one-person workspace and everyone is admin.
+* The embedded store and an ``mlflow server``: the roles record stored with the team's data
+  (``services.team_state``), ``{"users": {"ana@example.com": "reviewer"}, "default": "viewer"}``,
+  which admins edit (``grant``) and everyone on the store shares. ``AGENTOPS_ROLES_FILE``, when
+  set, names a file of the same shape managed outside the app; it then overrides the record.
+  An embedded store's former ``<data dir>/roles.json`` is migrated into the record once.
+* Without any roles record: the embedded store is a one-person workspace and its user is admin;
+  on a shared ``mlflow server`` everyone is a **viewer** (an unconfigured shared server must not
+  hand everyone admin); the first admin is set with ``python -m agentops roles init --admin USER``.
 
 Pages hide or disable what a role may not do; the services call ``require`` again.
 """
@@ -15,14 +20,13 @@ Pages hide or disable what a role may not do; the services call ``require`` agai
 from __future__ import annotations
 
 import json
-import os
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from services.errors import ConfigurationError, PermissionDeniedError
+from services.errors import ConfigurationError, ConflictError, PermissionDeniedError, ValidationError
 from services.identity import Identity
-from services.settings import Backend, Settings
+from services.settings import Backend, Settings, read
 
 
 class Role(IntEnum):
@@ -80,29 +84,106 @@ def role_from_groups(groups: Iterable[str], mapping: Mapping[str, Role]) -> Role
     return max((mapping[g] for g in groups if g in mapping), default=Role.VIEWER)
 
 
-def roles_file(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    return Path(env.get("AGENTOPS_ROLES_FILE") or settings.data_dir / "roles.json")
+ROLES_KEY = "roles"
+
+
+class RolesSource(StrEnum):
+    FILE = "roles file"
+    STORE = "stored roles"
+    ONE_PERSON = "one-person store"
+    UNSET = "no roles set"
+
+
+def roles_file(settings: Settings, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The roles file managed outside the app (``AGENTOPS_ROLES_FILE``), or None when it is not set."""
+    value = read("AGENTOPS_ROLES_FILE", environ)
+    return Path(value) if value else None
+
+
+def _parse_table(data: Any, where: str) -> dict[str, Any]:
+    try:
+        users = {str(k).lower(): Role.parse(str(v)) for k, v in (data.get("users") or {}).items()}
+        default = Role.parse(str(data.get("default", "viewer")))
+    except (ValueError, AttributeError, ConfigurationError) as exc:
+        raise ConfigurationError(f"The roles in {where} are not valid: {exc}") from None
+    return {"users": {u: r.label for u, r in sorted(users.items())}, "default": default.label}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"The roles file {path} is not valid: {exc}") from None
+    return _parse_table(data, str(path))
+
+
+def roles_table(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any] | None, RolesSource, int]:
+    """The roles in force: (table or None, where it comes from, stored version)."""
+    from services import team_state
+
+    path = roles_file(settings, environ)
+    if path is not None:
+        if not path.exists():
+            raise ConfigurationError(f"AGENTOPS_ROLES_FILE names {path}, which does not exist.")
+        return _read_file(path), RolesSource.FILE, 0
+    record = team_state.read(ROLES_KEY, settings)
+    if record is None:
+        record = team_state.migrate_file(ROLES_KEY, settings.data_dir / "roles.json", _read_file, settings)
+    if record is not None:
+        return _parse_table(record.value, "the stored roles record"), RolesSource.STORE, record.version
+    if settings.backend is Backend.LOCAL:
+        return None, RolesSource.ONE_PERSON, 0
+    return None, RolesSource.UNSET, 0
 
 
 def local_role(identity: Identity, settings: Settings, environ: Mapping[str, str] | None = None) -> Role:
-    """A local user's role from the roles file (admin for everyone when there is none)."""
-    path = roles_file(settings, environ)
-    if not path.exists():
-        return Role.ADMIN
+    """A user's role from the team's roles (embedded store without roles: admin; shared server: viewer)."""
+    table, source, _ = roles_table(settings, environ)
+    if table is None:
+        return Role.ADMIN if source is RolesSource.ONE_PERSON else Role.VIEWER
+    return Role.parse(table["users"].get(identity.user.lower(), table["default"]))
+
+
+def grant(user: str, role: Role | str, *, identity: Identity, settings: Settings,
+          expected_version: int | None = None) -> dict[str, Any]:
+    """Give ``user`` a role in the stored roles record (admins only; recorded with who did it)."""
+    from services import team_state
+
+    user = (user or "").strip().lower()
+    if not user or any(not c.isprintable() for c in user) or len(user) > 256:
+        raise ValidationError(f"{user!r} is not a user name; give the user's email or name.")
+    role = role if isinstance(role, Role) else Role.parse(str(role))
+    enforce(identity, Action.EDIT_RULES, settings)
+    table, source, version = roles_table(settings)
+    if source is RolesSource.FILE:
+        raise ValidationError("Roles come from AGENTOPS_ROLES_FILE here; edit that file instead.")
+    table = dict(table or {"users": {}, "default": Role.VIEWER.label})
+    if source is RolesSource.ONE_PERSON:
+        table["users"] = {identity.user.lower(): Role.ADMIN.label}  # the one person keeps admin
+    table["users"] = {**table["users"], user: role.label}
+    record = team_state.write(ROLES_KEY, table, expected_version=version if expected_version is None else expected_version,
+                              user=identity.user, settings=settings, note=f"{user} → {role.label}")
+    return record.value
+
+
+def init_roles(admin: str, settings: Settings, *, by: str) -> dict[str, Any]:
+    """Set the first admin of a store that has no roles record yet (``ConflictError`` once one exists)."""
+    from services import team_state
+
+    admin = (admin or "").strip().lower()
+    if not admin:
+        raise ValidationError("Name the first admin (their email or user name).")
+    table = {"users": {admin: Role.ADMIN.label}, "default": Role.VIEWER.label}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        users = {str(k).lower(): Role.parse(str(v)) for k, v in (data.get("users") or {}).items()}
-        default = Role.parse(str(data.get("default", "viewer")))
-    except (ValueError, AttributeError) as exc:
-        raise ConfigurationError(f"The roles file {path} is not valid: {exc}") from None
-    return users.get(identity.user.lower(), default)
+        return team_state.write(ROLES_KEY, table, expected_version=0, user=by, settings=settings,
+                                note=f"first admin {admin}").value
+    except ConflictError:
+        raise ConflictError("This store already has roles; an admin grants new ones in the app.") from None
 
 
 def databricks_role(identity: Identity, workspace_client: Any, environ: Mapping[str, str] | None = None) -> Role:
     """A Databricks user's role from their workspace groups (read with their own client)."""
-    env = os.environ if environ is None else environ
-    mapping = parse_group_mapping(env.get("AGENTOPS_ROLE_GROUPS", ""))
+    mapping = parse_group_mapping(read("AGENTOPS_ROLE_GROUPS", environ))
     if not mapping:
         return Role.VIEWER
     me = workspace_client.current_user.me()
@@ -132,8 +213,7 @@ def require(role: Role, action: Action, identity: Identity) -> None:
 
 def user_authorization_required(environ: Mapping[str, str] | None = None) -> bool:
     """True when the app is configured to act as the signed-in user (``AGENTOPS_USER_AUTHORIZATION=on``)."""
-    env = os.environ if environ is None else environ
-    return (env.get("AGENTOPS_USER_AUTHORIZATION") or "").strip().lower() in ("1", "on", "true", "yes")
+    return read("AGENTOPS_USER_AUTHORIZATION", environ).lower() in ("1", "on", "true", "yes")
 
 
 def require_user_token(identity: Identity, settings: Settings, environ: Mapping[str, str] | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -12,6 +11,7 @@ from mlflow.entities import Feedback, SpanType
 from mlflow.genai.scorers import scorer
 
 from services.errors import ValidationError
+from services.settings import read
 
 
 def answer_text(outputs: Any) -> str:
@@ -203,10 +203,9 @@ DEFAULT_SCORERS = ("expected_facts", "required_tools")
 
 def judge_model(environ: dict[str, str] | None = None, *, databricks: bool = False) -> tuple[str | None, str]:
     """The judge model URI to use and, when there is none, the reason judges cannot run."""
-    env = os.environ if environ is None else environ
-    model = (env.get(JUDGE_MODEL_ENV) or "").strip()
+    model = read(JUDGE_MODEL_ENV, environ)
     if model:
-        if model.startswith("openai:/") and not (env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL")):
+        if model.startswith("openai:/") and not (read("OPENAI_API_KEY", environ) or read("OPENAI_BASE_URL", environ)):
             return None, (f"{JUDGE_MODEL_ENV}={model} needs OPENAI_BASE_URL (an OpenAI-compatible endpoint) "
                           "or OPENAI_API_KEY.")
         return model, ""

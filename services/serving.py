@@ -1,7 +1,7 @@
 """Serving endpoints and their traffic splits.
 
-Locally, endpoint configurations live in ``<data dir>/endpoints.json`` and the local gateway
-serves them; on Databricks they are Model Serving endpoints read through ``databricks-sdk``.
+Locally and on an ``mlflow server``, endpoint configurations are versioned records in the tracking
+store (``services.team_state``), shared by everyone on it, and the local gateway serves them; on Databricks they are Model Serving endpoints read through ``databricks-sdk``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable
 
-from services._clients import get_settings, translate_errors, workspace_client
+from services._clients import app_workspace_client, get_settings, translate_errors, workspace_client
 from services.errors import (
     AgentOpsError,
     BackendUnavailableError,
@@ -37,16 +36,33 @@ class EndpointState(StrEnum):
     READY = "ready"
     UPDATING = "update in progress"
     FAILED = "update failed"
+    CANCELED = "update canceled"
     NOT_READY = "not ready"
 
 
 @dataclass(frozen=True)
 class ServedVersion:
-    """A registered model version served under ``entity_name``."""
+    """What an endpoint serves under ``entity_name``: a registered model version, or (on Databricks) an
+    external or foundation model, which has no version and is shown and edited by its entity name."""
 
     entity_name: str
     model_name: str
     model_version: str
+    detail: str = ""  # e.g. "external model openai/gpt-4o"; empty for registered versions
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name} v{self.model_version}" if self.model_version else self.entity_name
+
+    @property
+    def label(self) -> str:
+        """How people name the arm: ``model vN`` for a registered version, ``provider/model`` for a gateway model."""
+        return version_label(self.model_name, self.model_version)
+
+
+def version_label(model_name: str, version: str | None) -> str:
+    """``model vN``, or just the model when it has no registry version (MLflow AI Gateway arms)."""
+    return f"{model_name} v{version}" if version else model_name
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,21 @@ class Endpoint:
     updated_by: str | None = None
     sticky: bool = False
     backend: str = "local"
+    # Databricks: a rollout's pending split, why the
+    # endpoint cannot be edited, and why it could not be read (an endpoint that fails alone).
+    # The concurrency token of the stored configuration: Model Serving's config version on Databricks, the
+    # version of the team-state record for local endpoints. A write names the one it read.
+    config_version: int | None = field(default=None, compare=False)
+    pending_routes: tuple[TrafficRoute, ...] = ()
+    read_only: str | None = None
+    error: str | None = None
+
+    @property
+    def pending_percentages(self) -> dict[str, int]:
+        """The split a rollout in progress will serve (empty when none is rolling out)."""
+        by_entity = {s.entity_name: s for s in self.served}
+        return {by_entity[r.entity_name].label if r.entity_name in by_entity else r.entity_name: r.percentage
+                for r in self.pending_routes}
 
     def percentage_for(self, entity_name: str) -> int:
         return next((r.percentage for r in self.routes if r.entity_name == entity_name), 0)
@@ -97,54 +128,78 @@ def list_endpoints(settings: Settings | None = None) -> list[Endpoint]:
     """All serving endpoints of the backend with their served versions and split."""
     settings = settings or get_settings()
     if settings.backend is Backend.DATABRICKS:
-        with translate_errors("Model Serving"):
-            endpoints = workspace_client(settings).serving_endpoints
-            # The list call returns config summaries without traffic routes; get() has them.
-            return [_from_sdk(endpoints.get(summary.name)) for summary in endpoints.list()]
+        return _list_databricks(settings)
     return sorted(_read_local(settings).values(), key=lambda e: e.name)
 
 
-# --- local store -----------------------------------------------------------------------------
+# --- local store ---------------------------------------------------------------------------------
+# Local and mlflow-backend endpoint configurations are team state: one versioned record per endpoint
+# in the tracking store (``services.team_state``), so everyone on the store sees the same splits.
+
+ENDPOINT_KEY = "endpoint:"
 
 
 def local_config_path(settings: Settings) -> Path:
+    """The embedded store's former endpoint file, migrated into the tracking store once."""
     return settings.data_dir / "endpoints.json"
 
 
 def _read_local(settings: Settings) -> dict[str, Endpoint]:
+    from services import team_state
+
+    records = team_state.read_all(settings, ENDPOINT_KEY)
+    if not records and _migrate_endpoint_file(settings):
+        records = team_state.read_all(settings, ENDPOINT_KEY)
+    return {r.value["name"]: _endpoint_from_json(r.value, r.version) for r in records.values()}
+
+
+def _migrate_endpoint_file(settings: Settings) -> bool:
+    from services import team_state
+
     path = local_config_path(settings)
-    if not path.exists():
-        return {}
+    if settings.backend is not Backend.LOCAL or not path.exists():
+        return False
     with translate_errors(f"endpoint configuration {path}"):
         raw = json.loads(path.read_text(encoding="utf-8"))
-    return {item["name"]: _endpoint_from_json(item) for item in raw.get("endpoints", [])}
+    for item in raw.get("endpoints", []):
+        try:
+            team_state.write(ENDPOINT_KEY + item["name"], item, expected_version=0, user=team_state.MIGRATED_BY,
+                             settings=settings, note=f"migrated from {path}")
+        except ConflictError:
+            pass  # another process migrated it first
+    return True
 
 
-def save_local_endpoint(endpoint: Endpoint, settings: Settings | None = None) -> Endpoint:
-    """Validate and store one local endpoint configuration atomically."""
+def save_local_endpoint(endpoint: Endpoint, settings: Settings | None = None, *,
+                        expected_version: int | None = None) -> Endpoint:
+    """Validate and store one endpoint configuration in the tracking store.
+
+    With ``expected_version`` the write succeeds only if nobody changed the endpoint since that version
+    (``ConflictError`` otherwise); without it, it is written over the current version.
+    """
+    from services import team_state
+
     settings = settings or get_settings()
     validate_routes(endpoint.served, endpoint.routes)
-    endpoints = _read_local(settings)
-    endpoints[endpoint.name] = endpoint
-    path = local_config_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"endpoints": [_endpoint_to_json(e) for e in sorted(endpoints.values(), key=lambda e: e.name)]}
-    # Write-then-rename so a crash never leaves a half-written config for the gateway.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".endpoints.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
-    return endpoint
+    key = ENDPOINT_KEY + endpoint.name
+    if expected_version is None:
+        current = team_state.read(key, settings)
+        expected_version = current.version if current else 0
+    record = team_state.write(key, _endpoint_to_json(endpoint), expected_version=expected_version,
+                              user=endpoint.updated_by or "unknown", settings=settings,
+                              note=_describe_split(_percentages(endpoint)))
+    return _endpoint_from_json(record.value, record.version)
 
 
 def _endpoint_to_json(endpoint: Endpoint) -> dict[str, Any]:
     data = asdict(endpoint)
+    data.pop("config_version", None)
     data["state"] = endpoint.state.value
     data["updated_at"] = endpoint.updated_at.isoformat() if endpoint.updated_at else None
     return data
 
 
-def _endpoint_from_json(item: dict[str, Any]) -> Endpoint:
+def _endpoint_from_json(item: dict[str, Any], version: int = 0) -> Endpoint:
     return Endpoint(
         name=item["name"],
         served=tuple(ServedVersion(**s) for s in item.get("served", [])),
@@ -154,26 +209,48 @@ def _endpoint_from_json(item: dict[str, Any]) -> Endpoint:
         updated_by=item.get("updated_by"),
         sticky=bool(item.get("sticky", False)),
         backend="local",
+        config_version=version,
     )
 
 
 # --- Databricks --------------------------------------------------------------------------------
 
 
-def _from_sdk(endpoint: Any) -> Endpoint:
-    config = endpoint.config
-    served = tuple(
-        ServedVersion(
-            entity_name=entity.name or "",
-            model_name=entity.entity_name or "",
-            model_version=str(entity.entity_version or ""),
-        )
-        for entity in ((config.served_entities if config else None) or [])
-    )
-    routes = tuple(
+def _served_from_sdk(entity: Any) -> ServedVersion:
+    name = entity.name or ""
+    if entity.external_model is not None:
+        model = entity.external_model
+        provider = getattr(model.provider, "value", model.provider) or ""
+        return ServedVersion(name, name, "", f"external model {provider}/{model.name or ''}".rstrip("/"))
+    if entity.foundation_model is not None:
+        model = entity.foundation_model
+        return ServedVersion(name, name, "", f"foundation model {model.display_name or model.name or ''}".strip())
+    if not entity.entity_name:
+        return ServedVersion(name, name, "", "")
+    return ServedVersion(name, entity.entity_name, str(entity.entity_version or ""))
+
+
+def _routes_from_sdk(traffic_config: Any) -> tuple[TrafficRoute, ...]:
+    return tuple(
         TrafficRoute(route.served_entity_name or route.served_model_name or "", int(route.traffic_percentage or 0))
-        for route in ((config.traffic_config.routes if config and config.traffic_config else None) or [])
+        for route in ((traffic_config.routes if traffic_config else None) or [])
     )
+
+
+def _from_sdk(endpoint: Any, updated_by: str | None = None) -> Endpoint:
+    """An SDK ``ServingEndpointDetailed`` as an ``Endpoint``; ``updated_by`` comes from the audit trail
+    (the endpoint itself only names its creator)."""
+    config = endpoint.config
+    entities = (config.served_entities if config else None) or []
+    served = tuple(_served_from_sdk(entity) for entity in entities)
+    routes = _routes_from_sdk(config.traffic_config if config else None)
+    if not routes and len(served) == 1:
+        routes = (TrafficRoute(served[0].entity_name, 100),)  # one entity, no traffic config: it takes everything
+    read_only = None
+    if any(e.foundation_model is not None for e in entities):
+        read_only = ("a pay-per-token foundation model endpoint: Databricks manages its configuration, so its "
+                     "traffic cannot be changed")
+    pending = endpoint.pending_config
     state = EndpointState.NOT_READY
     if endpoint.state is not None:
         update = str(getattr(endpoint.state.config_update, "value", endpoint.state.config_update) or "")
@@ -182,6 +259,8 @@ def _from_sdk(endpoint: Any) -> Endpoint:
             state = EndpointState.UPDATING
         elif update == "UPDATE_FAILED":
             state = EndpointState.FAILED
+        elif update == "UPDATE_CANCELED":
+            state = EndpointState.CANCELED
         elif ready == "READY":
             state = EndpointState.READY
     updated = (
@@ -189,7 +268,54 @@ def _from_sdk(endpoint: Any) -> Endpoint:
         if endpoint.last_updated_timestamp
         else None
     )
-    return Endpoint(endpoint.name, served, routes, state, updated, endpoint.creator, False, "databricks")
+    return Endpoint(endpoint.name, served, routes, state, updated, updated_by, False, "databricks",
+                    config_version=config.config_version if config else None,
+                    pending_routes=_routes_from_sdk(pending.traffic_config) if pending else (),
+                    read_only=read_only)
+
+
+def _last_changed_by(settings: Settings, endpoint: str | None = None) -> dict[str, str]:
+    """Who made the latest recorded change of each endpoint (the audit trail; empty when unreadable)."""
+    from services import traffic_audit
+
+    try:
+        changes = traffic_audit.traffic_changes(endpoint, settings=settings)
+    except AgentOpsError as exc:
+        _logger.warning("Could not read the audit trail for 'last updated by': %s", exc)
+        return {}
+    latest: dict[str, str] = {}
+    for change in changes:  # newest first
+        if change.completed:
+            latest.setdefault(change.endpoint, change.user)
+    return latest
+
+
+def _list_databricks(settings: Settings) -> list[Endpoint]:
+    """Every endpoint, each read on its own: one that fails (deleted meanwhile, forbidden, throttled)
+    comes back with ``error`` set instead of failing the list."""
+    from databricks.sdk.errors import NotFound
+
+    from services._clients import classify_error
+
+    with translate_errors("Model Serving"):
+        api = workspace_client(settings).serving_endpoints
+        # The list call returns config summaries without traffic routes; get() has them.
+        names = [summary.name for summary in api.list()]
+    if settings.serving_endpoint and settings.serving_endpoint not in names:
+        names.insert(0, settings.serving_endpoint)  # the app's own resource, even if the list leaves it out
+    who = _last_changed_by(settings)
+    found: list[Endpoint] = []
+    for name in names:
+        try:
+            found.append(_from_sdk(api.get(name), who.get(name)))
+        except NotFound:
+            _logger.info("Serving endpoint %s was deleted after it was listed.", name)
+        except Exception as exc:  # noqa: BLE001 - one endpoint's failure is shown on that endpoint
+            error = classify_error(exc, f"serving endpoint {name!r}")
+            found.append(Endpoint(name, (), (), EndpointState.NOT_READY, backend="databricks", error=str(error),
+                                  read_only=str(error)))
+    first = settings.serving_endpoint
+    return sorted(found, key=lambda e: (e.name != first, e.name))
 
 
 # --- changing a split ----------------------------------------------------------------------------
@@ -212,11 +338,8 @@ def _percentages(endpoint: Endpoint) -> dict[str, int]:
 
         return ai_gateway.percentages(endpoint)
     by_entity = {s.entity_name: s for s in endpoint.served}
-    return {
-        f"{by_entity[r.entity_name].model_name} v{by_entity[r.entity_name].model_version}"
-        if r.entity_name in by_entity else r.entity_name: r.percentage
-        for r in endpoint.routes
-    }
+    return {by_entity[r.entity_name].label if r.entity_name in by_entity else r.entity_name: r.percentage
+            for r in endpoint.routes}
 
 
 # databricks-agents' naming (``databricks/agents/deployments.py``): names are cut to 63 characters,
@@ -247,7 +370,8 @@ def get_endpoint(name: str, settings: Settings | None = None) -> Endpoint:
     settings = settings or get_settings()
     if settings.backend is Backend.DATABRICKS:
         with translate_errors(f"serving endpoint {name!r}"):
-            return _from_sdk(workspace_client(settings).serving_endpoints.get(name))
+            detailed = workspace_client(settings).serving_endpoints.get(name)
+        return _from_sdk(detailed, _last_changed_by(settings, name).get(name))
     endpoint = _read_local(settings).get(name)
     if endpoint is None:
         raise NotFoundError(f"Serving endpoint {name!r} does not exist.")
@@ -269,7 +393,8 @@ def _normalised_weights(weights: dict[tuple[str, str], int]) -> dict[tuple[str, 
     """The split keyed by normalised versions; a version named twice (e.g. "1" and "01") is refused."""
     normalised: dict[tuple[str, str], int] = {}
     for (model_name, version), pct in weights.items():
-        key = (model_name, normalise_version(version))
+        # An external or foundation model has no version: it is named by its served entity.
+        key = (model_name, "") if version in ("", None) else (model_name, normalise_version(version))
         if key in normalised:
             raise ValidationError(f"{model_name} v{key[1]} is listed twice in the split; give each version one share.")
         normalised[key] = pct
@@ -297,7 +422,13 @@ def plan_split(
             raise ValidationError(f"{model_name} v{version}: the share must be a whole number of percent.")
     weights = _normalised_weights(weights)
     before = get_endpoint(endpoint_name, settings)
+    if before.read_only:
+        raise ValidationError(f"{endpoint_name!r} is {before.read_only}.")
     existing = {(s.model_name, s.model_version): s for s in before.served}
+    for model_name, version in weights:
+        if not version and (model_name, version) not in existing:
+            raise ValidationError(f"{model_name!r} is not served by {endpoint_name!r}; name a registered model version "
+                                  "or one of the endpoint's served entities.")
     served = tuple(
         existing.get((m, v)) or ServedVersion(entity_name_for(m, v), m, v) for (m, v) in weights
     )
@@ -377,6 +508,7 @@ class _SplitWriter:
     def __init__(self, plan: SplitPlan, user: str, settings: Settings, user_token: str | None, progress) -> None:
         self.plan, self.user, self.settings = plan, user, settings
         self.user_token, self.progress = user_token, progress
+        self._read_version: int | None = None
 
     @property
     def name(self) -> str:
@@ -393,6 +525,7 @@ class _SplitWriter:
         current = _read_local(self.settings).get(self.name)
         if current is None:
             raise NotFoundError(f"Endpoint {self.name!r} does not exist any more.")
+        self._read_version = current.config_version  # the version the check saw; the write must find it
         return current
 
     def holds(self, endpoint: Endpoint, target: Endpoint) -> bool:
@@ -401,7 +534,12 @@ class _SplitWriter:
             self.plan.before.backend != "local" or endpoint.sticky == target.sticky)
 
     def check_unchanged(self) -> None:
-        """Refuse a plan made against a split that has changed since (local and AI Gateway endpoints)."""
+        """Refuse a plan made against a split that has changed since; nothing is recorded or sent."""
+        if self.plan.before.backend == "databricks":
+            current = self.current()
+            if _changed_since(self.plan.before, current):
+                raise _conflict(self.plan.before, _from_sdk_with_author(current, self.settings))
+            return
         if self.plan.before.backend == "mlflow-gateway" or self.settings.backend is not Backend.DATABRICKS:
             current = self.current()
             if (current.served, current.routes, current.sticky) != (
@@ -427,6 +565,7 @@ class _SplitWriter:
                 sticky=plan.after.sticky, backend="local",
             ),
             self.settings,
+            expected_version=self._read_version,
         )
 
 
@@ -547,7 +686,55 @@ def _split_lock(endpoint_name: str) -> threading.Lock:
         return _split_locks.setdefault(endpoint_name, threading.Lock())
 
 
+def _entity_input(output: Any) -> Any:
+    """The ``ServedEntityInput`` that re-sends a served entity exactly as Model Serving returned it.
+
+    ``update_config`` replaces the whole config: a field left out (``environment_vars`` with the
+    tracing experiment and secret references, ``workload_type``, ``instance_profile_arn``, provisioned
+    throughput, ``external_model``…) is gone afterwards. Every input field is copied from the output.
+    """
+    import dataclasses
+
+    from databricks.sdk.service import serving as sdk
+
+    fields = {f.name for f in dataclasses.fields(sdk.ServedEntityInput)}
+    return sdk.ServedEntityInput.from_dict({k: v for k, v in output.as_dict().items() if k in fields})
+
+
+def _describe_endpoint(endpoint: Endpoint) -> str:
+    text = _describe_split(_percentages(endpoint))
+    if endpoint.pending_routes:
+        text += f" (rolling out: {_describe_split(endpoint.pending_percentages)})"
+    return text
+
+
+def _changed_since(plan_before: Endpoint, current: Endpoint) -> bool:
+    if plan_before.config_version is not None and current.config_version is not None:
+        return plan_before.config_version != current.config_version or bool(current.pending_routes)
+    return (current.served, current.routes) != (plan_before.served, plan_before.routes)
+
+
+def _conflict(plan_before: Endpoint, current: Endpoint) -> ConflictError:
+    return ConflictError(
+        f"{current.name!r} changed since this change was prepared (config version "
+        f"{plan_before.config_version} → {current.config_version}"
+        + (f", last recorded change by {current.updated_by}" if current.updated_by else "")
+        + f"): it now serves {_describe_endpoint(current)}. Nothing was sent; review the new state and try again."
+    )
+
+
+def _from_sdk_with_author(endpoint: Endpoint, settings: Settings) -> Endpoint:
+    from dataclasses import replace
+
+    return replace(endpoint, updated_by=_last_changed_by(settings, endpoint.name).get(endpoint.name))
+
+
 def _apply_databricks(plan: SplitPlan, settings: Settings, user_token: str | None, progress) -> Endpoint:
+    """Send the planned split with ``update_config``, every served entity re-sent as read.
+
+    Refused (``ConflictError``, nothing sent) when the endpoint's config changed since the plan was made:
+    a colleague's deploy between preview and confirm would otherwise be silently removed.
+    """
     from datetime import timedelta
 
     from databricks.sdk.errors import OperationFailed, PermissionDenied, ResourceConflict
@@ -559,24 +746,28 @@ def _apply_databricks(plan: SplitPlan, settings: Settings, user_token: str | Non
     name = plan.before.name
     try:
         current = client.serving_endpoints.get(name)
-        templates = {e.name: e for e in (current.config.served_entities or [])} if current.config else {}
-        default = next(iter(templates.values()), None)
+        if _changed_since(plan.before, _from_sdk(current)):
+            raise _conflict(plan.before, _from_sdk(current, _last_changed_by(settings, name).get(name)))
+        outputs = {e.name: e for e in (current.config.served_entities or [])} if current.config else {}
+        registered = [e for e in outputs.values() if e.entity_name and e.external_model is None]
+        template = registered[0] if registered else None
         entities = []
         for served in plan.after.served:
-            template = templates.get(served.entity_name) or default
-            entities.append(
-                sdk.ServedEntityInput(
-                    name=served.entity_name,
-                    entity_name=served.model_name,
-                    entity_version=served.model_version,
-                    workload_size=getattr(template, "workload_size", None) or "Small",
-                    scale_to_zero_enabled=getattr(template, "scale_to_zero_enabled", True),
-                )
-            )
+            if served.entity_name in outputs:
+                entities.append(_entity_input(outputs[served.entity_name]))
+                continue
+            # A version new to the endpoint: sized and configured like the endpoint's other versions
+            # (same workload, scale-to-zero and environment, where agents.deploy keeps the tracing setup).
+            base = _entity_input(template).as_dict() if template is not None else {}
+            keep = {k: base[k] for k in ("workload_size", "workload_type", "scale_to_zero_enabled", "environment_vars",
+                                         "instance_profile_arn") if k in base}
+            entities.append(sdk.ServedEntityInput.from_dict({
+                "workload_size": "Small", "scale_to_zero_enabled": True, **keep,
+                "name": served.entity_name, "entity_name": served.model_name, "entity_version": served.model_version,
+            }))
         routes = [sdk.Route(served_entity_name=r.entity_name, traffic_percentage=r.percentage) for r in plan.after.routes]
         waiter = client.serving_endpoints.update_config(
-            name, served_entities=entities, traffic_config=sdk.TrafficConfig(routes=routes)
-        )
+            name, served_entities=entities, traffic_config=sdk.TrafficConfig(routes=routes))
         if progress:
             progress(f"Update of {name!r} submitted; waiting for Model Serving to roll it out…")
 
@@ -585,6 +776,8 @@ def _apply_databricks(plan: SplitPlan, settings: Settings, user_token: str | Non
                 progress(f"{name}: config update {getattr(endpoint.state.config_update, 'value', endpoint.state.config_update)}")
 
         detailed = waiter.result(timeout=timedelta(minutes=30), callback=report)
+    except AgentOpsError:
+        raise
     except OperationFailed as exc:
         raise ConflictError(
             f"Model Serving could not apply the new split on {name!r} ({exc}); the endpoint keeps serving "
@@ -691,7 +884,8 @@ def plan_deploy(model_name: str, version: Any, *, experiment_id: str | None = No
     entity = entity_name_for(name, number)
     client = workspace_client(settings, user_token=user_token)
     try:
-        client.model_versions.get(name, int(number))
+        # Unity Catalog is outside every Databricks Apps user scope: the app reads the version.
+        app_workspace_client(settings).model_versions.get(name, int(number))
     except NotFound:
         raise NotFoundError(f"Version {number} of {name} does not exist in Unity Catalog; nothing was deployed.") from None
     except Exception as exc:  # noqa: BLE001 - classified below
@@ -768,7 +962,9 @@ def deploy_version(
     if plan is not None and (plan.model_name, plan.model_version, plan.endpoint_name) != (
             fresh.model_name, fresh.model_version, fresh.endpoint_name):
         raise ValidationError("The confirmed plan is for another model or version; review the deployment again.")
-    if plan is not None and plan.percentages()[0] != fresh.percentages()[0]:
+    if plan is not None and (plan.percentages()[0] != fresh.percentages()[0] or (
+            plan.before is not None and fresh.before is not None
+            and plan.before.config_version != fresh.before.config_version)):
         raise ConflictError(f"The split of {fresh.endpoint_name!r} changed since this deployment was prepared; "
                             "review it again.")
     before_pct, after_pct = fresh.percentages()
@@ -787,7 +983,9 @@ def deploy_version(
                             fresh.model_version, audit_error)
 
     try:
-        result = run_agents_call("deploy", args, settings, user_token=user_token)
+        # databricks-agents calls Unity Catalog, MLflow and the agents API, which no Databricks Apps user
+        # scope covers: it runs as the app's service principal, after the role check, with the user audited.
+        result = run_agents_call("deploy", args, settings)
     except AgentOpsError as exc:
         record_failure(f"failed: {exc}")
         raise

@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from services.audit import REQUEST_TAG, STATE_TAG, quote, run_tag
-from services._clients import get_or_create_experiment, get_settings, mlflow_client, translate_errors
+from services.audit import REQUEST_TAG, STATE_TAG, audit_experiment_id, quote, run_tag
+from services._clients import get_settings, mlflow_client, translate_errors
 from services.settings import Settings
 
 _PREFIX = "agentops.audit."
@@ -87,8 +87,8 @@ def open_traffic_change(
         STATE_TAG: "intent",
         "mlflow.user": user,
     }
-    with translate_errors(f"the audit experiment {settings.audit_experiment!r}"):
-        experiment_id = get_or_create_experiment(client, settings.audit_experiment, settings)
+    with translate_errors(f"the audit experiment {settings.audit_label!r}"):
+        experiment_id = audit_experiment_id(client, settings, create=True)
         run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags,
                                 run_name=f"{endpoint}: {action} (requested)")
     return _change(run.info.run_id, tags)
@@ -101,7 +101,7 @@ def complete_traffic_change(intent: TrafficChange, observed: dict[str, int], *, 
     client = mlflow_client(settings)
     done = {AFTER_TAG: json.dumps(observed, sort_keys=True), OUTCOME_TAG: outcome, STATE_TAG: "done",
             "mlflow.runName": f"{intent.endpoint}: {intent.action}"}
-    with translate_errors(f"the audit experiment {settings.audit_experiment!r}"):
+    with translate_errors(f"the audit experiment {settings.audit_label!r}"):
         # One batch: the observed split and the done state land together or not at all.
         client.log_batch(intent.run_id, tags=[run_tag(k, v) for k, v in done.items()])
         client.set_terminated(intent.run_id, status="FINISHED")
@@ -112,7 +112,7 @@ def abandon_traffic_change(intent: TrafficChange, why: str, *, settings: Setting
     """Close an intent whose change was definitely not made (refused), and delete it from the trail."""
     settings = settings or get_settings()
     client = mlflow_client(settings)
-    with translate_errors(f"the audit experiment {settings.audit_experiment!r}"):
+    with translate_errors(f"the audit experiment {settings.audit_label!r}"):
         client.log_batch(intent.run_id, tags=[run_tag(STATE_TAG, "refused"), run_tag(REASON_TAG + ".refused", why[:7_900])])
         client.set_terminated(intent.run_id, status="FAILED")
         client.delete_run(intent.run_id)
@@ -133,11 +133,11 @@ def _search(settings: Settings | None, extra: list[str], *, limit: int = 200) ->
     settings = settings or get_settings()
     client = mlflow_client(settings)
     with translate_errors("the audit trail"):
-        experiment = client.get_experiment_by_name(settings.audit_experiment)
-        if experiment is None:
+        experiment_id = audit_experiment_id(client, settings, create=False)
+        if experiment_id is None:
             return []
         clauses = [f"tags.`{KIND_TAG}` = '{TRAFFIC_KIND}'", *extra]
-        runs = client.search_runs([experiment.experiment_id], " AND ".join(clauses), max_results=limit,
+        runs = client.search_runs([experiment_id], " AND ".join(clauses), max_results=limit,
                                   order_by=["attributes.start_time DESC"])
     changes = [_change(r.info.run_id, r.data.tags) for r in runs]
     return sorted(changes, key=lambda c: c.at, reverse=True)

@@ -788,14 +788,35 @@ def trace_model_ids(
         with store.engine.connect() as connection:
             values = {row[0] for row in connection.execute(statement)}
     else:
+        values = set()
+        for info in _newest_trace_infos(client, experiment_ids, start_ms, end_ms, sample):
+            metadata = info.trace_metadata or {}
+            if not (live_only and metadata.get(SOURCE_RUN_KEY)):
+                values.add(metadata.get(MODEL_ID_KEY))
+    return sorted(v for v in values if v)
+
+
+# The most traces one `search_traces` page may ask `mlflow server` for (its handler refuses more).
+SEARCH_TRACES_PAGE_LIMIT = 500
+
+
+def _newest_trace_infos(client: MlflowClient, experiment_ids: Sequence[str], start_ms: int, end_ms: int,
+                        sample: int) -> list[Any]:
+    """The newest ``sample`` trace infos of a window, in pages the server accepts (no spans read)."""
+    infos: list[Any] = []
+    token = None
+    while len(infos) < sample:
         page = client.search_traces(
             locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
                                                           f"trace.timestamp_ms < {end_ms}",
-            max_results=sample, include_spans=False, order_by=["timestamp_ms DESC"],
+            max_results=min(SEARCH_TRACES_PAGE_LIMIT, sample - len(infos)), include_spans=False,
+            order_by=["timestamp_ms DESC"], page_token=token,
         )
-        values = {(t.info.trace_metadata or {}).get(MODEL_ID_KEY) for t in page
-                  if not (live_only and (t.info.trace_metadata or {}).get(SOURCE_RUN_KEY))}
-    return sorted(v for v in values if v)
+        infos.extend(t.info for t in page)
+        token = page.token
+        if not token or not page:
+            break
+    return infos
 
 
 def trace_tag_values(
@@ -834,12 +855,7 @@ def trace_tag_values(
         with store.engine.connect() as connection:
             values = {row[0] for row in connection.execute(statement)}
     else:
-        page = client.search_traces(
-            locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {start_ms} AND "
-                                                          f"trace.timestamp_ms < {end_ms}",
-            max_results=sample, include_spans=False, order_by=["timestamp_ms DESC"],
-        )
-        values = {t.info.tags.get(key) for t in page}
+        values = {info.tags.get(key) for info in _newest_trace_infos(client, experiment_ids, start_ms, end_ms, sample)}
     return sorted((v for v in values if v), key=lambda v: (len(v), v))
 
 

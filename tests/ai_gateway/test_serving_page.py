@@ -76,3 +76,31 @@ def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gat
         "model-a": 0, "model-b": 100}
     assert [c.reason for c in traffic_audit.traffic_changes("gw-page", settings=gateway_server)] == [
         "b for everyone", "more of a"]
+
+
+def test_overview_lists_gateway_endpoints_named_by_provider_and_model(gateway_server, gateway_models, monkeypatch):
+    from components.charts import split_chart
+    from components.serving import arm_label
+
+    create_endpoint(gateway_server, gateway_models, "gw-overview", {"model-a": 0.8, "model-b": 0.2})
+    monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
+    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", gateway_server.mlflow_uri)
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(gateway_server.data_dir))
+    _clients._cached_settings.cache_clear()
+    import streamlit as st
+
+    st.cache_data.clear()  # an earlier test's app read the overview before this endpoint existed
+    try:
+        app = AppTest.from_file(APP, default_timeout=90)
+        app.run()
+        assert not app.exception
+        frames = [d.value for d in app.dataframe if "Traffic split" in d.value.columns]
+        rows = {r["Endpoint"]: r["Traffic split"] for f in frames for r in f.to_dict("records")}
+        assert "gw-overview" in rows, (rows, [w.value for w in app.warning], [i.value for i in app.info], [e.value for e in app.error])
+        assert rows["gw-overview"] == "openai/gpt-a 80% · openai/gpt-b 20%"  # no empty "v"
+    finally:
+        _clients._cached_settings.cache_clear()
+    endpoint = ai_gateway.get_endpoint("gw-overview", gateway_server)
+    texts = [bar.text for bar in split_chart((endpoint,)).data]
+    assert texts == ["openai/gpt-a · 80%", "openai/gpt-b · 20%"]
+    assert arm_label(endpoint, endpoint.served[0].entity_name) == "openai/gpt-a"

@@ -6,6 +6,11 @@ SCIM ``Me`` and the app's own OAuth M2M login. The app runs from ``scripts/run``
 Databricks Apps sets and user authorization on. Each browser user goes through their own proxy that
 signs requests the way Databricks Apps does. The checks read the harness's records (who, by bearer
 token, made each call) and the mlflow server's state (registry alias, audit runs, assessments).
+
+The harness is the strict one: a user's token carries only the scopes databricks.yml declares and is
+refused elsewhere ("Invalid scope"), experiment names must be absolute paths, and a split change must
+re-send every served entity's configuration. So Model Serving and the user directory are called with
+the user's token, MLflow and Unity Catalog by the app's service principal with the user recorded.
 """
 
 from __future__ import annotations
@@ -121,10 +126,12 @@ def _no_traceback(page) -> None:
 
 
 def _audit_runs(stack: Stack, kind: str) -> list:
-    client = stack.server()
-    experiment = client.get_experiment_by_name("agentops-audit")
-    assert experiment is not None, "no audit experiment on the server"
-    return client.search_runs([experiment.experiment_id], f"tags.`agentops.audit.kind` = '{kind}'")
+    # The audit-experiment resource (AGENTOPS_AUDIT_EXPERIMENT_ID), as app.yaml declares it.
+    return stack.server().search_runs([stack.ws.seeded.audit_experiment_id], f"tags.`agentops.audit.kind` = '{kind}'")
+
+
+def _no_scope_refusal(stack: Stack) -> None:
+    assert stack.ws.harness.scope_refusals == [], "a user token was used outside the declared scopes"
 
 
 def test_a_deep_link_right_after_start_goes_through_app_py(stack, page, artifacts_dir):
@@ -136,7 +143,7 @@ def test_a_deep_link_right_after_start_goes_through_app_py(stack, page, artifact
     assert "Olivia Ops" in sidebar and "Versions & releases" in sidebar, sidebar
 
 
-def test_operator_promotes_an_alias_with_their_own_token(warmed, page, artifacts_dir):
+def test_operator_promotes_an_alias_as_the_app_with_the_operator_recorded(warmed, page, artifacts_dir):
     stack = warmed
     start = len(stack.ws.forwarder.calls)
     _open(page, stack.operator, "/versions", "Versions & releases")
@@ -161,10 +168,12 @@ def test_operator_promotes_an_alias_with_their_own_token(warmed, page, artifacts
 
     assert stack.server().get_registered_model(dw.AGENT).aliases["champion"] == "2"
     calls = stack.ws.forwarder.calls[start:]
+    # No Apps user scope covers Unity Catalog: the app sets the alias, after checking the operator's role.
     sets = [c for c in calls if c.path == UC_ALIAS and c.method == "POST"]
-    assert [(c.principal, c.status) for c in sets] == [(dw.OPERATOR.email, 200)]
+    assert [(c.principal, c.status) for c in sets] == [(stack.ws.app_principal.name, 200)]
     writes = _writes(calls)
-    assert writes and {c.principal for c in writes} == {dw.OPERATOR.email}, [(c.path, c.principal) for c in writes]
+    assert writes and {c.principal for c in writes} == {stack.ws.app_principal.name}, [(c.path, c.principal) for c in writes]
+    _no_scope_refusal(stack)
     runs = _audit_runs(stack, "alias_change")
     assert [(r.data.tags["agentops.audit.user"], r.data.tags["agentops.audit.to_version"]) for r in runs] == [
         (dw.OPERATOR.email, "2")]
@@ -172,6 +181,7 @@ def test_operator_promotes_an_alias_with_their_own_token(warmed, page, artifacts
 
 def test_operator_changes_the_traffic_split_with_their_own_token(warmed, page, artifacts_dir):
     stack = warmed
+    kept = {e.name: e.as_dict() for e in stack.ws.harness.endpoints[dw.ENDPOINT].config.served_entities}
     start, logged = len(stack.ws.forwarder.calls), len(stack.ws.log.entries)
     _open(page, stack.operator, "/serving", "Serving & A/B traffic")
     for version in ("v1", "v2"):
@@ -195,10 +205,17 @@ def test_operator_changes_the_traffic_split_with_their_own_token(warmed, page, a
     routes = {r.served_entity_name: r.traffic_percentage
               for r in stack.ws.harness.endpoints[dw.ENDPOINT].config.traffic_config.routes}
     assert routes == {f"{dw.AGENT}_1": 50, f"{dw.AGENT}_2": 50}
+    # Model Serving is inside the declared scopes: the operator's own token changes the split …
     puts = [e for e in stack.ws.log.entries[logged:] if e.method == "PUT"]
     assert [(e.path, e.principal) for e in puts] == [(f"/api/2.0/serving-endpoints/{dw.ENDPOINT}/config", dw.OPERATOR.email)]
+    # … which changed the traffic and nothing else …
+    assert {e.name: e.as_dict() for e in stack.ws.harness.endpoints[dw.ENDPOINT].config.served_entities} == kept
+    # … and the audit trail (MLflow) is written by the app, naming the operator, who the page shows.
     writes = _writes(stack.ws.forwarder.calls[start:])
-    assert writes and {c.principal for c in writes} == {dw.OPERATOR.email}
+    assert writes and {c.principal for c in writes} == {stack.ws.app_principal.name}
+    _no_scope_refusal(stack)
+    # Streamlit puts a word joiner (U+2060) after "@": match the part before it.
+    page.get_by_text(f"last change by {dw.OPERATOR.email.split('@')[0]}@").wait_for(timeout=60_000)
     runs = _audit_runs(stack, "traffic_change")
     assert len(runs) == 1
     tags = runs[0].data.tags
@@ -246,15 +263,16 @@ def test_reviewer_gives_feedback_that_names_them_as_the_source(warmed, page, art
     assert set(mine) == {"thumbs_up", "comment"}
     assert mine["thumbs_up"].feedback.value is False
     assert str(mine["thumbs_up"].source.source_type).endswith("HUMAN")
-    # Claiming and completing the queue item are trace-tag writes made with the reviewer's token.
+    # Claiming and completing the queue item are trace-tag writes: MLflow, so made by the app.
     tag_writes = [c for c in stack.ws.forwarder.calls[start:] if c.path.endswith(f"/traces/{trace_id}/tags")]
-    assert tag_writes and {c.principal for c in tag_writes} == {dw.REVIEWER.email}
+    assert tag_writes and {c.principal for c in tag_writes} == {stack.ws.app_principal.name}
+    _no_scope_refusal(stack)
 
 
-def test_reviewers_feedback_was_sent_with_their_token(stack):
+def test_reviewers_feedback_was_written_by_the_app_in_their_name(stack):
     posts = [c for c in stack.ws.forwarder.calls if c.method == "POST" and c.path.endswith("/assessments")]
     assert posts, "the feedback test did not run first"
-    assert {c.principal for c in posts} == {dw.REVIEWER.email}
+    assert {c.principal for c in posts} == {stack.ws.app_principal.name}
 
 
 def test_without_a_forwarded_token_nothing_can_be_changed_and_nothing_is_sent(warmed, page, artifacts_dir):

@@ -72,6 +72,9 @@ def restartable_backend(root: Path, *, env: dict[str, str] | None = None,
     settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
                               "AGENTOPS_DATA_DIR": str(root / "data")})
     try:
+        from tests.harness.mlflow_server import open_team_roles
+
+        open_team_roles(settings)
         configure_mlflow(settings)
         yield srv, settings
     finally:

@@ -24,7 +24,6 @@ right before the fault and retried after it must come back from the journal with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -173,9 +172,13 @@ def _stored_traces(settings) -> dict[str, tuple[str, str, str, str]]:
 
 def _state_of_config_and_registry(settings) -> tuple:
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
-    config = serving.local_config_path(settings)
+    from services import team_state
+
+    # Endpoint configurations are team state in the store: every record's version and value.
+    config = sorted((key, record.version, repr(record.value))
+                    for key, record in team_state.read_all(settings, serving.ENDPOINT_KEY).items())
     versions = sorted((v.version, v.current_stage, v.source) for v in client.search_model_versions(f"name = '{MODEL}'"))
-    return hashlib.sha256(config.read_bytes()).hexdigest(), versions, client.get_registered_model(MODEL).aliases
+    return config, versions, client.get_registered_model(MODEL).aliases
 
 
 @pytest.fixture(scope="module")

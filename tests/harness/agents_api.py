@@ -213,13 +213,9 @@ class AgentsApi:
             state=sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.IN_PROGRESS,
                                     ready=sdk.EndpointStateReady.NOT_READY),
             pending_config=sdk.EndpointPendingConfig(
-                served_entities=[
-                    sdk.ServedEntityOutput(name=e.name, entity_name=e.entity_name, entity_version=e.entity_version,
-                                           workload_size=e.workload_size, scale_to_zero_enabled=e.scale_to_zero_enabled,
-                                           environment_vars=e.environment_vars)
-                    for e in config.served_entities or []
-                ],
-                traffic_config=config.traffic_config,
+                # Every field the request gave is kept, as Model Serving does.
+                served_entities=[sdk.ServedEntityOutput.from_dict(e.as_dict()) for e in config.served_entities or []],
+                traffic_config=config.traffic_config, config_version=1,
             ),
             tags=[sdk.EndpointTag.from_dict(t) for t in body.get("tags") or []],
             ai_gateway=sdk.AiGatewayConfig.from_dict(body["ai_gateway"]) if body.get("ai_gateway") else None,

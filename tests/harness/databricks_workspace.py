@@ -49,6 +49,7 @@ class Seeded:
     trace_ids: list[str]
     queue_id: str
     model_ids: dict[int, str]
+    audit_experiment_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,22 @@ class Workspace:
             "DATABRICKS_CLIENT_SECRET": CLIENT_SECRET,
             "DATABRICKS_APP_NAME": "agent-ops-console",
             "AGENTOPS_EXPERIMENT_IDS": self.seeded.experiment_id,
+            # app.yaml: the audit trail is the "audit-experiment" resource, by id.
+            "AGENTOPS_AUDIT_EXPERIMENT_ID": self.seeded.audit_experiment_id,
+            "AGENTOPS_SERVING_ENDPOINT": ENDPOINT,
             "AGENTOPS_USER_AUTHORIZATION": "on",
             "AGENTOPS_ROLE_GROUPS": ROLE_GROUPS,
         }
 
 
 def endpoint(creator: str = "olivia.ops@acme.example") -> sdk.ServingEndpointDetailed:
-    """The demo agent's serving endpoint: v1 80%, v2 20%, ready."""
-    entities = [sdk.ServedEntityOutput(name=f"{AGENT}_{n}", entity_name=AGENT, entity_version=str(n),
-                                       workload_size="Small", scale_to_zero_enabled=True) for n in (1, 2)]
+    """The demo agent's serving endpoint: v1 80%, v2 20%, ready, each version configured as
+    ``agents.deploy`` leaves it (tracing environment, a secret reference)."""
+    entities = [sdk.ServedEntityOutput.from_dict({
+        "name": f"{AGENT}_{n}", "entity_name": AGENT, "entity_version": str(n), "workload_size": "Small",
+        "scale_to_zero_enabled": True, "workload_type": "CPU", "creator": creator,
+        "environment_vars": {"ENABLE_MLFLOW_TRACING": "true", "MLFLOW_EXPERIMENT_ID": "1",
+                             "DATABRICKS_TOKEN": "{{secrets/agents/token}}"}}) for n in (1, 2)]
     return sdk.ServingEndpointDetailed(
         name=ENDPOINT, creator=creator,
         creation_timestamp=int((datetime.now(tz=timezone.utc) - timedelta(days=3)).timestamp() * 1000),
@@ -109,7 +117,7 @@ def endpoint(creator: str = "olivia.ops@acme.example") -> sdk.ServingEndpointDet
         state=sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.NOT_UPDATING,
                                 ready=sdk.EndpointStateReady.READY),
         config=sdk.EndpointCoreConfigOutput(
-            served_entities=entities,
+            served_entities=entities, config_version=1,
             traffic_config=sdk.TrafficConfig(routes=[
                 sdk.Route(served_entity_name=f"{AGENT}_1", traffic_percentage=80),
                 sdk.Route(served_entity_name=f"{AGENT}_2", traffic_percentage=20),
@@ -154,8 +162,13 @@ def seed_server(settings: Settings, *, traces: int = 6) -> Seeded:
     queue = rq.create_queue(rq.QueueSpec(name="Support spot check", source=rq.QueueSource.HAND_PICKED,
                                          experiment_ids=(experiment_id,), agent=agent.name,
                                          trace_ids=tuple(trace_ids[:3])), "seed@acme.example", settings)
+    # Named as a workspace requires (absolute paths): where the app looks for queues on Databricks.
+    review = client.get_experiment_by_name(rq.REVIEW_EXPERIMENT)
+    client.rename_experiment(review.experiment_id, f"/Shared/{rq.REVIEW_EXPERIMENT}")
+    # The audit-experiment resource.
+    audit_id = client.create_experiment("/Shared/agent-ops-console/audit")
     mlflow.set_experiment(experiment_name="Default")
-    return Seeded(experiment_id, list(trace_ids), queue.queue_id, model_ids)
+    return Seeded(experiment_id, list(trace_ids), queue.queue_id, model_ids, audit_id)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,15 @@ import pytest
 from services.settings import Settings, load_settings
 
 
+def open_team_roles(settings: Settings) -> None:
+    """Store the roles record ``everyone is admin`` on a shared server (MLflow's URIs are restored after)."""
+    from services import _clients, team_state
+
+    team_state.write("roles", {"users": {}, "default": "admin"}, expected_version=0, user="test-harness",
+                     settings=settings, note="tests act as many users")
+    _clients.configure_mlflow(_clients.get_settings())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -52,9 +61,13 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, on_fail:
 
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 120,
-                          backend_store_uri: str | None = None) -> Iterator[Settings]:
+                          backend_store_uri: str | None = None, open_roles: bool = True) -> Iterator[Settings]:
     """Start a one-worker server (temp SQLite store unless ``backend_store_uri``); yield settings for it;
-    stop it by PID."""
+    stop it by PID.
+
+    ``open_roles``: store a roles record making everyone admin, as a team that chose so would (the
+    tests act as many users). Without it the server has no roles and everyone is a viewer.
+    """
     port = free_port()
     process = subprocess.Popen(
         server_command(port, root, backend_store_uri=backend_store_uri),
@@ -63,8 +76,11 @@ def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None, t
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process, timeout_s)
-        yield load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
-                             "AGENTOPS_DATA_DIR": str(root / "data")})
+        settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url,
+                                  "AGENTOPS_DATA_DIR": str(root / "data")})
+        if open_roles:
+            open_team_roles(settings)
+        yield settings
     finally:
         process.terminate()
         process.wait(timeout=30)

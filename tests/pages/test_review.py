@@ -205,6 +205,10 @@ def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_
     experiment_id, ids = _store(isolated_settings, 2)
     queue = rq.create_queue(rq.QueueSpec("triage", rq.QueueSource.HAND_PICKED, (), agent="agent-a", trace_ids=tuple(ids)),
                             "owner@example.com", isolated_settings)
+    # On Databricks the app keeps queues under an absolute experiment path (a workspace refuses others).
+    local_client = _clients.mlflow_client(isolated_settings)
+    review = local_client.get_experiment_by_name(rq.REVIEW_EXPERIMENT)
+    local_client.rename_experiment(review.experiment_id, f"/Shared/{rq.REVIEW_EXPERIMENT}")
     from databricks.sdk.service import iam
 
     harness = DatabricksHarness().start()
@@ -239,8 +243,10 @@ def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_
         assert not app.exception
         assert not any(b.label == "Create a labeling session for this queue" for b in app.button)
         assert list(_link_buttons(app).values()) == [url]
-        # It was made as the signed-in reviewer (their token), not as the app.
-        assert {a for m, p, a in api.callers if m in ("POST", "PATCH")} == {"Bearer rev-token"}
+        # The Review App API is outside every Databricks Apps user scope: the app made it, after the
+        # reviewer's role check; the reviewer's token went nowhere outside its scopes.
+        assert {a for m, p, a in api.callers if m in ("POST", "PATCH")} == {"Bearer app-token"}
+        assert harness.scope_refusals == []
         assert any(t.value == f"Labeling session: triage ({queue.queue_id[:8]})" for t in app.text)
     finally:
         monkeypatch.undo()

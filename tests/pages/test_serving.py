@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from databricks.sdk.service import serving as sdk
 from streamlit.testing.v1 import AppTest
 
 from services import serving, traffic_audit
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
+
+
+def _endpoint_records(settings) -> dict:
+    """The stored endpoint configurations (team state records: version and value of each)."""
+    from services import team_state
+
+    return {k: (r.version, r.value) for k, r in team_state.read_all(settings, serving.ENDPOINT_KEY).items()}
 
 
 def _serving_page() -> AppTest:
@@ -23,7 +30,7 @@ def _serving_page() -> AppTest:
 
 
 def test_split_editor_checks_the_sum_and_a_bad_split_changes_nothing(seeded_settings):
-    before = serving.local_config_path(seeded_settings).read_text()
+    before = _endpoint_records(seeded_settings)
     app = _serving_page()
     assert not app.exception
     assert app.selectbox(key="serving_endpoint").value == "orders-prod"
@@ -32,7 +39,7 @@ def test_split_editor_checks_the_sum_and_a_bad_split_changes_nothing(seeded_sett
     assert any("Total: 80%" in e.value for e in app.error)
     review = app.button(key="review::orders-prod")
     assert review.disabled
-    assert serving.local_config_path(seeded_settings).read_text() == before
+    assert _endpoint_records(seeded_settings) == before
 
 
 def test_judge_tab_shows_arms_and_a_verdict(seeded_settings):
@@ -76,7 +83,7 @@ def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeyp
     roles_file = tmp_path / "roles.json"
     roles_file.write_text(_json.dumps({"users": {}, "default": "reviewer"}))
     monkeypatch.setenv("AGENTOPS_ROLES_FILE", str(roles_file))
-    before = serving.local_config_path(seeded_settings).read_text()
+    before = _endpoint_records(seeded_settings)
     app = _serving_page()
     assert not app.exception
     assert app.button(key="review::orders-prod").disabled
@@ -89,7 +96,7 @@ def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeyp
     with pytest.raises(PermissionDeniedError, match="operator"):
         serving.apply_split(plan, user="rev", reason="try", settings=seeded_settings,
                             identity=Identity("rev", "rev", IdentitySource.OS_USER))
-    assert serving.local_config_path(seeded_settings).read_text() == before
+    assert _endpoint_records(seeded_settings) == before
 
 
 # --- Databricks backend: the "Deploy version" tab --------------------------------------------------
@@ -171,10 +178,41 @@ def test_databricks_deploy_tab_previews_confirms_deploys_and_records(databricks_
     assert any("ship v3" in list(d.value.get("Reason", [])) for d in app.dataframe)
     (put,) = [r for r in harness.requests if r.method == "PUT"]
     assert put.body["traffic_config"]["routes"][0] == {"served_model_name": "main-demo-support_3", "traffic_percentage": 100}
-    # The deploy went out with the signed-in operator's token, not the app's.
-    assert {a for m, p, a in harness.api.callers if m in ("POST", "PUT")} == {"Bearer olivia-token"}
+    # databricks-agents is outside every Databricks Apps user scope: the deploy is the app's, made after the
+    # operator's role check (their token reads their groups), and audited in their name below.
+    assert {a for m, p, a in harness.api.callers if m in ("POST", "PUT")} == {"Bearer app-token"}
+    assert harness.scope_refusals == []
     (change,) = traffic_audit.traffic_changes(DBX_ENDPOINT)
     assert (change.user, change.action, change.reason) == ("olivia@example.com", "deploy v3", "ship v3")
+
+
+def test_databricks_page_shows_a_rollout_an_unreadable_endpoint_and_external_models_by_name(databricks_page):
+    from tests.services.test_serving_split import _external_endpoint
+
+    harness = databricks_page
+    harness.endpoints["chat-router"] = _external_endpoint()
+    harness.unreadable.add("zz-forbidden")
+    harness.endpoints["zz-forbidden"] = _external_endpoint()
+    harness.endpoints["zz-forbidden"].name = "zz-forbidden"
+    endpoint = harness.endpoints[DBX_ENDPOINT]
+    harness.change_endpoint(DBX_ENDPOINT, lambda e: setattr(e, "pending_config", sdk.EndpointPendingConfig(
+        served_entities=e.config.served_entities, traffic_config=sdk.TrafficConfig(routes=[
+            sdk.Route(served_entity_name="main-demo-support_1", traffic_percentage=0),
+            sdk.Route(served_entity_name="main-demo-support_2", traffic_percentage=100)]))))
+    endpoint.state = sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.IN_PROGRESS,
+                                       ready=sdk.EndpointStateReady.READY)
+    endpoint.last_updated_timestamp = 1_700_000_000_000
+    app = _serving_page()
+    assert not app.exception
+    info = " ".join(i.value for i in app.info)
+    assert "rolling out" in info and "main.demo.support v2 100%" in info, info
+    assert any("last change by nobody through this app" in c.value for c in app.caption)
+    app.selectbox(key="serving_endpoint").set_value("chat-router").run()
+    assert not app.exception
+    assert {n.label for n in app.number_input} >= {"gpt-4o", "gpt-4o-mini"}
+    app.selectbox(key="serving_endpoint").set_value("zz-forbidden").run()
+    assert not app.exception
+    assert any("cannot be read" in e.value and "CAN_QUERY" in e.value for e in app.error)
 
 
 def test_databricks_deploy_tab_is_disabled_for_a_viewer(databricks_page, monkeypatch):

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from services import releases
+from services.errors import NotFoundError
 from services.identity import Identity, IdentitySource
 from tests.services.test_releases import AGENT, GATE, build_agent
 
@@ -127,6 +128,37 @@ def test_history_tab_offers_rollback_and_flags_external_moves(release_store):
     st.cache_data.clear()  # reads are cached for 30 s; the page's Refresh button does the same
     app = _open()
     assert any("moved outside the app" in w.value for w in app.warning)
+
+
+def test_after_a_rollback_the_form_is_rebuilt_and_a_second_click_does_not_re_promote(release_store):
+    ops = Identity("ops", "ops", IdentitySource.OS_USER)
+    releases.promote(AGENT, "champion", "2", ops, settings=release_store)
+    app = _open()
+    app.text_input(key="versions.rollback_reason").input("p95 regression").run()
+    app.button(key="versions.rollback").click().run()
+    assert not app.exception
+    assert _champion(release_store) == "1"
+    assert releases.alias_history(AGENT, "champion", release_store)[0].reason == "p95 regression"
+    # Same session, after the rerun: the old move (v2 → v1) and its reason are gone, and nothing offers
+    # v1 → v2 under the name of a rollback.
+    offered = [app.selectbox(key="versions.rollback_alias").options] if any(
+        s.key == "versions.rollback_alias" for s in app.selectbox) else []
+    assert not any("v1 → v2" in o for opts in offered for o in opts), offered
+    assert not any(b.key == "versions.rollback" for b in app.button)
+    assert not any(t.key == "versions.rollback_reason" and t.value for t in app.text_input)
+    assert releases.alias_state(AGENT, "champion", release_store).previous_version is None
+    with pytest.raises(NotFoundError, match="No previous holder"):  # the service refuses a re-promotion too
+        releases.rollback(AGENT, "champion", ops, settings=release_store)
+    assert _champion(release_store) == "1" and len(releases.alias_history(AGENT, "champion", release_store)) == 2
+
+
+def test_rollbacks_walk_back_through_the_promotions(release_store):
+    ops = Identity("ops", "ops", IdentitySource.OS_USER)
+    releases.promote(AGENT, "champion", "2", ops, settings=release_store)
+    releases.promote(AGENT, "champion", "3", ops, override=True, reason="try 3", settings=release_store)
+    releases.rollback(AGENT, "champion", ops, settings=release_store)
+    state = releases.alias_state(AGENT, "champion", release_store)
+    assert (state.version, state.previous_version) == ("2", "1")  # the next rollback goes further back
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
 """The Databricks path end to end below the UI: MLflow's own Databricks stores and the real SDK against
 the local workspace (harness + MLflow REST forwarded to a real ``mlflow server``).
 
-Asserts who made each call (the bearer token the harness saw), and the state the server ends in.
+Asserts who made each call (the bearer token the harness saw), and the state the server ends in. With
+user authorization on, a user's token carries only the scopes databricks.yml declares, and the
+harness refuses it anywhere else (403 "Invalid scope"): MLflow and Unity Catalog calls are the app's
+service principal's, after the app's role check (read with the user's token), with the user recorded.
 """
 
 from __future__ import annotations
@@ -72,33 +75,64 @@ def test_the_app_principal_reads_the_uc_registry_with_its_oauth_token(workspace,
     assert [c.status for c in searches] == [400, 200]
 
 
-def test_an_operator_promotes_with_their_own_token_and_the_audit_names_them(workspace, dbx):
+def _scim_calls(workspace, start: int) -> list:
+    return [e for e in workspace.log.entries[start:] if e.path == "/api/2.0/preview/scim/v2/Me"]
+
+
+def test_an_operator_promotes_as_the_app_after_their_role_check_and_the_audit_names_them(workspace, dbx):
     operator = _identity(dw.OPERATOR)
-    start = _mark(workspace)
+    start, logged = _mark(workspace), len(workspace.log.entries)
     result = releases.promote(dw.AGENT, "champion", "2", operator, reason="v2 wins the A/B", settings=dbx)
     assert (result.change.from_version, result.change.to_version) == ("1", "2")
     server = _server(workspace)
     assert server.get_registered_model(dw.AGENT).aliases["champion"] == "2"
+    # The role came from the operator's groups, read with their own token (iam.current-user:read) …
+    assert {e.principal for e in _scim_calls(workspace, logged)} == {dw.OPERATOR.email}
+    # … and no Apps scope covers MLflow or Unity Catalog: those calls are the app's.
     calls = workspace.forwarder.calls[start:]
-    assert {c.principal for c in calls} == {dw.OPERATOR.email}, "a call went out without the operator's token"
+    assert {c.principal for c in calls} == {workspace.app_principal.name}
     assert [c.status for c in calls if c.path == UC_ALIAS and c.method == "POST"] == [200]
+    assert workspace.harness.scope_refusals == []
     run = server.get_run(result.change.run_id)
     assert run.data.tags[audit.USER_TAG] == dw.OPERATOR.email
     assert run.data.tags[audit.TO_TAG] == "2"
+    # The audit trail is the declared audit-experiment resource (by id), not a relative name.
+    assert run.info.experiment_id == workspace.seeded.audit_experiment_id
     # Put it back for the other tests.
     releases.promote(dw.AGENT, "champion", "1", operator, reason="restore", settings=dbx)
 
 
+def test_a_user_token_outside_the_declared_scopes_is_refused_by_the_workspace(workspace, dbx):
+    from services._clients import workspace_client
+
+    client = workspace_client(dbx, user_token=dw.OPERATOR.token)
+    assert client.serving_endpoints.get(dw.ENDPOINT).name == dw.ENDPOINT  # serving.serving-endpoints
+    with pytest.raises(Exception, match="Invalid scope"):
+        client.experiments.get_experiment(workspace.seeded.experiment_id)
+    refused = workspace.harness.scope_refusals.pop()
+    assert refused[2] == dw.OPERATOR.email
+
+
+def test_a_relative_experiment_name_is_refused_by_the_workspace(workspace, dbx):
+    from mlflow.exceptions import MlflowException
+
+    client = _clients.mlflow_client(dbx)
+    with pytest.raises(MlflowException, match="invalid experiment name"):
+        client.create_experiment("agentops-audit")
+    # The app names experiments as a workspace requires.
+    assert _clients.workspace_experiment_name("agentops-review", dbx) == "/Shared/agentops-review"
+
+
 def test_a_refused_alias_names_the_missing_grant_and_changes_nothing(workspace, dbx):
     operator = _identity(dw.OPERATOR)
-    denial = workspace.forwarder.deny(dw.OPERATOR.email, "POST", UC_ALIAS, resource=dw.AGENT,
+    denial = workspace.forwarder.deny(workspace.app_principal.name, "POST", UC_ALIAS, resource=dw.AGENT,
                                       message=f"User does not own registered model '{dw.AGENT}'.")
     try:
         trail = len(audit.alias_changes(dw.AGENT, settings=dbx))
         with pytest.raises(PermissionDeniedError) as refused:
             releases.promote(dw.AGENT, "challenger", "1", operator, reason="try", settings=dbx)
         message = str(refused.value)
-        assert "own" in message and dw.AGENT in message, message
+        assert "own" in message and dw.AGENT in message and "service principal" in message, message
         assert "USE CATALOG" in message and "USE SCHEMA" in message, message
         assert _server(workspace).get_registered_model(dw.AGENT).aliases["challenger"] == "2"
         assert len(audit.alias_changes(dw.AGENT, settings=dbx)) == trail
@@ -116,7 +150,8 @@ def test_without_the_user_token_a_privileged_write_is_refused_before_anything_is
     with pytest.raises(PermissionDeniedError, match="no user token"):
         serving.apply_split(plan, user=tokenless.user, reason="x", settings=dbx, identity=tokenless)
     assert len(workspace.harness.requests) == requests, "a request went out for a refused write"
-    assert not [c for c in workspace.forwarder.calls[start:] if c.method != "GET"]
+    # Reads only (reading an endpoint searches the audit trail for who changed it last: a POST search).
+    assert not [c for c in workspace.forwarder.calls[start:] if c.method != "GET" and not c.path.endswith("/search")]
 
 
 def test_a_reviewer_may_not_promote_and_nothing_reaches_the_registry(workspace, dbx):
@@ -131,20 +166,27 @@ def test_a_reviewer_may_not_promote_and_nothing_reaches_the_registry(workspace, 
 def test_an_operator_changes_traffic_with_their_token_and_the_trail_names_them(workspace, dbx):
     operator = _identity(dw.OPERATOR)
     _clients.act_as(operator)
+    kept = {e.name: e.as_dict() for e in workspace.harness.endpoints[dw.ENDPOINT].config.served_entities}
     plan = serving.plan_split(dw.ENDPOINT, {(dw.AGENT, "1"): 50, (dw.AGENT, "2"): 50}, settings=dbx)
     start, logged = _mark(workspace), len(workspace.log.entries)
     stored = serving.apply_split(plan, user=operator.user, reason="even split", settings=dbx, identity=operator,
                                  user_token=operator.access_token)
     assert {r.entity_name: r.percentage for r in stored.routes} == {f"{dw.AGENT}_1": 50, f"{dw.AGENT}_2": 50}
+    # Model Serving is inside the user's scopes: the split is changed with the operator's own token.
     puts = [e for e in workspace.log.entries[logged:] if e.method == "PUT"]
     assert [e.principal for e in puts] == [dw.OPERATOR.email]
-    assert {c.principal for c in workspace.forwarder.calls[start:]} == {dw.OPERATOR.email}
+    # The audit trail is MLflow: written by the app, naming the operator.
+    assert {c.principal for c in workspace.forwarder.calls[start:]} == {workspace.app_principal.name}
+    assert workspace.harness.scope_refusals == []
+    changed = {e.name: e.as_dict() for e in workspace.harness.endpoints[dw.ENDPOINT].config.served_entities}
+    assert changed == kept, "the split change altered the served entities' configuration"
     change = traffic_audit.traffic_changes(dw.ENDPOINT, settings=dbx)[0]
     assert change.user == dw.OPERATOR.email and change.after == {f"{dw.AGENT} v1": 50, f"{dw.AGENT} v2": 50}
+    assert serving.get_endpoint(dw.ENDPOINT, dbx).updated_by == dw.OPERATOR.email
     workspace.harness.endpoints[dw.ENDPOINT] = dw.endpoint()
 
 
-def test_a_reviewers_feedback_is_written_with_their_token_and_sourced_to_them(workspace, dbx):
+def test_a_reviewers_feedback_is_written_by_the_app_and_sourced_to_them(workspace, dbx):
     reviewer = _identity(dw.REVIEWER)
     _clients.act_as(reviewer)
     trace_id = workspace.seeded.trace_ids[-1]
@@ -157,4 +199,5 @@ def test_a_reviewers_feedback_is_written_with_their_token_and_sourced_to_them(wo
     assert {a.name for a in mine} == {"thumbs_up", "comment"}
     posts = [c for c in workspace.forwarder.calls[start:] if c.method == "POST" and c.path.endswith("/assessments")]
     assert len(posts) == 2
-    assert {c.principal for c in posts} == {dw.REVIEWER.email}
+    assert {c.principal for c in posts} == {workspace.app_principal.name}
+    assert workspace.harness.scope_refusals == []

@@ -138,14 +138,37 @@ def test_deploy_to_an_existing_endpoint_keeps_the_other_versions_at_zero(harness
     assert change.after == {"main.demo.support v3": 100, "main.demo.support v1": 0, "main.demo.support v2": 0}
 
 
-def test_deploy_as_the_signed_in_user_sends_only_their_token(harness, dbx, monkeypatch):
+def test_with_user_authorization_the_users_token_stays_inside_its_scopes(harness, dbx, monkeypatch):
+    # databricks-agents calls Unity Catalog, MLflow and the agents API, which no Databricks Apps user scope
+    # covers (the harness refuses a user token there with "Invalid scope"): the deploy runs as the app,
+    # after the role check made with Ana's token; the user's token reads and follows the endpoint.
     monkeypatch.setenv("AGENTOPS_USER_AUTHORIZATION", "on")
     monkeypatch.setenv("AGENTOPS_ROLE_GROUPS", "operator=release-managers")
     harness.users["ana-token"] = iam.User(user_name="ana@example.com", groups=[iam.ComplexValue(display="release-managers")])
     ana = Identity("ana@example.com", "Ana", IdentitySource.DATABRICKS_APPS, access_token="ana-token")
     serving.deploy_version(MODEL, 2, user=ana.user, reason="as ana", identity=ana, settings=dbx)
-    assert api_tokens(harness) == {"Bearer ana-token"}, "the child must not fall back to the app's credentials"
-    assert ("POST", "/api/2.0/agents/deployments") in api_calls(harness)
+    assert harness.scope_refusals == []
+    as_ana = {path for _, path, auth in harness.api.callers if auth == "Bearer ana-token"}
+    assert as_ana and all(p.startswith("/api/2.0/serving-endpoints") or p.endswith("/scim/v2/Me") for p in as_ana)
+    assert [auth for method, path, auth in harness.api.callers
+            if (method, path) == ("POST", "/api/2.0/agents/deployments")] == [f"Bearer {APP_TOKEN}"]
+    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx)
+    assert change.user == "ana@example.com"
+
+
+def test_a_deploy_confirmed_after_the_endpoint_changed_is_refused_and_sends_nothing(harness, dbx):
+    harness.endpoints[ENDPOINT] = _existing_endpoint()
+    harness.endpoints[ENDPOINT].config.config_version = 4
+    plan = serving.plan_deploy(MODEL, 3, settings=dbx)
+
+    def colleague_resizes(endpoint):  # same split, another configuration
+        endpoint.config.served_entities[0].workload_size = "Large"
+
+    harness.change_endpoint(ENDPOINT, colleague_resizes)
+    with pytest.raises(ConflictError, match="changed since this deployment was prepared"):
+        serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", plan=plan, settings=dbx)
+    assert _mutations(harness) == []
+    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx) == []
 
 
 @pytest.mark.parametrize(("model", "version", "reason", "error", "message"), [

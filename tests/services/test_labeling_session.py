@@ -128,7 +128,9 @@ def test_a_refusal_by_the_review_app_is_named_and_nothing_is_recorded(harness, d
     assert rq.get_queue(queue.queue_id, dbx).labeling_session is None
 
 
-def test_made_as_the_signed_in_reviewer_with_their_token(harness, dbx, store, monkeypatch):
+def test_made_by_the_app_after_the_reviewers_role_check_and_named_after_them(harness, dbx, store, monkeypatch):
+    # The Review App API is outside every Databricks Apps user scope (the harness refuses a user token
+    # there with "Invalid scope"): Ana's token only reads her groups; the app makes the session.
     _, _, ids, queue = store
     monkeypatch.setenv("AGENTOPS_USER_AUTHORIZATION", "on")
     monkeypatch.setenv("AGENTOPS_ROLE_GROUPS", "reviewer=experts")
@@ -140,7 +142,9 @@ def test_made_as_the_signed_in_reviewer_with_their_token(harness, dbx, store, mo
     assert api_calls(harness, with_query=True) == []
     session = rq.databricks_labeling_session(queue, ids, ["ana@example.com"], dbx, identity=ana)
     assert session.created_by == "ana@example.com"
-    assert api_tokens(harness) == {"Bearer ana-token"}
+    assert harness.scope_refusals == []
+    assert {path for _, path, auth in harness.api.callers if auth == "Bearer ana-token"} == {"/api/2.0/preview/scim/v2/Me"}
+    assert f"Bearer {APP_TOKEN}" in api_tokens(harness)
 
 
 def test_local_backend_has_no_labeling_sessions(isolated_settings, store):

@@ -68,7 +68,9 @@ def test_each_users_calls_carry_their_own_token_and_never_the_apps(workspace):
     assert ana.get_registered_model(MODEL["name"]).aliases == {"champion": "3"}
 
 
-def test_the_backend_switch_acts_for_the_request_identity(workspace):
+def test_the_backend_switch_makes_mlflow_calls_as_the_app_and_workspace_calls_for_the_user(workspace):
+    # No Databricks Apps user scope covers MLflow: whoever is signed in, MLflow calls carry the app's
+    # credentials; workspace calls (Model Serving, SCIM, SQL: the declared scopes) carry the user's.
     settings, seen = workspace
     _clients.configure_mlflow(settings)
     try:
@@ -77,11 +79,10 @@ def test_the_backend_switch_acts_for_the_request_identity(workspace):
             assert _clients.workspace_client(settings).config.token == "ana-token"
         with _clients.acting_as(BO):
             _clients.mlflow_client(settings).search_experiments()
+            assert _clients.workspace_client(settings).config.token == "bo-token"
         with _clients.acting_as(TOKENLESS):
-            # No forwarded token: reads use the app's own credentials (privileged writes are refused
-            # earlier, by roles.require_user_token).
             _clients.mlflow_client(settings).search_experiments()
-        assert [token for _, token in seen] == ["ana-token", "bo-token", "app-token"]
+        assert [token for _, token in seen] == ["app-token", "app-token", "app-token"]
         assert _clients.acting_identity() is None
     finally:
         _clients.configure_mlflow(_clients.get_settings())

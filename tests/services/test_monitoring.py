@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from services import _mlflow_internal as internal
 from services import monitoring as mon
 from services import pricing
-from services.errors import PermissionDeniedError, ValidationError
+from services.errors import ConflictError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 
 NOW_NS = (time.time_ns() // 3_600_000_000_000) * 3_600_000_000_000  # on the hour: buckets are predictable
@@ -318,30 +318,46 @@ OPERATOR = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
 def test_thresholds_of_the_wrong_type_name_the_field(isolated_settings, values, field):
     with pytest.raises(ValidationError, match=field):
         mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(**values))
-    assert not (isolated_settings.data_dir / mon.THRESHOLDS_FILE).exists()
+    assert mon.threshold_versions(isolated_settings) == {}  # nothing stored
 
 
 @pytest.mark.parametrize("agent", ["", " agent-a", "agent\n", "a`b", None, 7, "x" * 300])
 def test_threshold_keys_must_be_agent_names(isolated_settings, agent):
     with pytest.raises(ValidationError, match="not an agent name"):
         mon.save_thresholds(isolated_settings, agent, mon.AlertThresholds())
-    assert not (isolated_settings.data_dir / mon.THRESHOLDS_FILE).exists()
+    assert mon.threshold_versions(isolated_settings) == {}  # nothing stored
 
 
-def test_saving_thresholds_needs_the_admin_role_and_writes_atomically(isolated_settings):
+def test_saving_thresholds_needs_the_admin_role_and_is_stored_with_the_team(isolated_settings):
     import json
+
+    from services import team_state
 
     (isolated_settings.data_dir / "roles.json").write_text(json.dumps(
         {"users": {"admin@example.com": "admin", "ops@example.com": "operator"}, "default": "viewer"}))
     strict = mon.AlertThresholds(p95_latency_ms=1000, error_rate=0.1)
     mon.save_thresholds(isolated_settings, "agent-a", strict, identity=ADMIN)
-    path = isolated_settings.data_dir / mon.THRESHOLDS_FILE
-    stored = path.read_bytes()
+    stored = team_state.read_all(isolated_settings, mon.THRESHOLDS_KEY)
     with pytest.raises(PermissionDeniedError, match="admin"):
         mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(), identity=OPERATOR)
-    assert path.read_bytes() == stored  # refused: the file is as it was
+    assert team_state.read_all(isolated_settings, mon.THRESHOLDS_KEY) == stored  # refused: unchanged
     assert mon.load_thresholds(isolated_settings)["agent-a"] == strict
-    assert not list(isolated_settings.data_dir.glob("*.tmp"))  # the temp file was moved into place
+    assert team_state.history(isolated_settings, mon.THRESHOLDS_KEY + "agent-a")[0]["user"] == ADMIN.user
+    with pytest.raises(ConflictError, match="since you loaded it"):  # an edit based on the version before
+        mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(), identity=ADMIN, expected_version=0)
+    assert mon.load_thresholds(isolated_settings)["agent-a"] == strict
+
+
+def test_an_embedded_thresholds_file_is_migrated_once(isolated_settings):
+    import json
+
+    from services import team_state
+
+    (isolated_settings.data_dir / mon.THRESHOLDS_FILE).write_text(json.dumps({"agent-a": {"p95_latency_ms": 900}}))
+    assert mon.load_thresholds(isolated_settings)["agent-a"].p95_latency_ms == 900
+    (isolated_settings.data_dir / mon.THRESHOLDS_FILE).write_text(json.dumps({"agent-a": {"p95_latency_ms": 5}}))
+    assert mon.load_thresholds(isolated_settings)["agent-a"].p95_latency_ms == 900  # once: the store counts now
+    assert [c["user"] for c in team_state.history(isolated_settings)] == [team_state.MIGRATED_BY]
 
 
 def test_a_corrupt_thresholds_file_is_a_clear_error(isolated_settings):

@@ -4,7 +4,7 @@ import pytest
 from databricks.sdk.service.iam import ComplexValue, User
 
 from services import roles
-from services.errors import ConfigurationError, PermissionDeniedError
+from services.errors import ConfigurationError, ConflictError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
 
@@ -35,15 +35,40 @@ def test_role_table(role, action, allowed):
             roles.require(role, action, ANA)
 
 
-def test_local_roles_file(tmp_path):
+def test_local_roles_file_is_migrated_once_into_the_store(tmp_path):
+    from services import team_state
+
     settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
-    assert roles.local_role(ANA, settings) is roles.Role.ADMIN  # no file: one-person workspace
+    assert roles.local_role(ANA, settings) is roles.Role.ADMIN  # no roles at all: one-person workspace
     (tmp_path / "roles.json").write_text(json.dumps({"users": {"ANA@example.com": "reviewer"}, "default": "viewer"}))
     assert roles.local_role(ANA, settings) is roles.Role.REVIEWER
     assert roles.local_role(BO, settings) is roles.Role.VIEWER
+    [change] = team_state.history(settings, roles.ROLES_KEY)
+    assert change["user"] == team_state.MIGRATED_BY and "roles.json" in change["note"]
+    # Migrated once: the stored record is what counts from now on (the issue moves roles into the store).
     (tmp_path / "roles.json").write_text(json.dumps({"users": {"ana@example.com": "boss"}}))
+    assert roles.local_role(ANA, settings) is roles.Role.REVIEWER
+    assert len(team_state.history(settings, roles.ROLES_KEY)) == 1
+    # A file named by AGENTOPS_ROLES_FILE is managed outside the app and overrides the record; it is checked.
+    bad = {"AGENTOPS_ROLES_FILE": str(tmp_path / "roles.json")}
     with pytest.raises(ConfigurationError, match="not a role"):
-        roles.local_role(ANA, settings)
+        roles.local_role(ANA, settings, bad)
+
+
+def test_grant_needs_an_admin_and_is_recorded(tmp_path):
+    from services import team_state
+
+    settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
+    roles.init_roles("ana@example.com", settings, by="setup")
+    with pytest.raises(ConflictError):
+        roles.init_roles("bo@example.com", settings, by="setup")  # only the first admin is set this way
+    with pytest.raises(PermissionDeniedError, match="viewer"):
+        roles.grant("bo@example.com", "admin", identity=BO, settings=settings)
+    roles.grant("BO@example.com", "operator", identity=ANA, settings=settings)
+    assert roles.local_role(BO, settings) is roles.Role.OPERATOR
+    with pytest.raises(ValidationError):
+        roles.grant("  ", "operator", identity=ANA, settings=settings)
+    assert [c["user"] for c in team_state.history(settings, roles.ROLES_KEY)] == ["ana@example.com", "setup"]
 
 
 def test_groups_map_to_the_highest_role():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import mlflow
@@ -13,6 +12,13 @@ from demo import seed
 from services import overview, serving
 
 pytestmark = pytest.mark.slow
+
+def _endpoint_records(settings) -> dict:
+    """The stored endpoint configurations (team state records: version and value of each)."""
+    from services import team_state
+
+    return {k: (r.version, r.value) for k, r in team_state.read_all(settings, serving.ENDPOINT_KEY).items()}
+
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +95,9 @@ def test_endpoints_match_the_split(seeded_settings):
 
 def test_seeding_a_non_empty_store_changes_nothing(seeded_settings, client):
     before = len(client.search_model_versions())
-    config_before = serving.local_config_path(seeded_settings).read_text()
+    config_before = _endpoint_records(seeded_settings)
     assert seed.seed(seeded_settings, progress=lambda *_: None) is False
     assert len(client.search_model_versions()) == before
-    assert serving.local_config_path(seeded_settings).read_text() == config_before
-    assert json.loads(config_before)["endpoints"]
+    assert _endpoint_records(seeded_settings) == config_before
+    assert config_before
     assert not overview.store_is_empty(seeded_settings)

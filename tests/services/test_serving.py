@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 import pytest
 from databricks.sdk.service import serving as sdk
 
-from services import serving
-from services.errors import ValidationError
+from services import serving, team_state
+from services.errors import ConflictError, ValidationError
 from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
 
@@ -33,10 +33,10 @@ def _endpoint(routes: tuple[serving.TrafficRoute, ...], served=SERVED) -> servin
 def test_bad_split_is_refused_and_nothing_is_stored(tmp_path, routes, message):
     settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
     good = serving.save_local_endpoint(_endpoint((serving.TrafficRoute("agent-1", 100),)), settings)
-    before = serving.local_config_path(settings).read_text()
+    before = team_state.read_all(settings)
     with pytest.raises(ValidationError, match=message):
         serving.save_local_endpoint(_endpoint(routes), settings)
-    assert serving.local_config_path(settings).read_text() == before
+    assert team_state.read_all(settings) == before  # the stored record keeps its version and value
     assert serving.list_endpoints(settings) == [good]
 
 
@@ -47,7 +47,25 @@ def test_local_endpoint_round_trips(tmp_path):
     (stored,) = serving.list_endpoints(settings)
     assert stored == endpoint
     assert stored.percentage_for("agent-2") == 30
-    assert json.loads(serving.local_config_path(settings).read_text())["endpoints"][0]["updated_by"] == "ana"
+    assert team_state.read(serving.ENDPOINT_KEY + "ep", settings).updated_by == "ana"
+    assert stored.config_version == 1
+
+
+def test_a_stale_split_write_is_a_conflict_and_the_embedded_file_is_migrated_once(tmp_path):
+    settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
+    legacy = _endpoint((serving.TrafficRoute("agent-1", 60), serving.TrafficRoute("agent-2", 40)))
+    serving.local_config_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    serving.local_config_path(settings).write_text(json.dumps({"endpoints": [serving._endpoint_to_json(legacy)]}))
+    (stored,) = serving.list_endpoints(settings)  # the first read migrates the file
+    assert stored == legacy and stored.config_version == 1
+    assert [c["user"] for c in team_state.history(settings)] == [team_state.MIGRATED_BY]
+    serving.list_endpoints(settings)
+    assert len(team_state.history(settings)) == 1  # once
+    mine = _endpoint((serving.TrafficRoute("agent-1", 100),))
+    serving.save_local_endpoint(mine, settings, expected_version=1)
+    with pytest.raises(ConflictError, match="since you loaded it"):
+        serving.save_local_endpoint(_endpoint((serving.TrafficRoute("agent-2", 100),)), settings, expected_version=1)
+    assert serving.get_endpoint("ep", settings).percentage_for("agent-1") == 100
 
 
 @pytest.fixture
@@ -81,6 +99,7 @@ def test_databricks_endpoints_are_read_through_the_sdk(harness, monkeypatch):
     assert endpoint.state is serving.EndpointState.UPDATING
     assert endpoint.served[1] == serving.ServedVersion("main-demo-support_2", "main.demo.support", "2")
     assert {r.entity_name: r.percentage for r in endpoint.routes} == {"main-demo-support_1": 90, "main-demo-support_2": 10}
-    assert endpoint.updated_by == "ops@example.com"
+    # Who changed it comes from the audit trail (none here), never from the endpoint's creator (issue 18).
+    assert endpoint.updated_by is None
     paths = [r.path for r in harness.requests if r.path.startswith("/api/2.0/serving-endpoints")]
     assert paths == ["/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/agents_main-demo-support"]

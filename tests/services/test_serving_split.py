@@ -187,3 +187,188 @@ def _local_client_factory():
         return mlflow_client(settings)
 
     return factory
+
+
+# --- Databricks, as strictly as a workspace (tests/harness/databricks.py) --------------------------
+
+AGENT_ENV = {"ENABLE_MLFLOW_TRACING": "true", "MLFLOW_EXPERIMENT_ID": "4242",
+             "OPENAI_API_KEY": "{{secrets/agents/openai}}"}
+
+
+def _rich_entity(version: int) -> sdk.ServedEntityOutput:
+    """A served version as ``agents.deploy`` and an operator leave it: every configurable field set."""
+    return sdk.ServedEntityOutput.from_dict({
+        "name": f"main-demo-support_{version}", "entity_name": "main.demo.support", "entity_version": str(version),
+        "workload_size": "Medium", "workload_type": "GPU_SMALL", "scale_to_zero_enabled": False,
+        "environment_vars": AGENT_ENV, "instance_profile_arn": "arn:aws:iam::123:instance-profile/agents",
+        "min_provisioned_throughput": 0, "max_provisioned_throughput": 970, "burst_scaling_enabled": True,
+        "creator": "deployer@example.com", "creation_timestamp": 1_700_000_000_000,
+        "state": {"deployment": "DEPLOYMENT_READY"},
+    })
+
+
+def _rich_endpoint() -> sdk.ServingEndpointDetailed:
+    endpoint = _detailed()
+    endpoint.config.served_entities = [_rich_entity(1), _rich_entity(2)]
+    endpoint.config.config_version = 7
+    return endpoint
+
+
+def _external_endpoint() -> sdk.ServingEndpointDetailed:
+    def entity(name: str, model: str) -> sdk.ServedEntityOutput:
+        return sdk.ServedEntityOutput.from_dict({"name": name, "external_model": {
+            "name": model, "provider": "openai", "task": "llm/v1/chat",
+            "openai_config": {"openai_api_key": "{{secrets/llm/openai}}"}}})
+
+    return sdk.ServingEndpointDetailed(
+        name="chat-router", creator="ops@example.com", state=sdk.EndpointState(
+            config_update=sdk.EndpointStateConfigUpdate.NOT_UPDATING, ready=sdk.EndpointStateReady.READY),
+        config=sdk.EndpointCoreConfigOutput(
+            served_entities=[entity("gpt-4o", "gpt-4o"), entity("gpt-4o-mini", "gpt-4o-mini")], config_version=3,
+            traffic_config=sdk.TrafficConfig(routes=[sdk.Route(served_entity_name="gpt-4o", traffic_percentage=50),
+                                                     sdk.Route(served_entity_name="gpt-4o-mini", traffic_percentage=50)])))
+
+
+def _foundation_endpoint() -> sdk.ServingEndpointDetailed:
+    return sdk.ServingEndpointDetailed.from_dict({
+        "name": "databricks-meta-llama-3-3-70b-instruct", "creator": "system", "config": {"served_entities": [
+            {"name": "databricks-meta-llama-3-3-70b-instruct",
+             "foundation_model": {"name": "databricks-meta-llama-3-3-70b-instruct",
+                                  "display_name": "Meta Llama 3.3 70B Instruct"}}]},
+        "state": {"ready": "READY", "config_update": "NOT_UPDATING"}})
+
+
+@pytest.fixture
+def audited(monkeypatch):
+    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+
+
+def test_a_split_change_changes_the_traffic_and_nothing_else(harness, dbx_settings, audited):
+    harness.endpoints[ENDPOINT] = _rich_endpoint()
+    before = {e.name: e.as_dict() for e in harness.endpoints[ENDPOINT].config.served_entities}
+    plan = serving.plan_split(ENDPOINT, {("main.demo.support", "1"): 30, ("main.demo.support", "2"): 70},
+                              settings=dbx_settings)
+    serving.apply_split(plan, user="ana@example.com", reason="shift", settings=dbx_settings)
+    after = {e.name: e.as_dict() for e in harness.endpoints[ENDPOINT].config.served_entities}
+    assert after == before, "a served entity's configuration changed with the split"
+    routes = harness.endpoints[ENDPOINT].config.traffic_config.routes
+    assert [(r.served_entity_name, r.traffic_percentage) for r in routes] == [
+        ("main-demo-support_1", 30), ("main-demo-support_2", 70)]
+    assert harness.endpoints[ENDPOINT].config.config_version == 8
+
+
+def test_a_change_made_since_the_preview_is_refused_and_shown(harness, dbx_settings, audited):
+    harness.endpoints[ENDPOINT] = _rich_endpoint()
+    plan = serving.plan_split(ENDPOINT, {("main.demo.support", "1"): 50, ("main.demo.support", "2"): 50},
+                              settings=dbx_settings)
+
+    def colleague_deploys_v3(endpoint):  # what agents.deploy does: v3 gets everything, the rest stays at 0
+        endpoint.config.served_entities.append(_rich_entity(3))
+        endpoint.config.traffic_config = sdk.TrafficConfig(routes=[
+            sdk.Route(served_entity_name=f"main-demo-support_{n}", traffic_percentage=100 if n == 3 else 0)
+            for n in (1, 2, 3)])
+
+    harness.change_endpoint(ENDPOINT, colleague_deploys_v3)
+    with pytest.raises(ConflictError) as refused:
+        serving.apply_split(plan, user="ana@example.com", reason="even", settings=dbx_settings)
+    assert "main.demo.support v3 100%" in str(refused.value) and "7 → 8" in str(refused.value)
+    assert _puts(harness) == []
+    assert len(harness.endpoints[ENDPOINT].config.served_entities) == 3
+    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+
+
+def test_external_models_are_shown_by_name_and_their_split_can_change(harness, dbx_settings, audited):
+    harness.endpoints["chat-router"] = _external_endpoint()
+    before = {e.name: e.as_dict() for e in harness.endpoints["chat-router"].config.served_entities}
+    endpoint = serving.get_endpoint("chat-router", dbx_settings)
+    assert serving._percentages(endpoint) == {"gpt-4o": 50, "gpt-4o-mini": 50}
+    assert [s.detail for s in endpoint.served] == ["external model openai/gpt-4o", "external model openai/gpt-4o-mini"]
+    plan = serving.plan_split("chat-router", {("gpt-4o", ""): 20, ("gpt-4o-mini", ""): 80}, settings=dbx_settings)
+    stored = serving.apply_split(plan, user="ana@example.com", reason="cheaper", settings=dbx_settings)
+    assert serving._percentages(stored) == {"gpt-4o": 20, "gpt-4o-mini": 80}
+    assert {e.name: e.as_dict() for e in harness.endpoints["chat-router"].config.served_entities} == before
+
+
+def test_a_foundation_model_endpoint_shows_its_model_at_100_and_is_read_only(harness, dbx_settings):
+    harness.endpoints["databricks-meta-llama-3-3-70b-instruct"] = _foundation_endpoint()
+    endpoint = serving.get_endpoint("databricks-meta-llama-3-3-70b-instruct", dbx_settings)
+    assert serving._percentages(endpoint) == {"databricks-meta-llama-3-3-70b-instruct": 100}
+    assert "foundation model" in endpoint.read_only
+    with pytest.raises(ValidationError, match="pay-per-token"):
+        serving.plan_split(endpoint.name, {(endpoint.name, ""): 100}, settings=dbx_settings)
+    assert _puts(harness) == []
+
+
+def test_one_endpoint_failing_between_list_and_get_does_not_fail_the_list(harness, dbx_settings):
+    harness.endpoints[ENDPOINT] = _detailed()
+    harness.endpoints["chat-router"] = _external_endpoint()
+    harness.endpoints["gone-soon"] = _external_endpoint()
+    harness.endpoints["gone-soon"].name = "gone-soon"
+    harness.vanish_after_list.add("gone-soon")
+    harness.unreadable.add("chat-router")
+    listed = {e.name: e for e in serving.list_endpoints(dbx_settings)}
+    assert set(listed) == {ENDPOINT, "chat-router"}
+    assert listed[ENDPOINT].error is None and serving._percentages(listed[ENDPOINT])
+    assert "CAN_QUERY" in listed["chat-router"].error
+
+
+def test_sustained_throttling_is_bounded_and_named(harness, isolated_settings):
+    import time
+
+    harness.endpoints[ENDPOINT] = _detailed()
+    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
+                              "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
+                              "AGENTOPS_DATABRICKS_RETRY_SECONDS": "2"})
+    harness.throttle(60, retry_after=1)
+    started = time.monotonic()
+    with pytest.raises(serving.BackendUnavailableError, match=r"throttled: retry after 1 s"):
+        serving.list_endpoints(settings)
+    assert time.monotonic() - started < 15
+
+
+def test_a_rollout_in_progress_shows_the_pending_split(harness, dbx_settings, audited):
+    harness.endpoints[ENDPOINT] = _rich_endpoint()
+    harness.rollout_polls = 100  # stays IN_PROGRESS for the test
+    client = serving.workspace_client(dbx_settings)
+    from databricks.sdk.service.serving import Route, ServedEntityInput, TrafficConfig
+
+    client.serving_endpoints.update_config(  # someone else's update, not waited for
+        ENDPOINT, served_entities=[ServedEntityInput.from_dict(e.as_dict() | {"creator": None})
+                                   for e in harness.endpoints[ENDPOINT].config.served_entities],
+        traffic_config=TrafficConfig(routes=[Route(served_entity_name="main-demo-support_1", traffic_percentage=0),
+                                             Route(served_entity_name="main-demo-support_2", traffic_percentage=100)]))
+    endpoint = serving.get_endpoint(ENDPOINT, dbx_settings)
+    assert endpoint.state is serving.EndpointState.UPDATING
+    assert serving._percentages(endpoint) == {"main.demo.support v1": 90, "main.demo.support v2": 10}
+    assert endpoint.pending_percentages == {"main.demo.support v1": 0, "main.demo.support v2": 100}
+
+
+@pytest.mark.parametrize("outcome", [sdk.EndpointStateConfigUpdate.UPDATE_FAILED,
+                                     sdk.EndpointStateConfigUpdate.UPDATE_CANCELED])
+def test_a_rollout_that_fails_or_is_canceled_keeps_the_old_split_and_records_nothing(harness, dbx_settings, audited,
+                                                                                      outcome):
+    harness.endpoints[ENDPOINT] = _rich_endpoint()
+    harness.rollout_outcome[ENDPOINT] = outcome
+    plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100, ("main.demo.support", "1"): 0},
+                              settings=dbx_settings)
+    with pytest.raises(ConflictError, match="keeps serving its previous configuration"):
+        serving.apply_split(plan, user="ana@example.com", reason="all in", settings=dbx_settings)
+    assert serving.get_endpoint(ENDPOINT, dbx_settings).routes[0].percentage == 90
+    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+
+
+def test_last_updated_by_comes_from_the_audit_trail_not_the_creator(harness, dbx_settings, audited):
+    harness.endpoints[ENDPOINT] = _rich_endpoint()
+    assert serving.get_endpoint(ENDPOINT, dbx_settings).updated_by is None
+    plan = serving.plan_split(ENDPOINT, {("main.demo.support", "1"): 60, ("main.demo.support", "2"): 40},
+                              settings=dbx_settings)
+    serving.apply_split(plan, user="ana@example.com", reason="r", settings=dbx_settings)
+    assert serving.get_endpoint(ENDPOINT, dbx_settings).updated_by == "ana@example.com"
+    assert [e.updated_by for e in serving.list_endpoints(dbx_settings)] == ["ana@example.com"]
+
+
+def test_the_harness_refuses_a_split_that_drops_fields_it_does_not_know(harness):
+    harness.endpoints[ENDPOINT] = _detailed()
+    status, payload = harness._update_config(ENDPOINT, {"served_entities": [{"name": "x", "entity_name": "m",
+                                                                              "entity_version": "1", "bogus": 1}]})
+    assert status == 400 and "bogus" in payload["message"]

@@ -29,3 +29,21 @@ def realworld_settings(realworld):
     settings = configure_mlflow(load_settings({"AGENTOPS_DATA_DIR": str(realworld.data_dir)}))
     yield settings
     configure_mlflow(get_settings())
+
+
+@pytest.fixture
+def on_realworld(realworld, monkeypatch):
+    """The app (which reads settings from the environment) points at the real-world store, with fresh caches."""
+    import streamlit as st
+
+    from services import _clients
+
+    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(realworld.data_dir))
+    monkeypatch.delenv("AGENTOPS_EXPERIMENT_IDS", raising=False)
+    _clients._cached_settings.cache_clear()
+    st.cache_data.clear()
+    yield realworld
+    monkeypatch.undo()
+    _clients._cached_settings.cache_clear()
+    _clients.configure_mlflow()
+    st.cache_data.clear()

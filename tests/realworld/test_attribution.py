@@ -12,7 +12,7 @@ import pytest
 from services import _mlflow_internal as internal
 from services import monitoring as mon
 from services import registry
-from services.errors import NotFoundError, ValidationError
+from services.errors import NotFoundError
 from tests.realworld.workspace import BULK_AGENT, EMPTY_AGENT, QUIET_AGENT, UNICODE_AGENT
 
 

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from services import _clients
 from tests.realworld.workspace import BULK_AGENT, EMPTY_AGENT, QUIET_AGENT, UNICODE_AGENT
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture
-def on_realworld(realworld, monkeypatch):
-    """The app (which reads settings from the environment) points at the real-world store."""
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(realworld.data_dir))
-    monkeypatch.delenv("AGENTOPS_EXPERIMENT_IDS", raising=False)
-    _clients._cached_settings.cache_clear()
-    yield realworld
-    monkeypatch.undo()
-    _clients._cached_settings.cache_clear()
-    _clients.configure_mlflow()
 
 
 def _open(page: str | None = None) -> AppTest:

@@ -9,23 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from services import _clients
 from tests.realworld.workspace import UNICODE_AGENT
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
-def open_page(realworld, monkeypatch):
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(realworld.data_dir))
-    monkeypatch.delenv("AGENTOPS_EXPERIMENT_IDS", raising=False)
-    _clients._cached_settings.cache_clear()
-    st.cache_data.clear()
-
+def open_page(on_realworld):
     def open_(page: str) -> AppTest:
         app = AppTest.from_file(APP, default_timeout=120)
         app.run()
@@ -34,11 +27,7 @@ def open_page(realworld, monkeypatch):
         assert not app.exception, app.exception
         return app
 
-    yield open_
-    monkeypatch.undo()
-    _clients._cached_settings.cache_clear()
-    _clients.configure_mlflow()
-    st.cache_data.clear()
+    return open_
 
 
 def _table(app: AppTest, column: str):

@@ -513,6 +513,8 @@ def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, 
 def rollback(agent: str, alias: str, identity: Identity, *, reason: str = "", settings: Settings | None = None,
              expected_current: str | None | object = ..., request_id: str | None = None) -> PromotionResult:
     """Point ``alias`` back at its previous recorded holder (skips the gate: rollbacks restore)."""
+    # The role first: a user who may not promote learns that, not what the trail holds.
+    roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
     state = alias_state(agent, alias, settings)
     if state.previous_version is None:
         raise NotFoundError(

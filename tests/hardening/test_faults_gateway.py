@@ -154,17 +154,24 @@ def _journal_counts(data_dir: Path) -> Counter:
 
 
 def _stored_traces(settings) -> dict[str, tuple[str, str, str, str]]:
-    """trace id -> (client request id, arm tag, version tag, model id) of every trace of the endpoint."""
+    """trace id -> (client request id, arm tag, version, model id) of every trace of the endpoint.
+
+    The version is the one whose LoggedModel the trace is linked to (``mlflow.modelId``): the gateway
+    writes no version tag, MLflow's own link is the record.
+    """
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
     experiment = client.get_registered_model(MODEL).tags["agentops.experiment_id"]
+    version_of = {v.source.removeprefix("models:/"): str(v.version)
+                  for v in client.search_model_versions(f"name = '{MODEL}'")}
     stored, token = {}, None
     while True:
         page = client.search_traces(locations=[experiment], filter_string=f"tag.`agentops.endpoint` = '{ENDPOINT}'",
                                     max_results=500, include_spans=False, page_token=token)
         for trace in page:
             info = trace.info
+            model_id = info.trace_metadata.get("mlflow.modelId")
             stored[info.trace_id] = (info.client_request_id, info.tags.get("agentops.arm"),
-                                     info.tags.get("agentops.version"), info.trace_metadata.get("mlflow.modelId"))
+                                     version_of.get(model_id), model_id)
         token = page.token
         if not token:
             return stored

@@ -70,6 +70,11 @@ def configure_mlflow(settings: Settings | None = None) -> Settings:
 
         for key, value in LOCAL_MLFLOW_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        if settings.backend is Backend.DATABRICKS:
+            # MLflow's Databricks calls go through the SDK, which retries a 503/429 for up to
+            # MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT (500 s by default): a page would hang for
+            # minutes while the workspace's MLflow is down. Bound it as the app's own SDK calls are.
+            os.environ.setdefault("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", str(settings.retry_timeout_seconds))
         if settings.backend is Backend.LOCAL:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             settings.artifact_root.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,9 @@ def _write_store(uri: str, artifacts: Path) -> str:
                 span.set_outputs({"answer": "shipped"})
                 mlflow.update_current_trace(tags={"team.version": str(number)})
     mlflow.flush_trace_async_logging()
+    # The active model is process-wide: left set, later tests' runs would log metrics against a LoggedModel
+    # of this server in their own stores.
+    mlflow.clear_active_model()
     client.set_registered_model_alias(MODEL, "champion", "1")
     return experiment_id
 

@@ -14,14 +14,14 @@ from typing import Any, Callable, TypeVar
 
 import streamlit as st
 
-from services import _clients
+from services import connection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def cache_scope() -> str:
     """Whose permissions this run's reads carry: the acting user with a token, else "" (the app's)."""
-    identity = _clients.acting_identity()
+    identity = connection.acting_identity()
     if identity is not None and identity.access_token:
         return identity.user
     return ""

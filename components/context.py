@@ -7,7 +7,7 @@ from typing import Mapping
 import streamlit as st
 
 from components.errors import show_error
-from services import _clients, roles
+from services import connection, roles
 from services.errors import AgentOpsError
 from services.identity import Identity, resolve_identity
 from services.settings import Backend, Settings
@@ -27,7 +27,7 @@ def request_headers() -> Mapping[str, str]:
 def current_settings() -> Settings:
     """Settings for this process, or an error on the page and a stop."""
     try:
-        return _clients.configure_mlflow()
+        return connection.configure_mlflow()
     except AgentOpsError as exc:
         show_error(exc, what="The app is not configured")
         st.stop()
@@ -38,7 +38,7 @@ def current_identity(settings: Settings) -> Identity:
     """The signed-in user (forwarded headers) or the OS user locally; this run's calls act for them."""
     identity = resolve_identity(settings, request_headers())
     # Every run starts here (app.py, then the page), so a run never inherits another user's identity.
-    _clients.act_as(identity)
+    connection.act_as(identity)
     return identity
 
 

@@ -302,7 +302,7 @@ class Gateway:
                 or registry.experiments_of_versions(self.client, [version]).get(model_id or version.run_id or "")
                 or get_or_create_experiment(self.client, FALLBACK_EXPERIMENT, self.settings)
             )
-            aliases = tuple(sorted(a for a, v in registry._aliases(model).items() if v == served.model_version))
+            aliases = tuple(sorted(a for a, v in registry.aliases_of(model).items() if v == served.model_version))
             self._models[key] = LoadedVersion(loaded, model_id, experiment_id, aliases)
             return self._models[key]
 

@@ -15,7 +15,7 @@ from components.empty import seed_hint
 from components.errors import show_error
 from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns, plain
 from services import overview as overview_service
-from services._clients import check_connection
+from services.connection import check_connection
 from services import roles
 from services.errors import AgentOpsError, ConflictError
 from services.settings import Backend, Settings

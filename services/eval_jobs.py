@@ -77,7 +77,7 @@ def start_job(request: evaluations.EvaluationRequest, settings: Settings, identi
     With ``identity`` (the page passes it), running an evaluation needs the operator role. A
     request without an id gets one; a request whose earlier job is still going returns that job.
     """
-    evaluations._check_request(request)
+    evaluations.check_request(request)
     if identity is not None:
         from services import roles
 

@@ -289,7 +289,8 @@ class ResolvedVersion:
     experiment_id: str
 
 
-def _check_request(request: EvaluationRequest) -> None:
+def check_request(request: EvaluationRequest) -> None:
+    """Refuse a request that cannot run, with a message naming what to fix (before anything is written)."""
     if not request.agent.strip():
         raise ValidationError("Pick an agent to evaluate.")
     if not request.version.strip():
@@ -637,7 +638,7 @@ def run_evaluation(request: EvaluationRequest, settings: Settings | None = None,
     from services import datasets, scorers
     from services.settings import Backend
 
-    _check_request(request)
+    check_request(request)
     settings = configure_mlflow(settings)
     rows = datasets.validate_rows(list(request.rows)) if request.rows is not None else None
     built = scorers.build_scorers(

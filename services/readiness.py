@@ -410,7 +410,7 @@ def assess_versions(
     settings = configure_mlflow(settings)
     ctx = _context(agent, settings, None)
     rules = releases.parse_rules((ctx.model.tags or {}).get(releases.GATE_TAG))
-    current = registry._aliases(ctx.model).get(against)
+    current = registry.aliases_of(ctx.model).get(against)
     reports = {}
     for number in wanted:
         evidence = releases.gather_evidence(agent, number, current, settings, model=ctx.model,

@@ -55,7 +55,8 @@ def _ts(ms: int | None) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None
 
 
-def _aliases(model: Any) -> dict[str, str]:
+def aliases_of(model: Any) -> dict[str, str]:
+    """A registered model's aliases as ``{alias: version}``, whatever shape the store returned them in."""
     raw = getattr(model, "aliases", None) or {}
     if callable(raw):
         # Unity Catalog search results (RegisteredModelSearch) replace the field with a method that raises.
@@ -92,14 +93,14 @@ def list_agents(settings: Settings | None = None, *, max_results: int = 1000) ->
         found = experiments_of_versions(client, all_versions)
     agents = []
     for model in models:
-        aliases = _aliases(model)
+        aliases = aliases_of(model)
         tags = _tags(model)
         if not aliases or not tags:
             # Search results leave aliases empty on SQLite, and aliases *and* tags empty on Unity
             # Catalog (where the experiment link lives in a tag); ask the model itself.
             with translate_errors(f"registered model {model.name!r}"):
                 full = client.get_registered_model(model.name)
-            aliases = aliases or _aliases(full)
+            aliases = aliases or aliases_of(full)
             tags = tags or _tags(full)
         agents.append(
             AgentSummary(
@@ -347,7 +348,7 @@ def agent_links(name: str, settings: Settings | None = None) -> tuple[list[Versi
         versions = agent_versions(client, name)
         found = experiments_of_versions(client, versions)
     by_version: dict[str, list[str]] = {}
-    for alias, number in _aliases(model).items():
+    for alias, number in aliases_of(model).items():
         by_version.setdefault(str(number), []).append(alias)
     links = [
         VersionLink(name, str(v.version), model_id_of(v), v.run_id or None,

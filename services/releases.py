@@ -336,7 +336,7 @@ def plan_promotion(agent: str, alias: str, version: str | int, settings: Setting
     with translate_errors(f"registered model {agent!r}"):
         model = client.get_registered_model(agent)
     versions.require_version_exists(client, agent, number)
-    current = registry._aliases(model).get(alias)
+    current = registry.aliases_of(model).get(alias)
     rules = parse_rules((model.tags or {}).get(GATE_TAG))
     evidence = gather_evidence(agent, number, current, settings, model=model)
     return PromotionPlan(agent, alias, current, number, evidence, evaluate_gate(rules, evidence))
@@ -555,7 +555,7 @@ def alias_states(agent: str, settings: Settings | None = None) -> list[AliasStat
     agent = versions.check_agent_name(agent)
     client = mlflow_client(settings)
     with translate_errors(f"registered model {agent!r}"):
-        current = registry._aliases(client.get_registered_model(agent))
+        current = registry.aliases_of(client.get_registered_model(agent))
     history = audit.alias_changes(agent, settings=settings)
     names = sorted(set(current) | {c.alias for c in history})
     return [_state(name, current.get(name), [c for c in history if c.alias == name]) for name in names]
@@ -567,7 +567,7 @@ def alias_state(agent: str, alias: str, settings: Settings | None = None) -> Ali
     alias = check_alias(alias)
     client = mlflow_client(settings)
     with translate_errors(f"registered model {agent!r}"):
-        current = registry._aliases(client.get_registered_model(agent)).get(alias)
+        current = registry.aliases_of(client.get_registered_model(agent)).get(alias)
     return _state(alias, current, audit.alias_changes(agent, alias, settings=settings))
 
 
@@ -616,7 +616,7 @@ def _undo_target(history: list[AliasChange], version: str | None) -> str | None:
 
 def _read_alias(client: Any, agent: str, alias: str) -> str | None:
     with translate_errors(f"registered model {agent!r}"):
-        return registry._aliases(client.get_registered_model(agent)).get(alias)
+        return registry.aliases_of(client.get_registered_model(agent)).get(alias)
 
 
 def _lock(agent: str, alias: str) -> threading.Lock:

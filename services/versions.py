@@ -165,7 +165,7 @@ def list_versions(
         models = registry.logged_models(client, model_ids, _known_experiments(model, settings))
     experiment_ids = agent_experiment_ids(name, settings, model=model, versions=versions, models=models)
     aliases_by_version: dict[str, list[str]] = {}
-    for alias, number in registry._aliases(model).items():
+    for alias, number in registry.aliases_of(model).items():
         aliases_by_version.setdefault(str(number), []).append(alias)
     params = {m: f.params for m, f in models.items()}
     evaluations = latest_evaluation_by_version(name, settings, experiment_ids=experiment_ids)
@@ -246,7 +246,7 @@ def version_detail(name: str, version: str | int, settings: Settings | None = No
         creator=v.user_id or "",
         status=str(v.status or ""),
         description=v.description or "",
-        aliases=tuple(sorted(a for a, n in registry._aliases(model).items() if str(n) == number)),
+        aliases=tuple(sorted(a for a, n in registry.aliases_of(model).items() if str(n) == number)),
         run_id=v.run_id or None,
         model_id=model_id,
         source=v.source or "",

@@ -256,7 +256,7 @@ def _down(self, *args, **kwargs):
 @pytest.mark.parametrize("request_id", ["", "has space", "a/b", "x" * 129, "quote'"])
 def test_bad_request_ids_are_refused_before_any_io(request_id):
     with pytest.raises(ValidationError, match="request id"):
-        evaluations._check_request(EvaluationRequest(SUPPORT, "1", ("expected_facts",), dataset_name=GOLDEN,
+        evaluations.check_request(EvaluationRequest(SUPPORT, "1", ("expected_facts",), dataset_name=GOLDEN,
                                                      request_id=request_id))
 
 

@@ -1039,7 +1039,7 @@ _RESULT_MARK = "AGENTOPS-AGENTS-RESULT "
 # The operations a child may run ("module:function", each taking and returning JSON-able dicts).
 _CHILD_OPERATIONS = {
     "deploy": "services.serving:_child_deploy",
-    "labeling_session": "services.review_queue:_child_labeling_session",
+    "labeling_session": "services.review_queue.review_app:child_labeling_session",
 }
 # Credentials the child must not inherit when it acts as the signed-in user.
 _APP_CREDENTIALS = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_AUTH_TYPE",

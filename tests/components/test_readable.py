@@ -12,7 +12,8 @@ import pytest
 from components.charts import time_axis
 from components.tables import DASH, cell, readable
 from services import feedback as fb
-from services.review_queue import _answer, _is_low
+from services.review_queue.conversation_view import _answer
+from services.review_queue.sources import _is_low
 
 MISSING = [None, math.nan, np.float64("nan"), pd.NaT, pd.NA, "", "  "]
 

@@ -223,7 +223,9 @@ def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_
             monkeypatch.setenv(key, value)
         _clients._cached_settings.cache_clear()
         local = _local_client_factory()
-        for module in ("review_queue", "registry", "feedback"):
+        for module in ("review_queue.queues", "review_queue.items", "review_queue.conversation_view",
+                       "review_queue.review_app", "registry", "feedback.labels", "feedback.reviews",
+                       "feedback.reading", "feedback.curation"):
             monkeypatch.setattr(f"services.{module}.mlflow_client", local)
         app = _open()
         assert not app.exception

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from services import eval_jobs, evaluations, scorers
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from services.evaluations import EvaluationRequest, RowChange
+from services.evaluations import running as evaluations_running
 from services.statistics import Direction
 
 SUPPORT = "support-agent"
@@ -347,7 +348,7 @@ def test_a_live_run_is_not_marked_and_its_request_cannot_start_twice(isolated_se
         (run,) = _request_runs(isolated_settings, experiment_id, "req-live")
         assert run.info.status == "RUNNING" and not evaluations.is_abandoned(run)
         with pytest.raises(ConflictError, match="still being evaluated"):
-            evaluations._settle_request(MlflowClient(tracking_uri=isolated_settings.tracking_uri), experiment_id,
+            evaluations_running._settle_request(MlflowClient(tracking_uri=isolated_settings.tracking_uri), experiment_id,
                                         "req-live", TOY_TAGS)
     finally:
         release.set()

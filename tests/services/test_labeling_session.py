@@ -39,7 +39,9 @@ def harness(monkeypatch, store):
     monkeypatch.setenv("DATABRICKS_TOKEN", APP_TOKEN)
     monkeypatch.delenv("AGENTOPS_USER_AUTHORIZATION", raising=False)
     # Queues are read and written through the app's MLflow client: here the local store.
-    monkeypatch.setattr("services.review_queue.mlflow_client", _local_client_factory())
+    local = _local_client_factory()
+    for module in ("queues", "items", "conversation_view", "review_app"):
+        monkeypatch.setattr(f"services.review_queue.{module}.mlflow_client", local)
     running.api = api
     yield running
     running.stop()

@@ -9,6 +9,7 @@ import pytest
 
 from services import feedback as fb
 from services import review_queue as rq
+from services.review_queue import items as rq_items
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from tests.services.test_feedback import make_traces
 
@@ -183,7 +184,7 @@ def test_two_claim_attempts_in_every_interleaving_never_both_win(isolated_settin
     qid = queue.queue_id
 
     def reset():
-        for key in rq._tags(client, trace_id):
+        for key in rq_items._tags(client, trace_id):
             if key.startswith(rq.CLAIM_TAG):
                 client.delete_trace_tag(trace_id, key)
 
@@ -227,7 +228,7 @@ def test_an_attempt_started_from_a_stale_read_does_not_reopen_a_finished_item(is
     assert _drive(rq.claim_steps(client, queue.queue_id, trace_id, "b@x", reviews_needed=1)) is None
     (after,) = rq.queue_items(queue, isolated_settings)
     assert (after.claimed_by, after.reviewed_by) == (None, ("a@x",))
-    assert not [k for k in rq._tags(client, trace_id) if k.startswith(rq.CLAIM_TAG)], "the withdrawn attempt left no tag"
+    assert not [k for k in rq_items._tags(client, trace_id) if k.startswith(rq.CLAIM_TAG)], "the withdrawn attempt left no tag"
 
 
 def _hammer(data_dir: str, queue_id: str, reviewer: str, barrier, results) -> None:

@@ -24,10 +24,10 @@ from mlflow import MlflowClient
 from services import ai_gateway, serving, traffic_audit
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from services.settings import load_settings
 from tests.hardening.mlflow_restart import restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
+from tests.harness.databricks_settings import use_app_env
 from tests.services.test_releases import AGENT, build_agent
 
 pytestmark = pytest.mark.slow
@@ -306,12 +306,8 @@ def test_databricks_split_change_with_mlflow_down_then_retry_completes_exactly_o
     from tests.harness import databricks_workspace as dw
 
     ws, outage = workspace
-    for key, value in ws.app_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("DATABRICKS_TOKEN", raising=False)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(tmp_path))
-    _clients._cached_settings.cache_clear()
-    settings = _clients.configure_mlflow(load_settings())
+    settings = use_app_env(monkeypatch, {**ws.app_env(), "AGENTOPS_DATA_DIR": str(tmp_path)},
+                           unset=("DATABRICKS_TOKEN",), configure=True)
     operator = Identity(dw.OPERATOR.email, dw.OPERATOR.display, IdentitySource.DATABRICKS_APPS,
                         access_token=dw.OPERATOR.token)
     try:

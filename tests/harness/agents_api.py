@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from tests.harness.databricks import DatabricksHarness
+from tests.harness.databricks_settings import databricks_settings
 
 
 def _not_found(message: str, code: str = "RESOURCE_DOES_NOT_EXIST") -> tuple[int, dict]:
@@ -413,10 +414,7 @@ class ReviewAppApi:
 
 def app_settings(harness: DatabricksHarness, data_dir: Any) -> Any:
     """The app's settings on the Databricks backend against ``harness`` (data folder for the local parts)."""
-    from services.settings import load_settings
-
-    return load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
-                          "AGENTOPS_DATA_DIR": str(data_dir)})
+    return databricks_settings(harness, data_dir)
 
 
 def api_calls(harness: DatabricksHarness, *, with_query: bool = False) -> list[tuple[str, str]]:

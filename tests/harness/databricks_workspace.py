@@ -21,6 +21,7 @@ from databricks.sdk.service import serving as sdk
 
 from services.settings import Settings
 from tests.harness.databricks import DatabricksHarness
+from tests.harness.databricks_settings import databricks_env
 from tests.harness.mlflow_forward import AppServicePrincipal, MlflowForwarder, bearer_token
 from tests.harness.mlflow_server import running_mlflow_server
 
@@ -88,8 +89,7 @@ class Workspace:
     def app_env(self) -> dict[str, str]:
         """The variables Databricks Apps would give the app (plus the app's own settings)."""
         return {
-            "AGENTOPS_BACKEND": "databricks",
-            "DATABRICKS_HOST": self.url,
+            **databricks_env(self.url),
             "DATABRICKS_CLIENT_ID": CLIENT_ID,
             "DATABRICKS_CLIENT_SECRET": CLIENT_SECRET,
             "DATABRICKS_APP_NAME": "agent-ops-console",

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from components.tables import plain
 from services import feedback as fb
 from services import review_queue as rq
+from tests.harness.databricks_settings import databricks_env, use_app_env
 from tests.services.test_feedback import QUESTIONS, make_traces
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -217,11 +218,8 @@ def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_
     monkeypatch.setattr("components.context.request_headers",
                         lambda: {"X-Forwarded-Email": REVIEWER, "X-Forwarded-Access-Token": "rev-token"})
     try:
-        for key, value in {"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url, "DATABRICKS_TOKEN": "app-token",
-                           "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
-                           "AGENTOPS_ROLE_GROUPS": "reviewer=experts"}.items():
-            monkeypatch.setenv(key, value)
-        _clients._cached_settings.cache_clear()
+        use_app_env(monkeypatch, databricks_env(harness, isolated_settings.data_dir, DATABRICKS_TOKEN="app-token",
+                                                AGENTOPS_ROLE_GROUPS="reviewer=experts"))
         local = _local_client_factory()
         for module in ("review_queue.queues", "review_queue.items", "review_queue.conversation_view",
                        "review_queue.review_app", "registry", "feedback.labels", "feedback.reviews",

@@ -114,6 +114,7 @@ def databricks_page(monkeypatch, isolated_settings):
     from services import _clients
     from tests.harness.agents_api import AgentsApi
     from tests.harness.databricks import DatabricksHarness
+    from tests.harness.databricks_settings import databricks_env, use_app_env
     from tests.services.test_deploy import _existing_endpoint
     from tests.services.test_serving_split import _local_client_factory
 
@@ -131,11 +132,8 @@ def databricks_page(monkeypatch, isolated_settings):
     registry.create_registered_model(DBX_MODEL)
     for _ in range(3):
         registry.create_model_version(DBX_MODEL, source="file:///tmp/none")
-    for key, value in {"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url, "DATABRICKS_TOKEN": "app-token",
-                       "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
-                       "AGENTOPS_ROLE_GROUPS": "operator=release-managers"}.items():
-        monkeypatch.setenv(key, value)
-    _clients._cached_settings.cache_clear()
+    use_app_env(monkeypatch, databricks_env(harness, isolated_settings.data_dir, DATABRICKS_TOKEN="app-token",
+                                            AGENTOPS_ROLE_GROUPS="operator=release-managers"))
     monkeypatch.setattr("components.context.request_headers", lambda: {
         "X-Forwarded-Email": "olivia@example.com", "X-Forwarded-Access-Token": "olivia-token"})
     local = _local_client_factory()

@@ -17,6 +17,7 @@ from services.errors import PermissionDeniedError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
 from tests.harness import databricks_workspace as dw
+from tests.harness.databricks_settings import use_app_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +38,8 @@ def workspace(tmp_path_factory):
 @pytest.fixture
 def dbx(workspace, tmp_path, monkeypatch):
     """Settings of the app on the local workspace, with the app's env as Databricks Apps sets it."""
-    for key, value in workspace.app_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("DATABRICKS_TOKEN", raising=False)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(tmp_path))
-    _clients._cached_settings.cache_clear()
-    settings = _clients.configure_mlflow(load_settings())
+    settings = use_app_env(monkeypatch, {**workspace.app_env(), "AGENTOPS_DATA_DIR": str(tmp_path)},
+                           unset=("DATABRICKS_TOKEN",), configure=True)
     with _clients.acting_as(None):
         yield settings
     _clients._cached_settings.cache_clear()

@@ -2,9 +2,10 @@ import getpass
 
 from services.identity import IdentitySource, resolve_identity
 from services.settings import load_settings
+from tests.harness.databricks_settings import databricks_settings
 
 LOCAL = load_settings({})
-DATABRICKS = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x"})
+DATABRICKS = databricks_settings("https://x")
 FORWARDED = {
     "x-forwarded-email": "ana@example.com",
     "X-Forwarded-User": "123@456",

@@ -7,8 +7,8 @@ import pytest
 from services import _clients
 from services._mlflow_internal import user_client as _mlflow_user_client
 from services.identity import Identity, IdentitySource
-from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
+from tests.harness.databricks_settings import databricks_settings
 from tests.harness.mlflow_forward import bearer_token
 
 ANA = Identity("ana@example.com", "Ana", IdentitySource.DATABRICKS_APPS, access_token="ana-token")
@@ -44,8 +44,7 @@ def workspace(monkeypatch, tmp_path):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DATABRICKS_HOST", harness.url)
     monkeypatch.setenv("DATABRICKS_TOKEN", "app-token")
-    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
-                              "AGENTOPS_DATA_DIR": str(tmp_path)})
+    settings = databricks_settings(harness, tmp_path)
     with _clients.acting_as(None):
         yield settings, seen
     harness.stop()

@@ -7,10 +7,11 @@ from services import roles
 from services.errors import ConfigurationError, ConflictError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
+from tests.harness.databricks_settings import databricks_settings
 
 ANA = Identity("ana@example.com", "ana", IdentitySource.DATABRICKS_APPS, access_token="tok")
 BO = Identity("bo@example.com", "bo", IdentitySource.DATABRICKS_APPS)
-DBX = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x"})
+DBX = databricks_settings("https://x")
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_databricks_role_reads_the_users_groups_with_their_token(monkeypatch):
     try:
         harness.users["ana-token"] = User(user_name="ana@example.com",
                                           groups=[ComplexValue(display="experts"), ComplexValue(display="x")])
-        settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+        settings = databricks_settings(harness)
         client = workspace_client(settings, user_token="ana-token")
         env = {"AGENTOPS_ROLE_GROUPS": "reviewer=experts,operator=release"}
         assert roles.resolve_role(ANA, settings, workspace_client=client, environ=env) is roles.Role.REVIEWER
@@ -154,7 +155,7 @@ def test_enforce_makes_the_rest_of_a_databricks_request_act_for_the_user(monkeyp
         harness.users["tok"] = User(user_name="ana@example.com", groups=[ComplexValue(display="experts")])
         monkeypatch.setenv("AGENTOPS_ROLE_GROUPS", "reviewer=experts")
         monkeypatch.setenv("AGENTOPS_USER_AUTHORIZATION", "on")
-        settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+        settings = databricks_settings(harness)
         with _clients.acting_as(None):
             assert roles.enforce(ANA, roles.Action.REVIEW, settings) is roles.Role.REVIEWER
             # The write that follows goes out with Ana's token, whatever the request held before.

@@ -10,6 +10,7 @@ from services import serving, team_state
 from services.errors import ConflictError, ValidationError
 from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
+from tests.harness.databricks_settings import databricks_settings
 
 SERVED = (
     serving.ServedVersion("agent-1", "agent", "1"),
@@ -93,7 +94,7 @@ def test_databricks_endpoints_are_read_through_the_sdk(harness, monkeypatch):
         ),
     )
     monkeypatch.setenv("DATABRICKS_TOKEN", "test-token")
-    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+    settings = databricks_settings(harness)
     (endpoint,) = serving.list_endpoints(settings)
     assert endpoint.name == "agents_main-demo-support"
     assert endpoint.state is serving.EndpointState.UPDATING

@@ -7,8 +7,8 @@ from databricks.sdk.service import serving as sdk
 
 from services import serving, traffic_audit
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
-from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
+from tests.harness.databricks_settings import databricks_settings
 
 ENDPOINT = "agents_main-demo-support"
 
@@ -44,10 +44,7 @@ def harness(monkeypatch, isolated_settings):
 @pytest.fixture
 def dbx_settings(harness, isolated_settings):
     # Databricks for serving; the audit trail goes to the isolated local MLflow store.
-    settings = load_settings({
-        "AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
-        "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
-    })
+    settings = databricks_settings(harness, isolated_settings.data_dir)
     return settings
 
 
@@ -316,9 +313,7 @@ def test_sustained_throttling_is_bounded_and_named(harness, isolated_settings):
     import time
 
     harness.endpoints[ENDPOINT] = _detailed()
-    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url,
-                              "AGENTOPS_DATA_DIR": str(isolated_settings.data_dir),
-                              "AGENTOPS_DATABRICKS_RETRY_SECONDS": "2"})
+    settings = databricks_settings(harness, isolated_settings.data_dir, AGENTOPS_DATABRICKS_RETRY_SECONDS="2")
     harness.throttle(60, retry_after=1)
     started = time.monotonic()
     with pytest.raises(serving.BackendUnavailableError, match=r"throttled: retry after 1 s"):

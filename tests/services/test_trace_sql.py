@@ -9,8 +9,8 @@ import pytest
 from services import monitoring as mon
 from services import trace_sql
 from services.errors import BackendUnavailableError, ValidationError
-from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
+from tests.harness.databricks_settings import databricks_settings
 from tests.harness.sql_statements import SqlWarehouse
 
 SOURCE = trace_sql.WarehouseSource.for_schema("wh-1", "main", "agent_ops")
@@ -41,7 +41,7 @@ WINDOW = dict(start_ms=START_MS, end_ms=START_MS + 2 * HOUR_MS, interval_seconds
 def workspace():
     warehouse = SqlWarehouse(columns=COLUMNS, rows=[list(r) for r in ROWS])
     harness = DatabricksHarness(handlers=[warehouse.handler]).start()
-    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+    settings = databricks_settings(harness)
     from services._clients import workspace_client
 
     yield warehouse, harness, settings, workspace_client(settings, user_token="ana-token")

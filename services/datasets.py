@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from services._clients import translate_errors
+from services._clients import classify_error, configure_mlflow, mlflow_client, translate_errors
 from services.errors import AgentOpsError, BackendUnavailableError, ConflictError, NotFoundError, ValidationError
-from services.settings import Settings
+from services.settings import Backend, Settings
 
 MAX_ROWS = 5000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -56,8 +56,6 @@ class DatasetListing:
 
 def list_datasets(experiment_ids: Sequence[str], settings: Settings | None = None) -> DatasetListing:
     """MLflow evaluation datasets linked to the given experiments, by name (unfinished saves left out)."""
-    from services._clients import configure_mlflow
-
     configure_mlflow(settings)
     if not experiment_ids:
         return DatasetListing((), True)
@@ -86,8 +84,6 @@ def list_datasets(experiment_ids: Sequence[str], settings: Settings | None = Non
 
 def load_dataset_rows(name: str, settings: Settings | None = None) -> list[dict[str, Any]]:
     """The rows of an MLflow evaluation dataset, in inputs/expectations shape."""
-    from services._clients import configure_mlflow
-
     configure_mlflow(settings)
     from mlflow.genai.datasets import get_dataset
 
@@ -155,8 +151,6 @@ def _is_empty(dataset: Any, name: str) -> bool:
 
 def _markers(settings: Settings) -> bool:
     """Whether datasets carry the unfinished-save marker (MLflow tags; Unity Catalog datasets have none)."""
-    from services.settings import Backend
-
     return settings.backend is not Backend.DATABRICKS
 
 
@@ -173,8 +167,6 @@ def _interrupted(name: str, exc: Exception, retry: str) -> BackendUnavailableErr
 def _merge_and_finish(dataset: Any, rows: list[dict[str, Any]], name: str, marker: str | None) -> None:
     """Merge the rows (an upsert keyed by inputs: merging the same rows again adds none), then mark the save done."""
     from mlflow.genai.datasets import set_dataset_tags
-
-    from services._clients import classify_error
 
     what = f"evaluation dataset {name!r}"
     with translate_errors(what):
@@ -206,8 +198,6 @@ def save_dataset(name: str, rows: list[dict[str, Any]], experiment_id: str, sett
     unchanged. An empty dataset of that name (a save interrupted where no tag can be written, on
     Databricks) is filled the same way.
     """
-    from services._clients import configure_mlflow, mlflow_client
-
     name = (name or "").strip()
     if not name:
         raise ValidationError("Give the dataset a name.")
@@ -261,8 +251,6 @@ def add_rows(name: str, rows: list[dict[str, Any]], experiment_id: str, settings
     an interruption (``BackendUnavailableError``) reuses the dataset the first attempt created.
     The caller checks the experiment exists.
     """
-    from services._clients import configure_mlflow
-
     name = (name or "").strip()
     if not name:
         raise ValidationError("Give the evaluation dataset a name.")

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from services import evaluations
+from services import evaluations, roles
 from services._clients import configure_mlflow
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.settings import Settings
@@ -79,8 +79,6 @@ def start_job(request: evaluations.EvaluationRequest, settings: Settings, identi
     """
     evaluations.check_request(request)
     if identity is not None:
-        from services import roles
-
         roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
     if request.request_id is None:
         request = replace(request, request_id=evaluations.new_request_id())

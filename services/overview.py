@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from services import evaluations, registry, serving, traces
+from services import _mlflow_internal as internal
+from services import ai_gateway, evaluations, registry, serving, traces
 from services._clients import get_settings, mlflow_client, translate_errors
+from services.errors import AgentOpsError
 from services.settings import Settings
+from services.team_state import state_experiment
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,6 @@ def agent_window(agent: registry.AgentSummary, model_ids: tuple[str, ...], since
                  settings: Settings) -> traces.TraceWindowSummary:
     """An agent's last-window traffic: traces linked to its versions' LoggedModels (``mlflow.modelId``),
     or carrying the app's older agent tag; one store-side aggregate."""
-    from services import _mlflow_internal as internal
-
     experiment_ids = list(dict.fromkeys([*agent.experiment_ids, *settings.experiment_ids]))
     empty = traces.TraceWindowSummary(since, now, 0, 0, None, None, None)
     if not experiment_ids:
@@ -99,9 +100,6 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
 
 
 def _gateway_endpoints(settings: Settings) -> tuple[tuple[serving.Endpoint, ...], str | None]:
-    from services import ai_gateway
-    from services.errors import AgentOpsError
-
     if not ai_gateway.available(settings):
         return (), None
     try:
@@ -112,8 +110,6 @@ def _gateway_endpoints(settings: Settings) -> tuple[tuple[serving.Endpoint, ...]
 
 def store_is_empty(settings: Settings | None = None) -> bool:
     """True when the store holds no registered model and no experiment besides ``Default`` (and team state)."""
-    from services.team_state import state_experiment
-
     settings = settings or get_settings()
     client = mlflow_client(settings)
     with translate_errors("the tracking store"):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from services import roles, team_state
 from services.errors import ValidationError
 from services.settings import Settings
 
@@ -103,8 +104,6 @@ def _payload(prices: Mapping[str, ModelPrice]) -> dict[str, Any]:
 
 
 def _record(settings: Settings) -> Any:
-    from services import team_state
-
     record = team_state.read(PRICES_KEY, settings)
     if record is None:
         record = team_state.migrate_file(PRICES_KEY, _path(settings), _parse_file, settings)
@@ -135,12 +134,8 @@ def save_prices(settings: Settings, prices: Mapping[str, Any], identity: Any = N
     With ``identity`` (pages should pass it), editing prices needs the admin role, like other settings.
     With ``expected_version`` (the version the editor loaded), a concurrent edit gives ``ConflictError``.
     """
-    from services import team_state
-
     checked = validate_prices(prices)
     if identity is not None:
-        from services import roles
-
         roles.enforce(identity, roles.Action.EDIT_RULES, settings)
     if expected_version is None:
         expected_version = prices_version(settings)

@@ -18,6 +18,7 @@ from typing import Any
 from services._clients import mlflow_client, translate_errors
 from services.errors import NotFoundError
 from services.settings import Settings
+from services.versions import check_agent_name, check_version, model_id_of
 
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"
 
@@ -94,8 +95,6 @@ def _template(client: Any, name: str, version: str) -> tuple[str | None, str | N
 
 def linked_prompts(name: str, version: str | int, settings: Settings | None = None) -> tuple[PromptRef, ...]:
     """The prompt versions a registered version uses: from its LoggedModel, then its source run."""
-    from services.versions import check_agent_name, check_version, model_id_of
-
     name, number = check_agent_name(name), check_version(version)
     client = mlflow_client(settings)
     with translate_errors(f"version {number} of {name!r}"):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from services._clients import mlflow_client, translate_errors
+from services import audit, roles
+from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
 from services.settings import Settings
 
@@ -409,9 +410,6 @@ def detach_experiment(name: str, experiment_id: str, identity: Any, settings: Se
 
 
 def _allowed(identity: Any, settings: Settings | None) -> str:
-    from services import roles
-    from services._clients import get_settings
-
     roles.enforce(identity, roles.Action.EDIT_RULES, settings or get_settings())
     return identity.user
 
@@ -425,8 +423,6 @@ def _check_experiment_id(experiment_id: Any) -> str:
 
 def _record_attachment(name: str, action: str, experiment_id: str, before: list[str], after: list[str],
                        user: str, settings: Settings | None) -> None:
-    from services import audit
-
     audit.record_experiment_link(model=name, action=action, experiment_id=experiment_id, before=before,
                                  after=after, user=user, settings=settings)
 

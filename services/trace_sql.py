@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from services import _mlflow_internal as internal
+from services._clients import translate_errors
 from services.errors import BackendUnavailableError, ValidationError
 
 DEFAULT_SPANS_TABLE = "mlflow_experiment_trace_otel_spans"
@@ -173,8 +174,6 @@ GROUP BY r.grp, c.model"""
 def _run(client: Any, source: WarehouseSource, statement: Statement, *, timeout_s: float,
          poll_s: float) -> list[dict[str, Any]]:
     from databricks.sdk.service import sql as dbsql
-
-    from services._clients import translate_errors
 
     with translate_errors("the SQL warehouse"):
         api = client.statement_execution

@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from services import _mlflow_internal as internal
 from services import registry
-from services._clients import mlflow_client, translate_errors
+from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
 from services.evaluations import (
     AGENT_TAG,
@@ -119,8 +120,6 @@ def agent_experiment_ids(name: str, settings: Settings | None = None, *, model: 
                          models: dict[str, registry.LoggedModelFacts] | None = None) -> list[str]:
     """Experiments holding an agent's evaluations and traces: those of its versions' LoggedModels
     and source runs, the tagged and attached ones, plus configured ids."""
-    from services._clients import get_settings
-
     settings = settings or get_settings()
     client = mlflow_client(settings)
     with translate_errors(f"registered model {name!r}"):
@@ -140,8 +139,6 @@ def agent_experiment_ids(name: str, settings: Settings | None = None, *, model: 
 
 
 def _known_experiments(model: Any, settings: Settings | None) -> list[str]:
-    from services._clients import get_settings
-
     tags = registry._tags(model)
     known = [tags[registry.EXPERIMENT_TAG]] if tags.get(registry.EXPERIMENT_TAG) else []
     return list(dict.fromkeys([*known, *registry.attached_experiments(tags), *(settings or get_settings()).experiment_ids]))
@@ -331,8 +328,6 @@ def traffic_by_model(
     since_ms = int((now - window).timestamp() * 1000)
     client = mlflow_client(settings)
     if model_ids is not None:
-        from services import _mlflow_internal as internal
-
         wanted = [m for m in dict.fromkeys(model_ids) if m]
         if not wanted:
             return {}

@@ -94,9 +94,18 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None) 
         return 2
     configure_limits(options)
     stop = stop or threading.Event()
+    previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        return _loop(settings, options, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _loop(settings: Any, options: argparse.Namespace, stop: threading.Event) -> int:
     _logger.info("started (pid %s) on %s: %s", os.getpid(), settings.workspace_label,
                  ", ".join(t.name for t in TASKS))
     due = {task.name: 0.0 for task in TASKS}

@@ -97,7 +97,11 @@ def catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> lis
 
     databricks = settings.backend is Backend.DATABRICKS
     specs = {s.name: s for s in scorers.scorer_catalog(databricks=databricks, environ=environ)}
-    choices = [LiveScorerChoice(n, specs[n].label, "code", True) for n in LIVE_CODE_SCORERS]
+    # Databricks production monitoring runs a registered @scorer's body on its own compute, where the
+    # app's modules (which the live code scorers call) are not installed.
+    code_reason = ("The app's code scorers run in its worker; on Databricks production monitoring runs "
+                   "only the LLM judges." if databricks else "")
+    choices = [LiveScorerChoice(n, specs[n].label, "code", not databricks, code_reason) for n in LIVE_CODE_SCORERS]
     choices += [LiveScorerChoice(n, specs[n].label, "LLM judge", specs[n].available, specs[n].reason)
                 for n in LIVE_JUDGES]
     return choices

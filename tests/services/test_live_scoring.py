@@ -40,7 +40,7 @@ def world(isolated_settings, monkeypatch):
     (LiveScoringConfig(scorers=("safety",), sample_rate=0.5), "No judge model is configured"),
     (LiveScoringConfig(scorers=(), sample_rate=0.5), "at least one scorer"),
 ])
-def test_bad_input_is_refused_and_nothing_is_stored(world, isolated_settings, monkeypatch, config, message):
+def test_bad_input_is_refused_and_nothing_is_stored(isolated_settings, monkeypatch, config, message):
     monkeypatch.delenv("AGENTOPS_JUDGE_MODEL", raising=False)
     with pytest.raises(ValidationError, match=message):
         live_scoring.save_config(AGENT, config, identity=OPS, settings=isolated_settings)

@@ -29,7 +29,8 @@ def _freq(start: datetime, end: datetime) -> str:
     return "5min" if hours <= 2 else "1h" if hours <= 48 else "1D"
 
 
-def quality_chart(quality: pd.DataFrame, scorer: str) -> go.Figure:
+def quality_chart(quality: pd.DataFrame, scorer: str, start: datetime | None = None,
+                  end: datetime | None = None) -> go.Figure:
     """One line per group with its interval as error bars."""
     figure = go.Figure()
     part = quality[quality["scorer"] == scorer]
@@ -44,7 +45,8 @@ def quality_chart(quality: pd.DataFrame, scorer: str) -> go.Figure:
             hovertemplate=f"{label}<br>%{{x}}<br>%{{y:.0%}} (n=%{{customdata[0]}})<extra></extra>",
         )
     figure.update_layout(height=260, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         title=chart_text(scorer), yaxis={"tickformat": ".0%", "range": [0, 1.05]})
+                         title=chart_text(scorer), yaxis={"tickformat": ".0%", "range": [0, 1.05]},
+                         showlegend=True, xaxis={"range": [start, end]} if start and end else {})
     return figure
 
 
@@ -64,7 +66,7 @@ def render_live_quality(settings: Settings, agent: str, start: datetime, end: da
     st.caption(f"Live quality per {by}: pass rate per bucket with 95% Wilson intervals "
                f"({len(results):,} results on {results['trace_id'].nunique():,} traces).")
     for scorer in sorted(quality["scorer"].unique()):
-        st.plotly_chart(quality_chart(quality, scorer), config={"displayModeBar": False}, key=f"live_q_{scorer}")
+        st.plotly_chart(quality_chart(quality, scorer, start, end), config={"displayModeBar": False}, key=f"live_q_{scorer}")
     with st.expander("Per-bucket figures"):
         st.dataframe(quality.assign(rate=quality["rate"].round(3), low=quality["low"].round(3),
                                     high=quality["high"].round(3)), hide_index=True, width="stretch")

@@ -46,7 +46,8 @@ def _worker_status(settings: Settings) -> None:
                 "gateway; or run `python -m agentops worker`.", icon=":material/schedule:")
         return
     cols = st.columns(4)
-    cols[0].metric("Last run (UTC)", (status.last_run or "—").replace("T", " ")[:19])
+    last = (status.last_run or "—").replace("T", " ")[:19]
+    cols[0].metric("Last run (UTC)", last[11:] or last, help=f"{last} UTC, took {status.last_duration_s:.1f} s")
     cols[1].metric("Traces scored (last run)", status.traces_scored_last)
     cols[2].metric("Traces scored (total)", status.traces_scored_total)
     cols[3].metric("Lag", "—" if status.lag_seconds is None else f"{status.lag_seconds:,.0f} s",
@@ -82,9 +83,12 @@ def _form(settings: Settings, identity: Identity, agent: str, current: live_scor
     choices = live_scoring.catalog(settings)
     usable = [c.name for c in choices if c.available]
     labels = {c.name: f"{c.label} ({c.kind})" for c in choices}
+    blocked: dict[str, list[str]] = {}
     for c in choices:
         if not c.available:
-            st.caption(f":material/block: {plain(c.label)}: {plain(c.reason)}")
+            blocked.setdefault(c.reason, []).append(c.label)
+    for reason, names in blocked.items():
+        st.caption(f":material/block: {plain(', '.join(names))} unavailable: {plain(reason)}")
     key = f"live_{agent}_{version}"
     with st.form(key=f"{key}_form", border=False):
         picked = st.multiselect("Scorers", usable, default=[s for s in base.scorers if s in usable],

@@ -14,7 +14,15 @@ import pytest
 
 from services import rollouts, sequential
 from services.errors import ValidationError
-from services.rollouts import Action, ArmEvidence, Baseline, Final, Guardrail, Measure, RolloutPlan
+from services.rollouts import (
+    Action,
+    ArmEvidence,
+    Baseline,
+    Final,
+    Guardrail,
+    Measure,
+    RolloutPlan,
+)
 from services.sequential import ArmSample
 from tests.hardening.reliability import write_record
 

@@ -439,6 +439,17 @@ def live_results(agent: str, settings: Settings, *, start: datetime, end: dateti
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
+def outcomes_by(results: pd.DataFrame, by: str = "arm") -> dict[str, dict[str, list[float]]]:
+    """Per group (``arm`` or ``version``) and scorer, the per-trace scores (1.0/0.0 for pass/fail).
+
+    For the A/B judge: the live scorers' results of each arm, to test like its other measures.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for (group, scorer), part in results.dropna(subset=["score"]).groupby([by, "scorer"], sort=True):
+        out.setdefault(str(group), {})[str(scorer)] = [float(v) for v in part["score"]]
+    return out
+
+
 def wilson(passed: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a pass rate (statsmodels)."""
     from statsmodels.stats.proportion import proportion_confint

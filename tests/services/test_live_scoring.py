@@ -112,3 +112,18 @@ def test_public_fallback_scores_the_same_traces(world, isolated_settings, monkey
     for trace_id in world["trace_ids"]:
         names = [a.name for a in world["client"].get_trace(trace_id).info.assessments]
         assert sorted(names) == ["live_forbidden_content", "live_latency_budget"]
+
+
+def test_outcomes_per_arm_for_the_ab_judge():
+    import pandas as pd
+
+    stamp = pd.Timestamp("2026-12-01T10:00:00Z")
+    rows = [["t1", stamp, "m1", "1", "a", "latency_budget", "yes", True, 1.0],
+            ["t2", stamp, "m1", "1", "a", "latency_budget", "no", False, 0.0],
+            ["t3", stamp, "m2", "2", "b", "latency_budget", "yes", True, 1.0],
+            ["t3", stamp, "m2", "2", "b", "relevance", "bad", None, None]]
+    results = pd.DataFrame(rows, columns=live_scoring.RESULT_COLUMNS)
+    assert live_scoring.outcomes_by(results, "arm") == {"a": {"latency_budget": [1.0, 0.0]},
+                                                        "b": {"latency_budget": [1.0]}}
+    quality = live_scoring.quality_over_time(results, by="arm")
+    assert list(quality["n"]) == [2, 1, 1]

@@ -697,13 +697,7 @@ def delivery_history(settings: Settings) -> list[dict[str, Any]]:
 
 def incidents(settings: Settings) -> list[dict[str, Any]]:
     """Each rule's incident state: status, incident id, since, the notification still owed."""
-    found = []
-    for key, record in sorted(team_state.read_all(settings, INCIDENT_KEY).items()):
-        value = record.value or {}
-        found.append({"rule": key[len(INCIDENT_KEY):], "status": value.get("status"), "incident": value.get("incident"),
-                      "since": value.get("since"), "resolved_at": value.get("resolved_at"),
-                      "owed": value.get("pending"), "value": value.get("value"), "sample": value.get("sample")})
-    return found
+    return list(snapshot(settings).incidents)
 
 
 def change_history(settings: Settings, limit: int = 50) -> list[dict[str, Any]]:
@@ -723,3 +717,33 @@ def rule_from_form(**values: Any) -> AlertRule:
 
 def with_channels(rule: AlertRule, channels: Iterable[str]) -> AlertRule:
     return replace(rule, channels=tuple(channels))
+
+
+@dataclass(frozen=True)
+class AlertSnapshot:
+    """Rules, channels and incidents as one read of the team state (what the Alerts page shows)."""
+
+    rules: tuple[AlertRule, ...]
+    channels: tuple[Channel, ...]
+    incidents: tuple[dict[str, Any], ...]
+    rule_versions: Mapping[str, int]
+    secrets_where: str
+
+
+def snapshot(settings: Settings) -> AlertSnapshot:
+    """The team's alert configuration and incident states, read once."""
+    records = team_state.read_all(settings, "alert-")
+    found = []
+    for key, record in sorted(records.items()):
+        if key.startswith(INCIDENT_KEY):
+            value = record.value or {}
+            found.append({"rule": key[len(INCIDENT_KEY):], "status": value.get("status"),
+                          "incident": value.get("incident"), "since": value.get("since"),
+                          "resolved_at": value.get("resolved_at"), "owed": value.get("pending"),
+                          "value": value.get("value"), "sample": value.get("sample")})
+    try:
+        where = notify.secret_store(settings).where
+    except AgentOpsError as exc:
+        where = f"not available: {exc}"
+    return AlertSnapshot(tuple(list_rules(settings, records)), tuple(list_channels(settings, records)), tuple(found),
+                         {k[len(RULE_KEY):]: r.version for k, r in records.items() if k.startswith(RULE_KEY)}, where)

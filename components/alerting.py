@@ -25,6 +25,18 @@ MEASURE_HELP = {
 NONE = ""
 
 
+def when(iso: Any) -> str:
+    """An ISO time from the team state as ``YYYY-MM-DD HH:MM UTC`` ("" when unset)."""
+    if not iso:
+        return ""
+    try:
+        from datetime import datetime, timezone
+
+        return datetime.fromisoformat(str(iso)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return str(iso)
+
+
 def rules_frame(rules: Sequence[AlertRule]) -> pd.DataFrame:
     """One row per rule: name, condition, scope, channels, enabled."""
     return pd.DataFrame(
@@ -44,13 +56,15 @@ def channels_frame(channels: Sequence[Channel]) -> pd.DataFrame:
 
 
 def incidents_frame(incidents: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(list(incidents), columns=["rule", "status", "incident", "since", "resolved_at", "owed",
-                                                  "value", "sample"])
+    """One row per rule that ever fired: status, incident, since, resolved, the notification still owed."""
+    rows = [{**i, "since": when(i.get("since")), "resolved_at": when(i.get("resolved_at")), "owed": i.get("owed") or ""}
+            for i in incidents]
+    return pd.DataFrame(rows, columns=["rule", "status", "incident", "since", "resolved_at", "owed", "value", "sample"])
 
 
 def history_frame(entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"at": e.get("at"), "rule": e.get("rule") or "(test)", "incident": e.get("incident"), "kind": e.get("kind"),
+        [{"at": when(e.get("at")), "rule": e.get("rule") or "(test)", "incident": e.get("incident"), "kind": e.get("kind"),
           "channel": e.get("channel"), "delivered": e.get("ok"), "attempts": e.get("attempts"),
           "error": e.get("error") or "", "by": e.get("by")} for e in entries],
         columns=["at", "rule", "incident", "kind", "channel", "delivered", "attempts", "error", "by"],

@@ -9,7 +9,7 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
-from components.alerting import channel_form, channels_frame, history_frame, incidents_frame, rule_form, rules_frame
+from components.alerting import channel_form, channels_frame, history_frame, incidents_frame, rule_form, rules_frame, when
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.tables import plain
@@ -17,7 +17,7 @@ from services import alerting, registry, roles
 from services.errors import AgentOpsError, ValidationError
 from services.settings import Settings
 
-NEW = "➕ New rule"
+NEW = "(new rule)"
 
 
 @per_user_cache(ttl=60, show_spinner=False)
@@ -52,7 +52,7 @@ cols[1].metric("Channels", len(snap.channels))
 cols[2].metric("Firing", len(firing))
 cols[3].metric("Notifications owed", sum(1 for i in snap.incidents if i.get("owed")))
 for incident in firing:
-    st.error(f"**{plain(incident['rule'])}** is firing since {plain(incident['since'])} "
+    st.error(f"**{plain(incident['rule'])}** is firing since {plain(when(incident['since']))} "
              f"(incident {plain(incident['incident'])})", icon=":material/notifications_active:")
 
 rules_tab, channels_tab, history_tab = st.tabs(["Rules", "Channels", "Incidents & history"])

@@ -342,7 +342,7 @@ class DatabricksSecretScope:
         try:
             return action()
         except (ResourceDoesNotExist, NotFound) as exc:
-            if "scope" in str(exc).lower():
+            if re.search(r"scope \S+ does not exist", str(exc), re.IGNORECASE):
                 raise ConfigurationError(
                     f"The secret scope {self.scope!r} does not exist. Create it (databricks secrets create-scope "
                     f"{self.scope}) and give the app's service principal WRITE on it, or set "
@@ -372,10 +372,8 @@ class DatabricksSecretScope:
 def secret_store(settings: Settings) -> SecretStore:
     """Where this backend keeps channel URLs."""
     if settings.backend is Backend.DATABRICKS:
-        from services._clients import acting_as, workspace_client
+        from services._clients import app_workspace_client
 
-        # Secrets are not among the scopes a user token can carry: the app's service principal reads them.
-        with acting_as(None):
-            client = workspace_client(settings)
-        return DatabricksSecretScope(client, read("AGENTOPS_ALERT_SECRET_SCOPE") or DEFAULT_SCOPE)
+        # Secrets are not among the scopes a user token can carry: the app's service principal uses them.
+        return DatabricksSecretScope(app_workspace_client(settings), read("AGENTOPS_ALERT_SECRET_SCOPE") or DEFAULT_SCOPE)
     return LocalSecretFile(Path(read("AGENTOPS_ALERT_CHANNELS_FILE") or DEFAULT_FILE))

@@ -308,3 +308,25 @@ def test_the_channels_file_must_be_private_and_outside_the_repository(tmp_path):
         store.put("other", "json://127.0.0.1/y")
     os.chmod(store.path, 0o600)
     assert store.get("oncall") == "json://127.0.0.1/x"
+
+
+def test_two_workers_evaluating_the_same_breach_send_one_firing(settings, hook, receiver):
+    experiment_id, model_id = _agent(settings)
+    alerting.save_channel(settings, "oncall", hook, ADMIN)
+    alerting.save_rule(settings, dict(name="errors", measure="error_rate", threshold=0.3, min_sample=5,
+                                      agent=AGENT, channels=["oncall"]), ADMIN)
+    _traffic(experiment_id, model_id, ok=1, failed=5)
+    barrier, reports = threading.Barrier(2), []
+
+    def worker():
+        barrier.wait()
+        reports.append(alerting.evaluate_and_notify(settings, attempts=1))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(reports) == 2 and sorted(r.sent for r in reports) == [0, 1]
+    assert [kind for kind, _ in _messages(receiver)] == ["failure"]
+    assert [h["kind"] for h in alerting.delivery_history(settings)] == ["firing"]

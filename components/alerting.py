@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -30,9 +32,9 @@ def when(iso: Any) -> str:
     if not iso:
         return ""
     try:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        return datetime.fromisoformat(str(iso)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return datetime.fromisoformat(str(iso)).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     except ValueError:
         return str(iso)
 
@@ -64,7 +66,7 @@ def incidents_frame(incidents: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def history_frame(entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"at": when(e.get("at")), "rule": e.get("rule") or "(test)", "incident": e.get("incident"), "kind": e.get("kind"),
+        [{"at": when(e.get("at")), "rule": e.get("rule") or f"({e.get('kind') or 'test'})", "incident": e.get("incident"), "kind": e.get("kind"),
           "channel": e.get("channel"), "delivered": e.get("ok"), "attempts": e.get("attempts"),
           "error": e.get("error") or "", "by": e.get("by")} for e in entries],
         columns=["at", "rule", "incident", "kind", "channel", "delivered", "attempts", "error", "by"],

@@ -9,7 +9,15 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
-from components.alerting import channel_form, channels_frame, history_frame, incidents_frame, rule_form, rules_frame, when
+from components.alerting import (
+    channel_form,
+    channels_frame,
+    history_frame,
+    incidents_frame,
+    rule_form,
+    rules_frame,
+    when,
+)
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.tables import plain

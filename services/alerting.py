@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from services import monitoring, notify, registry, roles, team_state
 from services._clients import mlflow_client, translate_errors
@@ -417,7 +418,7 @@ def _query(rule: AlertRule, settings: Settings, now: datetime) -> monitoring.Tra
 
 def measure(rule: AlertRule, settings: Settings, now: datetime | None = None) -> Measurement:
     """The rule's measure over its window ending at ``now``, and the sample it rests on."""
-    now = now or datetime.now(tz=timezone.utc)
+    now = now or datetime.now(tz=UTC)
     query = _query(rule, settings, now)
     if not query.experiment_ids:
         return Measurement(None, 0, "no experiment holds traces for this scope")
@@ -553,7 +554,7 @@ def evaluate_and_notify(settings: Settings, now: datetime | None = None, *, atte
     Safe to run from two workers at once and after a restart: each transition is claimed in team
     state before it is sent, so every incident gets one firing and one resolved notification.
     """
-    now = now or datetime.now(tz=timezone.utc)
+    now = now or datetime.now(tz=UTC)
     records = team_state.read_all(settings, "alert-")
     outcomes = []
     for rule in list_rules(settings, records):
@@ -669,7 +670,7 @@ def _send(settings: Settings, channel: str, title: str, body: str, kind: str, *,
 
 def _entry(channel: str, kind: str, result: Delivery, *, rule: str, incident: str, by: str,
            value: float | None = None, sample: int | None = None) -> dict[str, Any]:
-    return {"at": datetime.now(tz=timezone.utc).isoformat(), "rule": rule, "incident": incident, "kind": kind,
+    return {"at": datetime.now(tz=UTC).isoformat(), "rule": rule, "incident": incident, "kind": kind,
             "channel": channel, "ok": result.ok, "attempts": result.attempts, "error": notify.redact(result.error),
             "value": value, "sample": sample, "by": by}
 
@@ -747,3 +748,35 @@ def snapshot(settings: Settings) -> AlertSnapshot:
         where = f"not available: {exc}"
     return AlertSnapshot(tuple(list_rules(settings, records)), tuple(list_channels(settings, records)), tuple(found),
                          {k[len(RULE_KEY):]: r.version for k, r in records.items() if k.startswith(RULE_KEY)}, where)
+
+
+NOTICE_KEY = "alert-notice:"
+
+
+def notify_channels(settings: Settings, title: str, body: str, *, key: str, channels: Iterable[str] | None = None,
+                    by: str = EVALUATOR, attempts: int = 3, backoff_s: float = 1.0) -> list[Delivery]:
+    """Send a one-off notice (e.g. a rollout step) to ``channels`` (all channels when None), once per ``key``.
+
+    The key is claimed in team state before anything is sent, so a second caller or a restarted worker with
+    the same key sends nothing (returns ``[]``). Deliveries are recorded in the delivery history.
+    """
+    if not isinstance(key, str) or not key.strip() or len(key) > 500:
+        raise ValidationError("A notice needs a key (what makes it unique), at most 500 characters.")
+    import hashlib
+
+    records = team_state.read_all(settings, "alert-")
+    names = [c.name for c in list_channels(settings, records)] if channels is None else list(channels)
+    slug = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    try:
+        team_state.write(NOTICE_KEY + slug, {"key": key[:200], "title": title[:200], "channels": names},
+                         expected_version=0, user=by, settings=settings, note=f"notice {title[:200]}")
+    except ConflictError:
+        return []  # sent (or being sent) by someone else
+    results, entries = [], []
+    for name in names:
+        result = _send(settings, name, title, body, Kind.NOTICE, attempts=attempts,
+                       backoff_s=backoff_s)
+        results.append(result)
+        entries.append(_entry(name, Kind.NOTICE, result, rule="", incident=key[:200], by=by))
+    _log_deliveries(settings, entries)
+    return results

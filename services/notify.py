@@ -26,9 +26,10 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from services.errors import (
     ConfigurationError,
@@ -172,7 +173,7 @@ class _secret_in_use:
             for p in self.parts:
                 _secret_fragments[p] = _secret_fragments.get(p, 0) + 1
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         with _secret_lock:
             for p in self.parts:
                 left = _secret_fragments.get(p, 1) - 1
@@ -190,7 +191,7 @@ class _quiet_apprise:
         self.level = self.logger.level
         self.logger.setLevel(logging.CRITICAL)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.logger.setLevel(self.level)
 
 
@@ -201,6 +202,7 @@ class Kind:
     FIRING = "firing"
     RESOLVED = "resolved"
     TEST = "test"
+    NOTICE = "notice"  # a one-off message (a rollout step), not an incident
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,11 @@ class DatabricksSecretScope:
         self.where = f"secret scope {scope!r}"
 
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
-        from databricks.sdk.errors import NotFound, PermissionDenied, ResourceDoesNotExist
+        from databricks.sdk.errors import (
+            NotFound,
+            PermissionDenied,
+            ResourceDoesNotExist,
+        )
 
         try:
             return action()

@@ -24,8 +24,8 @@ from databricks.sdk.service.workspace import (
     ListSecretsResponse,
     ScopeBackendType,
     SecretMetadata,
-    SecretScope,
     SecretsAPI,
+    SecretScope,
 )
 
 from tests.harness.mlflow_forward import _raw_request_path, bearer_token

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from services import alerting, roles
-from tests.services.test_alerting import SECRET, _messages, hook, receiver  # noqa: F401 - fixtures
+from tests.services.test_alerting import SECRET, _messages, hook, receiver  # noqa: F401 - fixtures used by name
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

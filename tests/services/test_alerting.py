@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
@@ -19,8 +19,14 @@ from mlflow.entities import AssessmentSource, AssessmentSourceType
 
 from services import alerting, notify, roles, team_state
 from services._clients import mlflow_client
-from services.alerting import Measure, State
-from services.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services.alerting import State
+from services.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 from services.identity import Identity, IdentitySource
 
 AGENT = "shop-assistant"
@@ -31,7 +37,7 @@ VIEWER = Identity("viewer@example.com", "Viewer", IdentitySource.OS_USER)
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         server = self.server
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with server.lock:
@@ -190,7 +196,7 @@ def test_a_failed_firing_is_sent_once_by_a_later_evaluation(settings, hook, rece
                                       agent=AGENT, channels=["oncall"]), ADMIN)
     _traffic(experiment_id, model_id, ok=2, failed=4)
     receiver.fail_next = 2
-    now = datetime.now(tz=timezone.utc)
+    now = datetime.now(tz=UTC)
     first = alerting.evaluate_and_notify(settings, now, attempts=2, backoff_s=0.0)
     assert first.sent == 0 and first.failed == 1 and len(receiver.attempts) == 2
     assert alerting.incidents(settings)[0]["owed"] == "firing"
@@ -330,3 +336,12 @@ def test_two_workers_evaluating_the_same_breach_send_one_firing(settings, hook, 
     assert len(reports) == 2 and sorted(r.sent for r in reports) == [0, 1]
     assert [kind for kind, _ in _messages(receiver)] == ["failure"]
     assert [h["kind"] for h in alerting.delivery_history(settings)] == ["firing"]
+
+
+def test_a_notice_is_sent_once_per_key(settings, hook, receiver):
+    alerting.save_channel(settings, "oncall", hook, ADMIN)
+    first = alerting.notify_channels(settings, "Rollout on prod: step 2", "25 % to v3", key="rollout-prod-2", attempts=1)
+    again = alerting.notify_channels(settings, "Rollout on prod: step 2", "25 % to v3", key="rollout-prod-2", attempts=1)
+    assert [r.ok for r in first] == [True] and again == []
+    assert _messages(receiver) == [("info", "Rollout on prod: step 2")]
+    assert [(h["kind"], h["incident"]) for h in alerting.delivery_history(settings)] == [("notice", "rollout-prod-2")]

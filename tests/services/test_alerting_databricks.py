@@ -10,7 +10,7 @@ from services.errors import ConfigurationError, NotFoundError, PermissionDeniedE
 from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
 from tests.harness.databricks_secrets import SecretsApi
-from tests.services.test_alerting import SECRET, _messages, hook, receiver  # noqa: F401 - fixtures
+from tests.services.test_alerting import SECRET, _messages, hook, receiver  # noqa: F401 - fixtures used by name
 
 SCOPE = "agentops-alerts"
 

@@ -263,6 +263,11 @@ def list_rules(settings: Settings, records: Mapping[str, team_state.Record] | No
     return rules
 
 
+def rules_for(settings: Settings, agent: str) -> list[AlertRule]:
+    """Enabled rules that watch ``agent`` (its own, or all traffic) and notify at least one channel."""
+    return [r for r in list_rules(settings) if r.enabled and r.channels and r.agent in (None, agent)]
+
+
 def rule_versions(settings: Settings) -> dict[str, int]:
     """The stored version of each rule record (deleted ones included), for conflict-checked edits."""
     return {k[len(RULE_KEY):]: r.version for k, r in team_state.read_all(settings, RULE_KEY).items()}

@@ -345,3 +345,37 @@ def test_a_notice_is_sent_once_per_key(settings, hook, receiver):
     assert [r.ok for r in first] == [True] and again == []
     assert _messages(receiver) == [("info", "Rollout on prod: step 2")]
     assert [(h["kind"], h["incident"]) for h in alerting.delivery_history(settings)] == [("notice", "rollout-prod-2")]
+
+
+def test_a_worker_killed_after_claiming_leaves_the_firing_to_the_next_one(settings, hook, receiver, monkeypatch):
+    experiment_id, model_id = _agent(settings)
+    alerting.save_channel(settings, "oncall", hook, ADMIN)
+    alerting.save_rule(settings, dict(name="errors", measure="error_rate", threshold=0.3, min_sample=5,
+                                      agent=AGENT, channels=["oncall"]), ADMIN)
+    _traffic(experiment_id, model_id, ok=1, failed=5)
+    now = datetime.now(tz=UTC)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("worker killed mid-delivery")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(alerting, "_deliver_owed", killed)
+        with pytest.raises(SystemExit):
+            alerting.evaluate_and_notify(settings, now, attempts=1)
+    assert alerting.incidents(settings)[0]["owed"] == "firing" and _messages(receiver) == []
+    held = alerting.evaluate_and_notify(settings, now + timedelta(minutes=1), attempts=1)
+    assert held.sent == 0 and _messages(receiver) == []  # the dead worker's lease still holds
+    taken = alerting.evaluate_and_notify(settings, now + alerting.LEASE + timedelta(seconds=1), attempts=1)
+    assert taken.sent == 1 and [kind for kind, _ in _messages(receiver)] == ["failure"]
+    alerting.evaluate_and_notify(settings, now + alerting.LEASE + timedelta(minutes=1), attempts=1)
+    assert len(_messages(receiver)) == 1
+
+
+def test_rules_for_an_agent_are_its_own_and_all_traffic_rules_that_notify(settings, hook):
+    alerting.save_channel(settings, "oncall", hook, ADMIN)
+    for name, agent, channels, enabled in (("mine", AGENT, ["oncall"], True), ("all", None, ["oncall"], True),
+                                           ("other", "other-agent", ["oncall"], True), ("silent", AGENT, [], True),
+                                           ("off", AGENT, ["oncall"], False)):
+        alerting.save_rule(settings, dict(name=name, measure="error_rate", threshold=0.2, agent=agent,
+                                          channels=channels, enabled=enabled), ADMIN)
+    assert [r.name for r in alerting.rules_for(settings, AGENT)] == ["all", "mine"]

@@ -131,7 +131,7 @@ def channel_form(*, disabled: bool) -> tuple[str, str, bool] | None:
         cols = st.columns([1, 3])
         name = cols[0].text_input("Channel name", key="channel_name", placeholder="oncall-slack", disabled=disabled)
         url = cols[1].text_input("Channel URL (apprise)", type="password", key="channel_url", disabled=disabled,
-                                 placeholder="slack://TokenA/TokenB/TokenC/#alerts · msteams://... · "
+                                 placeholder="slack://TokenA/TokenB/TokenC/#alerts · workflows://... (Teams) · "
                                              "mailtos://user:pass@host?to=... · json://host/path",
                                  help="Any apprise URL. It is stored as a secret and never shown again.")
         replace = st.checkbox("Replace the channel if it exists", key="channel_replace", disabled=disabled)

@@ -1,6 +1,6 @@
 """Alert delivery through apprise, and the channel URLs it needs, kept as secrets.
 
-A channel URL (``slack://...``, ``msteams://...``, ``mailtos://...``, ``json://host/path`` and the
+A channel URL (``slack://...``, ``workflows://...`` for Microsoft Teams, ``mailtos://...``, ``json://host/path`` and the
 rest of apprise's schemes) carries the credentials of the channel, so it is a secret:
 
 * on Databricks it lives in a secret scope (``AGENTOPS_ALERT_SECRET_SCOPE``, ``agentops-alerts`` by
@@ -97,8 +97,9 @@ def describe_url(url: Any) -> ChannelInfo:
     if plugin is None or plugin is False:
         raise ValidationError(
             f"apprise does not recognise this channel URL (scheme {scheme!r}). Use one of apprise's URLs: "
-            "slack://, msteams:// (or workflows://), mailto:// / mailtos://, json:// / jsons:// for a generic "
-            "webhook, ... — see https://github.com/caronc/apprise/wiki. Nothing was saved."
+            "slack://, workflows:// (Microsoft Teams through Power Automate; apprise 2 retired msteams://), "
+            "mailto:// / mailtos:// (e-mail), json:// / jsons:// (a generic JSON webhook), ... — see "
+            "https://github.com/caronc/apprise/wiki. Nothing was saved."
         )
     fingerprint = hashlib.sha256(url.encode("utf-8")).hexdigest()[:8]
     return ChannelInfo(str(getattr(plugin, "service_name", scheme) or scheme), scheme, fingerprint)

@@ -379,3 +379,23 @@ def test_rules_for_an_agent_are_its_own_and_all_traffic_rules_that_notify(settin
         alerting.save_rule(settings, dict(name=name, measure="error_rate", threshold=0.2, agent=agent,
                                           channels=channels, enabled=enabled), ADMIN)
     assert [r.name for r in alerting.rules_for(settings, AGENT)] == ["all", "mine"]
+
+
+@pytest.mark.parametrize("url, service", [
+    ("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#alerts", "Slack"),
+    ("workflows://prod-01.westus.logic.azure.com:443/abc123/sig0123", "Power Automate / Workflows (for MSTeams)"),
+    ("mailtos://user:pass@example.com?to=oncall@example.com", "E-Mail"),
+    ("json://hooks.example.com/alert", "JSON"),
+    ("jsons://hooks.example.com/alert", "JSON"),
+])
+def test_apprise_channels_are_recognised_and_masked(url, service):
+    info = notify.describe_url(url)
+    assert info.service == service and url.split("://")[1][:6] not in info.masked
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/alert", "msteams://retired/by/apprise/2", "hello",
+                                 "json://a b", ""])
+def test_urls_apprise_does_not_recognise_are_refused_without_being_quoted(url):
+    with pytest.raises(ValidationError) as refused:
+        notify.describe_url(url)
+    assert (url.split("://")[-1] or "\0") not in str(refused.value)

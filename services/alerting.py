@@ -243,7 +243,8 @@ def validate_rule(raw: AlertRule | Mapping[str, Any]) -> AlertRule:
         raise ValidationError("enabled must be true or false.")
     return AlertRule(name, measure, float(threshold), window, min_sample, scope["agent"], scope["version"],
                      scope["endpoint"], scope["arm"], assessment if measure.needs_assessment else None,
-                     str(criterion).strip(), tuple(dict.fromkeys(channels)), enabled)
+                     str(criterion).strip() if measure is Measure.SCORER_PASS_RATE else "yes",
+                     tuple(dict.fromkeys(channels)), enabled)
 
 
 def _live(records: Mapping[str, team_state.Record], prefix: str) -> dict[str, team_state.Record]:

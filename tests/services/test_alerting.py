@@ -15,6 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from mlflow.entities import AssessmentSource, AssessmentSourceType
 
 from services import alerting, notify, roles, team_state
@@ -399,3 +402,23 @@ def test_urls_apprise_does_not_recognise_are_refused_without_being_quoted(url):
     with pytest.raises(ValidationError) as refused:
         notify.describe_url(url)
     assert (url.split("://")[-1] or "\0") not in str(refused.value)
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True),
+                 st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3))
+
+
+@settings_(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["name", "measure", "threshold", "window_minutes", "min_sample", "agent",
+                                        "version", "endpoint", "arm", "assessment", "pass_criterion", "channels",
+                                        "enabled", "surprise"]), _ANY, max_size=8),
+       st.sampled_from([m.value for m in alerting.Measure]))
+def test_any_rule_input_is_either_a_valid_rule_or_a_validation_error(raw, measure):
+    raw = {"name": "r", "measure": measure, "threshold": 0.5, **raw}
+    try:
+        rule = alerting.validate_rule(raw)
+    except ValidationError as exc:
+        assert str(exc)
+    else:
+        assert alerting.validate_rule(rule.to_record()) == rule  # what is stored reads back the same
+        assert alerting.MIN_SAMPLE[0] <= rule.min_sample and alerting.WINDOW_MINUTES[0] <= rule.window_minutes

@@ -75,47 +75,52 @@ def history_frame(entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def rule_form(current: AlertRule | None, channel_names: Sequence[str], agents: Sequence[str], *,
               disabled: bool) -> dict[str, Any] | None:
-    """The rule editor; returns the entered values when Save was pressed (validation is the service's)."""
+    """The rule editor; returns the entered values when Save was pressed (validation is the service's).
+
+    Widget keys end with ``@<rule>`` when a stored rule is edited, so picking another rule shows its values
+    (a keyed widget keeps its state across runs whatever its default says).
+    """
     c = current
-    with st.form("alert_rule_form", border=True):
+    suffix = f"@{c.name}" if c else ""
+    with st.form(f"alert_rule_form{suffix}", border=True):
         top = st.columns([2, 2, 1])
-        name = top[0].text_input("Rule name", value=c.name if c else "", key="rule_name",
+        name = top[0].text_input("Rule name", value=c.name if c else "", key=f"rule_name{suffix}",
                                  help="letters, digits, '-', '_' or '.'", disabled=disabled)
         measures = list(Measure)
         measure = top[1].selectbox("Measure", measures, index=measures.index(c.measure) if c else 0,
-                                   format_func=lambda m: m.label, key="rule_measure", disabled=disabled)
+                                   format_func=lambda m: m.label, key=f"rule_measure{suffix}", disabled=disabled)
         threshold = top[2].number_input("Threshold", value=float(c.threshold) if c else 0.05, min_value=0.0,
-                                        format="%.4f", key="rule_threshold", disabled=disabled,
+                                        format="%.4f", key=f"rule_threshold{suffix}", disabled=disabled,
                                         help="rates are shares (0.05 = 5%), latency in ms, cost in USD")
         st.caption(" · ".join(f"**{m.label}**: {h}" for m, h in MEASURE_HELP.items()))
         row = st.columns(4)
         window = row[0].number_input("Window (minutes)", min_value=1, max_value=WINDOW_MINUTES[1] * 10,
-                                     value=c.window_minutes if c else 60, step=5, key="rule_window", disabled=disabled)
+                                     value=c.window_minutes if c else 60, step=5, key=f"rule_window{suffix}", disabled=disabled)
         min_sample = row[1].number_input("Minimum sample", min_value=0, value=c.min_sample if c else 20,
-                                         key="rule_min_sample", disabled=disabled,
+                                         key=f"rule_min_sample{suffix}", disabled=disabled,
                                          help=f"requests (or assessed traces) the window must hold before the rule "
                                               f"judges; {MIN_SAMPLE[0]} to {MIN_SAMPLE[1]:,}")
         assessment = row[2].text_input("Scorer or feedback name", value=(c.assessment or "") if c else "",
-                                       key="rule_assessment", disabled=disabled,
+                                       key=f"rule_assessment{suffix}", disabled=disabled,
                                        help="pass-rate and thumbs-down rules: the assessment to read")
         criterion = row[3].text_input("Pass criterion", value=c.pass_criterion if c else "yes",
-                                      key="rule_criterion", disabled=disabled,
+                                      key=f"rule_criterion{suffix}", disabled=disabled,
                                       help="scorer pass rate: yes, >= 0.7 (or >, <, <=), or == label")
         scope = st.columns(4)
         agent_options = [NONE, *agents]
         agent = scope[0].selectbox("Agent", agent_options,
                                    index=agent_options.index(c.agent) if c and c.agent in agent_options else 0,
-                                   format_func=lambda a: a or "any agent", key="rule_agent", disabled=disabled)
-        version = scope[1].text_input("Version", value=(c.version or "") if c else "", key="rule_version",
+                                   format_func=lambda a: a or "any agent", key=f"rule_agent{suffix}", disabled=disabled)
+        version = scope[1].text_input("Version", value=(c.version or "") if c else "", key=f"rule_version{suffix}",
                                       disabled=disabled)
-        endpoint = scope[2].text_input("Endpoint", value=(c.endpoint or "") if c else "", key="rule_endpoint",
+        endpoint = scope[2].text_input("Endpoint", value=(c.endpoint or "") if c else "", key=f"rule_endpoint{suffix}",
                                        disabled=disabled)
-        arm = scope[3].text_input("Arm", value=(c.arm or "") if c else "", key="rule_arm", disabled=disabled)
+        arm = scope[3].text_input("Arm", value=(c.arm or "") if c else "", key=f"rule_arm{suffix}", disabled=disabled)
         bottom = st.columns([3, 1])
         channels = bottom[0].multiselect("Notify channels", list(channel_names),
                                          default=[ch for ch in (c.channels if c else ()) if ch in channel_names],
-                                         key="rule_channels", disabled=disabled)
-        enabled = bottom[1].checkbox("Enabled", value=c.enabled if c else True, key="rule_enabled", disabled=disabled)
+                                         key=f"rule_channels{suffix}", disabled=disabled)
+        enabled = bottom[1].checkbox("Enabled", value=c.enabled if c else True, key=f"rule_enabled{suffix}", disabled=disabled)
         pressed = st.form_submit_button("Save rule", type="primary", disabled=disabled)
     if not pressed:
         return None

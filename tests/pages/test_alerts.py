@@ -86,3 +86,46 @@ def test_viewers_see_the_configuration_but_cannot_change_it(store):
     assert not app.exception
     assert any("Needs the operator role" in c.value for c in app.caption)
     assert _button(app, "Save channel").disabled and _button(app, "Save rule").disabled
+
+
+def test_editing_evaluating_and_deleting_a_rule(store, hook, receiver):
+    from tests.services.test_alerting import ADMIN
+
+    alerting.save_channel(store, "oncall", hook, ADMIN)
+    alerting.save_rule(store, {"name": "errors", "measure": "error_rate", "threshold": 0.1, "channels": ["oncall"]},
+                       ADMIN)
+    app = _open()
+    app.selectbox(key="rule_pick").select("errors").run()
+    assert app.text_input(key="rule_name@errors").value == "errors"
+    assert app.number_input(key="rule_threshold@errors").value == 0.1
+    app.number_input(key="rule_threshold@errors").set_value(0.25)
+    _button(app, "Save rule").click().run()
+    assert not app.exception
+    assert [(r.name, r.threshold) for r in alerting.list_rules(store)] == [("errors", 0.25)]
+
+    _button(app, "Evaluate rules now").click().run()
+    assert not app.exception
+    assert any("1 rule(s) evaluated, 0 firing, 0 notification(s) sent" in m.value for m in app.markdown)
+    assert _messages(receiver) == []
+
+    app.selectbox(key="rule_pick").select("errors").run()
+    assert _button(app, "Delete rule").disabled
+    app.checkbox(key="rule_delete_sure").check().run()
+    _button(app, "Delete rule").click().run()
+    assert not app.exception and alerting.list_rules(store) == []
+    assert any("Deleted rule errors" in s.value for s in app.success)
+
+
+def test_a_group_readable_channels_file_is_refused_on_the_page(store, hook, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir()
+    secrets = private / "alert-channels.json"
+    secrets.write_text("{}")
+    secrets.chmod(0o644)
+    app = _open()
+    app.text_input(key="channel_name").input("oncall")
+    app.text_input(key="channel_url").input(hook)
+    _button(app, "Save channel").click().run()
+    assert not app.exception
+    assert any("chmod 600" in e.value for e in app.error)
+    assert alerting.list_channels(store) == [] and secrets.read_text() == "{}"

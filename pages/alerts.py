@@ -46,7 +46,7 @@ except AgentOpsError as exc:
     st.stop()
 
 st.caption(
-    "Rules are evaluated by the background worker (`scripts/run`) every minute; each incident sends one firing and "
+    "Rules are evaluated by the background worker that `scripts/run` starts (or here, with Evaluate rules now); each incident sends one firing and "
     f"one resolved notification through apprise. Channel URLs are secrets, kept in {plain(snap.secrets_where)}."
     + ("" if can_manage else f" :material/lock: {role_hint(roles.Action.MANAGE_ALERTS)}")
 )

@@ -38,6 +38,12 @@ def _live_scoring(settings: Any, options: argparse.Namespace) -> str:
             f"lag {status.lag_seconds}s{errors}")
 
 
+def _alerts(settings: Any, options: argparse.Namespace) -> str:
+    from services import alerting
+
+    return alerting.evaluate_and_notify(settings).summary()
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -47,6 +53,7 @@ class Task:
 
 TASKS: list[Task] = [
     Task("live scoring", 15.0, _live_scoring),
+    Task("alert rules", 60.0, _alerts),
 ]
 
 

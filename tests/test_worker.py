@@ -114,3 +114,11 @@ def test_adding_a_task_is_one_line(monkeypatch, isolated_settings):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test, whatever main() sets
     monkeypatch.setattr(worker, "TASKS", [worker.Task("probe", 1.0, lambda s, o: ran.append(s) or "ok")])
     assert worker.main(["--once"]) == 0 and len(ran) == 1
+
+
+def test_the_worker_evaluates_alert_rules(isolated_settings):
+    from agentops import worker
+
+    task = next(t for t in worker.TASKS if t.name == "alert rules")
+    report = task.run(isolated_settings, worker.parse_args(["--once"]))
+    assert report.startswith("0 rule(s) evaluated, 0 firing")

@@ -7,9 +7,9 @@ from databricks.sdk import WorkspaceClient
 
 from services import notify
 from services.errors import ConfigurationError, NotFoundError, PermissionDeniedError
-from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
 from tests.harness.databricks_secrets import SecretsApi
+from tests.harness.databricks_settings import databricks_settings
 from tests.services.test_alerting import SECRET, _messages, hook, receiver  # noqa: F401 - fixtures used by name
 
 SCOPE = "agentops-alerts"
@@ -30,7 +30,7 @@ def _secret_calls(harness, start: int) -> list[tuple[str, str]]:
 def test_the_app_keeps_channel_urls_in_its_secret_scope(workspace, hook, receiver, monkeypatch):
     harness, secrets = workspace
     monkeypatch.setenv("DATABRICKS_TOKEN", "app-token")
-    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": harness.url})
+    settings = databricks_settings(harness)
     store = notify.secret_store(settings)
     assert isinstance(store, notify.DatabricksSecretScope) and store.where == f"secret scope {SCOPE!r}"
 

@@ -184,7 +184,7 @@ def sql_source(client: Any) -> Any | None:
     """
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from services._mlflow_internal import tracking_store
+    from services._mlflow_internal.trace_write import tracking_store
 
     store = tracking_store(client)
     if isinstance(store, SqlAlchemyStore):

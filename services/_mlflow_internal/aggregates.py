@@ -7,6 +7,7 @@ from typing import Sequence
 
 from mlflow import MlflowClient
 
+from services._mlflow_internal import rollups
 from services._mlflow_internal.aggregate_fallback import _aggregate_metrics_api
 from services._mlflow_internal.aggregate_rows import TraceAggregates
 from services._mlflow_internal.aggregate_sql import _aggregate_sql
@@ -37,6 +38,7 @@ def aggregate_traces(
     links: Sequence[TraceLink] = (),
     group_links: dict[str, TraceLink] | None = None,
     evaluation_rows: bool = False,
+    use_rollups: bool = True,
 ) -> TraceAggregates:
     """Counts, errors, latency percentiles, tokens, cost and model mix per group and bucket.
 
@@ -50,6 +52,10 @@ def aggregate_traces(
     mix (the costlier half on SQLite) is skipped and ``models`` is empty. Traces linked by model
     id are live traffic: evaluation rows of the same LoggedModel (``mlflow.sourceRun``) are left
     out on a SQL store unless ``evaluation_rows`` (the fallback cannot tell them apart).
+
+    On PostgreSQL, queries the incremental roll-ups can answer (``rollups``: filters and split on
+    model ids and the app's tags, buckets of whole 15 minutes) read those instead of scanning every
+    trace (``path`` ``"rollup"``; percentiles within 1%); ``use_rollups=False`` scans directly.
     """
     if group_tag and not groups:
         raise ValueError("group_tag needs the group values to aggregate")
@@ -72,6 +78,14 @@ def aggregate_traces(
     from services._mlflow_internal import store_db
 
     if supports_sql_aggregation(client) and not force_fallback:
-        return _aggregate_sql(store_db.sql_source(client), *args, evaluation_rows=evaluation_rows)
+        source = store_db.sql_source(client)
+        if use_rollups and rollups.can_answer(interval_seconds, group_links, tag_pairs, links):
+            target = rollups.rollup_store_for(source, store_db.registered_url(getattr(client, "tracking_uri", "") or "")
+                                              if isinstance(source, store_db.SqlSource) else None)
+            if target is not None:
+                with source.ManagedSessionMaker() as session:  # the store's own experiment scoping
+                    ids = source._filter_experiment_ids(session, [int(i) for i in experiment_ids])
+                return rollups.aggregate(target, source, ids, *args[1:], evaluation_rows=evaluation_rows)
+        return _aggregate_sql(source, *args, evaluation_rows=evaluation_rows)
     return _aggregate_metrics_api(client, *args)
 

@@ -183,7 +183,7 @@ class _Served:
             if fresh:
                 self.cluster.create_database("mlflow")
                 MlflowClient(tracking_uri=self.store_uri).search_experiments()  # MLflow creates its tables
-                self.cluster.create_reader("mlflow")
+                self.cluster.create_reader("mlflow", rollup_schema="agentops")  # roll-ups: services/_mlflow_internal/rollups.py
             self.reader_uri = self.store_uri.replace("postgres@", "agentops_reader@")
         self.app = self.local
         if self.kind != "embedded":

@@ -92,9 +92,13 @@ def bulk_load_traces(
     def insert(built: tuple[list[str], tuple[list[dict], ...]]) -> None:
         ids, rows = built
         with store.engine.begin() as connection:
+            copy = _copier(connection)
             for table, table_rows in zip(tables, rows):
                 if table_rows:
-                    connection.execute(sa.insert(table), table_rows)
+                    if copy is not None:
+                        copy(table, table_rows)
+                    else:
+                        connection.execute(sa.insert(table), table_rows)
         trace_ids.extend(ids)
 
     pieces = [traces[start : start + chunk_size] for start in range(0, len(traces), chunk_size)]
@@ -261,3 +265,31 @@ def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span])
         span_rows,
     )
 
+
+
+def _copier(connection: Any) -> Any:
+    """On PostgreSQL through psycopg 3, a function writing rows with ``COPY ... FROM STDIN`` in the
+    connection's transaction (several times faster than multi-row INSERTs); None elsewhere.
+
+    Columns are those the row dicts carry, as ``sa.insert`` would send them: every column the
+    loader writes is given explicitly (``tests/services/test_mlflow_internal.py`` compares the
+    rows with the store path's on PostgreSQL too).
+    """
+    if connection.dialect.name != "postgresql":
+        return None
+    raw = connection.connection.driver_connection
+    if not hasattr(raw, "cursor") or not type(raw).__module__.startswith("psycopg"):
+        return None
+    import psycopg
+
+    if not isinstance(raw, psycopg.Connection):
+        return None
+
+    def copy(table: Any, rows: list[dict]) -> None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        names = ", ".join(f'"{c}"' for c in columns)
+        with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as out:
+            for row in rows:
+                out.write_row([row.get(c) for c in columns])
+
+    return copy

@@ -194,8 +194,9 @@ class RollupStore:
         import sqlalchemy as sa
 
         with self.engine.begin() as connection:
-            if self.schema and connection.dialect.name == "postgresql":
-                connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+            if (self.schema and connection.dialect.name == "postgresql"
+                    and self.schema not in sa.inspect(connection).get_schema_names()):
+                connection.execute(sa.text(f'CREATE SCHEMA "{self.schema}"'))  # needs CREATE on the database
             self.t["meta"].create_all(connection, checkfirst=True)
 
 

@@ -451,6 +451,25 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f}; of which aggregate_traces {min(aggregate_s):.2f} s (best)",
           flush=True)
 
+    if data.aggregation_path == "rollup":
+        # The same summary from the direct statements (what the roll-ups replace), once.
+        def direct_aggregate(*a, **k):
+            return aggregate(*a, **k, use_rollups=False)
+
+        internal.aggregate_traces = direct_aggregate
+        direct_s = _seconds(summary)
+        direct = summary()
+        internal.aggregate_traces = aggregate
+        same = direct.totals[["requests", "errors", "input_tokens", "recorded_cost"]].equals(
+            data.totals[["requests", "errors", "input_tokens", "recorded_cost"]])
+        worst = float(((data.totals["p95_ms"] - direct.totals["p95_ms"]).abs() / direct.totals["p95_ms"]).max())
+        print(f"same summary from the direct statements ({direct.aggregation_path}): {direct_s[0]:.2f} s wall / "
+              f"{direct_s[1]:.2f} s CPU, load average {os.getloadavg()[0]:.1f}; counts, tokens and cost equal: {same}; "
+              f"largest p95 difference {worst:.4%} (bound 1%)", flush=True)
+        ok_rollup = same and worst <= 0.01
+    else:
+        ok_rollup = True
+
     # The store reads like any other: counts agree and a sampled trace loads with spans.
     counted = internal.query_trace_metrics(client, [experiment_id], "trace_count", ["COUNT"],
                                            start_time_ms=query.start_ms, end_time_ms=query.end_ms - 1)
@@ -459,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = client.get_trace(sample.info.trace_id)
     print(f"checks: query_trace_metrics counts {stored:,}, service {requests:,}; a sampled trace has "
           f"{len(trace.data.spans)} spans, token usage {trace.info.token_usage}")
-    ok = stored == requests == args.traces and len(trace.data.spans) >= 2
+    ok = stored == requests == args.traces and len(trace.data.spans) >= 2 and ok_rollup
 
     if args.store != "embedded" and not args.skip_api:
         api_only = summary.served.app_api_only

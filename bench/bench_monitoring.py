@@ -460,8 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         direct_s = _seconds(summary)
         direct = summary()
         internal.aggregate_traces = aggregate
-        same = direct.totals[["requests", "errors", "input_tokens", "recorded_cost"]].equals(
-            data.totals[["requests", "errors", "input_tokens", "recorded_cost"]])
+        import numpy as np
+
+        same = direct.totals[["requests", "errors", "input_tokens", "output_tokens"]].equals(
+            data.totals[["requests", "errors", "input_tokens", "output_tokens"]]) and bool(np.allclose(
+                direct.totals["recorded_cost"], data.totals["recorded_cost"], rtol=1e-9, atol=1e-12))
         worst = float(((data.totals["p95_ms"] - direct.totals["p95_ms"]).abs() / direct.totals["p95_ms"]).max())
         print(f"same summary from the direct statements ({direct.aggregation_path}): {direct_s[0]:.2f} s wall / "
               f"{direct_s[1]:.2f} s CPU, load average {os.getloadavg()[0]:.1f}; counts, tokens and cost equal: {same}; "

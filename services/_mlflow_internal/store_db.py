@@ -17,7 +17,9 @@ not the one this MLflow writes) returns ``None`` from ``sql_source`` and callers
 ``query_trace_metrics`` path.
 
 The connection is read-only: PostgreSQL sessions start with ``default_transaction_read_only``
-(a write fails even when the role could write), SQLite files open with ``mode=ro``.
+(a write fails even when the role could write), SQLite files open with ``mode=ro``. On PostgreSQL,
+when the role also owns (or may create) the schema ``agentops``, the Monitoring roll-ups
+(``rollups``) are kept there through a second, writable connection that touches only that schema.
 """
 
 from __future__ import annotations

@@ -498,17 +498,21 @@ def aggregate(rs: RollupStore, source: Any, experiment_ids: Sequence[int], start
         return TraceAggregates((), (), "rollup", 0)
     marks = refresh(rs, source.engine, ids, now_ms=now_ms, verify_seconds=verify_seconds)
     first_full = -(-start_ms // BASE_MS) * BASE_MS
+    last_full = (end_ms // BASE_MS) * BASE_MS
     queries = 0
     trace_rows: list[Any] = []
     model_rows: list[Any] = []
-    # Live: the partial first bucket, and everything after each experiment's watermark.
+    # Live: the partial first and last buckets, and everything after each experiment's watermark.
     live_ranges: dict[int, list[tuple[int, int]]] = {}
     for e in ids:
-        closed_end = min(max(marks[e], first_full), end_ms)
-        ranges = [(start_ms, min(first_full, end_ms))] if start_ms < first_full else []
+        if first_full >= last_full:  # no whole bucket in the window
+            live_ranges[e] = [(start_ms, end_ms)]
+            continue
+        closed_end = min(max(marks[e], first_full), last_full)
+        ranges = [(start_ms, first_full)] if start_ms < first_full else []
         if closed_end < end_ms:
             ranges.append((closed_end, end_ms))
-        live_ranges[e] = [(a, b) for a, b in ranges if a < b]
+        live_ranges[e] = ranges
         if first_full < closed_end:
             t = rs.t
             with rs.engine.connect() as connection:

@@ -167,6 +167,23 @@ def test_rollups_equal_the_direct_aggregate_and_follow_new_and_late_traces(world
     _compare(source, target, experiment_id, models, start_ms, end_ms)
 
 
+def test_windows_ending_in_the_past_and_inside_one_bucket(world):
+    client, source, target, experiment_id, models, run_id = world
+    rng = random.Random(9)
+    now = int(time.time() * 1000)
+    internal.log_traces(client, _traces(experiment_id, models, run_id, rng, 150, now - 2 * DAY_MS, now - HOUR_MS))
+    # A window closing mid-bucket a day ago (closed buckets on both sides), and one within a single bucket.
+    _compare(source, target, experiment_id, models, now - 2 * DAY_MS - 11 * 60_000, now - DAY_MS + 7 * 60_000)
+    rollups_bucket = (now - 30 * HOUR_MS) // rollups.BASE_MS * rollups.BASE_MS
+    for q in _queries(models)[1:2]:
+        with source.ManagedSessionMaker() as session:
+            ids = source._filter_experiment_ids(session, [int(experiment_id)])
+        lo, hi = rollups_bucket + 60_000, rollups_bucket + 14 * 60_000
+        rolled = rollups.aggregate(target, source, ids, lo, hi, 900, {}, (), None, True, ())
+        direct = internal.aggregate_sql._aggregate_sql(source, [experiment_id], lo, hi, 900, {}, (), None, True, ())
+        assert [r.requests for r in rolled.rows] == [r.requests for r in direct.rows]
+
+
 def test_the_sketch_bound_holds_on_skewed_durations():
     import numpy as np
 

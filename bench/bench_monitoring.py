@@ -277,13 +277,19 @@ def _agree(data, by_search) -> list[str]:
     """Differences between the service's summary and the pandas one (empty when they agree)."""
     import math
 
+    from services._mlflow_internal import rollups
+
+    def tolerance(column: str) -> float:
+        # Roll-ups keep latency as a sketch: percentiles within its stated bound; everything else exact.
+        return rollups.ALPHA if data.aggregation_path == "rollup" and column.endswith("_ms") else 1e-9
+
     problems = []
     _, totals, series = by_search
     service = data.totals.set_index("group")
     for group, row in totals.iterrows():
         for column, value in row.items():
             mine = float(service.loc[group, column])
-            if not math.isclose(mine, float(value), rel_tol=1e-9, abs_tol=1e-9):
+            if not math.isclose(mine, float(value), rel_tol=tolerance(column), abs_tol=1e-9):
                 problems.append(f"version {group} {column}: service {mine} vs pandas {value}")
     buckets = data.series.assign(bucket=data.series["bucket"].map(lambda b: int(b.timestamp() * 1000)))
     buckets = buckets[buckets["requests"] > 0].set_index(["group", "bucket"])
@@ -292,7 +298,7 @@ def _agree(data, by_search) -> list[str]:
     for key, row in series.iterrows():
         for column in ("requests", "errors", "p95_ms", "input_tokens", "recorded_cost"):
             mine = float(buckets.loc[key, column]) if key in buckets.index else math.nan
-            if not math.isclose(mine, float(row[column]), rel_tol=1e-9, abs_tol=1e-9):
+            if not math.isclose(mine, float(row[column]), rel_tol=tolerance(column), abs_tol=1e-9):
                 problems.append(f"series {key} {column}: service {mine} vs pandas {row[column]}")
     return problems
 

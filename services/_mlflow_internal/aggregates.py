@@ -53,8 +53,9 @@ def aggregate_traces(
     id are live traffic: evaluation rows of the same LoggedModel (``mlflow.sourceRun``) are left
     out on a SQL store unless ``evaluation_rows`` (the fallback cannot tell them apart).
 
-    On PostgreSQL, queries the incremental roll-ups can answer (``rollups``: filters and split on
-    model ids and the app's tags, buckets of whole 15 minutes) read those instead of scanning every
+    Behind ``mlflow server`` on PostgreSQL (``AGENTOPS_STORE_DB_URL``), queries the incremental
+    roll-ups can answer (``rollups``: filters and split on model ids and the app's tags, buckets of
+    whole 15 minutes) read those instead of scanning every
     trace (``path`` ``"rollup"``; percentiles within 1%); ``use_rollups=False`` scans directly.
     """
     if group_tag and not groups:
@@ -79,9 +80,11 @@ def aggregate_traces(
 
     if supports_sql_aggregation(client) and not force_fallback:
         source = store_db.sql_source(client)
-        if use_rollups and rollups.can_answer(interval_seconds, group_links, tag_pairs, links):
-            target = rollups.rollup_store_for(source, store_db.registered_url(getattr(client, "tracking_uri", "") or "")
-                                              if isinstance(source, store_db.SqlSource) else None)
+        # The team path: a server's PostgreSQL read through AGENTOPS_STORE_DB_URL (embedded stores keep
+        # the direct statements).
+        if (use_rollups and isinstance(source, store_db.SqlSource)
+                and rollups.can_answer(interval_seconds, group_links, tag_pairs, links)):
+            target = rollups.rollup_store_for(source, store_db.registered_url(getattr(client, "tracking_uri", "") or ""))
             if target is not None:
                 with source.ManagedSessionMaker() as session:  # the store's own experiment scoping
                     ids = source._filter_experiment_ids(session, [int(i) for i in experiment_ids])

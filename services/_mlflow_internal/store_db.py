@@ -41,6 +41,7 @@ SQL_AGGREGATE_DIALECTS = ("sqlite", "postgresql")
 # Columns the aggregates read; a database without them is not the schema this MLflow writes.
 _REQUIRED_COLUMNS = {
     "trace_info": {"request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "trace_name",
+                   "db_payload_generation",  # the roll-ups' change fingerprint
                    "input_tokens", "output_tokens", "cache_read_input_tokens", "total_cost"},
     "trace_tags": {"request_id", "key", "value"},
     "trace_request_metadata": {"request_id", "key", "value"},

@@ -183,7 +183,7 @@ class _Served:
             if fresh:
                 self.cluster.create_database("mlflow")
                 MlflowClient(tracking_uri=self.store_uri).search_experiments()  # MLflow creates its tables
-                self.cluster.create_reader("mlflow")
+                self.cluster.create_reader("mlflow", rollup_schema="agentops")  # roll-ups: services/_mlflow_internal/rollups.py
             self.reader_uri = self.store_uri.replace("postgres@", "agentops_reader@")
         self.app = self.local
         if self.kind != "embedded":
@@ -277,13 +277,19 @@ def _agree(data, by_search) -> list[str]:
     """Differences between the service's summary and the pandas one (empty when they agree)."""
     import math
 
+    from services._mlflow_internal import rollups
+
+    def tolerance(column: str) -> float:
+        # Roll-ups keep latency as a sketch: percentiles within its stated bound; everything else exact.
+        return rollups.ALPHA if data.aggregation_path == "rollup" and column.endswith("_ms") else 1e-9
+
     problems = []
     _, totals, series = by_search
     service = data.totals.set_index("group")
     for group, row in totals.iterrows():
         for column, value in row.items():
             mine = float(service.loc[group, column])
-            if not math.isclose(mine, float(value), rel_tol=1e-9, abs_tol=1e-9):
+            if not math.isclose(mine, float(value), rel_tol=tolerance(column), abs_tol=1e-9):
                 problems.append(f"version {group} {column}: service {mine} vs pandas {value}")
     buckets = data.series.assign(bucket=data.series["bucket"].map(lambda b: int(b.timestamp() * 1000)))
     buckets = buckets[buckets["requests"] > 0].set_index(["group", "bucket"])
@@ -292,7 +298,7 @@ def _agree(data, by_search) -> list[str]:
     for key, row in series.iterrows():
         for column in ("requests", "errors", "p95_ms", "input_tokens", "recorded_cost"):
             mine = float(buckets.loc[key, column]) if key in buckets.index else math.nan
-            if not math.isclose(mine, float(row[column]), rel_tol=1e-9, abs_tol=1e-9):
+            if not math.isclose(mine, float(row[column]), rel_tol=tolerance(column), abs_tol=1e-9):
                 problems.append(f"series {key} {column}: service {mine} vs pandas {row[column]}")
     return problems
 
@@ -451,6 +457,36 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f}; of which aggregate_traces {min(aggregate_s):.2f} s (best)",
           flush=True)
 
+    if data.aggregation_path == "rollup":
+        # The same summary from the direct statements (what the roll-ups replace), once.
+        def direct_aggregate(*a, **k):
+            return aggregate(*a, **k, use_rollups=False)
+
+        internal.aggregate_traces = direct_aggregate
+        direct_s = _seconds(summary)
+        direct = summary()
+        internal.aggregate_traces = aggregate
+        import numpy as np
+
+        same = direct.totals[["requests", "errors", "input_tokens", "output_tokens"]].equals(
+            data.totals[["requests", "errors", "input_tokens", "output_tokens"]]) and bool(np.allclose(
+                direct.totals["recorded_cost"], data.totals["recorded_cost"], rtol=1e-9, atol=1e-12))
+        worst = float(((data.totals["p95_ms"] - direct.totals["p95_ms"]).abs() / direct.totals["p95_ms"]).max())
+        print(f"same summary from the direct statements ({direct.aggregation_path}): {direct_s[0]:.2f} s wall / "
+              f"{direct_s[1]:.2f} s CPU, load average {os.getloadavg()[0]:.1f}; counts, tokens and cost equal: {same}; "
+              f"largest p95 difference {worst:.4%} (bound 1%)", flush=True)
+        ok_rollup = same and worst <= 0.01
+        from services._mlflow_internal import rollups
+
+        every, rollups.VERIFY_SECONDS = rollups.VERIFY_SECONDS, 0
+        verified = _seconds(summary)
+        rollups.VERIFY_SECONDS = every
+        print(f"summary with a verification of every closed bucket (late/changed traces; at most every "
+              f"{every} s): {verified[0]:.2f} s wall / {verified[1]:.2f} s CPU, load average {os.getloadavg()[0]:.1f}",
+              flush=True)
+    else:
+        ok_rollup = True
+
     # The store reads like any other: counts agree and a sampled trace loads with spans.
     counted = internal.query_trace_metrics(client, [experiment_id], "trace_count", ["COUNT"],
                                            start_time_ms=query.start_ms, end_time_ms=query.end_ms - 1)
@@ -459,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = client.get_trace(sample.info.trace_id)
     print(f"checks: query_trace_metrics counts {stored:,}, service {requests:,}; a sampled trace has "
           f"{len(trace.data.spans)} spans, token usage {trace.info.token_usage}")
-    ok = stored == requests == args.traces and len(trace.data.spans) >= 2
+    ok = stored == requests == args.traces and len(trace.data.spans) >= 2 and ok_rollup
 
     if args.store != "embedded" and not args.skip_api:
         api_only = summary.served.app_api_only

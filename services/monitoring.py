@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -165,12 +166,35 @@ def attribution(agent: str | None = None, settings: Settings | None = None) -> A
     only through the app's older trace tags.
     """
     if agent:
+        client = mlflow_client(settings)
+        store = (str(getattr(client, "tracking_uri", "")), str(getattr(client, "_registry_uri", "")))
+        try:
+            with translate_errors(f"registered model {agent!r}"):
+                model = client.get_registered_model(agent)
+        except (NotFoundError, ValidationError):  # not a registered model (name unknown or not valid there)
+            return Attribution(())
+        # A model's versions change only with its update time (new or deleted versions) or its aliases:
+        # while both are unchanged, the versions read last time still hold (one request, not a paged search).
+        stamp = (getattr(model, "last_updated_timestamp", None), tuple(sorted(registry.aliases_of(model).items())))
+        with _ATTRIBUTION_LOCK:
+            cached = _ATTRIBUTIONS.get((store, agent))
+        if cached is not None and cached[0] == stamp and stamp[0] is not None:
+            return cached[1]
         try:
             links, _ = registry.agent_links(agent, settings)
-        except (NotFoundError, ValidationError):  # not a registered model (name unknown or not valid there)
+        except (NotFoundError, ValidationError):
             links = []
-        return Attribution(tuple(links))
+        found = Attribution(tuple(links))
+        with _ATTRIBUTION_LOCK:
+            if len(_ATTRIBUTIONS) > 256:
+                _ATTRIBUTIONS.clear()
+            _ATTRIBUTIONS[(store, agent)] = (stamp, found)
+        return found
     return Attribution(tuple(registry.all_version_links(settings)))
+
+
+_ATTRIBUTIONS: dict[tuple, tuple[tuple, Attribution]] = {}  # (store, agent) -> (model stamp, attribution)
+_ATTRIBUTION_LOCK = threading.Lock()
 
 
 def filter_links(query: TraceQuery, attribution_: Attribution) -> list[internal.TraceLink]:

@@ -45,7 +45,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Trace
 from mlflow.entities.model_registry import PromptVersion
 
-from services._mlflow_internal import supports_bulk_span_logging, tracking_store
+from services._mlflow_internal.trace_write import supports_bulk_span_logging, tracking_store
 
 _logger = logging.getLogger(__name__)
 

@@ -17,7 +17,9 @@ not the one this MLflow writes) returns ``None`` from ``sql_source`` and callers
 ``query_trace_metrics`` path.
 
 The connection is read-only: PostgreSQL sessions start with ``default_transaction_read_only``
-(a write fails even when the role could write), SQLite files open with ``mode=ro``.
+(a write fails even when the role could write), SQLite files open with ``mode=ro``. On PostgreSQL,
+when the role also owns (or may create) the schema ``agentops``, the Monitoring roll-ups
+(``rollups``) are kept there through a second, writable connection that touches only that schema.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SQL_AGGREGATE_DIALECTS = ("sqlite", "postgresql")
 # Columns the aggregates read; a database without them is not the schema this MLflow writes.
 _REQUIRED_COLUMNS = {
     "trace_info": {"request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "trace_name",
+                   "db_payload_generation",  # the roll-ups' change fingerprint
                    "input_tokens", "output_tokens", "cache_read_input_tokens", "total_cost"},
     "trace_tags": {"request_id", "key", "value"},
     "trace_request_metadata": {"request_id", "key", "value"},
@@ -184,7 +187,7 @@ def sql_source(client: Any) -> Any | None:
     """
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from services._mlflow_internal import tracking_store
+    from services._mlflow_internal.trace_write import tracking_store
 
     store = tracking_store(client)
     if isinstance(store, SqlAlchemyStore):

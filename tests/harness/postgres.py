@@ -102,8 +102,12 @@ class PostgresCluster:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def create_reader(self, database: str, role: str = "agentops_reader") -> str:
-        """A login role that may only read ``database``'s tables; return a URL for it."""
+    def create_reader(self, database: str, role: str = "agentops_reader", *, rollup_schema: str | None = None) -> str:
+        """A login role that may only read ``database``'s tables; return a URL for it.
+
+        With ``rollup_schema``, the role also owns that (new) schema, where the app keeps its
+        Monitoring roll-ups (``services._mlflow_internal.rollups``); MLflow's tables stay read-only.
+        """
         import psycopg
 
         with psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname=database,
@@ -112,6 +116,8 @@ class PostgresCluster:
             connection.execute(f"GRANT CONNECT ON DATABASE \"{database}\" TO {role}")
             connection.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
             connection.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+            if rollup_schema:
+                connection.execute(f'CREATE SCHEMA "{rollup_schema}" AUTHORIZATION {role}')
         return f"postgresql+psycopg://{role}@127.0.0.1:{self.port}/{database}"
 
 

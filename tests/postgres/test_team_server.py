@@ -97,6 +97,25 @@ def test_aggregates_read_the_server_database_with_the_api_figures(team_server):
     assert internal.aggregate_traces(plain, [experiment_id], **window).path == "query_trace_metrics"
 
 
+def test_a_role_owning_schema_agentops_gets_roll_ups_with_the_direct_figures(team_server, postgres):
+    settings, url, _, experiment_id, origin_ms = team_server
+    owner = postgres.create_reader(url.rsplit("/", 1)[1], role="team_rollups", rollup_schema="agentops")
+    client = _clients.mlflow_client(_settings(settings, AGENTOPS_STORE_DB_URL=owner))
+    window = dict(start_ms=origin_ms - 7 * 60_000, end_ms=origin_ms + 2 * HOUR_MS, interval_seconds=1800)
+    for status in (None, "ERROR"):
+        rolled = internal.aggregate_traces(client, [experiment_id], **window, status=status)
+        direct = internal.aggregate_traces(client, [experiment_id], **window, status=status, use_rollups=False)
+        assert (rolled.path, direct.path) == ("rollup", "sql")
+        assert [(r.bucket_ms, r.requests, r.errors, r.input_tokens, r.traces_with_tokens) for r in rolled.rows] == \
+            [(r.bucket_ms, r.requests, r.errors, r.input_tokens, r.traces_with_tokens) for r in direct.rows]
+        for mine, theirs in zip(rolled.rows, direct.rows):
+            assert mine.p95_ms == pytest.approx(theirs.p95_ms, rel=0.01)
+    with sa.create_engine(owner).connect() as connection:  # kept beside MLflow's tables, not among them
+        stored = connection.execute(sa.text("SELECT sum(requests) FROM agentops.agentops_trace_rollup")).scalar()
+        assert stored == len(TRACES)
+        assert "agentops_trace_rollup" not in sa.inspect(connection).get_table_names(schema="public")
+
+
 def test_the_store_database_is_opened_read_only(team_server):
     _, owner_url, _, _, _ = team_server
     engine = store_db.readonly_engine(owner_url)  # even with the owner's role, no write goes through

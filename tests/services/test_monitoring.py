@@ -290,7 +290,7 @@ def test_fallback_store_gives_the_same_charts(known_store, monkeypatch):
     settings, _, experiment_id, _ = known_store
     query = _query(experiment_id, agent="agent-a")
     fast = mon.monitoring_data(query, "version", ["1", "2"], prices=PRICES, interval_seconds=900, settings=settings)
-    monkeypatch.setattr(internal, "supports_sql_aggregation", lambda client: False)
+    monkeypatch.setattr(internal.aggregates, "supports_sql_aggregation", lambda client: False)
     slow = mon.monitoring_data(query, "version", ["1", "2"], prices=PRICES, interval_seconds=900, settings=settings)
     assert (fast.aggregation_path, slow.aggregation_path) == ("sql", "query_trace_metrics")
     assert slow.store_queries > fast.store_queries

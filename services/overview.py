@@ -99,7 +99,7 @@ def workspace_overview(settings: Settings | None = None, *, now: datetime | None
 
 
 def _gateway_endpoints(settings: Settings) -> tuple[tuple[serving.Endpoint, ...], str | None]:
-    from services import ai_gateway
+    from services.serving import ai_gateway
     from services.errors import AgentOpsError
 
     if not ai_gateway.available(settings):

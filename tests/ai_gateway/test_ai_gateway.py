@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from services import ab, ai_gateway, serving, traffic_audit
+from services import ab, serving, traffic_audit
+from services.serving import ai_gateway
 from services.errors import ValidationError
 from services.identity import Identity, IdentitySource
 from tests.ai_gateway.conftest import create_endpoint
@@ -34,8 +35,9 @@ def _samples_when_logged(settings, endpoint: str, start: datetime, n: int):
     """Per-arm samples once the gateway has written all ``n`` usage traces."""
     deadline = time.monotonic() + 60
     while True:
-        samples, unattributed = ai_gateway.arm_samples(endpoint, start, datetime.now(tz=timezone.utc) + timedelta(minutes=1),
-                                                       settings=settings)
+        samples, unattributed = ab.endpoint_samples(ai_gateway.get_endpoint(endpoint, settings), [], start,
+                                                    datetime.now(tz=timezone.utc) + timedelta(minutes=1),
+                                                    settings=settings)
         if sum(s.requests for s in samples) + unattributed >= n or time.monotonic() > deadline:
             return samples, unattributed
         time.sleep(0.5)
@@ -72,7 +74,7 @@ def test_a_70_30_split_routes_requests_and_usage_traces_give_per_arm_counts_and_
     gateway_server, gateway_models, fake_openai,
 ):
     create_endpoint(gateway_server, gateway_models, "gw-split", {"model-a": 0.5, "model-b": 0.5}, fallback="model-c")
-    plan = ai_gateway.plan_weights("gw-split", {"model-a": 70, "model-b": 30}, settings=gateway_server)
+    plan = serving.plan_weights("gw-split", {"model-a": 70, "model-b": 30}, settings=gateway_server)
     assert plan.percentages() == ({"model-a (openai/gpt-a)": 50, "model-b (openai/gpt-b)": 50},
                                   {"model-a (openai/gpt-a)": 70, "model-b (openai/gpt-b)": 30})
     stored = serving.apply_split(plan, user="alice", reason="try more of a", settings=gateway_server)
@@ -124,7 +126,7 @@ def test_an_invalid_weight_set_is_refused_and_nothing_changes(gateway_server, ga
     before = _raw(gateway_server, name)
 
     with pytest.raises(ValidationError):
-        ai_gateway.plan_weights(name, weights, settings=gateway_server)
+        serving.plan_weights(name, weights, settings=gateway_server)
     # A plan built by hand is refused again before anything is sent.
     endpoint = ai_gateway.get_endpoint(name, gateway_server)
     bad = serving.SplitPlan(endpoint, serving.Endpoint(
@@ -179,8 +181,9 @@ def test_a_stale_plan_is_refused(gateway_server, gateway_models):
     from services.errors import ConflictError
 
     create_endpoint(gateway_server, gateway_models, "gw-stale", {"model-a": 0.5, "model-b": 0.5})
-    plan = ai_gateway.plan_weights("gw-stale", {"model-a": 80, "model-b": 20}, settings=gateway_server)
-    ai_gateway.promote_weights("gw-stale", "model-b", user="bob", reason="meanwhile", settings=gateway_server)
+    plan = serving.plan_weights("gw-stale", {"model-a": 80, "model-b": 20}, settings=gateway_server)
+    serving.apply_split(serving.plan_weights("gw-stale", {"model-a": 0, "model-b": 100}, settings=gateway_server),
+                        user="bob", reason="meanwhile", settings=gateway_server)
 
     with pytest.raises(ConflictError):
         serving.apply_split(plan, user="alice", reason="late", settings=gateway_server)

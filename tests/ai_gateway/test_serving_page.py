@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services import _clients, ai_gateway, traffic_audit
+from services import _clients, traffic_audit
+from services.serving import ai_gateway
 from tests.ai_gateway.conftest import create_endpoint
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

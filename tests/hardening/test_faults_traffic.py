@@ -21,7 +21,8 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from services import ai_gateway, serving, traffic_audit
+from services import serving, traffic_audit
+from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
 from services.settings import load_settings
@@ -87,7 +88,7 @@ def _faulty(kill, original, when: str, calls: dict, matches=lambda *a, **k: True
 
 
 def _split(endpoint: Endpoint) -> dict[str, int]:
-    return serving._percentages(endpoint)
+    return serving.percentages(endpoint)
 
 
 @pytest.mark.parametrize(("point", "method", "when"), LOCAL_POINTS, ids=[p[0].replace(" ", "-") for p in LOCAL_POINTS])
@@ -115,7 +116,7 @@ def test_local_split_change_with_the_server_killed_then_retry_completes_exactly_
     assert "Traceback" not in message
     if method == "create_run":
         assert "Nothing changed" in message, message
-        assert f"keeps its split {serving._describe_split(before_pct)}" in message, message
+        assert f"keeps its split {serving.describe_split(before_pct)}" in message, message
     else:
         assert "interrupted" in message and request_id in message and "retry" in message, message
 
@@ -136,7 +137,7 @@ def test_local_split_change_with_the_server_killed_then_retry_completes_exactly_
     # The retry of the same confirmation completes it exactly once.
     writes = []
     save = serving.save_local_endpoint
-    monkeypatch.setattr(serving, "save_local_endpoint", lambda *a, **k: writes.append(a) or save(*a, **k))
+    monkeypatch.setattr(serving.local, "save_local_endpoint", lambda *a, **k: writes.append(a) or save(*a, **k))
     began = time.monotonic()
     stored = serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     retry_s = time.monotonic() - began
@@ -215,7 +216,7 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
     name = gateway_endpoint
     current = ai_gateway.get_gateway_endpoint(name, settings).endpoint
     weights = {"fault-a": 50, "fault-b": 50} if current.percentage_for("fault-a") != 50 else {"fault-a": 80, "fault-b": 20}
-    plan = ai_gateway.plan_weights(name, weights, settings=settings)
+    plan = serving.plan_weights(name, weights, settings=settings)
     before_pct, after_pct = plan.percentages()
     request_id = uuid.uuid4().hex
     calls = {"faulted": 0}
@@ -226,7 +227,7 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
         monkeypatch.setattr(MlflowClient, target, _faulty(srv.kill, getattr(MlflowClient, target), when, calls))
     began = time.monotonic()
     with pytest.raises(BackendUnavailableError) as failed:
-        ai_gateway.apply_weights(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
+        serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     error_s = time.monotonic() - began
     monkeypatch.undo()
     message = str(failed.value)
@@ -244,9 +245,9 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
     monkeypatch.setattr(ai_gateway, "_rest", lambda s, m, path, **k: (updates.append(path) if path == target else None)
                         or rest(s, m, path, **k))
     began = time.monotonic()
-    ai_gateway.apply_weights(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
+    serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     retry_s = time.monotonic() - began
-    ai_gateway.apply_weights(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
+    serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     monkeypatch.undo()
 
     stored = ai_gateway.percentages(ai_gateway.get_gateway_endpoint(name, settings).endpoint)
@@ -436,7 +437,7 @@ def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_en
         if written:
             patch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("refused")))
         else:
-            patch.setattr(serving, "save_local_endpoint",
+            patch.setattr(serving.local, "save_local_endpoint",
                           lambda *a, **k: (_ for _ in ()).throw(BackendUnavailableError("disk went away")))
         with pytest.raises(BackendUnavailableError):
             serving.apply_split(plan, user=OPERATOR, reason="lost confirmation", settings=settings,

@@ -6,7 +6,8 @@ import pytest
 from databricks.sdk.service import serving as sdk
 
 from services import serving, traffic_audit
-from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services._clients import workspace_client
+from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.settings import load_settings
 from tests.harness.databricks import DatabricksHarness
 
@@ -281,18 +282,18 @@ def test_external_models_are_shown_by_name_and_their_split_can_change(harness, d
     harness.endpoints["chat-router"] = _external_endpoint()
     before = {e.name: e.as_dict() for e in harness.endpoints["chat-router"].config.served_entities}
     endpoint = serving.get_endpoint("chat-router", dbx_settings)
-    assert serving._percentages(endpoint) == {"gpt-4o": 50, "gpt-4o-mini": 50}
+    assert serving.percentages(endpoint) == {"gpt-4o": 50, "gpt-4o-mini": 50}
     assert [s.detail for s in endpoint.served] == ["external model openai/gpt-4o", "external model openai/gpt-4o-mini"]
     plan = serving.plan_split("chat-router", {("gpt-4o", ""): 20, ("gpt-4o-mini", ""): 80}, settings=dbx_settings)
     stored = serving.apply_split(plan, user="ana@example.com", reason="cheaper", settings=dbx_settings)
-    assert serving._percentages(stored) == {"gpt-4o": 20, "gpt-4o-mini": 80}
+    assert serving.percentages(stored) == {"gpt-4o": 20, "gpt-4o-mini": 80}
     assert {e.name: e.as_dict() for e in harness.endpoints["chat-router"].config.served_entities} == before
 
 
 def test_a_foundation_model_endpoint_shows_its_model_at_100_and_is_read_only(harness, dbx_settings):
     harness.endpoints["databricks-meta-llama-3-3-70b-instruct"] = _foundation_endpoint()
     endpoint = serving.get_endpoint("databricks-meta-llama-3-3-70b-instruct", dbx_settings)
-    assert serving._percentages(endpoint) == {"databricks-meta-llama-3-3-70b-instruct": 100}
+    assert serving.percentages(endpoint) == {"databricks-meta-llama-3-3-70b-instruct": 100}
     assert "foundation model" in endpoint.read_only
     with pytest.raises(ValidationError, match="pay-per-token"):
         serving.plan_split(endpoint.name, {(endpoint.name, ""): 100}, settings=dbx_settings)
@@ -308,7 +309,7 @@ def test_one_endpoint_failing_between_list_and_get_does_not_fail_the_list(harnes
     harness.unreadable.add("chat-router")
     listed = {e.name: e for e in serving.list_endpoints(dbx_settings)}
     assert set(listed) == {ENDPOINT, "chat-router"}
-    assert listed[ENDPOINT].error is None and serving._percentages(listed[ENDPOINT])
+    assert listed[ENDPOINT].error is None and serving.percentages(listed[ENDPOINT])
     assert "CAN_QUERY" in listed["chat-router"].error
 
 
@@ -321,7 +322,7 @@ def test_sustained_throttling_is_bounded_and_named(harness, isolated_settings):
                               "AGENTOPS_DATABRICKS_RETRY_SECONDS": "2"})
     harness.throttle(60, retry_after=1)
     started = time.monotonic()
-    with pytest.raises(serving.BackendUnavailableError, match=r"throttled: retry after 1 s"):
+    with pytest.raises(BackendUnavailableError, match=r"throttled: retry after 1 s"):
         serving.list_endpoints(settings)
     assert time.monotonic() - started < 15
 
@@ -329,7 +330,7 @@ def test_sustained_throttling_is_bounded_and_named(harness, isolated_settings):
 def test_a_rollout_in_progress_shows_the_pending_split(harness, dbx_settings, audited):
     harness.endpoints[ENDPOINT] = _rich_endpoint()
     harness.rollout_polls = 100  # stays IN_PROGRESS for the test
-    client = serving.workspace_client(dbx_settings)
+    client = workspace_client(dbx_settings)
     from databricks.sdk.service.serving import Route, ServedEntityInput, TrafficConfig
 
     client.serving_endpoints.update_config(  # someone else's update, not waited for
@@ -339,7 +340,7 @@ def test_a_rollout_in_progress_shows_the_pending_split(harness, dbx_settings, au
                                              Route(served_entity_name="main-demo-support_2", traffic_percentage=100)]))
     endpoint = serving.get_endpoint(ENDPOINT, dbx_settings)
     assert endpoint.state is serving.EndpointState.UPDATING
-    assert serving._percentages(endpoint) == {"main.demo.support v1": 90, "main.demo.support v2": 10}
+    assert serving.percentages(endpoint) == {"main.demo.support v1": 90, "main.demo.support v2": 10}
     assert endpoint.pending_percentages == {"main.demo.support v1": 0, "main.demo.support v2": 100}
 
 

@@ -15,7 +15,7 @@ from components.tables import plain
 from services.ab import ArmReport, ArmStats, Interval
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.serving import DeployPlan, Endpoint, SplitPlan, version_label
-from services.traffic_audit import TrafficChange
+from services.audit import TrafficChange
 
 
 def _ci(interval: Interval, fmt: str) -> str:

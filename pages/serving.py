@@ -31,7 +31,7 @@ from components.serving import (
     split_editor,
     window_select,
 )
-from services import ab, registry, roles, serving, team_state, traffic, traffic_audit
+from services import ab, audit, registry, roles, serving, team_state, traffic
 from services.serving import EndpointBackend, ai_gateway
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
@@ -67,16 +67,16 @@ def _clear() -> None:
     _agents.clear()
 
 
-def _changes(endpoint_name: str) -> list[traffic_audit.TrafficChange] | None:
+def _changes(endpoint_name: str) -> list[audit.TrafficChange] | None:
     """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
     try:
-        return traffic_audit.traffic_changes(endpoint_name, settings=settings)
+        return audit.traffic_changes(endpoint_name, settings=settings)
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read the audit trail")
         return None
 
 
-def _interrupted(endpoint: serving.Endpoint, changes: list[traffic_audit.TrafficChange] | None) -> None:
+def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None) -> None:
     """Name an interrupted change; an operator can settle it from what the endpoint serves now."""
     notice = interrupted_notice(changes or [])
     settled = st.session_state.pop(f"settled::{endpoint.name}", None)

@@ -1,48 +1,76 @@
-"""Audit trail of alias changes, stored as runs in a dedicated MLflow experiment.
+"""The audit trail: every audited change as one run in a dedicated MLflow experiment.
 
-One run per change, everything in tags, so the trail needs no extra database and works the
-same on a local store, an ``mlflow server`` and Databricks. Reading the trail is one paged
-``search_runs``.
+One run per change, everything in tags, so the trail needs no extra database and works the same on
+a local store, an ``mlflow server`` and Databricks. Reading it is one (paged) ``search_runs``.
 
-A change is written in two steps so that a backend failure between them cannot lose it: an
-*intent* (run RUNNING, state ``intent``, a request id, no to-version) before the alias moves,
-then the *completion* (to-version observed, state ``done``, in one ``log_batch``) after it.
-An intent that was never completed reads back as ``ChangeStatus.INTERRUPTED``; a retry with the
-same request id finds it (``find_alias_change``) and completes it instead of changing twice.
-An intent the registry definitely refused is closed and deleted, so it never reads back.
+Every change is written in two steps so that a backend failure between them cannot lose it: an
+*intent* (run RUNNING, state ``intent``, a request id, what was asked) before anything changes, then
+the *completion* (what the backend holds afterwards, state ``done``, in one ``log_batch``). An intent
+never completed reads back as ``ChangeStatus.INTERRUPTED``; a retry with the same request id finds it
+and completes it instead of changing twice. An intent the backend definitely refused is closed and
+deleted, so it never reads back. ``run_two_phase`` drives that sequence for every kind of change
+(alias moves, traffic splits); the kinds differ only in their ``TwoPhaseChange`` steps.
+
+Records of each kind share ``Change`` (who, when, why, request id, status): ``AliasChange`` adds the
+alias and versions, ``TrafficChange`` the split before and after.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from services._clients import get_experiment_by_name, get_or_create_experiment, mlflow_client, translate_errors
+from services._clients import (
+    get_experiment_by_name,
+    get_or_create_experiment,
+    get_settings,
+    mlflow_client,
+    translate_errors,
+)
+from services.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 from services.settings import Settings
 
 _PREFIX = "agentops.audit."
 KIND_TAG = _PREFIX + "kind"
-MODEL_TAG = _PREFIX + "model"
-ALIAS_TAG = _PREFIX + "alias"
 ACTION_TAG = _PREFIX + "action"
-FROM_TAG = _PREFIX + "from_version"
-TO_TAG = _PREFIX + "to_version"
-REQUESTED_TAG = _PREFIX + "requested_version"
 USER_TAG = _PREFIX + "user"
 REASON_TAG = _PREFIX + "reason"
-GATE_TAG = _PREFIX + "gate"
-OVERRIDE_TAG = _PREFIX + "override"
-EVIDENCE_TAG = _PREFIX + "evidence"
 AT_NS_TAG = _PREFIX + "at_ns"
 REQUEST_TAG = _PREFIX + "request_id"
 STATE_TAG = _PREFIX + "state"  # intent | done | refused; records without it are complete (older trail)
+# Alias changes
+MODEL_TAG = _PREFIX + "model"
+ALIAS_TAG = _PREFIX + "alias"
+FROM_TAG = _PREFIX + "from_version"
+TO_TAG = _PREFIX + "to_version"
+REQUESTED_TAG = _PREFIX + "requested_version"
+GATE_TAG = _PREFIX + "gate"
+OVERRIDE_TAG = _PREFIX + "override"
+EVIDENCE_TAG = _PREFIX + "evidence"
+# Traffic changes (splits and deploys)
+ENDPOINT_TAG = _PREFIX + "endpoint"
+BEFORE_TAG = _PREFIX + "before"
+AFTER_TAG = _PREFIX + "after"
+OUTCOME_TAG = _PREFIX + "outcome"
+
 ALIAS_CHANGE_KIND = "alias_change"
+TRAFFIC_KIND = "traffic_change"
+INTERRUPTED = "interrupted"  # the outcome a traffic change reads back with while it is an open intent
+_INTENT, _DONE, _REFUSED = "intent", "done", "refused"
 # Run tags hold at most 8,000 characters; evidence is a summary, trimmed to fit.
 _MAX_TAG = 7_900
 _PAGE = 1000
@@ -66,24 +94,14 @@ class ChangeStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
-@dataclass(frozen=True)
-class AliasChange:
-    """One recorded alias move; ``to_version`` is what the registry held right after it."""
+@dataclass(frozen=True, kw_only=True)
+class Change:
+    """What every audited change records: who, when, why, its request id and whether it completed."""
 
     run_id: str
-    model: str
-    alias: str
-    action: AliasAction
-    from_version: str | None
-    to_version: str | None
-    requested_version: str
     user: str
     reason: str
-    gate: GateOutcome
-    override: bool
-    evidence: dict[str, Any]
     at: datetime
-    at_ns: int
     request_id: str = ""
     status: ChangeStatus = ChangeStatus.COMPLETED
 
@@ -92,18 +110,105 @@ class AliasChange:
         return self.status is ChangeStatus.COMPLETED
 
 
+@dataclass(frozen=True, kw_only=True)
+class AliasChange(Change):
+    """One recorded alias move; ``to_version`` is what the registry held right after it."""
+
+    model: str
+    alias: str
+    action: AliasAction
+    from_version: str | None
+    to_version: str | None
+    requested_version: str
+    gate: GateOutcome
+    override: bool
+    evidence: dict[str, Any]
+    at_ns: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrafficChange(Change):
+    """One recorded split change or deploy; ``after`` is the split the endpoint served afterwards."""
+
+    endpoint: str
+    action: str
+    before: dict[str, int]
+    after: dict[str, int]
+    outcome: str
+    requested: dict[str, int] | None = None  # what the intent asked for, while it is open
+
+
+# --- writing: intent, completion, refusal (every kind) -------------------------------------------
+
+
+def _open(tags: dict[str, str], *, user: str, request_id: str, run_name: str,
+          settings: Settings | None) -> tuple[str, int]:
+    """Write an intent run with ``tags``; returns its run id and time (ns)."""
+    if not request_id:
+        raise ValueError("an audited change needs a request id")
+    settings = settings or get_settings()
+    client = mlflow_client(settings)
+    at_ns = time.time_ns()
+    tags = {**tags, USER_TAG: user, AT_NS_TAG: str(at_ns), REQUEST_TAG: request_id, STATE_TAG: _INTENT,
+            "mlflow.user": user}
+    with translate_errors(f"the audit experiment {settings.audit_label!r}"):
+        experiment_id = audit_experiment_id(client, settings, create=True)
+        run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags, run_name=run_name)
+    return run.info.run_id, at_ns
+
+
+def _complete(run_id: str, tags: dict[str, str], *, run_name: str, settings: Settings | None) -> None:
+    """Mark an intent done with the observed ``tags``, in one batch: they land together or not at all."""
+    settings = settings or get_settings()
+    client = mlflow_client(settings)
+    done = {**tags, STATE_TAG: _DONE, "mlflow.runName": run_name}
+    with translate_errors(f"the audit experiment {settings.audit_label!r}"):
+        client.log_batch(run_id, tags=[run_tag(k, v) for k, v in done.items()])
+        client.set_terminated(run_id, status="FINISHED")
+
+
+def abandon(change: Change, why: str, *, settings: Settings | None = None) -> None:
+    """Close an intent whose change was definitely not made (refused), and delete it from the trail."""
+    settings = settings or get_settings()
+    client = mlflow_client(settings)
+    with translate_errors(f"the audit experiment {settings.audit_label!r}"):
+        client.log_batch(change.run_id, tags=[run_tag(STATE_TAG, _REFUSED),
+                                              run_tag(REASON_TAG + ".refused", why[:_MAX_TAG])])
+        client.set_terminated(change.run_id, status="FAILED")
+        client.delete_run(change.run_id)
+
+
+def _search(settings: Settings | None, clauses: list[str], *, limit: int | None = None) -> list[Any]:
+    """Runs of the trail matching ``clauses``, newest first (all pages unless ``limit``)."""
+    settings = settings or get_settings()
+    client = mlflow_client(settings)
+    with translate_errors("the audit trail"):
+        experiment_id = audit_experiment_id(client, settings, create=False)
+        if experiment_id is None:
+            return []
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = client.search_runs([experiment_id], filter_string=" AND ".join(clauses),
+                                      max_results=limit or _PAGE, page_token=token,
+                                      order_by=["attributes.start_time DESC"])
+            runs.extend(page)
+            token = page.token
+            if not token or limit is not None:
+                return runs
+
+
+def _status(tags: dict[str, str]) -> ChangeStatus:
+    # Records written before intents existed carry no state and are complete.
+    return ChangeStatus.INTERRUPTED if tags.get(STATE_TAG) == _INTENT else ChangeStatus.COMPLETED
+
+
+# --- alias changes ----------------------------------------------------------------------------
+
+
 def record_alias_change(
-    *,
-    model: str,
-    alias: str,
-    action: AliasAction,
-    from_version: str | None,
-    to_version: str | None,
-    requested_version: str,
-    user: str,
-    reason: str,
-    gate: GateOutcome,
-    evidence: dict[str, Any],
+    *, model: str, alias: str, action: AliasAction, from_version: str | None, to_version: str | None,
+    requested_version: str, user: str, reason: str, gate: GateOutcome, evidence: dict[str, Any],
     settings: Settings | None = None,
 ) -> AliasChange:
     """Write one complete audit run for an alias change (intent and completion) and return it."""
@@ -115,93 +220,41 @@ def record_alias_change(
 
 
 def open_alias_change(
-    *,
-    model: str,
-    alias: str,
-    action: AliasAction,
-    from_version: str | None,
-    requested_version: str,
-    user: str,
-    reason: str,
-    gate: GateOutcome,
-    evidence: dict[str, Any],
-    request_id: str,
-    settings: Settings | None = None,
+    *, model: str, alias: str, action: AliasAction, from_version: str | None, requested_version: str, user: str,
+    reason: str, gate: GateOutcome, evidence: dict[str, Any], request_id: str, settings: Settings | None = None,
 ) -> AliasChange:
     """Write the intent of an alias change (before the alias moves); it reads back as interrupted until completed."""
-    if not request_id:
-        raise ValueError("an alias change intent needs a request id")
-    client = mlflow_client(settings)
-    at_ns = time.time_ns()
     evidence_json = json.dumps(evidence, default=str, sort_keys=True)
     if len(evidence_json) > _MAX_TAG:
         evidence_json = json.dumps({"truncated": True, "summary": evidence_json[: _MAX_TAG - 60]})
     tags = {
-        KIND_TAG: ALIAS_CHANGE_KIND,
-        MODEL_TAG: model,
-        ALIAS_TAG: alias,
-        ACTION_TAG: action.value,
-        FROM_TAG: from_version or "",
-        TO_TAG: "",
-        REQUESTED_TAG: requested_version,
-        USER_TAG: user,
-        REASON_TAG: reason[:_MAX_TAG],
-        GATE_TAG: gate.value,
-        OVERRIDE_TAG: str(gate is GateOutcome.OVERRIDDEN).lower(),
-        EVIDENCE_TAG: evidence_json,
-        AT_NS_TAG: str(at_ns),
-        REQUEST_TAG: request_id,
-        STATE_TAG: "intent",
-        "mlflow.user": user,
+        KIND_TAG: ALIAS_CHANGE_KIND, MODEL_TAG: model, ALIAS_TAG: alias, ACTION_TAG: action.value,
+        FROM_TAG: from_version or "", TO_TAG: "", REQUESTED_TAG: requested_version, REASON_TAG: reason[:_MAX_TAG],
+        GATE_TAG: gate.value, OVERRIDE_TAG: str(gate is GateOutcome.OVERRIDDEN).lower(), EVIDENCE_TAG: evidence_json,
     }
     name = f"{model}@{alias}: v{from_version or '-'} -> v{requested_version} (requested)"
-    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        experiment_id = audit_experiment_id(client, settings, create=True)
-        run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags, run_name=name)
-    return _change(run.info.run_id, tags, at_ns)
+    run_id, at_ns = _open(tags, user=user, request_id=request_id, run_name=name, settings=settings)
+    return _alias_change(run_id, {**tags, USER_TAG: user, REQUEST_TAG: request_id, STATE_TAG: _INTENT}, at_ns)
 
 
 def complete_alias_change(intent: AliasChange, to_version: str | None, *,
                           settings: Settings | None = None) -> AliasChange:
     """Complete an intent with the to-version observed in the registry; returns the completed record."""
-    client = mlflow_client(settings)
-    done = {TO_TAG: to_version or "", STATE_TAG: "done",
-            "mlflow.runName": f"{intent.model}@{intent.alias}: v{intent.from_version or '-'} -> v{to_version or '-'}"}
-    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        # One batch: the to-version and the done state land together or not at all.
-        client.log_batch(intent.run_id, tags=[run_tag(k, v) for k, v in done.items()])
-        client.set_terminated(intent.run_id, status="FINISHED")
+    _complete(intent.run_id, {TO_TAG: to_version or ""}, settings=settings,
+              run_name=f"{intent.model}@{intent.alias}: v{intent.from_version or '-'} -> v{to_version or '-'}")
     return replace(intent, to_version=to_version or None, status=ChangeStatus.COMPLETED)
 
 
 def abandon_alias_change(intent: AliasChange, why: str, *, settings: Settings | None = None) -> None:
-    """Close an intent whose change was definitely not made (refused), and delete it from the trail."""
-    client = mlflow_client(settings)
-    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        client.log_batch(intent.run_id, tags=[run_tag(STATE_TAG, "refused"), run_tag(REASON_TAG + ".refused", why[:_MAX_TAG])])
-        client.set_terminated(intent.run_id, status="FAILED")
-        client.delete_run(intent.run_id)
+    """Close an alias-change intent that was refused (``abandon``)."""
+    abandon(intent, why, settings=settings)
 
 
 def find_alias_change(model: str, alias: str, request_id: str, *,
                       settings: Settings | None = None) -> AliasChange | None:
     """The record (completed or interrupted) written for ``request_id``, if any."""
-    found = _search(model, alias, settings, extra=[f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
+    found = _alias_search(model, alias, settings, extra=[f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
     return found[0] if found else None
-
-
-def check_request_id(request_id: str | None) -> None:
-    """Refuse a malformed request id (one per confirmation, e.g. a uuid); ``None`` means "no retry key"."""
-    from services.errors import ValidationError
-
-    if request_id is not None and not _REQUEST_RE.match(request_id):
-        raise ValidationError("A request id is 1-128 letters, digits, '_' or '-' (one per confirmation, e.g. a uuid).")
-
-
-def run_tag(key: str, value: str) -> Any:
-    from mlflow.entities import RunTag
-
-    return RunTag(key, value)
 
 
 def alias_changes(
@@ -211,63 +264,24 @@ def alias_changes(
 
     Interrupted intents are included with ``status=INTERRUPTED`` unless ``completed_only``.
     """
-    changes = _search(model, alias, settings)
+    changes = _alias_search(model, alias, settings)
     if completed_only:
         changes = [c for c in changes if c.completed]
     return changes
 
 
-def _search(model: str, alias: str | None, settings: Settings | None, extra: list[str] | None = None) -> list[AliasChange]:
-    client = mlflow_client(settings)
-    with translate_errors("the audit trail"):
-        experiment_id = audit_experiment_id(client, settings, create=False)
-        if experiment_id is None:
-            return []
-        clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"]
-        if alias:
-            clauses.append(f"tags.`{ALIAS_TAG}` = '{quote(alias)}'")
-        clauses.extend(extra or [])
-        runs = []
-        token = None
-        while True:
-            page = client.search_runs(
-                [experiment_id], filter_string=" AND ".join(clauses),
-                max_results=_PAGE, page_token=token, order_by=["attributes.start_time DESC"],
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
-    changes = [_change(r.info.run_id, r.data.tags, int(r.data.tags.get(AT_NS_TAG) or r.info.start_time * 1_000_000))
-               for r in runs]
+def _alias_search(model: str, alias: str | None, settings: Settings | None,
+                  extra: list[str] | None = None) -> list[AliasChange]:
+    clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"]
+    if alias:
+        clauses.append(f"tags.`{ALIAS_TAG}` = '{quote(alias)}'")
+    runs = _search(settings, clauses + (extra or []))
+    changes = [_alias_change(r.info.run_id, r.data.tags,
+                             int(r.data.tags.get(AT_NS_TAG) or r.info.start_time * 1_000_000)) for r in runs]
     return sorted(changes, key=lambda c: c.at_ns, reverse=True)
 
 
-def _experiment_name(settings: Settings | None) -> str:
-    from services._clients import get_settings
-
-    return (settings or get_settings()).audit_label
-
-
-def audit_experiment_id(client: Any, settings: Settings | None, *, create: bool) -> str | None:
-    """The audit trail's experiment: ``AGENTOPS_AUDIT_EXPERIMENT_ID`` when set, else the named one
-    (created when ``create``; None when it does not exist yet)."""
-    from services._clients import get_settings
-
-    settings = settings or get_settings()
-    if settings.audit_experiment_id:
-        return settings.audit_experiment_id
-    if create:
-        return get_or_create_experiment(client, settings.audit_experiment, settings)
-    experiment = get_experiment_by_name(client, settings.audit_experiment, settings)
-    return experiment.experiment_id if experiment is not None else None
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _change(run_id: str, tags: dict[str, str], at_ns: int) -> AliasChange:
+def _alias_change(run_id: str, tags: dict[str, str], at_ns: int) -> AliasChange:
     try:
         evidence = json.loads(tags.get(EVIDENCE_TAG) or "{}")
     except ValueError:
@@ -281,24 +295,282 @@ def _change(run_id: str, tags: dict[str, str], at_ns: int) -> AliasChange:
     except ValueError:
         action = AliasAction.PROMOTE
     return AliasChange(
-        run_id=run_id,
-        model=tags.get(MODEL_TAG, ""),
-        alias=tags.get(ALIAS_TAG, ""),
-        action=action,
-        from_version=tags.get(FROM_TAG) or None,
-        to_version=tags.get(TO_TAG) or None,
-        requested_version=tags.get(REQUESTED_TAG, ""),
-        user=tags.get(USER_TAG, ""),
-        reason=tags.get(REASON_TAG, ""),
-        gate=gate,
-        override=tags.get(OVERRIDE_TAG) == "true",
-        evidence=evidence,
-        at=datetime.fromtimestamp(at_ns / 1e9, tz=timezone.utc),
-        at_ns=at_ns,
-        request_id=tags.get(REQUEST_TAG, ""),
-        # Records written before intents existed carry no state and are complete.
-        status=ChangeStatus.INTERRUPTED if tags.get(STATE_TAG) == "intent" else ChangeStatus.COMPLETED,
+        run_id=run_id, model=tags.get(MODEL_TAG, ""), alias=tags.get(ALIAS_TAG, ""), action=action,
+        from_version=tags.get(FROM_TAG) or None, to_version=tags.get(TO_TAG) or None,
+        requested_version=tags.get(REQUESTED_TAG, ""), user=tags.get(USER_TAG, ""), reason=tags.get(REASON_TAG, ""),
+        gate=gate, override=tags.get(OVERRIDE_TAG) == "true", evidence=evidence,
+        at=datetime.fromtimestamp(at_ns / 1e9, tz=timezone.utc), at_ns=at_ns,
+        request_id=tags.get(REQUEST_TAG, ""), status=_status(tags),
     )
+
+
+# --- traffic changes (splits, deploys) ---------------------------------------------------------
+
+
+def record_traffic_change(
+    endpoint: str, *, action: str, user: str, reason: str, before: dict[str, int], after: dict[str, int],
+    outcome: str = "applied", settings: Settings | None = None,
+) -> TrafficChange:
+    """Write one complete audit run for a split change (who, when, before, after, reason, outcome)."""
+    intent = open_traffic_change(endpoint, action=action, user=user, reason=reason, before=before, after=after,
+                                 request_id=uuid.uuid4().hex, settings=settings)
+    return complete_traffic_change(intent, after, outcome=outcome, settings=settings)
+
+
+def open_traffic_change(
+    endpoint: str, *, action: str, user: str, reason: str, before: dict[str, int], after: dict[str, int],
+    request_id: str, settings: Settings | None = None,
+) -> TrafficChange:
+    """Write the intent of a split change before the endpoint is touched; it reads back as interrupted until completed."""
+    tags = {
+        KIND_TAG: TRAFFIC_KIND, ENDPOINT_TAG: endpoint, ACTION_TAG: action, REASON_TAG: reason[:_MAX_TAG],
+        BEFORE_TAG: json.dumps(before, sort_keys=True), AFTER_TAG: json.dumps(after, sort_keys=True),
+        OUTCOME_TAG: INTERRUPTED,
+    }
+    run_id, at_ns = _open(tags, user=user, request_id=request_id, run_name=f"{endpoint}: {action} (requested)",
+                          settings=settings)
+    return _traffic_change(run_id, {**tags, USER_TAG: user, AT_NS_TAG: str(at_ns), REQUEST_TAG: request_id,
+                                    STATE_TAG: _INTENT})
+
+
+def complete_traffic_change(intent: TrafficChange, observed: dict[str, int], *, outcome: str = "applied",
+                            settings: Settings | None = None) -> TrafficChange:
+    """Complete an intent with the split the endpoint holds afterwards; returns the completed record."""
+    _complete(intent.run_id, {AFTER_TAG: json.dumps(observed, sort_keys=True), OUTCOME_TAG: outcome},
+              run_name=f"{intent.endpoint}: {intent.action}", settings=settings)
+    return replace(intent, after=dict(observed), outcome=outcome, status=ChangeStatus.COMPLETED, requested=None)
+
+
+def abandon_traffic_change(intent: TrafficChange, why: str, *, settings: Settings | None = None) -> None:
+    """Close a traffic-change intent that was refused (``abandon``)."""
+    abandon(intent, why, settings=settings)
+
+
+def find_traffic_change(endpoint: str, request_id: str, *, settings: Settings | None = None) -> TrafficChange | None:
+    """The record (completed or interrupted) written for ``request_id`` on ``endpoint``, if any."""
+    found = _traffic_search(settings, [f"tags.`{ENDPOINT_TAG}` = '{quote(endpoint)}'",
+                                       f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
+    return found[0] if found else None
+
+
+def traffic_changes(endpoint: str | None = None, *, settings: Settings | None = None, limit: int = 200) -> list[TrafficChange]:
+    """Recorded split changes, newest first (optionally of one endpoint); interrupted intents included."""
+    return _traffic_search(settings, [f"tags.`{ENDPOINT_TAG}` = '{quote(endpoint)}'"] if endpoint else [], limit=limit)
+
+
+def _traffic_search(settings: Settings | None, extra: list[str], *, limit: int = 200) -> list[TrafficChange]:
+    runs = _search(settings, [f"tags.`{KIND_TAG}` = '{TRAFFIC_KIND}'", *extra], limit=limit)
+    return sorted((_traffic_change(r.info.run_id, r.data.tags) for r in runs), key=lambda c: c.at, reverse=True)
+
+
+def _traffic_change(run_id: str, tags: dict[str, str]) -> TrafficChange:
+    status = _status(tags)
+    after = json.loads(tags.get(AFTER_TAG) or "{}")
+    return TrafficChange(
+        run_id=run_id, endpoint=tags.get(ENDPOINT_TAG, ""), action=tags.get(ACTION_TAG, ""),
+        user=tags.get(USER_TAG, ""), reason=tags.get(REASON_TAG, ""), before=json.loads(tags.get(BEFORE_TAG) or "{}"),
+        after=after, outcome=INTERRUPTED if status is ChangeStatus.INTERRUPTED else tags.get(OUTCOME_TAG, ""),
+        at=datetime.fromtimestamp(int(tags.get(AT_NS_TAG) or 0) / 1e9, tz=timezone.utc),
+        request_id=tags.get(REQUEST_TAG, ""), status=status,
+        requested=after if status is ChangeStatus.INTERRUPTED else None,
+    )
+
+
+# --- the one two-phase mechanism -----------------------------------------------------------------
+
+C = TypeVar("C", bound=Change)
+S = TypeVar("S")
+
+
+class Path(StrEnum):
+    """How ``run_two_phase`` got to its result."""
+
+    APPLIED = "applied"  # recorded, changed and completed now
+    ALREADY_DONE = "already done"  # a retry of a completed request: nothing changed again
+    RECORD_COMPLETED = "record completed"  # the change had landed before a failure; only the record was completed
+    RESUMED = "resumed"  # an interrupted request whose change had not landed: changed and completed once
+
+
+@dataclass(frozen=True)
+class TwoPhaseResult(Generic[C, S]):
+    record: C
+    state: S  # what the backend holds afterwards
+    path: Path
+
+
+class TwoPhaseChange(ABC, Generic[C, S]):
+    """One kind of audited change, as the steps ``run_two_phase`` drives.
+
+    ``S`` is the backend state the change is about (an alias's version, an endpoint's split).
+    """
+
+    lock_key: tuple[str, ...]
+    settings: Settings | None
+
+    @abstractmethod
+    def find(self, request_id: str) -> C | None:
+        """The record written earlier for ``request_id``, if any."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Refuse a stale plan before anything is recorded (``ConflictError``)."""
+
+    @abstractmethod
+    def open(self, request_id: str) -> C:
+        """Write the intent."""
+
+    @abstractmethod
+    def act(self, intent: C) -> S:
+        """Make the change; returns what the backend then holds."""
+
+    @abstractmethod
+    def observe(self) -> S:
+        """What the backend holds now."""
+
+    @abstractmethod
+    def complete(self, intent: C, state: S) -> C:
+        """Complete the intent with the observed state."""
+
+    @abstractmethod
+    def holds_requested(self, intent: C, state: S) -> bool:
+        """Whether ``state`` is what the intent asked for."""
+
+    @abstractmethod
+    def holds_before(self, intent: C, state: S) -> bool:
+        """Whether ``state`` is what the intent found before changing."""
+
+    def same_request(self, earlier: C) -> ValidationError | None:
+        """Why ``earlier`` (found by request id) is not this change (None: it is)."""
+        return None
+
+    def refused(self, exc: Exception) -> Exception:
+        """The error to raise when the backend refused the change (default: as raised)."""
+        return exc
+
+    @abstractmethod
+    def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
+        """The error when the intent could not be written (nothing changed)."""
+
+    @abstractmethod
+    def interrupted(self, intent: C, when: str, exc: Exception) -> BackendUnavailableError:
+        """The error when the backend stopped answering after the intent was written."""
+
+    @abstractmethod
+    def superseded(self, earlier: C, state: S) -> ConflictError:
+        """The error when a retry finds neither the state before nor the one asked for."""
+
+    def describe(self, state: S) -> str:
+        return str(state)
+
+
+def run_two_phase(change: TwoPhaseChange[C, S], request_id: str | None) -> TwoPhaseResult[C, S]:
+    """Record the intent, make the change, complete the record with what the backend then holds.
+
+    With ``request_id`` (one per confirmation), a retry after a failure resumes the recorded
+    attempt: it completes it exactly once, returns a completed one unchanged, and closes it without
+    changing anything when someone else changed the state since.
+    """
+    with change_lock(*change.lock_key):
+        if request_id:
+            earlier = change.find(request_id)
+            if earlier is not None:
+                return _resume(change, earlier)
+        change.check()
+        try:
+            intent = change.open(request_id or uuid.uuid4().hex)
+        except BackendUnavailableError as exc:
+            raise change.not_recorded(exc) from exc
+        record, state = _act_and_complete(change, intent)
+        return TwoPhaseResult(record, state, Path.APPLIED)
+
+
+def _act_and_complete(change: TwoPhaseChange[C, S], intent: C) -> tuple[C, S]:
+    try:
+        state = change.act(intent)
+    except (PermissionDeniedError, ValidationError, NotFoundError, ConflictError) as exc:
+        # The backend answered and refused: nothing changed, so the intent leaves the trail.
+        _quietly_abandon(intent, str(exc), change.settings)
+        mapped = change.refused(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    except BackendUnavailableError as exc:
+        raise change.interrupted(intent, "while the change was being made", exc) from exc
+    try:
+        return change.complete(intent, state), state
+    except BackendUnavailableError as exc:
+        raise change.interrupted(intent, "after the change was made, before its audit record was completed",
+                                 exc) from exc
+
+
+def _resume(change: TwoPhaseChange[C, S], earlier: C) -> TwoPhaseResult[C, S]:
+    """A retry of a recorded request: return it if complete, else complete it exactly once."""
+    if (mismatch := change.same_request(earlier)) is not None:
+        raise mismatch
+    now = change.observe()
+    if earlier.completed:
+        return TwoPhaseResult(earlier, now, Path.ALREADY_DONE)
+    if change.holds_requested(earlier, now):
+        # The change landed before the failure; only the record is missing its completion.
+        try:
+            return TwoPhaseResult(change.complete(earlier, now), now, Path.RECORD_COMPLETED)
+        except BackendUnavailableError as exc:
+            raise change.interrupted(earlier, "while completing the audit record", exc) from exc
+    if change.holds_before(earlier, now):
+        record, state = _act_and_complete(change, earlier)
+        return TwoPhaseResult(record, state, Path.RESUMED)
+    # Someone else changed it since: completing would overwrite their change.
+    _quietly_abandon(earlier, f"superseded: the backend held {change.describe(now)} on retry", change.settings)
+    raise change.superseded(earlier, now)
+
+
+def _quietly_abandon(intent: Change, why: str, settings: Settings | None) -> None:
+    try:
+        abandon(intent, why, settings=settings)
+    except BackendUnavailableError:
+        pass  # stays "interrupted" in the trail; a retry or the next read reconciles it
+
+
+_locks: dict[tuple[str, ...], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def change_lock(*key: str) -> threading.Lock:
+    """One lock per changed thing (an alias, an endpoint): two operators in this process never
+    interleave check, change and record on it."""
+    with _locks_guard:
+        return _locks.setdefault(tuple(key), threading.Lock())
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def check_request_id(request_id: str | None) -> None:
+    """Refuse a malformed request id (one per confirmation, e.g. a uuid); ``None`` means "no retry key"."""
+    if request_id is not None and not _REQUEST_RE.match(request_id):
+        raise ValidationError("A request id is 1-128 letters, digits, '_' or '-' (one per confirmation, e.g. a uuid).")
+
+
+def run_tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag  # mlflow's import is slow: only when a record is written
+
+    return RunTag(key, value)
+
+
+def audit_experiment_id(client: Any, settings: Settings | None, *, create: bool) -> str | None:
+    """The audit trail's experiment: ``AGENTOPS_AUDIT_EXPERIMENT_ID`` when set, else the named one
+    (created when ``create``; None when it does not exist yet)."""
+    settings = settings or get_settings()
+    if settings.audit_experiment_id:
+        return settings.audit_experiment_id
+    if create:
+        return get_or_create_experiment(client, settings.audit_experiment, settings)
+    experiment = get_experiment_by_name(client, settings.audit_experiment, settings)
+    return experiment.experiment_id if experiment is not None else None
+
+
+def quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 # --- experiments attached to an agent ----------------------------------------------------------
@@ -310,31 +582,17 @@ EXPERIMENT_TAG = _PREFIX + "experiment_id"
 def record_experiment_link(*, model: str, action: str, experiment_id: str, before: list[str], after: list[str],
                            user: str, settings: Settings | None = None) -> str:
     """Write one audit run for attaching/detaching an experiment to an agent; returns the run id."""
-    client = mlflow_client(settings)
-    at_ns = time.time_ns()
-    tags = {
-        KIND_TAG: EXPERIMENT_LINK_KIND, MODEL_TAG: model, ACTION_TAG: action, EXPERIMENT_TAG: experiment_id,
-        FROM_TAG: ",".join(before), TO_TAG: ",".join(after), USER_TAG: user, AT_NS_TAG: str(at_ns),
-        STATE_TAG: "done", "mlflow.user": user,
-    }
-    with translate_errors(f"the audit experiment {_experiment_name(settings)!r}"):
-        audit_experiment = audit_experiment_id(client, settings, create=True)
-        run = client.create_run(audit_experiment, start_time=at_ns // 1_000_000, tags=tags,
-                                run_name=f"{model}: {action} experiment {experiment_id}")
-        client.set_terminated(run.info.run_id, status="FINISHED")
-    return run.info.run_id
+    tags = {KIND_TAG: EXPERIMENT_LINK_KIND, MODEL_TAG: model, ACTION_TAG: action, EXPERIMENT_TAG: experiment_id,
+            FROM_TAG: ",".join(before), TO_TAG: ",".join(after)}
+    run_name = f"{model}: {action} experiment {experiment_id}"
+    run_id, _ = _open(tags, user=user, request_id=uuid.uuid4().hex, run_name=run_name, settings=settings)
+    _complete(run_id, {}, run_name=run_name, settings=settings)
+    return run_id
 
 
 def experiment_links(model: str, *, settings: Settings | None = None) -> list[dict[str, str]]:
     """Recorded attach/detach changes of one agent's experiments, newest first."""
-    client = mlflow_client(settings)
-    with translate_errors("the audit trail"):
-        experiment_id = audit_experiment_id(client, settings, create=False)
-        if experiment_id is None:
-            return []
-        runs = client.search_runs([experiment_id], max_results=_PAGE,
-                                  filter_string=f"tags.`{KIND_TAG}` = '{EXPERIMENT_LINK_KIND}' AND "
-                                                f"tags.`{MODEL_TAG}` = '{quote(model)}'",
-                                  order_by=["attributes.start_time DESC"])
+    runs = _search(settings, [f"tags.`{KIND_TAG}` = '{EXPERIMENT_LINK_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"],
+                   limit=_PAGE)
     return [{"action": r.data.tags.get(ACTION_TAG, ""), "experiment_id": r.data.tags.get(EXPERIMENT_TAG, ""),
              "user": r.data.tags.get(USER_TAG, ""), "at_ns": r.data.tags.get(AT_NS_TAG, "")} for r in runs]

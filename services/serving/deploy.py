@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
-from services import roles, traffic_audit
+from services import audit, roles
 from services._clients import app_workspace_client, classify_error, get_settings, translate_errors, workspace_client
 from services.errors import (
     AgentOpsError,
@@ -197,7 +197,7 @@ def deploy_version(
     def record_failure(outcome: str) -> None:
         # The attempt may have changed the endpoint before failing: keep who tried, even then.
         try:
-            traffic_audit.record_traffic_change(fresh.endpoint_name, action=action, user=user, reason=reason,
+            audit.record_traffic_change(fresh.endpoint_name, action=action, user=user, reason=reason,
                                                 before=before_pct, after=after_pct, outcome=outcome[:500], settings=settings)
         except AgentOpsError as audit_error:  # the deploy's own error is the one to show
             _logger.warning("Could not record the failed deployment of %s v%s: %s", fresh.model_name,
@@ -222,7 +222,7 @@ def deploy_version(
             stored = from_sdk(client.serving_endpoints.get(fresh.endpoint_name))
     if stored.routes:
         after_pct = percentages(stored)
-    traffic_audit.record_traffic_change(
+    audit.record_traffic_change(
         fresh.endpoint_name, action=action, user=user, reason=reason,
         before=before_pct, after=after_pct, outcome="applied" if wait else "submitted", settings=settings)
     return Deployment(fresh, stored, result.get("endpoint_url"), result.get("review_app_url"), result.get("query_endpoint"))

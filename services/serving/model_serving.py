@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from services import traffic_audit
+from services import audit
 from services._clients import classify_error, translate_errors, workspace_client
 from services.errors import AgentOpsError, ConflictError, PermissionDeniedError
 from services.serving.base import SplitBackend
@@ -110,7 +110,7 @@ def from_sdk(endpoint: Any, updated_by: str | None = None) -> Endpoint:
 def last_changed_by(settings: Settings, endpoint: str | None = None) -> dict[str, str]:
     """Who made the latest recorded change of each endpoint (the audit trail; empty when unreadable)."""
     try:
-        changes = traffic_audit.traffic_changes(endpoint, settings=settings)
+        changes = audit.traffic_changes(endpoint, settings=settings)
     except AgentOpsError as exc:
         _logger.warning("Could not read the audit trail for 'last updated by': %s", exc)
         return {}

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import threading
-import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from services import audit, roles, traffic_audit
+from services import audit, roles
 from services._clients import get_settings, mlflow_client, translate_errors
-from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services.audit import TrafficChange
+from services.errors import BackendUnavailableError, ConflictError, ValidationError
 from services.serving.backends import percentages, split_backend
 from services.serving.base import ArmTraffic, SplitBackend
 from services.serving.entities import (
@@ -181,108 +180,84 @@ def apply_split(
     if identity is not None:
         roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
     backend = split_backend(plan.before.backend, settings, user_token=user_token, progress=progress)
-    write = _SplitWriter(plan, user, backend)
-    before_pct, after_pct = plan.percentages()
-    name = plan.before.name
-    with _split_lock(name):
-        if request_id:
-            earlier = traffic_audit.find_traffic_change(name, request_id, settings=settings)
-            if earlier is not None:
-                return _resume_split(write, earlier)
-        write.check_unchanged()
-        try:
-            intent = traffic_audit.open_traffic_change(
-                name, action=action, user=user, reason=reason, before=before_pct, after=after_pct,
-                request_id=request_id or uuid.uuid4().hex, settings=settings,
-            )
-        except BackendUnavailableError as exc:
-            raise BackendUnavailableError(
-                f"The MLflow backend stopped answering before the traffic change on {name!r} was recorded. "
-                f"Nothing changed: the endpoint keeps its split {describe_split(before_pct)}. "
-                f"Retry once the backend is back. ({exc})"
-            ) from exc
-        return _write_and_record(write, intent)
+    return audit.run_two_phase(_SplitChange(plan, user, reason, action, backend), request_id).state
 
 
-class _SplitWriter:
-    """Writes one plan's split through its backend, against the state it last read."""
+class _SplitChange(audit.TwoPhaseChange[TrafficChange, Endpoint]):
+    """Writing one plan's split through its backend, as the steps of the audit trail's two-phase change."""
 
-    def __init__(self, plan: SplitPlan, user: str, backend: SplitBackend) -> None:
-        self.plan, self.user, self.backend = plan, user, backend
+    def __init__(self, plan: SplitPlan, user: str, reason: str, action: str, backend: SplitBackend) -> None:
+        self.plan, self.user, self.reason, self.action, self.backend = plan, user, reason, action, backend
         self.settings = backend.settings
-        self._seen: Endpoint | None = None
+        self.name = plan.before.name
+        self.lock_key = ("traffic", self.name)
+        self.before_pct, self.after_pct = plan.percentages()
+        self._seen: Endpoint | None = None  # the state the write must still find (its concurrency token)
 
-    @property
-    def name(self) -> str:
-        return self.plan.before.name
+    def find(self, request_id: str) -> TrafficChange | None:
+        return audit.find_traffic_change(self.name, request_id, settings=self.settings)
 
-    def current(self) -> Endpoint:
-        self._seen = self.backend.read(self.name)  # the state the write must still find
-        return self._seen
-
-    def holds(self, endpoint: Endpoint, target: Endpoint) -> bool:
-        return self.backend.holds(endpoint, target)
-
-    def check_unchanged(self) -> None:
+    def check(self) -> None:
         """Refuse a plan made against a split that has changed since; nothing is recorded or sent."""
-        conflict = self.backend.conflict(self.plan.before, self.current())
+        conflict = self.backend.conflict(self.plan.before, self.observe())
         if conflict is not None:
             raise conflict
 
-    def write(self) -> Endpoint:
+    def open(self, request_id: str) -> TrafficChange:
+        return audit.open_traffic_change(self.name, action=self.action, user=self.user, reason=self.reason,
+                                         before=self.before_pct, after=self.after_pct, request_id=request_id,
+                                         settings=self.settings)
+
+    def act(self, intent: TrafficChange) -> Endpoint:
         return self.backend.write(self._seen or self.plan.before, self.plan.after, user=self.user)
 
+    def observe(self) -> Endpoint:
+        self._seen = self.backend.read(self.name)
+        return self._seen
 
-def _write_and_record(write: _SplitWriter, intent: Any) -> Endpoint:
-    """Write the split for an open intent, then complete the intent with the split the endpoint holds."""
-    try:
-        stored = write.write()
-    except (PermissionDeniedError, ValidationError, NotFoundError, ConflictError) as exc:
-        # The backend answered and refused: the split did not change, so the intent leaves the trail.
-        _quietly_abandon(intent, str(exc), write.settings)
-        raise
-    except BackendUnavailableError as exc:
-        raise _split_interrupted(intent, "while the new split was being written", exc) from exc
-    try:
-        traffic_audit.complete_traffic_change(intent, percentages(stored), settings=write.settings)
-    except BackendUnavailableError as exc:
-        raise _split_interrupted(intent, "after the new split was applied, before its audit record was completed",
-                                 exc) from exc
-    return stored
+    def complete(self, intent: TrafficChange, state: Endpoint) -> TrafficChange:
+        return audit.complete_traffic_change(intent, percentages(state), settings=self.settings)
 
+    def holds_requested(self, intent: TrafficChange, state: Endpoint) -> bool:
+        return self.backend.holds(state, self.plan.after)
 
-def _resume_split(write: _SplitWriter, earlier: Any) -> Endpoint:
-    """A retry of a recorded request: return it if complete, else complete it exactly once."""
-    _, after_pct = write.plan.percentages()
-    asked = earlier.requested if earlier.requested is not None else earlier.after
-    if asked != after_pct:
-        raise ValidationError(
-            f"Request {earlier.request_id} changed {write.name!r} to {describe_split(asked)}, not "
-            f"{describe_split(after_pct)}; start a new confirmation for this one."
+    def holds_before(self, intent: TrafficChange, state: Endpoint) -> bool:
+        return self.backend.holds(state, self.plan.before)
+
+    def same_request(self, earlier: TrafficChange) -> ValidationError | None:
+        asked = earlier.requested if earlier.requested is not None else earlier.after
+        if asked == self.after_pct:
+            return None
+        return ValidationError(f"Request {earlier.request_id} changed {self.name!r} to {describe_split(asked)}, not "
+                               f"{describe_split(self.after_pct)}; start a new confirmation for this one.")
+
+    def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"The MLflow backend stopped answering before the traffic change on {self.name!r} was recorded. "
+            f"Nothing changed: the endpoint keeps its split {describe_split(self.before_pct)}. "
+            f"Retry once the backend is back. ({exc})"
         )
-    current = write.current()
-    if earlier.completed:
-        return current
-    if write.holds(current, write.plan.after):
-        # The split was written before the failure; only the record is missing its completion.
-        try:
-            traffic_audit.complete_traffic_change(earlier, percentages(current), settings=write.settings)
-        except BackendUnavailableError as exc:
-            raise _split_interrupted(earlier, "while completing the audit record", exc) from exc
-        return current
-    if write.holds(current, write.plan.before):
-        return _write_and_record(write, earlier)
-    # Someone else changed the split since: completing would overwrite their change.
-    _quietly_abandon(earlier, f"superseded: the endpoint held {describe_split(percentages(current))} on retry",
-                     write.settings)
-    raise ConflictError(
-        f"{write.name!r} now splits {describe_split(percentages(current))}, neither the split before the "
-        f"interrupted change nor the one it asked for: another change happened since. The interrupted attempt "
-        "is closed without changing anything; review the new split and try again."
-    )
+
+    def interrupted(self, intent: TrafficChange, when: str, exc: Exception) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"The backend stopped answering {when} (traffic change on {intent.endpoint!r} to "
+            f"{describe_split(intent.requested or intent.after)}), so the split may or may not have changed. "
+            f"It is recorded as interrupted (request {intent.request_id}); retry the same confirmation once the "
+            f"backend is back and it completes exactly once. ({exc})"
+        )
+
+    def superseded(self, earlier: TrafficChange, state: Endpoint) -> ConflictError:
+        return ConflictError(
+            f"{self.name!r} now splits {describe_split(percentages(state))}, neither the split before the "
+            "interrupted change nor the one it asked for: another change happened since. The interrupted attempt "
+            "is closed without changing anything; review the new split and try again."
+        )
+
+    def describe(self, state: Endpoint) -> str:
+        return describe_split(percentages(state))
 
 
-def settle_interrupted(endpoint: Endpoint, change: Any, *, user: str, settings: Settings | None = None,
+def settle_interrupted(endpoint: Endpoint, change: TrafficChange, *, user: str, settings: Settings | None = None,
                        identity: Any = None) -> str:
     """Settle an interrupted traffic change from the split ``endpoint`` serves now; returns what was recorded.
 
@@ -298,36 +273,8 @@ def settle_interrupted(endpoint: Endpoint, change: Any, *, user: str, settings: 
     current = split_backend(endpoint.backend, settings).read(endpoint.name)
     now = percentages(current)
     if now == (change.requested or change.after):
-        traffic_audit.complete_traffic_change(change, now, outcome="applied (settled by " + user + ")",
-                                              settings=settings)
+        audit.complete_traffic_change(change, now, outcome="applied (settled by " + user + ")", settings=settings)
         return f"{endpoint.name} serves the split the change asked for; it is now recorded as applied."
     why = "not applied" if now == change.before else "overwritten by a later change"
-    traffic_audit.abandon_traffic_change(change, f"settled by {user}: {why}; the endpoint served {describe_split(now)}",
-                                         settings=settings)
+    audit.abandon(change, f"settled by {user}: {why}; the endpoint served {describe_split(now)}", settings=settings)
     return f"{endpoint.name} serves {describe_split(now)}: the interrupted change was {why}, and is closed."
-
-
-def _split_interrupted(intent: Any, when: str, exc: Exception) -> BackendUnavailableError:
-    return BackendUnavailableError(
-        f"The backend stopped answering {when} (traffic change on {intent.endpoint!r} to "
-        f"{describe_split(intent.requested or intent.after)}), so the split may or may not have changed. "
-        f"It is recorded as interrupted (request {intent.request_id}); retry the same confirmation once the "
-        f"backend is back and it completes exactly once. ({exc})"
-    )
-
-
-def _quietly_abandon(intent: Any, why: str, settings: Settings) -> None:
-    try:
-        traffic_audit.abandon_traffic_change(intent, why, settings=settings)
-    except BackendUnavailableError:
-        pass  # stays "interrupted" in the trail; a retry reconciles it
-
-
-_split_locks: dict[str, threading.Lock] = {}
-_split_locks_guard = threading.Lock()
-
-
-def _split_lock(endpoint_name: str) -> threading.Lock:
-    """One lock per endpoint: two operators in this process never interleave check-write-record."""
-    with _split_locks_guard:
-        return _split_locks.setdefault(endpoint_name, threading.Lock())

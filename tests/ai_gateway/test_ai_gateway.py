@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from services import ab, serving, traffic_audit
+from services import ab, audit, serving
 from services.serving import ai_gateway
 from services.errors import ValidationError
 from services.identity import Identity, IdentitySource
@@ -83,7 +83,7 @@ def test_a_70_30_split_routes_requests_and_usage_traces_give_per_arm_counts_and_
     gateway = ai_gateway.get_gateway_endpoint("gw-split", gateway_server)
     assert [m.name for m in gateway.fallbacks] == ["model-c"]  # the fallback survived the update
     assert gateway.fallback_strategy == "SEQUENTIAL"
-    [change] = traffic_audit.traffic_changes("gw-split", settings=gateway_server)
+    [change] = audit.traffic_changes("gw-split", settings=gateway_server)
     assert (change.user, change.reason, change.action) == ("alice", "try more of a", "edit split")
     assert change.after == {"model-a (openai/gpt-a)": 70, "model-b (openai/gpt-b)": 30}
 
@@ -136,7 +136,7 @@ def test_an_invalid_weight_set_is_refused_and_nothing_changes(gateway_server, ga
         serving.apply_split(bad, user="alice", reason="bad", settings=gateway_server)
 
     assert _raw(gateway_server, name) == before
-    assert traffic_audit.traffic_changes(name, settings=gateway_server) == []
+    assert audit.traffic_changes(name, settings=gateway_server) == []
 
 
 def test_promote_sends_all_traffic_to_the_winner_and_rollback_restores_it(gateway_server, gateway_models, fake_openai):
@@ -159,7 +159,7 @@ def test_promote_sends_all_traffic_to_the_winner_and_rollback_restores_it(gatewa
     # so the rollback is checked on the stored weights and the audit trail.
     assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-promote", gateway_server).routes} == {
         "model-a": 100, "model-b": 0}
-    changes = traffic_audit.traffic_changes("gw-promote", settings=gateway_server)
+    changes = audit.traffic_changes("gw-promote", settings=gateway_server)
     assert [(c.action, c.user, c.after) for c in changes] == [
         ("rollback", ALICE.user, {"model-a (openai/gpt-a)": 100, "model-b (openai/gpt-b)": 0}),
         ("promote winner", ALICE.user, {"model-a (openai/gpt-a)": 0, "model-b (openai/gpt-b)": 100}),

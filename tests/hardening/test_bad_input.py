@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services import readiness, releases, serving, traffic, traffic_audit, versions
+from services import audit, readiness, releases, serving, traffic, versions
 from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError, ValidationError
 from services.releases import Drift, GateRule, RuleKind
@@ -263,7 +263,7 @@ def test_split_changes_refuse_bad_shares_and_keep_config_and_trail_in_step(hard_
         return
     # The config the gateway reads and the audit trail agree on what was done, and by whom.
     assert serving.get_endpoint(ENDPOINT, s).routes == plan.after.routes == stored.routes
-    last = traffic_audit.traffic_changes(ENDPOINT, settings=s)[0]
+    last = audit.traffic_changes(ENDPOINT, settings=s)[0]
     assert last.after == plan.percentages()[1] and last.user == hard_store.identity.user
     if (plan.before.served, plan.before.routes, plan.before.sticky) != (plan.after.served, plan.after.routes,
                                                                       plan.after.sticky):

@@ -21,7 +21,7 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from services import serving, traffic_audit
+from services import audit, serving
 from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
@@ -62,12 +62,12 @@ def server(tmp_path_factory):
         yield srv, settings
 
 
-def _records(settings, endpoint: str, request_id: str) -> list[traffic_audit.TrafficChange]:
-    return [c for c in traffic_audit.traffic_changes(endpoint, settings=settings) if c.request_id == request_id]
+def _records(settings, endpoint: str, request_id: str) -> list[audit.TrafficChange]:
+    return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.request_id == request_id]
 
 
-def _completed(settings, endpoint: str) -> list[traffic_audit.TrafficChange]:
-    return [c for c in traffic_audit.traffic_changes(endpoint, settings=settings) if c.completed]
+def _completed(settings, endpoint: str) -> list[audit.TrafficChange]:
+    return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.completed]
 
 
 def _faulty(kill, original, when: str, calls: dict, matches=lambda *a, **k: True):
@@ -405,11 +405,11 @@ def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_co
         assert "last traffic change" in warnings and "was interrupted" in warnings, warnings
         assert "Confirm and apply" in warnings  # the confirmation is kept for the retry
         history = next(d.value for d in app.dataframe if "Outcome" in d.value.columns)
-        assert history.iloc[0]["Outcome"] == traffic_audit.INTERRUPTED
+        assert history.iloc[0]["Outcome"] == audit.INTERRUPTED
 
         app.button(key=f"plan::{ENDPOINT}::confirm").click().run()
         assert not app.exception and not app.error
-        changes = traffic_audit.traffic_changes(ENDPOINT, settings=settings)
+        changes = audit.traffic_changes(ENDPOINT, settings=settings)
         assert [(c.completed, c.after) for c in changes] == [(True, {f"{AGENT} v1": 50, f"{AGENT} v2": 50})]
         assert _split(serving.get_endpoint(ENDPOINT, settings)) == {f"{AGENT} v1": 50, f"{AGENT} v2": 50}
         assert not any("was interrupted" in w.value for w in app.warning)
@@ -444,7 +444,7 @@ def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_en
                                 request_id=uuid.uuid4().hex)
     held = _split(serving.get_endpoint(ENDPOINT, settings))
     assert held == ({f"{AGENT} v1": 50, f"{AGENT} v2": 50} if written else {f"{AGENT} v1": 80, f"{AGENT} v2": 20})
-    assert [c.completed for c in traffic_audit.traffic_changes(ENDPOINT, settings=settings)] == [False]
+    assert [c.completed for c in audit.traffic_changes(ENDPOINT, settings=settings)] == [False]
 
     # A new session: no confirmation to retry.
     with app_page(settings, monkeypatch, "pages/serving.py") as app:
@@ -454,7 +454,7 @@ def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_en
         done = " ".join(s.value for s in app.success)
         assert ("recorded as applied" in done) if written else ("was not applied" in done), done
         assert not any("was interrupted" in w.value for w in app.warning)
-    changes = traffic_audit.traffic_changes(ENDPOINT, settings=settings)
+    changes = audit.traffic_changes(ENDPOINT, settings=settings)
     if written:
         assert [(c.completed, c.after, c.user) for c in changes] == [(True, held, OPERATOR)]
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from databricks.sdk.service import serving as sdk
 
-from services import serving, traffic_audit
+from services import audit, serving
 from services._clients import workspace_client
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.settings import load_settings
@@ -59,7 +59,7 @@ def _puts(harness) -> list:
 def test_databricks_split_change_sends_the_documented_request_and_waits(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed()
     harness.rollout_polls = 2
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "1"): 50, ("main.demo.support", "2"): 50}, settings=dbx_settings)
     messages: list[str] = []
     stored = serving.apply_split(plan, user="ana@example.com", reason="widen the test", settings=dbx_settings,
@@ -75,7 +75,7 @@ def test_databricks_split_change_sends_the_documented_request_and_waits(harness,
     assert stored.state is serving.EndpointState.READY
     assert {r.entity_name: r.percentage for r in stored.routes} == {"main-demo-support_1": 50, "main-demo-support_2": 50}
     assert any("IN_PROGRESS" in m for m in messages)
-    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings)
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx_settings)
     assert (change.user, change.reason) == ("ana@example.com", "widen the test")
     assert change.before == {"main.demo.support v1": 90, "main.demo.support v2": 10}
     assert change.after == {"main.demo.support v1": 50, "main.demo.support v2": 50}
@@ -83,18 +83,18 @@ def test_databricks_split_change_sends_the_documented_request_and_waits(harness,
 
 def test_update_in_progress_is_a_conflict_and_nothing_is_recorded(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed(sdk.EndpointStateConfigUpdate.IN_PROGRESS)
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100}, settings=dbx_settings)
     with pytest.raises(ConflictError, match="already has an update in progress"):
         serving.apply_split(plan, user="ana", reason="r", settings=dbx_settings)
     assert len(_puts(harness)) == 1  # sent, refused with 409
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
 
 
 def test_missing_can_manage_is_named(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed()
     harness.forbidden.add(ENDPOINT)
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100}, settings=dbx_settings)
     with pytest.raises(PermissionDeniedError, match="CAN_MANAGE"):
         serving.apply_split(plan, user="ana", reason="r", settings=dbx_settings)
@@ -142,7 +142,7 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
     stored = serving.apply_split(plan, user="ana", reason="canary v2", settings=isolated_settings)
     assert serving.get_endpoint("ep", isolated_settings) == stored
     assert stored.updated_by == "ana"
-    (change,) = traffic_audit.traffic_changes("ep", settings=isolated_settings)
+    (change,) = audit.traffic_changes("ep", settings=isolated_settings)
     assert change.after == {"m v1": 70, "m v2": 30}
 
     # A plan made against the old split is refused once the split has moved on.
@@ -161,7 +161,7 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
             serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings),
                                 user="ana", reason="bad id", settings=isolated_settings, request_id=bad)
     assert serving.get_endpoint("ep", isolated_settings) == stored
-    assert len(traffic_audit.traffic_changes("ep", settings=isolated_settings)) == 1
+    assert len(audit.traffic_changes("ep", settings=isolated_settings)) == 1
 
     # One request id is one change: reusing it for another split is refused, not applied.
     serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings), user="ana",
@@ -171,7 +171,7 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
         serving.apply_split(serving.plan_split("ep", {("m", "1"): 100}, settings=isolated_settings), user="ana",
                             reason="all on v1", settings=isolated_settings, request_id="req-1")
     assert serving.get_endpoint("ep", isolated_settings) == moved
-    assert len(traffic_audit.traffic_changes("ep", settings=isolated_settings)) == 2
+    assert len(audit.traffic_changes("ep", settings=isolated_settings)) == 2
 
 
 def _local_client_factory():
@@ -241,7 +241,7 @@ def _foundation_endpoint() -> sdk.ServingEndpointDetailed:
 
 @pytest.fixture
 def audited(monkeypatch):
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
 
 
 def test_a_split_change_changes_the_traffic_and_nothing_else(harness, dbx_settings, audited):
@@ -275,7 +275,7 @@ def test_a_change_made_since_the_preview_is_refused_and_shown(harness, dbx_setti
     assert "main.demo.support v3 100%" in str(refused.value) and "7 → 8" in str(refused.value)
     assert _puts(harness) == []
     assert len(harness.endpoints[ENDPOINT].config.served_entities) == 3
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
 
 
 def test_external_models_are_shown_by_name_and_their_split_can_change(harness, dbx_settings, audited):
@@ -355,7 +355,7 @@ def test_a_rollout_that_fails_or_is_canceled_keeps_the_old_split_and_records_not
     with pytest.raises(ConflictError, match="keeps serving its previous configuration"):
         serving.apply_split(plan, user="ana@example.com", reason="all in", settings=dbx_settings)
     assert serving.get_endpoint(ENDPOINT, dbx_settings).routes[0].percentage == 90
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
 
 
 def test_last_updated_by_comes_from_the_audit_trail_not_the_creator(harness, dbx_settings, audited):

@@ -139,7 +139,7 @@ def databricks_page(monkeypatch, isolated_settings):
     monkeypatch.setattr("components.context.request_headers", lambda: {
         "X-Forwarded-Email": "olivia@example.com", "X-Forwarded-Access-Token": "olivia-token"})
     local = _local_client_factory()
-    monkeypatch.setattr("services.audit.mlflow_client", local)
+    monkeypatch.setattr("services.audit.trail.mlflow_client", local)
     monkeypatch.setattr("services.registry.mlflow_client", local)
     yield harness
     monkeypatch.undo()

@@ -35,7 +35,7 @@ def harness(monkeypatch, isolated_settings):
         api.add_model_version(MODEL, version)
     monkeypatch.setenv("DATABRICKS_TOKEN", APP_TOKEN)
     monkeypatch.delenv("AGENTOPS_USER_AUTHORIZATION", raising=False)
-    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     running.api = api
     yield running
     api.stop()

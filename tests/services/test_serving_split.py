@@ -59,7 +59,7 @@ def _puts(harness) -> list:
 def test_databricks_split_change_sends_the_documented_request_and_waits(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed()
     harness.rollout_polls = 2
-    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "1"): 50, ("main.demo.support", "2"): 50}, settings=dbx_settings)
     messages: list[str] = []
     stored = serving.apply_split(plan, user="ana@example.com", reason="widen the test", settings=dbx_settings,
@@ -83,7 +83,7 @@ def test_databricks_split_change_sends_the_documented_request_and_waits(harness,
 
 def test_update_in_progress_is_a_conflict_and_nothing_is_recorded(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed(sdk.EndpointStateConfigUpdate.IN_PROGRESS)
-    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100}, settings=dbx_settings)
     with pytest.raises(ConflictError, match="already has an update in progress"):
         serving.apply_split(plan, user="ana", reason="r", settings=dbx_settings)
@@ -94,7 +94,7 @@ def test_update_in_progress_is_a_conflict_and_nothing_is_recorded(harness, dbx_s
 def test_missing_can_manage_is_named(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed()
     harness.forbidden.add(ENDPOINT)
-    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100}, settings=dbx_settings)
     with pytest.raises(PermissionDeniedError, match="CAN_MANAGE"):
         serving.apply_split(plan, user="ana", reason="r", settings=dbx_settings)
@@ -241,7 +241,7 @@ def _foundation_endpoint() -> sdk.ServingEndpointDetailed:
 
 @pytest.fixture
 def audited(monkeypatch):
-    monkeypatch.setattr("services.audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
 
 
 def test_a_split_change_changes_the_traffic_and_nothing_else(harness, dbx_settings, audited):

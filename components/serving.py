@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable
 
 import pandas as pd
 import streamlit as st
@@ -15,7 +15,7 @@ from components.tables import plain
 from services.ab import ArmReport, ArmStats, Interval
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.serving import DeployPlan, Endpoint, SplitPlan, version_label
-from services.traffic_audit import TrafficChange
+from services.audit import TrafficChange
 
 
 def _ci(interval: Interval, fmt: str) -> str:
@@ -151,6 +151,93 @@ def split_confirmation(key: str, apply: Callable[[str, Callable[[str], None]], E
         drop_split(key)
         st.rerun()
     return None
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One arm in the split editor: ``ref`` is what the plan function receives as its key."""
+
+    ref: Hashable
+    label: str
+    widget_id: str  # the stable part of the row's widget keys
+    entity_name: str | None = None  # the served entity it edits; None for a version being added
+
+
+@dataclass(frozen=True)
+class VersionSource:
+    """Where the editor offers more served versions from: agent name -> latest registered version."""
+
+    agents: dict[str, str | None]
+    row: Callable[[str, str], SplitRow]  # (agent, version) -> the row it adds
+
+
+def split_editor(endpoint: Endpoint, rows: list[SplitRow], *, prefix: str, can_change: bool, locked: str | None,
+                 plan: Callable[[dict[Hashable, int], bool | None], SplitPlan],
+                 apply: Callable[[SplitPlan, str, str, Callable[[str], None]], Endpoint],
+                 intro: str, add: VersionSource | None = None, sticky: bool | None = None,
+                 sticky_locked: bool = False, note: str | None = None) -> Endpoint | None:
+    """The one split editor, for every backend: shares per arm, a reason, a preview, then confirm.
+
+    ``plan(shares, sticky)`` validates the shares (keyed by each row's ``ref``) into a plan;
+    ``apply(plan, reason, request_id, progress)`` writes it, audited. ``add`` offers served versions to
+    add from the registry; ``sticky`` (None: not offered) is the endpoint's sticky routing, shown but not
+    editable with ``sticky_locked``. ``locked``
+    says why the user may not change traffic. Widgets are keyed ``<prefix>pct::<endpoint>::<row>`` etc.
+    Returns the stored endpoint once a change was applied.
+    """
+    name = endpoint.name
+    st.markdown(intro)
+    state_key = f"{prefix}split_rows::{name}"
+    if state_key not in st.session_state:
+        st.session_state[state_key] = {row.ref: [row, endpoint.percentage_for(row.entity_name) if row.entity_name else 0]
+                                       for row in rows}
+    editing: dict[Hashable, list] = st.session_state[state_key]
+    for ref, (row, pct) in list(editing.items()):
+        c1, c2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
+        editing[ref][1] = int(c1.number_input(escape_md(row.label), min_value=0, max_value=100, step=5,
+                                              value=int(pct), key=f"{prefix}pct::{name}::{row.widget_id}"))
+        if add is not None and len(editing) > 1 and c2.button("Remove", key=f"{prefix}rm::{name}::{row.widget_id}"):
+            del editing[ref]
+            st.rerun()
+    if add is not None:
+        _add_version(name, prefix, editing, add)
+    total = sum(pct for _, pct in editing.values())
+    if total == 100:
+        st.success(f"Total: {total}%", icon=":material/check_circle:")
+    else:
+        st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
+    chosen_sticky = None
+    if sticky is not None:
+        chosen_sticky = st.toggle("Sticky assignment (same user or conversation → same version)", value=sticky,
+                                  key=f"{prefix}sticky::{name}", disabled=sticky_locked)
+    reason = st.text_input("Reason (recorded in the audit trail)", key=f"{prefix}reason::{name}")
+    plan_key = f"{prefix}plan::{name}"
+    if endpoint.read_only:
+        st.caption(f":material/lock: {escape_md(name)} is {escape_md(endpoint.read_only)}.")
+    if st.button("Review change", type="primary", disabled=total != 100 or not can_change or bool(endpoint.read_only),
+                 key=f"{prefix}review::{name}", help=locked):
+        try:
+            propose_split(plan_key, plan({ref: pct for ref, (_, pct) in editing.items()}, chosen_sticky))
+        except AgentOpsError as exc:
+            show_error(exc, what="This split cannot be applied")
+    proposed = st.session_state.get(plan_key)
+    stored = split_confirmation(plan_key, lambda request_id, progress: apply(proposed, reason, request_id, progress),
+                                note=note)
+    if stored is not None:
+        st.session_state.pop(state_key, None)
+    return stored
+
+
+def _add_version(name: str, prefix: str, editing: dict[Hashable, list], add: VersionSource) -> None:
+    with st.expander("Add a served version from the registry"):
+        agent_name = st.selectbox("Agent", list(add.agents), key=f"{prefix}add_agent::{name}")
+        latest = add.agents.get(agent_name) if agent_name else None
+        options = [str(v) for v in range(int(latest), 0, -1)] if latest else []
+        version = st.selectbox("Version", options, key=f"{prefix}add_version::{name}")
+        if st.button("Add", key=f"{prefix}add::{name}", disabled=not version):
+            row = add.row(agent_name, version)
+            editing.setdefault(row.ref, [row, 0])
+            st.rerun()
 
 
 def window_select(key: str, container=st) -> int:

@@ -571,7 +571,7 @@ def create_app(settings: Settings, **gateway_options: Any) -> FastAPI:
 
     @app.get("/serving-endpoints")
     def list_endpoints() -> dict[str, Any]:
-        return {"endpoints": [serving._endpoint_to_json(e) for e in gateway.endpoints().values()]}
+        return {"endpoints": [serving.endpoint_to_json(e) for e in gateway.endpoints().values()]}
 
     @app.get("/stats")
     def stats(drain_s: float = 0.0) -> dict[str, Any]:

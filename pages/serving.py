@@ -16,19 +16,23 @@ from components.context import allowed, current_identity, current_settings, role
 from components.empty import seed_hint
 from components.errors import show_error
 from components.serving import (
+    SplitRow,
+    VersionSource,
     arms_frame,
+    budgets_frame,
     comparisons_frame,
     deploy_frame,
     escape_md,
+    gateway_models_frame,
     history_block,
     interrupted_notice,
     promote_done,
     promote_form,
-    propose_split,
-    split_confirmation,
+    split_editor,
     window_select,
 )
-from services import ab, registry, roles, serving, team_state, traffic, traffic_audit
+from services import ab, audit, registry, roles, serving, team_state, traffic
+from services.serving import EndpointBackend, ai_gateway
 from services.errors import AgentOpsError
 from services.settings import Backend, Settings
 
@@ -63,16 +67,16 @@ def _clear() -> None:
     _agents.clear()
 
 
-def _changes(endpoint_name: str) -> list[traffic_audit.TrafficChange] | None:
+def _changes(endpoint_name: str) -> list[audit.TrafficChange] | None:
     """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
     try:
-        return traffic_audit.traffic_changes(endpoint_name, settings=settings)
+        return audit.traffic_changes(endpoint_name, settings=settings)
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read the audit trail")
         return None
 
 
-def _interrupted(endpoint: serving.Endpoint, changes: list[traffic_audit.TrafficChange] | None) -> None:
+def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None) -> None:
     """Name an interrupted change; an operator can settle it from what the endpoint serves now."""
     notice = interrupted_notice(changes or [])
     settled = st.session_state.pop(f"settled::{endpoint.name}", None)
@@ -173,9 +177,6 @@ def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
 
 def _gateway_section() -> None:
     """MLflow AI Gateway endpoints: same split editor, judging and promotion as agent endpoints."""
-    from components.serving import budgets_frame, gateway_models_frame
-    from services import ai_gateway
-
     try:
         gateways = {g.endpoint.name: g for g in ai_gateway.list_gateway_endpoints(settings)}
     except AgentOpsError as exc:
@@ -198,29 +199,17 @@ def _gateway_section() -> None:
     _interrupted(g_endpoint, g_changes)
     g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
     with g_split:
-        st.markdown("Set each model's share of requests. Shares are whole percents and must add up to 100. "
-                    "Fallback models keep their place.")
-        rows = {s.entity_name: int(st.number_input(escape_md(f"{s.entity_name} ({s.model_name})"), min_value=0, max_value=100,
-                                                   step=5, value=g_endpoint.percentage_for(s.entity_name),
-                                                   key=f"aigw_pct::{gname}::{s.entity_name}"))
-                for s in g_endpoint.served}
-        total = sum(rows.values())
-        if total == 100:
-            st.success(f"Total: {total}%", icon=":material/check_circle:")
-        else:
-            st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
-        g_reason = st.text_input("Reason (recorded in the audit trail)", key=f"aigw_reason::{gname}")
-        plan_key = f"aigw_plan::{gname}"
-        if st.button("Review change", type="primary", disabled=total != 100 or not can_change, key=f"aigw_review::{gname}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
-            try:
-                propose_split(plan_key, ai_gateway.plan_weights(gname, rows, settings=settings))
-            except AgentOpsError as exc:
-                show_error(exc, what="This split cannot be applied")
-        g_plan = st.session_state.get(plan_key)
-        stored = split_confirmation(
-            plan_key, lambda request_id, _progress: serving.apply_split(
-                g_plan, user=identity.user, reason=g_reason, settings=settings, identity=identity,
-                request_id=request_id),
+        labels = serving.arm_labels(g_endpoint)
+        stored = split_editor(
+            g_endpoint, [SplitRow(s.entity_name, labels[s.entity_name], s.entity_name, s.entity_name)
+                         for s in g_endpoint.served],
+            prefix="aigw_", can_change=can_change, locked=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
+            intro="Set each model's share of requests. Shares are whole percents and must add up to 100. "
+                  "Fallback models keep their place.",
+            plan=lambda shares, _sticky: serving.plan_weights(gname, shares, settings=settings),
+            apply=lambda plan, reason, request_id, progress: serving.apply_split(
+                plan, user=identity.user, reason=reason, settings=settings, identity=identity,
+                progress=progress, request_id=request_id),
             note=ai_gateway.CONFIG_CACHE_NOTE)
         if stored is not None:
             st.toast(f"{gname}: new weights applied and recorded.")
@@ -234,7 +223,7 @@ def _gateway_section() -> None:
             try:
                 with st.spinner("Judging the arms from the gateway's usage traces…"):
                     g_report = ab.judge_endpoint(gname, [], end - timedelta(hours=g_hours), end, settings=settings,
-                                                 source=ai_gateway.BACKEND)
+                                                 source=EndpointBackend.MLFLOW_GATEWAY)
             except AgentOpsError as exc:
                 show_error(exc, what="Cannot judge the arms")
                 g_report = None
@@ -253,7 +242,7 @@ def _gateway_section() -> None:
                 if request is not None:
                     try:
                         outcome = ab.promote_arm(gname, request.entity_name, identity, reason=request.reason,
-                                                 action=request.action, settings=settings, source=ai_gateway.BACKEND,
+                                                 action=request.action, settings=settings, source=EndpointBackend.MLFLOW_GATEWAY,
                                                  request_id=request.request_id)
                         promote_done(f"aigw_::{gname}")
                         st.success(outcome.message + " " + ai_gateway.CONFIG_CACHE_NOTE)
@@ -327,7 +316,7 @@ if endpoint.pending_routes:
             f" → when it finishes: {escape_md(_split_text(endpoint, {}, pending=True))}.", icon=":material/sync:")
 # On Databricks the endpoint names only its creator; who changed it comes from the audit trail.
 changed_by = endpoint.updated_by or ("nobody through this app (no change in its audit trail)"
-                                     if endpoint.backend == "databricks" else "unknown")
+                                     if settings.backend is Backend.DATABRICKS else "unknown")
 st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC · last change by {escape_md(changed_by)}"
            if endpoint.updated_at else "Never updated through the app.")
 model_names = sorted({s.model_name for s in endpoint.served})
@@ -342,52 +331,23 @@ split_tab, judge_tab, traffic_tab, history_tab, *rest = st.tabs(tab_names)
 deploy_tab = rest[0] if rest else None
 
 with split_tab:
-    st.markdown("Set each served version's share of requests. Shares are whole percents and must add up to 100.")
-    state_key = f"split_rows::{endpoint.name}"
-    if state_key not in st.session_state:
-        st.session_state[state_key] = {(s.model_name, s.model_version): endpoint.percentage_for(s.entity_name)
-                                       for s in endpoint.served}
-    rows: dict[tuple[str, str], int] = st.session_state[state_key]
-    for (model, version) in list(rows):
-        c1, c2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
+    candidates = [a for a in agents.values() if a.name in model_names or not model_names] or list(agents.values())
+    arms = serving.arm_labels(endpoint)
+    stored = split_editor(
+        endpoint, [SplitRow((s.model_name, s.model_version), arms[s.entity_name], f"{s.model_name}::{s.model_version}",
+                            s.entity_name) for s in endpoint.served],
+        prefix="", can_change=can_change, locked=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
+        intro="Set each served version's share of requests. Shares are whole percents and must add up to 100.",
         # An external or foundation model has no version: it is named by its served entity.
-        rows[(model, version)] = int(c1.number_input(escape_md(f"{model} v{version}" if version else model), min_value=0, max_value=100, step=5,
-                                                     value=int(rows[(model, version)]), key=f"pct::{name}::{model}::{version}"))
-        if len(rows) > 1 and c2.button("Remove", key=f"rm::{name}::{model}::{version}"):
-            del rows[(model, version)]
-            st.rerun()
-    candidates = [a for a in agents.values() if a.name in model_names or not model_names]
-    with st.expander("Add a served version from the registry"):
-        agent_name = st.selectbox("Agent", [a.name for a in candidates] or list(agents), key=f"add_agent::{name}")
-        latest = agents[agent_name].latest_version if agent_name in agents else None
-        options = [str(v) for v in range(int(latest), 0, -1)] if latest else []
-        version = st.selectbox("Version", options, key=f"add_version::{name}")
-        if st.button("Add", key=f"add::{name}", disabled=not version):
-            rows.setdefault((agent_name, version), 0)
-            st.rerun()
-    total = sum(rows.values())
-    if total == 100:
-        st.success(f"Total: {total}%", icon=":material/check_circle:")
-    else:
-        st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).", icon=":material/error:")
-    sticky = st.toggle("Sticky assignment (same user or conversation → same version)", value=endpoint.sticky,
-                       key=f"sticky::{name}", disabled=settings.backend is Backend.DATABRICKS)
-    reason = st.text_input("Reason (recorded in the audit trail)", key=f"reason::{name}")
-    plan_key = f"plan::{name}"
-    if endpoint.read_only:
-        st.caption(f":material/lock: {escape_md(name)} is {escape_md(endpoint.read_only)}.")
-    if st.button("Review change", type="primary", disabled=total != 100 or not can_change or bool(endpoint.read_only), key=f"review::{name}", help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
-        try:
-            propose_split(plan_key, serving.plan_split(name, dict(rows), sticky=sticky, settings=settings))
-        except AgentOpsError as exc:
-            show_error(exc, what="This split cannot be applied")
-    plan = st.session_state.get(plan_key)
-    stored = split_confirmation(
-        plan_key, lambda request_id, progress: serving.apply_split(
+        add=VersionSource({a.name: a.latest_version for a in candidates},
+                          lambda agent, version: SplitRow((agent, version), serving.version_label(agent, version),
+                                                          f"{agent}::{version}")),
+        sticky=endpoint.sticky, sticky_locked=settings.backend is Backend.DATABRICKS,
+        plan=lambda shares, sticky: serving.plan_split(name, shares, sticky=sticky, settings=settings),
+        apply=lambda plan, reason, request_id, progress: serving.apply_split(
             plan, user=identity.user, reason=reason, settings=settings, identity=identity,
             user_token=identity.access_token, progress=progress, request_id=request_id))
     if stored is not None:
-        st.session_state.pop(state_key, None)
         _clear()
         st.toast(f"{stored.name}: new split applied and recorded.")
         st.rerun()

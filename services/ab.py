@@ -8,21 +8,23 @@ estimate, and a plain verdict that says when there is not yet enough data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from services import serving, traces
-from services._clients import get_settings, mlflow_client, translate_errors
+from services import releases, roles, serving
+from services._clients import get_settings
+from services.audit import AliasAction
 from services.errors import AgentOpsError, ValidationError
 from services.identity import Identity
+from services.serving import EndpointBackend
 from services.settings import Settings
 
 ALPHA = 0.05
-MAX_TRACES_PER_ARM = 20_000
+MAX_TRACES_PER_ARM = serving.MAX_TRACES_PER_ARM  # per arm and window
 POSITIVE_FEEDBACK = "thumbs_up"
 
 
@@ -288,45 +290,21 @@ def validate_window(start: datetime, end: datetime) -> None:
 def arm_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start: datetime, end: datetime,
                 *, settings: Settings | None = None) -> list[ArmSample]:
     """Per-arm samples from the endpoint's traces in the window (metadata only, no spans)."""
+    return endpoint_samples(endpoint, experiment_ids, start, end, settings=settings)[0]
+
+
+def endpoint_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start: datetime, end: datetime,
+                     *, settings: Settings | None = None) -> tuple[list[ArmSample], int]:
+    """Per-arm samples from the endpoint's traces in the window, and how many traces name no arm."""
     validate_window(start, end)
-    client = mlflow_client(settings)
-    samples = []
-    for served in endpoint.served:
-        clauses = [
-            f"trace.timestamp_ms >= {int(start.timestamp() * 1000)}",
-            f"trace.timestamp_ms < {int(end.timestamp() * 1000)}",
-            f"tag.`{traces.ENDPOINT_TAG}` = '{_q(endpoint.name)}'",
-        ]
-        # An arm's traces are its version's: linked by mlflow.modelId (version -> LoggedModel), the
-        # arm tag only when the version has no LoggedModel or one version serves two arms.
-        model_id = _model_id(client, served) if sum(
-            (s.model_name, s.model_version) == (served.model_name, served.model_version) for s in endpoint.served
-        ) == 1 else None
-        if model_id:
-            clauses.append(f"metadata.`mlflow.modelId` = '{_q(model_id)}'")
-        else:
-            clauses.append(f"tag.`{traces.ARM_TAG}` = '{_q(served.entity_name)}'")
-        infos: list[Any] = []
-        token = None
-        with translate_errors(f"traces of {endpoint.name}"):
-            while len(infos) < MAX_TRACES_PER_ARM:
-                page = client.search_traces(locations=list(experiment_ids), filter_string=" AND ".join(clauses),
-                                            max_results=500, page_token=token, include_spans=False)
-                infos.extend(t.info for t in page)
-                token = page.token
-                if not token:
-                    break
-        samples.append(sample_from_traces(served, infos, truncated=bool(token)))
-    return samples
+    traffic, unattributed = serving.arm_traffic(endpoint, experiment_ids, start, end, settings=settings)
+    return [_sample(arm) for arm in traffic], unattributed
 
 
-def _model_id(client: Any, served: serving.ServedVersion) -> str | None:
-    from services import registry
-
-    try:
-        return registry.model_id_of(client.get_model_version(served.model_name, str(served.model_version)))
-    except Exception:  # noqa: BLE001 - a version we cannot read: fall back to the arm tag
-        return None
+def _sample(arm: serving.ArmTraffic) -> ArmSample:
+    sample = sample_from_traces(arm.served, list(arm.infos), truncated=arm.truncated)
+    # An AI Gateway arm's error is its own provider call failing, even when a fallback then answered.
+    return sample if arm.failed is None else replace(sample, errors=arm.failed)
 
 
 def sample_from_traces(served: serving.ServedVersion, infos: list[Any], *, truncated: bool) -> ArmSample:
@@ -358,23 +336,17 @@ def sample_from_traces(served: serving.ServedVersion, infos: list[Any], *, trunc
 
 def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: datetime, end: datetime | None = None,
                    *, baseline: str | None = None, minimum_effect: float = 0.02,
-                   settings: Settings | None = None, source: str | None = None) -> ArmReport:
+                   settings: Settings | None = None, source: EndpointBackend | None = None) -> ArmReport:
     """Stats per arm and each arm compared with the baseline (by default the largest share).
 
-    ``source="mlflow-gateway"`` judges an MLflow AI Gateway endpoint from its own usage traces
-    (``experiment_ids`` is then ignored); it raises ``ai_gateway.CannotAttributeError`` when those
-    traces cannot tell the arms apart.
+    ``source`` names the endpoint's backend (default: the app's agent endpoints). An MLflow AI Gateway
+    endpoint is judged from its own usage traces (``experiment_ids`` is then ignored); it raises
+    ``serving.ai_gateway.CannotAttributeError`` when those traces cannot tell the arms apart.
     """
     end = end or datetime.now(tz=timezone.utc)
-    if source == "mlflow-gateway":
-        from services import ai_gateway
-
-        endpoint = ai_gateway.get_endpoint(endpoint_name, settings)
-        samples, unattributed = ai_gateway.arm_samples(endpoint_name, start, end, settings=settings)
-    else:
-        endpoint = serving.get_endpoint(endpoint_name, settings)
-        samples = arm_samples(endpoint, experiment_ids, start, end, settings=settings)
-        unattributed = 0
+    validate_window(start, end)
+    endpoint = serving.get_endpoint(endpoint_name, settings, backend=source)
+    samples, unattributed = endpoint_samples(endpoint, experiment_ids, start, end, settings=settings)
     if not samples:
         return ArmReport(endpoint.name, start, end, None, (), (), "This endpoint serves no versions.")
     by_name = {s.entity_name: s for s in samples}
@@ -395,10 +367,6 @@ def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: dat
     return ArmReport(endpoint.name, start, end, baseline, stats, comparisons, verdict)
 
 
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 # --- promote the winner / roll back -------------------------------------------------------------
 
 
@@ -417,43 +385,33 @@ class PartialPromotionError(AgentOpsError):
 def promote_arm(
     endpoint_name: str, entity_name: str, identity: Identity, *, reason: str, alias: str = "champion",
     override_gate: bool = False, action: str = "promote winner", settings: Settings | None = None,
-    source: str | None = None, request_id: str | None = None,
+    source: EndpointBackend | None = None, request_id: str | None = None,
 ) -> PromotionOutcome:
     """Move 100% of traffic to one arm, then point ``alias`` at its version; both audited.
 
     Traffic moves first. If the alias cannot follow, ``PartialPromotionError`` states that the
-    traffic moved and the alias did not, so the operator can retry the alias alone. With
-    ``source="mlflow-gateway"`` only the weights change: provider models have no registry alias.
-    ``request_id`` (one per confirmation) makes a retry after a backend failure complete each
-    step exactly once.
+    traffic moved and the alias did not, so the operator can retry the alias alone. An arm with no
+    registry version (an MLflow AI Gateway provider model) only gets the traffic: there is no alias
+    to move. ``request_id`` (one per confirmation) makes a retry after a backend failure complete
+    each step exactly once.
     """
-    from services import releases
-    from services.audit import AliasAction
-
     settings = settings or get_settings()
-    from services import roles
-
     roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
     if not reason.strip():
         raise ValidationError("Give a reason; it goes into the audit trail.")
-    if source == "mlflow-gateway":
-        from services import ai_gateway
-
-        stored = ai_gateway.promote_weights(endpoint_name, entity_name, user=identity.user, reason=reason,
-                                            action=action, settings=settings,
-                                            request_id=request_id and f"{request_id}-traffic")
-        return PromotionOutcome(True, False, stored,
-                                f"{endpoint_name}: 100% to {entity_name}. No alias moved: AI Gateway models are "
-                                "provider models, not registered versions.")
-    endpoint = serving.get_endpoint(endpoint_name, settings)
+    endpoint = serving.get_endpoint(endpoint_name, settings, backend=source)
     served = {s.entity_name: s for s in endpoint.served}
     if entity_name not in served:
         raise ValidationError(f"{entity_name!r} is not an arm of {endpoint_name!r}.")
     winner = served[entity_name]
-    weights = {(s.model_name, s.model_version): (100 if s.entity_name == entity_name else 0) for s in endpoint.served}
-    plan = serving.plan_split(endpoint_name, weights, settings=settings)
+    plan = serving.plan_shares(endpoint, {s.entity_name: 100 if s.entity_name == entity_name else 0
+                                          for s in endpoint.served})
     stored = serving.apply_split(plan, user=identity.user, reason=reason, action=action, settings=settings,
                                  user_token=identity.access_token, request_id=request_id and f"{request_id}-traffic")
+    if not winner.model_version:
+        return PromotionOutcome(True, False, stored,
+                                f"{endpoint_name}: 100% to {entity_name}. No alias moved: {winner.label} is a "
+                                "provider model, not a registered version.")
     try:
         releases.promote(
             winner.model_name, alias, winner.model_version, identity, reason=reason, override=override_gate,

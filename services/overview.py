@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from services import _mlflow_internal as internal
-from services import ai_gateway, evaluations, registry, serving, traces
+from services import evaluations, registry, serving, traces
+from services.serving import ai_gateway
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import AgentOpsError
 from services.settings import Settings

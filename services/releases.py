@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -28,9 +26,6 @@ from services.settings import Backend, Settings
 GATE_TAG = "agentops.gate"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
-# One lock per (agent, alias): two operators in this process never interleave read-set-record.
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
 
 
 class GateBlockedError(ValidationError):
@@ -393,107 +388,114 @@ def promote(
     }
     if readiness_evidence is not None:
         evidence["readiness"] = readiness_evidence
-    client = mlflow_client(settings)
-    with _lock(plan.agent, plan.alias):
-        if request_id:
-            earlier = audit.find_alias_change(plan.agent, plan.alias, request_id, settings=settings)
-            if earlier is not None:
-                return _resume(client, plan, earlier, identity, settings)
-        before = _read_alias(client, plan.agent, plan.alias)
-        if expected_current is not ... and before != expected_current:
-            raise ConflictError(
-                f"{plan.agent}@{plan.alias} now points to {_label(before)}, not {_label(expected_current)} "
-                "as when you looked. Nothing changed; review the new state and try again."
-            )
-        # The intent is written before the alias moves, so a failure after this point leaves a
-        # record that says "interrupted" rather than an alias move nobody recorded.
-        try:
-            intent = audit.open_alias_change(
-                model=plan.agent, alias=plan.alias, action=action, from_version=before,
-                requested_version=plan.target_version, user=identity.user, reason=reason, gate=gate,
-                evidence=evidence, request_id=request_id or uuid.uuid4().hex, settings=settings,
-            )
-        except BackendUnavailableError as exc:
-            raise BackendUnavailableError(
-                f"The MLflow backend stopped answering before the promotion of {plan.agent}@{plan.alias} → "
-                f"v{plan.target_version} was recorded. Nothing changed: the alias still points to {_label(before)}. "
-                f"Retry once the backend is back. ({exc})"
-            ) from exc
-        change, after = _apply(client, plan, intent, identity, settings)
+    move = _AliasMove(mlflow_client(settings), plan, identity, action=action, reason=reason, gate=gate,
+                      evidence=evidence, expected_current=expected_current, settings=settings)
+    done = audit.run_two_phase(move, request_id)
+    change, after = done.record, done.state
+    if done.path is audit.Path.ALREADY_DONE:
+        return PromotionResult(change, plan, change.to_version != change.requested_version,
+                               ("This confirmation was already carried out; nothing changed again.",))
+    if done.path is audit.Path.RECORD_COMPLETED:
+        return PromotionResult(change, plan, False, ("Completed an interrupted promotion: the alias had already "
+                                                     "moved; its audit record is now complete.",))
     superseded = after != plan.target_version
+    if done.path is audit.Path.RESUMED:
+        return PromotionResult(change, plan, superseded,
+                               ("Completed an interrupted promotion: the alias was set and recorded once.",))
     messages = (f"Another change moved {plan.alias} to {_label(after)} at the same time; recorded as observed.",) if superseded else ()
     return PromotionResult(change, plan, superseded, messages)
 
 
-def _apply(client: Any, plan: PromotionPlan, intent: AliasChange, identity: Identity,
-           settings: Settings | None) -> tuple[AliasChange, str | None]:
-    """Move the alias for an open intent and complete the intent with what the registry then holds."""
-    try:
-        with translate_errors(f"setting {plan.agent}@{plan.alias}"):
-            client.set_registered_model_alias(plan.agent, plan.alias, intent.requested_version)
-    except (PermissionDeniedError, ValidationError, NotFoundError, ConflictError) as exc:
-        # The registry answered and refused: nothing moved, so the intent leaves the trail.
-        _quietly_abandon(intent, str(exc), settings)
-        if isinstance(exc, PermissionDeniedError):
-            raise PermissionDeniedError(_alias_refused(plan, identity, settings or get_settings(), exc)) from exc
-        raise
-    except BackendUnavailableError as exc:
-        raise _interrupted(plan, intent, "while setting the alias", exc) from exc
-    try:
-        # Record what the registry actually holds now, not what we asked for.
-        after = _read_alias(client, plan.agent, plan.alias)
-        change = audit.complete_alias_change(intent, after, settings=settings)
-    except BackendUnavailableError as exc:
-        raise _interrupted(plan, intent, "after setting the alias, before the audit record was completed", exc) from exc
-    return change, after
+class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
+    """Moving one alias, as the steps of the audit trail's two-phase change."""
 
+    def __init__(self, client: Any, plan: PromotionPlan, identity: Identity, *, action: AliasAction, reason: str,
+                 gate: GateOutcome, evidence: dict[str, Any], expected_current: object,
+                 settings: Settings | None) -> None:
+        self.client, self.plan, self.identity, self.settings = client, plan, identity, settings
+        self.action, self.reason, self.gate, self.evidence = action, reason, gate, evidence
+        self.expected_current = expected_current
+        self.lock_key = ("alias", plan.agent, plan.alias)
+        self.before: str | None = None
 
-def _resume(client: Any, plan: PromotionPlan, earlier: AliasChange, identity: Identity,
-            settings: Settings | None) -> PromotionResult:
-    """A retry of a request already recorded: return it if complete, else complete it exactly once."""
-    if earlier.requested_version != plan.target_version:
-        raise ValidationError(
-            f"Request {earlier.request_id} was a promotion of {plan.agent}@{plan.alias} to "
-            f"v{earlier.requested_version}, not v{plan.target_version}; start a new confirmation for this one."
+    def find(self, request_id: str) -> AliasChange | None:
+        return audit.find_alias_change(self.plan.agent, self.plan.alias, request_id, settings=self.settings)
+
+    def check(self) -> None:
+        plan = self.plan
+        self.before = _read_alias(self.client, plan.agent, plan.alias)
+        if self.expected_current is not ... and self.before != self.expected_current:
+            raise ConflictError(
+                f"{plan.agent}@{plan.alias} now points to {_label(self.before)}, not {_label(self.expected_current)} "
+                "as when you looked. Nothing changed; review the new state and try again."
+            )
+
+    def open(self, request_id: str) -> AliasChange:
+        # Written before the alias moves, so a failure after this point leaves a record that says
+        # "interrupted" rather than an alias move nobody recorded.
+        return audit.open_alias_change(
+            model=self.plan.agent, alias=self.plan.alias, action=self.action, from_version=self.before,
+            requested_version=self.plan.target_version, user=self.identity.user, reason=self.reason, gate=self.gate,
+            evidence=self.evidence, request_id=request_id, settings=self.settings,
         )
-    if earlier.completed:
-        return PromotionResult(earlier, plan, earlier.to_version != earlier.requested_version,
-                               ("This confirmation was already carried out; nothing changed again.",))
-    now = _read_alias(client, plan.agent, plan.alias)
-    if now == earlier.requested_version:
-        # The alias moved before the failure; only the record is missing its completion.
-        try:
-            change = audit.complete_alias_change(earlier, now, settings=settings)
-        except BackendUnavailableError as exc:
-            raise _interrupted(plan, earlier, "while completing the audit record", exc) from exc
-        return PromotionResult(change, plan, False, ("Completed an interrupted promotion: the alias had already "
-                                                     "moved; its audit record is now complete.",))
-    if now == earlier.from_version:
-        change, after = _apply(client, plan, earlier, identity, settings)
-        return PromotionResult(change, plan, after != plan.target_version,
-                               ("Completed an interrupted promotion: the alias was set and recorded once.",))
-    # Someone else moved the alias since: completing would overwrite their change.
-    _quietly_abandon(earlier, f"superseded: the alias held {_label(now)} on retry", settings)
-    raise ConflictError(
-        f"{plan.agent}@{plan.alias} now points to {_label(now)}, not {_label(earlier.from_version)} or "
-        f"v{earlier.requested_version}: another change happened after the interrupted promotion. "
-        "The interrupted attempt is closed without changing anything; review the new state and try again."
-    )
 
+    def act(self, intent: AliasChange) -> str | None:
+        plan = self.plan
+        with translate_errors(f"setting {plan.agent}@{plan.alias}"):
+            self.client.set_registered_model_alias(plan.agent, plan.alias, intent.requested_version)
+        # Record what the registry actually holds now, not what we asked for.
+        return self.observe()
 
-def _interrupted(plan: PromotionPlan, intent: AliasChange, when: str, exc: Exception) -> BackendUnavailableError:
-    return BackendUnavailableError(
-        f"The MLflow backend stopped answering {when} ({plan.agent}@{plan.alias} → v{intent.requested_version}), "
-        f"so the alias may or may not have moved. It is recorded as interrupted (request {intent.request_id}); "
-        f"retry the same confirmation once the backend is back and it completes exactly once. ({exc})"
-    )
+    def observe(self) -> str | None:
+        return _read_alias(self.client, self.plan.agent, self.plan.alias)
 
+    def complete(self, intent: AliasChange, state: str | None) -> AliasChange:
+        return audit.complete_alias_change(intent, state, settings=self.settings)
 
-def _quietly_abandon(intent: AliasChange, why: str, settings: Settings | None) -> None:
-    try:
-        audit.abandon_alias_change(intent, why, settings=settings)
-    except BackendUnavailableError:
-        pass  # stays "interrupted" in the trail; a retry or the next read reconciles it
+    def holds_requested(self, intent: AliasChange, state: str | None) -> bool:
+        return state == intent.requested_version
+
+    def holds_before(self, intent: AliasChange, state: str | None) -> bool:
+        return state == intent.from_version
+
+    def same_request(self, earlier: AliasChange) -> ValidationError | None:
+        if earlier.requested_version == self.plan.target_version:
+            return None
+        return ValidationError(
+            f"Request {earlier.request_id} was a promotion of {self.plan.agent}@{self.plan.alias} to "
+            f"v{earlier.requested_version}, not v{self.plan.target_version}; start a new confirmation for this one."
+        )
+
+    def refused(self, exc: Exception) -> Exception:
+        if isinstance(exc, PermissionDeniedError):
+            return PermissionDeniedError(_alias_refused(self.plan, self.identity, self.settings or get_settings(), exc))
+        return exc
+
+    def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
+        plan = self.plan
+        return BackendUnavailableError(
+            f"The MLflow backend stopped answering before the promotion of {plan.agent}@{plan.alias} → "
+            f"v{plan.target_version} was recorded. Nothing changed: the alias still points to {_label(self.before)}. "
+            f"Retry once the backend is back. ({exc})"
+        )
+
+    def interrupted(self, intent: AliasChange, when: str, exc: Exception) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"The MLflow backend stopped answering {when} ({self.plan.agent}@{self.plan.alias} → "
+            f"v{intent.requested_version}), so the alias may or may not have moved. It is recorded as interrupted "
+            f"(request {intent.request_id}); retry the same confirmation once the backend is back and it completes "
+            f"exactly once. ({exc})"
+        )
+
+    def superseded(self, earlier: AliasChange, state: str | None) -> ConflictError:
+        return ConflictError(
+            f"{self.plan.agent}@{self.plan.alias} now points to {_label(state)}, not {_label(earlier.from_version)} or "
+            f"v{earlier.requested_version}: another change happened after the interrupted promotion. "
+            "The interrupted attempt is closed without changing anything; review the new state and try again."
+        )
+
+    def describe(self, state: str | None) -> str:
+        return _label(state)
 
 
 def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, exc: Exception) -> str:
@@ -617,11 +619,6 @@ def _undo_target(history: list[AliasChange], version: str | None) -> str | None:
 def _read_alias(client: Any, agent: str, alias: str) -> str | None:
     with translate_errors(f"registered model {agent!r}"):
         return registry.aliases_of(client.get_registered_model(agent)).get(alias)
-
-
-def _lock(agent: str, alias: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault((agent, alias), threading.Lock())
 
 
 def _label(version: object) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from services import ai_gateway
+from services.serving import ai_gateway
 from tests.ai_gateway.fake_openai import FakeOpenAI
 from tests.harness.mlflow_server import running_mlflow_server
 

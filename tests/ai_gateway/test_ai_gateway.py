@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from services import ab, ai_gateway, serving, traffic_audit
+from services import ab, audit, serving
+from services.serving import ai_gateway
 from services.errors import ValidationError
 from services.identity import Identity, IdentitySource
 from tests.ai_gateway.conftest import create_endpoint
@@ -34,8 +35,9 @@ def _samples_when_logged(settings, endpoint: str, start: datetime, n: int):
     """Per-arm samples once the gateway has written all ``n`` usage traces."""
     deadline = time.monotonic() + 60
     while True:
-        samples, unattributed = ai_gateway.arm_samples(endpoint, start, datetime.now(tz=timezone.utc) + timedelta(minutes=1),
-                                                       settings=settings)
+        samples, unattributed = ab.endpoint_samples(ai_gateway.get_endpoint(endpoint, settings), [], start,
+                                                    datetime.now(tz=timezone.utc) + timedelta(minutes=1),
+                                                    settings=settings)
         if sum(s.requests for s in samples) + unattributed >= n or time.monotonic() > deadline:
             return samples, unattributed
         time.sleep(0.5)
@@ -72,7 +74,7 @@ def test_a_70_30_split_routes_requests_and_usage_traces_give_per_arm_counts_and_
     gateway_server, gateway_models, fake_openai,
 ):
     create_endpoint(gateway_server, gateway_models, "gw-split", {"model-a": 0.5, "model-b": 0.5}, fallback="model-c")
-    plan = ai_gateway.plan_weights("gw-split", {"model-a": 70, "model-b": 30}, settings=gateway_server)
+    plan = serving.plan_weights("gw-split", {"model-a": 70, "model-b": 30}, settings=gateway_server)
     assert plan.percentages() == ({"model-a (openai/gpt-a)": 50, "model-b (openai/gpt-b)": 50},
                                   {"model-a (openai/gpt-a)": 70, "model-b (openai/gpt-b)": 30})
     stored = serving.apply_split(plan, user="alice", reason="try more of a", settings=gateway_server)
@@ -81,7 +83,7 @@ def test_a_70_30_split_routes_requests_and_usage_traces_give_per_arm_counts_and_
     gateway = ai_gateway.get_gateway_endpoint("gw-split", gateway_server)
     assert [m.name for m in gateway.fallbacks] == ["model-c"]  # the fallback survived the update
     assert gateway.fallback_strategy == "SEQUENTIAL"
-    [change] = traffic_audit.traffic_changes("gw-split", settings=gateway_server)
+    [change] = audit.traffic_changes("gw-split", settings=gateway_server)
     assert (change.user, change.reason, change.action) == ("alice", "try more of a", "edit split")
     assert change.after == {"model-a (openai/gpt-a)": 70, "model-b (openai/gpt-b)": 30}
 
@@ -124,7 +126,7 @@ def test_an_invalid_weight_set_is_refused_and_nothing_changes(gateway_server, ga
     before = _raw(gateway_server, name)
 
     with pytest.raises(ValidationError):
-        ai_gateway.plan_weights(name, weights, settings=gateway_server)
+        serving.plan_weights(name, weights, settings=gateway_server)
     # A plan built by hand is refused again before anything is sent.
     endpoint = ai_gateway.get_endpoint(name, gateway_server)
     bad = serving.SplitPlan(endpoint, serving.Endpoint(
@@ -134,7 +136,7 @@ def test_an_invalid_weight_set_is_refused_and_nothing_changes(gateway_server, ga
         serving.apply_split(bad, user="alice", reason="bad", settings=gateway_server)
 
     assert _raw(gateway_server, name) == before
-    assert traffic_audit.traffic_changes(name, settings=gateway_server) == []
+    assert audit.traffic_changes(name, settings=gateway_server) == []
 
 
 def test_promote_sends_all_traffic_to_the_winner_and_rollback_restores_it(gateway_server, gateway_models, fake_openai):
@@ -157,7 +159,7 @@ def test_promote_sends_all_traffic_to_the_winner_and_rollback_restores_it(gatewa
     # so the rollback is checked on the stored weights and the audit trail.
     assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-promote", gateway_server).routes} == {
         "model-a": 100, "model-b": 0}
-    changes = traffic_audit.traffic_changes("gw-promote", settings=gateway_server)
+    changes = audit.traffic_changes("gw-promote", settings=gateway_server)
     assert [(c.action, c.user, c.after) for c in changes] == [
         ("rollback", ALICE.user, {"model-a (openai/gpt-a)": 100, "model-b (openai/gpt-b)": 0}),
         ("promote winner", ALICE.user, {"model-a (openai/gpt-a)": 0, "model-b (openai/gpt-b)": 100}),
@@ -179,8 +181,9 @@ def test_a_stale_plan_is_refused(gateway_server, gateway_models):
     from services.errors import ConflictError
 
     create_endpoint(gateway_server, gateway_models, "gw-stale", {"model-a": 0.5, "model-b": 0.5})
-    plan = ai_gateway.plan_weights("gw-stale", {"model-a": 80, "model-b": 20}, settings=gateway_server)
-    ai_gateway.promote_weights("gw-stale", "model-b", user="bob", reason="meanwhile", settings=gateway_server)
+    plan = serving.plan_weights("gw-stale", {"model-a": 80, "model-b": 20}, settings=gateway_server)
+    serving.apply_split(serving.plan_weights("gw-stale", {"model-a": 0, "model-b": 100}, settings=gateway_server),
+                        user="bob", reason="meanwhile", settings=gateway_server)
 
     with pytest.raises(ConflictError):
         serving.apply_split(plan, user="alice", reason="late", settings=gateway_server)

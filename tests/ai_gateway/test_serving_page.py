@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services import _clients, ai_gateway, traffic_audit
+from services import audit, _clients
+from services.serving import ai_gateway
 from tests.ai_gateway.conftest import create_endpoint
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -52,7 +53,7 @@ def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gat
     assert not app.exception
     assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-page", gateway_server).routes} == {
         "model-a": 70, "model-b": 30}
-    [change] = traffic_audit.traffic_changes("gw-page", settings=gateway_server)
+    [change] = audit.traffic_changes("gw-page", settings=gateway_server)
     assert change.reason == "more of a"
 
     # The History tab (the same component as the agent-endpoint section) shows the change.
@@ -74,7 +75,7 @@ def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gat
     assert not app.exception
     assert {r.entity_name: r.percentage for r in ai_gateway.get_endpoint("gw-page", gateway_server).routes} == {
         "model-a": 0, "model-b": 100}
-    assert [c.reason for c in traffic_audit.traffic_changes("gw-page", settings=gateway_server)] == [
+    assert [c.reason for c in audit.traffic_changes("gw-page", settings=gateway_server)] == [
         "b for everyone", "more of a"]
 
 

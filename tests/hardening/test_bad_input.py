@@ -15,7 +15,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services import ai_gateway, readiness, releases, serving, traffic, traffic_audit, versions
+from services import audit, readiness, releases, serving, traffic, versions
+from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError, ValidationError
 from services.releases import Drift, GateRule, RuleKind
 from services.settings import load_settings
@@ -262,7 +263,7 @@ def test_split_changes_refuse_bad_shares_and_keep_config_and_trail_in_step(hard_
         return
     # The config the gateway reads and the audit trail agree on what was done, and by whom.
     assert serving.get_endpoint(ENDPOINT, s).routes == plan.after.routes == stored.routes
-    last = traffic_audit.traffic_changes(ENDPOINT, settings=s)[0]
+    last = audit.traffic_changes(ENDPOINT, settings=s)[0]
     assert last.after == plan.percentages()[1] and last.user == hard_store.identity.user
     if (plan.before.served, plan.before.routes, plan.before.sticky) != (plan.after.served, plan.after.routes,
                                                                       plan.after.sticky):
@@ -293,7 +294,7 @@ def test_gateway_weights_are_type_checked_before_any_request(tmp_path_factory, t
                             "AGENTOPS_DATA_DIR": str(tmp_path_factory.getbasetemp() / "gw-closed")})
     whole = all(isinstance(p, int) and not isinstance(p, bool) for p in weights.values())
     try:
-        ai_gateway.plan_weights("ep", weights, settings=closed)
+        serving.plan_weights("ep", weights, settings=closed)
     except ValidationError as exc:
         tally.rejected(exc)
         assert not weights or not whole, f"whole shares refused before the request: {exc}"

@@ -21,7 +21,8 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from services import ai_gateway, serving, traffic_audit
+from services import audit, serving
+from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
 from tests.hardening.mlflow_restart import restartable_backend
@@ -61,12 +62,12 @@ def server(tmp_path_factory):
         yield srv, settings
 
 
-def _records(settings, endpoint: str, request_id: str) -> list[traffic_audit.TrafficChange]:
-    return [c for c in traffic_audit.traffic_changes(endpoint, settings=settings) if c.request_id == request_id]
+def _records(settings, endpoint: str, request_id: str) -> list[audit.TrafficChange]:
+    return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.request_id == request_id]
 
 
-def _completed(settings, endpoint: str) -> list[traffic_audit.TrafficChange]:
-    return [c for c in traffic_audit.traffic_changes(endpoint, settings=settings) if c.completed]
+def _completed(settings, endpoint: str) -> list[audit.TrafficChange]:
+    return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.completed]
 
 
 def _faulty(kill, original, when: str, calls: dict, matches=lambda *a, **k: True):
@@ -87,7 +88,7 @@ def _faulty(kill, original, when: str, calls: dict, matches=lambda *a, **k: True
 
 
 def _split(endpoint: Endpoint) -> dict[str, int]:
-    return serving._percentages(endpoint)
+    return serving.percentages(endpoint)
 
 
 @pytest.mark.parametrize(("point", "method", "when"), LOCAL_POINTS, ids=[p[0].replace(" ", "-") for p in LOCAL_POINTS])
@@ -115,7 +116,7 @@ def test_local_split_change_with_the_server_killed_then_retry_completes_exactly_
     assert "Traceback" not in message
     if method == "create_run":
         assert "Nothing changed" in message, message
-        assert f"keeps its split {serving._describe_split(before_pct)}" in message, message
+        assert f"keeps its split {serving.describe_split(before_pct)}" in message, message
     else:
         assert "interrupted" in message and request_id in message and "retry" in message, message
 
@@ -136,7 +137,7 @@ def test_local_split_change_with_the_server_killed_then_retry_completes_exactly_
     # The retry of the same confirmation completes it exactly once.
     writes = []
     save = serving.save_local_endpoint
-    monkeypatch.setattr(serving, "save_local_endpoint", lambda *a, **k: writes.append(a) or save(*a, **k))
+    monkeypatch.setattr(serving.local, "save_local_endpoint", lambda *a, **k: writes.append(a) or save(*a, **k))
     began = time.monotonic()
     stored = serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     retry_s = time.monotonic() - began
@@ -215,7 +216,7 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
     name = gateway_endpoint
     current = ai_gateway.get_gateway_endpoint(name, settings).endpoint
     weights = {"fault-a": 50, "fault-b": 50} if current.percentage_for("fault-a") != 50 else {"fault-a": 80, "fault-b": 20}
-    plan = ai_gateway.plan_weights(name, weights, settings=settings)
+    plan = serving.plan_weights(name, weights, settings=settings)
     before_pct, after_pct = plan.percentages()
     request_id = uuid.uuid4().hex
     calls = {"faulted": 0}
@@ -226,7 +227,7 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
         monkeypatch.setattr(MlflowClient, target, _faulty(srv.kill, getattr(MlflowClient, target), when, calls))
     began = time.monotonic()
     with pytest.raises(BackendUnavailableError) as failed:
-        ai_gateway.apply_weights(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
+        serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     error_s = time.monotonic() - began
     monkeypatch.undo()
     message = str(failed.value)
@@ -244,9 +245,9 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
     monkeypatch.setattr(ai_gateway, "_rest", lambda s, m, path, **k: (updates.append(path) if path == target else None)
                         or rest(s, m, path, **k))
     began = time.monotonic()
-    ai_gateway.apply_weights(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
+    serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     retry_s = time.monotonic() - began
-    ai_gateway.apply_weights(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
+    serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
     monkeypatch.undo()
 
     stored = ai_gateway.percentages(ai_gateway.get_gateway_endpoint(name, settings).endpoint)
@@ -400,11 +401,11 @@ def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_co
         assert "last traffic change" in warnings and "was interrupted" in warnings, warnings
         assert "Confirm and apply" in warnings  # the confirmation is kept for the retry
         history = next(d.value for d in app.dataframe if "Outcome" in d.value.columns)
-        assert history.iloc[0]["Outcome"] == traffic_audit.INTERRUPTED
+        assert history.iloc[0]["Outcome"] == audit.INTERRUPTED
 
         app.button(key=f"plan::{ENDPOINT}::confirm").click().run()
         assert not app.exception and not app.error
-        changes = traffic_audit.traffic_changes(ENDPOINT, settings=settings)
+        changes = audit.traffic_changes(ENDPOINT, settings=settings)
         assert [(c.completed, c.after) for c in changes] == [(True, {f"{AGENT} v1": 50, f"{AGENT} v2": 50})]
         assert _split(serving.get_endpoint(ENDPOINT, settings)) == {f"{AGENT} v1": 50, f"{AGENT} v2": 50}
         assert not any("was interrupted" in w.value for w in app.warning)
@@ -432,14 +433,14 @@ def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_en
         if written:
             patch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("refused")))
         else:
-            patch.setattr(serving, "save_local_endpoint",
+            patch.setattr(serving.local, "save_local_endpoint",
                           lambda *a, **k: (_ for _ in ()).throw(BackendUnavailableError("disk went away")))
         with pytest.raises(BackendUnavailableError):
             serving.apply_split(plan, user=OPERATOR, reason="lost confirmation", settings=settings,
                                 request_id=uuid.uuid4().hex)
     held = _split(serving.get_endpoint(ENDPOINT, settings))
     assert held == ({f"{AGENT} v1": 50, f"{AGENT} v2": 50} if written else {f"{AGENT} v1": 80, f"{AGENT} v2": 20})
-    assert [c.completed for c in traffic_audit.traffic_changes(ENDPOINT, settings=settings)] == [False]
+    assert [c.completed for c in audit.traffic_changes(ENDPOINT, settings=settings)] == [False]
 
     # A new session: no confirmation to retry.
     with app_page(settings, monkeypatch, "pages/serving.py") as app:
@@ -449,7 +450,7 @@ def test_an_interrupted_change_whose_confirmation_is_gone_is_settled_from_the_en
         done = " ".join(s.value for s in app.success)
         assert ("recorded as applied" in done) if written else ("was not applied" in done), done
         assert not any("was interrupted" in w.value for w in app.warning)
-    changes = traffic_audit.traffic_changes(ENDPOINT, settings=settings)
+    changes = audit.traffic_changes(ENDPOINT, settings=settings)
     if written:
         assert [(c.completed, c.after, c.user) for c in changes] == [(True, held, OPERATOR)]
     else:

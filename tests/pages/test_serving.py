@@ -8,7 +8,7 @@ import pytest
 from databricks.sdk.service import serving as sdk
 from streamlit.testing.v1 import AppTest
 
-from services import serving, traffic_audit
+from services import audit, serving
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_confirmed_change_is_applied_and_audited(tmp_path, monkeypatch, seeded_s
     stored = serving.get_endpoint(endpoint, seeded_settings)
     try:
         assert {r.percentage for r in stored.routes} == {50}
-        change = traffic_audit.traffic_changes(endpoint, settings=seeded_settings)[0]
+        change = audit.traffic_changes(endpoint, settings=seeded_settings)[0]
         assert change.reason == "even split for the test"
         assert change.after == {"support-agent v1": 50, "support-agent v2": 50}
     finally:
@@ -137,7 +137,7 @@ def databricks_page(monkeypatch, isolated_settings):
     monkeypatch.setattr("components.context.request_headers", lambda: {
         "X-Forwarded-Email": "olivia@example.com", "X-Forwarded-Access-Token": "olivia-token"})
     local = _local_client_factory()
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", local)
+    monkeypatch.setattr("services.audit.trail.mlflow_client", local)
     monkeypatch.setattr("services.registry.mlflow_client", local)
     yield harness
     monkeypatch.undo()
@@ -180,7 +180,7 @@ def test_databricks_deploy_tab_previews_confirms_deploys_and_records(databricks_
     # operator's role check (their token reads their groups), and audited in their name below.
     assert {a for m, p, a in harness.api.callers if m in ("POST", "PUT")} == {"Bearer app-token"}
     assert harness.scope_refusals == []
-    (change,) = traffic_audit.traffic_changes(DBX_ENDPOINT)
+    (change,) = audit.traffic_changes(DBX_ENDPOINT)
     assert (change.user, change.action, change.reason) == ("olivia@example.com", "deploy v3", "ship v3")
 
 

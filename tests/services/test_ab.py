@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from services import ab, serving, traffic_audit
+from services import ab, audit, serving
 from services.errors import ConflictError, ValidationError
 from services.identity import Identity, IdentitySource
 
@@ -130,7 +130,7 @@ def test_promote_winner_moves_traffic_and_champion_together(isolated_settings, t
     endpoint = serving.get_endpoint("ep", isolated_settings)
     assert {r.entity_name: r.percentage for r in endpoint.routes} == {"m_1": 0, "m_2": 100}
     assert str(two_version_endpoint.get_registered_model("m").aliases["champion"]) == "2"
-    (change,) = traffic_audit.traffic_changes("ep", settings=isolated_settings)
+    (change,) = audit.traffic_changes("ep", settings=isolated_settings)
     assert (change.user, change.action) == ("ops@example.com", "promote winner")
 
     ab.promote_arm("ep", "m_1", OPERATOR, reason="roll back", action="rollback", settings=isolated_settings)
@@ -156,4 +156,4 @@ def test_promote_refuses_unknown_arm_and_changes_nothing(isolated_settings, two_
     with pytest.raises(ValidationError, match="reason"):
         ab.promote_arm("ep", "m_2", OPERATOR, reason="", settings=isolated_settings)
     assert serving.get_endpoint("ep", isolated_settings) == before
-    assert traffic_audit.traffic_changes("ep", settings=isolated_settings) == []
+    assert audit.traffic_changes("ep", settings=isolated_settings) == []

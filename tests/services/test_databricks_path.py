@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from services import _clients, audit, feedback, registry, releases, roles, serving, traffic_audit
+from services import audit, _clients, feedback, registry, releases, roles, serving
 from services.errors import PermissionDeniedError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
@@ -177,7 +177,7 @@ def test_an_operator_changes_traffic_with_their_token_and_the_trail_names_them(w
     assert workspace.harness.scope_refusals == []
     changed = {e.name: e.as_dict() for e in workspace.harness.endpoints[dw.ENDPOINT].config.served_entities}
     assert changed == kept, "the split change altered the served entities' configuration"
-    change = traffic_audit.traffic_changes(dw.ENDPOINT, settings=dbx)[0]
+    change = audit.traffic_changes(dw.ENDPOINT, settings=dbx)[0]
     assert change.user == dw.OPERATOR.email and change.after == {f"{dw.AGENT} v1": 50, f"{dw.AGENT} v2": 50}
     assert serving.get_endpoint(dw.ENDPOINT, dbx).updated_by == dw.OPERATOR.email
     workspace.harness.endpoints[dw.ENDPOINT] = dw.endpoint()

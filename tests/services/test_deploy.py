@@ -12,7 +12,7 @@ import pytest
 from databricks.sdk.service import iam
 from databricks.sdk.service import serving as sdk
 
-from services import serving, traffic_audit
+from services import audit, serving
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from tests.harness.agents_api import AgentsApi, agent_mlmodel, api_calls, api_tokens, app_settings
@@ -35,7 +35,7 @@ def harness(monkeypatch, isolated_settings):
         api.add_model_version(MODEL, version)
     monkeypatch.setenv("DATABRICKS_TOKEN", APP_TOKEN)
     monkeypatch.delenv("AGENTOPS_USER_AUTHORIZATION", raising=False)
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     running.api = api
     yield running
     api.stop()
@@ -113,7 +113,7 @@ def test_first_deploy_creates_the_agents_endpoint_with_the_documented_requests(h
     assert done.review_app_url and "/ml/review-v2/" in done.review_app_url
     assert done.endpoint_url == f"{harness.url}/ml/endpoints/{ENDPOINT}/"
     assert any("databricks.agents.deploy" in m for m in messages) and any("roll it out" in m for m in messages)
-    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx)
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx)
     assert (change.user, change.action, change.reason, change.outcome) == ("ana@example.com", "deploy v3", "first release", "applied")
     assert (change.before, change.after) == ({}, {"main.demo.support v3": 100})
 
@@ -133,7 +133,7 @@ def test_deploy_to_an_existing_endpoint_keeps_the_other_versions_at_zero(harness
     ]
     assert ("POST", "/api/2.0/serving-endpoints") not in api_calls(harness)  # updated, not created
     assert done.endpoint.percentage_for("main-demo-support_3") == 100
-    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx)
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx)
     assert change.before == {"main.demo.support v1": 90, "main.demo.support v2": 10}
     assert change.after == {"main.demo.support v3": 100, "main.demo.support v1": 0, "main.demo.support v2": 0}
 
@@ -152,7 +152,7 @@ def test_with_user_authorization_the_users_token_stays_inside_its_scopes(harness
     assert as_ana and all(p.startswith("/api/2.0/serving-endpoints") or p.endswith("/scim/v2/Me") for p in as_ana)
     assert [auth for method, path, auth in harness.api.callers
             if (method, path) == ("POST", "/api/2.0/agents/deployments")] == [f"Bearer {APP_TOKEN}"]
-    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx)
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx)
     assert change.user == "ana@example.com"
 
 
@@ -168,7 +168,7 @@ def test_a_deploy_confirmed_after_the_endpoint_changed_is_refused_and_sends_noth
     with pytest.raises(ConflictError, match="changed since this deployment was prepared"):
         serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", plan=plan, settings=dbx)
     assert _mutations(harness) == []
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx) == []
 
 
 @pytest.mark.parametrize(("model", "version", "reason", "error", "message"), [
@@ -186,7 +186,7 @@ def test_refused_input_sends_nothing(harness, dbx, model, version, reason, error
     with pytest.raises(error, match=message):
         serving.deploy_version(model, version, user="ana", reason=reason, settings=dbx)
     assert api_calls(harness) == []
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx) == []
 
 
 def test_local_backend_refuses_with_the_way_to_do_it_locally(isolated_settings):
@@ -208,7 +208,7 @@ def test_refused_against_the_workspace_sends_no_change(harness, dbx, setup, vers
         serving.deploy_version(MODEL, version, user="ana", reason="r", settings=dbx)
     assert _mutations(harness) == []
     assert all(method == "GET" for method, _ in api_calls(harness))
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx) == []
 
 
 def test_roles_and_missing_user_token_refuse_before_any_change(harness, dbx, monkeypatch):
@@ -236,7 +236,7 @@ def test_a_model_without_an_agent_signature_is_refused_by_databricks_agents_befo
     assert _mutations(harness) == [("POST", "/api/2.0/mlflow/unity-catalog/model-versions/generate-temporary-credentials"),
                                    ("POST", "/api/2.0/fs/create-download-url")]  # reads that happen to be POSTs
     assert harness.endpoints == {}
-    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx)
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx)
     assert change.outcome.startswith("failed:")  # the attempt is on record, with who tried
 
 
@@ -250,7 +250,7 @@ def test_errors_from_the_agents_service_and_a_failed_rollout_are_named(harness, 
     harness.api.fail_rollout.add(ENDPOINT)
     with pytest.raises(ConflictError, match="could not roll out main.demo.support v3.*keeps its previous configuration"):
         serving.deploy_version(MODEL, 3, user="ana", reason="r2", settings=dbx)
-    outcomes = [c.outcome for c in traffic_audit.traffic_changes(ENDPOINT, settings=dbx)]
+    outcomes = [c.outcome for c in audit.traffic_changes(ENDPOINT, settings=dbx)]
     assert sorted(o.split(":")[0] for o in outcomes) == ["failed", "rollout failed"]
 
 

@@ -56,7 +56,7 @@ def test_a_stale_split_write_is_a_conflict_and_the_embedded_file_is_migrated_onc
     settings = load_settings({"AGENTOPS_DATA_DIR": str(tmp_path)})
     legacy = _endpoint((serving.TrafficRoute("agent-1", 60), serving.TrafficRoute("agent-2", 40)))
     serving.local_config_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    serving.local_config_path(settings).write_text(json.dumps({"endpoints": [serving._endpoint_to_json(legacy)]}))
+    serving.local_config_path(settings).write_text(json.dumps({"endpoints": [serving.endpoint_to_json(legacy)]}))
     (stored,) = serving.list_endpoints(settings)  # the first read migrates the file
     assert stored == legacy and stored.config_version == 1
     assert [c["user"] for c in team_state.history(settings)] == [team_state.MIGRATED_BY]

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 from databricks.sdk.service import serving as sdk
 
-from services import serving, traffic_audit
-from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services import audit, serving
+from services._clients import workspace_client
+from services.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 from tests.harness.databricks import DatabricksHarness
 from tests.harness.databricks_settings import databricks_settings
 
@@ -55,7 +62,7 @@ def _puts(harness) -> list:
 def test_databricks_split_change_sends_the_documented_request_and_waits(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed()
     harness.rollout_polls = 2
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "1"): 50, ("main.demo.support", "2"): 50}, settings=dbx_settings)
     messages: list[str] = []
     stored = serving.apply_split(plan, user="ana@example.com", reason="widen the test", settings=dbx_settings,
@@ -71,7 +78,7 @@ def test_databricks_split_change_sends_the_documented_request_and_waits(harness,
     assert stored.state is serving.EndpointState.READY
     assert {r.entity_name: r.percentage for r in stored.routes} == {"main-demo-support_1": 50, "main-demo-support_2": 50}
     assert any("IN_PROGRESS" in m for m in messages)
-    (change,) = traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings)
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx_settings)
     assert (change.user, change.reason) == ("ana@example.com", "widen the test")
     assert change.before == {"main.demo.support v1": 90, "main.demo.support v2": 10}
     assert change.after == {"main.demo.support v1": 50, "main.demo.support v2": 50}
@@ -79,18 +86,18 @@ def test_databricks_split_change_sends_the_documented_request_and_waits(harness,
 
 def test_update_in_progress_is_a_conflict_and_nothing_is_recorded(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed(sdk.EndpointStateConfigUpdate.IN_PROGRESS)
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100}, settings=dbx_settings)
     with pytest.raises(ConflictError, match="already has an update in progress"):
         serving.apply_split(plan, user="ana", reason="r", settings=dbx_settings)
     assert len(_puts(harness)) == 1  # sent, refused with 409
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
 
 
 def test_missing_can_manage_is_named(harness, dbx_settings, monkeypatch):
     harness.endpoints[ENDPOINT] = _detailed()
     harness.forbidden.add(ENDPOINT)
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
     plan = serving.plan_split(ENDPOINT, {("main.demo.support", "2"): 100}, settings=dbx_settings)
     with pytest.raises(PermissionDeniedError, match="CAN_MANAGE"):
         serving.apply_split(plan, user="ana", reason="r", settings=dbx_settings)
@@ -138,7 +145,7 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
     stored = serving.apply_split(plan, user="ana", reason="canary v2", settings=isolated_settings)
     assert serving.get_endpoint("ep", isolated_settings) == stored
     assert stored.updated_by == "ana"
-    (change,) = traffic_audit.traffic_changes("ep", settings=isolated_settings)
+    (change,) = audit.traffic_changes("ep", settings=isolated_settings)
     assert change.after == {"m v1": 70, "m v2": 30}
 
     # A plan made against the old split is refused once the split has moved on.
@@ -157,7 +164,7 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
             serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings),
                                 user="ana", reason="bad id", settings=isolated_settings, request_id=bad)
     assert serving.get_endpoint("ep", isolated_settings) == stored
-    assert len(traffic_audit.traffic_changes("ep", settings=isolated_settings)) == 1
+    assert len(audit.traffic_changes("ep", settings=isolated_settings)) == 1
 
     # One request id is one change: reusing it for another split is refused, not applied.
     serving.apply_split(serving.plan_split("ep", {("m", "2"): 100}, settings=isolated_settings), user="ana",
@@ -167,7 +174,7 @@ def test_local_split_change_is_stored_and_audited(isolated_settings):
         serving.apply_split(serving.plan_split("ep", {("m", "1"): 100}, settings=isolated_settings), user="ana",
                             reason="all on v1", settings=isolated_settings, request_id="req-1")
     assert serving.get_endpoint("ep", isolated_settings) == moved
-    assert len(traffic_audit.traffic_changes("ep", settings=isolated_settings)) == 2
+    assert len(audit.traffic_changes("ep", settings=isolated_settings)) == 2
 
 
 def _local_client_factory():
@@ -237,7 +244,7 @@ def _foundation_endpoint() -> sdk.ServingEndpointDetailed:
 
 @pytest.fixture
 def audited(monkeypatch):
-    monkeypatch.setattr("services.traffic_audit.mlflow_client", _local_client_factory())
+    monkeypatch.setattr("services.audit.trail.mlflow_client", _local_client_factory())
 
 
 def test_a_split_change_changes_the_traffic_and_nothing_else(harness, dbx_settings, audited):
@@ -271,25 +278,25 @@ def test_a_change_made_since_the_preview_is_refused_and_shown(harness, dbx_setti
     assert "main.demo.support v3 100%" in str(refused.value) and "7 → 8" in str(refused.value)
     assert _puts(harness) == []
     assert len(harness.endpoints[ENDPOINT].config.served_entities) == 3
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
 
 
 def test_external_models_are_shown_by_name_and_their_split_can_change(harness, dbx_settings, audited):
     harness.endpoints["chat-router"] = _external_endpoint()
     before = {e.name: e.as_dict() for e in harness.endpoints["chat-router"].config.served_entities}
     endpoint = serving.get_endpoint("chat-router", dbx_settings)
-    assert serving._percentages(endpoint) == {"gpt-4o": 50, "gpt-4o-mini": 50}
+    assert serving.percentages(endpoint) == {"gpt-4o": 50, "gpt-4o-mini": 50}
     assert [s.detail for s in endpoint.served] == ["external model openai/gpt-4o", "external model openai/gpt-4o-mini"]
     plan = serving.plan_split("chat-router", {("gpt-4o", ""): 20, ("gpt-4o-mini", ""): 80}, settings=dbx_settings)
     stored = serving.apply_split(plan, user="ana@example.com", reason="cheaper", settings=dbx_settings)
-    assert serving._percentages(stored) == {"gpt-4o": 20, "gpt-4o-mini": 80}
+    assert serving.percentages(stored) == {"gpt-4o": 20, "gpt-4o-mini": 80}
     assert {e.name: e.as_dict() for e in harness.endpoints["chat-router"].config.served_entities} == before
 
 
 def test_a_foundation_model_endpoint_shows_its_model_at_100_and_is_read_only(harness, dbx_settings):
     harness.endpoints["databricks-meta-llama-3-3-70b-instruct"] = _foundation_endpoint()
     endpoint = serving.get_endpoint("databricks-meta-llama-3-3-70b-instruct", dbx_settings)
-    assert serving._percentages(endpoint) == {"databricks-meta-llama-3-3-70b-instruct": 100}
+    assert serving.percentages(endpoint) == {"databricks-meta-llama-3-3-70b-instruct": 100}
     assert "foundation model" in endpoint.read_only
     with pytest.raises(ValidationError, match="pay-per-token"):
         serving.plan_split(endpoint.name, {(endpoint.name, ""): 100}, settings=dbx_settings)
@@ -305,7 +312,7 @@ def test_one_endpoint_failing_between_list_and_get_does_not_fail_the_list(harnes
     harness.unreadable.add("chat-router")
     listed = {e.name: e for e in serving.list_endpoints(dbx_settings)}
     assert set(listed) == {ENDPOINT, "chat-router"}
-    assert listed[ENDPOINT].error is None and serving._percentages(listed[ENDPOINT])
+    assert listed[ENDPOINT].error is None and serving.percentages(listed[ENDPOINT])
     assert "CAN_QUERY" in listed["chat-router"].error
 
 
@@ -316,7 +323,7 @@ def test_sustained_throttling_is_bounded_and_named(harness, isolated_settings):
     settings = databricks_settings(harness, isolated_settings.data_dir, AGENTOPS_DATABRICKS_RETRY_SECONDS="2")
     harness.throttle(60, retry_after=1)
     started = time.monotonic()
-    with pytest.raises(serving.BackendUnavailableError, match=r"throttled: retry after 1 s"):
+    with pytest.raises(BackendUnavailableError, match=r"throttled: retry after 1 s"):
         serving.list_endpoints(settings)
     assert time.monotonic() - started < 15
 
@@ -324,7 +331,7 @@ def test_sustained_throttling_is_bounded_and_named(harness, isolated_settings):
 def test_a_rollout_in_progress_shows_the_pending_split(harness, dbx_settings, audited):
     harness.endpoints[ENDPOINT] = _rich_endpoint()
     harness.rollout_polls = 100  # stays IN_PROGRESS for the test
-    client = serving.workspace_client(dbx_settings)
+    client = workspace_client(dbx_settings)
     from databricks.sdk.service.serving import Route, ServedEntityInput, TrafficConfig
 
     client.serving_endpoints.update_config(  # someone else's update, not waited for
@@ -334,7 +341,7 @@ def test_a_rollout_in_progress_shows_the_pending_split(harness, dbx_settings, au
                                              Route(served_entity_name="main-demo-support_2", traffic_percentage=100)]))
     endpoint = serving.get_endpoint(ENDPOINT, dbx_settings)
     assert endpoint.state is serving.EndpointState.UPDATING
-    assert serving._percentages(endpoint) == {"main.demo.support v1": 90, "main.demo.support v2": 10}
+    assert serving.percentages(endpoint) == {"main.demo.support v1": 90, "main.demo.support v2": 10}
     assert endpoint.pending_percentages == {"main.demo.support v1": 0, "main.demo.support v2": 100}
 
 
@@ -349,7 +356,7 @@ def test_a_rollout_that_fails_or_is_canceled_keeps_the_old_split_and_records_not
     with pytest.raises(ConflictError, match="keeps serving its previous configuration"):
         serving.apply_split(plan, user="ana@example.com", reason="all in", settings=dbx_settings)
     assert serving.get_endpoint(ENDPOINT, dbx_settings).routes[0].percentage == 90
-    assert traffic_audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx_settings) == []
 
 
 def test_last_updated_by_comes_from_the_audit_trail_not_the_creator(harness, dbx_settings, audited):

@@ -7,7 +7,7 @@ model configurations (a model definition = provider + model + secret; a ``weight
 experiment that receives one trace per call. MLflow 3 has no public client API for any of it, so
 ``_rest`` below is the one place that calls its REST routes (``/api/3.0/mlflow/gateway/...``).
 
-Mapping onto :mod:`services.serving`: an arm (``ServedVersion``) is a PRIMARY model config;
+Mapping onto :mod:`services.serving.entities`: an arm (``ServedVersion``) is a PRIMARY model config;
 ``entity_name`` is the model definition's name, ``model_name`` is ``provider/model`` and
 ``model_version`` is empty (provider models have no registry version, hence no alias to move).
 
@@ -21,9 +21,11 @@ name; when two arms serve the same model name the traces cannot tell them apart 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
+
+import httpx
 
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import (
@@ -35,10 +37,11 @@ from services.errors import (
     PermissionDeniedError,
     ValidationError,
 )
-from services.serving import Endpoint, EndpointState, ServedVersion, SplitPlan, TrafficRoute, validate_routes
+from services.serving.base import ArmTraffic, SplitBackend
+from services.serving.entities import Endpoint, EndpointBackend, EndpointState, ServedVersion, TrafficRoute, validate_routes
 from services.settings import Backend, Settings, read
 
-BACKEND = "mlflow-gateway"
+BACKEND = EndpointBackend.MLFLOW_GATEWAY
 API_PREFIX = "/api/3.0/mlflow/gateway"
 TRAFFIC_SPLIT = "REQUEST_BASED_TRAFFIC_SPLIT"
 PRIMARY, FALLBACK = "PRIMARY", "FALLBACK"
@@ -137,8 +140,6 @@ def available(settings: Settings | None = None) -> bool:
 def _rest(settings: Settings, method: str, path: str, *, params: dict | None = None,
           body: dict | None = None, what: str = "the MLflow AI Gateway") -> dict[str, Any]:
     """Call ``/api/3.0/mlflow/gateway/<path>`` on the tracking server; typed errors on failure."""
-    import httpx
-
     if settings.backend is not Backend.MLFLOW or not settings.mlflow_uri:
         raise ConfigurationError("The MLflow AI Gateway needs AGENTOPS_BACKEND=mlflow and AGENTOPS_MLFLOW_URI "
                                  "pointing at an `mlflow server`.")
@@ -290,94 +291,60 @@ def get_endpoint(name: str, settings: Settings | None = None) -> Endpoint:
     return get_gateway_endpoint(name, settings).endpoint
 
 
-# --- changing the weights ---------------------------------------------------------------------
-
-
-def percentages(endpoint: Endpoint) -> dict[str, int]:
-    """Share per arm keyed ``definition (provider/model)``, as shown in previews and the audit trail."""
-    labels = {s.entity_name: f"{s.entity_name} ({s.model_name})" for s in endpoint.served}
-    return {labels.get(r.entity_name, r.entity_name): r.percentage for r in endpoint.routes}
-
-
-def plan_weights(endpoint_name: str, weights: dict[str, int], *, settings: Settings | None = None) -> SplitPlan:
-    """Validate new shares (model definition name -> percent) against the endpoint; nothing is written.
-
-    Every PRIMARY model must get a share (0 keeps it attached without traffic); attaching or
-    detaching models is done in MLflow's own AI Gateway UI.
-    """
-    if not weights:
-        raise ValidationError("Give every model of the endpoint a share.")
-    for name, pct in weights.items():
-        if not isinstance(pct, int) or isinstance(pct, bool):
-            raise ValidationError(f"{name}: the share must be a whole number of percent.")
-    before = get_endpoint(endpoint_name, settings)
-    routes = tuple(TrafficRoute(name, pct) for name, pct in weights.items())
-    validate_routes(before.served, routes)
-    missing = [s.entity_name for s in before.served if s.entity_name not in weights]
-    if missing:
-        raise ValidationError(f"Give {', '.join(missing)} a share too (0 to send it no traffic).")
-    ordered = tuple(TrafficRoute(s.entity_name, weights[s.entity_name]) for s in before.served)
-    after = Endpoint(name=before.name, served=before.served, routes=ordered, state=before.state,
-                     updated_at=before.updated_at, updated_by=before.updated_by, sticky=False, backend=BACKEND)
-    return SplitPlan(before, after)
+# --- the split backend -----------------------------------------------------------------------
 
 
 def _weight(pct: int) -> float:
     return 0.0 if pct == 0 else pct / 100 + _WEIGHT_EPSILON
 
 
-def apply_weights(plan: SplitPlan, *, user: str, reason: str, action: str = "edit split",
-                  settings: Settings | None = None, request_id: str | None = None) -> Endpoint:
-    """Write the planned weights to the gateway (fallbacks kept) and record the change in the audit trail.
+class GatewayBackend(SplitBackend):
+    """MLflow AI Gateway endpoints: an arm is a PRIMARY model config, its share the config's weight."""
 
-    The audit intent, the write and the completion follow ``serving.apply_split``, so a retry with
-    the same ``request_id`` after a backend failure completes the change exactly once.
-    """
-    from services import serving
+    kind = EndpointBackend.MLFLOW_GATEWAY
 
-    return serving.apply_split(plan, user=user, reason=reason, action=action, settings=settings,
-                               request_id=request_id)
+    def list_endpoints(self) -> list[Endpoint]:
+        return list_endpoints(self.settings)
 
+    def read(self, name: str) -> Endpoint:
+        return get_gateway_endpoint(name, self.settings).endpoint
 
-def write_weights(plan: SplitPlan, *, user: str, settings: Settings | None = None) -> Endpoint:
-    """Write the planned weights to the gateway (fallbacks kept); returns the endpoint as it then reads.
+    @classmethod
+    def labels(cls, endpoint: Endpoint) -> dict[str, str]:
+        """``definition (provider/model)``, as shown in previews and the audit trail."""
+        return {s.entity_name: f"{s.entity_name} ({s.model_name})" for s in endpoint.served}
 
-    Not audited: ``serving.apply_split`` records around this call.
-    """
-    settings = settings or get_settings()
-    validate_routes(plan.after.served, plan.after.routes)
-    current = get_gateway_endpoint(plan.before.name, settings)
-    share = {r.entity_name: r.percentage for r in plan.after.routes}
-    configs = []
-    for model in current.models:
-        config: dict[str, Any] = {"model_definition_id": model.model_definition_id, "linkage_type": model.linkage}
-        if model.linkage == PRIMARY:
-            config["weight"] = _weight(share[model.name])
-        else:
-            config["weight"] = model.weight
-            if model.fallback_order is not None:
-                config["fallback_order"] = model.fallback_order
-        configs.append(config)
-    body: dict[str, Any] = {"endpoint_id": current.endpoint_id, "routing_strategy": TRAFFIC_SPLIT,
-                            "model_configs": configs, "updated_by": user}
-    # Replacing the model configs resets the fallback strategy unless it is sent again.
-    if current.fallback_strategy or current.fallback_max_attempts:
-        body["fallback_config"] = {k: v for k, v in (("strategy", current.fallback_strategy),
-                                                     ("max_attempts", current.fallback_max_attempts)) if v}
-    _rest(settings, "POST", "endpoints/update", body=body, what=f"AI Gateway endpoint {plan.before.name!r}")
-    return get_gateway_endpoint(plan.before.name, settings).endpoint
+    def write(self, seen: Endpoint, after: Endpoint, *, user: str) -> Endpoint:
+        """Write the planned weights to the gateway (fallbacks kept); returns the endpoint as it then reads."""
+        validate_routes(after.served, after.routes)
+        current = get_gateway_endpoint(seen.name, self.settings)
+        share = {r.entity_name: r.percentage for r in after.routes}
+        configs = []
+        for model in current.models:
+            config: dict[str, Any] = {"model_definition_id": model.model_definition_id, "linkage_type": model.linkage}
+            if model.linkage == PRIMARY:
+                config["weight"] = _weight(share[model.name])
+            else:
+                config["weight"] = model.weight
+                if model.fallback_order is not None:
+                    config["fallback_order"] = model.fallback_order
+            configs.append(config)
+        body: dict[str, Any] = {"endpoint_id": current.endpoint_id, "routing_strategy": TRAFFIC_SPLIT,
+                                "model_configs": configs, "updated_by": user}
+        # Replacing the model configs resets the fallback strategy unless it is sent again.
+        if current.fallback_strategy or current.fallback_max_attempts:
+            body["fallback_config"] = {k: v for k, v in (("strategy", current.fallback_strategy),
+                                                         ("max_attempts", current.fallback_max_attempts)) if v}
+        _rest(self.settings, "POST", "endpoints/update", body=body, what=f"AI Gateway endpoint {seen.name!r}")
+        return get_gateway_endpoint(seen.name, self.settings).endpoint
 
+    def arm_traffic(self, endpoint: Endpoint, experiment_ids: Sequence[str], start: datetime,
+                    end: datetime) -> tuple[list[ArmTraffic], int]:
+        """Each arm's calls from the endpoint's own usage traces (``experiment_ids`` is not used).
 
-def promote_weights(endpoint_name: str, entity_name: str, *, user: str, reason: str,
-                    action: str = "promote winner", settings: Settings | None = None,
-                    request_id: str | None = None) -> Endpoint:
-    """Send 100% to one arm and 0% to the others, audited. Provider models have no registry alias to move."""
-    endpoint = get_endpoint(endpoint_name, settings)
-    if entity_name not in {s.entity_name for s in endpoint.served}:
-        raise ValidationError(f"{entity_name!r} is not an arm of {endpoint_name!r}.")
-    weights = {s.entity_name: 100 if s.entity_name == entity_name else 0 for s in endpoint.served}
-    plan = plan_weights(endpoint_name, weights, settings=settings)
-    return apply_weights(plan, user=user, reason=reason, action=action, settings=settings, request_id=request_id)
+        Raises ``CannotAttributeError`` when the traces cannot say which arm served a call.
+        """
+        return usage_by_arm(endpoint.name, start, end, settings=self.settings)
 
 
 # --- usage traces -> per-arm samples ----------------------------------------------------------
@@ -394,15 +361,12 @@ def _served_model(trace: Any) -> tuple[str | None, bool]:
     return str(first.get_attribute(MODEL_ATTRIBUTE)), str(getattr(first.status, "status_code", "")).endswith("ERROR")
 
 
-def arm_samples(endpoint_name: str, start: datetime, end: datetime, *,
-                settings: Settings | None = None) -> tuple[list[Any], int]:
-    """Per-arm ``ab.ArmSample`` from the endpoint's usage traces in the window, and the unattributed count.
+def usage_by_arm(endpoint_name: str, start: datetime, end: datetime, *,
+                 settings: Settings | None = None) -> tuple[list[ArmTraffic], int]:
+    """Each arm's usage traces in the window, and how many traces name no arm.
 
     Raises ``CannotAttributeError`` when the traces cannot say which arm served a call.
     """
-    from services import ab
-
-    ab.validate_window(start, end)
     gateway = get_gateway_endpoint(endpoint_name, settings)
     if problem := gateway.attribution_problem:
         raise CannotAttributeError(problem)
@@ -436,6 +400,10 @@ def arm_samples(endpoint_name: str, start: datetime, end: datetime, *,
                 break
     served = {s.entity_name: s for s in gateway.endpoint.served}
     # An arm's error is its own provider call failing, even when a fallback then answered.
-    samples = [replace(ab.sample_from_traces(served[m.name], infos[m.name], truncated=bool(token)), errors=failed[m.name])
-               for m in gateway.primaries]
-    return samples, unattributed
+    return [ArmTraffic(served[m.name], tuple(infos[m.name]), bool(token), failed[m.name])
+            for m in gateway.primaries], unattributed
+
+
+def percentages(endpoint: Endpoint) -> dict[str, int]:
+    """Share per arm keyed ``definition (provider/model)``, as shown in previews and the audit trail."""
+    return GatewayBackend.percentages(endpoint)

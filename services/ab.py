@@ -429,6 +429,7 @@ def promote_arm(
     """
     from services import releases
     from services.audit import AliasAction
+    from services.promotion import PromotionRequest
 
     settings = settings or get_settings()
     from services import roles
@@ -455,11 +456,11 @@ def promote_arm(
     stored = serving.apply_split(plan, user=identity.user, reason=reason, action=action, settings=settings,
                                  user_token=identity.access_token, request_id=request_id and f"{request_id}-traffic")
     try:
-        releases.promote(
-            winner.model_name, alias, winner.model_version, identity, reason=reason, override=override_gate,
-            action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE, settings=settings,
+        releases.promote(PromotionRequest(
+            winner.model_name, alias, winner.model_version, reason=reason, override=override_gate,
+            action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE,
             request_id=request_id and f"{request_id}-alias",
-        )
+        ), identity, settings)
     except AgentOpsError as exc:
         raise PartialPromotionError(
             f"Traffic on {endpoint_name!r} now goes 100% to {winner.model_name} v{winner.model_version}, "

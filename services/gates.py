@@ -104,6 +104,7 @@ class Evidence:
             "current_eval_run": self.current_eval.run_id if self.current_eval else None,
             "metrics": {d.metric: {"current": d.current, "candidate": d.candidate, "delta": d.delta}
                         for d in self.deltas},
+            "candidate_live_traces": self.candidate_traffic.traces,  # evaluation rows not counted
             "candidate_p95_ms": self.candidate_traffic.p95_ms,
             "candidate_cost_per_request": self.candidate_traffic.cost_per_request,
         }

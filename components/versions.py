@@ -179,9 +179,9 @@ def plan_blockers(plan: PromotionPlan) -> list[str]:
     if plan.gate_blocked:
         messages.append("**The gate blocks this promotion.** Nothing will change unless you override it "
                         "with a written reason, which is recorded.")
-    if plan.readiness_failures:
+    if plan.readiness_blockers():
         messages.append("**Required readiness items fail**, which blocks like the gate: "
-                        + "; ".join(plain(c.title) for c in plan.readiness_failures)
+                        + "; ".join(plain(c.title) for c in plan.readiness_blockers())
                         + ". Nothing will change unless you override it with a written reason, which is recorded.")
     return messages
 

@@ -16,7 +16,7 @@ from services import gates, readiness, versions
 from services.audit import AliasAction, GateOutcome
 from services.errors import ValidationError
 from services.gates import GateBlockedError, GateCheck, GateResult
-from services.readiness import LoadCheckResult, ReadinessCheck, ReadinessReport
+from services.readiness import Item, LoadCheckResult, ReadinessCheck, ReadinessReport
 from services.settings import Settings
 
 
@@ -115,9 +115,13 @@ class PromotionPlan:
     def is_noop(self) -> bool:
         return self.current_version == self.target_version
 
+    def readiness_blockers(self) -> tuple[ReadinessCheck, ...]:
+        """Failing required items other than the gate item when the gate already blocks (said once)."""
+        return tuple(c for c in self.readiness_failures if not (self.gate_blocked and c.item is Item.GATE))
+
     def blockers(self) -> list[str]:
         """Each failing gate rule and required readiness item, as one line."""
-        return self.gate.failures() + [f"readiness: {c.title} ({c.reason})" for c in self.readiness_failures]
+        return self.gate.failures() + [f"readiness: {c.title} ({c.reason})" for c in self.readiness_blockers()]
 
 
 def plan_promotion(agent: str, alias: str, version: str | int, settings: Settings | None = None, *,

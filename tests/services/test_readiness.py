@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 import mlflow
 import pytest
 
-from services import gates, monitoring, readiness, registry, releases, serving, versions
+from services import alerts, gates, monitoring, readiness, registry, releases, serving, versions
 from services._clients import get_or_create_experiment, mlflow_client
 from services.errors import NotFoundError, ValidationError
-from services.identity import Identity, IdentitySource
 from services.gates import GateRule, RuleKind
+from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest
 from services.readiness import Item, Verdict
 
@@ -110,7 +110,7 @@ def build_ready_agent(settings, name: str = AGENT, *, with_datasets: bool = True
         ),
         settings,
     )
-    monitoring.save_thresholds(settings, name, monitoring.AlertThresholds(p95_latency_ms=3000.0))
+    alerts.save_thresholds(settings, name, alerts.AlertThresholds(p95_latency_ms=3000.0))
     return info.model_id
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import mlflow
 import pytest
 
-from services import alerts, gates, monitoring, readiness, registry, releases, serving, versions
+from services import alerts, gates, readiness, registry, releases, serving, versions
 from services._clients import get_or_create_experiment, mlflow_client
 from services.errors import NotFoundError, ValidationError
 from services.gates import GateRule, RuleKind

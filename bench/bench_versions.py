@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["AGENTOPS_DATA_DIR"] = str(args.data_dir)
 
     from services import releases, versions
+    from services.promotion import PromotionRequest, RollbackRequest
     from services._clients import configure_mlflow
     from services.identity import Identity, IdentitySource
     from services.settings import load_settings
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     _timed("version_detail", lambda: versions.version_detail(AGENT, str(len(frame)), settings))
     _timed("plan_promotion", lambda: releases.plan_promotion(AGENT, "champion", "2", settings))
     who = Identity("bench", "bench", IdentitySource.OS_USER)
-    _timed("promote", lambda: releases.promote(AGENT, "champion", "2", who, settings=settings))
-    _timed("rollback", lambda: releases.rollback(AGENT, "champion", who, settings=settings))
+    _timed("promote", lambda: releases.promote(PromotionRequest(AGENT, "champion", "2"), who, settings=settings))
+    _timed("rollback", lambda: releases.rollback(RollbackRequest(AGENT, "champion"), who, settings=settings))
     return 0
 
 

@@ -7,7 +7,9 @@ import streamlit as st
 
 from components.tables import code, plain, readable
 from services.audit import AliasChange
-from services.releases import AliasState, CheckStatus, Drift, PromotionPlan
+from services.gates import CheckStatus, GateRule
+from services.promotion import PromotionPlan
+from services.releases import AliasState, Drift
 from services.prompts import PromptChange, PromptRef
 from services.versions import VersionDetail, VersionDiff
 
@@ -161,7 +163,7 @@ def show_plan(plan: PromotionPlan) -> None:
                      column_config={"Δ": st.column_config.NumberColumn(format="%+.3f")})
     traffic = ev.candidate_traffic
     st.caption(
-        f"Candidate traffic (7d): {traffic.traces:,} traces · p95 "
+        f"Candidate live traffic (7d, evaluation rows not counted): {traffic.traces:,} traces · p95 "
         f"{f'{traffic.p95_ms:,.0f} ms' if traffic.p95_ms is not None else '—'} · cost/request "
         f"{f'${traffic.cost_per_request:.5f}' if traffic.cost_per_request is not None else '—'}"
     )
@@ -169,6 +171,27 @@ def show_plan(plan: PromotionPlan) -> None:
         st.dataframe(checks_frame(plan), hide_index=True, width="stretch")
     else:
         st.caption("No gate rules are set for this agent.")
+
+
+def plan_blockers(plan: PromotionPlan) -> list[str]:
+    """The plan's verdict as messages for the confirmation: one per reason it is blocked (none: it is not)."""
+    messages = []
+    if plan.gate_blocked:
+        messages.append("**The gate blocks this promotion.** Nothing will change unless you override it "
+                        "with a written reason, which is recorded.")
+    if plan.readiness_blockers():
+        messages.append("**Required readiness items fail**, which blocks like the gate: "
+                        + "; ".join(plain(c.title) for c in plan.readiness_blockers())
+                        + ". Nothing will change unless you override it with a written reason, which is recorded.")
+    return messages
+
+
+def rules_change(before: list[GateRule], after: list[GateRule] | None) -> str:
+    """Before → after of an edit of the gate rules, as markdown."""
+    def listed(rules: list[GateRule]) -> str:
+        return "; ".join(plain(r.describe()) for r in rules) or "no rules (nothing blocks)"
+
+    return f"**Gate rules now:** {listed(before)}  \n**After saving:** {listed(after or [])}"
 
 
 def states_frame(states: list[AliasState]) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
+from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
 from components.errors import show_error
@@ -22,6 +23,8 @@ from components.widgets import reset_when_changed
 from components.versions import (
     diff_frame,
     history_frame,
+    plan_blockers,
+    rules_change,
     show_linked_prompts,
     show_plan,
     show_prompt_changes,
@@ -29,7 +32,7 @@ from components.versions import (
     show_versions_table,
     states_frame,
 )
-from services import app_experiments, prompts, readiness, registry, releases, roles, versions
+from services import app_experiments, gates, promotion, prompts, readiness, registry, releases, roles, versions
 from services.errors import AgentOpsError
 from services.settings import Settings
 
@@ -83,8 +86,8 @@ def _history(settings: Settings, agent: str) -> list:
 
 
 @per_user_cache(ttl=30, show_spinner=False)
-def _rules(settings: Settings, agent: str) -> list[releases.GateRule]:
-    return releases.gate_rules(agent, settings)
+def _rules(settings: Settings, agent: str) -> list[gates.GateRule]:
+    return gates.gate_rules(agent, settings)
 
 
 @per_user_cache(ttl=30, show_spinner=False)
@@ -107,7 +110,8 @@ def _load_result(agent: str, version: str) -> readiness.LoadCheckResult | None:
     return st.session_state.setdefault(_LOADS, {}).get(f"{agent}/{version}")
 
 
-def _readiness_panel(agent: str, version: str, against: str, key: str) -> readiness.ReadinessReport | None:
+def _readiness_panel(settings: Settings, agent: str, version: str, against: str,
+                     key: str) -> readiness.ReadinessReport | None:
     """The checklist of one version, with the on-demand load check; None when it cannot be read."""
     load = _load_result(agent, version)
     load_key = "" if load is None else f"{load.ok}/{load.stage}/{load.seconds}"
@@ -129,6 +133,19 @@ def _readiness_panel(agent: str, version: str, against: str, key: str) -> readin
     except AgentOpsError as exc:
         show_error(exc, what=f"Cannot run the load check of v{version}")
     return report
+
+
+def _plan(settings: Settings, agent: str, alias: str, version: str, *, keep_request: bool = False) -> None:
+    """Judge a promotion once (gate + readiness, with this session's load check) and keep it for confirming."""
+    try:
+        with st.spinner("Gathering evidence and checking readiness…"):
+            st.session_state[_PENDING] = promotion.plan_promotion(agent, alias, version, settings,
+                                                                   load=_load_result(agent, version))
+        if not keep_request or _PENDING_REQUEST not in st.session_state:
+            st.session_state[_PENDING_REQUEST] = uuid.uuid4().hex
+    except AgentOpsError as exc:
+        st.session_state.pop(_PENDING, None)
+        show_error(exc, what="Cannot plan this promotion")
 
 
 settings = current_settings()
@@ -250,7 +267,7 @@ with tab_list:
     except AgentOpsError as exc:
         show_error(exc, what=f"Cannot read the prompts v{chosen} uses")
     with st.expander(f"Release readiness of v{chosen} (against champion)", expanded=True):
-        _readiness_panel(agent, chosen, "champion", key="versions.detail_load_check")
+        _readiness_panel(settings, agent, chosen, "champion", key="versions.detail_load_check")
 
 with tab_compare:
     if len(numbers) < 2:
@@ -290,54 +307,42 @@ with tab_promote:
     if not can_promote:
         st.caption(f":material/lock: {role_hint(roles.Action.PROMOTE)}")
     if st.button("Review promotion", icon=":material/fact_check:", key="versions.review", disabled=not can_promote):
-        try:
-            with st.spinner("Gathering evidence…"):
-                st.session_state[_PENDING] = releases.plan_promotion(agent, alias, target, settings)
-                st.session_state[_PENDING_REQUEST] = uuid.uuid4().hex
-        except AgentOpsError as exc:
-            st.session_state.pop(_PENDING, None)
-            show_error(exc, what="Cannot plan this promotion")
+        _plan(settings, agent, alias, target)
 
-    plan: releases.PromotionPlan | None = st.session_state.get(_PENDING)
+    plan: promotion.PromotionPlan | None = st.session_state.get(_PENDING)
     if plan is not None and plan.agent == agent:
         with st.container(border=True):
             show_plan(plan)
-            report = _readiness_panel(plan.agent, plan.target_version, plan.alias, key="versions.load_check")
-            ready_blocked = bool(report and report.failures)
-            blocked = plan.blocked or ready_blocked
-            reason = ""
-            override = False
+
+            def run(progress) -> readiness.LoadCheckResult:
+                result = readiness.check_load(plan.agent, plan.target_version, settings, progress=progress)
+                st.session_state.setdefault(_LOADS, {})[f"{plan.agent}/{plan.target_version}"] = result
+                return result
+
+            try:
+                if show_readiness(plan.readiness, key="versions.load_check", run_load_check=run):
+                    # The checklist changed: judge the plan again with the load check's result.
+                    _plan(settings, plan.agent, plan.alias, plan.target_version, keep_request=True)
+                    st.rerun()
+            except AgentOpsError as exc:
+                show_error(exc, what=f"Cannot run the load check of v{plan.target_version}")
             if plan.is_noop:
                 st.info(f"{plain(plan.alias)} already points to v{plan.target_version}.", icon=":material/info:")
-            if plan.blocked:
-                st.error("**The gate blocks this promotion.** Nothing will change unless you override it "
-                         "with a written reason, which is recorded.", icon=":material/block:")
-            if ready_blocked:
-                st.error("**Required readiness items fail**, which blocks like the gate. Nothing will change "
-                         "unless you override it with a written reason, which is recorded.", icon=":material/block:")
-            if blocked:
-                override = st.checkbox("Override the gate", key="versions.override")
-                if override:
-                    reason = st.text_area("Why override? (recorded in the audit trail)", key="versions.reason")
-            else:
-                reason = st.text_input("Reason (optional, recorded)", key="versions.reason_ok")
-            buttons = st.columns(2)
-            confirm = buttons[0].button(
-                "Confirm promotion", type="primary", key="versions.confirm",
-                disabled=blocked and (not override or not reason.strip()),
-            )
-            if buttons[1].button("Cancel", key="versions.cancel"):
+            answer = confirm_box(None, keys=ConfirmKeys.under("versions"), confirm_label="Confirm promotion",
+                                 blocked=plan_blockers(plan),
+                                 disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE))
+            if answer.cancelled:
                 st.session_state.pop(_PENDING, None)
                 st.session_state.pop(_PENDING_REQUEST, None)
                 st.rerun()
-            if confirm:
+            if answer.confirmed:
+                request = promotion.PromotionRequest.confirming(
+                    plan, reason=answer.reason, override=answer.override,
+                    request_id=st.session_state.get(_PENDING_REQUEST),
+                )
                 try:
-                    result = readiness.promote(
-                        plan.agent, plan.alias, plan.target_version, identity, reason=reason,
-                        override=blocked and override, expected_current=plan.current_version,
-                        load=_load_result(plan.agent, plan.target_version), settings=settings,
-                        request_id=st.session_state.get(_PENDING_REQUEST),
-                    )
+                    with st.spinner(f"Promoting v{plan.target_version} to {plain(plan.alias)}…"):
+                        result = releases.promote(request, identity, settings)
                 except AgentOpsError as exc:
                     show_error(exc, what="The promotion did not complete")
                 else:
@@ -379,23 +384,30 @@ with tab_history:
                            "confirmation completes it once; a new promotion supersedes it.", icon=":material/warning:")
         rollbackable = [s for s in states if s.previous_version and s.version]
         if rollbackable:
-            roll_cols = st.columns([2, 3, 1])
-            roll_alias = roll_cols[0].selectbox(
+            st.subheader("Roll back")
+            roll_alias = st.selectbox(
                 "Roll back alias", [s.alias for s in rollbackable], key="versions.rollback_alias",
                 format_func=lambda a: next(f"{a}: v{s.version} → v{s.previous_version}" for s in rollbackable if s.alias == a),
             )
-            roll_reason = roll_cols[1].text_input("Reason", key="versions.rollback_reason")
-            roll_cols[2].write("")
-            if roll_cols[2].button("Roll back", icon=":material/undo:", key="versions.rollback", disabled=not can_promote):
-                state = next(s for s in rollbackable if s.alias == roll_alias)
+            state = next(s for s in rollbackable if s.alias == roll_alias)
+            answer = confirm_box(
+                f"**{plain(agent)}@{plain(roll_alias)}**: v{state.version} → v{state.previous_version} "
+                "(the previous recorded holder; rollbacks restore, so the gate is not applied).",
+                keys=ConfirmKeys(confirm="versions.rollback", reason="versions.rollback_reason"),
+                confirm_label="Roll back", icon=":material/undo:", reason_label="Reason (optional, recorded)",
+                disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE),
+            )
+            if answer.confirmed:
                 # One request id per rollback of this alias from this holder: a retry after a backend
                 # failure completes the same rollback instead of making a second one.
                 request_key = (agent, roll_alias, state.version)
                 request_id = st.session_state.setdefault(_ROLLBACK_REQUEST, {}).setdefault(request_key, uuid.uuid4().hex)
                 try:
-                    result = releases.rollback(agent, roll_alias, identity, reason=roll_reason,
-                                               expected_current=state.version, settings=settings,
-                                               request_id=request_id)
+                    result = releases.rollback(
+                        promotion.RollbackRequest(agent, roll_alias, reason=answer.reason, request_id=request_id,
+                                                  seen=promotion.Seen(state.version)),
+                        identity, settings,
+                    )
                 except AgentOpsError as exc:
                     show_error(exc, what="The alias was not rolled back")
                 else:
@@ -435,28 +447,37 @@ with tab_gate:
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read the gate rules")
         rules = []
-    st.caption(f"Stored on the registered model as the `{releases.GATE_TAG}` tag, so they travel with the agent. "
+    st.caption(f"Stored on the registered model as the `{gates.GATE_TAG}` tag, so they travel with the agent. "
                "Metrics are evaluation metric names such as `expected_facts/mean`.")
     editor = st.data_editor(
         pd.DataFrame([{"kind": r.kind.value, "metric": r.metric or "", "threshold": r.threshold} for r in rules],
                      columns=["kind", "metric", "threshold"]),
         num_rows="dynamic", width="stretch", key="versions.rules_editor",
         column_config={
-            "kind": st.column_config.SelectboxColumn("Rule", options=[k.value for k in releases.RuleKind], required=True),
+            "kind": st.column_config.SelectboxColumn("Rule", options=[k.value for k in gates.RuleKind], required=True),
             "metric": st.column_config.TextColumn("Metric"),
             "threshold": st.column_config.NumberColumn("Threshold", required=True),
         },
     )
-    if not can_edit_rules:
-        st.caption(f":material/lock: {role_hint(roles.Action.EDIT_RULES)}")
-    if st.button("Save gate rules", icon=":material/save:", key="versions.save_rules", disabled=not can_edit_rules):
+    new_rules: list[gates.GateRule] | None = None
+    try:
+        new_rules = [
+            gates.GateRule(gates.RuleKind(row["kind"]), float(row["threshold"]), (row["metric"] or None))
+            for row in editor.dropna(subset=["kind", "threshold"]).to_dict("records")
+        ]
+    except (ValueError, TypeError) as exc:
+        show_error(exc, what="The edited rules cannot be read")
+    changed = new_rules is not None and new_rules != rules
+    answer = confirm_box(
+        rules_change(rules, new_rules) if changed else None,
+        keys=ConfirmKeys(confirm="versions.save_rules"), confirm_label="Save gate rules", icon=":material/save:",
+        ask_reason=False, blocked=["The edited rules cannot be read; fix the table first."] if new_rules is None else (),
+        allow_override=False, disabled_hint="" if can_edit_rules else role_hint(roles.Action.EDIT_RULES),
+    )
+    if answer.confirmed and new_rules is not None:
         try:
-            new_rules = [
-                releases.GateRule(releases.RuleKind(row["kind"]), float(row["threshold"]), (row["metric"] or None))
-                for row in editor.dropna(subset=["kind", "threshold"]).to_dict("records")
-            ]
-            releases.set_gate_rules(agent, new_rules, identity, settings)
-        except (AgentOpsError, ValueError) as exc:
+            gates.set_gate_rules(agent, new_rules, identity, settings)
+        except AgentOpsError as exc:
             show_error(exc, what="The gate rules were not saved")
         else:
             _clear_caches()

@@ -19,6 +19,7 @@ from services import releases, roles, serving
 from services._clients import get_settings
 from services.audit import AliasAction
 from services.errors import AgentOpsError, ValidationError
+from services.promotion import PromotionRequest
 from services.identity import Identity
 from services.serving import EndpointBackend
 from services.settings import Settings
@@ -413,11 +414,11 @@ def promote_arm(
                                 f"{endpoint_name}: 100% to {entity_name}. No alias moved: {winner.label} is a "
                                 "provider model, not a registered version.")
     try:
-        releases.promote(
-            winner.model_name, alias, winner.model_version, identity, reason=reason, override=override_gate,
-            action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE, settings=settings,
+        releases.promote(PromotionRequest(
+            winner.model_name, alias, winner.model_version, reason=reason, override=override_gate,
+            action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE,
             request_id=request_id and f"{request_id}-alias",
-        )
+        ), identity, settings)
     except AgentOpsError as exc:
         raise PartialPromotionError(
             f"Traffic on {endpoint_name!r} now goes 100% to {winner.model_name} v{winner.model_version}, "

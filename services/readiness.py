@@ -5,70 +5,43 @@ one action that fixes it. Items listed as *required* (registered-model tag
 ``agentops.readiness.required``, default: the gate and the load check) block a promotion when
 they fail, exactly like a failing gate rule, with the same override-with-reason path.
 
-The load-and-predict check runs in a separate Python process with a timeout, so a model that
-crashes, hangs or exhausts memory while loading cannot take the app down.
+The checks of the logged model itself (signature, input example, requirements, the load check in
+a separate process) are in ``services.readiness_checks``; live traffic (evaluation rows left out)
+in ``services.readiness_live``; the gate in ``services.gates``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from services import registry, releases, roles, versions
-from services._clients import LOCAL_MLFLOW_DEFAULTS, configure_mlflow, get_settings, mlflow_client, translate_errors
+from services import gates, readiness_live, registry, roles, versions
+from services._clients import configure_mlflow, get_settings, mlflow_client, translate_errors
 from services.errors import AgentOpsError, ValidationError
 from services.evaluations import EvaluationSummary, ROWS_TAG
 from services.identity import Identity
+from services.readiness_checks import (  # noqa: F401 - re-exported: the checklist's vocabulary
+    LOAD_TIMEOUT_S,
+    TITLES,
+    Item,
+    LoadCheckResult,
+    Progress,
+    Verdict,
+    check_load,
+    load_item,
+    model_checks,
+    requirements_check,
+    unpinned_requirements,
+)
 from services.settings import Backend, Settings
 
 REQUIRED_TAG = "agentops.readiness.required"
 MIN_ROWS = 20  # fewer evaluation rows than this cannot show a regression with any confidence
 MIN_DISTINCT_SHARE = 0.8  # at least 80% of the rows must ask something different
-LOAD_TIMEOUT_S = 180.0
 STAGING_ALIASES = ("challenger", "staging")
 ALIAS_TRACE_TAG = "agentops.alias"
 
-Progress = Callable[[str], None]
-
-
-class Verdict(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    UNKNOWN = "unknown"
-
-
-class Item(StrEnum):
-    SIGNATURE = "signature"
-    INPUT_EXAMPLE = "input_example"
-    REQUIREMENTS = "requirements_pinned"
-    TRACES = "traces"
-    DATASETS = "eval_datasets"
-    GATE = "gate"
-    LOADS = "loads_and_predicts"
-    UNITY_CATALOG = "unity_catalog"
-    SERVED = "served_challenger"
-    ALERTS = "alert_thresholds"
-
-
-TITLES = {
-    Item.SIGNATURE: "Model signature",
-    Item.INPUT_EXAMPLE: "Input example",
-    Item.REQUIREMENTS: "Pinned requirements",
-    Item.TRACES: "Traces exist",
-    Item.DATASETS: "Evaluation dataset size & diversity",
-    Item.GATE: "Latest evaluation passes the gate",
-    Item.LOADS: "Loads and answers its input example",
-    Item.UNITY_CATALOG: "Unity Catalog three-level name",
-    Item.SERVED: "Served behind challenger / staging traffic",
-    Item.ALERTS: "Alert thresholds for the agent",
-}
 DEFAULT_REQUIRED = frozenset({Item.GATE, Item.LOADS})
 
 
@@ -92,25 +65,14 @@ class ReadinessCheck:
 
 
 @dataclass(frozen=True)
-class LoadCheckResult:
-    """Outcome of loading ``models:/NAME/N`` in a separate process and predicting its input example."""
-
-    ok: bool
-    stage: str  # "load", "input_example", "predict", "timeout", "process" or "done"
-    error: str
-    seconds: float
-    output_preview: str = ""
-
-
-@dataclass(frozen=True)
 class ReadinessReport:
-    """The checklist of one version, and the gate plan it was evaluated with (single-version mode)."""
+    """The checklist of one version, and the gate verdict against ``against`` it was evaluated with."""
 
     agent: str
     version: str
     against: str
     checks: tuple[ReadinessCheck, ...]
-    plan: releases.PromotionPlan | None = None
+    gate: gates.GateResult | None = None
     load: LoadCheckResult | None = None
 
     def check(self, item: Item | str) -> ReadinessCheck:
@@ -123,7 +85,7 @@ class ReadinessReport:
 
     @property
     def gate_blocked(self) -> bool:
-        return bool(self.plan and self.plan.blocked)
+        return bool(self.gate and self.gate.blocked)
 
     @property
     def blocked(self) -> bool:
@@ -155,21 +117,21 @@ class ReadinessReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable report (what the CI command writes as JSON)."""
-        plan = self.plan
+        gate = self.gate
         return {
             "agent": self.agent,
             "version": self.version,
             "against": self.against,
-            "current_version": plan.current_version if plan else None,
+            "current_version": gate.current_version if gate else None,
             "promotable": not self.blocked,
             "blocked_by_gate": self.gate_blocked,
             "failing_required_items": [c.item.value for c in self.failures],
             "gate": [
                 {"rule": c.rule.describe(), "kind": c.rule.kind.value, "metric": c.rule.metric,
                  "threshold": c.rule.threshold, "status": c.status.value, "observed": c.observed, "detail": c.detail}
-                for c in (plan.checks if plan else ())
+                for c in (gate.checks if gate else ())
             ],
-            "evidence": plan.evidence.summary() if plan else None,
+            "evidence": gate.evidence.summary() if gate else None,
             "readiness": [
                 {"item": c.item.value, "title": c.title, "verdict": c.verdict.value, "required": c.required,
                  "reason": c.reason, "fix": c.fix}
@@ -222,104 +184,6 @@ def set_required_items(agent: str, items: Sequence[str], identity: Identity, set
     return checked
 
 
-# --- the load check (separate process) ------------------------------------------------------
-
-_LOAD_SCRIPT = r"""
-import json, sys, time
-def result(**kw):
-    print("RESULT " + json.dumps(kw), flush=True)
-    sys.exit(0)
-uri = sys.argv[1]
-print("STAGE Importing MLflow", flush=True)
-import mlflow
-try:
-    import mlflow.tracing
-    mlflow.tracing.disable()  # the check must not create traces that count as real traffic
-except Exception:
-    pass
-print("STAGE Loading " + uri, flush=True)
-try:
-    model = mlflow.pyfunc.load_model(uri)
-except BaseException as exc:
-    result(ok=False, stage="load", error=f"{type(exc).__name__}: {exc}")
-try:
-    example = model.input_example
-except BaseException as exc:
-    result(ok=False, stage="input_example", error=f"cannot read the saved input example: {type(exc).__name__}: {exc}")
-if example is None:
-    result(ok=False, stage="input_example", error="the model has no saved input example to answer")
-print("STAGE Predicting its input example", flush=True)
-try:
-    output = model.predict(example)
-except BaseException as exc:
-    result(ok=False, stage="predict", error=f"{type(exc).__name__}: {exc}")
-result(ok=True, stage="done", error="", output=repr(output)[:300])
-"""
-
-
-def _subprocess_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in LOCAL_MLFLOW_DEFAULTS.items():
-        env.setdefault(key, value)
-    env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
-    env["MLFLOW_REGISTRY_URI"] = settings.registry_uri
-    env["MLFLOW_TRACING_ENABLED"] = "false"
-    return env
-
-
-def check_load(
-    agent: str, version: str | int, settings: Settings | None = None, *,
-    timeout: float = LOAD_TIMEOUT_S, progress: Progress | None = None,
-) -> LoadCheckResult:
-    """Load ``models:/agent/version`` in a separate process and predict its saved input example."""
-    agent = versions.check_agent_name(agent)
-    number = versions.check_version(version)
-    if timeout <= 0:
-        raise ValidationError("The load check timeout must be positive (seconds).")
-    settings = configure_mlflow(settings)
-    versions.require_version_exists(mlflow_client(settings), agent, number)
-    uri = f"models:/{agent}/{number}"
-    started = time.monotonic()
-    say = progress or (lambda _msg: None)
-    say(f"Starting a separate process for {uri}")
-    process = subprocess.Popen(
-        [sys.executable, "-c", _LOAD_SCRIPT, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=_subprocess_env(settings), cwd=str(settings.data_dir if settings.data_dir.exists() else os.getcwd()),
-    )
-    timed_out = threading.Event()
-
-    def kill() -> None:
-        timed_out.set()
-        process.kill()
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
-    stderr_lines: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
-    reader.start()
-    outcome: dict[str, Any] | None = None
-    try:
-        for line in process.stdout:
-            if line.startswith("STAGE "):
-                say(line.removeprefix("STAGE ").strip())
-            elif line.startswith("RESULT "):
-                outcome = json.loads(line.removeprefix("RESULT "))
-        process.wait()
-    finally:
-        timer.cancel()
-        reader.join(timeout=5)
-    seconds = time.monotonic() - started
-    if timed_out.is_set() and outcome is None:
-        return LoadCheckResult(False, "timeout", f"no answer within {timeout:g} s; the process was stopped", seconds)
-    if outcome is None:
-        tail = "".join(stderr_lines).strip().splitlines()[-3:]
-        return LoadCheckResult(False, "process", f"the check process exited with code {process.returncode}: "
-                               + (" | ".join(tail) or "no output"), seconds)
-    say("Done" if outcome.get("ok") else f"Failed at {outcome.get('stage')}")
-    return LoadCheckResult(bool(outcome.get("ok")), str(outcome.get("stage")), str(outcome.get("error") or ""),
-                           seconds, str(outcome.get("output") or ""))
-
-
 # --- agent-level context, read once for any number of versions ---------------------------------
 
 @dataclass
@@ -337,6 +201,7 @@ class _Context:
     thresholds: dict[str, Any] | None
     thresholds_error: str
     dataset_cache: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    evaluations: readiness_live.EvaluationRuns | None = None  # which runs are evaluations, looked up once
 
 
 def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -> _Context:
@@ -351,9 +216,9 @@ def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -
         all_versions = registry.agent_versions(client, agent)
     experiment_ids = versions.agent_experiment_ids(agent, settings, model=model, versions=all_versions)
     runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
-    # Live traffic per LoggedModel, aggregated in the store (the model-id link).
-    traffic = versions.traffic_by_model(experiment_ids, settings,
-                                        model_ids=[m for m in map(registry.model_id_of, all_versions) if m])
+    # Live traffic per LoggedModel (the model-id link), evaluation rows left out.
+    traffic = readiness_live.live_traffic_by_model(
+        experiment_ids, [m for m in map(registry.model_id_of, all_versions) if m], settings)
     endpoints, endpoints_error = None, ""
     try:
         endpoints = serving.list_endpoints(settings)
@@ -365,7 +230,8 @@ def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -
     except AgentOpsError as exc:
         thresholds_error = str(exc)
     return _Context(agent, settings, client, model, experiment_ids, runs, traffic, required,
-                    endpoints, endpoints_error, thresholds, thresholds_error)
+                    endpoints, endpoints_error, thresholds, thresholds_error,
+                    evaluations=readiness_live.EvaluationRuns(client))
 
 
 # --- the checklist -------------------------------------------------------------------------
@@ -383,7 +249,7 @@ def assess(
     """
     agent = versions.check_agent_name(agent)
     number = versions.check_version(version)
-    against = releases.check_alias(against)
+    against = gates.check_alias(against)
     wanted = check_items(required) if required is not None else None
     if load_timeout <= 0:
         raise ValidationError("The load check timeout must be positive (seconds).")
@@ -392,12 +258,12 @@ def assess(
     say("Reading the registry, evaluations and traffic")
     ctx = _context(agent, settings, wanted)
     versions.require_version_exists(ctx.client, agent, number)
-    plan = releases.plan_promotion(agent, against, number, settings)
+    gate = _gate(ctx, against, number)
     if run_load:
         load = check_load(agent, number, settings, timeout=load_timeout, progress=say)
     say("Checking the logged model")
-    checks = _checks(ctx, number, plan, load)
-    return ReadinessReport(agent, number, against, checks, plan, load)
+    checks = _checks(ctx, number, gate, load)
+    return ReadinessReport(agent, number, against, checks, gate, load)
 
 
 def assess_versions(
@@ -405,103 +271,40 @@ def assess_versions(
 ) -> dict[str, ReadinessReport]:
     """The checklist (without the load check) of several versions, sharing the agent-level reads."""
     agent = versions.check_agent_name(agent)
-    against = releases.check_alias(against)
+    against = gates.check_alias(against)
     wanted = [versions.check_version(n) for n in numbers]
     settings = configure_mlflow(settings)
     ctx = _context(agent, settings, None)
-    rules = releases.parse_rules((ctx.model.tags or {}).get(releases.GATE_TAG))
-    current = registry.aliases_of(ctx.model).get(against)
     reports = {}
     for number in wanted:
-        evidence = releases.gather_evidence(agent, number, current, settings, model=ctx.model,
-                                            runs=ctx.runs, traffic=ctx.traffic)
-        plan = releases.PromotionPlan(agent, against, current, number, evidence, releases.evaluate_gate(rules, evidence))
-        reports[number] = ReadinessReport(agent, number, against, _checks(ctx, number, plan, None), plan)
+        gate = _gate(ctx, against, number)
+        reports[number] = ReadinessReport(agent, number, against, _checks(ctx, number, gate, None), gate)
     return reports
 
 
-def _checks(ctx: _Context, number: str, plan: releases.PromotionPlan, load: LoadCheckResult | None) -> tuple[ReadinessCheck, ...]:
+def _gate(ctx: _Context, against: str, number: str) -> gates.GateResult:
+    return gates.check_gate(ctx.agent, against, number, ctx.model, ctx.settings, runs=ctx.runs,
+                            traffic=ctx.traffic, experiment_ids=ctx.experiment_ids)
+
+
+def _checks(ctx: _Context, number: str, gate: gates.GateResult, load: LoadCheckResult | None) -> tuple[ReadinessCheck, ...]:
     with translate_errors(f"version {number} of {ctx.agent!r}"):
         mv = ctx.client.get_model_version(ctx.agent, number)
     model_id = getattr(mv, "model_id", None) or versions.model_id_of(mv.source)
     uri = f"models:/{ctx.agent}/{number}"
     results: list[tuple[Item, Verdict, str, str]] = []
-    results += _model_checks(uri)
-    results.append(_requirements_check(uri))
+    results += model_checks(uri)
+    results.append(requirements_check(uri))
     results.append(_traces_check(ctx, number, model_id))
     results.append(_datasets_check(ctx, number))
-    results.append(_gate_check(plan))
-    results.append(_load_check(load))
+    results.append(_gate_check(gate))
+    results.append(load_item(load))
     results.append(_uc_check(ctx))
     results.append(_served_check(ctx, number, model_id))
     results.append(_alerts_check(ctx))
     return tuple(ReadinessCheck(item, verdict, reason, fix if verdict is not Verdict.PASS else "",
                                 item in ctx.required)
                  for item, verdict, reason, fix in results)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _model_checks(uri: str) -> list[tuple[Item, Verdict, str, str]]:
-    from mlflow.models import get_model_info
-
-    try:
-        info = get_model_info(uri)
-    except Exception as exc:  # noqa: BLE001 - reported as unknown with the reason
-        why = f"cannot read the MLmodel file of {uri}: {_first_line(exc)}"
-        fix = "Check that the version's artifacts are readable from here."
-        return [(Item.SIGNATURE, Verdict.UNKNOWN, why, fix), (Item.INPUT_EXAMPLE, Verdict.UNKNOWN, why, fix)]
-    out = []
-    signature = info.signature
-    if signature is None:
-        out.append((Item.SIGNATURE, Verdict.FAIL, "the logged model has no signature",
-                    "Re-log the model with input_example=... (MLflow infers the signature) or signature=..."))
-    else:
-        # Unnamed (tensor/column-index) inputs are numbered: ints, shown as text.
-        names = ", ".join(str(n) for n in getattr(signature.inputs, "input_names", lambda: [])() or []) or "unnamed inputs"
-        out.append((Item.SIGNATURE, Verdict.PASS, f"signature with inputs: {names}"[:200], ""))
-    example = info.saved_input_example_info
-    if not example:
-        out.append((Item.INPUT_EXAMPLE, Verdict.FAIL, "no input example was saved with the model",
-                    "Re-log the model with input_example=... so it can be smoke-tested and served."))
-    else:
-        out.append((Item.INPUT_EXAMPLE, Verdict.PASS, f"saved input example ({example.get('type', 'json')})", ""))
-    return out
-
-
-def unpinned_requirements(lines: Sequence[str]) -> list[str]:
-    """Requirement lines that do not pin one exact version (``==`` / ``===``, a URL or a wheel file)."""
-    loose = []
-    for raw in lines:
-        line = raw.split("#", 1)[0].strip()
-        if not line or line.startswith(("-r ", "-c ", "--")):
-            continue
-        spec = line.split(";", 1)[0].strip()
-        if "==" in spec or " @ " in spec or spec.endswith(".whl") or "://" in spec:
-            continue
-        loose.append(spec)
-    return loose
-
-
-def _requirements_check(uri: str) -> tuple[Item, Verdict, str, str]:
-    import mlflow.pyfunc
-
-    try:
-        path = mlflow.pyfunc.get_model_dependencies(uri)
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except Exception as exc:  # noqa: BLE001
-        return (Item.REQUIREMENTS, Verdict.UNKNOWN, f"cannot read requirements.txt: {_first_line(exc)}",
-                "Check that the version's artifacts are readable from here.")
-    loose = unpinned_requirements(lines)
-    if loose:
-        return (Item.REQUIREMENTS, Verdict.FAIL, f"not pinned to one version: {', '.join(loose)[:300]}",
-                "Re-log with pip_requirements pinned exactly, e.g. mlflow==3.17.2.")
-    real = [line for line in lines if line.split('#', 1)[0].strip()]
-    return (Item.REQUIREMENTS, Verdict.PASS, f"all {len(real)} requirement(s) pinned", "")
 
 
 def _count_traces(ctx: _Context, clauses: list[str]) -> int:
@@ -518,23 +321,30 @@ def _q(value: str) -> str:
 
 
 def _traces_check(ctx: _Context, number: str, model_id: str | None) -> tuple[Item, Verdict, str, str]:
-    fix = "Send it some traffic (a staging endpoint or the Evaluations page) so its traces are recorded."
+    """Live traffic only: rows of evaluation runs (``mlflow.genai.evaluate``) are not requests."""
+    fix = ("Send it some live traffic (a staging endpoint or a share of an endpoint's traffic) so its traces "
+           "are recorded; evaluation rows do not count.")
     flow = ctx.traffic.get(model_id or "")
     if flow and flow.traces:
-        return (Item.TRACES, Verdict.PASS, f"{flow.traces:,} trace(s) in the last 7 days", "")
+        return (Item.TRACES, Verdict.PASS, f"{flow.traces:,} live trace(s) in the last 7 days", "")
+    rows = 0
     try:
-        older = _count_traces(ctx, [f"metadata.`mlflow.modelId` = '{_q(model_id)}'"]) if model_id else 0
-        if not older:
-            older = _count_traces(ctx, [f"tag.`agentops.agent` = '{_q(ctx.agent)}'",
-                                        f"tag.`agentops.version` = '{_q(number)}'"])
+        for clauses in ([readiness_live.model_clause(model_id)] if model_id else [],
+                        [f"tag.`agentops.agent` = '{_q(ctx.agent)}'", f"tag.`agentops.version` = '{_q(number)}'"]):
+            live, seen = readiness_live.find_live_trace(ctx.experiment_ids, clauses, ctx.settings,
+                                                        evaluations=ctx.evaluations)
+            if live:
+                return (Item.TRACES, Verdict.PASS, "live traces exist (none in the last 7 days)", "")
+            rows = max(rows, seen)
     except AgentOpsError as exc:
         return (Item.TRACES, Verdict.UNKNOWN, f"cannot search traces: {exc}", "Check access to the agent's experiment.")
-    if older:
-        return (Item.TRACES, Verdict.PASS, "traces exist (none in the last 7 days)", "")
     if not ctx.experiment_ids:
         return (Item.TRACES, Verdict.UNKNOWN, "the agent has no experiment to search for traces",
                 "Register the version from a LoggedModel (its experiment is found from it), attach an "
                 "experiment to the agent on the Versions page, or set AGENTOPS_EXPERIMENT_IDS.")
+    if rows:
+        return (Item.TRACES, Verdict.FAIL, f"only evaluation rows ({rows:,}) are linked to this version: "
+                "no live trace", fix)
     return (Item.TRACES, Verdict.FAIL, "no trace is linked to this version", fix)
 
 
@@ -589,15 +399,15 @@ def _datasets_check(ctx: _Context, number: str) -> tuple[Item, Verdict, str, str
     return (Item.DATASETS, Verdict.PASS, described, "")
 
 
-def _gate_check(plan: releases.PromotionPlan) -> tuple[Item, Verdict, str, str]:
+def _gate_check(plan: gates.GateResult) -> tuple[Item, Verdict, str, str]:
     if not plan.checks:
         return (Item.GATE, Verdict.UNKNOWN, "no gate rules are set for this agent",
                 "Set gate rules on the Versions page (Gate rules tab).")
-    failed = [c for c in plan.checks if c.status is releases.CheckStatus.FAIL]
+    failed = [c for c in plan.checks if c.status is gates.CheckStatus.FAIL]
     if failed:
         return (Item.GATE, Verdict.FAIL, "; ".join(f"{c.rule.describe()}: {c.detail}" for c in failed)[:400],
                 "Improve the version and evaluate it again (or override with a written reason).")
-    passed = sum(1 for c in plan.checks if c.status is releases.CheckStatus.PASS)
+    passed = sum(1 for c in plan.checks if c.status is gates.CheckStatus.PASS)
     if not passed:
         return (Item.GATE, Verdict.UNKNOWN, "no gate rule had data to check",
                 f"Evaluate this version and the {plan.alias} holder on the same dataset.")
@@ -605,20 +415,6 @@ def _gate_check(plan: releases.PromotionPlan) -> tuple[Item, Verdict, str, str]:
     extra = f" ({no_data} without data)" if no_data else ""
     return (Item.GATE, Verdict.PASS, f"{passed} rule(s) pass against {plan.alias} "
             f"({'v' + plan.current_version if plan.current_version else 'no holder'}){extra}", "")
-
-
-def _load_check(load: LoadCheckResult | None) -> tuple[Item, Verdict, str, str]:
-    if load is None:
-        return (Item.LOADS, Verdict.UNKNOWN, "not run yet", "Run the load check (it runs in a separate process).")
-    if load.ok:
-        return (Item.LOADS, Verdict.PASS, f"loaded and answered its input example in {load.seconds:.1f} s", "")
-    fixes = {
-        "input_example": "Re-log the model with input_example=... so it can be smoke-tested.",
-        "timeout": "Make loading and the first prediction faster, or run the check with a longer timeout.",
-        "predict": "Fix the model's predict code for its own input example (see the error) and log a new version.",
-    }
-    return (Item.LOADS, Verdict.FAIL, f"failed at {load.stage}: {load.error}"[:500],
-            fixes.get(load.stage, "Fix the model's loading code (see the error) and log a new version."))
 
 
 def _uc_check(ctx: _Context) -> tuple[Item, Verdict, str, str]:
@@ -669,25 +465,3 @@ def _alerts_check(ctx: _Context) -> tuple[Item, Verdict, str, str]:
              f"cost/day ≤ ${own.daily_cost:g}" if own.daily_cost is not None else None]
     shown = ", ".join(p for p in parts if p) or "all checks off"
     return (Item.ALERTS, Verdict.PASS, shown, "")
-
-
-# --- promotion behind gate + readiness ---------------------------------------------------------
-
-def promote(
-    agent: str, alias: str, version: str | int, identity: Identity, *, reason: str = "", override: bool = False,
-    expected_current: str | None | object = ..., load: LoadCheckResult | None = None,
-    settings: Settings | None = None, request_id: str | None = None,
-) -> releases.PromotionResult:
-    """Promote behind the gate *and* the readiness checklist; failing required items block alike.
-
-    ``request_id`` identifies one confirmation: retrying it after a failure completes an
-    interrupted promotion instead of making a second change (see ``releases.promote``).
-    """
-    if override and not (reason or "").strip():
-        raise ValidationError("Overriding the gate needs a written reason.")
-    report = assess(agent, version, settings, against=alias, load=load)
-    return releases.promote(
-        agent, alias, version, identity, reason=reason, override=override, expected_current=expected_current,
-        settings=settings, readiness_failures=tuple(f"{c.title} ({c.reason})" for c in report.failures),
-        readiness_evidence=report.audit_summary(), request_id=request_id,
-    )

@@ -1,15 +1,13 @@
-"""Releases: gate rules, promotion evidence, promote / roll back aliases, alias history.
+"""Releases: the one promotion entry point, rollback, and each alias's history and drift.
 
-Gate rules live in one registered-model tag (``agentops.gate``, JSON) so they travel with the
-agent. Every alias change made here is recorded by ``services.audit`` with the registry state
-observed around the change, so the trail never disagrees with the registry.
+``promote`` takes a ``PromotionRequest`` (``services.promotion``): it checks the role, judges the
+plan once (gate + readiness), applies the blocking and override rules, and moves the alias. Every
+alias change made here is recorded by ``services.audit`` with the registry state observed around
+the change, so the trail never disagrees with the registry. Gate rules are in ``services.gates``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -17,117 +15,12 @@ from typing import Any
 
 from services import audit, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
-from services.audit import AliasAction, AliasChange, ChangeStatus, GateOutcome
+from services.audit import AliasAction, AliasChange, ChangeStatus
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
-from services.evaluations import EvaluationSummary
+from services.gates import check_alias
 from services.identity import Identity
+from services.promotion import PromotionPlan, PromotionRequest, RollbackRequest, Seen, decide, plan_promotion
 from services.settings import Backend, Settings
-
-GATE_TAG = "agentops.gate"
-_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
-
-
-class GateBlockedError(ValidationError):
-    """The promotion fails the agent's gate; override with a written reason."""
-
-
-class RuleKind(StrEnum):
-    MAX_DROP = "max_drop"  # metric may not drop more than threshold vs the current holder
-    MIN_VALUE = "min_value"  # metric (a pass rate) must be at least threshold
-    MAX_P95_MS = "max_p95_ms"  # p95 latency of the candidate's traffic
-    MAX_COST = "max_cost_per_request"  # mean cost per request of the candidate's traffic
-
-
-class CheckStatus(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    NO_DATA = "no data"
-
-
-@dataclass(frozen=True)
-class GateRule:
-    """One gate rule; ``metric`` is None for latency and cost rules."""
-
-    kind: RuleKind
-    threshold: float
-    metric: str | None = None
-
-    def describe(self) -> str:
-        match self.kind:
-            case RuleKind.MAX_DROP:
-                return f"{self.metric} drops at most {self.threshold:g} vs the current holder"
-            case RuleKind.MIN_VALUE:
-                return f"{self.metric} ≥ {self.threshold:g}"
-            case RuleKind.MAX_P95_MS:
-                return f"p95 latency ≤ {self.threshold:g} ms"
-            case RuleKind.MAX_COST:
-                return f"cost per request ≤ ${self.threshold:g}"
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    rule: GateRule
-    status: CheckStatus
-    observed: float | None
-    detail: str
-
-
-@dataclass(frozen=True)
-class MetricDelta:
-    metric: str
-    current: float | None
-    candidate: float | None
-
-    @property
-    def delta(self) -> float | None:
-        if self.current is None or self.candidate is None:
-            return None
-        return self.candidate - self.current
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Latest evaluation of both versions on one dataset, per-metric deltas and traffic."""
-
-    dataset: str | None
-    candidate_eval: EvaluationSummary | None
-    current_eval: EvaluationSummary | None
-    deltas: tuple[MetricDelta, ...]
-    candidate_traffic: versions.VersionTraffic
-    current_traffic: versions.VersionTraffic | None
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-able summary for the audit record."""
-        return {
-            "dataset": self.dataset,
-            "candidate_eval_run": self.candidate_eval.run_id if self.candidate_eval else None,
-            "current_eval_run": self.current_eval.run_id if self.current_eval else None,
-            "metrics": {d.metric: {"current": d.current, "candidate": d.candidate, "delta": d.delta}
-                        for d in self.deltas},
-            "candidate_p95_ms": self.candidate_traffic.p95_ms,
-            "candidate_cost_per_request": self.candidate_traffic.cost_per_request,
-        }
-
-
-@dataclass(frozen=True)
-class PromotionPlan:
-    """What a promotion would do: the alias now, after, the evidence and the gate verdict."""
-
-    agent: str
-    alias: str
-    current_version: str | None
-    target_version: str
-    evidence: Evidence
-    checks: tuple[GateCheck, ...]
-
-    @property
-    def blocked(self) -> bool:
-        return any(c.status is CheckStatus.FAIL for c in self.checks)
-
-    @property
-    def is_noop(self) -> bool:
-        return self.current_version == self.target_version
 
 
 class Drift(StrEnum):
@@ -156,240 +49,24 @@ class PromotionResult:
     messages: tuple[str, ...] = field(default=())
 
 
-# --- validation ---------------------------------------------------------------------------
-
-def check_alias(alias: str) -> str:
-    """An alias MLflow accepts; ``ValidationError`` naming the problem otherwise."""
-    alias = (alias or "").strip()
-    if not alias:
-        raise ValidationError("The alias name is empty; use e.g. champion or challenger.")
-    if not _ALIAS_RE.match(alias):
-        raise ValidationError(
-            f"{alias!r} is not a valid alias: use letters, digits, '_' and '-' only (at most 255)."
-        )
-    if alias.lower() == "latest" or _VERSION_ALIAS_RE.match(alias):
-        raise ValidationError(f"{alias!r} is reserved by MLflow (it names 'latest' or a version); pick another name.")
-    return alias
-
-
-# --- gate rules ---------------------------------------------------------------------------
-
-def parse_rules(raw: str | None) -> list[GateRule]:
-    """Gate rules from the tag's JSON; ``ValidationError`` when it is malformed."""
-    if not raw:
-        return []
-    try:
-        data = json.loads(raw)
-        rules = [GateRule(RuleKind(r["kind"]), float(r["threshold"]), r.get("metric")) for r in data]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValidationError(f"The {GATE_TAG} tag is not valid gate JSON ({exc}); fix or clear it.") from None
-    return [_check_rule(r) for r in rules]
-
-
-def _check_rule(rule: GateRule) -> GateRule:
-    if rule.kind in (RuleKind.MAX_DROP, RuleKind.MIN_VALUE) and not rule.metric:
-        raise ValidationError(f"A {rule.kind.value} rule needs a metric, e.g. expected_facts/mean.")
-    if not math.isfinite(rule.threshold):
-        raise ValidationError(f"The threshold of a {rule.kind.value} rule must be a finite number, not {rule.threshold}.")
-    if rule.threshold < 0:
-        raise ValidationError(f"The threshold of '{rule.describe()}' must not be negative.")
-    if rule.kind not in (RuleKind.MAX_DROP, RuleKind.MIN_VALUE):
-        rule = GateRule(rule.kind, rule.threshold, None)
-    return rule
-
-
-def gate_rules(agent: str, settings: Settings | None = None) -> list[GateRule]:
-    """The agent's gate rules (empty when none are set)."""
-    agent = versions.check_agent_name(agent)
-    client = mlflow_client(settings)
-    with translate_errors(f"registered model {agent!r}"):
-        model = client.get_registered_model(agent)
-    return parse_rules((model.tags or {}).get(GATE_TAG))
-
-
-def set_gate_rules(agent: str, rules: list[GateRule], identity: Identity, settings: Settings | None = None) -> list[GateRule]:
-    """Store the agent's gate rules as a registered-model tag (empty list clears them)."""
-    agent = versions.check_agent_name(agent)
-    roles.enforce(identity, roles.Action.EDIT_RULES, settings or get_settings())
-    checked = [_check_rule(r) for r in rules]
-    payload = json.dumps([{"kind": r.kind.value, "threshold": r.threshold, "metric": r.metric} for r in checked])
-    client = mlflow_client(settings)
-    with translate_errors(f"registered model {agent!r}"):
-        if checked:
-            client.set_registered_model_tag(agent, GATE_TAG, payload)
-        else:
-            try:
-                client.delete_registered_model_tag(agent, GATE_TAG)
-            except Exception as exc:  # noqa: BLE001 - no tag to delete is fine
-                if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                    raise
-        client.set_registered_model_tag(agent, GATE_TAG + ".updated_by", identity.user)
-    return checked
-
-
-def evaluate_gate(rules: list[GateRule], evidence: Evidence) -> tuple[GateCheck, ...]:
-    """Each rule checked against the evidence."""
-    checks = []
-    candidate = evidence.candidate_eval.metrics if evidence.candidate_eval else {}
-    current = evidence.current_eval.metrics if evidence.current_eval else {}
-    for rule in rules:
-        if rule.kind is RuleKind.MIN_VALUE:
-            value = candidate.get(rule.metric or "")
-            if value is None:
-                checks.append(GateCheck(rule, CheckStatus.FAIL, None, "the candidate has no evaluation with this metric"))
-            else:
-                ok = value >= rule.threshold
-                checks.append(GateCheck(rule, CheckStatus.PASS if ok else CheckStatus.FAIL, value,
-                                        f"{value:.3f} {'≥' if ok else '<'} {rule.threshold:g}"))
-        elif rule.kind is RuleKind.MAX_DROP:
-            new, old = candidate.get(rule.metric or ""), current.get(rule.metric or "")
-            if new is None:
-                checks.append(GateCheck(rule, CheckStatus.FAIL, None, "the candidate has no evaluation with this metric"))
-            elif old is None:
-                checks.append(GateCheck(rule, CheckStatus.NO_DATA, None,
-                                        "no evaluation of the current holder on the same dataset"))
-            else:
-                drop = old - new
-                ok = drop <= rule.threshold + 1e-12
-                checks.append(GateCheck(rule, CheckStatus.PASS if ok else CheckStatus.FAIL, new - old,
-                                        f"{old:.3f} → {new:.3f} (Δ {new - old:+.3f})"))
-        else:
-            traffic = evidence.candidate_traffic
-            value = traffic.p95_ms if rule.kind is RuleKind.MAX_P95_MS else traffic.cost_per_request
-            if value is None:
-                checks.append(GateCheck(rule, CheckStatus.NO_DATA, None, "no traces of the candidate in the last 7 days"))
-            else:
-                ok = value <= rule.threshold
-                checks.append(GateCheck(rule, CheckStatus.PASS if ok else CheckStatus.FAIL, value,
-                                        f"{value:g} {'≤' if ok else '>'} {rule.threshold:g}"))
-    return tuple(checks)
-
-
-# --- evidence and plan --------------------------------------------------------------------
-
-def gather_evidence(agent: str, candidate: str, current: str | None, settings: Settings | None = None,
-                    *, model: Any = None, runs: list[EvaluationSummary] | None = None,
-                    traffic: dict[str, versions.VersionTraffic] | None = None) -> Evidence:
-    """Latest evaluations of both versions on the same dataset, with deltas, and traffic.
-
-    ``runs`` and ``traffic`` may be passed when already read (e.g. for many versions at once).
-    """
-    experiment_ids = versions.agent_experiment_ids(agent, settings, model=model)
-    if runs is None:
-        runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
-    finished = [r for r in runs if r.status == "FINISHED"]
-    mine = [r for r in finished if r.version == candidate]
-    theirs = [r for r in finished if current is not None and r.version == current]
-    candidate_eval = current_eval = None
-    # Prefer the newest candidate run whose dataset the current holder was also evaluated on.
-    for run in mine:
-        match = next((t for t in theirs if t.dataset == run.dataset), None)
-        if match is not None:
-            candidate_eval, current_eval = run, match
-            break
-    if candidate_eval is None and mine:
-        candidate_eval = mine[0]
-    metrics = sorted(set(candidate_eval.metrics if candidate_eval else {}) | set(current_eval.metrics if current_eval else {}))
-    deltas = tuple(
-        MetricDelta(m, current_eval.metrics.get(m) if current_eval else None,
-                    candidate_eval.metrics.get(m) if candidate_eval else None)
-        for m in metrics
-    )
-    client = mlflow_client(settings)
-    empty = versions.VersionTraffic(0, 0, None, None)
-    # Live trace counts come from the model-id link: version -> LoggedModel -> mlflow.modelId.
-    model_of: dict[str, str | None] = {}
-    for number in (candidate, current):
-        if number is not None:
-            with translate_errors(f"version {number} of {agent!r}"):
-                model_of[number] = registry.model_id_of(client.get_model_version(agent, number))
-    if traffic is None:
-        traffic = versions.traffic_by_model(experiment_ids, settings,
-                                            model_ids=[m for m in model_of.values() if m])
-
-    def flow(number: str | None) -> versions.VersionTraffic | None:
-        if number is None:
-            return None
-        return traffic.get(model_of.get(number) or "", empty)
-
-    return Evidence(
-        dataset=candidate_eval.dataset if candidate_eval else None,
-        candidate_eval=candidate_eval,
-        current_eval=current_eval,
-        deltas=deltas,
-        candidate_traffic=flow(candidate) or empty,
-        current_traffic=flow(current),
-    )
-
-
-def plan_promotion(agent: str, alias: str, version: str | int, settings: Settings | None = None) -> PromotionPlan:
-    """Before → after for an alias, the evidence and the gate verdict; changes nothing."""
-    agent = versions.check_agent_name(agent)
-    alias = check_alias(alias)
-    number = versions.check_version(version)
-    client = mlflow_client(settings)
-    with translate_errors(f"registered model {agent!r}"):
-        model = client.get_registered_model(agent)
-    versions.require_version_exists(client, agent, number)
-    current = registry.aliases_of(model).get(alias)
-    rules = parse_rules((model.tags or {}).get(GATE_TAG))
-    evidence = gather_evidence(agent, number, current, settings, model=model)
-    return PromotionPlan(agent, alias, current, number, evidence, evaluate_gate(rules, evidence))
-
-
 # --- mutations ----------------------------------------------------------------------------
 
-def promote(
-    agent: str,
-    alias: str,
-    version: str | int,
-    identity: Identity,
-    *,
-    reason: str = "",
-    override: bool = False,
-    expected_current: str | None | object = ...,
-    action: AliasAction = AliasAction.PROMOTE,
-    settings: Settings | None = None,
-    readiness_failures: tuple[str, ...] = (),
-    readiness_evidence: dict[str, Any] | None = None,
-    request_id: str | None = None,
-) -> PromotionResult:
-    """Point ``alias`` at ``version`` behind the gate, and record the change.
+def promote(request: PromotionRequest, identity: Identity, settings: Settings | None = None) -> PromotionResult:
+    """The one way an alias moves: role, plan (gate + readiness, judged once), verdict, audited change.
 
-    Args:
-        override: promote although the gate fails; needs a non-empty ``reason``.
-        expected_current: the holder the operator saw when confirming; when given and the alias
-            now points elsewhere, nothing changes and ``ConflictError`` says so.
-        readiness_failures: failing required readiness items (``services.readiness``); they block
-            like a failing gate and take the same override path.
-        readiness_evidence: the readiness checklist, stored with the audit record.
-        request_id: one id per confirmation. A retry with the same id after a backend failure
-            completes the recorded attempt (alias set if not yet, record completed) instead of
-            changing or recording twice; a retry of a completed one returns it unchanged.
+    The blocking and override rules are ``promotion.decide``'s. ``request.request_id`` identifies
+    one confirmation: a retry with the same id after a backend failure completes the recorded
+    attempt (alias set if not yet, record completed) instead of changing or recording twice; a
+    retry of a completed one returns it unchanged.
     """
-    reason = (reason or "").strip()
-    if override and not reason:
-        raise ValidationError("Overriding the gate needs a written reason.")
+    request = request.checked()
+    reason, action, request_id = request.reason, request.action, request.request_id
     audit.check_request_id(request_id)
     roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
-    plan = plan_promotion(agent, alias, version, settings)
-    if (plan.blocked or readiness_failures) and not override:
-        failed = "; ".join([f"{c.rule.describe()} ({c.detail})" for c in plan.checks if c.status is CheckStatus.FAIL]
-                           + [f"readiness: {item}" for item in readiness_failures])
-        raise GateBlockedError(f"The gate blocks v{plan.target_version} as {plan.alias}: {failed}. "
-                               "Nothing changed. Override with a written reason if you must.")
-    blocked = plan.blocked or bool(readiness_failures)
-    if not plan.checks and not readiness_failures:
-        gate = GateOutcome.NO_RULES
-    else:
-        gate = GateOutcome.OVERRIDDEN if blocked else GateOutcome.PASSED
-    evidence = plan.evidence.summary() | {
-        "checks": [{"rule": c.rule.describe(), "status": c.status.value, "detail": c.detail} for c in plan.checks],
-    }
-    if readiness_evidence is not None:
-        evidence["readiness"] = readiness_evidence
+    plan = plan_promotion(request.agent, request.alias, request.version, settings, load=request.load)
+    gate, evidence = decide(plan, request)
     move = _AliasMove(mlflow_client(settings), plan, identity, action=action, reason=reason, gate=gate,
-                      evidence=evidence, expected_current=expected_current, settings=settings)
+                      evidence=evidence, seen=request.seen, settings=settings)
     done = audit.run_two_phase(move, request_id)
     change, after = done.record, done.state
     if done.path is audit.Path.ALREADY_DONE:
@@ -410,11 +87,11 @@ class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
     """Moving one alias, as the steps of the audit trail's two-phase change."""
 
     def __init__(self, client: Any, plan: PromotionPlan, identity: Identity, *, action: AliasAction, reason: str,
-                 gate: GateOutcome, evidence: dict[str, Any], expected_current: object,
+                 gate: Any, evidence: dict[str, Any], seen: Seen | None,
                  settings: Settings | None) -> None:
         self.client, self.plan, self.identity, self.settings = client, plan, identity, settings
         self.action, self.reason, self.gate, self.evidence = action, reason, gate, evidence
-        self.expected_current = expected_current
+        self.seen = seen
         self.lock_key = ("alias", plan.agent, plan.alias)
         self.before: str | None = None
 
@@ -424,9 +101,9 @@ class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
     def check(self) -> None:
         plan = self.plan
         self.before = _read_alias(self.client, plan.agent, plan.alias)
-        if self.expected_current is not ... and self.before != self.expected_current:
+        if self.seen is not None and self.before != self.seen.version:
             raise ConflictError(
-                f"{plan.agent}@{plan.alias} now points to {_label(self.before)}, not {_label(self.expected_current)} "
+                f"{plan.agent}@{plan.alias} now points to {_label(self.before)}, not {_label(self.seen.version)} "
                 "as when you looked. Nothing changed; review the new state and try again."
             )
 
@@ -512,21 +189,19 @@ def _alias_refused(plan: PromotionPlan, identity: Identity, settings: Settings, 
     return f"{plan.agent}@{plan.alias} was not changed: the registry refused it. {needs} ({exc})"
 
 
-def rollback(agent: str, alias: str, identity: Identity, *, reason: str = "", settings: Settings | None = None,
-             expected_current: str | None | object = ..., request_id: str | None = None) -> PromotionResult:
-    """Point ``alias`` back at its previous recorded holder (skips the gate: rollbacks restore)."""
+def rollback(request: RollbackRequest, identity: Identity, settings: Settings | None = None) -> PromotionResult:
+    """Point an alias back at its previous recorded holder (skips the gate: rollbacks restore)."""
     # The role first: a user who may not promote learns that, not what the trail holds.
     roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
-    state = alias_state(agent, alias, settings)
+    state = alias_state(request.agent, request.alias, settings)
     if state.previous_version is None:
         raise NotFoundError(
-            f"No previous holder of {agent}@{alias} is recorded; promote a version explicitly instead."
+            f"No previous holder of {request.agent}@{request.alias} is recorded; promote a version explicitly instead."
         )
-    return promote(
-        agent, alias, state.previous_version, identity, reason=reason or "rollback", override=True,
-        expected_current=state.version if expected_current is ... else expected_current,
-        action=AliasAction.ROLLBACK, settings=settings, request_id=request_id,
-    )
+    return promote(PromotionRequest(
+        request.agent, request.alias, state.previous_version, reason=request.reason or "rollback", override=True,
+        request_id=request.request_id, seen=request.seen or Seen(state.version), action=AliasAction.ROLLBACK,
+    ), identity, settings)
 
 
 # --- history ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, settings as hypothesis_settings
 
 from services.errors import AgentOpsError
+from services.promotion import PromotionRequest
 from tests.hardening.reliability import InputTally, Tallies
 
 # Deterministic by default (the same inputs every run, so CI and the report's figures are stable);
@@ -140,7 +141,7 @@ def build_store(root: Path) -> HardStore:
     client.set_registered_model_tag(AGENT, EXPERIMENT_TAG, experiment_id)
     client.set_registered_model_alias(AGENT, "champion", "1")
     for version in (1, 2):  # two recorded moves, so a rollback has somewhere to go
-        releases.promote(AGENT, "challenger", version, identity, reason="hardening store", settings=settings)
+        releases.promote(PromotionRequest(AGENT, "challenger", version, reason="hardening store"), identity, settings=settings)
     serving.save_local_endpoint(serving.Endpoint(
         ENDPOINT,
         served=(serving.ServedVersion(f"{AGENT}_1", AGENT, "1"), serving.ServedVersion(f"{AGENT}_2", AGENT, "2")),

@@ -15,10 +15,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services import audit, readiness, releases, serving, traffic, versions
+from services import audit, gates, readiness, releases, serving, traffic, versions
 from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError, ValidationError
-from services.releases import Drift, GateRule, RuleKind
+from services.gates import GateRule, RuleKind
+from services.promotion import PromotionRequest, RollbackRequest, Seen
+from services.releases import Drift
 from services.settings import load_settings
 from tests.hardening.conftest import AGENT, ENDPOINT, attempt
 from tests.hardening.strategies import ALIASES, FLOATS, NAMES, PERCENTS, VERSIONS, mutated_splits, one_bad_field
@@ -58,7 +60,7 @@ def test_check_alias_matches_what_mlflow_accepts(tallies, alias):
     valid = (bool(re.fullmatch(r"[A-Za-z0-9_-]{1,255}", stripped)) and stripped.lower() != "latest"
              and not re.fullmatch(r"[vV]\d+", stripped))
     try:
-        checked = releases.check_alias(alias)
+        checked = gates.check_alias(alias)
     except ValidationError as exc:
         tally.rejected(exc)
         assert not valid, f"{alias!r} is a valid alias but was refused: {exc}"
@@ -121,9 +123,10 @@ _PROMOTION = one_bad_field(
 @example(case={"agent": "main.default.hard-agent", "alias": "champion", "version": 1, "override": False, "reason": ""})
 def test_promote_refuses_bad_input_and_leaves_the_registry_alone(hard_store, tallies, case):
     tally = tallies("releases.promote")
-    result, exc = attempt(tally, hard_store, lambda: releases.promote(
-        case["agent"], case["alias"], case["version"], hard_store.identity, reason=case["reason"],
-        override=case["override"], settings=hard_store.settings), what=f"promote({case})")
+    request = PromotionRequest(case["agent"], case["alias"], case["version"], reason=case["reason"],
+                               override=case["override"])
+    result, exc = attempt(tally, hard_store, lambda: releases.promote(request, hard_store.identity, hard_store.settings),
+                          what=f"promote({case})")
     if exc is None:
         # Accepted: the registry holds what the trail recorded, and the trail names the user.
         state = releases.alias_state(result.plan.agent, result.plan.alias, hard_store.settings)
@@ -146,9 +149,9 @@ def test_plan_promotion_and_history_read_without_writing(hard_store, tallies, ca
             what="plan_promotion", changes_when_accepted=False)
     attempt(tallies("releases.alias_history"), hard_store, lambda: releases.alias_history(agent, alias, s),
             what="alias_history", changes_when_accepted=False)
-    expected = {"expected_current": "no-such-version"} if stale else {}
+    seen = Seen("no-such-version") if stale else None
     result, exc = attempt(tallies("releases.rollback"), hard_store,
-                          lambda: releases.rollback(agent, alias, hard_store.identity, settings=s, **expected),
+                          lambda: releases.rollback(RollbackRequest(agent, alias, seen=seen), hard_store.identity, s),
                           what="rollback")
     if stale:
         assert exc is not None, "a rollback against a stale view went through"
@@ -167,19 +170,19 @@ _RULES = st.lists(st.builds(
 @given(agent=st.one_of(NAMES, st.just(AGENT)), rules=_RULES)
 def test_gate_rules_are_checked_before_they_are_stored(hard_store, tallies, agent, rules):
     tally = tallies("releases.set_gate_rules")
-    stored, exc = attempt(tally, hard_store, lambda: releases.set_gate_rules(agent, rules, hard_store.identity,
+    stored, exc = attempt(tally, hard_store, lambda: gates.set_gate_rules(agent, rules, hard_store.identity,
                                                                             hard_store.settings), what="set_gate_rules")
     if exc is None:
-        assert releases.gate_rules(agent, hard_store.settings) == stored
+        assert gates.gate_rules(agent, hard_store.settings) == stored
         assert all(r.threshold >= 0 for r in stored)
         # Leave no rule behind that blocks the other tests' promotions.
-        releases.set_gate_rules(agent, [], hard_store.identity, hard_store.settings)
+        gates.set_gate_rules(agent, [], hard_store.identity, hard_store.settings)
 
 
 def test_gate_rule_with_a_nan_threshold_is_refused(hard_store):
     before = hard_store.snapshot()
     with pytest.raises(ValidationError):
-        releases.set_gate_rules(AGENT, [GateRule(RuleKind.MIN_VALUE, float("nan"), "expected_facts/mean")],
+        gates.set_gate_rules(AGENT, [GateRule(RuleKind.MIN_VALUE, float("nan"), "expected_facts/mean")],
                                 hard_store.identity, hard_store.settings)
     hard_store.assert_unchanged(before, "a NaN gate rule")
 
@@ -377,9 +380,10 @@ def _mutations(store):
     plan = serving.plan_split(ENDPOINT, {(AGENT, "1"): 10, (AGENT, "2"): 90}, settings=s)
     request = evaluations.EvaluationRequest(AGENT, "1", ("expected_facts",), dataset_name="hard-golden")
     return {
-        "releases.promote": lambda who: releases.promote(AGENT, "champion", 2, who, reason="x", override=True, settings=s),
-        "releases.rollback": lambda who: releases.rollback(AGENT, "challenger", who, settings=s),
-        "releases.set_gate_rules": lambda who: releases.set_gate_rules(AGENT, [], who, s),
+        "releases.promote": lambda who: releases.promote(PromotionRequest(AGENT, "champion", 2, reason="x",
+                                                                          override=True), who, s),
+        "releases.rollback": lambda who: releases.rollback(RollbackRequest(AGENT, "challenger"), who, settings=s),
+        "releases.set_gate_rules": lambda who: gates.set_gate_rules(AGENT, [], who, s),
         "readiness.set_required_items": lambda who: readiness.set_required_items(AGENT, ["gate"], who, s),
         "serving.apply_split": lambda who: serving.apply_split(plan, user=who.user, reason="x", settings=s, identity=who),
         "feedback.submit_review": lambda who: fb.submit_review(store.trace_ids[1], fb.Review(thumbs_up=True), who.user,

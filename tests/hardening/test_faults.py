@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from services import audit, releases
 from services.errors import BackendUnavailableError
+from services.promotion import PromotionRequest, Seen
 from services.releases import Drift
 from tests.hardening.mlflow_restart import restartable_backend
 from tests.hardening.page_session import app_page
@@ -76,10 +77,11 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, method, faulty)
+    request = PromotionRequest(AGENT, "champion", target, reason=f"fault {point}", seen=Seen(before),
+                               request_id=request_id)
     began = time.monotonic()
     with pytest.raises(BackendUnavailableError) as failed:
-        releases.promote(AGENT, "champion", target, ALICE, reason=f"fault {point}", expected_current=before,
-                         request_id=request_id, settings=settings)
+        releases.promote(request, ALICE, settings=settings)
     error_s = time.monotonic() - began
     monkeypatch.undo()
     message = str(failed.value)
@@ -117,11 +119,9 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", counting)
     began = time.monotonic()
-    result = releases.promote(AGENT, "champion", target, ALICE, reason=f"fault {point}", expected_current=before,
-                              request_id=request_id, settings=settings)
+    result = releases.promote(request, ALICE, settings=settings)
     retry_s = time.monotonic() - began
-    again = releases.promote(AGENT, "champion", target, ALICE, reason=f"fault {point}", expected_current=before,
-                             request_id=request_id, settings=settings)
+    again = releases.promote(request, ALICE, settings=settings)
     monkeypatch.undo()
 
     assert _holder(settings) == target
@@ -161,7 +161,7 @@ def test_the_versions_page_says_a_promotion_was_interrupted(isolated_settings, m
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "set_registered_model_alias", down)
         with pytest.raises(BackendUnavailableError):
-            releases.promote(AGENT, "champion", "2", ALICE, request_id="page-req", settings=isolated_settings)
+            releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="page-req"), ALICE, settings=isolated_settings)
     with app_page(isolated_settings, monkeypatch, "pages/versions.py", timeout=60) as app:
         assert not app.exception
         assert any("was interrupted" in w.value and "v2" in w.value for w in app.warning), [w.value for w in app.warning]

@@ -40,6 +40,7 @@ def build(data_dir: Path, pixel: str) -> dict:
     from services import _mlflow_internal as internal
     from services import feedback as fb
     from services import releases, serving
+    from services.promotion import PromotionRequest
     from services import review_queue as rq
     from services._clients import configure_mlflow, get_or_create_experiment
     from services.identity import Identity, IdentitySource
@@ -64,8 +65,8 @@ def build(data_dir: Path, pixel: str) -> dict:
             mlflow.log_metric("expected_facts/mean", 0.5 + number / 10)
     client.update_registered_model(AGENT, description=payload("model", pixel))
     client.set_registered_model_tag(AGENT, EXPERIMENT_TAG, experiment_id)
-    releases.promote(AGENT, "champion", 1, who, reason=payload("reason1", pixel), settings=settings)
-    releases.promote(AGENT, "champion", 2, who, reason=payload("reason2", pixel), settings=settings)
+    releases.promote(PromotionRequest(AGENT, "champion", 1, reason=payload("reason1", pixel)), who, settings=settings)
+    releases.promote(PromotionRequest(AGENT, "champion", 2, reason=payload("reason2", pixel)), who, settings=settings)
     serving.save_local_endpoint(serving.Endpoint(
         "untrusted-prod", served=(serving.ServedVersion(f"{AGENT}_1", AGENT, "1"),),
         routes=(serving.TrafficRoute(f"{AGENT}_1", 100),), state=serving.EndpointState.READY), settings)

@@ -10,9 +10,10 @@ import streamlit as st
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from services import releases
+from services import gates, releases
 from services.errors import NotFoundError
 from services.identity import Identity, IdentitySource
+from services.promotion import PromotionRequest, RollbackRequest
 from tests.services.test_releases import AGENT, GATE, build_agent
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -22,7 +23,7 @@ PAGE = "pages/versions.py"
 @pytest.fixture
 def release_store(isolated_settings, use_store):
     build_agent(isolated_settings)
-    releases.set_gate_rules(AGENT, GATE, Identity("lead", "lead", IdentitySource.OS_USER), isolated_settings)
+    gates.set_gate_rules(AGENT, GATE, Identity("lead", "lead", IdentitySource.OS_USER), isolated_settings)
     use_store(isolated_settings.data_dir)
     return isolated_settings
 
@@ -114,7 +115,7 @@ def test_override_with_reason_is_recorded(release_store):
 
 
 def test_history_tab_offers_rollback_and_flags_external_moves(release_store):
-    releases.promote(AGENT, "champion", "2", Identity("ops", "ops", IdentitySource.OS_USER), settings=release_store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), Identity("ops", "ops", IdentitySource.OS_USER), settings=release_store)
     app = _open()
     states = next(d.value for d in app.dataframe if "Rollback to" in d.value.columns)
     assert states.set_index("Alias").loc["champion", "Rollback to"] == "v1"
@@ -132,7 +133,7 @@ def test_history_tab_offers_rollback_and_flags_external_moves(release_store):
 
 def test_after_a_rollback_the_form_is_rebuilt_and_a_second_click_does_not_re_promote(release_store):
     ops = Identity("ops", "ops", IdentitySource.OS_USER)
-    releases.promote(AGENT, "champion", "2", ops, settings=release_store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ops, settings=release_store)
     app = _open()
     app.text_input(key="versions.rollback_reason").input("p95 regression").run()
     app.button(key="versions.rollback").click().run()
@@ -148,15 +149,15 @@ def test_after_a_rollback_the_form_is_rebuilt_and_a_second_click_does_not_re_pro
     assert not any(t.key == "versions.rollback_reason" and t.value for t in app.text_input)
     assert releases.alias_state(AGENT, "champion", release_store).previous_version is None
     with pytest.raises(NotFoundError, match="No previous holder"):  # the service refuses a re-promotion too
-        releases.rollback(AGENT, "champion", ops, settings=release_store)
+        releases.rollback(RollbackRequest(AGENT, "champion"), ops, settings=release_store)
     assert _champion(release_store) == "1" and len(releases.alias_history(AGENT, "champion", release_store)) == 2
 
 
 def test_rollbacks_walk_back_through_the_promotions(release_store):
     ops = Identity("ops", "ops", IdentitySource.OS_USER)
-    releases.promote(AGENT, "champion", "2", ops, settings=release_store)
-    releases.promote(AGENT, "champion", "3", ops, override=True, reason="try 3", settings=release_store)
-    releases.rollback(AGENT, "champion", ops, settings=release_store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ops, settings=release_store)
+    releases.promote(PromotionRequest(AGENT, "champion", "3", override=True, reason="try 3"), ops, settings=release_store)
+    releases.rollback(RollbackRequest(AGENT, "champion"), ops, settings=release_store)
     state = releases.alias_state(AGENT, "champion", release_store)
     assert (state.version, state.previous_version) == ("2", "1")  # the next rollback goes further back
 

@@ -16,6 +16,7 @@ from services import audit, _clients, feedback, registry, releases, roles, servi
 from services.errors import PermissionDeniedError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
+from services.promotion import PromotionRequest
 from tests.harness import databricks_workspace as dw
 from tests.harness.databricks_settings import use_app_env
 
@@ -79,7 +80,7 @@ def _scim_calls(workspace, start: int) -> list:
 def test_an_operator_promotes_as_the_app_after_their_role_check_and_the_audit_names_them(workspace, dbx):
     operator = _identity(dw.OPERATOR)
     start, logged = _mark(workspace), len(workspace.log.entries)
-    result = releases.promote(dw.AGENT, "champion", "2", operator, reason="v2 wins the A/B", settings=dbx)
+    result = releases.promote(PromotionRequest(dw.AGENT, "champion", "2", reason="v2 wins the A/B"), operator, settings=dbx)
     assert (result.change.from_version, result.change.to_version) == ("1", "2")
     server = _server(workspace)
     assert server.get_registered_model(dw.AGENT).aliases["champion"] == "2"
@@ -96,7 +97,7 @@ def test_an_operator_promotes_as_the_app_after_their_role_check_and_the_audit_na
     # The audit trail is the declared audit-experiment resource (by id), not a relative name.
     assert run.info.experiment_id == workspace.seeded.audit_experiment_id
     # Put it back for the other tests.
-    releases.promote(dw.AGENT, "champion", "1", operator, reason="restore", settings=dbx)
+    releases.promote(PromotionRequest(dw.AGENT, "champion", "1", reason="restore"), operator, settings=dbx)
 
 
 def test_a_user_token_outside_the_declared_scopes_is_refused_by_the_workspace(workspace, dbx):
@@ -127,7 +128,7 @@ def test_a_refused_alias_names_the_missing_grant_and_changes_nothing(workspace, 
     try:
         trail = len(audit.alias_changes(dw.AGENT, settings=dbx))
         with pytest.raises(PermissionDeniedError) as refused:
-            releases.promote(dw.AGENT, "challenger", "1", operator, reason="try", settings=dbx)
+            releases.promote(PromotionRequest(dw.AGENT, "challenger", "1", reason="try"), operator, settings=dbx)
         message = str(refused.value)
         assert "own" in message and dw.AGENT in message and "service principal" in message, message
         assert "USE CATALOG" in message and "USE SCHEMA" in message, message
@@ -141,7 +142,7 @@ def test_without_the_user_token_a_privileged_write_is_refused_before_anything_is
     tokenless = _identity(dw.OPERATOR, token=False)
     start, requests = _mark(workspace), len(workspace.harness.requests)
     with pytest.raises(PermissionDeniedError, match="no user token"):
-        releases.promote(dw.AGENT, "champion", "2", tokenless, reason="x", settings=dbx)
+        releases.promote(PromotionRequest(dw.AGENT, "champion", "2", reason="x"), tokenless, settings=dbx)
     plan = serving.SplitPlan(serving.get_endpoint(dw.ENDPOINT, dbx), serving.get_endpoint(dw.ENDPOINT, dbx))
     requests = len(workspace.harness.requests)
     with pytest.raises(PermissionDeniedError, match="no user token"):
@@ -155,7 +156,7 @@ def test_a_reviewer_may_not_promote_and_nothing_reaches_the_registry(workspace, 
     reviewer = _identity(dw.REVIEWER)
     start = _mark(workspace)
     with pytest.raises(PermissionDeniedError, match="reviewer and may not promote"):
-        releases.promote(dw.AGENT, "champion", "2", reviewer, reason="x", settings=dbx)
+        releases.promote(PromotionRequest(dw.AGENT, "champion", "2", reason="x"), reviewer, settings=dbx)
     assert not workspace.forwarder.calls[start:]
     assert roles.role_for(reviewer, dbx) is roles.Role.REVIEWER
 

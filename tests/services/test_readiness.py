@@ -9,13 +9,13 @@ from datetime import datetime, timezone
 import mlflow
 import pytest
 
-from services import monitoring, readiness, registry, releases, serving, versions
-from services import alerts
+from services import alerts, gates, readiness, registry, releases, serving, versions
 from services._clients import get_or_create_experiment, mlflow_client
 from services.errors import NotFoundError, ValidationError
+from services.gates import GateRule, RuleKind
 from services.identity import Identity, IdentitySource
+from services.promotion import PromotionRequest
 from services.readiness import Item, Verdict
-from services.releases import GateRule, RuleKind
 
 AGENT = "ready-agent"
 LEAD = Identity("lead@example.com", "lead", IdentitySource.OS_USER)
@@ -101,7 +101,7 @@ def build_ready_agent(settings, name: str = AGENT, *, with_datasets: bool = True
     _evaluate(experiment_id, 1, f"{name}-big", 0.9, name)
     _evaluate(experiment_id, 2, f"{name}-tiny", 0.2, name)
     _evaluate(experiment_id, 3, f"{name}-dupes", 0.9, name)
-    releases.set_gate_rules(name, GATE, LEAD, settings)
+    gates.set_gate_rules(name, GATE, LEAD, settings)
     serving.save_local_endpoint(
         serving.Endpoint(
             name=f"{name}-staging", served=(serving.ServedVersion(f"{name}-1", name, "1"),),
@@ -240,12 +240,12 @@ def test_list_mode_matches_single_mode_without_the_load_check(ready, reports):
 def test_promotion_blocked_by_a_required_item_needs_an_override_and_is_audited(isolated_settings):
     build_ready_agent(isolated_settings, with_datasets=False)
     broken = readiness.check_load(AGENT, "3", isolated_settings)
-    with pytest.raises(releases.GateBlockedError, match="Loads and answers"):
-        readiness.promote(AGENT, "champion", "3", LEAD, load=broken, settings=isolated_settings)
+    with pytest.raises(gates.GateBlockedError, match="Loads and answers"):
+        releases.promote(PromotionRequest(AGENT, "champion", "3", load=broken), LEAD, settings=isolated_settings)
     assert releases.alias_history(AGENT, settings=isolated_settings) == []
 
-    result = readiness.promote(AGENT, "champion", "3", LEAD, load=broken, override=True,
-                               reason="known issue, fixed by config", settings=isolated_settings)
+    request = PromotionRequest(AGENT, "champion", "3", load=broken, override=True, reason="known issue, fixed by config")
+    result = releases.promote(request, LEAD, settings=isolated_settings)
     change = result.change
     assert change.override and change.to_version == "3"
     assert change.evidence["readiness"]["failing_required"] == ["loads_and_predicts"]

@@ -12,12 +12,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
-from services import audit, registry, releases
+from services import audit, gates, registry, releases
 from services._clients import get_or_create_experiment, mlflow_client
 from services.audit import AliasAction, GateOutcome
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services.gates import CheckStatus, GateRule, RuleKind
 from services.identity import Identity, IdentitySource
-from services.releases import CheckStatus, Drift, GateRule, RuleKind
+from services.promotion import PromotionRequest, RollbackRequest, Seen
+from services.releases import Drift
 
 AGENT = "release-agent"
 DATASET = "release-golden"
@@ -82,7 +84,7 @@ def _assert_trail_agrees(settings, alias: str = "champion") -> None:
 @pytest.fixture
 def store(isolated_settings):
     build_agent(isolated_settings)
-    releases.set_gate_rules(AGENT, GATE, ALICE, isolated_settings)
+    gates.set_gate_rules(AGENT, GATE, ALICE, isolated_settings)
     return isolated_settings
 
 
@@ -103,7 +105,7 @@ def test_plan_shows_before_after_and_same_dataset_evidence(store):
 
 def test_promote_moves_the_alias_and_records_who_when_and_evidence(store):
     before = datetime.now(tz=timezone.utc)
-    result = releases.promote(AGENT, "champion", 2, ALICE, reason="better facts", settings=store)
+    result = releases.promote(PromotionRequest(AGENT, "champion", 2, reason="better facts"), ALICE, settings=store)
 
     assert _registry_alias(store, "champion") == "2"
     change = result.change
@@ -125,8 +127,8 @@ def test_blocked_promotion_changes_nothing(store):
     assert plan.blocked
     assert {c.status for c in plan.checks} == {CheckStatus.FAIL}
 
-    with pytest.raises(releases.GateBlockedError, match="Nothing changed"):
-        releases.promote(AGENT, "champion", "3", ALICE, settings=store)
+    with pytest.raises(gates.GateBlockedError, match="Nothing changed"):
+        releases.promote(PromotionRequest(AGENT, "champion", "3"), ALICE, settings=store)
 
     assert _registry_alias(store, "champion") == "1"
     assert releases.alias_history(AGENT, settings=store) == []
@@ -134,11 +136,11 @@ def test_blocked_promotion_changes_nothing(store):
 
 def test_override_needs_a_written_reason_and_is_recorded_as_such(store):
     with pytest.raises(ValidationError, match="reason"):
-        releases.promote(AGENT, "champion", "3", ALICE, override=True, reason="  ", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "3", override=True, reason="  "), ALICE, settings=store)
     assert _registry_alias(store, "champion") == "1"
 
-    result = releases.promote(AGENT, "champion", "3", ALICE, override=True, reason="hotfix for incident 42",
-                              settings=store)
+    result = releases.promote(PromotionRequest(AGENT, "champion", "3", override=True, reason="hotfix for incident 42"),
+                              ALICE, settings=store)
 
     assert _registry_alias(store, "champion") == "3"
     assert result.change.gate is GateOutcome.OVERRIDDEN and result.change.override
@@ -148,11 +150,11 @@ def test_override_needs_a_written_reason_and_is_recorded_as_such(store):
 
 
 def test_rollback_restores_the_previous_holder(store):
-    releases.promote(AGENT, "champion", "2", ALICE, settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=store)
     state = releases.alias_state(AGENT, "champion", store)
     assert (state.version, state.previous_version) == ("2", "1")
 
-    result = releases.rollback(AGENT, "champion", BOB, reason="latency regression", settings=store)
+    result = releases.rollback(RollbackRequest(AGENT, "champion", reason="latency regression"), BOB, settings=store)
 
     assert _registry_alias(store, "champion") == "1"
     assert result.change.action is AliasAction.ROLLBACK
@@ -163,18 +165,18 @@ def test_rollback_restores_the_previous_holder(store):
 
 def test_rollback_without_history_is_refused(store):
     with pytest.raises(NotFoundError, match="No previous holder"):
-        releases.rollback(AGENT, "champion", ALICE, settings=store)
+        releases.rollback(RollbackRequest(AGENT, "champion"), ALICE, settings=store)
     assert _registry_alias(store, "champion") == "1"
 
 
 def test_holder_at_time_t(store):
     start = datetime.now(tz=timezone.utc)
     time.sleep(0.02)
-    releases.promote(AGENT, "champion", "2", ALICE, settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=store)
     time.sleep(0.02)
     middle = datetime.now(tz=timezone.utc)
     time.sleep(0.02)
-    releases.promote(AGENT, "champion", "3", ALICE, override=True, reason="test", settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "3", override=True, reason="test"), ALICE, settings=store)
 
     assert releases.holder_at(AGENT, "champion", start, store) == "1"
     assert releases.holder_at(AGENT, "champion", middle, store) == "2"
@@ -183,7 +185,7 @@ def test_holder_at_time_t(store):
 
 
 def test_alias_moved_outside_the_app_is_detected(store):
-    releases.promote(AGENT, "champion", "2", ALICE, settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=store)
     MlflowClient(store.tracking_uri, store.tracking_uri).set_registered_model_alias(AGENT, "champion", "3")
 
     state = releases.alias_state(AGENT, "champion", store)
@@ -193,13 +195,13 @@ def test_alias_moved_outside_the_app_is_detected(store):
     assert states["champion"].drift is Drift.EXTERNAL
 
     # A one-click rollback records the real before-state (v3), not the stale record (v2).
-    result = releases.rollback(AGENT, "champion", ALICE, settings=store)
+    result = releases.rollback(RollbackRequest(AGENT, "champion"), ALICE, settings=store)
     assert (result.change.from_version, result.change.to_version) == ("3", "2")
     _assert_trail_agrees(store)
 
 
 def test_alias_removed_outside_the_app_is_detected(store):
-    releases.promote(AGENT, "champion", "2", ALICE, settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=store)
     MlflowClient(store.tracking_uri, store.tracking_uri).delete_registered_model_alias(AGENT, "champion")
     assert releases.alias_state(AGENT, "champion", store).drift is Drift.REMOVED
 
@@ -221,14 +223,14 @@ def test_unrecorded_alias_is_reported(store):
 )
 def test_bad_input_is_a_typed_error_and_changes_nothing(store, alias, version, error, match):
     with pytest.raises(error, match=match):
-        releases.promote(AGENT, alias, version, ALICE, settings=store)
+        releases.promote(PromotionRequest(AGENT, alias, version), ALICE, settings=store)
     assert _registry_alias(store, "champion") == "1"
     assert releases.alias_history(AGENT, settings=store) == []
 
 
 def test_missing_agent_is_not_found(store):
     with pytest.raises(NotFoundError):
-        releases.promote("no-such-agent", "champion", "1", ALICE, settings=store)
+        releases.promote(PromotionRequest("no-such-agent", "champion", "1"), ALICE, settings=store)
 
 
 def test_permission_refused_is_typed_and_leaves_alias_and_trail_unchanged(store, monkeypatch):
@@ -237,7 +239,7 @@ def test_permission_refused_is_typed_and_leaves_alias_and_trail_unchanged(store,
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
     with pytest.raises(PermissionDeniedError, match="refused"):
-        releases.promote(AGENT, "champion", "2", ALICE, settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=store)
     monkeypatch.undo()
     assert _registry_alias(store, "champion") == "1"
     assert releases.alias_history(AGENT, settings=store) == []
@@ -247,14 +249,14 @@ def test_permission_refused_is_typed_and_leaves_alias_and_trail_unchanged(store,
 
 
 def test_stale_confirmation_is_a_conflict(store):
-    releases.promote(AGENT, "champion", "2", ALICE, settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=store)
     with pytest.raises(ConflictError, match="now points to v2"):
-        releases.promote(AGENT, "champion", "2", BOB, expected_current="1", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "2", seen=Seen("1")), BOB, settings=store)
     assert len(releases.alias_history(AGENT, settings=store)) == 1
 
 
 def test_concurrent_promotions_leave_a_trail_that_agrees_with_the_registry(store):
-    releases.set_gate_rules(AGENT, [], ALICE, store)
+    gates.set_gate_rules(AGENT, [], ALICE, store)
     targets = ["2", "3", "2", "3", "1", "2"]
     errors: list[Exception] = []
     barrier = threading.Barrier(len(targets))
@@ -262,7 +264,7 @@ def test_concurrent_promotions_leave_a_trail_that_agrees_with_the_registry(store
     def run(version: str, who: Identity) -> None:
         barrier.wait()
         try:
-            releases.promote(AGENT, "champion", version, who, settings=store)
+            releases.promote(PromotionRequest(AGENT, "champion", version), who, settings=store)
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -290,15 +292,15 @@ def _backend_down(monkeypatch, method: str = "set_registered_model_alias") -> No
 
 
 def test_a_retry_with_the_same_request_id_changes_and_records_once(store):
-    first = releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-1", settings=store)
-    again = releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-1", settings=store)
+    first = releases.promote(PromotionRequest(AGENT, "champion", "2", seen=Seen("1"), request_id="req-1"), ALICE, settings=store)
+    again = releases.promote(PromotionRequest(AGENT, "champion", "2", seen=Seen("1"), request_id="req-1"), ALICE, settings=store)
     assert again.change == first.change and first.change.request_id == "req-1"
     assert "already carried out" in again.messages[0]
     assert [c.run_id for c in releases.alias_history(AGENT, settings=store)] == [first.change.run_id]
     with pytest.raises(ValidationError, match="not v3"):
-        releases.promote(AGENT, "champion", "3", ALICE, override=True, reason="x", request_id="req-1", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "3", override=True, reason="x", request_id="req-1"), ALICE, settings=store)
     with pytest.raises(ValidationError, match="request id"):
-        releases.promote(AGENT, "champion", "2", ALICE, request_id="bad id'", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="bad id'"), ALICE, settings=store)
     assert _registry_alias(store, "champion") == "2"
 
 
@@ -306,7 +308,7 @@ def test_a_retry_with_the_same_request_id_changes_and_records_once(store):
 def test_an_interrupted_promotion_reads_as_interrupted_and_its_retry_completes_once(store, monkeypatch, method):
     _backend_down(monkeypatch, method)
     with pytest.raises(BackendUnavailableError, match="recorded as interrupted .request req-9"):
-        releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-9", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "2", seen=Seen("1"), request_id="req-9"), ALICE, settings=store)
     monkeypatch.undo()
     moved = method == "log_batch"  # the backend failed after the alias call went through
     assert _registry_alias(store, "champion") == ("2" if moved else "1")
@@ -317,7 +319,7 @@ def test_an_interrupted_promotion_reads_as_interrupted_and_its_retry_completes_o
     assert state.drift is Drift.INTERRUPTED and state.interrupted == intent and state.previous_version is None
     assert releases.holder_at(AGENT, "champion", datetime.now(timezone.utc), store) is None
 
-    result = releases.promote(AGENT, "champion", "2", ALICE, expected_current="1", request_id="req-9", settings=store)
+    result = releases.promote(PromotionRequest(AGENT, "champion", "2", seen=Seen("1"), request_id="req-9"), ALICE, settings=store)
     assert result.change.run_id == intent.run_id and result.change.completed
     assert (result.change.from_version, result.change.to_version) == ("1", "2")
     assert [c.run_id for c in releases.alias_history(AGENT, settings=store, include_interrupted=True)] == [intent.run_id]
@@ -327,22 +329,22 @@ def test_an_interrupted_promotion_reads_as_interrupted_and_its_retry_completes_o
 def test_an_interrupted_promotion_overtaken_by_another_change_is_closed_as_a_conflict(store, monkeypatch):
     _backend_down(monkeypatch)
     with pytest.raises(BackendUnavailableError):
-        releases.promote(AGENT, "champion", "2", ALICE, request_id="req-5", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="req-5"), ALICE, settings=store)
     monkeypatch.undo()
-    releases.promote(AGENT, "champion", "3", BOB, override=True, reason="hotfix", settings=store)
+    releases.promote(PromotionRequest(AGENT, "champion", "3", override=True, reason="hotfix"), BOB, settings=store)
     with pytest.raises(ConflictError, match="another change happened"):
-        releases.promote(AGENT, "champion", "2", ALICE, request_id="req-5", settings=store)
+        releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="req-5"), ALICE, settings=store)
     assert _registry_alias(store, "champion") == "3"
     assert [c.to_version for c in releases.alias_history(AGENT, settings=store, include_interrupted=True)] == ["3"]
     _assert_trail_agrees(store)
 
 
 def test_gate_rules_travel_as_a_registered_model_tag(store):
-    tag = MlflowClient(store.tracking_uri, store.tracking_uri).get_registered_model(AGENT).tags[releases.GATE_TAG]
-    assert releases.parse_rules(tag) == GATE
-    assert releases.gate_rules(AGENT, store) == GATE
-    releases.set_gate_rules(AGENT, [], ALICE, store)
-    assert releases.gate_rules(AGENT, store) == []
+    tag = MlflowClient(store.tracking_uri, store.tracking_uri).get_registered_model(AGENT).tags[gates.GATE_TAG]
+    assert gates.parse_rules(tag) == GATE
+    assert gates.gate_rules(AGENT, store) == GATE
+    gates.set_gate_rules(AGENT, [], ALICE, store)
+    assert gates.gate_rules(AGENT, store) == []
 
 
 @pytest.mark.parametrize(
@@ -351,12 +353,12 @@ def test_gate_rules_travel_as_a_registered_model_tag(store):
 )
 def test_invalid_gate_rules_are_refused_before_io(store, rule):
     with pytest.raises(ValidationError):
-        releases.set_gate_rules(AGENT, [rule], ALICE, store)
-    assert releases.gate_rules(AGENT, store) == GATE
+        gates.set_gate_rules(AGENT, [rule], ALICE, store)
+    assert gates.gate_rules(AGENT, store) == GATE
 
 
 def test_latency_and_cost_rules_without_traces_do_not_block(store):
-    releases.set_gate_rules(AGENT, [GateRule(RuleKind.MAX_P95_MS, 100), GateRule(RuleKind.MAX_COST, 0.001)],
+    gates.set_gate_rules(AGENT, [GateRule(RuleKind.MAX_P95_MS, 100), GateRule(RuleKind.MAX_COST, 0.001)],
                             ALICE, store)
     plan = releases.plan_promotion(AGENT, "champion", "3", store)
     assert [c.status for c in plan.checks] == [CheckStatus.NO_DATA, CheckStatus.NO_DATA]
@@ -364,7 +366,7 @@ def test_latency_and_cost_rules_without_traces_do_not_block(store):
 
 
 def test_audit_records_live_in_the_audit_experiment(store):
-    releases.promote(AGENT, "challenger", "2", ALICE, settings=store)
+    releases.promote(PromotionRequest(AGENT, "challenger", "2"), ALICE, settings=store)
     client = MlflowClient(store.tracking_uri, store.tracking_uri)
     experiment = client.get_experiment_by_name(store.audit_experiment)
     runs = client.search_runs([experiment.experiment_id])
@@ -391,23 +393,23 @@ def test_promote_block_rollback_and_drift_against_a_real_mlflow_server(server_se
     settings = configure_mlflow(server_settings)
     try:
         build_agent(settings)
-        releases.set_gate_rules(AGENT, GATE, ALICE, settings)
-        with pytest.raises(releases.GateBlockedError):
-            releases.promote(AGENT, "champion", "3", ALICE, settings=settings)
+        gates.set_gate_rules(AGENT, GATE, ALICE, settings)
+        with pytest.raises(gates.GateBlockedError):
+            releases.promote(PromotionRequest(AGENT, "champion", "3"), ALICE, settings=settings)
         assert _registry_alias(settings, "champion") == "1"
         assert releases.alias_history(AGENT, settings=settings) == []
 
-        releases.promote(AGENT, "champion", "2", ALICE, settings=settings)
+        releases.promote(PromotionRequest(AGENT, "champion", "2"), ALICE, settings=settings)
         _assert_trail_agrees(settings)
-        releases.rollback(AGENT, "champion", BOB, reason="server rollback", settings=settings)
+        releases.rollback(RollbackRequest(AGENT, "champion", reason="server rollback"), BOB, settings=settings)
         assert _registry_alias(settings, "champion") == "1"
         _assert_trail_agrees(settings)
 
         MlflowClient(settings.tracking_uri, settings.tracking_uri).set_registered_model_alias(AGENT, "champion", "3")
         assert releases.alias_state(AGENT, "champion", settings).drift is Drift.EXTERNAL
         with pytest.raises(ValidationError, match="reserved"):
-            releases.promote(AGENT, "latest", "2", ALICE, settings=settings)
+            releases.promote(PromotionRequest(AGENT, "latest", "2"), ALICE, settings=settings)
         with pytest.raises(NotFoundError):
-            releases.promote(AGENT, "champion", "42", ALICE, settings=settings)
+            releases.promote(PromotionRequest(AGENT, "champion", "42"), ALICE, settings=settings)
     finally:
         configure_mlflow(get_settings())

@@ -7,6 +7,7 @@ from services import roles
 from services.errors import ConfigurationError, ConflictError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
+from services.promotion import PromotionRequest
 from tests.harness.databricks_settings import databricks_settings
 
 ANA = Identity("ana@example.com", "ana", IdentitySource.DATABRICKS_APPS, access_token="tok")
@@ -121,11 +122,11 @@ def test_promotion_is_refused_for_a_reviewer_and_nothing_changes(isolated_settin
                                                                         "default": "reviewer"}))
     reviewer = Identity("rev@example.com", "rev", IdentitySource.OS_USER)
     with pytest.raises(PermissionDeniedError, match="reviewer and may not promote"):
-        releases.promote("m", "champion", "2", reviewer, reason="try", settings=isolated_settings)
+        releases.promote(PromotionRequest("m", "champion", "2", reason="try"), reviewer, settings=isolated_settings)
     assert str(client.get_registered_model("m").aliases["champion"]) == "1"
     assert audit.alias_changes("m", settings=isolated_settings) == []
     operator = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
-    releases.promote("m", "champion", "2", operator, reason="ok", settings=isolated_settings)
+    releases.promote(PromotionRequest("m", "champion", "2", reason="ok"), operator, settings=isolated_settings)
     assert str(client.get_registered_model("m").aliases["champion"]) == "2"
     assert audit.alias_changes("m", settings=isolated_settings)[0].user == "ops@example.com"
 

@@ -1,0 +1,106 @@
+"""One confirmation widget for every mutation: summary, reason, confirm / cancel, disabled while blocked.
+
+Usage (a page shows what will change, then asks)::
+
+    answer = confirm_box("Move champion: v1 → v2", keys=ConfirmKeys.under("versions"),
+                         confirm_label="Confirm promotion", blocked=plan_blockers)
+    if answer.confirmed:
+        service.change(..., reason=answer.reason, override=answer.override)
+    elif answer.cancelled:
+        ...forget the pending change...
+
+The widget decides nothing about *whether* a change is blocked: the page passes the service's
+verdict (``blocked``: one message per reason, empty when nothing blocks). While blocked, the
+confirm button stays disabled unless the user overrides with a written reason (when
+``allow_override``); the service checks the same rule again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import streamlit as st
+
+from components.tables import plain
+
+
+@dataclass(frozen=True)
+class ConfirmKeys:
+    """Widget keys of one confirmation (tests and session state address the widgets by them)."""
+
+    confirm: str
+    reason: str = ""  # the reason field while nothing blocks
+    override: str = ""  # the override checkbox (shown only while blocked)
+    override_reason: str = ""  # the written reason an override needs
+    cancel: str = ""  # empty: no cancel button
+
+    @classmethod
+    def under(cls, prefix: str) -> ConfirmKeys:
+        """``<prefix>.confirm``, ``.reason_ok``, ``.override``, ``.reason`` and ``.cancel``."""
+        return cls(f"{prefix}.confirm", f"{prefix}.reason_ok", f"{prefix}.override", f"{prefix}.reason",
+                   f"{prefix}.cancel")
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the user did in this run: confirmed (with the reason and whether they overrode) or cancelled."""
+
+    confirmed: bool
+    cancelled: bool
+    reason: str
+    override: bool
+
+
+def confirm_box(
+    summary: str | None,
+    *,
+    keys: ConfirmKeys,
+    confirm_label: str = "Confirm",
+    icon: str | None = None,
+    blocked: Sequence[str] = (),
+    allow_override: bool = True,
+    ask_reason: bool = True,
+    reason_label: str = "Reason (optional, recorded)",
+    reason_required: bool = False,
+    disabled_hint: str = "",
+) -> Confirmation:
+    """Render the confirmation and return what the user did.
+
+    Args:
+        summary: markdown of what will change (``None`` when the page already showed it). Text
+            from the store must already be escaped (``components.tables.plain``).
+        blocked: the service's reasons the change is blocked, each shown as an error.
+        allow_override: while blocked, offer an override that needs a written reason.
+        ask_reason: show a reason field while nothing blocks (off for changes the service records
+            without one).
+        reason_required: a reason is needed even when nothing blocks.
+        disabled_hint: when not empty, the user may not make this change: the hint says why
+            and the confirm button is disabled.
+    """
+    if summary:
+        st.markdown(summary)
+    for message in blocked:
+        st.error(message, icon=":material/block:")
+    override = False
+    if blocked:
+        reason = ""
+        if allow_override:
+            override = st.checkbox("Override the gate", key=keys.override or f"{keys.confirm}.override")
+            if override:
+                reason = st.text_area("Why override? (recorded in the audit trail)",
+                                      key=keys.override_reason or f"{keys.confirm}.override_reason")
+        ready = override and bool(reason.strip())
+    elif ask_reason:
+        label = reason_label if not reason_required else reason_label.replace("optional, ", "")
+        reason = st.text_input(label, key=keys.reason)
+        ready = bool(reason.strip()) or not reason_required
+    else:
+        reason, ready = "", True
+    if disabled_hint:
+        st.caption(f":material/lock: {plain(disabled_hint)}")
+    buttons = st.columns(2 if keys.cancel else 1)
+    confirmed = buttons[0].button(confirm_label, type="primary", icon=icon, key=keys.confirm,
+                                  disabled=bool(disabled_hint) or not ready)
+    cancelled = bool(keys.cancel) and buttons[1].button("Cancel", key=keys.cancel)
+    return Confirmation(bool(confirmed), cancelled, reason.strip(), override)

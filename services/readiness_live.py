@@ -1,0 +1,138 @@
+"""Live traffic of agent versions: traces linked to a version's LoggedModel that are not evaluation rows.
+
+``mlflow.genai.evaluate`` writes one trace per row, linked to the evaluated LoggedModel
+(``mlflow.modelId``) and to its run (``mlflow.sourceRun``). Those rows are not requests anyone
+sent the agent, so the readiness item "traces exist" and the promotion evidence (trace counts,
+p95 latency and cost per request that gate rules check) leave them out. A trace logged inside any
+other run (a notebook, a build run) still counts: only runs that are evaluations
+(``mlflow.runType = genai_evaluate``) make their traces evaluation rows.
+
+The store-side aggregate (``versions.traffic_by_model``) stays the fast path; only versions that
+have evaluation rows in the window are read again trace by trace to take those rows out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from services import versions
+from services._clients import mlflow_client, translate_errors
+from services.errors import AgentOpsError
+from services.settings import Settings
+
+MODEL_ID = "mlflow.modelId"
+SOURCE_RUN = "mlflow.sourceRun"
+EVALUATION_RUN_TYPE = "genai_evaluate"
+_PAGE = 500
+
+
+def _q(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class EvaluationRuns:
+    """Which run ids are evaluations, looked up once per run."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, run_id: object) -> bool:
+        if not run_id or not isinstance(run_id, str):
+            return False
+        if run_id not in self._known:
+            try:
+                with translate_errors(f"run {run_id}"):
+                    tags = self._client.get_run(run_id).data.tags
+                self._known[run_id] = tags.get("mlflow.runType") == EVALUATION_RUN_TYPE
+            except AgentOpsError:
+                self._known[run_id] = False  # a run that cannot be read is not known to be an evaluation
+        return self._known[run_id]
+
+
+def is_evaluation_row(info: Any, evaluations: EvaluationRuns) -> bool:
+    """True when a trace is a row of an evaluation run."""
+    return (info.trace_metadata or {}).get(SOURCE_RUN) in evaluations
+
+
+def _infos(client: Any, experiment_ids: Sequence[str], clauses: list[str]) -> Iterable[Any]:
+    token = None
+    while True:
+        with translate_errors("traces"):
+            page = client.search_traces(locations=list(experiment_ids), filter_string=" AND ".join(clauses),
+                                        max_results=_PAGE, page_token=token, include_spans=False)
+        yield from (t.info for t in page)
+        token = page.token
+        if not token:
+            return
+
+
+def _figures(infos: list[Any]) -> versions.VersionTraffic:
+    durations = [i.execution_duration for i in infos if i.execution_duration is not None]
+    costs = [c for c in ((i.cost or {}).get("total_cost") for i in infos) if c is not None]
+    errors = sum(1 for i in infos if str(getattr(i.state, "value", i.state)) == "ERROR")
+    return versions.VersionTraffic(
+        traces=len(infos), errors=errors,
+        p95_ms=float(np.percentile(durations, 95)) if durations else None,
+        cost_per_request=float(sum(costs)) / len(infos) if costs and infos else None,
+    )
+
+
+def live_traffic_by_model(
+    experiment_ids: Sequence[str], model_ids: Sequence[str], settings: Settings | None = None, *,
+    now: datetime | None = None, window: timedelta = versions.TRAFFIC_WINDOW,
+) -> dict[str, versions.VersionTraffic]:
+    """Trace count, errors, p95 latency and cost per request of live traffic, by LoggedModel id."""
+    wanted = [m for m in dict.fromkeys(model_ids) if m]
+    if not experiment_ids or not wanted:
+        return {}
+    now = now or datetime.now(tz=timezone.utc)
+    since_ms = int((now - window).timestamp() * 1000)
+    traffic = versions.traffic_by_model(experiment_ids, settings, now=now, window=window, model_ids=wanted)
+    client = mlflow_client(settings)
+    evaluations = EvaluationRuns(client)
+    # Traces written inside a run are few next to live traffic: read those, find the evaluation rows.
+    with_rows: set[str] = set()
+    try:
+        for info in _infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
+                                                    f"metadata.`{SOURCE_RUN}` LIKE '%'"]):
+            model_id = (info.trace_metadata or {}).get(MODEL_ID)
+            if model_id in wanted and model_id in traffic and is_evaluation_row(info, evaluations):
+                with_rows.add(model_id)
+    except AgentOpsError:
+        with_rows = {m for m in wanted if m in traffic}  # cannot tell: read each version's traces
+    for model_id in with_rows:
+        infos = [i for i in _infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
+                                                             f"metadata.`{MODEL_ID}` = '{_q(model_id)}'"])
+                 if not is_evaluation_row(i, evaluations)]
+        if infos:
+            traffic[model_id] = _figures(infos)
+        else:
+            traffic.pop(model_id, None)
+    return traffic
+
+
+def find_live_trace(experiment_ids: Sequence[str], clauses: list[str], settings: Settings | None = None, *,
+                    evaluations: EvaluationRuns | None = None) -> tuple[bool, int]:
+    """Whether a trace matching ``clauses`` (of any age) is live, and the evaluation rows met before it.
+
+    Stops at the first live trace; when there is none, the count is every evaluation row matched.
+    """
+    if not experiment_ids or not clauses:
+        return False, 0
+    client = mlflow_client(settings)
+    evaluations = evaluations or EvaluationRuns(client)
+    rows = 0
+    for info in _infos(client, experiment_ids, clauses):
+        if not is_evaluation_row(info, evaluations):
+            return True, rows
+        rows += 1
+    return False, rows
+
+
+def model_clause(model_id: str) -> str:
+    """The search clause of traces linked to a LoggedModel."""
+    return f"metadata.`{MODEL_ID}` = '{_q(model_id)}'"

@@ -150,7 +150,8 @@ def _read_local(settings: Settings) -> dict[str, Endpoint]:
     records = team_state.read_all(settings, ENDPOINT_KEY)
     if not records and _migrate_endpoint_file(settings):
         records = team_state.read_all(settings, ENDPOINT_KEY)
-    return {r.value["name"]: _endpoint_from_json(r.value, r.version) for r in records.values()}
+    return {r.value["name"]: _endpoint_from_json(r.value, r.version) for r in records.values()
+            if not r.value.get("deleted")}  # a deleted endpoint is a tombstone record (delete_local_endpoint)
 
 
 def _migrate_endpoint_file(settings: Settings) -> bool:
@@ -1161,3 +1162,25 @@ def _child_deploy(args: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     raise SystemExit(_child_main())
+
+
+def delete_local_endpoint(name: str, *, user: str, expected_version: int, settings: Settings | None = None) -> int:
+    """Delete a local endpoint: its record becomes a tombstone (recorded like any write); returns its version.
+
+    A tombstone rather than a removed record keeps the record's version history, so an endpoint
+    created again under the same name continues it. ``ConflictError`` if someone changed the
+    endpoint since ``expected_version``; ``NotFoundError`` if it does not exist.
+    """
+    from services import team_state
+
+    settings = settings or get_settings()
+    if settings.backend is Backend.DATABRICKS:
+        raise ValidationError("Model Serving endpoints are deleted in the Databricks workspace, not from this app.")
+    current = team_state.read(ENDPOINT_KEY + name, settings)
+    if current is None or current.value.get("deleted"):
+        raise NotFoundError(f"Serving endpoint {name!r} does not exist.")
+    tombstone = {"name": name, "deleted": True, "updated_by": user,
+                 "updated_at": datetime.now(tz=timezone.utc).isoformat()}
+    record = team_state.write(ENDPOINT_KEY + name, tombstone, expected_version=expected_version, user=user,
+                              settings=settings, note="deleted")
+    return record.version

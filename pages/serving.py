@@ -14,6 +14,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
+from components.endpoint_editor import endpoint_editor
 from components.errors import show_error
 from components.serving import (
     arms_frame,
@@ -283,6 +284,8 @@ except AgentOpsError as exc:
     # The split and the history do not need the registry; adding versions and deploying name them by hand.
     show_error(exc, what="Cannot read the registered agents")
     agents = {}
+if settings.backend is not Backend.DATABRICKS:
+    endpoint_editor(endpoints, agents, settings=settings, identity=identity, can_change=can_change, on_change=_clear)
 
 if not endpoints:
     if settings.backend is Backend.DATABRICKS:

@@ -410,11 +410,9 @@ with judge_tab:
             st.info("No traffic in this window yet. Send test traffic or widen the window.", icon=":material/hourglass_empty:")
         else:
             st.markdown(f"**Verdict.** {report.verdict}")
-            st.dataframe(arms_frame(report), hide_index=True, use_container_width=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.0f") for c in ("p50 ms", "p95 ms", "p99 ms", "Tokens / request")})
+            st.dataframe(arms_frame(report), hide_index=True, use_container_width=True)  # formatted in the frame
             with st.expander("Tests per metric"):
-                st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
-                             column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
+                st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True)
             labels = {a.entity_name: serving.version_label(a.model_name, a.version) for a in report.arms}
             request = promote_form(
                 report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,

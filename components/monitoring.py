@@ -15,7 +15,7 @@ import streamlit as st
 from components.charts import _PALETTE, chart_text, time_axis
 from components.tables import plain
 from services.errors import ValidationError
-from services.monitoring import TraceDetail
+from services.trace_explorer import TraceDetail
 
 _LAYOUT = dict(height=260, margin=dict(l=10, r=10, t=36, b=10), legend=dict(orientation="h", y=-0.2),
                hovermode="x unified")

@@ -18,6 +18,8 @@ from components.errors import show_error
 from components.monitoring import breakdown_chart, price_rows, series_chart, trace_detail_block
 from components.tables import explorer_frame, plain, totals_frame
 from services import monitoring as mon
+from services import alerts
+from services import trace_explorer
 from services import pricing, registry, roles, team_state
 from services.errors import AgentOpsError, ConflictError
 from services.overview import agent_experiment_ids
@@ -54,18 +56,18 @@ def _data(settings: Settings, query: mon.TraceQuery, split: str, groups: tuple[s
 
 @per_user_cache(ttl=60, show_spinner=False)
 def _health(settings: Settings, query: mon.TraceQuery, feedback_name: str,
-            prices: dict[str, pricing.ModelPrice]) -> mon.AgentHealth:
-    return mon.agent_health(query, feedback_name=feedback_name, prices=prices, settings=settings)
+            prices: dict[str, pricing.ModelPrice]) -> alerts.AgentHealth:
+    return alerts.agent_health(query, feedback_name=feedback_name, prices=prices, settings=settings)
 
 
 @per_user_cache(ttl=30, show_spinner=False)
-def _page(settings: Settings, explorer: mon.ExplorerQuery, page_size: int, token: str | None) -> mon.TracePage:
-    return mon.search_page(explorer, page_size=page_size, page_token=token, settings=settings)
+def _page(settings: Settings, explorer: trace_explorer.ExplorerQuery, page_size: int, token: str | None) -> trace_explorer.TracePage:
+    return trace_explorer.search_page(explorer, page_size=page_size, page_token=token, settings=settings)
 
 
 @per_user_cache(ttl=300, show_spinner=False)
-def _detail(settings: Settings, trace_id: str) -> mon.TraceDetail:
-    return mon.trace_detail(trace_id, settings)
+def _detail(settings: Settings, trace_id: str) -> trace_explorer.TraceDetail:
+    return trace_explorer.trace_detail(trace_id, settings)
 
 
 def _pick(column, label: str, options: list[str], key: str) -> str | None:
@@ -81,10 +83,10 @@ st.title("Monitoring")
 try:
     agents = _agents(settings)
     prices = pricing.load_prices(settings)
-    thresholds = mon.load_thresholds(settings)
+    thresholds = alerts.load_thresholds(settings)
     # The versions this session's forms were filled from: a save names them, so a teammate's save
     # in between gives a conflict instead of being overwritten.
-    stored_versions = {"thr:" + k: v for k, v in mon.threshold_versions(settings).items()}
+    stored_versions = {"thr:" + k: v for k, v in alerts.threshold_versions(settings).items()}
     stored_versions["prices"] = pricing.prices_version(settings)
 except AgentOpsError as exc:
     show_error(exc, what="Cannot read the workspace")
@@ -150,12 +152,12 @@ except AgentOpsError as exc:
 # --- alerts --------------------------------------------------------------------------------
 st.subheader("Alerts")
 alert_agents = [a for a in agents if a.experiment_ids and (not agent or a.name == agent)]
-fired: list[mon.Alert] = []
+fired: list[alerts.Alert] = []
 try:
     for a in alert_agents:
-        limits = mon.thresholds_for(thresholds, a.name)
+        limits = alerts.thresholds_for(thresholds, a.name)
         health_query = mon.TraceQuery(tuple(a.experiment_ids), start, now, agent=a.name)
-        fired += mon.check_alerts(_health(settings, health_query, limits.feedback_name, prices), limits)
+        fired += alerts.check_alerts(_health(settings, health_query, limits.feedback_name, prices), limits)
 except AgentOpsError as exc:
     show_error(exc, what="Cannot check alert thresholds")
 if fired:
@@ -167,7 +169,7 @@ else:
 with st.expander("Alert thresholds", icon=":material/tune:"):
     target = st.selectbox("Thresholds for", ["* (default for all agents)", *[a.name for a in agents]], key="mon_thr_agent")
     target_key = "*" if target.startswith("*") else target
-    current = mon.thresholds_for(thresholds, target_key)
+    current = alerts.thresholds_for(thresholds, target_key)
     seen = st.session_state.setdefault("mon_seen_versions", {})
     seen.setdefault("thr:" + target_key, stored_versions.get("thr:" + target_key, 0))
     with st.form("mon_thresholds"):
@@ -181,7 +183,7 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
         st.caption("A zero switches a check off." + ("" if can_edit else f" {role_hint(roles.Action.EDIT_RULES)}"))
         if st.form_submit_button("Save thresholds", disabled=not can_edit):
             try:
-                mon.save_thresholds(settings, target_key, mon.AlertThresholds(
+                alerts.save_thresholds(settings, target_key, alerts.AlertThresholds(
                     p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()), identity=identity,
                     expected_version=seen["thr:" + target_key])
                 seen.pop("thr:" + target_key, None)
@@ -190,7 +192,7 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
                 st.rerun()
             except AgentOpsError as exc:
                 if isinstance(exc, ConflictError):  # the next save builds on the values now shown
-                    seen["thr:" + target_key] = mon.threshold_versions(settings).get(target_key, 0)
+                    seen["thr:" + target_key] = alerts.threshold_versions(settings).get(target_key, 0)
                 show_error(exc, what="Thresholds not saved")
 
 charts_tab, explorer_tab, prices_tab = st.tabs(["Charts", "Trace explorer", "Prices"])
@@ -266,10 +268,10 @@ with explorer_tab:
     max_latency = cols[1].number_input("Max latency (ms, 0 = none)", min_value=0, value=0, step=100, key="mon_max_lat")
     feedback = cols[2].selectbox("Feedback", ["Any", "Negative", "Positive"], key="mon_feedback")
     page_size = cols[3].selectbox("Rows per page", [25, 50, 100], index=1, key="mon_page_size")
-    explorer = mon.ExplorerQuery(
+    explorer = trace_explorer.ExplorerQuery(
         query, min_latency_ms=min_latency or None, max_latency_ms=max_latency or None,
         feedback=mon.FeedbackFilter(feedback.lower()),
-        feedback_name=mon.thresholds_for(thresholds, agent or "*").feedback_name,
+        feedback_name=alerts.thresholds_for(thresholds, agent or "*").feedback_name,
     )
     # Page tokens of the pages seen so far, reset whenever the filters change.
     signature = repr((explorer, page_size))

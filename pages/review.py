@@ -116,7 +116,7 @@ review_tab, queues_tab, curate_tab, charts_tab, labels_tab = st.tabs(
     ["Review", "Queues", "Curate", "Feedback charts", "Label questions"])
 
 
-def _queue_picker(container, key: str) -> rq.ReviewQueue | None:
+def _queue_picker(container, queues: list[rq.ReviewQueue], key: str) -> rq.ReviewQueue | None:
     if not queues:
         container.info("**There are no review queues yet.** Create one in the *Queues* tab: a sample of live "
                        "traffic, traces with thumbs down or low scores, or a hand-picked list.", icon=":material/inbox:")
@@ -129,7 +129,7 @@ def _queue_picker(container, key: str) -> rq.ReviewQueue | None:
 
 # --- review ----------------------------------------------------------------------------------
 with review_tab:
-    queue = _queue_picker(st, "review_queue")
+    queue = _queue_picker(st, queues, "review_queue")
     if queue is not None:
         state_key = f"review_item_{queue.queue_id}"
         try:
@@ -325,7 +325,7 @@ with queues_tab:
 
 # --- curate ----------------------------------------------------------------------------------
 with curate_tab:
-    queue = _queue_picker(st, "curate_queue")
+    queue = _queue_picker(st, queues, "curate_queue")
     if queue is not None:
         try:
             reviewed = [i.trace_id for i in _items(settings, user, queue) if i.reviewed_by]

@@ -1,4 +1,7 @@
-"""Monitoring: time series, breakdowns, alerts, a trace explorer and trace detail.
+"""Monitoring: time series and breakdowns of traces, per version, alias or arm.
+
+Alert thresholds and health checks are in ``services.alerts``; the trace explorer and trace detail in
+``services.trace_explorer``.
 
 Every chart figure is aggregated inside the store; no chart loads traces into pandas. On a SQL
 store the charts, split or not, take two SQL statements over MLflow's trace tables
@@ -15,20 +18,20 @@ in proportion to their LLM call counts (the store cannot sum tokens per model).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from services import _mlflow_internal as internal
-from services._clients import mlflow_client, translate_errors
-from services.errors import ConflictError, NotFoundError, ValidationError
+from services import registry, trace_sql
+from services._clients import mlflow_client, translate_errors, workspace_client
+from services.errors import NotFoundError, ValidationError
 from services.pricing import ModelPrice
 from services.settings import Backend, Settings
 from services.trace_sql import WarehouseSource
@@ -39,7 +42,6 @@ _logger = logging.getLogger(__name__)
 ALIAS_TAG = "agentops.alias"
 MAX_WINDOW = timedelta(days=90)
 MAX_PAGE_SIZE = 500
-THRESHOLDS_FILE = "alert_thresholds.json"
 # Bucket sizes the charts choose from: the smallest giving at most ~72 points.
 BUCKET_CHOICES_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
@@ -162,8 +164,6 @@ def attribution(agent: str | None = None, settings: Settings | None = None) -> A
     An agent that is not (or no longer) registered has no versions: its traces are then found
     only through the app's older trace tags.
     """
-    from services import registry
-
     if agent:
         try:
             links, _ = registry.agent_links(agent, settings)
@@ -173,7 +173,7 @@ def attribution(agent: str | None = None, settings: Settings | None = None) -> A
     return Attribution(tuple(registry.all_version_links(settings)))
 
 
-def _filter_links(query: TraceQuery, attribution_: Attribution) -> list[internal.TraceLink]:
+def filter_links(query: TraceQuery, attribution_: Attribution) -> list[internal.TraceLink]:
     """Agent, version and alias filters as trace links: the model ids, or the legacy tag."""
     links = []
     if query.agent:
@@ -198,12 +198,12 @@ def _group_links(query: TraceQuery, split: Split, labels: Sequence[str],
     return {g: internal.TraceLink(tags=((SPLIT_TAGS[split], g),)) for g in labels}
 
 
-def _other_tags(query: TraceQuery) -> dict[str, str]:
+def other_tags(query: TraceQuery) -> dict[str, str]:
     """The tag filters that stay tags (endpoint and arm, written by the gateway)."""
     return {k: v for k, v in query.tag_equalities().items() if k in (ENDPOINT_TAG, ARM_TAG)}
 
 
-def _needs_attribution(query: TraceQuery, split: Split = Split.NONE) -> bool:
+def needs_attribution(query: TraceQuery, split: Split = Split.NONE) -> bool:
     return bool(query.agent or query.version or query.alias) or split in (Split.VERSION, Split.ALIAS)
 
 
@@ -282,7 +282,7 @@ class MonitoringData:
         return int(self.totals["requests"].sum()) == 0 if len(self.totals) else True
 
 
-class _Runner:
+class MetricRunner:
     """Runs a few ``query_trace_metrics`` calls of one request at a time (SQLite releases the GIL)."""
 
     def __init__(self, client: Any, query: TraceQuery) -> None:
@@ -431,9 +431,6 @@ def monitoring_data(
                   group_tag=SPLIT_TAGS.get(split), groups=labels if split is not Split.NONE else (),
                   tag_equals=query.tag_equalities(), status=query.status.value if query.status else None)
     if warehouse is not None:
-        from services import trace_sql
-        from services._clients import workspace_client
-
         trace_sql.aggregate_statement(warehouse, **window)  # refuses bad identifiers before any I/O
         aggregates = trace_sql.warehouse_aggregates(workspace_client(settings), warehouse, **window)
     elif not query.experiment_ids:
@@ -442,7 +439,7 @@ def monitoring_data(
         client = mlflow_client(settings)
         with translate_errors("trace metrics"):
             aggregates = internal.aggregate_traces(client, list(query.experiment_ids),
-                                                   **_linked_window(query, split, labels, window, settings))
+                                                   **linked_window(query, split, labels, window, settings))
 
     buckets = _buckets(query, interval)
     series, totals = [], []
@@ -474,15 +471,15 @@ def monitoring_data(
                           store_queries=aggregates.store_queries)
 
 
-def _linked_window(query: TraceQuery, split: Split, labels: Sequence[str], window: dict[str, Any],
+def linked_window(query: TraceQuery, split: Split, labels: Sequence[str], window: dict[str, Any],
                    settings: Settings | None) -> dict[str, Any]:
     """``aggregate_traces`` arguments attributing traces to agents, versions and aliases by model id."""
-    if not _needs_attribution(query, split):
+    if not needs_attribution(query, split):
         return window
     attribution_ = attribution(query.agent, settings)
     linked = {k: v for k, v in window.items() if k not in ("group_tag", "groups", "tag_equals")}
-    linked["tag_equals"] = _other_tags(query)
-    linked["links"] = _filter_links(query, attribution_)
+    linked["tag_equals"] = other_tags(query)
+    linked["links"] = filter_links(query, attribution_)
     if split is not Split.NONE:
         linked["group_links"] = _group_links(query, split, labels, attribution_)
     return linked
@@ -520,543 +517,6 @@ def _empty(query: TraceQuery, split: Split, interval: int, labels: list[str]) ->
     return MonitoringData(query, split, interval, series, totals, pd.DataFrame(columns=list(MODEL_COLUMNS)))
 
 
-# --- alerts ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AlertThresholds:
-    """Per-agent alert thresholds; ``None`` switches a check off."""
-
-    p95_latency_ms: float | None = 5000.0
-    error_rate: float | None = 0.05
-    daily_cost: float | None = 10.0
-    min_feedback_score: float | None = 0.6
-    feedback_name: str = "thumbs_up"
-
-
-def _threshold_number(name: str, value: Any) -> float | None:
-    """``value`` as a float, or ``ValidationError`` naming the field when it is not a finite number."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(f"{name} must be a number or empty to switch the check off (got {value!r}).")
-    if not math.isfinite(value):
-        raise ValidationError(f"{name} must be a finite number (got {value}).")
-    return float(value)
-
-
-def validate_thresholds(thresholds: AlertThresholds) -> AlertThresholds:
-    """Check types and ranges; raise ``ValidationError`` naming the bad field."""
-    if not isinstance(thresholds, AlertThresholds):
-        raise ValidationError(f"Alert thresholds must be AlertThresholds (got {type(thresholds).__name__}).")
-    values = {name: _threshold_number(name, getattr(thresholds, name))
-              for name in ("p95_latency_ms", "error_rate", "daily_cost", "min_feedback_score")}
-    for name in ("p95_latency_ms", "daily_cost"):
-        if values[name] is not None and values[name] < 0:
-            raise ValidationError(f"{name} must be zero or more (got {values[name]}).")
-    if values["error_rate"] is not None and not 0 <= values["error_rate"] <= 1:
-        raise ValidationError(f"error_rate is a share between 0 and 1 (got {values['error_rate']}).")
-    name = thresholds.feedback_name
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "\"`\n\r") or len(name) > 250:
-        raise ValidationError(f"feedback_name {name!r} is not a valid assessment name.")
-    return thresholds
-
-
-def validate_threshold_key(agent: Any) -> str:
-    """The agent a threshold set belongs to: ``"*"`` (the default) or a registered-model name."""
-    if (not isinstance(agent, str) or not agent or agent != agent.strip() or len(agent) > 256
-            or any(not c.isprintable() or c in "`" for c in agent)):
-        raise ValidationError(f"{agent!r} is not an agent name; pick an agent, or \"*\" for the default.")
-    return agent
-
-
-THRESHOLDS_KEY = "thresholds:"
-
-
-def _parse_threshold_file(path: Any) -> dict[str, dict[str, Any]]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        loaded = {validate_threshold_key(agent): validate_thresholds(AlertThresholds(**values))
-                  for agent, values in raw.items()}
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError, ValidationError) as exc:
-        raise ValidationError(f"Alert thresholds in {path} cannot be read ({exc}); fix or delete the file.") from None
-    return {agent: asdict(t) for agent, t in loaded.items()}
-
-
-def load_thresholds(settings: Settings) -> dict[str, AlertThresholds]:
-    """Saved thresholds per agent (key ``"*"`` holds the default for agents without their own).
-
-    They are team state in the tracking store (``services.team_state``, one record per agent), so a
-    teammate's app and a CI runner's ``agentops gate`` see the same ones; an embedded store's former
-    ``alert_thresholds.json`` is migrated once.
-    """
-    from services import team_state
-
-    records = team_state.read_all(settings, THRESHOLDS_KEY)
-    if not records:
-        path = settings.data_dir / THRESHOLDS_FILE
-        if settings.backend is Backend.LOCAL and path.exists():
-            for agent, values in _parse_threshold_file(path).items():
-                try:
-                    team_state.write(THRESHOLDS_KEY + agent, values, expected_version=0, user=team_state.MIGRATED_BY,
-                                     settings=settings, note=f"migrated from {path}")
-                except ConflictError:
-                    pass  # another process migrated it first
-            records = team_state.read_all(settings, THRESHOLDS_KEY)
-    loaded: dict[str, AlertThresholds] = {}
-    for key, record in records.items():
-        try:
-            loaded[key[len(THRESHOLDS_KEY):]] = validate_thresholds(AlertThresholds(**record.value))
-        except (TypeError, ValidationError) as exc:
-            raise ValidationError(f"The stored alert thresholds {key!r} cannot be read ({exc}); save them again.") from None
-    loaded.setdefault("*", AlertThresholds())
-    return loaded
-
-
-def threshold_versions(settings: Settings) -> dict[str, int]:
-    """The stored version of each agent's thresholds (0: never saved), for a conflict-checked save."""
-    from services import team_state
-
-    return {k[len(THRESHOLDS_KEY):]: r.version for k, r in team_state.read_all(settings, THRESHOLDS_KEY).items()}
-
-
-def save_thresholds(settings: Settings, agent: str, thresholds: AlertThresholds,
-                    identity: Any = None, *, expected_version: int | None = None) -> dict[str, AlertThresholds]:
-    """Store one agent's thresholds (``"*"`` for the default) with the team's data.
-
-    With ``identity`` (pages should pass it), editing thresholds needs the admin role, like other settings.
-    With ``expected_version`` (the version the editor loaded, 0 if none), a concurrent save by someone
-    else gives ``ConflictError`` instead of being overwritten.
-    """
-    from services import team_state
-
-    validate_threshold_key(agent)
-    validate_thresholds(thresholds)
-    if identity is not None:
-        from services import roles
-
-        roles.enforce(identity, roles.Action.EDIT_RULES, settings)
-    load_thresholds(settings)  # migrates a former file first, so the save lands on top of it
-    key = THRESHOLDS_KEY + agent
-    if expected_version is None:
-        current = team_state.read(key, settings)
-        expected_version = current.version if current else 0
-    team_state.write(key, asdict(thresholds), expected_version=expected_version,
-                     user=getattr(identity, "user", None) or "unknown", settings=settings,
-                     note=f"alert thresholds of {agent}")
-    return load_thresholds(settings)
-
-
-def thresholds_for(all_thresholds: Mapping[str, AlertThresholds], agent: str) -> AlertThresholds:
-    return all_thresholds.get(agent) or all_thresholds.get("*") or AlertThresholds()
-
-
-@dataclass(frozen=True)
-class AgentHealth:
-    """An agent's figures over a window, the values alerts are checked against."""
-
-    agent: str
-    requests: int
-    error_rate: float | None
-    p95_latency_ms: float | None
-    cost_last_24h: float
-    feedback_score: float | None
-    feedback_count: int
-
-
-@dataclass(frozen=True)
-class Alert:
-    agent: str
-    check: str  # "p95 latency", "error rate", "daily cost", "feedback score"
-    value: float
-    threshold: float
-    message: str
-
-
-def agent_health(query: TraceQuery, *, feedback_name: str = "thumbs_up",
-                 prices: Mapping[str, ModelPrice] | None = None, settings: Settings | None = None) -> AgentHealth:
-    """Requests, error rate, p95, cost over the last 24 h of the window and mean feedback, for ``query.agent``."""
-    validate_query(query)
-    if not query.agent:
-        raise ValidationError("Agent health needs an agent.")
-    day = TraceQuery(**{**query.__dict__, "start": max(query.start, query.end - timedelta(days=1))})
-    last_day = monitoring_data(day, prices=prices, settings=settings).totals.iloc[0]
-    requests, errors, p95 = 0, 0, None
-    score, count = None, 0
-    if query.experiment_ids:
-        client = mlflow_client(settings)
-        # The whole window needs no cost, so no model mix: one statement on a SQL store.
-        window = dict(start_ms=query.start_ms, end_ms=query.end_ms,
-                      interval_seconds=choose_interval(query.start, query.end), tag_equals=query.tag_equalities(),
-                      status=query.status.value if query.status else None)
-        with translate_errors("trace metrics"):
-            whole = internal.aggregate_traces(client, list(query.experiment_ids), with_models=False,
-                                              **_linked_window(query, Split.NONE, [], window, settings))
-        total = next((r for r in whole.rows if r.bucket_ms is None), None)
-        if total is not None:
-            requests, errors, p95 = total.requests, total.errors, total.p95_ms
-        score, count = _feedback_score(client, query, feedback_name, settings)
-    return AgentHealth(
-        agent=query.agent,
-        requests=requests,
-        error_rate=errors / requests if requests else None,
-        p95_latency_ms=p95,
-        cost_last_24h=float(last_day["cost"]),
-        feedback_score=score,
-        feedback_count=count,
-    )
-
-
-def _feedback_score(client: Any, query: TraceQuery, feedback_name: str,
-                    settings: Settings | None) -> tuple[float | None, int]:
-    """Mean and count of one assessment on the query's traces, linked by model id where known.
-
-    Assessment metrics filter with AND only: one query pair per model id with traffic in the
-    window (the legacy agent/version tags when no model id of the agent has any), combined.
-    """
-    name = f'assessment.name = "{feedback_name}"'
-    base = [tag_filter(k, v) for k, v in _other_tags(query).items()]
-    if query.status:
-        base.append(f'trace.status = "{query.status.value}"')
-    filter_sets = [metric_filters(query) + [name]]
-    if _needs_attribution(query):
-        attribution_ = attribution(query.agent, settings)
-        wanted = set(attribution_.model_ids(agent=query.agent, version=query.version, alias=query.alias))
-        if wanted:
-            with translate_errors("trace search"):
-                active = set(internal.trace_model_ids(client, list(query.experiment_ids), start_ms=query.start_ms,
-                                                      end_ms=query.end_ms))
-            if wanted & active:
-                from services.traces import model_filter
-
-                filter_sets = [base + [model_filter(m), name] for m in sorted(wanted & active)]
-    jobs: dict[Any, dict[str, Any]] = {}
-    for i, filters in enumerate(filter_sets):
-        jobs[(i, "avg")] = dict(metric="assessment_value", aggs=["AVG"], view_type="ASSESSMENTS", filters=filters)
-        jobs[(i, "count")] = dict(metric="assessment_count", aggs=["COUNT"], view_type="ASSESSMENTS", filters=filters)
-    with translate_errors("assessment metrics"):
-        res = _Runner(client, query).run(jobs)
-    total, weighted = 0, 0.0
-    for i in range(len(filter_sets)):
-        n = int(res[(i, "count")][0].values.get("COUNT", 0)) if res[(i, "count")] else 0
-        mean = res[(i, "avg")][0].values.get("AVG") if res[(i, "avg")] else None
-        if n and mean is not None:
-            total += n
-            weighted += float(mean) * n
-    return (weighted / total if total else None), total
-
-
-def check_alerts(health: AgentHealth, thresholds: AlertThresholds) -> list[Alert]:
-    """The thresholds an agent's figures cross (nothing is checked without traffic)."""
-    alerts: list[Alert] = []
-    if not health.requests:
-        return alerts
-    t = thresholds
-    if t.p95_latency_ms is not None and health.p95_latency_ms is not None and health.p95_latency_ms > t.p95_latency_ms:
-        alerts.append(Alert(health.agent, "p95 latency", health.p95_latency_ms, t.p95_latency_ms,
-                            f"p95 latency {health.p95_latency_ms:,.0f} ms is above {t.p95_latency_ms:,.0f} ms"))
-    if t.error_rate is not None and health.error_rate is not None and health.error_rate > t.error_rate:
-        alerts.append(Alert(health.agent, "error rate", health.error_rate, t.error_rate,
-                            f"error rate {health.error_rate:.1%} is above {t.error_rate:.1%}"))
-    if t.daily_cost is not None and health.cost_last_24h > t.daily_cost:
-        alerts.append(Alert(health.agent, "daily cost", health.cost_last_24h, t.daily_cost,
-                            f"cost over the last 24 h ${health.cost_last_24h:,.2f} is above ${t.daily_cost:,.2f}"))
-    if (t.min_feedback_score is not None and health.feedback_score is not None
-            and health.feedback_score < t.min_feedback_score):
-        alerts.append(Alert(health.agent, "feedback score", health.feedback_score, t.min_feedback_score,
-                            f"mean {t.feedback_name} {health.feedback_score:.2f} is below {t.min_feedback_score:.2f} "
-                            f"({health.feedback_count} assessments)"))
-    return alerts
-
-
-# --- explorer ------------------------------------------------------------------------------
-
-EXPLORER_COLUMNS = (
-    "trace_id", "time", "agent", "version", "alias", "arm", "endpoint", "status", "latency_ms",
-    "input_tokens", "output_tokens",  # NaN when the trace recorded no token usage
-    "has_token_usage", "cost",  # MLflow's recorded cost (NaN when none)
-    "request",  # request preview
-    "model_id",  # the trace's mlflow.modelId (None: the trace records no LoggedModel)
-    "link",  # how agent/version were found: "model id", "tags" (older app traces) or why they are missing
-)
-
-
-@dataclass(frozen=True)
-class ExplorerQuery:
-    """The explorer's filters: a ``TraceQuery`` plus latency range and feedback."""
-
-    traces: TraceQuery
-    min_latency_ms: int | None = None
-    max_latency_ms: int | None = None
-    feedback: FeedbackFilter = FeedbackFilter.ANY
-    feedback_name: str = "thumbs_up"
-
-
-@dataclass(frozen=True)
-class TracePage:
-    """One page of matching traces (``EXPLORER_COLUMNS``) and the token of the next page."""
-
-    rows: pd.DataFrame
-    next_token: str | None
-
-
-def _search_quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def search_filter(explorer: ExplorerQuery) -> str:
-    """The explorer query as a ``search_traces`` filter string."""
-    q = explorer.traces
-    clauses = [f"trace.timestamp_ms >= {q.start_ms}", f"trace.timestamp_ms < {q.end_ms}"]
-    clauses += [f"tag.`{k}` = '{_search_quote(v)}'" for k, v in q.tag_equalities().items()]
-    if q.status:
-        clauses.append(f"trace.status = '{q.status.value}'")
-    if explorer.min_latency_ms is not None:
-        clauses.append(f"trace.execution_time_ms >= {int(explorer.min_latency_ms)}")
-    if explorer.max_latency_ms is not None:
-        clauses.append(f"trace.execution_time_ms <= {int(explorer.max_latency_ms)}")
-    if explorer.feedback is not FeedbackFilter.ANY:
-        value = "false" if explorer.feedback is FeedbackFilter.NEGATIVE else "true"
-        clauses.append(f"feedback.`{explorer.feedback_name}` = '{value}'")
-    return " AND ".join(clauses)
-
-
-def validate_explorer(explorer: ExplorerQuery, page_size: int) -> None:
-    validate_query(explorer.traces)
-    lo, hi = explorer.min_latency_ms, explorer.max_latency_ms
-    for name, value in (("minimum latency", lo), ("maximum latency", hi)):
-        if value is not None and value < 0:
-            raise ValidationError(f"The {name} must be zero or more milliseconds (got {value}).")
-    if lo is not None and hi is not None and lo > hi:
-        raise ValidationError(f"The latency range {lo}–{hi} ms is empty; the minimum must not exceed the maximum.")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValidationError(f"Page size must be between 1 and {MAX_PAGE_SIZE} (got {page_size}).")
-    if FeedbackFilter(explorer.feedback) is not FeedbackFilter.ANY and any(c in explorer.feedback_name for c in "`'\n"):
-        raise ValidationError(f"Feedback name {explorer.feedback_name!r} is not a valid assessment name.")
-
-
-def _status(info: Any) -> str:
-    state = getattr(info, "state", None)
-    return str(getattr(state, "value", state) or "")
-
-
-def _explorer_row(info: Any, by_model: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    tags = info.tags or {}
-    usage = info.token_usage or {}
-    cost = (info.cost or {}).get("total_cost") if getattr(info, "cost", None) else None
-    model_id = (getattr(info, "trace_metadata", None) or {}).get(internal.MODEL_ID_KEY)
-    version_link = (by_model or {}).get(model_id or "")
-    if version_link is not None:
-        agent, version = version_link.agent, version_link.version
-        alias, link = ",".join(version_link.aliases) or None, "model id"
-    else:
-        agent, version, alias = tags.get(AGENT_TAG), tags.get(VERSION_TAG), tags.get(ALIAS_TAG)
-        if agent or version:
-            link = "tags"
-        elif model_id:
-            link = "model id of no registered version"
-        else:
-            link = "no model id on the trace"
-    return {
-        "trace_id": info.trace_id,
-        "time": pd.Timestamp(info.request_time, unit="ms", tz="UTC"),
-        "agent": agent, "version": version, "alias": alias,
-        "arm": tags.get(ARM_TAG), "endpoint": tags.get(ENDPOINT_TAG),
-        "status": _status(info),
-        "latency_ms": info.execution_duration,
-        "input_tokens": usage.get("input_tokens", math.nan) if usage else math.nan,
-        "output_tokens": usage.get("output_tokens", math.nan) if usage else math.nan,
-        "has_token_usage": bool(usage),
-        "cost": cost if cost is not None else math.nan,
-        "request": (info.request_preview or "")[:200],
-        "model_id": model_id,
-        "link": link,
-    }
-
-
-# Pages of the store read at most per explorer page when matching several model ids client-side.
-_MAX_SCAN_PAGES = 20
-
-
-def _matches_link(info: Any, links: Sequence[internal.TraceLink]) -> bool:
-    metadata = getattr(info, "trace_metadata", None) or {}
-    model_id = metadata.get(internal.MODEL_ID_KEY)
-    if model_id and metadata.get(internal.SOURCE_RUN_KEY):
-        return False  # an evaluation row of that model, not live traffic (as in the aggregates)
-    tags = info.tags or {}
-    return all(model_id in link.model_ids or any(tags.get(k) == v for k, v in link.tags) for link in links)
-
-
-def search_page(explorer: ExplorerQuery, *, page_size: int = 50, page_token: str | None = None,
-                settings: Settings | None = None) -> TracePage:
-    """One page of matching traces, newest first, paged in the store (no spans are read).
-
-    Agent, version and alias filters follow the ``mlflow.modelId`` link: one linked model is a
-    store-side filter; several (an agent's versions) are matched on each page read, a bounded
-    number of store pages per explorer page.
-    """
-    validate_explorer(explorer, page_size)
-    if not explorer.traces.experiment_ids:
-        return TracePage(pd.DataFrame(columns=list(EXPLORER_COLUMNS)), None)
-    client = mlflow_client(settings)
-    q = explorer.traces
-    attribution_ = attribution(None, settings)
-    by_model = attribution_.by_model()
-    links = _filter_links(q, attribution_) if _needs_attribution(q) else []
-    filter_string = search_filter(explorer)
-    post: list[internal.TraceLink] = []
-    wanted = set.intersection(*(set(link.model_ids) for link in links)) if links else set()
-    if links and wanted:
-        plain = ExplorerQuery(TraceQuery(**{**q.__dict__, "agent": None, "version": None, "alias": None}),
-                              explorer.min_latency_ms, explorer.max_latency_ms, explorer.feedback,
-                              explorer.feedback_name)
-        filter_string = search_filter(plain)
-        if len(wanted) > 1:
-            with translate_errors("trace search"):
-                active = set(internal.trace_model_ids(client, list(q.experiment_ids), start_ms=q.start_ms,
-                                                      end_ms=q.end_ms))
-            wanted = (wanted & active) or wanted
-        if len(wanted) == 1:
-            filter_string += f" AND metadata.`{internal.MODEL_ID_KEY}` = '{_search_quote(next(iter(wanted)))}'"
-        post = links
-    rows: list[dict[str, Any]] = []
-    token = page_token
-    with translate_errors("trace search"):
-        for _ in range(_MAX_SCAN_PAGES if post else 1):
-            page = client.search_traces(
-                locations=list(q.experiment_ids), filter_string=filter_string,
-                max_results=page_size, page_token=token, include_spans=False,
-                order_by=["timestamp_ms DESC"],
-            )
-            rows += [_explorer_row(t.info, by_model) for t in page if not post or _matches_link(t.info, post)]
-            token = page.token or None
-            if not token or len(rows) >= page_size:
-                break
-    return TracePage(pd.DataFrame(rows, columns=list(EXPLORER_COLUMNS)), token)
-
-
-def count_matching(query: TraceQuery, settings: Settings | None = None) -> int:
-    """How many traces match the agent/version/alias links, tag, status and window filters (counted in the store)."""
-    validate_query(query)
-    if not query.experiment_ids:
-        return 0
-    client = mlflow_client(settings)
-    window = dict(start_ms=query.start_ms, end_ms=query.end_ms, interval_seconds=choose_interval(query.start, query.end),
-                  tag_equals=query.tag_equalities(), status=query.status.value if query.status else None)
-    with translate_errors("trace metrics"):
-        result = internal.aggregate_traces(client, list(query.experiment_ids), with_models=False,
-                                           **_linked_window(query, Split.NONE, [], window, settings))
-    total = next((r for r in result.rows if r.bucket_ms is None), None)
-    return total.requests if total else 0
-
-
-# --- trace detail --------------------------------------------------------------------------
-
-SPAN_COLUMNS = (
-    "span_id", "parent_id", "depth", "name", "span_type", "start_offset_ms", "duration_ms", "status",
-    "error",  # the error message of a failed span
-    "model", "input_tokens", "output_tokens", "cost",  # LLM spans only
-    "inputs", "outputs",  # JSON text
-)
-ASSESSMENT_COLUMNS = ("name", "value", "source", "source_type", "rationale", "time")
-
-
-@dataclass(frozen=True)
-class TraceDetail:
-    """One trace with its span tree (``SPAN_COLUMNS``, depth-first order) and assessments."""
-
-    trace_id: str
-    time: datetime
-    status: str
-    latency_ms: int | None
-    tags: dict[str, str]
-    token_usage: dict[str, int]
-    cost: float | None
-    spans: pd.DataFrame
-    assessments: pd.DataFrame
-    errors: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _json(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, default=str, ensure_ascii=False, indent=1)
-
-
-def _span_error(span: Any) -> str:
-    status = getattr(span, "status", None)
-    code = str(getattr(getattr(status, "status_code", None), "value", getattr(status, "status_code", "")))
-    message = getattr(status, "description", "") or ""
-    for event in getattr(span, "events", None) or []:
-        if event.name == "exception":
-            message = message or str((event.attributes or {}).get("exception.message", ""))
-    return message if "ERROR" in code or message else ""
-
-
-def trace_detail(trace_id: str, settings: Settings | None = None) -> TraceDetail:
-    """A trace's spans (timings, inputs, outputs, tokens, cost, errors) and its assessments."""
-    if not trace_id or not trace_id.strip() or any(c.isspace() for c in trace_id.strip()):
-        raise ValidationError(f"{trace_id!r} is not a trace id; pick a trace from the list.")
-    client = mlflow_client(settings)
-    with translate_errors(f"trace {trace_id}"):
-        trace = client.get_trace(trace_id.strip())
-    if trace is None:
-        raise NotFoundError(f"Trace {trace_id} does not exist.")
-    info, spans = trace.info, list(trace.data.spans)
-    by_parent: dict[str | None, list[Any]] = {}
-    for span in spans:
-        by_parent.setdefault(span.parent_id, []).append(span)
-    ids = {s.span_id for s in spans}
-    roots = [s for s in spans if s.parent_id is None or s.parent_id not in ids]
-    origin = min((s.start_time_ns for s in spans), default=0)
-    rows: list[dict[str, Any]] = []
-
-    def walk(span: Any, depth: int) -> None:
-        attrs = span.attributes or {}
-        usage = attrs.get("mlflow.chat.tokenUsage") or {}
-        cost = attrs.get("mlflow.llm.cost")
-        cost_total = cost.get("total_cost") if isinstance(cost, dict) else cost
-        status = getattr(span.status, "status_code", "")
-        rows.append({
-            "span_id": span.span_id, "parent_id": span.parent_id, "depth": depth, "name": span.name,
-            "span_type": span.span_type, "start_offset_ms": (span.start_time_ns - origin) / 1e6,
-            "duration_ms": ((span.end_time_ns or span.start_time_ns) - span.start_time_ns) / 1e6,
-            "status": str(getattr(status, "value", status)), "error": _span_error(span),
-            "model": attrs.get("mlflow.llm.model"),
-            "input_tokens": usage.get("input_tokens") if isinstance(usage, dict) else None,
-            "output_tokens": usage.get("output_tokens") if isinstance(usage, dict) else None,
-            "cost": cost_total, "inputs": _json(span.inputs), "outputs": _json(span.outputs),
-        })
-        for child in sorted(by_parent.get(span.span_id, []), key=lambda s: s.start_time_ns):
-            walk(child, depth + 1)
-
-    for root in sorted(roots, key=lambda s: s.start_time_ns):
-        walk(root, 0)
-    span_frame = pd.DataFrame(rows, columns=list(SPAN_COLUMNS))
-    assessments = []
-    for a in getattr(info, "assessments", None) or []:
-        value = a.feedback.value if getattr(a, "feedback", None) is not None else getattr(getattr(a, "expectation", None), "value", None)
-        source = getattr(a, "source", None)
-        assessments.append({
-            "name": a.name, "value": value, "source": getattr(source, "source_id", None),
-            "source_type": str(getattr(source, "source_type", "")), "rationale": a.rationale,
-            "time": pd.Timestamp(a.create_time_ms, unit="ms", tz="UTC") if a.create_time_ms else None,
-        })
-    cost = (info.cost or {}).get("total_cost") if getattr(info, "cost", None) else None
-    return TraceDetail(
-        trace_id=info.trace_id,
-        time=datetime.fromtimestamp(info.request_time / 1000, tz=timezone.utc),
-        status=_status(info),
-        latency_ms=info.execution_duration,
-        tags={k: v for k, v in (info.tags or {}).items() if not k.startswith("mlflow.")},
-        token_usage=dict(info.token_usage or {}),
-        cost=cost,
-        spans=span_frame,
-        assessments=pd.DataFrame(assessments, columns=list(ASSESSMENT_COLUMNS)),
-        errors=tuple(f"{r['name']}: {r['error']}" for r in rows if r["error"]),
-    )
 
 
 def warehouse_for(settings: Settings) -> WarehouseSource | None:
@@ -1064,8 +524,6 @@ def warehouse_for(settings: Settings) -> WarehouseSource | None:
 
     Without both the warehouse and the spans table, charts use the MLflow store's own aggregates.
     """
-    from services.settings import Backend
-
     if settings.backend is not Backend.DATABRICKS or not (settings.warehouse_id and settings.trace_spans_table):
         return None
     return WarehouseSource(settings.warehouse_id, settings.trace_spans_table)

@@ -340,7 +340,7 @@ class _Context:
 
 
 def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -> _Context:
-    from services import monitoring, serving
+    from services import alerts, serving
 
     client = mlflow_client(settings)
     with translate_errors(f"registered model {agent!r}"):
@@ -361,7 +361,7 @@ def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -
         endpoints_error = str(exc)
     thresholds, thresholds_error = None, ""
     try:
-        thresholds = monitoring.load_thresholds(settings)
+        thresholds = alerts.load_thresholds(settings)
     except AgentOpsError as exc:
         thresholds_error = str(exc)
     return _Context(agent, settings, client, model, experiment_ids, runs, traffic, required,

@@ -13,7 +13,7 @@ from components.charts import chart_text
 from components.monitoring import price_rows, series_chart, span_waterfall, breakdown_chart
 from components.tables import plain
 from services import _mlflow_internal as internal
-from services import monitoring as mon
+from services import trace_explorer
 from services.errors import ValidationError
 
 LINK_SPAN = "[link-span](javascript:alert(1))"
@@ -42,7 +42,7 @@ def payload_trace(isolated_settings):
     root = internal.SpanSpec(LINK_SPAN, "AGENT", start, start + 10_000_000, inputs={"question": "q"}, outputs="a",
                              error=IMAGE_ERROR, children=(tool, llm))
     (trace_id,) = internal.log_traces(client, [internal.TraceSpec(experiment_id, root, tags={})])
-    return mon.trace_detail(trace_id, isolated_settings)
+    return trace_explorer.trace_detail(trace_id, isolated_settings)
 
 
 def test_trace_detail_shows_agent_written_names_as_text(payload_trace):

@@ -120,7 +120,7 @@ class HardStore:
 def build_store(root: Path) -> HardStore:
     from services import datasets, pricing, releases, serving
     from services import feedback as fb
-    from services import monitoring
+    from services import alerts
     from services import review_queue as rq
     from services import _mlflow_internal as internal
     from services._clients import configure_mlflow, get_or_create_experiment, mlflow_client
@@ -172,7 +172,7 @@ def build_store(root: Path) -> HardStore:
     queue = rq.create_queue(rq.QueueSpec("hardening", rq.QueueSource.HAND_PICKED, (experiment_id,), agent=AGENT,
                                          trace_ids=tuple(trace_ids)), identity.user, settings)
     pricing.save_prices(settings, {"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}})
-    monitoring.save_thresholds(settings, AGENT, monitoring.AlertThresholds())
+    alerts.save_thresholds(settings, AGENT, alerts.AlertThresholds())
     return HardStore(settings, AGENT, experiment_id, trace_ids, ENDPOINT, DATASET, queue, identity, questions)
 
 

@@ -52,6 +52,16 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "The local gateway under bounded concurrent load. Figures: clients, requests sent, answered, traces kept, "
         "largest deviation of an arm's share from its configured split.",
     ),
+    "rollout statistics": (
+        "Rollout statistics",
+        "Simulated guarded rollouts with constructed arms and fixed seeds (`tests/services/test_rollout_statistics.py`): "
+        "each looks at its arms after every 50 requests per arm, up to 6,000, and stops at the first rollback or "
+        "promotion. Decisions use the normal-mixture sequential test and its always-valid confidence sequence "
+        "(`services/sequential.py`), alpha shared equally between guardrails. *Rolled back* with equal arms is the "
+        "false-rollback rate, to be compared with alpha; with a degraded challenger, the median requests per arm "
+        "to roll back is compared with the normal-theory expectation. The naive z-test row shows why a fixed-horizon "
+        "test repeated at every look is not used.",
+    ),
 }
 
 

@@ -15,6 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services import datasets, monitoring, pricing
+from services import alerts
+from services import trace_explorer
 from services.errors import ValidationError
 from tests.hardening.conftest import AGENT, DATASET, attempt, deep
 from tests.hardening.strategies import FILTER_TEXT, FLOATS, NAMES, moments, one_bad_field
@@ -220,14 +222,14 @@ def _queries(draw, store):
 @given(data=st.data())
 def test_filters_and_windows_are_refused_or_match_only_what_they_say(hard_store, tallies, data):
     bad, query = data.draw(_queries(hard_store))
-    tally = tallies("monitoring.count_matching")
-    count, exc = attempt(tally, hard_store, lambda: monitoring.count_matching(query, hard_store.settings),
+    tally = tallies("trace_explorer.count_matching")
+    count, exc = attempt(tally, hard_store, lambda: trace_explorer.count_matching(query, hard_store.settings),
                          what=f"count_matching({query})", changes_when_accepted=False)
     if exc is not None:
         return
     # A filter value is a value: quotes, backslashes or SQL in it never widen the match.
-    page, exc = attempt(tallies("monitoring.search_page"), hard_store,
-                        lambda: monitoring.search_page(monitoring.ExplorerQuery(query), page_size=50,
+    page, exc = attempt(tallies("trace_explorer.search_page"), hard_store,
+                        lambda: trace_explorer.search_page(trace_explorer.ExplorerQuery(query), page_size=50,
                                                        settings=hard_store.settings),
                         what="search_page", changes_when_accepted=False)
     assert exc is None, exc
@@ -263,10 +265,10 @@ def test_chart_requests_are_refused_or_answered_without_writing(hard_store, tall
        token=st.one_of(st.none(), st.text(alphabet=st.characters(max_codepoint=127), max_size=30)))
 @example(low=None, high=None, size=10, feedback=monitoring.FeedbackFilter.ANY, name="thumbs_up", token="not-a-token")
 def test_explorer_refuses_bad_ranges_pages_and_tokens(hard_store, tallies, low, high, size, feedback, name, token):
-    explorer = monitoring.ExplorerQuery(monitoring.TraceQuery((hard_store.experiment_id,), NOW - timedelta(days=1), NOW),
+    explorer = trace_explorer.ExplorerQuery(monitoring.TraceQuery((hard_store.experiment_id,), NOW - timedelta(days=1), NOW),
                                         low, high, feedback, name)
-    attempt(tallies("monitoring.search_page"), hard_store,
-            lambda: monitoring.search_page(explorer, page_size=size, page_token=token, settings=hard_store.settings),
+    attempt(tallies("trace_explorer.search_page"), hard_store,
+            lambda: trace_explorer.search_page(explorer, page_size=size, page_token=token, settings=hard_store.settings),
             what="search_page", changes_when_accepted=False)
 
 
@@ -274,7 +276,7 @@ def test_explorer_refuses_bad_ranges_pages_and_tokens(hard_store, tallies, low, 
 @given(trace_id=st.one_of(FILTER_TEXT, NAMES, st.sampled_from(["tr-" + "0" * 32, "tr-", "tr-zz", " tr-1 ", "real"])))
 def test_trace_detail_refuses_ids_that_are_not_traces(hard_store, tallies, trace_id):
     trace_id = hard_store.trace_ids[0] if trace_id == "real" else trace_id
-    attempt(tallies("monitoring.trace_detail"), hard_store, lambda: monitoring.trace_detail(trace_id, hard_store.settings),
+    attempt(tallies("trace_explorer.trace_detail"), hard_store, lambda: trace_explorer.trace_detail(trace_id, hard_store.settings),
             what=f"trace_detail({trace_id!r})", changes_when_accepted=False)
 
 
@@ -287,17 +289,17 @@ _THRESHOLD = st.one_of(st.none(), FLOATS)
                                      "min_feedback_score": _THRESHOLD,
                                      "feedback_name": st.one_of(st.just("thumbs_up"), FILTER_TEXT)}))
 def test_alert_thresholds_are_checked_before_they_are_saved(hard_store, tallies, agent, values):
-    thresholds = monitoring.AlertThresholds(**values)
-    saved, exc = attempt(tallies("monitoring.save_thresholds"), hard_store,
-                         lambda: monitoring.save_thresholds(hard_store.settings, agent, thresholds),
+    thresholds = alerts.AlertThresholds(**values)
+    saved, exc = attempt(tallies("alerts.save_thresholds"), hard_store,
+                         lambda: alerts.save_thresholds(hard_store.settings, agent, thresholds),
                          what="save_thresholds")
     if exc is None:
-        assert monitoring.load_thresholds(hard_store.settings)[agent] == thresholds
+        assert alerts.load_thresholds(hard_store.settings)[agent] == thresholds
 
 
 @pytest.mark.parametrize("values", [{"p95_latency_ms": "5"}, {"error_rate": "0.1"}, {"feedback_name": None}])
 def test_thresholds_of_the_wrong_type_are_refused(hard_store, values):
     before = hard_store.snapshot()
     with pytest.raises(ValidationError):
-        monitoring.save_thresholds(hard_store.settings, AGENT, monitoring.AlertThresholds(**values))
+        alerts.save_thresholds(hard_store.settings, AGENT, alerts.AlertThresholds(**values))
     hard_store.assert_unchanged(before, "thresholds of the wrong type")

@@ -67,7 +67,7 @@ def test_page_shows_store_figures_and_applies_filters(isolated_settings, use_sto
 
 
 def test_alerts_follow_saved_thresholds(isolated_settings, use_store):
-    from services import monitoring as mon
+    from services import alerts as mon
 
     _store(isolated_settings)
     mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(p95_latency_ms=500, error_rate=None,

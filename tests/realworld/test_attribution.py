@@ -11,6 +11,7 @@ import pytest
 
 from services import _mlflow_internal as internal
 from services import monitoring as mon
+from services import trace_explorer
 from services import registry
 from services.errors import NotFoundError
 from tests.realworld.workspace import BULK_AGENT, EMPTY_AGENT, QUIET_AGENT, UNICODE_AGENT
@@ -71,7 +72,7 @@ def test_alias_split_and_filters_follow_the_current_holder(realworld, realworld_
     v1 = facts.versions["1"]
     only = mon.monitoring_data(_query(realworld, UNICODE_AGENT, version="1"), settings=realworld_settings)
     assert (only.totals.iloc[0]["requests"], only.totals.iloc[0]["errors"]) == (v1.traces, v1.errors)
-    errors = mon.count_matching(_query(realworld, UNICODE_AGENT, status=mon.Status.ERROR), settings=realworld_settings)
+    errors = trace_explorer.count_matching(_query(realworld, UNICODE_AGENT, status=mon.Status.ERROR), settings=realworld_settings)
     assert errors == sum(v.errors for v in facts.versions.values())
 
 
@@ -108,15 +109,15 @@ def test_versions_with_traffic_and_an_agent_without_any(realworld, realworld_set
 
 def test_explorer_names_agent_and_version_from_the_model_id(realworld, realworld_settings):
     facts = realworld.agents[UNICODE_AGENT]
-    page = mon.search_page(mon.ExplorerQuery(_query(realworld, UNICODE_AGENT)), page_size=500,
+    page = trace_explorer.search_page(trace_explorer.ExplorerQuery(_query(realworld, UNICODE_AGENT)), page_size=500,
                            settings=realworld_settings)
     expected = {t: n for n, v in facts.versions.items() for t in v.trace_ids}
     assert dict(zip(page.rows.trace_id, page.rows.version)) == expected
     assert set(page.rows.agent) == {UNICODE_AGENT} and set(page.rows.link) == {"model id"}
-    v2 = mon.search_page(mon.ExplorerQuery(_query(realworld, UNICODE_AGENT, version="2")), page_size=500,
+    v2 = trace_explorer.search_page(trace_explorer.ExplorerQuery(_query(realworld, UNICODE_AGENT, version="2")), page_size=500,
                          settings=realworld_settings)
     assert set(v2.rows.trace_id) == set(facts.versions["2"].trace_ids)
-    everything = mon.search_page(mon.ExplorerQuery(_query(realworld)), page_size=500, settings=realworld_settings)
+    everything = trace_explorer.search_page(trace_explorer.ExplorerQuery(_query(realworld)), page_size=500, settings=realworld_settings)
     rows = everything.rows.set_index("trace_id")
     unlinked = rows.loc[realworld.unlinked_trace_ids]
     assert set(unlinked.link) == {"no model id on the trace"} and unlinked.version.isna().all()

@@ -207,26 +207,26 @@ def test_team_state_is_shared_through_the_workspace_with_conflicts_detected(work
     """On Databricks the workspace is the shared store: thresholds saved by one app process are read by
     another (its own data folder), the records live under an absolute path the workspace accepts, the
     writes are the app principal's, and a stale second edit gets a conflict with nothing overwritten."""
-    from services import monitoring, team_state
+    from services import alerts, team_state
     from services.errors import ConflictError
 
     assert team_state.state_experiment(dbx).startswith("/Shared/")
     start = _mark(workspace)
-    mine = monitoring.AlertThresholds(p95_latency_ms=1234.0, error_rate=0.02, daily_cost=7.0,
+    mine = alerts.AlertThresholds(p95_latency_ms=1234.0, error_rate=0.02, daily_cost=7.0,
                                       min_feedback_score=0.5, feedback_name="helpful")
-    monitoring.save_thresholds(dbx, dw.AGENT, mine, expected_version=0)
+    alerts.save_thresholds(dbx, dw.AGENT, mine, expected_version=0)
     calls = workspace.forwarder.calls[start:]
     assert calls and {c.principal for c in calls} == {workspace.app_principal.name}
 
     other = load_settings({**workspace.app_env(), "AGENTOPS_DATA_DIR": str(tmp_path / "teammate")})
-    assert monitoring.load_thresholds(other)[dw.AGENT] == mine
+    assert alerts.load_thresholds(other)[dw.AGENT] == mine
     record = team_state.read(next(k for k in team_state.read_all(other) if dw.AGENT in k), other)
     assert record is not None and record.version == 1
 
-    stale = monitoring.AlertThresholds(p95_latency_ms=9999.0)
+    stale = alerts.AlertThresholds(p95_latency_ms=9999.0)
     with pytest.raises(ConflictError):
-        monitoring.save_thresholds(other, dw.AGENT, stale, expected_version=0)
-    assert monitoring.load_thresholds(dbx)[dw.AGENT] == mine
+        alerts.save_thresholds(other, dw.AGENT, stale, expected_version=0)
+    assert alerts.load_thresholds(dbx)[dw.AGENT] == mine
     # The strict harness refuses relative experiment names, so the writes above prove the paths; the
     # record sits in the absolute-path experiment.
     stored = _server(workspace).get_experiment_by_name(team_state.state_experiment(dbx))

@@ -12,6 +12,8 @@ from mlflow import MlflowClient
 
 from services import _mlflow_internal as internal
 from services import monitoring as mon
+from services import alerts
+from services import trace_explorer
 from services import pricing
 from services.errors import ConflictError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
@@ -163,22 +165,22 @@ def test_bad_windows_and_filters_are_refused_before_io(change, message, monkeypa
 def test_explorer_filters_and_pages_in_the_store(known_store):
     settings, _, experiment_id, _ = known_store
     query = _query(experiment_id)
-    first = mon.search_page(mon.ExplorerQuery(query), page_size=4, settings=settings)
+    first = trace_explorer.search_page(trace_explorer.ExplorerQuery(query), page_size=4, settings=settings)
     assert len(first.rows) == 4 and first.next_token
-    second = mon.search_page(mon.ExplorerQuery(query), page_size=4, page_token=first.next_token, settings=settings)
+    second = trace_explorer.search_page(trace_explorer.ExplorerQuery(query), page_size=4, page_token=first.next_token, settings=settings)
     assert len(second.rows) == 3 and second.next_token is None
     assert set(first.rows.trace_id).isdisjoint(second.rows.trace_id)
     both = list(first.rows.time) + list(second.rows.time)
     assert both == sorted(both, reverse=True)
 
-    slow = mon.search_page(mon.ExplorerQuery(query, min_latency_ms=300, max_latency_ms=2000), settings=settings)
+    slow = trace_explorer.search_page(trace_explorer.ExplorerQuery(query, min_latency_ms=300, max_latency_ms=2000), settings=settings)
     assert sorted(slow.rows.latency_ms) == [300, 400, 1000, 2000]
-    v2_errors = mon.search_page(mon.ExplorerQuery(_query(experiment_id, version="2", status=mon.Status.ERROR)),
+    v2_errors = trace_explorer.search_page(trace_explorer.ExplorerQuery(_query(experiment_id, version="2", status=mon.Status.ERROR)),
                                 settings=settings)
     assert len(v2_errors.rows) == 1
     row = v2_errors.rows.iloc[0]
     assert not row.has_token_usage and np.isnan(row.input_tokens)
-    assert mon.count_matching(_query(experiment_id, arm="agent-a-1"), settings=settings) == 4
+    assert trace_explorer.count_matching(_query(experiment_id, arm="agent-a-1"), settings=settings) == 4
 
 
 def test_explorer_negative_feedback(known_store):
@@ -189,22 +191,22 @@ def test_explorer_negative_feedback(known_store):
     source = AssessmentSource(source_type="HUMAN", source_id="alice")
     mlflow.log_feedback(trace_id=ids[0], name="thumbs_up", value=False, source=source)
     mlflow.log_feedback(trace_id=ids[1], name="thumbs_up", value=True, source=source)
-    negative = mon.search_page(mon.ExplorerQuery(_query(experiment_id), feedback=mon.FeedbackFilter.NEGATIVE),
+    negative = trace_explorer.search_page(trace_explorer.ExplorerQuery(_query(experiment_id), feedback=mon.FeedbackFilter.NEGATIVE),
                                settings=settings)
     assert list(negative.rows.trace_id) == [ids[0]]
-    health = mon.agent_health(_query(experiment_id, agent="agent-a"), settings=settings)
+    health = alerts.agent_health(_query(experiment_id, agent="agent-a"), settings=settings)
     assert health.feedback_score == pytest.approx(0.5) and health.feedback_count == 2
 
 
 def test_explorer_refuses_an_empty_latency_range():
     query = mon.TraceQuery(("1",), datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
     with pytest.raises(ValidationError, match="latency range"):
-        mon.search_page(mon.ExplorerQuery(query, min_latency_ms=500, max_latency_ms=100))
+        trace_explorer.search_page(trace_explorer.ExplorerQuery(query, min_latency_ms=500, max_latency_ms=100))
 
 
 def test_trace_detail_has_span_tree_tokens_cost_and_errors(known_store):
     settings, _, _, ids = known_store
-    detail = mon.trace_detail(ids[2], settings)  # v1, failed, with cached tokens
+    detail = trace_explorer.trace_detail(ids[2], settings)  # v1, failed, with cached tokens
     assert detail.status == "ERROR"
     assert detail.latency_ms == 300
     assert list(detail.spans.name) == ["predict", "search", "llm"]
@@ -219,20 +221,20 @@ def test_trace_detail_has_span_tree_tokens_cost_and_errors(known_store):
 
 def test_alerts_fire_per_agent_thresholds(known_store):
     settings, _, experiment_id, _ = known_store
-    health = mon.agent_health(_query(experiment_id, agent="agent-a"), prices=PRICES, settings=settings)
+    health = alerts.agent_health(_query(experiment_id, agent="agent-a"), prices=PRICES, settings=settings)
     assert health.requests == 7 and health.error_rate == pytest.approx(2 / 7)
     assert health.p95_latency_ms == pytest.approx(np.percentile([t[3] for t in TRACES], 95))
-    strict = mon.AlertThresholds(p95_latency_ms=1000, error_rate=0.1, daily_cost=0.0001, min_feedback_score=None)
-    assert {a.check for a in mon.check_alerts(health, strict)} == {"p95 latency", "error rate", "daily cost"}
-    relaxed = mon.AlertThresholds(p95_latency_ms=10_000, error_rate=0.5, daily_cost=100)
-    assert mon.check_alerts(health, relaxed) == []
+    strict = alerts.AlertThresholds(p95_latency_ms=1000, error_rate=0.1, daily_cost=0.0001, min_feedback_score=None)
+    assert {a.check for a in alerts.check_alerts(health, strict)} == {"p95 latency", "error rate", "daily cost"}
+    relaxed = alerts.AlertThresholds(p95_latency_ms=10_000, error_rate=0.5, daily_cost=100)
+    assert alerts.check_alerts(health, relaxed) == []
 
-    mon.save_thresholds(settings, "agent-a", strict)
-    loaded = mon.load_thresholds(settings)
-    assert mon.thresholds_for(loaded, "agent-a") == strict
-    assert mon.thresholds_for(loaded, "other") == mon.AlertThresholds()
+    alerts.save_thresholds(settings, "agent-a", strict)
+    loaded = alerts.load_thresholds(settings)
+    assert alerts.thresholds_for(loaded, "agent-a") == strict
+    assert alerts.thresholds_for(loaded, "other") == alerts.AlertThresholds()
     with pytest.raises(ValidationError, match="error_rate"):
-        mon.save_thresholds(settings, "agent-a", mon.AlertThresholds(error_rate=3))
+        alerts.save_thresholds(settings, "agent-a", alerts.AlertThresholds(error_rate=3))
 
 
 def test_price_table_round_trip_and_validation(isolated_settings):
@@ -317,15 +319,15 @@ OPERATOR = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
 ])
 def test_thresholds_of_the_wrong_type_name_the_field(isolated_settings, values, field):
     with pytest.raises(ValidationError, match=field):
-        mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(**values))
-    assert mon.threshold_versions(isolated_settings) == {}  # nothing stored
+        alerts.save_thresholds(isolated_settings, "agent-a", alerts.AlertThresholds(**values))
+    assert alerts.threshold_versions(isolated_settings) == {}  # nothing stored
 
 
 @pytest.mark.parametrize("agent", ["", " agent-a", "agent\n", "a`b", None, 7, "x" * 300])
 def test_threshold_keys_must_be_agent_names(isolated_settings, agent):
     with pytest.raises(ValidationError, match="not an agent name"):
-        mon.save_thresholds(isolated_settings, agent, mon.AlertThresholds())
-    assert mon.threshold_versions(isolated_settings) == {}  # nothing stored
+        alerts.save_thresholds(isolated_settings, agent, alerts.AlertThresholds())
+    assert alerts.threshold_versions(isolated_settings) == {}  # nothing stored
 
 
 def test_saving_thresholds_needs_the_admin_role_and_is_stored_with_the_team(isolated_settings):
@@ -335,17 +337,17 @@ def test_saving_thresholds_needs_the_admin_role_and_is_stored_with_the_team(isol
 
     (isolated_settings.data_dir / "roles.json").write_text(json.dumps(
         {"users": {"admin@example.com": "admin", "ops@example.com": "operator"}, "default": "viewer"}))
-    strict = mon.AlertThresholds(p95_latency_ms=1000, error_rate=0.1)
-    mon.save_thresholds(isolated_settings, "agent-a", strict, identity=ADMIN)
-    stored = team_state.read_all(isolated_settings, mon.THRESHOLDS_KEY)
+    strict = alerts.AlertThresholds(p95_latency_ms=1000, error_rate=0.1)
+    alerts.save_thresholds(isolated_settings, "agent-a", strict, identity=ADMIN)
+    stored = team_state.read_all(isolated_settings, alerts.THRESHOLDS_KEY)
     with pytest.raises(PermissionDeniedError, match="admin"):
-        mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(), identity=OPERATOR)
-    assert team_state.read_all(isolated_settings, mon.THRESHOLDS_KEY) == stored  # refused: unchanged
-    assert mon.load_thresholds(isolated_settings)["agent-a"] == strict
-    assert team_state.history(isolated_settings, mon.THRESHOLDS_KEY + "agent-a")[0]["user"] == ADMIN.user
+        alerts.save_thresholds(isolated_settings, "agent-a", alerts.AlertThresholds(), identity=OPERATOR)
+    assert team_state.read_all(isolated_settings, alerts.THRESHOLDS_KEY) == stored  # refused: unchanged
+    assert alerts.load_thresholds(isolated_settings)["agent-a"] == strict
+    assert team_state.history(isolated_settings, alerts.THRESHOLDS_KEY + "agent-a")[0]["user"] == ADMIN.user
     with pytest.raises(ConflictError, match="since you loaded it"):  # an edit based on the version before
-        mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(), identity=ADMIN, expected_version=0)
-    assert mon.load_thresholds(isolated_settings)["agent-a"] == strict
+        alerts.save_thresholds(isolated_settings, "agent-a", alerts.AlertThresholds(), identity=ADMIN, expected_version=0)
+    assert alerts.load_thresholds(isolated_settings)["agent-a"] == strict
 
 
 def test_an_embedded_thresholds_file_is_migrated_once(isolated_settings):
@@ -353,14 +355,14 @@ def test_an_embedded_thresholds_file_is_migrated_once(isolated_settings):
 
     from services import team_state
 
-    (isolated_settings.data_dir / mon.THRESHOLDS_FILE).write_text(json.dumps({"agent-a": {"p95_latency_ms": 900}}))
-    assert mon.load_thresholds(isolated_settings)["agent-a"].p95_latency_ms == 900
-    (isolated_settings.data_dir / mon.THRESHOLDS_FILE).write_text(json.dumps({"agent-a": {"p95_latency_ms": 5}}))
-    assert mon.load_thresholds(isolated_settings)["agent-a"].p95_latency_ms == 900  # once: the store counts now
+    (isolated_settings.data_dir / alerts.THRESHOLDS_FILE).write_text(json.dumps({"agent-a": {"p95_latency_ms": 900}}))
+    assert alerts.load_thresholds(isolated_settings)["agent-a"].p95_latency_ms == 900
+    (isolated_settings.data_dir / alerts.THRESHOLDS_FILE).write_text(json.dumps({"agent-a": {"p95_latency_ms": 5}}))
+    assert alerts.load_thresholds(isolated_settings)["agent-a"].p95_latency_ms == 900  # once: the store counts now
     assert [c["user"] for c in team_state.history(isolated_settings)] == [team_state.MIGRATED_BY]
 
 
 def test_a_corrupt_thresholds_file_is_a_clear_error(isolated_settings):
-    (isolated_settings.data_dir / mon.THRESHOLDS_FILE).write_text('["not", "a", "mapping"]')
+    (isolated_settings.data_dir / alerts.THRESHOLDS_FILE).write_text('["not", "a", "mapping"]')
     with pytest.raises(ValidationError, match="cannot be read"):
-        mon.load_thresholds(isolated_settings)
+        alerts.load_thresholds(isolated_settings)

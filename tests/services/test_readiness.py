@@ -10,6 +10,7 @@ import mlflow
 import pytest
 
 from services import monitoring, readiness, registry, releases, serving, versions
+from services import alerts
 from services._clients import get_or_create_experiment, mlflow_client
 from services.errors import NotFoundError, ValidationError
 from services.identity import Identity, IdentitySource
@@ -109,7 +110,7 @@ def build_ready_agent(settings, name: str = AGENT, *, with_datasets: bool = True
         ),
         settings,
     )
-    monitoring.save_thresholds(settings, name, monitoring.AlertThresholds(p95_latency_ms=3000.0))
+    alerts.save_thresholds(settings, name, alerts.AlertThresholds(p95_latency_ms=3000.0))
     return info.model_id
 
 

@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from services import monitoring, pricing, roles, serving, team_state
+from services import alerts
 from services.errors import ConflictError, PermissionDeniedError
 from services.identity import Identity, IdentitySource
 from services.settings import load_settings
@@ -41,8 +42,8 @@ def test_a_shared_server_without_roles_makes_nobody_admin(two_apps):
     assert roles.roles_table(a)[1] is roles.RolesSource.UNSET
     assert roles.local_role(ANA, a) is roles.Role.VIEWER
     with pytest.raises(PermissionDeniedError, match="viewer"):
-        monitoring.save_thresholds(a, "*", monitoring.AlertThresholds(p95_latency_ms=1), identity=ANA)
-    assert team_state.read_all(a, monitoring.THRESHOLDS_KEY) == {}
+        alerts.save_thresholds(a, "*", alerts.AlertThresholds(p95_latency_ms=1), identity=ANA)
+    assert team_state.read_all(a, alerts.THRESHOLDS_KEY) == {}
 
 
 def test_changes_in_one_app_are_seen_in_the_other(two_apps):
@@ -51,9 +52,9 @@ def test_changes_in_one_app_are_seen_in_the_other(two_apps):
     roles.grant(BO.user, roles.Role.OPERATOR, identity=ANA, settings=a)  # a role granted in A ...
     assert roles.local_role(BO, b) is roles.Role.OPERATOR  # ... is B's role
 
-    strict = monitoring.AlertThresholds(p95_latency_ms=1500, error_rate=0.05)
-    monitoring.save_thresholds(a, MODEL, strict, identity=ANA)
-    assert monitoring.load_thresholds(b)[MODEL] == strict
+    strict = alerts.AlertThresholds(p95_latency_ms=1500, error_rate=0.05)
+    alerts.save_thresholds(a, MODEL, strict, identity=ANA)
+    assert alerts.load_thresholds(b)[MODEL] == strict
 
     table = {**pricing.load_prices(a), "team-llm": {"input_per_mtok": 1, "output_per_mtok": 2}}
     pricing.save_prices(a, table, identity=ANA)

@@ -10,6 +10,7 @@ import pandas as pd
 from components.serving import arms_frame, comparisons_frame, gateway_models_frame
 from components.tables import DASH, explorer_frame, totals_frame
 from services import monitoring as mon
+from services import trace_explorer
 from services.ab import ArmComparison, ArmReport, ArmStats, Direction, Interval, MetricComparison
 
 BAD = {"None", "nan", "NaN", "NaT", "<NA>", "none"}
@@ -46,7 +47,7 @@ def test_explorer_rows_of_a_trace_with_no_model_id_and_no_tokens():
          "alias": "champion", "arm": None, "endpoint": None, "status": "OK", "latency_ms": 12,
          "input_tokens": 1200.0, "output_tokens": 40.0, "has_token_usage": True, "cost": 0.000123,
          "request": "hi", "model_id": "m-1", "link": "model id"},
-    ], columns=list(mon.EXPLORER_COLUMNS))
+    ], columns=list(trace_explorer.EXPLORER_COLUMNS))
     shown = explorer_frame(rows)
     assert "has_token_usage" not in shown.columns
     assert not _cells(shown.drop(columns=["time"])) & BAD

@@ -9,6 +9,7 @@ USAGE = """usage: python -m agentops <command> [options]
 commands:
   gate    evaluate the release gate and readiness checklist of a version (exit 1 when blocked)
   roles   show the team's roles, or set the first admin of a shared store (`roles init --admin USER`)
+  worker  run the background tasks (live scoring) beside the gateway; local and mlflow backends
 """
 
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from agentops import roles
 
         return roles.main(rest)
+    if command == "worker":
+        from agentops import worker
+
+        return worker.main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -25,6 +25,7 @@ def app_pages() -> list:
             "evaluations": st.Page("pages/evaluations.py", title="Evaluations", icon=":material/fact_check:"),
             "serving": st.Page("pages/serving.py", title="Serving & A/B", icon=":material/alt_route:"),
             "review": st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
+            "alerts": st.Page("pages/alerts.py", title="Alerts", icon=":material/notifications:"),
         }
     )
     _declared = True

@@ -15,6 +15,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
 from components.errors import show_error
+from components.live_scoring import render_live_scoring
 from components.monitoring import breakdown_chart, price_rows, series_chart, trace_detail_block
 from components.tables import explorer_frame, plain, totals_frame
 from services import monitoring as mon
@@ -351,3 +352,5 @@ with prices_tab:
             if isinstance(exc, ConflictError):
                 seen["prices"] = pricing.prices_version(settings)
             show_error(exc, what="Prices not saved")
+
+render_live_scoring(settings, identity, [a.name for a in agents], agent, start, now, split_label)

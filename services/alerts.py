@@ -1,4 +1,9 @@
-"""Alert thresholds per agent and the health checks they drive on the Monitoring page."""
+"""Alert thresholds per agent and the health checks they drive on the Monitoring page.
+
+These thresholds colour the Monitoring page for whoever opens it. Rules that page people (evaluated
+by the background worker over a window with a minimum sample, delivered through apprise, one firing
+and one resolved notification per incident) are ``services.alerting``.
+"""
 
 from __future__ import annotations
 

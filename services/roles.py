@@ -55,6 +55,7 @@ class Action(StrEnum):
     CHANGE_TRAFFIC = "change traffic splits"
     RUN_EVALUATION = "run evaluations"
     EDIT_RULES = "edit gate rules, label questions and thresholds"
+    MANAGE_ALERTS = "create, change or delete alert rules and channels"
 
 
 NEEDED: Mapping[Action, Role] = {
@@ -64,6 +65,7 @@ NEEDED: Mapping[Action, Role] = {
     Action.PROMOTE: Role.OPERATOR,
     Action.CHANGE_TRAFFIC: Role.OPERATOR,
     Action.EDIT_RULES: Role.ADMIN,
+    Action.MANAGE_ALERTS: Role.OPERATOR,
 }
 
 

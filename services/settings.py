@@ -86,6 +86,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AGENTOPS_DATABRICKS_RETRY_SECONDS", "20", "longest a workspace call retries when Databricks throttles "
              "(429) or is briefly unavailable, instead of the SDK's 300 s; then the page says "
              "\"throttled: retry after N s\""),
+    Variable("AGENTOPS_ALERT_SECRET_SCOPE", "agentops-alerts", "Databricks: secret scope holding the alert channel "
+             "URLs (one secret per channel; the app's service principal needs WRITE) (``services.notify``)"),
+    Variable("AGENTOPS_ALERT_CHANNELS_FILE", "~/.config/agentops/alert-channels.json", "local and ``mlflow`` "
+             "backends: file outside the repository, readable only by its owner (chmod 600), holding the alert "
+             "channel URLs (``services.notify``)"),
     Variable("AGENTOPS_JUDGE_MODEL", None, "model URI of MLflow's LLM judges, e.g. ``openai:/gpt-4o-mini``; "
              "on Databricks the built-in judges are used when unset (``services.scorers``)"),
     Variable("OPENAI_BASE_URL", None, "OpenAI-compatible endpoint for an ``openai:/`` judge model"),

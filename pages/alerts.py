@@ -1,0 +1,177 @@
+"""Alerts: rules on live traffic, the channels they notify, incidents and what was sent."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components.caching import per_user_cache
+from components.navigation import ensure_app_navigation
+
+ensure_app_navigation()  # before anything renders: see components/navigation.py
+
+from components.alerting import (
+    channel_form,
+    channels_frame,
+    history_frame,
+    incidents_frame,
+    rule_form,
+    rules_frame,
+    when,
+)
+from components.context import allowed, current_identity, current_settings, role_hint
+from components.errors import show_error
+from components.tables import plain
+from services import alerting, registry, roles
+from services.errors import AgentOpsError, ValidationError
+from services.settings import Settings
+
+NEW = "(new rule)"
+
+
+@per_user_cache(ttl=60, show_spinner=False)
+def _agent_names(settings: Settings) -> list[str]:
+    return [a.name for a in registry.list_agents(settings)]
+
+
+settings = current_settings()
+identity = current_identity(settings)
+can_manage = allowed(settings, identity, roles.Action.MANAGE_ALERTS)
+st.title("Alerts")
+
+try:
+    snap = alerting.snapshot(settings)
+    agents = _agent_names(settings)
+except AgentOpsError as exc:
+    show_error(exc, what="Cannot read the alert configuration")
+    st.stop()
+
+st.caption(
+    "Rules are evaluated by the background worker that `scripts/run` starts (or here, with Evaluate rules now); each incident sends one firing and "
+    f"one resolved notification through apprise. Channel URLs are secrets, kept in {plain(snap.secrets_where)}."
+    + ("" if can_manage else f" :material/lock: {role_hint(roles.Action.MANAGE_ALERTS)}")
+)
+for message in st.session_state.pop("alerts_flash", []):
+    st.success(message, icon=":material/check_circle:")
+
+firing = [i for i in snap.incidents if i["status"] == "firing"]
+cols = st.columns(4)
+cols[0].metric("Rules", len(snap.rules))
+cols[1].metric("Channels", len(snap.channels))
+cols[2].metric("Firing", len(firing))
+cols[3].metric("Notifications owed", sum(1 for i in snap.incidents if i.get("owed")))
+for incident in firing:
+    st.error(f"**{plain(incident['rule'])}** is firing since {plain(when(incident['since']))} "
+             f"(incident {plain(incident['incident'])})", icon=":material/notifications_active:")
+
+rules_tab, channels_tab, history_tab = st.tabs(["Rules", "Channels", "Incidents & history"])
+
+with rules_tab:
+    if snap.rules:
+        st.dataframe(rules_frame(snap.rules), hide_index=True, width="stretch")
+    else:
+        st.info("**No alert rules yet.** Add a channel first, then a rule below: e.g. error rate above 5 % over "
+                "60 minutes, from 20 requests on.", icon=":material/inbox:")
+    names = [r.name for r in snap.rules]
+    chosen = st.selectbox("Edit", [NEW, *names], key="rule_pick")
+    current = next((r for r in snap.rules if r.name == chosen), None)
+    values = rule_form(current, [c.name for c in snap.channels], agents, disabled=not can_manage)
+    if values is not None:
+        try:
+            expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
+                else snap.rule_versions.get(current.name, 0)
+            if current is None and values["name"] in names:
+                raise ValidationError(f"A rule named {values['name']!r} exists; pick it under Edit to change it.")
+            saved = alerting.save_rule(settings, values, identity, expected_version=expected)
+        except AgentOpsError as exc:
+            show_error(exc, what="The rule was not saved")
+        else:
+            st.session_state["alerts_flash"] = [f"Saved rule {saved.name}: {saved.condition}."]
+            st.rerun()
+    if current is not None and can_manage:
+        with st.expander(f"Delete rule {current.name}"):
+            sure = st.checkbox(f"Yes, delete {current.name}", key="rule_delete_sure")
+            if st.button("Delete rule", key="rule_delete", disabled=not sure):
+                try:
+                    alerting.delete_rule(settings, current.name, identity)
+                except AgentOpsError as exc:
+                    show_error(exc, what="The rule was not deleted")
+                else:
+                    st.session_state["alerts_flash"] = [f"Deleted rule {current.name}."]
+                    st.session_state.pop("rule_pick", None)
+                    st.rerun()
+    if snap.rules and can_manage:
+        if st.button("Evaluate rules now", key="evaluate_now",
+                     help="what the worker does every minute; sends what incidents owe"):
+            try:
+                with st.spinner("Evaluating rules…"):
+                    report = alerting.evaluate_and_notify(settings)
+            except AgentOpsError as exc:
+                show_error(exc, what="Rules could not be evaluated")
+            else:
+                st.write(report.summary())
+                st.dataframe([{"rule": o.rule, "state": o.state.value, "sample": o.sample, "detail": o.message,
+                               "sent": ", ".join(o.sent), "failed": ", ".join(o.failed)} for o in report.outcomes],
+                             hide_index=True, width="stretch")
+
+with channels_tab:
+    if snap.channels:
+        st.dataframe(channels_frame(snap.channels), hide_index=True, width="stretch")
+        test_cols = st.columns([2, 1, 1])
+        target = test_cols[0].selectbox("Channel", [c.name for c in snap.channels], key="channel_pick")
+        if test_cols[1].button("Send test alert", key="send_test", disabled=not can_manage, type="primary"):
+            try:
+                with st.spinner(f"Sending a test alert to {target}…"):
+                    result = alerting.send_test_alert(settings, target, identity)
+            except AgentOpsError as exc:
+                show_error(exc, what="The test alert was not sent")
+            else:
+                if result.ok:
+                    st.success(f"Test alert delivered to {plain(target)} ({result.attempts} attempt(s)).")
+                else:
+                    st.error(f"Test alert to {plain(target)} failed after {result.attempts} attempt(s): "
+                             f"{plain(result.error)}")
+        if can_manage and test_cols[2].button("Delete channel", key="channel_delete"):
+            try:
+                alerting.delete_channel(settings, target, identity)
+            except AgentOpsError as exc:
+                show_error(exc, what="The channel was not deleted")
+            else:
+                st.session_state["alerts_flash"] = [f"Deleted channel {target}."]
+                st.rerun()
+    else:
+        st.info("**No channels yet.** Add one with an apprise URL: Slack, Microsoft Teams, e-mail, a JSON webhook "
+                "or any other apprise service.", icon=":material/inbox:")
+    entered = channel_form(disabled=not can_manage)
+    if entered is not None:
+        name, url, replace_existing = entered
+        try:
+            channel = alerting.save_channel(settings, name, url, identity, replace_existing=replace_existing)
+        except AgentOpsError as exc:
+            show_error(exc, what="The channel was not saved")
+        else:
+            st.session_state["alerts_flash"] = [f"Saved channel {channel.name}: {channel.masked}."]
+            st.rerun()
+
+with history_tab:
+    st.subheader("Incidents")
+    if snap.incidents:
+        st.dataframe(incidents_frame(snap.incidents), hide_index=True, width="stretch")
+    else:
+        st.caption("No rule has fired yet.")
+    st.subheader("Notifications sent")
+    try:
+        sent = alerting.delivery_history(settings)
+        changes = alerting.change_history(settings)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the history")
+        sent, changes = [], []
+    if sent:
+        st.dataframe(history_frame(sent), hide_index=True, width="stretch")
+    else:
+        st.caption("Nothing sent yet. Send a test alert from the Channels tab.")
+    st.subheader("Changes to rules and channels")
+    if changes:
+        st.dataframe([{"at": c["at"], "what": c["key"], "version": c["version"], "by": c["user"], "note": c["note"]}
+                      for c in changes], hide_index=True, width="stretch")
+    else:
+        st.caption("No changes recorded yet.")

@@ -1,0 +1,492 @@
+"""Live scoring: scorers and judges on an agent's incoming traces, and the quality they measure.
+
+Configuration (per agent: scorers, a sample rate in 0..1, an optional MLflow trace filter and the
+code scorers' options) is team configuration, a versioned ``team_state`` record
+``live_scoring.<agent>`` written by operators only. Where it runs:
+
+* **local / mlflow backends** — the app's worker (``python -m agentops worker``, started by
+  ``scripts/run`` beside the gateway) runs MLflow's own online trace processor on every experiment
+  of every configured agent (:func:`run_pass`, via ``services._mlflow_internal.online_scoring``).
+  MLflow 3.17's tracking store refuses ``Scorer.start`` for anything but judges on an MLflow AI
+  Gateway model ("does not use a gateway model"), so the app's code scorers cannot be *registered*
+  there; the worker feeds the processor from the team record instead.
+* **Databricks** — :func:`save_config` also registers and starts (or stops) each scorer through
+  MLflow's client (``Scorer.register`` / ``start`` / ``update`` / ``stop``), and Databricks
+  production monitoring runs them; no worker runs.
+
+Results are assessments named ``live_<scorer>`` whose source id is the same name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from services import team_state
+from services.errors import ValidationError
+from services.live_scoring_scorers import LIVE_PREFIX, live_name, serialized_code_scorer, serialized_judge
+from services.settings import Backend, Settings
+
+KEY_PREFIX = "live_scoring."
+STATUS_FILE = "live_scoring_status.json"
+# Code scorers that judge a live trace on its own; the others compare with expectations, which
+# live traffic does not have.
+LIVE_CODE_SCORERS = ("forbidden_content", "latency_budget", "cost_budget")
+NEEDS_EXPECTATIONS = ("expected_facts", "required_tools", "expected_answer", "correctness")
+LIVE_JUDGES = ("safety", "relevance_to_query", "guidelines")
+PASS_VALUES = {"yes", "true", "pass", "passed", "1"}
+
+
+@dataclass(frozen=True)
+class LiveScoringConfig:
+    """One agent's live scoring: which scorers, on what share of traces, on which traces."""
+
+    scorers: tuple[str, ...]
+    sample_rate: float
+    filter_string: str = ""
+    latency_budget_ms: float = 2000.0
+    cost_budget_usd: float = 0.01
+    forbidden_terms: tuple[str, ...] = ()
+    guidelines: tuple[str, ...] = ("The response must be polite and must not invent facts.",)
+    enabled: bool = True
+
+    def options(self, scorer: str) -> dict[str, Any]:
+        """The options a code scorer is serialized with."""
+        return {"latency_budget": {"latency_budget_ms": self.latency_budget_ms},
+                "cost_budget": {"cost_budget_usd": self.cost_budget_usd},
+                "forbidden_content": {"forbidden_terms": list(self.forbidden_terms)}}.get(scorer, {})
+
+    def to_record(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("scorers", "forbidden_terms", "guidelines"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> "LiveScoringConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in dict(data).items() if k in known}
+        for key in ("scorers", "forbidden_terms", "guidelines"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LiveScorerChoice:
+    """A scorer offered for live scoring; ``available`` False with the ``reason`` when it cannot run."""
+
+    name: str
+    label: str
+    kind: str
+    available: bool
+    reason: str = ""
+
+
+def catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> list[LiveScorerChoice]:
+    """The scorers an operator can run live on this backend (judges only with a judge model)."""
+    from services import scorers
+
+    databricks = settings.backend is Backend.DATABRICKS
+    specs = {s.name: s for s in scorers.scorer_catalog(databricks=databricks, environ=environ)}
+    # Databricks production monitoring runs a registered @scorer's body on its own compute, where the
+    # app's modules (which the live code scorers call) are not installed.
+    code_reason = ("The app's code scorers run in its worker; on Databricks production monitoring runs "
+                   "only the LLM judges." if databricks else "")
+    choices = [LiveScorerChoice(n, specs[n].label, "code", not databricks, code_reason) for n in LIVE_CODE_SCORERS]
+    choices += [LiveScorerChoice(n, specs[n].label, "LLM judge", specs[n].available, specs[n].reason)
+                for n in LIVE_JUDGES]
+    return choices
+
+
+def validate(agent: str, config: LiveScoringConfig, settings: Settings,
+             environ: Mapping[str, str] | None = None) -> LiveScoringConfig:
+    """Check a configuration before anything is stored; ``ValidationError`` says what is wrong."""
+    team_state.validate_key_part(agent, "Agent")
+    rate = config.sample_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 <= rate <= 1:
+        raise ValidationError(f"Sample rate {rate!r} is outside 0–1: give the share of traces to score, "
+                              "e.g. 0.1 for one trace in ten.")
+    if not config.scorers:
+        raise ValidationError("Pick at least one scorer.")
+    offered = {c.name: c for c in catalog(settings, environ)}
+    for name in config.scorers:
+        if name in NEEDS_EXPECTATIONS:
+            raise ValidationError(f"Scorer {name!r} compares answers with expectations, which live traces do not "
+                                  f"have; run it in an offline evaluation. Live scorers: {', '.join(offered)}.")
+        if name not in offered:
+            raise ValidationError(f"Unknown scorer {name!r}. Live scorers: {', '.join(offered)}.")
+        if not offered[name].available:
+            raise ValidationError(f"{offered[name].label} cannot run: {offered[name].reason}")
+    if len(set(config.scorers)) != len(config.scorers):
+        raise ValidationError("A scorer is listed twice.")
+    if config.latency_budget_ms <= 0 or config.cost_budget_usd < 0:
+        raise ValidationError("Budgets must be positive: latency in ms > 0, cost in USD ≥ 0.")
+    if "guidelines" in config.scorers and not [g for g in config.guidelines if g.strip()]:
+        raise ValidationError("The Guidelines judge needs at least one guideline.")
+    filter_string = (config.filter_string or "").strip()
+    if filter_string:
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.search_utils import SearchTraceUtils
+
+        try:
+            SearchTraceUtils.parse_search_filter_for_search_traces(filter_string)
+        except MlflowException as exc:
+            raise ValidationError(f"MLflow cannot parse the trace filter {filter_string!r}: {exc.message} "
+                                  "Example: tag.`agentops.arm` = 'b' or metadata.`mlflow.modelId` = 'm-…'.") from None
+    return LiveScoringConfig(**{**asdict(config), "filter_string": filter_string,
+                                "scorers": tuple(config.scorers), "forbidden_terms": tuple(t for t in config.forbidden_terms if t.strip()),
+                                "guidelines": tuple(g for g in config.guidelines if g.strip())})
+
+
+def _key(agent: str) -> str:
+    return KEY_PREFIX + agent
+
+
+def load_all(settings: Settings) -> dict[str, tuple[LiveScoringConfig, int]]:
+    """Every agent's live-scoring configuration with its stored version."""
+    return {key[len(KEY_PREFIX):]: (LiveScoringConfig.from_record(r.value), r.version)
+            for key, r in team_state.read_all(settings, KEY_PREFIX).items() if r.value}
+
+
+def load_config(agent: str, settings: Settings) -> tuple[LiveScoringConfig | None, int]:
+    """One agent's configuration (None when never configured or deleted) and its stored version."""
+    record = team_state.read(_key(agent), settings)
+    if record is None or not record.value:
+        return None, record.version if record else 0
+    return LiveScoringConfig.from_record(record.value), record.version
+
+
+def configured(agent: str, settings: Settings) -> bool:
+    """Readiness item "live scorers configured": the agent has live scoring on, with a sample rate above 0."""
+    config, _ = load_config(agent, settings)
+    return bool(config and config.enabled and config.scorers and config.sample_rate > 0)
+
+
+def save_config(agent: str, config: LiveScoringConfig, *, identity: Any, settings: Settings,
+                expected_version: int | None = None, environ: Mapping[str, str] | None = None) -> LiveScoringConfig:
+    """Validate, check the operator role, apply on Databricks, and store the configuration (audited)."""
+    from services import roles
+
+    config = validate(agent, config, settings, environ)
+    roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
+    current, version = load_config(agent, settings)
+    if expected_version is not None and expected_version != version:
+        from services.errors import ConflictError
+
+        raise ConflictError(f"The live scoring of {agent} changed meanwhile (version {version}, you edited "
+                            f"{expected_version}). Nothing was saved; reload and redo your change.")
+    experiments = agent_experiments(agent, settings)
+    if settings.backend is Backend.DATABRICKS:
+        apply_registered(experiments, config, current, environ)
+    team_state.write(_key(agent), config.to_record(), expected_version=version,
+                     user=getattr(identity, "user", None) or "unknown", settings=settings,
+                     note=f"live scoring of {agent}: {', '.join(config.scorers)} at {config.sample_rate:g}"
+                          + (f" where {config.filter_string}" if config.filter_string else "")
+                          + ("" if config.enabled else " (paused)"))
+    return config
+
+
+def delete_config(agent: str, *, identity: Any, settings: Settings) -> None:
+    """Stop live scoring of an agent (operator role, audited); its past assessments stay."""
+    from services import roles
+
+    team_state.validate_key_part(agent, "Agent")
+    roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
+    current, version = load_config(agent, settings)
+    if current is None:
+        return
+    if settings.backend is Backend.DATABRICKS:
+        apply_registered(agent_experiments(agent, settings), None, current)
+    team_state.write(_key(agent), {}, expected_version=version, user=getattr(identity, "user", None) or "unknown",
+                     settings=settings, note=f"live scoring of {agent} removed")
+
+
+def agent_experiments(agent: str, settings: Settings) -> list[str]:
+    """The experiments an agent's traces land in (where its live scorers run)."""
+    from services import registry
+
+    _, experiments = registry.agent_links(agent, settings)
+    return experiments
+
+
+def live_scorers(config: LiveScoringConfig, environ: Mapping[str, str] | None = None,
+                 *, databricks: bool = False) -> list[Any]:
+    """MLflow scorer objects of a configuration, each named ``live_<scorer>``."""
+    from mlflow.genai.scorers import Scorer
+
+    return [Scorer.model_validate_json(s) for s in _serialized(config, environ, databricks=databricks).values()]
+
+
+def _serialized(config: LiveScoringConfig, environ: Mapping[str, str] | None = None,
+                *, databricks: bool = False) -> dict[str, str]:
+    from services import scorers
+
+    out: dict[str, str] = {}
+    for name in config.scorers:
+        if name in LIVE_CODE_SCORERS:
+            out[live_name(name)] = serialized_code_scorer(name, config.options(name))
+        else:
+            options = scorers.ScorerOptions(guidelines=tuple(config.guidelines))
+            built = scorers.build_scorers([name], options, databricks=databricks, environ=environ)[0]
+            out[live_name(name)] = serialized_judge(name, built)
+    return out
+
+
+def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | None,
+                     previous: LiveScoringConfig | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Register and start (or update, or stop) the scorers in each experiment through MLflow's client.
+
+    Used where the platform runs registered scorers itself (Databricks). Returns what was done.
+    """
+    from mlflow.genai.scorers import ScorerSamplingConfig, get_scorer
+
+    done: list[str] = []
+    wanted = live_scorers(config, environ, databricks=True) if config and config.enabled else []
+    wanted_names = {s.name for s in wanted}
+    stale = [live_name(n) for n in (previous.scorers if previous else ()) if live_name(n) not in wanted_names]
+    sampling = ScorerSamplingConfig(sample_rate=config.sample_rate if config else 0.0,
+                                    filter_string=(config.filter_string or None) if config else None)
+    for experiment_id in experiments:
+        for scorer in wanted:
+            try:
+                registered = get_scorer(name=scorer.name, experiment_id=experiment_id)
+            except Exception:  # noqa: BLE001 - not registered yet
+                registered = scorer.register(name=scorer.name, experiment_id=experiment_id)
+                done.append(f"registered {scorer.name} in {experiment_id}")
+            if config.sample_rate > 0:
+                registered.update(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
+                done.append(f"started {scorer.name} at {config.sample_rate:g} in {experiment_id}")
+            else:
+                registered.stop(name=scorer.name, experiment_id=experiment_id)
+                done.append(f"stopped {scorer.name} in {experiment_id}")
+        for name in stale:
+            try:
+                get_scorer(name=name, experiment_id=experiment_id).stop(name=name, experiment_id=experiment_id)
+                done.append(f"stopped {name} in {experiment_id}")
+            except Exception:  # noqa: BLE001 - never registered there
+                continue
+    return done
+
+
+# --- the worker's task -----------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerStatus:
+    """What the live-scoring task did last: shown on the Live scoring section."""
+
+    last_run: str | None = None
+    last_duration_s: float = 0.0
+    traces_scored_last: int = 0
+    traces_scored_total: int = 0
+    assessments_total: int = 0
+    lag_seconds: float | None = None
+    experiments: int = 0
+    errors: list[str] = field(default_factory=list)
+    path: str = ""
+    pid: int | None = None
+
+
+def status_path(settings: Settings) -> Path:
+    return settings.data_dir / STATUS_FILE
+
+
+def read_status(settings: Settings) -> WorkerStatus | None:
+    """The worker's last report, or None when no worker has run on this data folder."""
+    try:
+        data = json.loads(status_path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+    known = set(WorkerStatus.__dataclass_fields__)
+    return WorkerStatus(**{k: v for k, v in data.items() if k in known})
+
+
+def _write_status(settings: Settings, status: WorkerStatus) -> None:
+    path = status_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(status), indent=1))
+    os.replace(tmp, path)
+
+
+def scorers_by_experiment(settings: Settings) -> dict[str, list[Any]]:
+    """The live scorers to run per experiment, from every agent's configuration.
+
+    Two agents sharing an experiment share its checkpoint: their scorers run together, and the same
+    scorer configured twice runs once, at the higher sample rate.
+    """
+    from services._mlflow_internal.online_scoring import LiveScorer
+
+    merged: dict[str, dict[str, LiveScorer]] = {}
+    for agent, (config, _) in sorted(load_all(settings).items()):
+        if not config.enabled or config.sample_rate <= 0:
+            continue
+        serialized = _serialized(config)
+        for experiment_id in agent_experiments(agent, settings):
+            slot = merged.setdefault(experiment_id, {})
+            for name, text in serialized.items():
+                old = slot.get(name)
+                if old is None or old.sample_rate < config.sample_rate:
+                    slot[name] = LiveScorer(name, text, config.sample_rate, config.filter_string or None)
+    return {e: list(s.values()) for e, s in merged.items()}
+
+
+def run_pass(settings: Settings, *, batch_size: int = 50) -> WorkerStatus:
+    """One pass of the live-scoring task: score up to ``batch_size`` new traces per experiment."""
+    from services._clients import mlflow_client
+    from services._mlflow_internal import online_scoring
+
+    started = time.monotonic()
+    previous = read_status(settings) or WorkerStatus()
+    status = WorkerStatus(traces_scored_total=previous.traces_scored_total,
+                          assessments_total=previous.assessments_total, pid=os.getpid())
+    client = mlflow_client(settings)
+    lags = []
+    try:
+        plan = scorers_by_experiment(settings)
+    except Exception as exc:  # noqa: BLE001 - reported, retried next pass
+        plan = {}
+        status.errors.append(f"reading the configuration: {exc}")
+    for experiment_id, scorers in plan.items():
+        try:
+            report = online_scoring.score_new_traces(client, experiment_id, scorers, batch_size=batch_size)
+        except Exception as exc:  # noqa: BLE001 - one experiment's failure does not stop the others
+            status.errors.append(f"experiment {experiment_id}: {exc}")
+            continue
+        status.path = report.path
+        status.traces_scored_last += report.traces_scored
+        status.assessments_total += report.assessments
+        if report.checkpoint_ms:
+            lags.append(max(0.0, time.time() - report.checkpoint_ms / 1000))
+    status.experiments = len(plan)
+    status.traces_scored_total += status.traces_scored_last
+    status.lag_seconds = round(max(lags), 1) if lags else None
+    status.last_run = datetime.now(tz=timezone.utc).isoformat(timespec="seconds")
+    status.last_duration_s = round(time.monotonic() - started, 3)
+    _write_status(settings, status)
+    return status
+
+
+# --- quality over time ---------------------------------------------------------------------------
+
+RESULT_COLUMNS = ["trace_id", "timestamp", "model_id", "version", "arm", "scorer", "value", "passed", "score"]
+
+
+def _score(value: Any) -> tuple[bool | None, float | None]:
+    if isinstance(value, bool):
+        return value, float(value)
+    if isinstance(value, (int, float)) and not math.isnan(value):
+        return None, float(value)
+    text = str(value).strip().lower()
+    if text in PASS_VALUES or text in ("no", "false", "fail", "failed", "0"):
+        return text in PASS_VALUES, float(text in PASS_VALUES)
+    return None, None
+
+
+def live_results(agent: str, settings: Settings, *, start: datetime, end: datetime,
+                 max_traces: int = 5000) -> pd.DataFrame:
+    """Every live assessment on the agent's traces in a window (columns: ``RESULT_COLUMNS``).
+
+    ``passed`` is True/False for pass/fail scorers, ``score`` the numeric value (1/0 for pass/fail).
+    The A/B judge groups these by ``arm`` (or ``version``) to compare arms on live scorers.
+    """
+    from services import registry
+    from services._clients import mlflow_client, translate_errors
+    from services.traces import ARM_TAG
+
+    links, experiments = registry.agent_links(agent, settings)
+    version_of = {link.model_id: link.version for link in links if link.model_id}
+    rows: list[dict[str, Any]] = []
+    if not experiments:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    clause = (f"trace.timestamp_ms >= {int(start.timestamp() * 1000)} AND "
+              f"trace.timestamp_ms <= {int(end.timestamp() * 1000)}")
+    client = mlflow_client(settings)
+    token = None
+    seen = 0
+    with translate_errors(f"the traces of {agent}"):
+        while seen < max_traces:
+            page = client.search_traces(locations=list(experiments), filter_string=clause, include_spans=False,
+                                        max_results=min(500, max_traces - seen), page_token=token)
+            for trace in page:
+                info = trace.info
+                model_id = (info.trace_metadata or {}).get("mlflow.modelId")
+                if model_id not in version_of:
+                    continue
+                for a in info.assessments or []:
+                    if not a.name.startswith(LIVE_PREFIX) or getattr(a, "feedback", None) is None or not a.valid:
+                        continue
+                    if a.feedback.error is not None:
+                        continue
+                    passed, score = _score(a.feedback.value)
+                    rows.append({"trace_id": info.trace_id, "timestamp": pd.Timestamp(info.timestamp_ms, unit="ms", tz="UTC"),
+                                 "model_id": model_id, "version": version_of[model_id],
+                                 "arm": (info.tags or {}).get(ARM_TAG), "scorer": a.name.removeprefix(LIVE_PREFIX),
+                                 "value": a.feedback.value, "passed": passed, "score": score})
+            seen += len(page)
+            token = page.token
+            if not token:
+                break
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def outcomes_by(results: pd.DataFrame, by: str = "arm") -> dict[str, dict[str, list[float]]]:
+    """Per group (``arm`` or ``version``) and scorer, the per-trace scores (1.0/0.0 for pass/fail).
+
+    For the A/B judge: the live scorers' results of each arm, to test like its other measures.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for (group, scorer), part in results.dropna(subset=["score"]).groupby([by, "scorer"], sort=True):
+        out.setdefault(str(group), {})[str(scorer)] = [float(v) for v in part["score"]]
+    return out
+
+
+def wilson(passed: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a pass rate (statsmodels)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if total == 0:
+        return math.nan, math.nan
+    low, high = proportion_confint(passed, total, alpha=1 - confidence, method="wilson")
+    return max(0.0, round(float(low), 12)), min(1.0, round(float(high), 12))
+
+
+QUALITY_COLUMNS = ["bucket", "group", "scorer", "n", "passed", "rate", "low", "high"]
+
+
+def quality_over_time(results: pd.DataFrame, *, by: str = "version", freq: str = "1h",
+                      confidence: float = 0.95) -> pd.DataFrame:
+    """Pass rate (or mean score) per time bucket, group (``version`` or ``arm``) and scorer, with a CI.
+
+    Pass/fail scorers get a Wilson interval; numeric scorers the mean with a Student-t interval.
+    """
+    from scipy import stats
+
+    if results.empty:
+        return pd.DataFrame(columns=QUALITY_COLUMNS)
+    frame = results.assign(bucket=results["timestamp"].dt.floor(freq), group=results[by].fillna("(none)"))
+    rows = []
+    for (bucket, group, scorer), part in frame.groupby(["bucket", "group", "scorer"], sort=True):
+        n = len(part)
+        if part["passed"].notna().all():
+            passed = int(part["passed"].astype(bool).sum())
+            low, high = wilson(passed, n, confidence)
+            rows.append([bucket, group, scorer, n, passed, passed / n, low, high])
+            continue
+        scores = part["score"].dropna().astype(float)
+        mean = float(scores.mean()) if len(scores) else math.nan
+        if len(scores) > 1 and scores.std() > 0:
+            low, high = stats.t.interval(confidence, len(scores) - 1, loc=mean, scale=stats.sem(scores))
+        else:
+            low = high = mean
+        rows.append([bucket, group, scorer, n, None, mean, float(low), float(high)])
+    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)

@@ -1,0 +1,124 @@
+"""The background worker: killed in the middle of a scoring batch and restarted, every sampled
+trace ends up scored exactly once (assessment counts read back from the store); SIGTERM stops it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from services import live_scoring
+from services._mlflow_internal.online_scoring import CHECKPOINT_TAG, sampled
+from services.identity import Identity, IdentitySource
+from services.live_scoring import LiveScoringConfig
+from tests.services.live_scoring_world import AGENT, build_world
+
+ROOT = Path(__file__).resolve().parent.parent
+OPS = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
+RATE = 0.6
+TRACES = 40
+
+
+def _worker(settings, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "AGENTOPS_BACKEND": "local", "AGENTOPS_DATA_DIR": str(settings.data_dir),
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "agentops", "worker", "--completion-buffer", "0", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _counts(client: MlflowClient, trace_ids: list[str]) -> dict[str, int]:
+    return {t: sum(1 for a in client.get_trace(t).info.assessments if a.name == "live_latency_budget")
+            for t in trace_ids}
+
+
+@pytest.fixture
+def configured_world(isolated_settings):
+    (isolated_settings.data_dir / "roles.json").write_text(json.dumps({"users": {"ops@example.com": "operator"}}))
+    world = build_world(isolated_settings, traces=TRACES)
+    live_scoring.save_config(AGENT, LiveScoringConfig(scorers=("latency_budget",), sample_rate=RATE),
+                             identity=OPS, settings=isolated_settings)
+    return world
+
+
+def test_killed_mid_batch_and_restarted_every_sampled_trace_is_scored_exactly_once(configured_world, isolated_settings):
+    client, ids, experiment_id = configured_world["client"], configured_world["trace_ids"], configured_world["experiment_id"]
+    expected = {t for t in ids if sampled(t, "live_latency_budget", RATE)}
+    assert 0 < len(expected) < TRACES
+    # One batch holds every trace, and MLflow's rate limiter lets ~3 scorer calls through per second:
+    # the kill lands while the batch is half done, before MLflow would persist its checkpoint.
+    worker = _worker(isolated_settings, "--batch-size", "100", "--max-rate", "3", "--threads", "1", "--interval", "1")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = sum(_counts(client, ids).values())
+            if done >= 3:
+                break
+            time.sleep(0.3)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    partial = _counts(client, ids)
+    assert 3 <= sum(partial.values()) < len(expected), "the kill did not land mid-batch"
+    assert CHECKPOINT_TAG not in (client.get_experiment(experiment_id).tags or {})
+
+    rerun = _worker(isolated_settings, "--once", "--batch-size", "100", "--max-rate", "1000")
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    final = _counts(client, ids)
+    assert {t for t, n in final.items() if n} == expected
+    assert set(final.values()) <= {0, 1}, {t: n for t, n in final.items() if n > 1}
+    status = live_scoring.read_status(isolated_settings)
+    assert status.traces_scored_last == len(expected) - sum(partial.values())
+    assert status.lag_seconds is not None and status.errors == []
+
+
+def test_sigterm_stops_the_worker_cleanly(isolated_settings):
+    worker = _worker(isolated_settings, "--interval", "1")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and live_scoring.read_status(isolated_settings) is None:
+            time.sleep(0.3)
+        assert live_scoring.read_status(isolated_settings) is not None
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0 and "stopped" in output
+
+
+def test_worker_refuses_databricks(tmp_path):
+    env = {**os.environ, "AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x.example.com",
+           "AGENTOPS_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "agentops", "worker", "--once"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "production monitoring" in done.stderr
+
+
+def test_adding_a_task_is_one_line(monkeypatch, isolated_settings):
+    from agentops import worker
+
+    ran = []
+    for name in ("MLFLOW_GENAI_EVAL_SCORER_RATE_LIMIT", "MLFLOW_ONLINE_SCORING_MAX_WORKER_THREADS",
+                 "MLFLOW_ONLINE_SCORING_DEFAULT_TRACE_COMPLETION_BUFFER_SECONDS", "MLFLOW_GENAI_EVAL_MAX_RETRIES",
+                 "MLFLOW_SERVER_ENABLE_CUSTOM_SCORERS"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test, whatever main() sets
+    monkeypatch.setattr(worker, "TASKS", [worker.Task("probe", 1.0, lambda s, o: ran.append(s) or "ok")])
+    assert worker.main(["--once"]) == 0 and len(ran) == 1
+
+
+def test_the_worker_evaluates_alert_rules(isolated_settings):
+    from agentops import worker
+
+    task = next(t for t in worker.TASKS if t.name == "alert rules")
+    report = task.run(isolated_settings, worker.parse_args(["--once"]))
+    assert report.startswith("0 rule(s) evaluated, 0 firing")

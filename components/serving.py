@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from components.errors import show_error
-from components.tables import plain
+from components.tables import plain, readable
 from services.ab import ArmReport, ArmStats, Interval
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.serving import DeployPlan, Endpoint, SplitPlan, version_label
@@ -43,7 +43,9 @@ def arms_frame(report: ArmReport) -> pd.DataFrame:
             "Mean rating": arm.mean_rating,
             "Scorer pass rate": _ci(arm.scorer_pass_rate, ".0%"),
         })
-    return pd.DataFrame(rows)
+    # An arm without traffic has no latency, tokens or rating: a dash, never None or nan.
+    return readable(pd.DataFrame(rows), {c: ",.0f" for c in ("p50 ms", "p95 ms", "p99 ms", "Tokens / request")}
+                    | {"Mean rating": ".2f"}, keep=("Requests", "Feedback"))
 
 
 def comparisons_frame(report: ArmReport) -> pd.DataFrame:
@@ -55,7 +57,7 @@ def comparisons_frame(report: ArmReport) -> pd.DataFrame:
                 "Baseline": metric.baseline, "Candidate value": metric.candidate,
                 "p-value": metric.p_value, "Test": metric.test, "Result": metric.direction.value,
             })
-    return pd.DataFrame(rows)
+    return readable(pd.DataFrame(rows), {"p-value": ".4f"})
 
 
 def plan_frame(plan: SplitPlan) -> pd.DataFrame:
@@ -75,7 +77,7 @@ def history_frame(changes: list[TrafficChange]) -> pd.DataFrame:
         {"When": c.at, "Who": c.user, "Action": c.action, "Before": fmt(c.before), "After": fmt(c.after),
          "Outcome": c.outcome, "Reason": c.reason}
         for c in changes
-    ])
+    ]).fillna("—").replace("", "—")
 
 
 def history_block(changes: list[TrafficChange]) -> None:
@@ -330,7 +332,7 @@ def gateway_models_frame(gateway) -> pd.DataFrame:
              "Weight": m.weight, "Share %": share.get(m.name, 0)} for m in gateway.primaries]
     rows += [{"Model definition": m.name, "Provider / model": m.label, "Role": f"fallback #{m.fallback_order or '—'}",
               "Weight": None, "Share %": None} for m in gateway.fallbacks]
-    return pd.DataFrame(rows)
+    return readable(pd.DataFrame(rows))  # a fallback has no weight or share: a dash
 
 
 def budgets_frame(gateway) -> pd.DataFrame:

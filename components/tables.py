@@ -165,3 +165,29 @@ def readable(frame: pd.DataFrame, formats: "dict[str, Any] | None" = None, *, ke
         fmt = formats.get(column)
         out[column] = [cell(v, fmt) for v in out[column].tolist()]
     return out
+
+
+# --- Monitoring and Serving tables ---------------------------------------------------------------
+
+_USD5 = lambda v: f"${v:,.5f}"  # noqa: E731
+_USD6 = lambda v: f"${v:,.6f}"  # noqa: E731
+TOTALS_FORMATS: dict[str, Any] = {
+    "error_rate": ".1%", "p50_ms": ",.0f", "p95_ms": ",.0f", "p99_ms": ",.0f",
+    "input_tokens": ",.0f", "output_tokens": ",.0f", "cached_input_tokens": ",.0f",
+    "recorded_cost": _USD5, "estimated_cost": _USD5, "cost": _USD5, "cost_per_request": _USD5,
+}
+
+
+def totals_frame(totals: pd.DataFrame, group_label: str) -> pd.DataFrame:
+    """Monitoring's per-group totals for display: the group column named ``group_label``, figures formatted,
+    a figure that does not exist (no latency without requests, no price) a dash. Counts stay numbers."""
+    frame = totals.rename(columns={"group": group_label})
+    return readable(frame, TOTALS_FORMATS, keep=("requests", "errors", "traces_with_tokens", "traces_without_tokens"))
+
+
+def explorer_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """The trace explorer's page for display: no agent, version, tokens or cost on a trace is a dash
+    (the ``link`` column says why). Time, status and latency stay typed, for sorting."""
+    shown = rows.drop(columns=["has_token_usage"], errors="ignore")
+    return readable(shown, {"input_tokens": ",.0f", "output_tokens": ",.0f", "cost": _USD6},
+                    keep=("time", "status", "latency_ms"))

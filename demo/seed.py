@@ -162,7 +162,7 @@ def _log_version(client, agent: DemoAgent, number: int, version: DemoVersion, ag
     with mlflow.start_run(
         run_name=f"{agent.name}-v{number}-build",
         experiment_id=experiment_id,
-        tags={"mlflow.source.git.commit": commit, "agentops.agent": agent.name},
+        tags={"mlflow.source.git.commit": commit},
     ):
         mlflow.log_params(params)
         info = mlflow.pyfunc.log_model(
@@ -302,11 +302,10 @@ def _trace_spec(agent, module, version: DemoVersion, number: int, model_id: str,
     cursor += int(rng.uniform(1, 4) * 1e6)
     outputs = None if error else {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": answer}]}]}
     root = internal.SpanSpec("predict", "AGENT", root_start, cursor, inputs=request, outputs=outputs, error=error, children=tuple(children))
-    # The version is linked the way MLflow links it (mlflow.modelId, as set_active_model and
-    # serving record); the tags name the endpoint and arm, and the agent (an extra the feedback
-    # and review-queue agent filters still read), never the version.
+    # Agent and version are linked the way MLflow links them (mlflow.modelId, as set_active_model
+    # and serving record), the same path as a real workspace; the only tags are the documented
+    # optional extras MLflow has no notion of: the endpoint and the arm.
     tags = {
-        traces.AGENT_TAG: agent.name,
         traces.ENDPOINT_TAG: agent.endpoint,
         traces.ARM_TAG: f"{agent.name}-{number}",
     }

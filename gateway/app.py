@@ -1,9 +1,10 @@
 """FastAPI app: ``POST /serving-endpoints/{name}/invocations`` routed by the endpoint's split.
 
 Each request is served by one registered version (an arm), chosen by weight or stickily by
-conversation/user id, and produces one MLflow trace linked to that version's LoggedModel and
-tagged with agent, version, endpoint and arm. The split is re-read when the endpoint config
-file changes, so a new split applies to the next request without a restart.
+conversation/user id, and produces one MLflow trace linked to that version's LoggedModel (its
+``mlflow.modelId``) and tagged with the endpoint and arm. Endpoint configurations are re-read from
+the tracking store on every request, so a new split, endpoint or deletion applies to the next
+request without a restart.
 
 Traces: on a SQL store each finished trace is captured in-process (the agent's spans plus the
 gateway's root span and metadata) and written in batches by ``TraceWriter`` with the store's
@@ -345,11 +346,9 @@ class Gateway:
         loaded = self.load(served)
         if not self.ledger.wait_for_room(timeout_s=30):
             raise GatewayError(503, "TRACE_BACKLOG_FULL", "Too many traces are waiting to be stored; retry shortly.")
-        # The version is linked through the trace's mlflow.modelId (set below), as MLflow's own
-        # serving does; the tags name the endpoint and arm, which MLflow has no notion of, and the
-        # agent (still read by the feedback and review-queue agent filters, an extra, not the link).
+        # Agent and version are linked through the trace's mlflow.modelId (set below), as MLflow's
+        # own serving does; the tags name only the endpoint and arm, which MLflow has no notion of.
         tags = {
-            traces.AGENT_TAG: served.model_name,
             traces.ENDPOINT_TAG: endpoint.name,
             traces.ARM_TAG: served.entity_name,
         }

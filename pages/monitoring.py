@@ -17,7 +17,7 @@ from components.empty import seed_hint
 from components.errors import show_error
 from components.live_scoring import render_live_scoring
 from components.monitoring import breakdown_chart, price_rows, series_chart, trace_detail_block
-from components.tables import plain
+from components.tables import explorer_frame, plain, totals_frame
 from services import monitoring as mon
 from services import alerts
 from services import trace_explorer
@@ -251,16 +251,12 @@ with charts_tab:
         if data.split is not mon.Split.NONE:
             right.plotly_chart(breakdown_chart(totals, "group", "cost", f"Cost by {data.split.value}"),
                                width="stretch", config=PLOT_CONFIG)
-        st.dataframe(
-            totals.rename(columns={"group": data.split.value if data.split is not mon.Split.NONE else "scope"}),
-            hide_index=True, width="stretch",
-            column_config={
-                "error_rate": st.column_config.NumberColumn("error rate", format="percent"),
-                **{c: st.column_config.NumberColumn(c, format="%.0f") for c in ("p50_ms", "p95_ms", "p99_ms")},
-                **{c: st.column_config.NumberColumn(c, format="$%.5f")
-                   for c in ("recorded_cost", "estimated_cost", "cost", "cost_per_request")},
-            },
-        )
+        # Formatted in components.tables: a figure that does not exist is a dash, never None or nan.
+        st.dataframe(totals_frame(totals, data.split.value if data.split is not mon.Split.NONE else "scope"),
+                     hide_index=True, width="stretch",
+                     column_config={"error_rate": st.column_config.TextColumn("error rate"),
+                                    "unpriced_models": st.column_config.TextColumn(
+                                        help="LLM models with neither a recorded cost nor a price")})
         unpriced = sorted({m for s in totals["unpriced_models"] for m in s.split(", ") if m})
         if unpriced:
             st.warning(f"No recorded cost and no price for: {plain(', '.join(unpriced))}. Add them on the Prices tab.",
@@ -294,16 +290,15 @@ with explorer_tab:
                     icon=":material/search_off:")
         else:
             st.caption(f"Page {len(tokens)} · {len(page.rows)} traces, newest first")
-            shown = page.rows.drop(columns=["has_token_usage"]).copy()
-            shown["input_tokens"] = shown["input_tokens"].astype("Float64")
-            shown["output_tokens"] = shown["output_tokens"].astype("Float64")
+            shown = explorer_frame(page.rows)  # a missing agent, version, token count or cost is a dash
             event = st.dataframe(
                 shown, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                 key="mon_table",
                 column_config={
                     "time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                    "cost": st.column_config.NumberColumn(format="$%.6f"),
-                    "input_tokens": st.column_config.NumberColumn(help="Empty: the trace recorded no token usage"),
+                    "input_tokens": st.column_config.TextColumn(help="—: the trace recorded no token usage"),
+                    "cost": st.column_config.TextColumn(help="MLflow's recorded cost; —: none recorded"),
+                    "version": st.column_config.TextColumn(help="—: no registered version found; 'link' says why"),
                     "model_id": st.column_config.TextColumn(help="The trace's mlflow.modelId: the LoggedModel that served it"),
                     "link": st.column_config.TextColumn(
                         help="How agent and version were found: through the model id (LoggedModel → registered "

@@ -14,6 +14,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
+from components.endpoint_editor import endpoint_editor
 from components.errors import show_error
 from components.serving import (
     SplitRow,
@@ -272,6 +273,8 @@ except AgentOpsError as exc:
     # The split and the history do not need the registry; adding versions and deploying name them by hand.
     show_error(exc, what="Cannot read the registered agents")
     agents = {}
+if settings.backend is not Backend.DATABRICKS:
+    endpoint_editor(endpoints, agents, settings=settings, identity=identity, can_change=can_change, on_change=_clear)
 
 if not endpoints:
     if settings.backend is Backend.DATABRICKS:
@@ -367,11 +370,9 @@ with judge_tab:
             st.info("No traffic in this window yet. Send test traffic or widen the window.", icon=":material/hourglass_empty:")
         else:
             st.markdown(f"**Verdict.** {report.verdict}")
-            st.dataframe(arms_frame(report), hide_index=True, use_container_width=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.0f") for c in ("p50 ms", "p95 ms", "p99 ms", "Tokens / request")})
+            st.dataframe(arms_frame(report), hide_index=True, use_container_width=True)  # formatted in the frame
             with st.expander("Tests per metric"):
-                st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True,
-                             column_config={"p-value": st.column_config.NumberColumn(format="%.4f")})
+                st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True)
             labels = {a.entity_name: serving.version_label(a.model_name, a.version) for a in report.arms}
             request = promote_form(
                 report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,

@@ -30,7 +30,7 @@ from services.serving.entities import (
     validate_routes,
     version_label,
 )
-from services.serving.local import ENDPOINT_KEY, local_config_path, save_local_endpoint
+from services.serving.local import ENDPOINT_KEY, delete_local_endpoint, local_config_path, save_local_endpoint
 from services.serving.model_serving import agents_endpoint_name, entity_name_for
 from services.serving.splits import (
     SplitPlan,
@@ -51,6 +51,6 @@ __all__ = [
     "agents_endpoint_name", "apply_split", "arm_traffic", "deploy_version", "describe_split", "endpoint_from_json",
     "endpoint_to_json", "entity_name_for", "get_endpoint", "list_endpoints", "local_config_path", "normalise_version",
     "percentages", "plan_deploy", "plan_shares", "plan_split", "plan_weights", "run_agents_call",
-    "save_local_endpoint", "settle_interrupted", "split_backend", "validate_routes", "validate_uc_model_name",
+    "delete_local_endpoint", "save_local_endpoint", "settle_interrupted", "split_backend", "validate_routes", "validate_uc_model_name",
     "version_label",
 ]

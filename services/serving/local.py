@@ -13,7 +13,7 @@ from pathlib import Path
 
 from services import team_state
 from services._clients import get_settings, translate_errors
-from services.errors import ConflictError, NotFoundError
+from services.errors import ConflictError, NotFoundError, ValidationError
 from services.serving.base import SplitBackend
 from services.serving.entities import (
     Endpoint,
@@ -39,7 +39,8 @@ def read_local(settings: Settings) -> dict[str, Endpoint]:
     records = team_state.read_all(settings, ENDPOINT_KEY)
     if not records and _migrate_endpoint_file(settings):
         records = team_state.read_all(settings, ENDPOINT_KEY)
-    return {r.value["name"]: endpoint_from_json(r.value, r.version) for r in records.values()}
+    return {r.value["name"]: endpoint_from_json(r.value, r.version) for r in records.values()
+            if not r.value.get("deleted")}  # a deleted endpoint is a tombstone record (delete_local_endpoint)
 
 
 def _migrate_endpoint_file(settings: Settings) -> bool:
@@ -102,3 +103,23 @@ class LocalBackend(SplitBackend):
     def holds(self, endpoint: Endpoint, target: Endpoint) -> bool:
         """The split and the stickiness (only local endpoints have sticky routing)."""
         return super().holds(endpoint, target) and endpoint.sticky == target.sticky
+
+
+def delete_local_endpoint(name: str, *, user: str, expected_version: int, settings: Settings | None = None) -> int:
+    """Delete a local endpoint: its record becomes a tombstone (recorded like any write); returns its version.
+
+    A tombstone rather than a removed record keeps the record's version history, so an endpoint
+    created again under the same name continues it. ``ConflictError`` if someone changed the
+    endpoint since ``expected_version``; ``NotFoundError`` if it does not exist.
+    """
+    settings = settings or get_settings()
+    if settings.backend is Backend.DATABRICKS:
+        raise ValidationError("Model Serving endpoints are deleted in the Databricks workspace, not from this app.")
+    current = team_state.read(ENDPOINT_KEY + name, settings)
+    if current is None or current.value.get("deleted"):
+        raise NotFoundError(f"Serving endpoint {name!r} does not exist.")
+    tombstone = {"name": name, "deleted": True, "updated_by": user,
+                 "updated_at": datetime.now(tz=timezone.utc).isoformat()}
+    record = team_state.write(ENDPOINT_KEY + name, tombstone, expected_version=expected_version, user=user,
+                              settings=settings, note="deleted")
+    return record.version

@@ -160,12 +160,13 @@ def _stored_traces(settings) -> dict[str, tuple[str, str, str, str]]:
     writes no version tag, MLflow's own link is the record.
     """
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
-    experiment = client.get_registered_model(MODEL).tags["agentops.experiment_id"]
     version_of = {v.source.removeprefix("models:/"): str(v.version)
                   for v in client.search_model_versions(f"name = '{MODEL}'")}
+    # The traces' experiments are those of the versions' LoggedModels (what MLflow records), not an app tag.
+    experiments = sorted({client.get_logged_model(model_id).experiment_id for model_id in version_of})
     stored, token = {}, None
     while True:
-        page = client.search_traces(locations=[experiment], filter_string=f"tag.`agentops.endpoint` = '{ENDPOINT}'",
+        page = client.search_traces(locations=experiments, filter_string=f"tag.`agentops.endpoint` = '{ENDPOINT}'",
                                     max_results=500, include_spans=False, page_token=token)
         for trace in page:
             info = trace.info

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services import serving, team_state, traffic_audit
+from services import audit, serving, team_state
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 MODEL = "triage agent"
@@ -66,7 +66,7 @@ def test_create_an_endpoint_from_the_registry_with_a_preview_and_an_audit_record
     assert not app.exception
     stored = serving.get_endpoint("triage-ab", store)
     assert {r.entity_name: r.percentage for r in stored.routes} == {"triage agent_1": 70, "triage agent_2": 30}
-    (change,) = traffic_audit.traffic_changes("triage-ab", settings=store)
+    (change,) = audit.traffic_changes("triage-ab", settings=store)
     assert (change.action, change.reason) == ("create endpoint", "try v2 on 30%")
     # The page now shows the new endpoint and its split editor.
     assert app.selectbox(key="serving_endpoint").value == "triage-ab"
@@ -87,7 +87,7 @@ def test_a_bad_name_or_a_missing_version_is_explained_and_stores_nothing(store):
     app.text_input(key="epadm::name").input("triage-ab").run()
     app.button(key="epadm::preview").click().run()
     assert any("v1 is not in the registry" in w.value for w in app.warning)
-    assert _records(store) == {} and traffic_audit.traffic_changes(settings=store) == []
+    assert _records(store) == {} and audit.traffic_changes(settings=store) == []
 
 
 def test_delete_after_a_preview_and_a_viewer_cannot_change(store, tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_delete_after_a_preview_and_a_viewer_cannot_change(store, tmp_path, monk
     app.button(key="epadm::confirm").click().run()
     assert not app.exception
     assert serving.list_endpoints(store) == []
-    assert traffic_audit.traffic_changes("old-ep", settings=store)[0].action == "delete endpoint"
+    assert audit.traffic_changes("old-ep", settings=store)[0].action == "delete endpoint"
 
     roles_file = tmp_path / "roles.json"
     roles_file.write_text(json.dumps({"users": {}, "default": "viewer"}))

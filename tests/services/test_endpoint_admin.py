@@ -7,7 +7,7 @@ import json
 import mlflow
 import pytest
 
-from services import endpoint_admin, serving, team_state, traffic_audit
+from services import audit, endpoint_admin, serving, team_state
 from services.endpoint_admin import ChangeKind
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
@@ -45,7 +45,7 @@ def test_create_previews_then_stores_and_records_who_did_it(store):
     assert [e.name for e in serving.list_endpoints(store)] == ["billing-ab"]
     assert {r.entity_name: r.percentage for r in serving.get_endpoint("billing-ab", store).routes} == {
         "billing agent_1": 90, "billing agent_2": 10}
-    (change,) = traffic_audit.traffic_changes("billing-ab", settings=store)
+    (change,) = audit.traffic_changes("billing-ab", settings=store)
     assert (change.action, change.user, change.reason, change.before) == (
         "create endpoint", OPS.user, "A/B the new prompt", {})
     assert change.after == {f"{MODEL} v1": 90, f"{MODEL} v2": 10} and change.completed
@@ -72,7 +72,7 @@ def test_bad_input_is_refused_with_a_clear_message_and_stores_nothing(store, nam
     with pytest.raises(error, match=message):
         endpoint_admin.plan_create(name, weights, settings=store)
     assert _records(store) == {}
-    assert traffic_audit.traffic_changes(settings=store) == []
+    assert audit.traffic_changes(settings=store) == []
 
 
 def test_a_name_in_use_is_refused_and_a_deleted_name_can_be_created_again(store):
@@ -94,7 +94,7 @@ def test_a_name_in_use_is_refused_and_a_deleted_name_can_be_created_again(store)
     again = endpoint_admin.apply(endpoint_admin.plan_create("prod", {(MODEL, "3"): 100}, settings=store),
                                  identity=OPS, reason="back", settings=store)
     assert [s.model_version for s in again.served] == ["3"]
-    actions = [c.action for c in traffic_audit.traffic_changes("prod", settings=store)]
+    actions = [c.action for c in audit.traffic_changes("prod", settings=store)]
     assert actions == ["create endpoint", "delete endpoint", "create endpoint"]
 
 
@@ -107,7 +107,7 @@ def test_edit_changes_versions_and_split_through_the_split_path(store):
     assert [r["Change"] for r in plan.rows()] == ["-50", "added"]
     stored = endpoint_admin.apply(plan, identity=OPS, reason="try v3", settings=store)
     assert {s.model_version for s in stored.served} == {"1", "3"}
-    latest = traffic_audit.traffic_changes("edit-me", settings=store)[0]
+    latest = audit.traffic_changes("edit-me", settings=store)[0]
     assert (latest.action, latest.after) == ("edit endpoint", {f"{MODEL} v1": 50, f"{MODEL} v3": 50})
 
 
@@ -121,7 +121,7 @@ def test_a_plan_made_before_someone_elses_change_is_refused(store):
     with pytest.raises(ConflictError):
         endpoint_admin.apply(stale_delete, identity=OPS, reason="too late", settings=store)
     assert _records(store) == before
-    assert [c.action for c in traffic_audit.traffic_changes("busy", settings=store)] == ["edit endpoint",
+    assert [c.action for c in audit.traffic_changes("busy", settings=store)] == ["edit endpoint",
                                                                                           "create endpoint"]
 
 
@@ -135,7 +135,7 @@ def test_a_viewer_or_a_missing_reason_is_refused_and_nothing_is_written(store, t
     rev = Identity("rev@example.com", "Rev", IdentitySource.OS_USER)
     with pytest.raises(PermissionDeniedError, match="operator"):
         endpoint_admin.apply(plan, identity=rev, reason="try", settings=store)
-    assert _records(store) == {} and traffic_audit.traffic_changes(settings=store) == []
+    assert _records(store) == {} and audit.traffic_changes(settings=store) == []
     assert endpoint_admin.apply(plan, identity=OPS, reason="operator may", settings=store) is not None
 
 
@@ -143,7 +143,7 @@ def test_a_retried_confirmation_changes_and_records_once(store):
     plan = endpoint_admin.plan_create("once", {(MODEL, "1"): 100}, settings=store)
     endpoint_admin.apply(plan, identity=OPS, reason="r", settings=store, request_id="req-1")
     endpoint_admin.apply(plan, identity=OPS, reason="r", settings=store, request_id="req-1")
-    assert len(traffic_audit.traffic_changes("once", settings=store)) == 1
+    assert len(audit.traffic_changes("once", settings=store)) == 1
     assert _records(store)[serving.ENDPOINT_KEY + "once"][0] == 1
 
 

@@ -44,6 +44,15 @@ def _alerts(settings: Any, options: argparse.Namespace) -> str:
     return alerting.evaluate_and_notify(settings).summary()
 
 
+def _rollouts(settings: Any, options: argparse.Namespace) -> str:
+    from services import rollout_controller
+    from services.rollout_ports import ServicePorts
+
+    looked = rollout_controller.tick(settings, ServicePorts(settings))
+    acted = [f"{endpoint}: {d.action.value}" for endpoint, d in looked if d is not None and d.action.value != "hold"]
+    return f"{len(looked)} rollout(s) looked at" + (f"; {', '.join(acted)}" if acted else "")
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -54,6 +63,7 @@ class Task:
 TASKS: list[Task] = [
     Task("live scoring", 15.0, _live_scoring),
     Task("alert rules", 60.0, _alerts),
+    Task("guarded rollouts", 30.0, _rollouts),
 ]
 
 

@@ -16,6 +16,7 @@ from components.context import allowed, current_identity, current_settings, role
 from components.empty import seed_hint
 from components.endpoint_editor import endpoint_editor
 from components.errors import show_error
+from components.rollouts import rollout_panel
 from components.serving import (
     SplitRow,
     VersionSource,
@@ -35,6 +36,7 @@ from components.serving import (
 from services import ab, audit, registry, roles, serving, team_state, traffic
 from services.serving import EndpointBackend, ai_gateway
 from services.errors import AgentOpsError
+from services.rollout_ports import ServicePorts
 from services.settings import Backend, Settings
 
 settings = current_settings()
@@ -327,10 +329,10 @@ experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if 
 
 changes = _changes(name)
 _interrupted(endpoint, changes)
-tab_names = ["Edit split", "Judge arms", "Send test traffic", "History"]
+tab_names = ["Edit split", "Judge arms", "Guarded rollout", "Send test traffic", "History"]
 if settings.backend is Backend.DATABRICKS:
     tab_names.append("Deploy version")
-split_tab, judge_tab, traffic_tab, history_tab, *rest = st.tabs(tab_names)
+split_tab, judge_tab, rollout_tab, traffic_tab, history_tab, *rest = st.tabs(tab_names)
 deploy_tab = rest[0] if rest else None
 
 with split_tab:
@@ -390,6 +392,10 @@ with judge_tab:
                 except AgentOpsError as exc:
                     _clear()
                     show_error(exc, what="Promotion did not complete")
+
+with rollout_tab:
+    rollout_panel(name, [s.entity_name for s in endpoint.served], settings=settings, identity=identity,
+                  can_change=can_change, ports=ServicePorts(settings), key=f"rollout::{name}")
 
 with traffic_tab:
     if settings.backend is Backend.DATABRICKS:

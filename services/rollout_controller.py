@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Mapping, Protocol, Sequence
 
 from services import roles, rollouts, team_state
-from services.errors import ConflictError, NotFoundError, ValidationError
+from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity
 from services.rollouts import (
     Action,
@@ -332,8 +332,16 @@ def _finish(rollout: Rollout, settings: Settings, ports: RolloutPorts) -> Decisi
     request_id = pending["request_id"]
     shares = {plan.champion: 100 - share, plan.challenger: share}
     ports.set_shares(plan.endpoint, shares, request_id=request_id, actor=pending["by"], reason=reason)
+    status = Status(pending["status"])
     if action is Action.PROMOTE:
-        ports.promote(plan, request_id=request_id, actor=pending["by"], reason=reason)
+        # The controller promotes on behalf of the person who started the rollout (their role decides).
+        on_behalf = rollout.started_by if pending["by"] == CONTROLLER else pending["by"]
+        try:
+            ports.promote(plan, request_id=request_id, actor=on_behalf, reason=reason)
+        except (ValidationError, PermissionDeniedError) as exc:
+            # The gated promotion path refused (gate, readiness or role): a person decides from here.
+            status = Status.AWAITING_APPROVAL
+            reason = f"{reason} The promotion was refused, so the rollout waits for a person: {exc}"
     if action in (Action.ROLLBACK, Action.PROMOTE) or pending["by"] == CONTROLLER:
         rule = f" (rule: {pending['rule']})" if pending.get("rule") else ""
         ports.notify(f"Rollout on {plan.endpoint}: {action.value}{rule}",
@@ -343,7 +351,7 @@ def _finish(rollout: Rollout, settings: Settings, ports: RolloutPorts) -> Decisi
                   pending.get("evidence") or {})
     step = int(pending["step"])
     moved = step != rollout.step or action is not Action.ADVANCE
-    finished = replace(rollout, pending=None, status=Status(pending["status"]), step=step,
+    finished = replace(rollout, pending=None, status=status, step=step,
                        step_started_at=_now().isoformat() if moved else rollout.step_started_at,
                        timeline=(*rollout.timeline, entry))
     _save(finished, settings, pending["by"], f"rollout {action.value} done")

@@ -1,0 +1,92 @@
+"""The rollout controller's ports on the real services: splits through the serving backends and the
+audited change mechanism, evidence from the endpoint's traces (``ab.endpoint_samples``), promotion
+through the one gated promotion path, notices through the alert channels."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from services import ab, alerting, registry, releases, serving
+from services.errors import AgentOpsError
+from services.identity import Identity, IdentitySource
+from services.promotion import PromotionRequest
+from services.rollout_controller import evidence_from_arms
+from services.rollouts import ArmEvidence, Baseline, RolloutPlan
+from services.settings import Settings
+
+_logger = logging.getLogger(__name__)
+
+BASELINE_WINDOW = timedelta(hours=24)
+ACTION = "rollout"
+
+
+class ServicePorts:
+    """``rollout_controller.RolloutPorts`` on the app's services, for one settings object."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _endpoint(self, name: str) -> serving.Endpoint:
+        return serving.get_endpoint(name, self.settings)
+
+    def served_arms(self, endpoint: str) -> dict[str, int]:
+        found = self._endpoint(endpoint)
+        shares = {s.entity_name: 0 for s in found.served}
+        shares.update({r.entity_name: int(r.percentage) for r in found.routes})
+        return shares
+
+    def _experiments(self, endpoint: serving.Endpoint) -> list[str]:
+        models = {s.model_name for s in endpoint.served}
+        ids: list[str] = []
+        for agent in registry.list_agents(self.settings):
+            if agent.name in models:
+                ids.extend(i for i in (agent.experiment_id, *agent.experiment_ids) if i)
+        return list(dict.fromkeys(ids))
+
+    def _arms(self, plan: RolloutPlan, start: datetime, end: datetime) -> dict[str, ab.ArmSample]:
+        endpoint = self._endpoint(plan.endpoint)
+        samples, _ = ab.endpoint_samples(endpoint, self._experiments(endpoint), start, end, settings=self.settings)
+        return {s.entity_name: s for s in samples}
+
+    def baseline(self, plan: RolloutPlan) -> Baseline:
+        now = datetime.now(tz=timezone.utc)
+        champion = self._arms(plan, now - BASELINE_WINDOW, now).get(plan.champion)
+        if champion is None or not champion.requests:
+            return Baseline()
+        costs = list(champion.costs)
+        return Baseline(p95_latency_ms=float(np.percentile(champion.latencies_ms, 95)),
+                        cost_per_request=float(np.mean(costs)) if costs else None)
+
+    def evidence(self, plan: RolloutPlan, baseline: Baseline, since: datetime, until: datetime) -> ArmEvidence:
+        arms = self._arms(plan, since, until)
+        empty = ab.ArmSample(plan.challenger, "", "", (), 0, (), (), (), (), ())
+        return evidence_from_arms(plan, baseline, arms.get(plan.challenger, empty),
+                                  arms.get(plan.champion, empty))
+
+    def set_shares(self, endpoint: str, shares: dict[str, int], *, request_id: str, actor: str, reason: str) -> None:
+        current = self._endpoint(endpoint)
+        wanted = {**{s.entity_name: 0 for s in current.served}, **shares}
+        if self.served_arms(endpoint) == wanted:
+            return  # already there (a resumed action whose split landed before the interruption)
+        plan = serving.plan_shares(current, wanted)
+        serving.apply_split(plan, user=actor, reason=reason, action=ACTION, settings=self.settings,
+                            request_id=f"{request_id}-traffic")
+
+    def promote(self, plan: RolloutPlan, *, request_id: str, actor: str, reason: str) -> None:
+        endpoint = self._endpoint(plan.endpoint)
+        served = next(s for s in endpoint.served if s.entity_name == plan.challenger)
+        if not served.model_version:
+            return  # a provider model has no alias to move: the traffic was all there is
+        identity = Identity(actor, actor, IdentitySource.UNKNOWN)
+        releases.promote(PromotionRequest(served.model_name, plan.alias, served.model_version,
+                                          reason=f"Guarded rollout on {plan.endpoint}: {reason}",
+                                          request_id=f"{request_id}-alias"), identity, self.settings)
+
+    def notify(self, title: str, body: str, *, key: str) -> None:
+        try:
+            alerting.notify_channels(self.settings, title, body, key=key, by="rollout controller")
+        except AgentOpsError as exc:  # a channel problem must not stop the rollout's action
+            _logger.warning("rollout notice %s not sent: %s", key, exc)

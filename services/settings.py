@@ -78,9 +78,10 @@ VARIABLES: tuple[Variable, ...] = (
              "stored with the team's data (``services.roles``)"),
     Variable("AGENTOPS_WAREHOUSE_ID", None, "Databricks: SQL warehouse that aggregates trace windows for the "
              "Monitoring charts (``valueFrom``)", Source.APP_YAML),
-    Variable("AGENTOPS_STORE_DB_URL", None, "``mlflow`` backend: optional read-only SQLAlchemy URL of the server's own "
-             "database (``postgresql+psycopg://reader@host/mlflow`` or ``sqlite:///path``); Monitoring aggregates "
-             "there in SQL instead of through ``query_trace_metrics`` requests (``services._mlflow_internal.store_db``)"),
+    Variable("AGENTOPS_STORE_DB_URL", None, "``mlflow`` backend: optional SQLAlchemy URL of the server's own database for a "
+             "role that may only read MLflow's tables (``postgresql+psycopg://reader@host/mlflow`` or ``sqlite:///path``); "
+             "Monitoring aggregates there in SQL instead of through ``query_trace_metrics`` requests, and on PostgreSQL "
+             "keeps incremental roll-ups in a schema ``agentops`` the role owns (``services._mlflow_internal.rollups``)"),
     Variable("AGENTOPS_TRACE_SPANS_TABLE", None, "Databricks: Unity Catalog spans table holding the traces "
              "(``catalog.schema.table``); with the warehouse, charts are one SQL statement there"),
     Variable("AGENTOPS_DATABRICKS_RETRY_SECONDS", "20", "longest a workspace call retries when Databricks throttles "

@@ -16,10 +16,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from services import gates, readiness_live, registry, roles, versions
-from services._clients import configure_mlflow, get_settings, mlflow_client, translate_errors
+from services import (
+    alerting,
+    gates,
+    live_scoring,
+    readiness_live,
+    registry,
+    roles,
+    versions,
+)
+from services._clients import (
+    configure_mlflow,
+    get_settings,
+    mlflow_client,
+    translate_errors,
+)
 from services.errors import AgentOpsError, ValidationError
-from services.evaluations import EvaluationSummary, ROWS_TAG
+from services.evaluations import ROWS_TAG, EvaluationSummary
 from services.identity import Identity
 from services.readiness_checks import (  # noqa: F401 - re-exported: the checklist's vocabulary
     LOAD_TIMEOUT_S,
@@ -202,6 +215,9 @@ class _Context:
     thresholds_error: str
     dataset_cache: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     evaluations: readiness_live.EvaluationRuns | None = None  # which runs are evaluations, looked up once
+    alert_rules: int | None = None  # enabled alert rules watching the agent (None: could not be read)
+    live: Any = None  # the agent's live-scoring configuration, if any
+    live_error: str = ""
 
 
 def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -> _Context:
@@ -229,9 +245,20 @@ def _context(agent: str, settings: Settings, required: frozenset[Item] | None) -
         thresholds = alerts.load_thresholds(settings)
     except AgentOpsError as exc:
         thresholds_error = str(exc)
+    alert_rules: int | None = None
+    try:
+        alert_rules = len(alerting.rules_for(settings, agent))
+    except AgentOpsError as exc:
+        thresholds_error = thresholds_error or str(exc)
+    live, live_error = None, ""
+    try:
+        live, _ = live_scoring.load_config(agent, settings)
+    except AgentOpsError as exc:
+        live_error = str(exc)
     return _Context(agent, settings, client, model, experiment_ids, runs, traffic, required,
                     endpoints, endpoints_error, thresholds, thresholds_error,
-                    evaluations=readiness_live.EvaluationRuns(client))
+                    evaluations=readiness_live.EvaluationRuns(client), alert_rules=alert_rules, live=live,
+                    live_error=live_error)
 
 
 # --- the checklist -------------------------------------------------------------------------
@@ -302,6 +329,7 @@ def _checks(ctx: _Context, number: str, gate: gates.GateResult, load: LoadCheckR
     results.append(_uc_check(ctx))
     results.append(_served_check(ctx, number, model_id))
     results.append(_alerts_check(ctx))
+    results.append(_live_check(ctx))
     return tuple(ReadinessCheck(item, verdict, reason, fix if verdict is not Verdict.PASS else "",
                                 item in ctx.required)
                  for item, verdict, reason, fix in results)
@@ -454,14 +482,32 @@ def _served_check(ctx: _Context, number: str, model_id: str | None) -> tuple[Ite
 
 
 def _alerts_check(ctx: _Context) -> tuple[Item, Verdict, str, str]:
-    fix = f"Save alert thresholds for {ctx.agent} on the Monitoring page."
-    if ctx.thresholds is None:
-        return (Item.ALERTS, Verdict.UNKNOWN, f"cannot read the alert thresholds: {ctx.thresholds_error}", fix)
-    own = ctx.thresholds.get(ctx.agent)
+    fix = f"Add an alert rule for {ctx.agent} on the Alerts page (or save thresholds on the Monitoring page)."
+    rules = f"{ctx.alert_rules} alert rule(s) with a channel" if ctx.alert_rules else ""
+    if ctx.thresholds is None and not ctx.alert_rules:
+        return (Item.ALERTS, Verdict.UNKNOWN, f"cannot read the alert configuration: {ctx.thresholds_error}", fix)
+    own = (ctx.thresholds or {}).get(ctx.agent)
     if own is None:
-        return (Item.ALERTS, Verdict.FAIL, "no alert thresholds are saved for this agent (only the defaults apply)", fix)
-    parts = [f"p95 ≤ {own.p95_latency_ms:g} ms" if own.p95_latency_ms is not None else None,
+        if rules:
+            return (Item.ALERTS, Verdict.PASS, rules, "")
+        return (Item.ALERTS, Verdict.FAIL, "no alert rule watches this agent and no thresholds are saved for it "
+                "(only the defaults apply)", fix)
+    parts = [rules or None,
+             f"p95 ≤ {own.p95_latency_ms:g} ms" if own.p95_latency_ms is not None else None,
              f"errors ≤ {own.error_rate:.0%}" if own.error_rate is not None else None,
              f"cost/day ≤ ${own.daily_cost:g}" if own.daily_cost is not None else None]
     shown = ", ".join(p for p in parts if p) or "all checks off"
     return (Item.ALERTS, Verdict.PASS, shown, "")
+
+
+def _live_check(ctx: _Context) -> tuple[Item, Verdict, str, str]:
+    fix = f"Choose live scorers and a sample rate for {ctx.agent} on the Monitoring page (Live scoring)."
+    if ctx.live_error:
+        return (Item.LIVE_SCORERS, Verdict.UNKNOWN, f"cannot read the live-scoring configuration: {ctx.live_error}", fix)
+    config = ctx.live
+    if config is None or not config.scorers:
+        return (Item.LIVE_SCORERS, Verdict.FAIL, "no live scorers are configured for this agent", fix)
+    if not config.enabled or config.sample_rate <= 0:
+        return (Item.LIVE_SCORERS, Verdict.FAIL, "live scoring is configured but switched off (or samples nothing)", fix)
+    return (Item.LIVE_SCORERS, Verdict.PASS,
+            f"{', '.join(config.scorers)} on {config.sample_rate:.0%} of traces", "")

@@ -45,6 +45,7 @@ class Item(StrEnum):
     UNITY_CATALOG = "unity_catalog"
     SERVED = "served_challenger"
     ALERTS = "alert_thresholds"
+    LIVE_SCORERS = "live_scorers"
 
 
 TITLES = {
@@ -57,7 +58,8 @@ TITLES = {
     Item.LOADS: "Loads and answers its input example",
     Item.UNITY_CATALOG: "Unity Catalog three-level name",
     Item.SERVED: "Served behind challenger / staging traffic",
-    Item.ALERTS: "Alert thresholds for the agent",
+    Item.ALERTS: "Alerts watch the agent",
+    Item.LIVE_SCORERS: "Live scorers configured",
 }
 @dataclass(frozen=True)
 class LoadCheckResult:

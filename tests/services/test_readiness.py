@@ -159,6 +159,7 @@ EXPECTED = {
     Item.UNITY_CATALOG: (Verdict.UNKNOWN, Verdict.UNKNOWN, Verdict.UNKNOWN),  # local backend
     Item.SERVED: (Verdict.PASS, Verdict.FAIL, Verdict.FAIL),
     Item.ALERTS: (Verdict.PASS, Verdict.PASS, Verdict.PASS),
+    Item.LIVE_SCORERS: (Verdict.FAIL, Verdict.FAIL, Verdict.FAIL),  # none configured in this fixture
 }
 
 
@@ -234,7 +235,7 @@ def test_list_mode_matches_single_mode_without_the_load_check(ready, reports):
     many = readiness.assess_versions(AGENT, ["1", "2", "3"], ready)
     for number, report in many.items():
         assert [(c.item, c.verdict) for c in report.checks] == [(c.item, c.verdict) for c in reports[number].checks]
-    assert many["1"].summary().startswith("8/10 pass")
+    assert many["1"].summary().startswith("8/11 pass")  # 11 items since "live scorers configured"
 
 
 def test_promotion_blocked_by_a_required_item_needs_an_override_and_is_audited(isolated_settings):
@@ -316,3 +317,28 @@ def test_unity_catalog_name_item(backend, name, verdict):
     item, got, reason, fix = readiness._uc_check(ctx)
     assert (item, got) == (Item.UNITY_CATALOG, verdict)
     assert reason and (fix or got is Verdict.PASS)
+
+
+def test_live_scorers_and_alert_rules_make_their_items_pass(isolated_settings, tmp_path, monkeypatch):
+    from services import alerting, live_scoring
+    from services.live_scoring import LiveScoringConfig
+
+    monkeypatch.setenv("AGENTOPS_ALERT_CHANNELS_FILE", str(tmp_path / "private" / "channels.json"))
+    build_ready_agent(isolated_settings, "watched-agent")
+    before = readiness.assess("watched-agent", "1", isolated_settings)
+    assert before.check(Item.LIVE_SCORERS).verdict is Verdict.FAIL
+    assert "Live scoring" in before.check(Item.LIVE_SCORERS).fix
+    live_scoring.save_config("watched-agent", LiveScoringConfig(scorers=("latency_budget",), sample_rate=0.25),
+                             identity=LEAD, settings=isolated_settings)
+    alerting.save_channel(isolated_settings, "oncall", "json://127.0.0.1:9/hooks/x", LEAD)
+    alerting.save_rule(isolated_settings, dict(name="errors", measure="error_rate", threshold=0.3, window_minutes=60,
+                                               min_sample=20, agent="watched-agent", channels=["oncall"]), LEAD)
+    after = readiness.assess("watched-agent", "1", isolated_settings)
+    live = after.check(Item.LIVE_SCORERS)
+    assert live.verdict is Verdict.PASS and "latency_budget on 25% of traces" in live.reason
+    assert "1 alert rule(s)" in after.check(Item.ALERTS).reason
+    live_scoring.save_config("watched-agent", LiveScoringConfig(scorers=("latency_budget",), sample_rate=0.25,
+                                                                enabled=False),
+                             identity=LEAD, settings=isolated_settings)
+    off = readiness.assess("watched-agent", "1", isolated_settings).check(Item.LIVE_SCORERS)
+    assert off.verdict is Verdict.FAIL and "switched off" in off.reason

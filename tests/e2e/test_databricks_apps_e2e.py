@@ -229,7 +229,7 @@ def test_reviewer_sees_promotion_and_traffic_controls_disabled(warmed, page, art
     _open(page, stack.reviewer, "/versions", "Versions & releases")
     assert "Databricks Apps · reviewer" in page.locator('[data-testid="stSidebar"]').inner_text()
     page.get_by_role("tab", name="Promote / roll back").click()
-    page.get_by_text("Needs the operator role.").wait_for(timeout=60_000)
+    page.get_by_role("tabpanel", name="Promote / roll back").get_by_text("Needs the operator role.").wait_for(timeout=60_000)
     assert page.get_by_role("button", name="Review promotion").is_disabled()
     page.screenshot(path=str(artifacts_dir / "dbx-reviewer-versions.png"), full_page=True)
     _open(page, stack.reviewer, "/serving", "Serving & A/B traffic")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.util import patch_config_options
 
 from services import feedback as fb
 from services import review_queue as rq
@@ -117,7 +118,11 @@ def test_concurrent_sessions_keep_their_own_identity_and_role(app_env):
              "pages/overview.py", "pages/versions.py", "pages/review.py"]
     runs = checks = 0
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+    # AppTest turns Streamlit's global "global.appTest" option on for each run and restores it after; with
+    # runs in parallel threads, the first run to finish switched it off under the others, whose widgets
+    # then missed their test bookkeeping (a KeyError in AppTest, about one run in three). Held on for the
+    # whole test, every run restores it to on.
+    with patch_config_options({"global.appTest": True}), ThreadPoolExecutor(max_workers=len(sessions)) as pool:
         for page in pages:
             # Every session runs this page at the same time, over the shared caches.
             list(pool.map(lambda app: _visit(app, page), sessions.values()))

@@ -10,13 +10,26 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
-from components.context import allowed, current_identity, current_settings, page_link, role_hint
+from components.context import (
+    allowed,
+    current_identity,
+    current_settings,
+    page_link,
+    role_hint,
+)
 from components.empty import seed_hint
 from components.errors import show_error
-from components.tables import agents_frame, endpoints_frame, evaluations_frame, metric_columns, plain
+from components.rollouts import rollouts_frame
+from components.tables import (
+    agents_frame,
+    endpoints_frame,
+    evaluations_frame,
+    metric_columns,
+    plain,
+)
 from services import overview as overview_service
+from services import roles, rollout_controller
 from services.connection import check_connection
-from services import roles
 from services.errors import AgentOpsError, ConflictError
 from services.settings import Backend, Settings
 
@@ -25,6 +38,11 @@ from services.settings import Backend, Settings
 def _load(settings: Settings) -> overview_service.WorkspaceOverview:
     check_connection(settings)
     return overview_service.workspace_overview(settings)
+
+
+@per_user_cache(ttl=30, show_spinner=False)
+def _rollouts(settings: Settings) -> list[rollout_controller.Rollout]:
+    return [r for r in rollout_controller.list_rollouts(settings) if r.status.active]
 
 
 settings = current_settings()
@@ -89,6 +107,14 @@ with left:
     elif data.gateway_problem:
         st.warning(f"MLflow AI Gateway endpoints could not be listed: {plain(data.gateway_problem)}",
                    icon=":material/cloud_off:")
+    try:
+        in_progress = _rollouts(settings)
+    except AgentOpsError as exc:
+        show_error(exc, what="Cannot read the rollouts")
+        in_progress = []
+    if in_progress:
+        st.markdown("**Rollouts in progress**")
+        st.dataframe(rollouts_frame(in_progress), hide_index=True, use_container_width=True)
     page_link("serving", "Change traffic splits", icon=":material/alt_route:")
 with right:
     st.subheader("Latest evaluations")
@@ -146,4 +172,5 @@ if settings.backend is not Backend.DATABRICKS:
 
 if st.button("Refresh", icon=":material/refresh:"):
     _load.clear()
+    _rollouts.clear()
     st.rerun()

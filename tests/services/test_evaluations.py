@@ -70,7 +70,9 @@ def test_better_and_worse_versions_give_significant_verdicts(seeded_settings, su
     assert better.verdict.startswith("B: support-agent v2 is better on expected_facts, p < 0.001")
     assert "n = 51 shared rows" in better.verdict
     facts = {t.metric: t for t in worse.tests}["expected_facts"]
-    assert facts.direction is Direction.WORSE and facts.p_value < 0.05 and facts.ci_high < 0
+    # The seeded runs differ from one seeding to the next; near p = 0.04 the percentile bootstrap of a
+    # discrete paired difference can end exactly at 0.0 (seen once: 9 improved, 21 regressed).
+    assert facts.direction is Direction.WORSE and facts.p_value < 0.05 and facts.ci_high <= 0
     # The per-row table and the summary agree with the tests.
     assert len(comparison.rows) == 51
     assert (comparison.rows["change"] == str(RowChange.REGRESSION)).sum() >= worse.tests[0].regressed

@@ -33,10 +33,7 @@ class ServicePorts:
         return serving.get_endpoint(name, self.settings)
 
     def served_arms(self, endpoint: str) -> dict[str, int]:
-        found = self._endpoint(endpoint)
-        shares = {s.entity_name: 0 for s in found.served}
-        shares.update({r.entity_name: int(r.percentage) for r in found.routes})
-        return shares
+        return _shares(self._endpoint(endpoint))
 
     def _experiments(self, endpoint: serving.Endpoint) -> list[str]:
         models = {s.model_name for s in endpoint.served}
@@ -69,7 +66,7 @@ class ServicePorts:
     def set_shares(self, endpoint: str, shares: dict[str, int], *, request_id: str, actor: str, reason: str) -> None:
         current = self._endpoint(endpoint)
         wanted = {**{s.entity_name: 0 for s in current.served}, **shares}
-        if self.served_arms(endpoint) == wanted:
+        if _shares(current) == wanted:
             return  # already there (a resumed action whose split landed before the interruption)
         plan = serving.plan_shares(current, wanted)
         serving.apply_split(plan, user=actor, reason=reason, action=ACTION, settings=self.settings,
@@ -90,3 +87,9 @@ class ServicePorts:
             alerting.notify_channels(self.settings, title, body, key=key, by="rollout controller")
         except AgentOpsError as exc:  # a channel problem must not stop the rollout's action
             _logger.warning("rollout notice %s not sent: %s", key, exc)
+
+
+def _shares(endpoint: serving.Endpoint) -> dict[str, int]:
+    """Each served arm's share of traffic in percent (0 for an arm no route names)."""
+    return {**{s.entity_name: 0 for s in endpoint.served},
+            **{r.entity_name: int(r.percentage) for r in endpoint.routes}}

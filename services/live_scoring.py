@@ -177,7 +177,7 @@ def save_config(agent: str, config: LiveScoringConfig, *, identity: Any, setting
     from services import roles
 
     config = validate(agent, config, settings, environ)
-    roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
+    roles.enforce(identity, roles.Action.MANAGE_LIVE_SCORING, settings)
     current, version = load_config(agent, settings)
     if expected_version is not None and expected_version != version:
         from services.errors import ConflictError
@@ -200,7 +200,7 @@ def delete_config(agent: str, *, identity: Any, settings: Settings) -> None:
     from services import roles
 
     team_state.validate_key_part(agent, "Agent")
-    roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
+    roles.enforce(identity, roles.Action.MANAGE_LIVE_SCORING, settings)
     current, version = load_config(agent, settings)
     if current is None:
         return

@@ -100,6 +100,19 @@ def test_mlflow_processor_scores_new_traces_once_and_quality_has_intervals(world
     assert forbidden["rate"] == 0.0 and forbidden["low"] == pytest.approx(0.0) and 0 < forbidden["high"] < 0.5
 
 
+def test_mlflows_own_checkpoint_neither_skips_nor_is_moved_by_the_worker(world, isolated_settings):
+    """A server job scoring the team's registered judges keeps MLflow's checkpoint tag; the worker keeps its own."""
+    from services._mlflow_internal.online_scoring import APP_CHECKPOINT_TAG, CHECKPOINT_TAG
+
+    client, experiment_id = world["client"], world["experiment_id"]
+    ahead = json.dumps({"timestamp_ms": int(datetime.now(tz=timezone.utc).timestamp() * 1000), "trace_id": "tr-z"})
+    client.set_experiment_tag(experiment_id, CHECKPOINT_TAG, ahead)
+    live_scoring.save_config(AGENT, GOOD, identity=OPS, settings=isolated_settings)
+    assert live_scoring.run_pass(isolated_settings, batch_size=10).traces_scored_last == 6
+    tags = client.get_experiment(experiment_id).tags
+    assert tags[CHECKPOINT_TAG] == ahead and APP_CHECKPOINT_TAG in tags
+
+
 def test_wilson_interval_matches_the_textbook_value():
     low, high = live_scoring.wilson(8, 10)
     assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433

@@ -97,6 +97,11 @@ class ManagedEvalsApi:
 
     # --- the handler -------------------------------------------------------------------------------
 
+    @staticmethod
+    def handles(path: str) -> bool:
+        """Scheduled scorers and scorer versions; other managed-evals families (review apps) are not ours."""
+        return path.startswith((SCHEDULED, PREFIX + "experiments/"))
+
     def answer(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any]:
         with self._lock:
             try:

@@ -253,7 +253,7 @@ def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | Non
     ``config`` (all of them when ``config`` is None) are deleted (``delete_scorer``) — their past
     assessments stay. Refusals become the app's typed errors naming the experiment. Returns what was done.
     """
-    from mlflow.genai.scorers import ScorerSamplingConfig, delete_scorer, list_scorers
+    from mlflow.genai.scorers import ScorerSamplingConfig, delete_scorer
 
     from services._clients import translate_errors
 
@@ -263,9 +263,8 @@ def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | Non
     ours = {live_name(n) for n in (previous.scorers if previous else ())}
     for experiment_id in experiments:
         with translate_errors(f"Databricks production monitoring (experiment {experiment_id})"):
-            registered = {s.name: s for s in list_scorers(experiment_id=experiment_id)}
             for scorer in wanted:
-                current = registered.get(scorer.name)
+                current = _registered(scorer.name, experiment_id)
                 if current is None or _definition(current) != _definition(scorer):
                     scorer.register(name=scorer.name, experiment_id=experiment_id)
                     done.append(f"registered {scorer.name} in {experiment_id}")
@@ -285,10 +284,27 @@ def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | Non
                     scorer.stop(name=scorer.name, experiment_id=experiment_id)
                     done.append(f"stopped {scorer.name} in {experiment_id}")
             for name in sorted(ours - {s.name for s in wanted}):
-                if name in registered:
+                if _registered(name, experiment_id) is not None:
                     delete_scorer(name=name, experiment_id=experiment_id)
                     done.append(f"deleted {name} in {experiment_id}")
     return done
+
+
+def _registered(name: str, experiment_id: str) -> Any:
+    """The scorer registered under ``name`` in the experiment, or None.
+
+    One name at a time (not ``list_scorers``): listing deserializes every scorer of the experiment,
+    and one another team registered that cannot be loaded here must not block this change.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.genai.scorers import get_scorer
+
+    try:
+        return get_scorer(name=name, experiment_id=experiment_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
 
 
 def _definition(scorer: Any) -> str:

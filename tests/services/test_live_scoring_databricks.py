@@ -113,20 +113,27 @@ def test_register_start_update_stop_delete_through_mlflows_client(workspace, dbx
     assert {c.principal for c in calls} == {workspace["principal"].name}
     assert live_scoring.load_config(AGENT, dbx) == (config, 1)
 
+    # Another team registers and starts its own judge in the same experiment, with MLflow's client.
+    from mlflow.genai.scorers import RelevanceToQuery, ScorerSamplingConfig
+
+    RelevanceToQuery(name="team_relevance").register(experiment_id=experiment_id).start(
+        experiment_id=experiment_id, sampling_config=ScorerSamplingConfig(sample_rate=0.1))
+    theirs = managed.scorers_of(experiment_id)["team_relevance"].model_dump()
+
     # 2. Update the sample rate: no new registration, one PATCH per scorer, versions unchanged.
     start = len(managed.calls)
     faster = LiveScoringConfig(scorers=JUDGES, sample_rate=0.5, filter_string=FILTER)
     live_scoring.save_config(AGENT, faster, identity=OPS, settings=dbx, expected_version=1)
     assert [(c.method, c.status) for c in managed.changes(start)] == [("PATCH", 200), ("PATCH", 200)]
-    assert {(s.sample_rate, s.filter_string, s.scorer_version) for s in managed.scorers_of(experiment_id).values()} \
-        == {(0.5, FILTER, 1)}
+    assert {(s.sample_rate, s.filter_string, s.scorer_version) for n, s in managed.scorers_of(experiment_id).items()
+            if n in live} == {(0.5, FILTER, 1)}
 
     # 3. Pause: stopped (sample rate 0), still registered.
     start = len(managed.calls)
     paused = LiveScoringConfig(scorers=JUDGES, sample_rate=0.5, filter_string=FILTER, enabled=False)
     live_scoring.save_config(AGENT, paused, identity=OPS, settings=dbx, expected_version=2)
     assert len(managed.changes(start)) == 2
-    assert {s.sample_rate for s in managed.scorers_of(experiment_id).values()} == {0.0}
+    assert {managed.scorers_of(experiment_id)[n].sample_rate for n in live} == {0.0}
     assert not live_scoring.configured(AGENT, dbx)
 
     # 4. Delete: each scorer removed from the list (databricks-agents' delete parses the answers too).
@@ -134,9 +141,9 @@ def test_register_start_update_stop_delete_through_mlflows_client(workspace, dbx
     live_scoring.delete_config(AGENT, identity=OPS, settings=dbx)
     deletes = managed.changes(start)
     assert [(c.method, c.status) for c in deletes] == [("PATCH", 200), ("PATCH", 200)]
-    assert [set(_scorers(c.body)) if c.body["scheduled_scorers"] else set() for c in deletes] == [
-        {"live_safety"}, set()]
-    assert managed.scorers_of(experiment_id) == {}
+    assert [set(_scorers(c.body)) for c in deletes] == [{"team_relevance", "live_safety"}, {"team_relevance"}]
+    # The other team's judge went through every change untouched.
+    assert {n: s.model_dump() for n, s in managed.scorers_of(experiment_id).items()} == {"team_relevance": theirs}
     history = team_state.history(dbx, f"{live_scoring.KEY_PREFIX}{AGENT}")
     assert sorted((c["version"], c["user"]) for c in history) == [(v, OPS.user) for v in (1, 2, 3, 4)]
 

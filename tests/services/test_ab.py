@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -82,6 +83,22 @@ def test_small_samples_say_there_is_not_enough_data():
     comparison = ab.compare_arms(_arm("m_1", "1", 30, 2, 300), _arm("m_2", "2", 10, 0, 300))
     assert "not enough data yet" in comparison.verdict
     assert comparison.required_per_arm and comparison.required_per_arm > 30
+
+
+def test_numeric_live_scorer_is_compared_with_mann_whitney_and_mean_interval():
+    from scipy.stats import mannwhitneyu
+
+    low = tuple(float(x) for x in np.random.default_rng(1).uniform(0.0, 0.6, 60))
+    high = tuple(float(x) for x in np.random.default_rng(2).uniform(0.4, 1.0, 60))
+    baseline = replace(_arm("m_1", "1", 60, 3, 300, seed=1), live=(ab.LiveScorerSample("helpfulness", False, low),))
+    candidate = replace(_arm("m_2", "2", 60, 3, 300, seed=1), live=(ab.LiveScorerSample("helpfulness", False, high),))
+    metric = next(m for m in ab.compare_arms(baseline, candidate).metrics if m.metric == "live helpfulness mean score")
+    assert metric.p_value == pytest.approx(mannwhitneyu(low, high, alternative="two-sided").pvalue)
+    assert (metric.baseline, metric.candidate) == (pytest.approx(np.mean(low)), pytest.approx(np.mean(high)))
+    assert metric.direction is ab.Direction.BETTER
+    (row,) = ab.arm_stats(candidate).live_scorers
+    assert (row.n, row.pass_fail) == (60, False) and row.value.low < np.mean(high) < row.value.high
+    assert candidate.scorer_passes_by_name == {}  # numeric scores are not pass/fail outcomes
 
 
 @pytest.mark.slow
@@ -282,3 +299,10 @@ def test_each_live_scorer_gets_its_own_row_and_test_per_arm(isolated_settings, l
     assert table.loc["triage-bot v1 (baseline)", "live helpfulness mean score (95% CI)"] == "—"
     assert table.loc["triage-bot v2", "live forbidden_content pass rate (95% CI)"].startswith(f"{passes_2 / 8:.0%} (")
     assert "live helpfulness mean score" in set(comparisons_frame(report)["Metric"])
+    # Guarded rollouts read a pass/fail scorer's outcomes by its name or its assessment name.
+    samples = {s.entity_name: s for s in ab.arm_samples(serving.get_endpoint("triage", isolated_settings),
+                                                         [live_world["experiment_id"]], now - timedelta(hours=1),
+                                                         now + timedelta(minutes=1), settings=isolated_settings)}
+    by_name = samples["triage-bot_2"].scorer_passes_by_name
+    assert sorted(by_name[FORBIDDEN]) == sorted(v == "yes" for v in forbidden_2) == sorted(by_name["forbidden_content"])
+    assert "helpfulness" not in by_name

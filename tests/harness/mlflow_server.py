@@ -81,14 +81,21 @@ def start_mlflow_server(port: int, root: Path, *, backend_store_uri: str | None 
 
 
 def stop_mlflow_server(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
-    """Signal the server's process group (the server and its workers) and wait for it to exit."""
+    """Signal the server's process group (the server and its workers) and wait for it to exit;
+    SIGKILL the group if it is still there after ``timeout_s``."""
     if process is None or process.poll() is not None:
         return
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=timeout_s)
+    for signal_number in (sig, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signal_number)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            if signal_number == signal.SIGKILL:
+                raise
 
 
 @contextlib.contextmanager

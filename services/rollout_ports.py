@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from services import ab, alerting, registry, releases, serving
+from services import ab, alerting, audit, registry, releases, serving
 from services.errors import AgentOpsError
 from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest
@@ -66,11 +66,15 @@ class ServicePorts:
     def set_shares(self, endpoint: str, shares: dict[str, int], *, request_id: str, actor: str, reason: str) -> None:
         current = self._endpoint(endpoint)
         wanted = {**{s.entity_name: 0 for s in current.served}, **shares}
-        if _shares(current) == wanted:
-            return  # already there (a resumed action whose split landed before the interruption)
+        change_id = f"{request_id}-traffic"
+        if _shares(current) == wanted and audit.find_traffic_change(endpoint, change_id, settings=self.settings) is None:
+            return  # already there before this action: nothing to change, nothing to record
+        # Otherwise the audited change runs, or resumes: a split that landed before an interruption
+        # (the backend went away before its record was completed) is completed in the trail, not
+        # written again.
         plan = serving.plan_shares(current, wanted)
         serving.apply_split(plan, user=actor, reason=reason, action=ACTION, settings=self.settings,
-                            request_id=f"{request_id}-traffic")
+                            request_id=change_id)
 
     def promote(self, plan: RolloutPlan, *, request_id: str, actor: str, reason: str) -> None:
         endpoint = self._endpoint(plan.endpoint)

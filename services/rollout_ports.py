@@ -10,12 +10,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from services import ab, alerting, audit, registry, releases, serving
-from services.errors import AgentOpsError
+from services.errors import AgentOpsError, NotFoundError
 from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest
 from services.rollout_controller import evidence_from_arms
 from services.rollouts import ArmEvidence, Baseline, RolloutPlan
-from services.settings import Settings
+from services.settings import Backend, Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -24,13 +24,27 @@ ACTION = "rollout"
 
 
 class ServicePorts:
-    """``rollout_controller.RolloutPorts`` on the app's services, for one settings object."""
+    """``rollout_controller.RolloutPorts`` on the app's services, for one settings object.
+
+    Build one per tick of the controller (or per page run): the registry's agents are listed once
+    per instance, not at every look.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._agents: list[registry.AgentSummary] | None = None
 
     def _endpoint(self, name: str) -> serving.Endpoint:
-        return serving.get_endpoint(name, self.settings)
+        """The app's agent endpoint ``name``; with an ``mlflow server``, else its MLflow AI Gateway endpoint."""
+        try:
+            return serving.get_endpoint(name, self.settings)
+        except NotFoundError:
+            if self.settings.backend is not Backend.MLFLOW:
+                raise
+        try:
+            return serving.get_endpoint(name, self.settings, backend=serving.EndpointBackend.MLFLOW_GATEWAY)
+        except NotFoundError:
+            raise NotFoundError(f"{name!r} is neither an agent endpoint nor an MLflow AI Gateway endpoint.") from None
 
     def served_arms(self, endpoint: str) -> dict[str, int]:
         return _shares(self._endpoint(endpoint))
@@ -38,7 +52,9 @@ class ServicePorts:
     def _experiments(self, endpoint: serving.Endpoint) -> list[str]:
         models = {s.model_name for s in endpoint.served}
         ids: list[str] = []
-        for agent in registry.list_agents(self.settings):
+        if self._agents is None:
+            self._agents = registry.list_agents(self.settings)
+        for agent in self._agents:
             if agent.name in models:
                 ids.extend(i for i in (agent.experiment_id, *agent.experiment_ids) if i)
         return list(dict.fromkeys(ids))

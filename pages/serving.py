@@ -17,9 +17,8 @@ from components.empty import seed_hint
 from components.endpoint_editor import endpoint_editor
 from components.errors import show_error
 from components.rollouts import rollout_panel
+from components.confirm import ConfirmKeys, confirm_box
 from components.serving import (
-    SplitRow,
-    VersionSource,
     arms_frame,
     budgets_frame,
     comparisons_frame,
@@ -30,9 +29,9 @@ from components.serving import (
     interrupted_notice,
     promote_done,
     promote_form,
-    split_editor,
     window_select,
 )
+from components.split_editor import SplitRow, VersionSource, split_editor
 from services import ab, audit, registry, roles, serving, team_state, traffic
 from services.serving import EndpointBackend, ai_gateway
 from services.errors import AgentOpsError
@@ -89,8 +88,10 @@ def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] 
         return
     st.warning(escape_md(notice) + " If that confirmation is gone (another session, a reload), settle the record "
                "from the split the endpoint serves now.", icon=":material/sync_problem:")
-    if st.button("Settle from the current split", key=f"settle::{endpoint.name}", disabled=not can_change,
-                 help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
+    answer = confirm_box(None, keys=ConfirmKeys(confirm=f"settle::{endpoint.name}"),
+                         confirm_label="Settle from the current split", ask_reason=False,
+                         disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC))
+    if answer.confirmed:
         try:
             st.session_state[f"settled::{endpoint.name}"] = serving.settle_interrupted(
                 endpoint, changes[0], user=identity.user, settings=settings, identity=identity)
@@ -149,8 +150,10 @@ def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
                + f" Served entity: `{plan.entity_name}`.")
     st.dataframe(deploy_frame(plan), hide_index=True, use_container_width=True)
     sure = st.checkbox(f"Send all traffic of {plan.endpoint_name} to v{plan.model_version}", key="deploy_confirm")
-    go, cancel = st.columns(2)
-    if go.button("Deploy", type="primary", key="deploy_go", disabled=not sure or not reason.strip() or not can_change):
+    answer = confirm_box(None, keys=ConfirmKeys(confirm="deploy_go", cancel="deploy_cancel"), confirm_label="Deploy",
+                         ask_reason=False, disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
+                         missing="" if sure and reason.strip() else "Tick the box above and give a reason to deploy.")
+    if answer.confirmed:
         try:
             with st.status(f"Deploying {plan.model_name} v{plan.model_version}…", expanded=True) as status:
                 done = serving.deploy_version(plan.model_name, plan.model_version, user=identity.user, reason=reason,
@@ -173,7 +176,7 @@ def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
             }
             _clear()
             st.rerun()
-    if cancel.button("Cancel", key="deploy_cancel"):
+    if answer.cancelled:
         st.session_state.pop("deploy_plan", None)
         st.rerun()
 

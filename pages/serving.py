@@ -35,6 +35,7 @@ from components.split_editor import SplitRow, VersionSource, split_editor
 from services import ab, audit, registry, roles, serving, team_state, traffic
 from services.serving import EndpointBackend, ai_gateway
 from services.errors import AgentOpsError
+from services.identity import Identity
 from services.rollout_ports import ServicePorts
 from services.settings import Backend, Settings
 
@@ -69,7 +70,7 @@ def _clear() -> None:
     _agents.clear()
 
 
-def _changes(endpoint_name: str) -> list[audit.TrafficChange] | None:
+def _changes(endpoint_name: str, settings: Settings) -> list[audit.TrafficChange] | None:
     """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
     try:
         return audit.traffic_changes(endpoint_name, settings=settings)
@@ -78,7 +79,8 @@ def _changes(endpoint_name: str) -> list[audit.TrafficChange] | None:
         return None
 
 
-def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None) -> None:
+def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None, *, settings: Settings,
+                 identity: Identity, can_change: bool) -> None:
     """Name an interrupted change; an operator can settle it from what the endpoint serves now."""
     notice = interrupted_notice(changes or [])
     settled = st.session_state.pop(f"settled::{endpoint.name}", None)
@@ -109,7 +111,8 @@ def _split_text(endpoint: serving.Endpoint, labels: dict[str, str], *, pending: 
                       for r in routes) or "—"
 
 
-def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
+def _deploy_section(agents: dict[str, registry.AgentSummary], *, settings: Settings, identity: Identity,
+                    can_change: bool) -> None:
     """Databricks: deploy a UC model version with databricks.agents.deploy (preview, confirm, progress)."""
     st.markdown("Runs `databricks.agents.deploy`: creates or updates the model's `agents_<catalog>-<schema>-<model>` "
                 "endpoint and routes **100%** of its traffic to the new version; versions already served stay at 0%.")
@@ -181,7 +184,7 @@ def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
         st.rerun()
 
 
-def _gateway_section() -> None:
+def _gateway_section(settings: Settings, identity: Identity, can_change: bool) -> None:
     """MLflow AI Gateway endpoints: same split editor, judging and promotion as agent endpoints."""
     try:
         gateways = {g.endpoint.name: g for g in ai_gateway.list_gateway_endpoints(settings)}
@@ -201,8 +204,8 @@ def _gateway_section() -> None:
                f"{gateway.fallback_strategy or 'none'} · usage tracking: {'on' if gateway.usage_tracking else 'off'}")
     if gateway.budgets:
         st.dataframe(budgets_frame(gateway), hide_index=True, use_container_width=True)
-    g_changes = _changes(gname)
-    _interrupted(g_endpoint, g_changes)
+    g_changes = _changes(gname, settings)
+    _interrupted(g_endpoint, g_changes, settings=settings, identity=identity, can_change=can_change)
     g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
     with g_split:
         labels = serving.arm_labels(g_endpoint)
@@ -263,7 +266,7 @@ if settings.backend is Backend.MLFLOW:
     layer = st.segmented_control("Serving layer", ["Agent endpoints", "MLflow AI Gateway"], default="Agent endpoints",
                                  key="serving_layer")
     if layer == "MLflow AI Gateway":
-        _gateway_section()
+        _gateway_section(settings, identity, can_change)
         st.stop()
 
 
@@ -285,7 +288,7 @@ if not endpoints:
     if settings.backend is Backend.DATABRICKS:
         st.info("**No serving endpoints yet.** Deploy a registered agent version below; it gets its own "
                 "`agents_…` endpoint.", icon=":material/route:")
-        _deploy_section(agents)
+        _deploy_section(agents, settings=settings, identity=identity, can_change=can_change)
     else:
         st.info(
             seed_hint(settings, "**No agent endpoints yet.** Endpoint configurations and splits are stored with the "
@@ -330,8 +333,8 @@ st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC · last chang
 model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
 
-changes = _changes(name)
-_interrupted(endpoint, changes)
+changes = _changes(name, settings)
+_interrupted(endpoint, changes, settings=settings, identity=identity, can_change=can_change)
 tab_names = ["Edit split", "Judge arms", "Guarded rollout", "Send test traffic", "History"]
 if settings.backend is Backend.DATABRICKS:
     tab_names.append("Deploy version")
@@ -428,4 +431,4 @@ with history_tab:
 
 if deploy_tab is not None:
     with deploy_tab:
-        _deploy_section(agents)
+        _deploy_section(agents, settings=settings, identity=identity, can_change=can_change)

@@ -215,7 +215,7 @@ def validate_rule(raw: AlertRule | Mapping[str, Any]) -> AlertRule:
     if measure is Measure.SCORER_PASS_RATE:
         parse_criterion(criterion)
     channels = data.get("channels") or ()
-    if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
+    if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
         raise ValidationError("Channels must be a list of channel names.")
     for channel in channels:
         notify.validate_channel_name(channel)

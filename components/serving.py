@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from components.confirm import ConfirmKeys, confirm_box
+from components.split_editor import change_frame
 from components.tables import plain, readable
 from services.ab import ArmReport, ArmStats, Interval
 from services.serving import DeployPlan, Endpoint, version_label
@@ -156,12 +157,7 @@ def promote_form(report: ArmReport, *, key: str, labels: dict[str, str], can_cha
 def deploy_frame(plan: DeployPlan) -> pd.DataFrame:
     """Current → after-deploy share per served version (the new one gets everything)."""
     before, after = plan.percentages()
-    names = list(dict.fromkeys([*after, *before]))
-    return pd.DataFrame([
-        {"Served version": n, "Current %": before.get(n, 0), "After deploy %": after.get(n, 0),
-         "Change": after.get(n, 0) - before.get(n, 0)}
-        for n in names
-    ])
+    return change_frame(before, after, "After deploy %", after_first=True)
 
 
 def arm_label(endpoint: Endpoint, entity_name: str) -> str:

@@ -94,15 +94,20 @@ def _add_version(editing: Shares, key: KeyOf, add: VersionSource) -> None:
         st.rerun()
 
 
-def plan_frame(plan: SplitPlan) -> pd.DataFrame:
-    """Current → proposed share per served version."""
-    before, after = plan.percentages()
-    names = list(dict.fromkeys([*before, *after]))
+def change_frame(before: dict[str, int], after: dict[str, int], after_label: str = "Proposed %", *,
+                 after_first: bool = False) -> pd.DataFrame:
+    """Current → proposed share per served version (every version on either side, ``before``'s first)."""
+    names = list(dict.fromkeys([*after, *before] if after_first else [*before, *after]))
     return pd.DataFrame([
-        {"Served version": n, "Current %": before.get(n, 0), "Proposed %": after.get(n, 0),
+        {"Served version": n, "Current %": before.get(n, 0), after_label: after.get(n, 0),
          "Change": after.get(n, 0) - before.get(n, 0)}
         for n in names
     ])
+
+
+def plan_frame(plan: SplitPlan) -> pd.DataFrame:
+    """Current → proposed share per served version."""
+    return change_frame(*plan.percentages())
 
 
 def propose_split(key: str, plan: SplitPlan) -> None:

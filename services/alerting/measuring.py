@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,8 +18,6 @@ from services.alerting.rules import (
 from services.errors import NotFoundError, ValidationError
 from services.settings import Settings
 from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG
-
-_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ history of changes to rules and channels."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,6 @@ from services.alerting.rules import (
 )
 from services.errors import AgentOpsError
 from services.settings import Settings
-
-_logger = logging.getLogger(__name__)
 
 
 def incidents(settings: Settings) -> list[dict[str, Any]]:

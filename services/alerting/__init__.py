@@ -15,7 +15,7 @@ worker share it:
 - ``measuring``: a rule's measure over its window and the sample it rests on.
 - ``evaluation``: ``alert-incident:<rule>`` transitions, claimed before anything is sent, and the
   notifications each incident still owes.
-- ``snapshot``: one read of all of it for the Alerts page.
+- ``state``: ``snapshot``, one read of all of it for the Alerts page.
 """
 
 from services.alerting.channels import (
@@ -64,7 +64,7 @@ from services.alerting.rules import (
     validate_rule,
     with_channels,
 )
-from services.alerting.snapshot import (
+from services.alerting.state import (
     AlertSnapshot,
     change_history,
     incidents,

@@ -16,11 +16,11 @@ recorded cost, the cost is estimated as tokens x the workspace price table
 in proportion to their LLM call counts (the store cannot sum tokens per model).
 
 - ``query``: ``TraceQuery`` (window, scope, split, filters) and its validation.
-- ``attribution``: traces -> LoggedModel -> registered version, as trace links.
+- ``links``: attribution of traces -> LoggedModel -> registered version, as trace links.
 - ``series``: ``monitoring_data`` (series, totals, per-model costs) and the warehouse choice.
 """
 
-from services.monitoring.attribution import (
+from services.monitoring.links import (
     Attribution,
     attribution,
     filter_links,

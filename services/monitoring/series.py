@@ -15,7 +15,7 @@ from services import _mlflow_internal as internal
 from services import trace_sql
 from services._clients import mlflow_client, translate_errors, workspace_client
 from services.errors import ValidationError
-from services.monitoring.attribution import (
+from services.monitoring.links import (
     attribution,
     filter_links,
     group_links,

@@ -19,7 +19,7 @@ from services.errors import AgentOpsError
 from services.identity import Identity
 from services.settings import Backend, Settings
 
-ACTION = roles.Action.RUN_EVALUATION
+ACTION = roles.Action.MANAGE_LIVE_SCORING
 
 
 @per_user_cache(ttl=30, show_spinner=False)

@@ -42,6 +42,9 @@ def arms_frame(report: ArmReport) -> pd.DataFrame:
             "Positive (95% CI)": _ci(arm.positive_rate, ".0%"),
             "Mean rating": arm.mean_rating,
             "Scorer pass rate": _ci(arm.scorer_pass_rate, ".0%"),
+            # One column per live scorer; "—" on an arm where it has no result.
+            **{f"{s.measure} (95% CI)": _ci(s.value, ".0%" if s.pass_fail else ",.2f") + (f", n = {s.n}" if s.n else "")
+               for s in arm.live_scorers},
         })
     # An arm without traffic has no latency, tokens or rating: a dash, never None or nan.
     return readable(pd.DataFrame(rows), {c: ",.0f" for c in ("p50 ms", "p95 ms", "p99 ms", "Tokens / request")}

@@ -18,6 +18,7 @@ from services import live_scoring
 from services._mlflow_internal.online_scoring import APP_CHECKPOINT_TAG, CHECKPOINT_TAG, sampled
 from services.identity import Identity, IdentitySource
 from services.live_scoring import LiveScoringConfig
+from tests.harness.databricks_settings import databricks_env
 from tests.services.live_scoring_world import AGENT, build_world
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +98,7 @@ def test_sigterm_stops_the_worker_cleanly(isolated_settings):
 
 
 def test_worker_refuses_databricks(tmp_path):
-    env = {**os.environ, "AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x.example.com",
-           "AGENTOPS_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **databricks_env("https://x.example.com", tmp_path, PYTHONPATH=str(ROOT))}
     done = subprocess.run([sys.executable, "-m", "agentops", "worker", "--once"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "production monitoring" in done.stderr

@@ -470,13 +470,13 @@ with tab_gate:
     changed = new_rules is not None and new_rules != rules
     answer = confirm_box(
         rules_change(rules, new_rules) if changed else None,
-        keys=ConfirmKeys(confirm="versions.save_rules"), confirm_label="Save gate rules", icon=":material/save:",
-        ask_reason=False, blocked=["The edited rules cannot be read; fix the table first."] if new_rules is None else (),
+        keys=ConfirmKeys(confirm="versions.save_rules", reason="versions.rules_reason"), confirm_label="Save gate rules", icon=":material/save:",
+        blocked=["The edited rules cannot be read; fix the table first."] if new_rules is None else (),
         allow_override=False, disabled_hint="" if can_edit_rules else role_hint(roles.Action.EDIT_RULES),
     )
     if answer.confirmed and new_rules is not None:
         try:
-            gates.set_gate_rules(agent, new_rules, identity, settings)
+            gates.set_gate_rules(agent, new_rules, identity, settings, reason=answer.reason)
         except AgentOpsError as exc:
             show_error(exc, what="The gate rules were not saved")
         else:

@@ -263,6 +263,8 @@ class _Stamper:
                     value = dump_span_attribute_value(cost)
             except Exception:  # noqa: BLE001 - as the translation: no cost
                 value = None
+            if len(self._costs) >= 50_000:  # bounded: token usages vary widely
+                self._costs.clear()
             self._costs[key] = value
         return self._costs[key]
 

@@ -59,11 +59,8 @@ def _serve_on_postgres(data_dir: str) -> dict[str, str]:
     """A throwaway PostgreSQL and a real ``mlflow server`` on it (both stopped at exit); the app's
     environment for the ``mlflow`` backend on that server."""
     import atexit
-    import os
-    import signal
-    import subprocess
 
-    from tests.harness.mlflow_server import free_port, server_command, wait_healthy
+    from tests.harness.mlflow_server import free_port, start_mlflow_server, stop_mlflow_server
     from tests.harness.postgres import PostgresCluster
 
     root = Path(data_dir) / "postgres"
@@ -74,19 +71,10 @@ def _serve_on_postgres(data_dir: str) -> dict[str, str]:
     store_uri = cluster.create_database("mlflow")
     port = free_port()
     log = (Path(data_dir) / "mlflow-server.log").open("ab")
-    server = subprocess.Popen(server_command(port, Path(data_dir) / "server", backend_store_uri=store_uri, workers=2),
-                              stdout=log, stderr=log, start_new_session=True,
-                              env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""})
-
-    def stop() -> None:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
-
-    atexit.register(stop)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, server, 300, on_fail=stop)
-    return {"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": url}
+    server = start_mlflow_server(port, Path(data_dir) / "server", backend_store_uri=store_uri, workers=2,
+                                 env={"MLFLOW_MODEL_CATALOG_URI": ""}, log=log, timeout_s=300)
+    atexit.register(stop_mlflow_server, server)
+    return {"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": f"http://127.0.0.1:{port}"}
 
 
 def _setup(data_dir: str, env: dict[str, str] | None = None) -> tuple[Any, str]:

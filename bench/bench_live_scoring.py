@@ -12,6 +12,14 @@ gets ``--traces`` finished traces (written in bulk); then
   run (``MLFLOW_GENAI_EVAL_MAX_WORKERS`` = ``--threads``).
 
 Reports traces scored per second for each and the ratio live / evaluate.
+
+With ``--gateway N``, also the gateway's traced throughput with live scoring on vs off, same run,
+same load (``bench.bench_gateway``'s setup and driver: N requests from ``--clients`` clients, the
+throughput counted until every trace is confirmed stored). The agent has live scoring configured
+(the three live code scorers at sample rate 1); *off* is the gateway alone, *on* is the gateway with
+the worker (``python -m agentops worker``, its default limits: ``--max-rate`` 20 scorer calls/s,
+``--threads`` 2; ``--interval 1 --completion-buffer 0`` so it scores while the load runs) started
+beforehand and caught up. ``--rounds`` alternates off/on to spread drift in the machine's load.
 """
 
 from __future__ import annotations
@@ -32,7 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scorers", default="latency_budget,forbidden_content,cost_budget")
     parser.add_argument("--data-dir", default="/tmp/agentops-bench-live")
+    parser.add_argument("--gateway", type=int, default=0, metavar="N",
+                        help="also measure the gateway's traced throughput with live scoring on vs off (N requests)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.gateway:
+        # Before anything else in this process configures MLflow on the scorer bench's data dir.
+        gateway_on_off(args)
+        if not args.scorers:
+            return 0
     os.environ["AGENTOPS_DATA_DIR"] = str(Path(args.data_dir))
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
     os.environ["MLFLOW_SERVER_ENABLE_CUSTOM_SCORERS"] = "true"
@@ -91,7 +109,75 @@ def main(argv: list[str] | None = None) -> int:
         assert scored == args.traces == len(traces), (scored, len(traces))
         print(f"{name:<20} {scored:>6} {live_s:>8.2f} {live_tps:>10.1f} {eval_s:>11.2f} {eval_tps:>10.1f} "
               f"{live_tps / eval_tps:>7.2f}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
+
+
+def _worker_status(data_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((data_dir / "live_scoring_status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def gateway_on_off(args: argparse.Namespace) -> None:
+    """The gateway's sustained traced throughput with the live-scoring worker running vs not."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from bench.bench_gateway import _setup, _through_gateway
+    from services import live_scoring
+    from services.identity import Identity, IdentitySource
+
+    data_dir = Path(tempfile.mkdtemp(prefix="agentops-bench-live-gateway-"))
+    os.environ["AGENTOPS_DATA_DIR"] = str(data_dir)
+    (data_dir / "roles.json").write_text(json.dumps({"users": {"bench@example.com": "operator"}, "default": "viewer"}))
+    settings, experiment_id = _setup(str(data_dir))
+    config = live_scoring.LiveScoringConfig(scorers=("latency_budget", "forbidden_content", "cost_budget"),
+                                            sample_rate=1.0, forbidden_terms=("refund",))
+    live_scoring.save_config("bench-agent", config, identity=Identity("bench@example.com", "bench", IdentitySource.OS_USER),
+                             settings=settings)
+    env = {**os.environ, "AGENTOPS_DATA_DIR": str(data_dir), "MLFLOW_MODEL_CATALOG_URI": ""}
+    rows = []
+    for round_no in range(1, args.rounds + 1):
+        for mode in ("off", "on"):
+            worker = None
+            if mode == "on":
+                worker = subprocess.Popen([sys.executable, "-m", "agentops", "worker", "--interval", "1",
+                                           "--completion-buffer", "0"], env=env, start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=(data_dir / "worker.log").open("ab"))
+                # Started and caught up with the traces of the earlier segments: a pass that scored nothing.
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    status = _worker_status(data_dir)
+                    if status.get("pid") == worker.pid and status.get("traces_scored_last") == 0:
+                        break
+                    if worker.poll() is not None:
+                        raise RuntimeError(f"the worker exited ({worker.returncode}); see {data_dir / 'worker.log'}")
+                    time.sleep(0.5)
+                else:
+                    raise RuntimeError("the worker did not catch up within 600 s")
+            before = _worker_status(data_dir).get("traces_scored_total", 0)
+            load = os.getloadavg()[0]
+            try:
+                result = _through_gateway(settings, experiment_id, args.gateway, args.clients, 20)
+            finally:
+                scored = _worker_status(data_dir).get("traces_scored_total", 0) - before
+                if worker is not None:
+                    os.killpg(worker.pid, signal.SIGTERM)
+                    worker.wait(timeout=120)
+            rows.append((round_no, mode, result, scored, load))
+            print(f"round {round_no} live scoring {mode:<3}: {result['rps']:6.1f} rps served, "
+                  f"{result['traced_rps']:6.1f} traced rps, failures {result['failures']}, "
+                  f"traces {result['traces']}, worker scored {scored} traces meanwhile, load {load:.2f}", flush=True)
+    mean = {mode: sum(r[2]["traced_rps"] for r in rows if r[1] == mode) / args.rounds for mode in ("off", "on")}
+    print(f"gateway traced throughput, mean of {args.rounds} rounds: off {mean['off']:.1f} rps, on {mean['on']:.1f} rps, "
+          f"on / off = {mean['on'] / mean['off']:.2f}")
 
 
 if __name__ == "__main__":

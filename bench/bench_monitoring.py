@@ -201,24 +201,19 @@ class _Served:
             self.app_api_only = app_settings()
 
     def _start_server(self, args) -> str:
-        from tests.harness.mlflow_server import free_port, server_command, wait_healthy
+        from tests.harness.mlflow_server import free_port, start_mlflow_server
 
         port = free_port()
         log = (self.local.data_dir / "mlflow-server.log").open("ab")
-        self.server = subprocess.Popen(
-            server_command(port, self.local.data_dir / "server", backend_store_uri=self.store_uri,
-                           workers=args.server_workers),
-            stdout=log, stderr=log, start_new_session=True, env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""})
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, self.server, 300, on_fail=self.stop)
-        return url
+        self.server = start_mlflow_server(port, self.local.data_dir / "server", backend_store_uri=self.store_uri,
+                                          workers=args.server_workers, env={"MLFLOW_MODEL_CATALOG_URI": ""}, log=log,
+                                          timeout_s=300)
+        return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
-        import signal
+        from tests.harness.mlflow_server import stop_mlflow_server
 
-        if self.server is not None and self.server.poll() is None:
-            os.killpg(self.server.pid, signal.SIGTERM)
-            self.server.wait(timeout=60)
+        stop_mlflow_server(self.server)
 
 
 # --- the plain approach: search without spans, summarize in pandas --------------------------------

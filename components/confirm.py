@@ -64,6 +64,7 @@ def confirm_box(
     reason_label: str = "Reason (optional, recorded)",
     reason_required: bool = False,
     disabled_hint: str = "",
+    missing: str = "",
 ) -> Confirmation:
     """Render the confirmation and return what the user did.
 
@@ -77,6 +78,8 @@ def confirm_box(
         reason_required: a reason is needed even when nothing blocks.
         disabled_hint: when not empty, the user may not make this change: the hint says why
             and the confirm button is disabled.
+        missing: when not empty, what the change still needs from the page's own fields (a reason
+            typed above, a box to tick); the confirm button stays disabled and the hint says so.
     """
     if summary:
         st.markdown(summary)
@@ -99,8 +102,10 @@ def confirm_box(
         reason, ready = "", True
     if disabled_hint:
         st.caption(f":material/lock: {plain(disabled_hint)}")
+    elif missing:
+        st.caption(plain(missing))
     buttons = st.columns(2 if keys.cancel else 1)
     confirmed = buttons[0].button(confirm_label, type="primary", icon=icon, key=keys.confirm,
-                                  disabled=bool(disabled_hint) or not ready)
+                                  disabled=bool(disabled_hint) or bool(missing) or not ready)
     cancelled = bool(keys.cancel) and buttons[1].button("Cancel", key=keys.cancel)
     return Confirmation(bool(confirmed), cancelled, reason.strip(), override)

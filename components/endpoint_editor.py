@@ -1,8 +1,9 @@
 """Create, edit or delete a local gateway endpoint (Serving page): choose versions, preview, confirm.
 
+Versions and shares are edited with the one split editor (``components.split_editor.share_rows``).
 Every change is planned by ``services.endpoint_admin`` (validation, nothing written), shown as a
-current → proposed preview, and applied only after confirmation, by an operator, with a reason that
-goes into the audit trail. A bad entry shows why and leaves the stored endpoints as they were.
+current → proposed preview, and confirmed through ``components.confirm``, by an operator, with a
+reason that goes into the audit trail. A bad entry shows why and leaves the stored endpoints as they were.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
+from components.confirm import ConfirmKeys, confirm_box
 from components.errors import show_error
+from components.split_editor import Shares, SplitRow, VersionSource, share_rows, shares_of
 from components.tables import plain, readable
 from services import endpoint_admin, roles
 from services.errors import AgentOpsError, BackendUnavailableError
@@ -32,42 +35,22 @@ def plan_frame(plan: endpoint_admin.EndpointPlan) -> pd.DataFrame:
     return readable(pd.DataFrame(plan.rows(), columns=["Served version", "Current %", "Proposed %", "Change"]))
 
 
-def _versions(agent: Any) -> list[str]:
-    latest = getattr(agent, "latest_version", None)
-    return [str(v) for v in range(int(latest), 0, -1)] if latest and str(latest).isdigit() else []
+def _source(agents: dict[str, Any]) -> VersionSource:
+    """The registry's agents as the split editor's version source; rows are keyed (model, version)."""
+    return VersionSource({name: getattr(agent, "latest_version", None) for name, agent in agents.items()},
+                         lambda model, version: SplitRow((model, version), f"{model} v{version} — share %",
+                                                         f"{model}::{version}"))
 
 
-def _rows_editor(rows: dict[tuple[str, str], int], agents: dict[str, Any], scope: str) -> None:
+def _rows_editor(rows: Shares, agents: dict[str, Any], scope: str) -> None:
     """Served versions with their shares, a remove button each, and an 'add a version' row."""
-    if not rows:
-        st.caption("No version chosen yet: add one from the registry below.")
-    for (model, version) in list(rows):
-        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-        rows[(model, version)] = int(c1.number_input(
-            plain(f"{model} v{version} — share %"), min_value=0, max_value=100, step=5,
-            value=int(rows[(model, version)]), key=_k(scope, "pct", model, version)))
-        if c2.button("Remove", key=_k(scope, "rm", model, version)):
-            del rows[(model, version)]
-            st.rerun()
-    if not agents:
-        st.info("No registered agents in this store: register a version first, then serve it here.",
-                icon=":material/inventory_2:")
-        return
-    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-    agent = c1.selectbox("Registered agent", list(agents), key=_k(scope, "add_agent"))
-    options = _versions(agents.get(agent))
-    version = c2.selectbox("Version", options, key=_k(scope, "add_version"),
-                           help=None if options else "This agent has no versions yet.")
-    if c3.button("Add version", key=_k(scope, "add"), disabled=not version):
-        # The first version takes all the traffic; later ones start at 0% until given a share.
-        rows.setdefault((agent, str(version)), 0 if rows else 100)
-        st.rerun()
-    total = sum(rows.values())
-    if rows and total != 100:
-        st.error(f"Total: {total}% — the shares must add up to 100% ({100 - total:+d}% to go).",
-                 icon=":material/error:")
-    elif rows:
-        st.success(f"Total: {total}%", icon=":material/check_circle:")
+    share_rows(rows, add=_source(agents), min_rows=0,
+               key=lambda kind, row_id: _k(scope, kind, *([row_id] if row_id else [])))
+
+
+def _start(served: dict[tuple[str, str], int]) -> Shares:
+    """The editor's state for an endpoint's current versions and shares."""
+    return {(m, v): [SplitRow((m, v), f"{m} v{v} — share %", f"{m}::{v}"), pct] for (m, v), pct in served.items()}
 
 
 def _propose(make: Callable[[], endpoint_admin.EndpointPlan]) -> None:
@@ -87,8 +70,10 @@ def _confirmation(reason: str, *, settings: Any, identity: Any, on_change: Calla
         return
     st.markdown(f"**Preview.** {plain(plan.summary())}")
     st.dataframe(plan_frame(plan), hide_index=True, use_container_width=True)
-    confirm, cancel = st.columns(2)
-    if confirm.button("Confirm and apply", type="primary", key=_k("confirm"), disabled=not reason.strip()):
+    answer = confirm_box(None, keys=ConfirmKeys(confirm=_k("confirm"), cancel=_k("cancel")),
+                         confirm_label="Confirm and apply", ask_reason=False,
+                         missing="" if reason.strip() else "A reason is needed to confirm.")
+    if answer.confirmed:
         try:
             with st.spinner(f"Applying: {plan.kind.value} {plan.name}…"):
                 endpoint_admin.apply(plan, identity=identity, reason=reason, settings=settings,
@@ -107,9 +92,7 @@ def _confirmation(reason: str, *, settings: Any, identity: Any, on_change: Calla
             st.session_state[_k("done")] = f"{plan.name}: {plan.kind.value} applied and recorded in the audit trail."
             on_change()
             st.rerun()
-    if not reason.strip():
-        confirm.caption("A reason is needed to confirm.")
-    if cancel.button("Cancel", key=_k("cancel")):
+    if answer.cancelled:
         st.session_state.pop(_k("plan"), None)
         st.rerun()
 
@@ -136,17 +119,17 @@ def endpoint_editor(endpoints: list[Endpoint], agents: dict[str, Any], *, settin
             rows = st.session_state.setdefault(_k("rows", "create"), {})
             _rows_editor(rows, agents, "create")
             sticky = st.toggle("Sticky assignment (same user or conversation → same version)", key=_k("sticky"))
-            make = lambda: endpoint_admin.plan_create(name, dict(rows), sticky=sticky, settings=settings)  # noqa: E731
+            make = lambda: endpoint_admin.plan_create(name, shares_of(rows), sticky=sticky, settings=settings)  # noqa: E731
         elif mode == "Edit":
             name = st.selectbox("Endpoint", list(by_name), key=_k("edit_name"))
             endpoint = by_name[name]
             rows = st.session_state.setdefault(
                 _k("rows", "edit", name),
-                {(s.model_name, s.model_version): endpoint.percentage_for(s.entity_name) for s in endpoint.served})
+                _start({(s.model_name, s.model_version): endpoint.percentage_for(s.entity_name) for s in endpoint.served}))
             _rows_editor(rows, agents, f"edit::{name}")
             sticky = st.toggle("Sticky assignment (same user or conversation → same version)", value=endpoint.sticky,
                                key=_k("sticky", name))
-            make = lambda: endpoint_admin.plan_edit(name, dict(rows), sticky=sticky, settings=settings)  # noqa: E731
+            make = lambda: endpoint_admin.plan_edit(name, shares_of(rows), sticky=sticky, settings=settings)  # noqa: E731
         else:
             name = st.selectbox("Endpoint", list(by_name), key=_k("delete_name"))
             st.caption("Deleting stops serving it: the gateway answers 404 for its URL. Its traces and audit "

@@ -9,6 +9,7 @@ from typing import Sequence
 import streamlit as st
 
 from components.caching import per_user_cache
+from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, role_hint
 from components.errors import show_error
 from components.live_quality import render_live_quality
@@ -18,7 +19,7 @@ from services.errors import AgentOpsError
 from services.identity import Identity
 from services.settings import Backend, Settings
 
-ACTION = roles.Action.RUN_EVALUATION
+ACTION = roles.Action.MANAGE_LIVE_SCORING
 
 
 @per_user_cache(ttl=30, show_spinner=False)
@@ -123,8 +124,14 @@ def _form(settings: Settings, identity: Identity, agent: str, current: live_scor
             st.success(f"Live scoring of {plain(agent)}: {plain(_summary(current))} → {plain(_summary(wanted))}.")
         except AgentOpsError as exc:
             show_error(exc, what="Live scoring not saved")
-    if current is not None and can_edit and st.button("Remove live scoring", icon=":material/delete:",
-                                                      key=f"{key}_remove"):
+    if current is None or not can_edit:
+        return
+    with st.container(border=True):  # inside the "Configure live scoring" expander, which cannot hold another
+        sure = st.checkbox(f"Yes, stop scoring {agent}'s live traffic", key=f"{key}_remove_sure")
+        removed = confirm_box(None, keys=ConfirmKeys(confirm=f"{key}_remove"), confirm_label="Remove live scoring",
+                              icon=":material/delete:", ask_reason=False,
+                              missing="" if sure else "Tick the box to remove.").confirmed
+    if removed:
         try:
             live_scoring.delete_config(agent, identity=identity, settings=settings)
             _configs.clear()

@@ -13,7 +13,8 @@ from typing import Any
 
 import uvicorn
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
+from gateway.core import Gateway
 from services.settings import Settings
 
 

@@ -18,6 +18,7 @@ from components.alerting import (
     rules_frame,
     when,
 )
+from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.tables import plain
@@ -90,7 +91,8 @@ with rules_tab:
     if current is not None and can_manage:
         with st.expander(f"Delete rule {current.name}"):
             sure = st.checkbox(f"Yes, delete {current.name}", key="rule_delete_sure")
-            if st.button("Delete rule", key="rule_delete", disabled=not sure):
+            if confirm_box(None, keys=ConfirmKeys(confirm="rule_delete"), confirm_label="Delete rule", ask_reason=False,
+                           icon=":material/delete:", missing="" if sure else "Tick the box to delete.").confirmed:
                 try:
                     alerting.delete_rule(settings, current.name, identity)
                 except AgentOpsError as exc:
@@ -116,7 +118,7 @@ with rules_tab:
 with channels_tab:
     if snap.channels:
         st.dataframe(channels_frame(snap.channels), hide_index=True, width="stretch")
-        test_cols = st.columns([2, 1, 1])
+        test_cols = st.columns([2, 1])
         target = test_cols[0].selectbox("Channel", [c.name for c in snap.channels], key="channel_pick")
         if test_cols[1].button("Send test alert", key="send_test", disabled=not can_manage, type="primary"):
             try:
@@ -130,14 +132,20 @@ with channels_tab:
                 else:
                     st.error(f"Test alert to {plain(target)} failed after {result.attempts} attempt(s): "
                              f"{plain(result.error)}")
-        if can_manage and test_cols[2].button("Delete channel", key="channel_delete"):
-            try:
-                alerting.delete_channel(settings, target, identity)
-            except AgentOpsError as exc:
-                show_error(exc, what="The channel was not deleted")
-            else:
-                st.session_state["alerts_flash"] = [f"Deleted channel {target}."]
-                st.rerun()
+        if can_manage:
+            with st.expander(f"Delete channel {target}"):
+                sure = st.checkbox(f"Yes, delete {target}", key="channel_delete_sure")
+                deleted = confirm_box(None, keys=ConfirmKeys(confirm="channel_delete"), confirm_label="Delete channel",
+                                      ask_reason=False, icon=":material/delete:",
+                                      missing="" if sure else "Tick the box to delete.").confirmed
+            if deleted:
+                try:
+                    alerting.delete_channel(settings, target, identity)
+                except AgentOpsError as exc:
+                    show_error(exc, what="The channel was not deleted")
+                else:
+                    st.session_state["alerts_flash"] = [f"Deleted channel {target}."]
+                    st.rerun()
     else:
         st.info("**No channels yet.** Add one with an apprise URL: Slack, Microsoft Teams, e-mail, a JSON webhook "
                 "or any other apprise service.", icon=":material/inbox:")

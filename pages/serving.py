@@ -17,9 +17,8 @@ from components.empty import seed_hint
 from components.endpoint_editor import endpoint_editor
 from components.errors import show_error
 from components.rollouts import rollout_panel
+from components.confirm import ConfirmKeys, confirm_box
 from components.serving import (
-    SplitRow,
-    VersionSource,
     arms_frame,
     budgets_frame,
     comparisons_frame,
@@ -30,12 +29,13 @@ from components.serving import (
     interrupted_notice,
     promote_done,
     promote_form,
-    split_editor,
     window_select,
 )
+from components.split_editor import SplitRow, VersionSource, split_editor
 from services import ab, audit, registry, roles, serving, team_state, traffic
 from services.serving import EndpointBackend, ai_gateway
 from services.errors import AgentOpsError
+from services.identity import Identity
 from services.rollout_ports import ServicePorts
 from services.settings import Backend, Settings
 
@@ -70,7 +70,7 @@ def _clear() -> None:
     _agents.clear()
 
 
-def _changes(endpoint_name: str) -> list[audit.TrafficChange] | None:
+def _changes(endpoint_name: str, settings: Settings) -> list[audit.TrafficChange] | None:
     """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
     try:
         return audit.traffic_changes(endpoint_name, settings=settings)
@@ -79,7 +79,8 @@ def _changes(endpoint_name: str) -> list[audit.TrafficChange] | None:
         return None
 
 
-def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None) -> None:
+def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None, *, settings: Settings,
+                 identity: Identity, can_change: bool) -> None:
     """Name an interrupted change; an operator can settle it from what the endpoint serves now."""
     notice = interrupted_notice(changes or [])
     settled = st.session_state.pop(f"settled::{endpoint.name}", None)
@@ -89,8 +90,10 @@ def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] 
         return
     st.warning(escape_md(notice) + " If that confirmation is gone (another session, a reload), settle the record "
                "from the split the endpoint serves now.", icon=":material/sync_problem:")
-    if st.button("Settle from the current split", key=f"settle::{endpoint.name}", disabled=not can_change,
-                 help=None if can_change else role_hint(roles.Action.CHANGE_TRAFFIC)):
+    answer = confirm_box(None, keys=ConfirmKeys(confirm=f"settle::{endpoint.name}"),
+                         confirm_label="Settle from the current split", ask_reason=False,
+                         disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC))
+    if answer.confirmed:
         try:
             st.session_state[f"settled::{endpoint.name}"] = serving.settle_interrupted(
                 endpoint, changes[0], user=identity.user, settings=settings, identity=identity)
@@ -108,7 +111,8 @@ def _split_text(endpoint: serving.Endpoint, labels: dict[str, str], *, pending: 
                       for r in routes) or "—"
 
 
-def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
+def _deploy_section(agents: dict[str, registry.AgentSummary], *, settings: Settings, identity: Identity,
+                    can_change: bool) -> None:
     """Databricks: deploy a UC model version with databricks.agents.deploy (preview, confirm, progress)."""
     st.markdown("Runs `databricks.agents.deploy`: creates or updates the model's `agents_<catalog>-<schema>-<model>` "
                 "endpoint and routes **100%** of its traffic to the new version; versions already served stay at 0%.")
@@ -149,8 +153,10 @@ def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
                + f" Served entity: `{plan.entity_name}`.")
     st.dataframe(deploy_frame(plan), hide_index=True, use_container_width=True)
     sure = st.checkbox(f"Send all traffic of {plan.endpoint_name} to v{plan.model_version}", key="deploy_confirm")
-    go, cancel = st.columns(2)
-    if go.button("Deploy", type="primary", key="deploy_go", disabled=not sure or not reason.strip() or not can_change):
+    answer = confirm_box(None, keys=ConfirmKeys(confirm="deploy_go", cancel="deploy_cancel"), confirm_label="Deploy",
+                         ask_reason=False, disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
+                         missing="" if sure and reason.strip() else "Tick the box above and give a reason to deploy.")
+    if answer.confirmed:
         try:
             with st.status(f"Deploying {plan.model_name} v{plan.model_version}…", expanded=True) as status:
                 done = serving.deploy_version(plan.model_name, plan.model_version, user=identity.user, reason=reason,
@@ -173,12 +179,12 @@ def _deploy_section(agents: dict[str, registry.AgentSummary]) -> None:
             }
             _clear()
             st.rerun()
-    if cancel.button("Cancel", key="deploy_cancel"):
+    if answer.cancelled:
         st.session_state.pop("deploy_plan", None)
         st.rerun()
 
 
-def _gateway_section() -> None:
+def _gateway_section(settings: Settings, identity: Identity, can_change: bool) -> None:
     """MLflow AI Gateway endpoints: same split editor, judging and promotion as agent endpoints."""
     try:
         gateways = {g.endpoint.name: g for g in ai_gateway.list_gateway_endpoints(settings)}
@@ -198,8 +204,8 @@ def _gateway_section() -> None:
                f"{gateway.fallback_strategy or 'none'} · usage tracking: {'on' if gateway.usage_tracking else 'off'}")
     if gateway.budgets:
         st.dataframe(budgets_frame(gateway), hide_index=True, use_container_width=True)
-    g_changes = _changes(gname)
-    _interrupted(g_endpoint, g_changes)
+    g_changes = _changes(gname, settings)
+    _interrupted(g_endpoint, g_changes, settings=settings, identity=identity, can_change=can_change)
     g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
     with g_split:
         labels = serving.arm_labels(g_endpoint)
@@ -260,7 +266,7 @@ if settings.backend is Backend.MLFLOW:
     layer = st.segmented_control("Serving layer", ["Agent endpoints", "MLflow AI Gateway"], default="Agent endpoints",
                                  key="serving_layer")
     if layer == "MLflow AI Gateway":
-        _gateway_section()
+        _gateway_section(settings, identity, can_change)
         st.stop()
 
 
@@ -282,7 +288,7 @@ if not endpoints:
     if settings.backend is Backend.DATABRICKS:
         st.info("**No serving endpoints yet.** Deploy a registered agent version below; it gets its own "
                 "`agents_…` endpoint.", icon=":material/route:")
-        _deploy_section(agents)
+        _deploy_section(agents, settings=settings, identity=identity, can_change=can_change)
     else:
         st.info(
             seed_hint(settings, "**No agent endpoints yet.** Endpoint configurations and splits are stored with the "
@@ -327,8 +333,8 @@ st.caption(f"Last updated {endpoint.updated_at:%Y-%m-%d %H:%M} UTC · last chang
 model_names = sorted({s.model_name for s in endpoint.served})
 experiments = tuple(e for e in (agents[m].experiment_id for m in model_names if m in agents) if e)
 
-changes = _changes(name)
-_interrupted(endpoint, changes)
+changes = _changes(name, settings)
+_interrupted(endpoint, changes, settings=settings, identity=identity, can_change=can_change)
 tab_names = ["Edit split", "Judge arms", "Guarded rollout", "Send test traffic", "History"]
 if settings.backend is Backend.DATABRICKS:
     tab_names.append("Deploy version")
@@ -425,4 +431,4 @@ with history_tab:
 
 if deploy_tab is not None:
     with deploy_tab:
-        _deploy_section(agents)
+        _deploy_section(agents, settings=settings, identity=identity, can_change=can_change)

@@ -11,22 +11,32 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from services import releases, roles, serving
 from services._clients import get_settings
 from services.audit import AliasAction
-from services.errors import AgentOpsError, ValidationError
+from services.errors import AgentOpsError, NotFoundError, ValidationError
 from services.promotion import PromotionRequest
 from services.identity import Identity
+from services.live_scoring_scorers import LIVE_PREFIX
 from services.serving import EndpointBackend
 from services.settings import Settings
 
 ALPHA = 0.05
 MAX_TRACES_PER_ARM = serving.MAX_TRACES_PER_ARM  # per arm and window
 POSITIVE_FEEDBACK = "thumbs_up"
+
+
+@dataclass(frozen=True)
+class LiveScorerSample:
+    """One live scorer's per-trace results on one arm: 1.0/0.0 for a pass/fail scorer, else its score."""
+
+    scorer: str
+    pass_fail: bool
+    values: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -42,12 +52,23 @@ class ArmSample:
     tokens: tuple[int, ...]
     feedback: tuple[bool, ...]
     ratings: tuple[float, ...]
-    scorer_passes: tuple[bool, ...]
+    scorer_passes: tuple[bool, ...]  # scorer assessments other than the live scorers' (pooled)
     truncated: bool = False
+    live: tuple[LiveScorerSample, ...] = ()  # one entry per live scorer with results on this arm
 
     @property
     def requests(self) -> int:
         return len(self.latencies_ms)
+
+    @property
+    def scorer_passes_by_name(self) -> dict[str, tuple[bool, ...]]:
+        """Pass/fail live scorers' outcomes, by scorer name and by its assessment name (``live_<scorer>``)."""
+        out: dict[str, tuple[bool, ...]] = {}
+        for live in self.live:
+            if live.pass_fail:
+                passes = tuple(v >= 0.5 for v in live.values)
+                out[live.scorer] = out[LIVE_PREFIX + live.scorer] = passes
+        return out
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,23 @@ class Interval:
     value: float | None
     low: float | None
     high: float | None
+
+
+@dataclass(frozen=True)
+class LiveScorerStats:
+    """A live scorer on one arm: pass rate (Wilson interval) or mean score (bootstrap interval).
+
+    ``n`` is 0 and ``value`` empty when the scorer has no result on this arm (not a rate of 0).
+    """
+
+    scorer: str
+    pass_fail: bool
+    n: int
+    value: Interval
+
+    @property
+    def measure(self) -> str:
+        return f"live {self.scorer} " + ("pass rate" if self.pass_fail else "mean score")
 
 
 @dataclass(frozen=True)
@@ -75,6 +113,7 @@ class ArmStats:
     mean_rating: float | None
     scorer_pass_rate: Interval
     truncated: bool
+    live_scorers: tuple[LiveScorerStats, ...] = ()
 
 
 class Direction(StrEnum):
@@ -106,7 +145,8 @@ class ArmComparison:
     def is_winner(self) -> bool:
         directions = {m.metric: m.direction for m in self.metrics}
         quality = ("error rate", "positive feedback", "scorer pass rate")
-        return any(directions.get(q) is Direction.BETTER for q in quality) and not any(
+        return any(d is Direction.BETTER for m, d in directions.items()
+                   if m in quality or m.startswith("live ")) and not any(
             d is Direction.WORSE for d in directions.values()
         )
 
@@ -195,8 +235,32 @@ def required_sample_size(baseline_rate: float, minimum_effect: float, ratio: flo
     return int(np.ceil(n))
 
 
-def arm_stats(sample: ArmSample) -> ArmStats:
-    """Point estimates and intervals for one arm."""
+def live_kinds(samples: Sequence[ArmSample]) -> dict[str, bool]:
+    """Every live scorer with results on any of the arms, and whether it is pass/fail."""
+    kinds: dict[str, bool] = {}
+    for sample in samples:
+        for live in sample.live:
+            kinds[live.scorer] = kinds.get(live.scorer, True) and live.pass_fail
+    return dict(sorted(kinds.items()))
+
+
+def live_scorer_stats(sample: ArmSample, kinds: Mapping[str, bool] | None = None) -> tuple[LiveScorerStats, ...]:
+    """One row per live scorer (``kinds``: every scorer of the report, so an arm without results shows empty)."""
+    kinds = dict(kinds) if kinds is not None else live_kinds([sample])
+    values = {live.scorer: live.values for live in sample.live}
+    out = []
+    for scorer, pass_fail in kinds.items():
+        found = values.get(scorer, ())
+        if pass_fail:
+            interval = proportion_interval(int(sum(v >= 0.5 for v in found)), len(found))
+        else:
+            interval = bootstrap_interval(found, np.mean)
+        out.append(LiveScorerStats(scorer, pass_fail, len(found), interval))
+    return tuple(out)
+
+
+def arm_stats(sample: ArmSample, kinds: Mapping[str, bool] | None = None) -> ArmStats:
+    """Point estimates and intervals for one arm (``kinds``: the live scorers to report, see :func:`live_kinds`)."""
     latencies = np.asarray(sample.latencies_ms, dtype=float)
     pct = (lambda q: float(np.percentile(latencies, q))) if len(latencies) else (lambda q: None)
     return ArmStats(
@@ -214,6 +278,7 @@ def arm_stats(sample: ArmSample) -> ArmStats:
         mean_rating=float(np.mean(sample.ratings)) if sample.ratings else None,
         scorer_pass_rate=proportion_interval(sum(sample.scorer_passes), len(sample.scorer_passes)),
         truncated=sample.truncated,
+        live_scorers=live_scorer_stats(sample, kinds),
     )
 
 
@@ -249,6 +314,7 @@ def compare_arms(baseline: ArmSample, candidate: ArmSample, *, minimum_effect: f
             ra = sum(a) / len(a) if a else None
             rb = sum(b) / len(b) if b else None
             metrics.append(MetricComparison(name, ra, rb, p, test, _direction(p, rb, ra, True)))
+    metrics.extend(_live_comparisons(baseline, candidate))
     required = required_sample_size(b_err or 0.0, minimum_effect, ratio=(c_n / b_n) if b_n and c_n else 1.0)
     # Provider models (MLflow AI Gateway) have no version: name them instead.
     label = f"v{candidate.version}" if candidate.version else candidate.entity_name
@@ -268,6 +334,30 @@ def compare_arms(baseline: ArmSample, candidate: ArmSample, *, minimum_effect: f
         )
     verdict = f"{label} vs {base_label}: " + "; ".join(parts or ["no data"]) + f" ({n_line})."
     return ArmComparison(candidate.entity_name, baseline.entity_name, tuple(metrics), required, verdict)
+
+
+def _live_comparisons(baseline: ArmSample, candidate: ArmSample) -> list[MetricComparison]:
+    """Each live scorer tested like the other measures: pass rates with the two-proportion test, scores
+    with Mann-Whitney (higher is better). A scorer without results on one arm: not enough data."""
+    kinds = live_kinds([baseline, candidate])
+    base = {live.scorer: live.values for live in baseline.live}
+    cand = {live.scorer: live.values for live in candidate.live}
+    out = []
+    for scorer, pass_fail in kinds.items():
+        a, b = base.get(scorer, ()), cand.get(scorer, ())
+        if pass_fail:
+            pass_a, pass_b = int(sum(v >= 0.5 for v in a)), int(sum(v >= 0.5 for v in b))
+            p, test = two_proportion_test(pass_a, len(a), pass_b, len(b))
+            ra = pass_a / len(a) if a else None
+            rb = pass_b / len(b) if b else None
+            metric = f"live {scorer} pass rate"
+        else:
+            p, test = mann_whitney(a, b), "Mann-Whitney U"
+            ra = float(np.mean(a)) if a else None
+            rb = float(np.mean(b)) if b else None
+            metric = f"live {scorer} mean score"
+        out.append(MetricComparison(metric, ra, rb, p, test if a and b else "none", _direction(p, rb, ra, True)))
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -299,7 +389,53 @@ def endpoint_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], 
     """Per-arm samples from the endpoint's traces in the window, and how many traces name no arm."""
     validate_window(start, end)
     traffic, unattributed = serving.arm_traffic(endpoint, experiment_ids, start, end, settings=settings)
-    return [_sample(arm) for arm in traffic], unattributed
+    live = live_outcomes(traffic, start, end, settings=settings)
+    return [replace(_sample(arm), live=live.get(arm.served.entity_name, ())) for arm in traffic], unattributed
+
+
+def live_outcomes(traffic: Sequence[serving.ArmTraffic], start: datetime, end: datetime, *,
+                  settings: Settings | None = None) -> dict[str, tuple[LiveScorerSample, ...]]:
+    """Each arm's live-scorer results, per scorer, on exactly the arm's traces in the window.
+
+    Read through ``live_scoring.live_results`` (one search per agent) and grouped with
+    ``live_scoring.outcomes_by``; only traces the arm's own search found count, so the live scorers
+    are judged on the same requests as the arm's other measures. Arms without a registered version
+    (AI Gateway provider models) have no agent and so no live scorers.
+    """
+    from services import live_scoring
+
+    settings = settings or get_settings()
+    arm_of: dict[str, str] = {}
+    per_agent: dict[str, int] = {}
+    for arm in traffic:
+        if not arm.served.model_version:
+            continue
+        per_agent[arm.served.model_name] = per_agent.get(arm.served.model_name, 0) + len(arm.infos)
+        for info in arm.infos:
+            arm_of[info.trace_id] = arm.served.entity_name
+    frames = []
+    for agent, count in per_agent.items():
+        if not count:
+            continue
+        try:
+            # The agent's other traces in the window (evaluations, other endpoints) are read too: room for them.
+            frames.append(live_scoring.live_results(agent, settings, start=start, end=end,
+                                                    max_traces=max(5000, 4 * count)))
+        except NotFoundError:
+            continue
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return {}
+    import pandas as pd
+
+    results = pd.concat(frames, ignore_index=True)
+    results = results[results["trace_id"].isin(list(arm_of))]
+    results = results.assign(arm=results["trace_id"].map(arm_of))
+    scored = results.dropna(subset=["score"])
+    pass_fail = {str(k): bool(v) for k, v in scored.groupby("scorer")["passed"].agg(lambda s: s.notna().all()).items()}
+    return {arm: tuple(LiveScorerSample(scorer, pass_fail[scorer], tuple(values))
+                       for scorer, values in sorted(by_scorer.items()))
+            for arm, by_scorer in live_scoring.outcomes_by(results, "arm").items()}
 
 
 def _sample(arm: serving.ArmTraffic) -> ArmSample:
@@ -329,6 +465,8 @@ def sample_from_traces(served: serving.ServedVersion, infos: list[Any], *, trunc
                 feedback.append(value)
             elif assessment.name == "rating" and isinstance(value, (int, float)):
                 ratings.append(float(value))
+            elif assessment.name.startswith(LIVE_PREFIX):
+                continue  # the live scorers: one measure each (live_outcomes)
             elif source.endswith(("CODE", "LLM_JUDGE")) and isinstance(value, (bool, str)):
                 passes.append(value is True or str(value).lower() in ("yes", "true", "pass"))
     return ArmSample(served.entity_name, served.model_name, served.model_version, tuple(latencies), errors,
@@ -357,7 +495,8 @@ def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: dat
         raise ValidationError(f"{baseline!r} is not an arm of {endpoint.name!r}.")
     base = by_name[baseline]
     comparisons = tuple(compare_arms(base, s, minimum_effect=minimum_effect) for s in samples if s.entity_name != baseline)
-    stats = tuple(arm_stats(s) for s in samples)
+    kinds = live_kinds(samples)
+    stats = tuple(arm_stats(s, kinds) for s in samples)
     if sum(s.requests for s in samples) == 0:
         verdict = "No traffic in this window yet: send requests to the endpoint, or widen the window."
     else:

@@ -10,9 +10,10 @@ code scorers' options) is team configuration, a versioned ``team_state`` record
   MLflow 3.17's tracking store refuses ``Scorer.start`` for anything but judges on an MLflow AI
   Gateway model ("does not use a gateway model"), so the app's code scorers cannot be *registered*
   there; the worker feeds the processor from the team record instead.
-* **Databricks** — :func:`save_config` also registers and starts (or stops) each scorer through
-  MLflow's client (``Scorer.register`` / ``start`` / ``update`` / ``stop``), and Databricks
-  production monitoring runs them; no worker runs.
+* **Databricks** — :func:`save_config` also registers and starts (or updates, stops, deletes)
+  each scorer through MLflow's client (``Scorer.register`` / ``start`` / ``update`` / ``stop``,
+  ``delete_scorer``: the ``/api/2.0/managed-evals/scheduled-scorers`` calls), and Databricks
+  production monitoring runs them; no worker runs. :func:`delete_config` deletes them.
 
 Results are assessments named ``live_<scorer>`` whose source id is the same name.
 """
@@ -177,7 +178,7 @@ def save_config(agent: str, config: LiveScoringConfig, *, identity: Any, setting
     from services import roles
 
     config = validate(agent, config, settings, environ)
-    roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
+    roles.enforce(identity, roles.Action.MANAGE_LIVE_SCORING, settings)
     current, version = load_config(agent, settings)
     if expected_version is not None and expected_version != version:
         from services.errors import ConflictError
@@ -200,7 +201,7 @@ def delete_config(agent: str, *, identity: Any, settings: Settings) -> None:
     from services import roles
 
     team_state.validate_key_part(agent, "Agent")
-    roles.enforce(identity, roles.Action.RUN_EVALUATION, settings)
+    roles.enforce(identity, roles.Action.MANAGE_LIVE_SCORING, settings)
     current, version = load_config(agent, settings)
     if current is None:
         return
@@ -243,38 +244,72 @@ def _serialized(config: LiveScoringConfig, environ: Mapping[str, str] | None = N
 
 def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | None,
                      previous: LiveScoringConfig | None, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Register and start (or update, or stop) the scorers in each experiment through MLflow's client.
+    """Make each experiment's registered scorers match ``config`` through MLflow's client.
 
-    Used where the platform runs registered scorers itself (Databricks). Returns what was done.
+    Used where the platform runs registered scorers itself (Databricks production monitoring):
+    a scorer not registered yet (or whose definition changed) is registered (``Scorer.register``),
+    then started (``start``) or, when already running, updated (``update``) with the sample rate and
+    filter; a paused configuration stops them (``stop``); scorers of ``previous`` no longer in
+    ``config`` (all of them when ``config`` is None) are deleted (``delete_scorer``) — their past
+    assessments stay. Refusals become the app's typed errors naming the experiment. Returns what was done.
     """
-    from mlflow.genai.scorers import ScorerSamplingConfig, get_scorer
+    from mlflow.genai.scorers import ScorerSamplingConfig, delete_scorer
+
+    from services._clients import translate_errors
 
     done: list[str] = []
-    wanted = live_scorers(config, environ, databricks=True) if config and config.enabled else []
-    wanted_names = {s.name for s in wanted}
-    stale = [live_name(n) for n in (previous.scorers if previous else ()) if live_name(n) not in wanted_names]
-    sampling = ScorerSamplingConfig(sample_rate=config.sample_rate if config else 0.0,
-                                    filter_string=(config.filter_string or None) if config else None)
+    wanted = live_scorers(config, environ, databricks=True) if config else []
+    running = bool(config and config.enabled and config.sample_rate > 0)
+    ours = {live_name(n) for n in (previous.scorers if previous else ())}
     for experiment_id in experiments:
-        for scorer in wanted:
-            try:
-                registered = get_scorer(name=scorer.name, experiment_id=experiment_id)
-            except Exception:  # noqa: BLE001 - not registered yet
-                registered = scorer.register(name=scorer.name, experiment_id=experiment_id)
-                done.append(f"registered {scorer.name} in {experiment_id}")
-            if config.sample_rate > 0:
-                registered.update(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
-                done.append(f"started {scorer.name} at {config.sample_rate:g} in {experiment_id}")
-            else:
-                registered.stop(name=scorer.name, experiment_id=experiment_id)
-                done.append(f"stopped {scorer.name} in {experiment_id}")
-        for name in stale:
-            try:
-                get_scorer(name=name, experiment_id=experiment_id).stop(name=name, experiment_id=experiment_id)
-                done.append(f"stopped {name} in {experiment_id}")
-            except Exception:  # noqa: BLE001 - never registered there
-                continue
+        with translate_errors(f"Databricks production monitoring (experiment {experiment_id})"):
+            for scorer in wanted:
+                current = _registered(scorer.name, experiment_id)
+                if current is None or _definition(current) != _definition(scorer):
+                    scorer.register(name=scorer.name, experiment_id=experiment_id)
+                    done.append(f"registered {scorer.name} in {experiment_id}")
+                was_running = bool(current is not None and (current.sample_rate or 0) > 0)
+                if running:
+                    assert config is not None
+                    # An empty filter clears an earlier one (None would leave it as it was).
+                    filter_string = config.filter_string or ("" if current is not None and current.filter_string else None)
+                    sampling = ScorerSamplingConfig(sample_rate=config.sample_rate, filter_string=filter_string)
+                    if was_running:
+                        scorer.update(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
+                        done.append(f"updated {scorer.name} to {config.sample_rate:g} in {experiment_id}")
+                    else:
+                        scorer.start(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
+                        done.append(f"started {scorer.name} at {config.sample_rate:g} in {experiment_id}")
+                elif was_running:
+                    scorer.stop(name=scorer.name, experiment_id=experiment_id)
+                    done.append(f"stopped {scorer.name} in {experiment_id}")
+            for name in sorted(ours - {s.name for s in wanted}):
+                if _registered(name, experiment_id) is not None:
+                    delete_scorer(name=name, experiment_id=experiment_id)
+                    done.append(f"deleted {name} in {experiment_id}")
     return done
+
+
+def _registered(name: str, experiment_id: str) -> Any:
+    """The scorer registered under ``name`` in the experiment, or None.
+
+    One name at a time (not ``list_scorers``): listing deserializes every scorer of the experiment,
+    and one another team registered that cannot be loaded here must not block this change.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.genai.scorers import get_scorer
+
+    try:
+        return get_scorer(name=name, experiment_id=experiment_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _definition(scorer: Any) -> str:
+    """A scorer's serialized definition, without what registration adds (for "has it changed?")."""
+    return json.dumps(scorer.model_dump(), sort_keys=True, default=str)
 
 
 # --- the worker's task -----------------------------------------------------------------------------

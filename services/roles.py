@@ -56,6 +56,7 @@ class Action(StrEnum):
     RUN_EVALUATION = "run evaluations"
     EDIT_RULES = "edit gate rules, label questions and thresholds"
     MANAGE_ALERTS = "create, change or delete alert rules and channels"
+    MANAGE_LIVE_SCORING = "create, change or delete live scorers"
 
 
 NEEDED: Mapping[Action, Role] = {
@@ -66,6 +67,7 @@ NEEDED: Mapping[Action, Role] = {
     Action.CHANGE_TRAFFIC: Role.OPERATOR,
     Action.EDIT_RULES: Role.ADMIN,
     Action.MANAGE_ALERTS: Role.OPERATOR,
+    Action.MANAGE_LIVE_SCORING: Role.OPERATOR,
 }
 
 

@@ -9,13 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from services import ab, alerting, registry, releases, serving
-from services.errors import AgentOpsError
+from services import ab, alerting, audit, registry, releases, serving
+from services.errors import AgentOpsError, NotFoundError
 from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest
 from services.rollout_controller import evidence_from_arms
 from services.rollouts import ArmEvidence, Baseline, RolloutPlan
-from services.settings import Settings
+from services.settings import Backend, Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -24,13 +24,27 @@ ACTION = "rollout"
 
 
 class ServicePorts:
-    """``rollout_controller.RolloutPorts`` on the app's services, for one settings object."""
+    """``rollout_controller.RolloutPorts`` on the app's services, for one settings object.
+
+    Build one per tick of the controller (or per page run): the registry's agents are listed once
+    per instance, not at every look.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._agents: list[registry.AgentSummary] | None = None
 
     def _endpoint(self, name: str) -> serving.Endpoint:
-        return serving.get_endpoint(name, self.settings)
+        """The app's agent endpoint ``name``; with an ``mlflow server``, else its MLflow AI Gateway endpoint."""
+        try:
+            return serving.get_endpoint(name, self.settings)
+        except NotFoundError:
+            if self.settings.backend is not Backend.MLFLOW:
+                raise
+        try:
+            return serving.get_endpoint(name, self.settings, backend=serving.EndpointBackend.MLFLOW_GATEWAY)
+        except NotFoundError:
+            raise NotFoundError(f"{name!r} is neither an agent endpoint nor an MLflow AI Gateway endpoint.") from None
 
     def served_arms(self, endpoint: str) -> dict[str, int]:
         return _shares(self._endpoint(endpoint))
@@ -38,7 +52,9 @@ class ServicePorts:
     def _experiments(self, endpoint: serving.Endpoint) -> list[str]:
         models = {s.model_name for s in endpoint.served}
         ids: list[str] = []
-        for agent in registry.list_agents(self.settings):
+        if self._agents is None:
+            self._agents = registry.list_agents(self.settings)
+        for agent in self._agents:
             if agent.name in models:
                 ids.extend(i for i in (agent.experiment_id, *agent.experiment_ids) if i)
         return list(dict.fromkeys(ids))
@@ -66,11 +82,15 @@ class ServicePorts:
     def set_shares(self, endpoint: str, shares: dict[str, int], *, request_id: str, actor: str, reason: str) -> None:
         current = self._endpoint(endpoint)
         wanted = {**{s.entity_name: 0 for s in current.served}, **shares}
-        if _shares(current) == wanted:
-            return  # already there (a resumed action whose split landed before the interruption)
+        change_id = f"{request_id}-traffic"
+        if _shares(current) == wanted and audit.find_traffic_change(endpoint, change_id, settings=self.settings) is None:
+            return  # already there before this action: nothing to change, nothing to record
+        # Otherwise the audited change runs, or resumes: a split that landed before an interruption
+        # (the backend went away before its record was completed) is completed in the trail, not
+        # written again.
         plan = serving.plan_shares(current, wanted)
         serving.apply_split(plan, user=actor, reason=reason, action=ACTION, settings=self.settings,
-                            request_id=f"{request_id}-traffic")
+                            request_id=change_id)
 
     def promote(self, plan: RolloutPlan, *, request_id: str, actor: str, reason: str) -> None:
         endpoint = self._endpoint(plan.endpoint)

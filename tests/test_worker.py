@@ -15,9 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from services import live_scoring
-from services._mlflow_internal.online_scoring import CHECKPOINT_TAG, sampled
+from services._mlflow_internal.online_scoring import APP_CHECKPOINT_TAG, CHECKPOINT_TAG, sampled
 from services.identity import Identity, IdentitySource
 from services.live_scoring import LiveScoringConfig
+from tests.harness.databricks_settings import databricks_env
 from tests.services.live_scoring_world import AGENT, build_world
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ def test_killed_mid_batch_and_restarted_every_sampled_trace_is_scored_exactly_on
             worker.kill()
     partial = _counts(client, ids)
     assert 3 <= sum(partial.values()) < len(expected), "the kill did not land mid-batch"
-    assert CHECKPOINT_TAG not in (client.get_experiment(experiment_id).tags or {})
+    assert not {APP_CHECKPOINT_TAG, CHECKPOINT_TAG} & set(client.get_experiment(experiment_id).tags or {})
 
     rerun = _worker(isolated_settings, "--once", "--batch-size", "100", "--max-rate", "1000")
     output, _ = rerun.communicate(timeout=300)
@@ -97,8 +98,7 @@ def test_sigterm_stops_the_worker_cleanly(isolated_settings):
 
 
 def test_worker_refuses_databricks(tmp_path):
-    env = {**os.environ, "AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://x.example.com",
-           "AGENTOPS_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **databricks_env("https://x.example.com", tmp_path, PYTHONPATH=str(ROOT))}
     done = subprocess.run([sys.executable, "-m", "agentops", "worker", "--once"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "production monitoring" in done.stderr
@@ -122,3 +122,84 @@ def test_the_worker_evaluates_alert_rules(isolated_settings):
     task = next(t for t in worker.TASKS if t.name == "alert rules")
     report = task.run(isolated_settings, worker.parse_args(["--once"]))
     assert report.startswith("0 rule(s) evaluated, 0 firing")
+
+
+# --- the `mlflow` backend: the worker against a real `mlflow server` ------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_world(tmp_path_factory):
+    """A real ``mlflow server`` (job execution on, as by default) with another team's agent and traces."""
+    from services import _clients
+    from tests.harness.mlflow_server import running_mlflow_server
+
+    root = tmp_path_factory.mktemp("worker-server")
+    with running_mlflow_server(root) as server:
+        try:
+            _clients.configure_mlflow(server)
+            world = build_world(server, traces=24)
+            live_scoring.save_config(AGENT, LiveScoringConfig(scorers=("latency_budget",), sample_rate=RATE),
+                                     identity=OPS, settings=server)
+        finally:
+            _clients.configure_mlflow(_clients.get_settings())
+        yield server, world
+
+
+def _server_worker(server, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": server.tracking_uri,
+           "AGENTOPS_DATA_DIR": str(server.data_dir), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "agentops", "worker", "--completion-buffer", "0", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_on_an_mlflow_server_every_sampled_trace_is_scored_once_across_restarts(server_world):
+    from mlflow.genai.scorers import list_scorers
+
+    server, world = server_world
+    ids, experiment_id = world["trace_ids"], world["experiment_id"]
+    client = MlflowClient(server.tracking_uri)
+    expected = {t for t in ids if sampled(t, "live_latency_budget", RATE)}
+    assert 8 < len(expected) < len(ids)
+
+    # First worker: one bounded pass over the server (8 of the sampled traces at most), then exits.
+    first = _server_worker(server, "--once", "--batch-size", "8")
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output
+    after_first = _counts(client, ids)
+    assert 0 < sum(after_first.values()) < len(expected)
+    tags = client.get_experiment(experiment_id).tags or {}
+    # The worker's own position; MLflow's tag (its server jobs' position) is left alone.
+    assert APP_CHECKPOINT_TAG in tags and CHECKPOINT_TAG not in tags
+
+    # Restarted worker, looping: carries on from the server-side checkpoint; stopped with SIGTERM.
+    loop = _server_worker(server, "--batch-size", "8", "--interval", "1")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and sum(_counts(client, ids).values()) < len(expected):
+            time.sleep(1)
+        loop.send_signal(signal.SIGTERM)
+        output, _ = loop.communicate(timeout=60)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+    assert loop.returncode == 0, output
+
+    # Restarted once more: nothing left, nothing scored twice.
+    last = _server_worker(server, "--once", "--batch-size", "100")
+    output, _ = last.communicate(timeout=300)
+    assert last.returncode == 0, output
+    final = _counts(client, ids)
+    assert {t for t, n in final.items() if n} == expected
+    assert set(final.values()) <= {0, 1}, {t: n for t, n in final.items() if n > 1}
+    status = live_scoring.read_status(server)
+    assert status.traces_scored_last == 0 and status.errors == [] and status.path == "mlflow-processor"
+    assert status.traces_scored_total == len(expected)
+    # The server's own online-scoring scheduler runs registered scorers only; the app registered none
+    # there (its code scorers cannot be), so the server cannot score these traces a second time.
+    from services import _clients
+
+    try:
+        _clients.configure_mlflow(server)
+        assert [s.name for s in list_scorers(experiment_id=experiment_id)] == []
+    finally:
+        _clients.configure_mlflow(_clients.get_settings())

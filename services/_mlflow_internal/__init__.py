@@ -4,7 +4,9 @@ This package holds every non-public MLflow use, one module per topic: ``trace_wr
 finished traces through the store), ``bulk_load`` (straight into its tables), ``trace_reads``
 (single traces, SQLite statistics), ``trace_metrics`` (the store's ``query_trace_metrics``),
 ``aggregates`` with ``aggregate_rows``, ``aggregate_sql``, ``aggregate_fallback`` and ``trace_links``
-(the grouped Monitoring aggregate), ``rollups`` (its incremental roll-ups on PostgreSQL), ``distinct_values`` (a window's model ids and tag values),
+(the grouped Monitoring aggregate), ``rollups`` (its incremental roll-ups on PostgreSQL, with
+``rollup_sketch``, ``rollup_tables``, ``rollup_scan`` and ``rollup_combine``), ``distinct_values``
+(a window's model ids and tag values),
 ``store_db`` (the server's database, read-only), ``user_client`` (MLflow clients carrying one
 Databricks user's token) and ``span_batch`` (the gateway's batched trace writer). Each part has a public fallback or refuses
 loudly, and a test that fails when an MLflow upgrade changes what it relies on.

@@ -6,8 +6,15 @@
 (deterministic dense sampling by ``sha256(trace_id:scorer)``), an ``OnlineTraceCheckpointManager``
 (the experiment tag ``mlflow.latestOnlineScoring.trace.checkpoint``: timestamp and trace id of the
 last trace handled, a completion buffer, a one-hour look-back) and MLflow's evaluation harness to
-score and log assessments. The embedded store has no server to run that job, so the app's worker
-runs the same processor here. Two things are added on top, both by overriding private methods:
+score and log assessments. The server runs only scorers registered in its store, and it refuses to
+start any but judges on an AI Gateway model, so the app's code scorers cannot run there; the
+app's worker runs the same processor here instead (embedded store or ``mlflow server``). Three
+things are added on top, by overriding private methods:
+
+* **its own checkpoint**: MLflow keeps one checkpoint per experiment for every scorer it runs. If
+  the worker moved that tag, a server job scoring the team's registered judges in the same
+  experiment would skip traces, and the reverse; so the worker keeps its position in the tag
+  ``agentops.liveScoring.trace.checkpoint`` (same JSON) and leaves MLflow's alone;
 
 * **bounded batches**: ``_build_scoring_tasks`` is cut to ``batch_size`` traces (MLflow's
   constant ``MAX_TRACES_PER_JOB`` is 500), so one pass does bounded work and the checkpoint
@@ -18,10 +25,11 @@ runs the same processor here. Two things are added on top, both by overriding pr
   assessment of that scorer (same name, no ``mlflow.assessment.sourceRunId``).
 
 Non-public surface relied on (checked by ``tests/services/test_live_scoring_internal.py``):
-``OnlineTraceScoringProcessor.create`` / ``process_traces`` / ``_build_scoring_tasks`` /
-``_execute_scoring``, ``OnlineScorer`` / ``OnlineScoringConfig``, the checkpoint manager, and
-``TraceScoringTask.scorers``. Public fallback when any of it is missing: ``_score_public`` pages
-the experiment's traces after the same checkpoint tag with ``MlflowClient.search_traces``, samples
+``OnlineTraceScoringProcessor.__init__`` (trace loader, checkpoint manager, sampler, experiment id) /
+``process_traces`` / ``_build_scoring_tasks`` / ``_execute_scoring``, ``OnlineScorer`` /
+``OnlineScoringConfig``, ``OnlineTraceLoader``, ``OnlineScorerSampler``, the checkpoint manager's
+``get_checkpoint`` / ``persist_checkpoint`` and ``TraceScoringTask.scorers``. Public fallback when any of it is missing: ``_score_public`` pages
+the experiment's traces after the same (app's) checkpoint tag with ``MlflowClient.search_traces``, samples
 with the same hash rule, runs ``Scorer.run`` and writes ``mlflow.log_feedback``.
 """
 
@@ -39,7 +47,8 @@ from mlflow import MlflowClient
 _logger = logging.getLogger(__name__)
 
 SOURCE_RUN_KEY = "mlflow.assessment.sourceRunId"
-CHECKPOINT_TAG = "mlflow.latestOnlineScoring.trace.checkpoint"  # mlflow.utils.mlflow_tags
+CHECKPOINT_TAG = "mlflow.latestOnlineScoring.trace.checkpoint"  # mlflow.utils.mlflow_tags: MLflow's own jobs
+APP_CHECKPOINT_TAG = "agentops.liveScoring.trace.checkpoint"  # the worker's position, same JSON
 EVAL_RUN_FILTER = "metadata.mlflow.sourceRun IS NULL"
 
 
@@ -68,13 +77,22 @@ class PassReport:
 
 def supports_processor() -> bool:
     """True when MLflow's online trace processor has every part this module relies on."""
+    import inspect
+
     try:
         from mlflow.genai.scorers.online import OnlineScorer, OnlineScoringConfig, OnlineTraceScoringProcessor
+        from mlflow.genai.scorers.online.sampler import OnlineScorerSampler  # noqa: F401
+        from mlflow.genai.scorers.online.trace_checkpointer import OnlineTraceCheckpointManager
+        from mlflow.genai.scorers.online.trace_loader import OnlineTraceLoader  # noqa: F401
         from mlflow.genai.scorers.online.trace_processor import TraceScoringTask
     except ImportError:
         return False
-    needed = ("create", "process_traces", "_build_scoring_tasks", "_execute_scoring")
+    needed = ("process_traces", "_build_scoring_tasks", "_execute_scoring")
+    init = set(inspect.signature(OnlineTraceScoringProcessor.__init__).parameters)
     return (all(callable(getattr(OnlineTraceScoringProcessor, n, None)) for n in needed)
+            and {"trace_loader", "checkpoint_manager", "sampler", "experiment_id"} <= init
+            and all(callable(getattr(OnlineTraceCheckpointManager, n, None))
+                    for n in ("get_checkpoint", "persist_checkpoint", "calculate_time_window"))
             and "scorers" in getattr(TraceScoringTask, "__dataclass_fields__", {})
             and {"name", "serialized_scorer", "online_config"} <= set(getattr(OnlineScorer, "__dataclass_fields__", {}))
             and {"scorer_id", "sample_rate", "experiment_id", "filter_string"}
@@ -91,8 +109,8 @@ def already_scored(trace: Any) -> set[str]:
 
 
 def checkpoint(client: MlflowClient, experiment_id: str) -> tuple[int, str | None] | None:
-    """The (timestamp ms, trace id) MLflow's online scoring reached in an experiment, or None."""
-    text = (client.get_experiment(experiment_id).tags or {}).get(CHECKPOINT_TAG)
+    """The (timestamp ms, trace id) the app's live scoring reached in an experiment, or None."""
+    text = (client.get_experiment(experiment_id).tags or {}).get(APP_CHECKPOINT_TAG)
     if not text:
         return None
     try:
@@ -115,11 +133,28 @@ def score_new_traces(client: MlflowClient, experiment_id: str, scorers: Sequence
 
 def _score_with_processor(client: MlflowClient, experiment_id: str, scorers: Sequence[LiveScorer],
                           batch_size: int) -> PassReport:
+    from mlflow.entities.experiment_tag import ExperimentTag
     from mlflow.genai.scorers.online import OnlineScorer, OnlineScoringConfig, OnlineTraceScoringProcessor
+    from mlflow.genai.scorers.online.sampler import OnlineScorerSampler
+    from mlflow.genai.scorers.online.trace_checkpointer import (
+        OnlineTraceCheckpointManager,
+        OnlineTraceScoringCheckpoint,
+    )
+    from mlflow.genai.scorers.online.trace_loader import OnlineTraceLoader
 
     from services._mlflow_internal import tracking_store
 
     report = PassReport(experiment_id)
+
+    class _AppCheckpoint(OnlineTraceCheckpointManager):
+        """MLflow's checkpoint logic, kept in the app's own experiment tag."""
+
+        def get_checkpoint(self) -> Any:
+            reached = checkpoint(client, experiment_id)
+            return OnlineTraceScoringCheckpoint(timestamp_ms=reached[0], trace_id=reached[1]) if reached else None
+
+        def persist_checkpoint(self, checkpoint_: Any) -> None:
+            store.set_experiment_tag(experiment_id, ExperimentTag(APP_CHECKPOINT_TAG, checkpoint_.to_json()))
 
     class _Processor(OnlineTraceScoringProcessor):
         def _build_scoring_tasks(self, time_window: Any, checkpoint_: Any) -> dict:
@@ -151,7 +186,9 @@ def _score_with_processor(client: MlflowClient, experiment_id: str, scorers: Seq
         )
         for s in scorers
     ]
-    processor = _Processor.create(experiment_id, online, tracking_store(client))
+    store = tracking_store(client)
+    processor = _Processor(trace_loader=OnlineTraceLoader(store), checkpoint_manager=_AppCheckpoint(store, experiment_id),
+                           sampler=OnlineScorerSampler(online), experiment_id=experiment_id)
     processor.process_traces()
     reached = checkpoint(client, experiment_id)
     report.checkpoint_ms = reached[0] if reached else None
@@ -209,6 +246,6 @@ def _score_public(client: MlflowClient, experiment_id: str, scorers: Sequence[Li
             report.scored_trace_ids.append(trace.info.trace_id)
         last = (trace.info.timestamp_ms, trace.info.trace_id)
     if last:
-        client.set_experiment_tag(experiment_id, CHECKPOINT_TAG, json.dumps({"timestamp_ms": last[0], "trace_id": last[1]}))
+        client.set_experiment_tag(experiment_id, APP_CHECKPOINT_TAG, json.dumps({"timestamp_ms": last[0], "trace_id": last[1]}))
         report.checkpoint_ms = last[0]
     return report

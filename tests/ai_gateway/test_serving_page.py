@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from services import audit, _clients
+from services import audit
 from services.serving import ai_gateway
 from tests.ai_gateway.conftest import create_endpoint
+from tests.hardening.page_session import app_page
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def gateway_page(gateway_server, gateway_models, monkeypatch):
     create_endpoint(gateway_server, gateway_models, "gw-page", {"model-a": 0.5, "model-b": 0.5}, fallback="model-c")
-    monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
-    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", gateway_server.mlflow_uri)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(gateway_server.data_dir))
-    _clients._cached_settings.cache_clear()
-    app = AppTest.from_file(APP, default_timeout=90)
-    app.run()
-    app.switch_page("pages/serving.py")
-    app.run()
-    app.segmented_control(key="serving_layer").set_value("MLflow AI Gateway").run()
-    app.selectbox(key="aigw_endpoint").set_value("gw-page").run()
-    yield app
-    _clients._cached_settings.cache_clear()
+    with app_page(gateway_server, monkeypatch, "pages/serving.py") as app:
+        app.segmented_control(key="serving_layer").set_value("MLflow AI Gateway").run()
+        app.selectbox(key="aigw_endpoint").set_value("gw-page").run()
+        yield app
 
 
 def test_gateway_section_edits_the_split_with_preview_confirmation_and_audit(gateway_page, gateway_server):
@@ -84,23 +73,13 @@ def test_overview_lists_gateway_endpoints_named_by_provider_and_model(gateway_se
     from components.serving import arm_label
 
     create_endpoint(gateway_server, gateway_models, "gw-overview", {"model-a": 0.8, "model-b": 0.2})
-    monkeypatch.setenv("AGENTOPS_BACKEND", "mlflow")
-    monkeypatch.setenv("AGENTOPS_MLFLOW_URI", gateway_server.mlflow_uri)
-    monkeypatch.setenv("AGENTOPS_DATA_DIR", str(gateway_server.data_dir))
-    _clients._cached_settings.cache_clear()
-    import streamlit as st
-
-    st.cache_data.clear()  # an earlier test's app read the overview before this endpoint existed
-    try:
-        app = AppTest.from_file(APP, default_timeout=90)
-        app.run()
+    # app_page clears the data caches: an earlier test's app read the overview before this endpoint existed.
+    with app_page(gateway_server, monkeypatch, None) as app:
         assert not app.exception
         frames = [d.value for d in app.dataframe if "Traffic split" in d.value.columns]
         rows = {r["Endpoint"]: r["Traffic split"] for f in frames for r in f.to_dict("records")}
         assert "gw-overview" in rows, (rows, [w.value for w in app.warning], [i.value for i in app.info], [e.value for e in app.error])
         assert rows["gw-overview"] == "openai/gpt-a 80% · openai/gpt-b 20%"  # no empty "v"
-    finally:
-        _clients._cached_settings.cache_clear()
     endpoint = ai_gateway.get_endpoint("gw-overview", gateway_server)
     texts = [bar.text for bar in split_chart((endpoint,)).data]
     assert texts == ["openai/gpt-a · 80%", "openai/gpt-b · 20%"]

@@ -7,14 +7,14 @@ same backend coming back, so what was committed before the kill is there afterwa
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.harness.mlflow_server import free_port, server_command, wait_healthy
+from services._clients import configure_mlflow, get_settings
+from tests.harness.mlflow_server import free_port, server_settings, start_mlflow_server, stop_mlflow_server
 
 
 class RestartableServer:
@@ -32,12 +32,8 @@ class RestartableServer:
 
     def start(self, timeout_s: float = 120) -> None:
         began = time.monotonic()
-        self.process = subprocess.Popen(
-            server_command(self.port, self.root, backend_store_uri=self.backend_store_uri),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **self.env},
-        )
-        wait_healthy(self.url, self.process, timeout_s, on_fail=self.kill)
+        self.process = start_mlflow_server(self.port, self.root, backend_store_uri=self.backend_store_uri,
+                                           env=self.env, timeout_s=timeout_s)
         self.starts.append(time.monotonic() - began)
 
     def kill(self) -> None:
@@ -50,13 +46,7 @@ class RestartableServer:
 
 def kill_group(process: subprocess.Popen | None) -> None:
     """SIGKILL a process started with ``start_new_session=True`` together with its children."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
+    stop_mlflow_server(process, signal.SIGKILL, timeout_s=30)
 
 
 @contextlib.contextmanager
@@ -64,17 +54,10 @@ def restartable_backend(root: Path, *, env: dict[str, str] | None = None,
                         backend_store_uri: str | None = None) -> Iterator[tuple[RestartableServer, Any]]:
     """A started server and the app's settings on it, MLflow configured for them; afterwards the
     server is killed and MLflow points back at the session's settings."""
-    from services._clients import configure_mlflow, get_settings
-    from services.settings import load_settings
-
     srv = RestartableServer(root, env=env, backend_store_uri=backend_store_uri)
     srv.start()
-    settings = load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": srv.url,
-                              "AGENTOPS_DATA_DIR": str(root / "data")})
     try:
-        from tests.harness.mlflow_server import open_team_roles
-
-        open_team_roles(settings)
+        settings = server_settings(srv.url, root)
         configure_mlflow(settings)
         yield srv, settings
     finally:

@@ -28,8 +28,10 @@ Not forwarded faithfully (answered 501, or left to the OSS server's own shapes):
 * UC model-version creation (``model-versions/create``, ``generate-temporary-credentials``,
   ``finalize``): a workspace hands out cloud-storage credentials for the upload; there is no such
   storage here. Seed versions straight into the OSS server with the local seeding code instead.
-* Managed evaluation datasets (``/api/2.0/managed-evals/...``) and OTLP span export
-  (``/api/2.0/otel/...``): 501; evaluations and trace logging are seeded directly.
+* Managed evaluations (``/api/2.0/managed-evals/...``): scheduled scorers and scorer versions are
+  answered by ``managed_evals`` (``tests/harness/managed_evals.py``) when one is installed, after
+  the token and ``deny`` checks; the rest 501. OTLP span export (``/api/2.0/otel/...``): 501; trace
+  logging is seeded directly.
 * Registered-model names pass through unchanged (no ``catalog.schema.`` prefix is added).
 * Artifact downloads: not routed (MLflow resolves artifact credentials process-wide anyway).
 """
@@ -172,6 +174,8 @@ class MlflowForwarder:
     service_principals: list[AppServicePrincipal] = field(default_factory=list)
     denials: list[Denial] = field(default_factory=list)
     calls: list[ForwardedCall] = field(default_factory=list)
+    # Answers the scheduled-scorer calls under /api/2.0/managed-evals/ (a ``ManagedEvalsApi``); None: 501.
+    managed_evals: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _http: httpx.Client | None = None
 
@@ -231,6 +235,8 @@ class MlflowForwarder:
             return self._unity_catalog(method, path[len(_UC):], fields)
         if path.startswith(_V4_TRACES) and path.endswith("/batchGet"):
             return self._batch_get_traces(fields)
+        if self.managed_evals is not None and self.managed_evals.handles(path):
+            return self.managed_evals.answer(method, path, query, body)
         if path.startswith(_DATABRICKS_ONLY):
             if path.startswith(("/api/4.0/", "/api/5.0/")):
                 return 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API found for '{method} {path}'"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -84,6 +85,22 @@ def test_small_samples_say_there_is_not_enough_data():
     assert comparison.required_per_arm and comparison.required_per_arm > 30
 
 
+def test_numeric_live_scorer_is_compared_with_mann_whitney_and_mean_interval():
+    from scipy.stats import mannwhitneyu
+
+    low = tuple(float(x) for x in np.random.default_rng(1).uniform(0.0, 0.6, 60))
+    high = tuple(float(x) for x in np.random.default_rng(2).uniform(0.4, 1.0, 60))
+    baseline = replace(_arm("m_1", "1", 60, 3, 300, seed=1), live=(ab.LiveScorerSample("helpfulness", False, low),))
+    candidate = replace(_arm("m_2", "2", 60, 3, 300, seed=1), live=(ab.LiveScorerSample("helpfulness", False, high),))
+    metric = next(m for m in ab.compare_arms(baseline, candidate).metrics if m.metric == "live helpfulness mean score")
+    assert metric.p_value == pytest.approx(mannwhitneyu(low, high, alternative="two-sided").pvalue)
+    assert (metric.baseline, metric.candidate) == (pytest.approx(np.mean(low)), pytest.approx(np.mean(high)))
+    assert metric.direction is ab.Direction.BETTER
+    (row,) = ab.arm_stats(candidate).live_scorers
+    assert (row.n, row.pass_fail) == (60, False) and row.value.low < np.mean(high) < row.value.high
+    assert candidate.scorer_passes_by_name == {}  # numeric scores are not pass/fail outcomes
+
+
 @pytest.mark.slow
 def test_report_counts_equal_the_store(seeded_settings):
     client = MlflowClient(tracking_uri=seeded_settings.tracking_uri)
@@ -157,3 +174,135 @@ def test_promote_refuses_unknown_arm_and_changes_nothing(isolated_settings, two_
         ab.promote_arm("ep", "m_2", OPERATOR, reason="", settings=isolated_settings)
     assert serving.get_endpoint("ep", isolated_settings) == before
     assert audit.traffic_changes("ep", settings=isolated_settings) == []
+
+
+# --- live scorers per arm, on a workspace written with MLflow's public API ------------------------
+
+LIVE_AGENT = "triage-bot"
+FORBIDDEN = "live_forbidden_content"  # pass/fail, on both arms
+HELPFUL = "live_helpfulness"  # numeric, only on v2 (v1 has only a failed judge call)
+# The one tag of the app's here: the serving gateway writes it on every trace it serves, and arms are
+# read from the endpoint's traces. Everything else is MLflow's own (mlflow.modelId, assessments).
+GATEWAY_ENDPOINT_TAG = "agentops.endpoint"
+
+
+def _served_traces(experiment_id: str, model_id: str, count: int, *, endpoint: str | None) -> list[str]:
+    """Traces linked to a version by ``set_active_model``; ``endpoint`` is the tag a serving gateway writes."""
+    import mlflow
+
+    ids = []
+    mlflow.set_experiment(experiment_id=experiment_id)
+    mlflow.set_active_model(model_id=model_id)
+    try:
+        for i in range(count):
+            with mlflow.start_span("agent") as span:
+                span.set_inputs({"input": [{"role": "user", "content": f"q{i}"}]})
+                span.set_outputs({"output": f"a{i}"})
+                if endpoint:
+                    mlflow.update_current_trace(tags={GATEWAY_ENDPOINT_TAG: endpoint})
+                ids.append(span.trace_id)
+    finally:
+        mlflow.clear_active_model()
+    mlflow.flush_trace_async_logging()
+    return ids
+
+
+@pytest.fixture
+def live_world(isolated_settings):
+    import mlflow
+    from mlflow.entities import AssessmentSource
+
+    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri, registry_uri=isolated_settings.registry_uri)
+    experiment_id = client.create_experiment("triage-traces", artifact_location=str(isolated_settings.data_dir / "art"))
+    client.create_registered_model(LIVE_AGENT)
+    model_ids = []
+    for _ in range(2):
+        model = mlflow.create_external_model(name=LIVE_AGENT, experiment_id=experiment_id)
+        client.create_model_version(LIVE_AGENT, source=f"models:/{model.model_id}", model_id=model.model_id)
+        model_ids.append(model.model_id)
+    served = (serving.ServedVersion(f"{LIVE_AGENT}_1", LIVE_AGENT, "1"), serving.ServedVersion(f"{LIVE_AGENT}_2", LIVE_AGENT, "2"))
+    serving.save_local_endpoint(serving.Endpoint(
+        "triage", served, (serving.TrafficRoute(served[0].entity_name, 60), serving.TrafficRoute(served[1].entity_name, 40)),
+        serving.EndpointState.READY), isolated_settings)
+    arm1 = _served_traces(experiment_id, model_ids[0], 12, endpoint="triage")
+    arm2 = _served_traces(experiment_id, model_ids[1], 10, endpoint="triage")
+    offline = _served_traces(experiment_id, model_ids[1], 4, endpoint=None)  # same version, not via the endpoint
+
+    def feedback(trace_id: str, name: str, **kwargs) -> None:
+        mlflow.log_feedback(trace_id=trace_id, name=name, source=AssessmentSource("CODE", name), **kwargs)
+
+    for i, trace_id in enumerate(arm1):
+        feedback(trace_id, FORBIDDEN, value="no" if i == 0 else "yes")
+    feedback(arm1[1], HELPFUL, error=Exception("judge timed out"))  # an error is no result
+    for i, trace_id in enumerate(arm2):
+        if i < 8:  # two traces not scored (sampled out)
+            feedback(trace_id, FORBIDDEN, value="yes" if i < 3 else "no")
+        feedback(trace_id, HELPFUL, value=[0.2, 0.9, 0.5, 0.7, 1.0][i % 5])
+    for trace_id in offline:
+        feedback(trace_id, FORBIDDEN, value="no")
+        feedback(trace_id, HELPFUL, value=0.0)
+    return {"client": client, "experiment_id": experiment_id, "arms": {served[0].entity_name: arm1, served[1].entity_name: arm2}}
+
+
+def _hand_count(client, trace_ids: list[str], name: str) -> list:
+    """The values of one live scorer on these traces, read back trace by trace from the store."""
+    values = []
+    for trace_id in trace_ids:
+        for a in client.get_trace(trace_id).info.assessments:
+            if a.name == name and a.feedback.error is None:
+                values.append(a.feedback.value)
+    return values
+
+
+def test_each_live_scorer_gets_its_own_row_and_test_per_arm(isolated_settings, live_world):
+    from scipy.stats import fisher_exact
+
+    from components.serving import arms_frame, comparisons_frame
+
+    client, arms = live_world["client"], live_world["arms"]
+    now = datetime.now(tz=timezone.utc)
+    report = ab.judge_endpoint("triage", [live_world["experiment_id"]], now - timedelta(hours=1), now + timedelta(minutes=1),
+                               settings=isolated_settings)
+    assert report.baseline == "triage-bot_1"
+    stats = {a.entity_name: {s.scorer: s for s in a.live_scorers} for a in report.arms}
+    for entity, trace_ids in arms.items():
+        assert set(stats[entity]) == {"forbidden_content", "helpfulness"}
+        forbidden = _hand_count(client, trace_ids, FORBIDDEN)
+        row = stats[entity]["forbidden_content"]
+        assert row.pass_fail and row.n == len(forbidden)
+        assert row.value.value == pytest.approx(forbidden.count("yes") / len(forbidden))
+        assert row.value.low < row.value.value < row.value.high
+    # Helpfulness: a mean with a bootstrap interval on v2; on v1 only a failed call, so missing (not 0).
+    helpful = _hand_count(client, arms["triage-bot_2"], HELPFUL)
+    v2 = stats["triage-bot_2"]["helpfulness"]
+    assert not v2.pass_fail and v2.n == len(helpful) == 10
+    assert v2.value.value == pytest.approx(sum(helpful) / len(helpful))
+    assert v2.value.low < v2.value.value < v2.value.high
+    v1 = stats["triage-bot_1"]["helpfulness"]
+    assert (v1.n, v1.value) == (0, ab.Interval(None, None, None))
+
+    (comparison,) = report.comparisons
+    metrics = {m.metric: m for m in comparison.metrics}
+    forbidden_1 = _hand_count(client, arms["triage-bot_1"], FORBIDDEN)
+    forbidden_2 = _hand_count(client, arms["triage-bot_2"], FORBIDDEN)
+    passes_1, passes_2 = forbidden_1.count("yes"), forbidden_2.count("yes")
+    _, p = fisher_exact([[passes_1, len(forbidden_1) - passes_1], [passes_2, len(forbidden_2) - passes_2]])
+    rate = metrics["live forbidden_content pass rate"]
+    assert (rate.baseline, rate.candidate) == (pytest.approx(passes_1 / 12), pytest.approx(passes_2 / 8))
+    assert rate.test == "Fisher's exact test" and rate.p_value == pytest.approx(p)
+    assert rate.direction is ab.Direction.WORSE and not comparison.is_winner
+    missing = metrics["live helpfulness mean score"]
+    assert missing.baseline is None and missing.direction is ab.Direction.NOT_ENOUGH_DATA
+    assert "scorer pass rate" not in metrics  # the live scorers are no longer pooled into one measure
+
+    table = arms_frame(report).set_index("Arm")
+    assert table.loc["triage-bot v1 (baseline)", "live helpfulness mean score (95% CI)"] == "—"
+    assert table.loc["triage-bot v2", "live forbidden_content pass rate (95% CI)"].startswith(f"{passes_2 / 8:.0%} (")
+    assert "live helpfulness mean score" in set(comparisons_frame(report)["Metric"])
+    # Guarded rollouts read a pass/fail scorer's outcomes by its name or its assessment name.
+    samples = {s.entity_name: s for s in ab.arm_samples(serving.get_endpoint("triage", isolated_settings),
+                                                         [live_world["experiment_id"]], now - timedelta(hours=1),
+                                                         now + timedelta(minutes=1), settings=isolated_settings)}
+    by_name = samples["triage-bot_2"].scorer_passes_by_name
+    assert sorted(by_name[FORBIDDEN]) == sorted(v == "yes" for v in forbidden_2) == sorted(by_name["forbidden_content"])
+    assert "helpfulness" not in by_name

@@ -362,7 +362,7 @@ def test_a_worker_killed_after_claiming_leaves_the_firing_to_the_next_one(settin
         raise SystemExit("worker killed mid-delivery")
 
     with monkeypatch.context() as patch:
-        patch.setattr(alerting, "_deliver_owed", killed)
+        patch.setattr(alerting.evaluation, "_deliver_owed", killed)  # the evaluation module calls it
         with pytest.raises(SystemExit):
             alerting.evaluate_and_notify(settings, now, attempts=1)
     assert alerting.incidents(settings)[0]["owed"] == "firing" and _messages(receiver) == []

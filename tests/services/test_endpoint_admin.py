@@ -11,6 +11,7 @@ from services import audit, endpoint_admin, serving, team_state
 from services.endpoint_admin import ChangeKind
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
+from tests.harness.databricks_settings import databricks_settings
 
 MODEL = "billing agent"  # a registered name with a space, as another team may have
 OPS = Identity("olivia@example.com", "Olivia", IdentitySource.OS_USER)
@@ -148,8 +149,6 @@ def test_a_retried_confirmation_changes_and_records_once(store):
 
 
 def test_databricks_backend_is_refused_before_any_call():
-    from services.settings import load_settings
-
-    settings = load_settings({"AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "http://127.0.0.1:9"})
+    settings = databricks_settings("http://127.0.0.1:9")
     with pytest.raises(ValidationError, match="Deploy version"):
         endpoint_admin.plan_create("x", {(MODEL, "1"): 100}, settings=settings)

@@ -49,9 +49,12 @@ def test_bad_input_is_refused_and_nothing_is_stored(isolated_settings, monkeypat
 
 
 def test_an_operator_configures_a_viewer_may_not(world, isolated_settings):
-    with pytest.raises(PermissionDeniedError, match="operator role"):
+    # Its own action, not "run evaluations": the refusal names what the viewer tried.
+    with pytest.raises(PermissionDeniedError, match="may not create, change or delete live scorers: that needs "
+                                                    "the operator role"):
         live_scoring.save_config(AGENT, GOOD, identity=VIEWER, settings=isolated_settings)
     assert not live_scoring.configured(AGENT, isolated_settings)
+    assert team_state.history(isolated_settings, f"{live_scoring.KEY_PREFIX}{AGENT}") == []
     live_scoring.save_config(AGENT, GOOD, identity=OPS, settings=isolated_settings)
     assert live_scoring.configured(AGENT, isolated_settings)
     config, version = live_scoring.load_config(AGENT, isolated_settings)
@@ -59,8 +62,13 @@ def test_an_operator_configures_a_viewer_may_not(world, isolated_settings):
     changes = team_state.history(isolated_settings, f"{live_scoring.KEY_PREFIX}{AGENT}")
     assert [(c["user"], c["version"]) for c in changes] == [("ops@example.com", 1)]
     assert "latency_budget, forbidden_content at 1" in changes[0]["note"]
+    with pytest.raises(PermissionDeniedError, match="live scorers"):
+        live_scoring.delete_config(AGENT, identity=VIEWER, settings=isolated_settings)
+    assert live_scoring.configured(AGENT, isolated_settings)
     live_scoring.delete_config(AGENT, identity=OPS, settings=isolated_settings)
     assert not live_scoring.configured(AGENT, isolated_settings)
+    changes = team_state.history(isolated_settings, f"{live_scoring.KEY_PREFIX}{AGENT}")
+    assert max((c["version"], c["user"]) for c in changes) == (2, "ops@example.com")
 
 
 def test_mlflow_processor_scores_new_traces_once_and_quality_has_intervals(world, isolated_settings):
@@ -90,6 +98,19 @@ def test_mlflow_processor_scores_new_traces_once_and_quality_has_intervals(world
     assert 0.5 < latency["low"] < 1.0 and latency["high"] == pytest.approx(1.0)
     forbidden = quality[quality["scorer"] == "forbidden_content"].iloc[0]
     assert forbidden["rate"] == 0.0 and forbidden["low"] == pytest.approx(0.0) and 0 < forbidden["high"] < 0.5
+
+
+def test_mlflows_own_checkpoint_neither_skips_nor_is_moved_by_the_worker(world, isolated_settings):
+    """A server job scoring the team's registered judges keeps MLflow's checkpoint tag; the worker keeps its own."""
+    from services._mlflow_internal.online_scoring import APP_CHECKPOINT_TAG, CHECKPOINT_TAG
+
+    client, experiment_id = world["client"], world["experiment_id"]
+    ahead = json.dumps({"timestamp_ms": int(datetime.now(tz=timezone.utc).timestamp() * 1000), "trace_id": "tr-z"})
+    client.set_experiment_tag(experiment_id, CHECKPOINT_TAG, ahead)
+    live_scoring.save_config(AGENT, GOOD, identity=OPS, settings=isolated_settings)
+    assert live_scoring.run_pass(isolated_settings, batch_size=10).traces_scored_last == 6
+    tags = client.get_experiment(experiment_id).tags
+    assert tags[CHECKPOINT_TAG] == ahead and APP_CHECKPOINT_TAG in tags
 
 
 def test_wilson_interval_matches_the_textbook_value():

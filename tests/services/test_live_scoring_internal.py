@@ -15,8 +15,8 @@ def test_mlflow_online_processor_still_has_what_we_override():
     assert list(inspect.signature(OnlineTraceScoringProcessor._build_scoring_tasks).parameters) == [
         "self", "time_window", "checkpoint"]
     assert list(inspect.signature(OnlineTraceScoringProcessor._execute_scoring).parameters) == ["self", "tasks"]
-    assert list(inspect.signature(OnlineTraceScoringProcessor.create).parameters) == [
-        "experiment_id", "online_scorers", "tracking_store"]
+    assert list(inspect.signature(OnlineTraceScoringProcessor.__init__).parameters) == [
+        "self", "trace_loader", "checkpoint_manager", "sampler", "experiment_id"]
 
 
 def test_checkpoint_tag_and_eval_run_filter_are_mlflows():
@@ -24,6 +24,8 @@ def test_checkpoint_tag_and_eval_run_filter_are_mlflows():
     from mlflow.utils.mlflow_tags import MLFLOW_LATEST_ONLINE_SCORING_TRACE_CHECKPOINT
 
     assert online_scoring.CHECKPOINT_TAG == MLFLOW_LATEST_ONLINE_SCORING_TRACE_CHECKPOINT
+    # The worker keeps its own position, apart from MLflow's jobs' (see online_scoring.py).
+    assert online_scoring.APP_CHECKPOINT_TAG != MLFLOW_LATEST_ONLINE_SCORING_TRACE_CHECKPOINT
     assert online_scoring.EVAL_RUN_FILTER == EXCLUDE_EVAL_RUN_TRACES_FILTER
 
 

@@ -156,7 +156,8 @@ def test_empty_window_is_empty_not_an_error(known_store):
     ],
 )
 def test_bad_windows_and_filters_are_refused_before_io(change, message, monkeypatch):
-    monkeypatch.setattr(mon, "mlflow_client", lambda *_: pytest.fail("no I/O expected"))
+    for module in (mon.series, mon.links):  # the package's modules that read the store
+        monkeypatch.setattr(module, "mlflow_client", lambda *_: pytest.fail("no I/O expected"))
     query = mon.TraceQuery(("1",), datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
     with pytest.raises(ValidationError, match=message):
         mon.monitoring_data(mon.TraceQuery(**{**query.__dict__, **change}))
@@ -300,7 +301,8 @@ def test_fallback_store_gives_the_same_charts(known_store, monkeypatch):
 
 
 def test_bad_group_values_are_refused_before_io(monkeypatch):
-    monkeypatch.setattr(mon, "mlflow_client", lambda *_: pytest.fail("no I/O expected"))
+    for module in (mon.series, mon.links):  # the package's modules that read the store
+        monkeypatch.setattr(module, "mlflow_client", lambda *_: pytest.fail("no I/O expected"))
     query = mon.TraceQuery(("1",), datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
     with pytest.raises(ValidationError, match="not a valid tag value"):
         mon.monitoring_data(query, "version", ["1", "2`"])

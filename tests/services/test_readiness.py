@@ -16,6 +16,8 @@ from services.gates import GateRule, RuleKind
 from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest
 from services.readiness import Item, Verdict
+from services.readiness.context import AgentContext
+from services.readiness.items import uc_check
 
 AGENT = "ready-agent"
 LEAD = Identity("lead@example.com", "lead", IdentitySource.OS_USER)
@@ -313,8 +315,8 @@ def test_unity_catalog_name_item(backend, name, verdict):
     from services.settings import load_settings
 
     settings = load_settings({"AGENTOPS_BACKEND": backend, "DATABRICKS_HOST": "https://example.cloud.databricks.com"})
-    ctx = readiness._Context(name, settings, None, None, [], [], {}, frozenset(), [], "", {}, "")
-    item, got, reason, fix = readiness._uc_check(ctx)
+    ctx = AgentContext(name, settings, None, None, [], [], {}, frozenset(), [], "", {}, "")
+    item, got, reason, fix = uc_check(ctx)
     assert (item, got) == (Item.UNITY_CATALOG, verdict)
     assert reason and (fix or got is Verdict.PASS)
 

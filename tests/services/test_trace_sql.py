@@ -10,7 +10,7 @@ from services import monitoring as mon
 from services import trace_sql
 from services.errors import BackendUnavailableError, ValidationError
 from tests.harness.databricks import DatabricksHarness
-from tests.harness.databricks_settings import databricks_settings
+from tests.harness.databricks_settings import databricks_env, databricks_settings
 from tests.harness.sql_statements import SqlWarehouse
 
 SOURCE = trace_sql.WarehouseSource.for_schema("wh-1", "main", "agent_ops")
@@ -164,7 +164,7 @@ def test_the_charts_use_the_warehouse_only_when_databricks_has_one_configured(tm
     from services.settings import load_settings
 
     base = {"AGENTOPS_DATA_DIR": str(tmp_path)}
-    dbx = {**base, "AGENTOPS_BACKEND": "databricks", "DATABRICKS_HOST": "https://example.cloud.databricks.com"}
+    dbx = databricks_env("https://example.cloud.databricks.com", tmp_path)
     assert monitoring.warehouse_for(load_settings(dbx)) is None
     assert monitoring.warehouse_for(load_settings({**dbx, "AGENTOPS_WAREHOUSE_ID": "abc123"})) is None
     assert monitoring.warehouse_for(load_settings({**base, "AGENTOPS_WAREHOUSE_ID": "abc123",

@@ -1,255 +1,38 @@
-"""Monitoring: time series and breakdowns of traces, per version, alias or arm.
-
-Alert thresholds and health checks are in ``services.alerts``; the trace explorer and trace detail in
-``services.trace_explorer``.
-
-Every chart figure is aggregated inside the store; no chart loads traces into pandas. On a SQL
-store the charts, split or not, take two SQL statements over MLflow's trace tables
-(``_mlflow_internal.aggregate_traces``: counts, errors, token and cost sums grouped by split tag
-and time bucket with each bucket's durations for the percentiles, then the model mix); on
-other stores one ``query_trace_metrics`` call per group and metric. The explorer pages through
-``search_traces`` without spans, and only the one trace opened in detail is read with its spans.
-
-Cost: MLflow records a cost on LLM spans whose model it knows. For LLM models without a
-recorded cost, the cost is estimated as tokens x the workspace price table
-(``services.pricing``). When a group mixes models, a group's tokens are attributed to its models
-in proportion to their LLM call counts (the store cannot sum tokens per model).
-"""
+"""Time series, totals and the per-model breakdown of a monitoring question, aggregated in the store, with
+costs estimated from the workspace price table where MLflow recorded none."""
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from services import _mlflow_internal as internal
-from services import registry, trace_sql
+from services import trace_sql
 from services._clients import mlflow_client, translate_errors, workspace_client
-from services.errors import NotFoundError, ValidationError
+from services.errors import ValidationError
+from services.monitoring.links import (
+    attribution,
+    filter_links,
+    group_links,
+    needs_attribution,
+    other_tags,
+)
+from services.monitoring.query import (
+    ALL,
+    BUCKET_CHOICES_S,
+    SPLIT_TAGS,
+    Split,
+    TraceQuery,
+    validate_query,
+)
 from services.pricing import ModelPrice
 from services.settings import Backend, Settings
 from services.trace_sql import WarehouseSource
-from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG, tag_filter
-
-_logger = logging.getLogger(__name__)
-
-ALIAS_TAG = "agentops.alias"
-MAX_WINDOW = timedelta(days=90)
-MAX_PAGE_SIZE = 500
-# Bucket sizes the charts choose from: the smallest giving at most ~72 points.
-BUCKET_CHOICES_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
-
-
-class Split(StrEnum):
-    """How charts are split into series."""
-
-    NONE = "none"
-    VERSION = "version"
-    ALIAS = "alias"
-    ARM = "arm"
-
-
-# Tags that earlier versions of the app (demo seeder, gateway) wrote on traces. Versions and aliases
-# are now attributed through the ``mlflow.modelId`` trace metadata (``_links``); these tags still
-# count for traces that carry no model id. The arm split stays a tag (the gateway's own notion).
-SPLIT_TAGS = {Split.VERSION: VERSION_TAG, Split.ALIAS: ALIAS_TAG, Split.ARM: ARM_TAG}
-ALL = "all traffic"
-
-
-class Status(StrEnum):
-    OK = "OK"
-    ERROR = "ERROR"
-
-
-class FeedbackFilter(StrEnum):
-    """Assessment filter of the explorer."""
-
-    ANY = "any"
-    NEGATIVE = "negative"  # thumbs_up is false
-    POSITIVE = "positive"  # thumbs_up is true
-
-
-# --- query ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TraceQuery:
-    """Which traces: experiments, the window ``[start, end)`` and equality filters on trace tags."""
-
-    experiment_ids: tuple[str, ...]
-    start: datetime
-    end: datetime
-    agent: str | None = None
-    version: str | None = None
-    alias: str | None = None
-    endpoint: str | None = None
-    arm: str | None = None
-    status: Status | None = None
-
-    @property
-    def start_ms(self) -> int:
-        return int(self.start.timestamp() * 1000)
-
-    @property
-    def end_ms(self) -> int:
-        return int(self.end.timestamp() * 1000)
-
-    def tag_equalities(self) -> dict[str, str]:
-        pairs = {AGENT_TAG: self.agent, VERSION_TAG: self.version, ALIAS_TAG: self.alias,
-                 ENDPOINT_TAG: self.endpoint, ARM_TAG: self.arm}
-        return {k: v for k, v in pairs.items() if v}
-
-
-def validate_query(query: TraceQuery) -> None:
-    """Raise ``ValidationError`` naming the problem; called before any I/O."""
-    for name, moment in (("start", query.start), ("end", query.end)):
-        if not isinstance(moment, datetime) or moment.tzinfo is None:
-            raise ValidationError(f"The window {name} must be a timezone-aware datetime (got {moment!r}).")
-    if query.start >= query.end:
-        raise ValidationError(
-            f"The window starts ({query.start:%Y-%m-%d %H:%M}) after it ends ({query.end:%Y-%m-%d %H:%M}); "
-            "pick a start before the end."
-        )
-    if query.end - query.start > MAX_WINDOW:
-        raise ValidationError(f"The window is longer than {MAX_WINDOW.days} days; pick a shorter one.")
-    if query.status is not None and query.status not in tuple(Status):
-        raise ValidationError(f"Status {query.status!r} is not one of {', '.join(Status)}.")
-    for key, value in query.tag_equalities().items():
-        if any(ch in value for ch in "\n\r`") or len(value) > 250:
-            raise ValidationError(f"The filter value {value!r} for {key} is not a valid tag value.")
-
-
-def metric_filters(query: TraceQuery) -> list[str]:
-    """The query as ``query_trace_metrics`` filters (the window is passed separately)."""
-    filters = [tag_filter(k, v) for k, v in query.tag_equalities().items()]
-    if query.status:
-        filters.append(f'trace.status = "{query.status.value}"')
-    return filters
-
-
-# --- attribution: trace -> LoggedModel -> registered version -------------------------------------
-
-
-@dataclass(frozen=True)
-class Attribution:
-    """How traces map to agents and versions: ``mlflow.modelId`` -> LoggedModel -> registered version."""
-
-    versions: tuple[Any, ...]  # registry.VersionLink of the agents in scope
-
-    def by_model(self) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for link in self.versions:
-            if link.model_id and link.model_id not in found:
-                found[link.model_id] = link
-        return found
-
-    def model_ids(self, *, agent: str | None = None, version: str | None = None,
-                  alias: str | None = None) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(
-            link.model_id for link in self.versions
-            if link.model_id and (agent is None or link.agent == agent)
-            and (version is None or link.version == version) and (alias is None or alias in link.aliases)
-        ))
-
-
-def attribution(agent: str | None = None, settings: Settings | None = None) -> Attribution:
-    """The versions of ``agent`` (every agent when None) with their LoggedModel ids and aliases.
-
-    An agent that is not (or no longer) registered has no versions: its traces are then found
-    only through the app's older trace tags.
-    """
-    if agent:
-        client = mlflow_client(settings)
-        store = (str(getattr(client, "tracking_uri", "")), str(getattr(client, "_registry_uri", "")))
-        try:
-            with translate_errors(f"registered model {agent!r}"):
-                model = client.get_registered_model(agent)
-        except (NotFoundError, ValidationError):  # not a registered model (name unknown or not valid there)
-            return Attribution(())
-        # A model's versions change only with its update time (new or deleted versions) or its aliases:
-        # while both are unchanged, the versions read last time still hold (one request, not a paged search).
-        stamp = (getattr(model, "last_updated_timestamp", None), tuple(sorted(registry.aliases_of(model).items())))
-        with _ATTRIBUTION_LOCK:
-            cached = _ATTRIBUTIONS.get((store, agent))
-        if cached is not None and cached[0] == stamp and stamp[0] is not None:
-            return cached[1]
-        try:
-            links, _ = registry.agent_links(agent, settings)
-        except (NotFoundError, ValidationError):
-            links = []
-        found = Attribution(tuple(links))
-        with _ATTRIBUTION_LOCK:
-            if len(_ATTRIBUTIONS) > 256:
-                _ATTRIBUTIONS.clear()
-            _ATTRIBUTIONS[(store, agent)] = (stamp, found)
-        return found
-    return Attribution(tuple(registry.all_version_links(settings)))
-
-
-_ATTRIBUTIONS: dict[tuple, tuple[tuple, Attribution]] = {}  # (store, agent) -> (model stamp, attribution)
-_ATTRIBUTION_LOCK = threading.Lock()
-
-
-def filter_links(query: TraceQuery, attribution_: Attribution) -> list[internal.TraceLink]:
-    """Agent, version and alias filters as trace links: the model ids, or the legacy tag."""
-    links = []
-    if query.agent:
-        links.append(internal.TraceLink(attribution_.model_ids(agent=query.agent), ((AGENT_TAG, query.agent),)))
-    if query.version:
-        links.append(internal.TraceLink(attribution_.model_ids(agent=query.agent, version=query.version),
-                                        ((VERSION_TAG, query.version),)))
-    if query.alias:
-        links.append(internal.TraceLink(attribution_.model_ids(agent=query.agent, alias=query.alias),
-                                        ((ALIAS_TAG, query.alias),)))
-    return links
-
-
-def _group_links(query: TraceQuery, split: Split, labels: Sequence[str],
-                 attribution_: Attribution) -> dict[str, internal.TraceLink]:
-    if split is Split.VERSION:
-        return {v: internal.TraceLink(attribution_.model_ids(agent=query.agent, version=v), ((VERSION_TAG, v),))
-                for v in labels}
-    if split is Split.ALIAS:
-        return {a: internal.TraceLink(attribution_.model_ids(agent=query.agent, alias=a), ((ALIAS_TAG, a),))
-                for a in labels}
-    return {g: internal.TraceLink(tags=((SPLIT_TAGS[split], g),)) for g in labels}
-
-
-def other_tags(query: TraceQuery) -> dict[str, str]:
-    """The tag filters that stay tags (endpoint and arm, written by the gateway)."""
-    return {k: v for k, v in query.tag_equalities().items() if k in (ENDPOINT_TAG, ARM_TAG)}
-
-
-def needs_attribution(query: TraceQuery, split: Split = Split.NONE) -> bool:
-    return bool(query.agent or query.version or query.alias) or split in (Split.VERSION, Split.ALIAS)
-
-
-def versions_with_traffic(query: TraceQuery, settings: Settings | None = None) -> list[str]:
-    """Version numbers (of ``query.agent``, or of any agent) whose LoggedModel has traces in the window.
-
-    Traces written with the app's older version tag count too. Newest version first.
-    """
-    validate_query(query)
-    if not query.experiment_ids:
-        return []
-    attribution_ = attribution(query.agent, settings)
-    client = mlflow_client(settings)
-    with translate_errors("trace search"):
-        model_ids = set(internal.trace_model_ids(client, list(query.experiment_ids), start_ms=query.start_ms,
-                                                 end_ms=query.end_ms))
-        legacy = internal.trace_tag_values(client, list(query.experiment_ids), VERSION_TAG, start_ms=query.start_ms,
-                                           end_ms=query.end_ms)
-    found = {link.version for link in attribution_.versions if link.model_id in model_ids}
-    if query.agent is None or not attribution_.versions:
-        found |= set(legacy)
-    return sorted(found, key=lambda v: (-int(v) if v.isdigit() else 0, v))
 
 
 def choose_interval(start: datetime, end: datetime, max_points: int = 72) -> int:
@@ -505,7 +288,7 @@ def linked_window(query: TraceQuery, split: Split, labels: Sequence[str], window
     linked["tag_equals"] = other_tags(query)
     linked["links"] = filter_links(query, attribution_)
     if split is not Split.NONE:
-        linked["group_links"] = _group_links(query, split, labels, attribution_)
+        linked["group_links"] = group_links(query, split, labels, attribution_)
     return linked
 
 

@@ -1,0 +1,428 @@
+"""Guarded rollouts on every backend, and the controller's action interrupted mid-step.
+
+The rollouts run through the real ports (``services.rollout_ports.ServicePorts``: splits through the
+audited change mechanism, promotion through the gated path, notices through the alert channels to a
+loopback receiver); only the arms' evidence is given by the test (constructed samples that clear or
+breach the error-rate guardrail), since what is checked here is the action, not the statistics.
+
+* Backends: a rollout step and a rollback on a Databricks serving endpoint (the real databricks-sdk
+  against the strict workspace harness) and on an MLflow AI Gateway endpoint (a real ``mlflow
+  server``): the traffic config the backend holds afterwards, and nothing else of the endpoint lost.
+* Faults: the backend goes away after the controller decided a rollback and recorded it as pending,
+  before the traffic write; after the traffic write, before its audit record is completed; and after
+  that, before the notification. The backend is a real ``mlflow server`` (local gateway endpoints:
+  config, audit trail and rollout record all live there) SIGKILLed and restarted on its store, or the
+  Databricks workspace harness answering 503 to everything (``tests/harness/workspace_outage.py``).
+  After the restart the next tick completes the action: the endpoint, the registry, the rollout record
+  and the audit trail agree, and there is one traffic change, one audit record and one notification.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from mlflow import MlflowClient
+
+from services import alerting, audit, serving
+from services import rollout_controller as rc
+from services.identity import Identity, IdentitySource
+from services.rollout_ports import ServicePorts
+from services.rollouts import (
+    ArmEvidence,
+    Baseline,
+    Final,
+    Guardrail,
+    Measure,
+    RolloutPlan,
+)
+from services.sequential import ArmSample
+from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
+from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.reliability import write_record
+from tests.harness.databricks_secrets import SecretsApi
+from tests.harness.databricks_settings import use_app_env
+from tests.harness.workspace_outage import WorkspaceOutage
+from tests.services.test_releases import AGENT, build_agent
+
+pytestmark = pytest.mark.slow
+
+OPERATOR = Identity("olivia.ops@example.com", "Olivia Ops", IdentitySource.OS_USER)
+LOCAL_ENDPOINT = "rollout-faults"
+GUARDRAILS = (Guardrail(Measure.ERROR_RATE, 0.02),)
+CLEAR = (20_000, 1_000, 1_000)  # requests per arm, challenger errors, champion errors
+BREACH = (2_000, 400, 100)
+
+
+class GivenEvidencePorts(ServicePorts):
+    """The real ports, with the arms' evidence set by the test."""
+
+    def __init__(self, settings, evidence=CLEAR) -> None:
+        super().__init__(settings)
+        self.given = evidence
+
+    def baseline(self, plan):
+        return Baseline()
+
+    def evidence(self, plan, baseline, since, until):
+        n, mine, theirs = self.given
+        return ArmEvidence({"error_rate": ArmSample(n, mine)}, {"error_rate": ArmSample(n, theirs)})
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            self.server.received.append(json.loads(body or b"{}"))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """The alert channel's webhook on loopback: every notice the controller sends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.lock, server.received = threading.Lock(), []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _notices(receiver, endpoint: str, words: str = "roll back") -> list[dict]:
+    with receiver.lock:
+        return [m for m in receiver.received if endpoint in m.get("title", "") and words in m.get("title", "")]
+
+
+def _plan(endpoint: str, champion: str, challenger: str, *, final: Final = Final.APPROVAL) -> RolloutPlan:
+    return RolloutPlan(endpoint, champion, challenger, (10, 50, 100), min_sample=100, dwell_seconds=0,
+                       guardrails=GUARDRAILS, final=final)
+
+
+def _rollout_records(settings, rollout: rc.Rollout) -> list:
+    """The audit trail's traffic changes made by this rollout (its request ids), oldest first."""
+    prefix = f"rollout-{rollout.rollout_id}-"
+    found = [c for c in audit.traffic_changes(rollout.plan.endpoint, settings=settings)
+             if (c.request_id or "").startswith(prefix)]
+    return sorted(found, key=lambda c: c.request_id)
+
+
+def _agree(settings, ports, rollout: rc.Rollout, receiver, *, rollback_writes: int, notices_before: int) -> dict:
+    """After the action: endpoint, registry, rollout record and audit trail agree; it happened once."""
+    plan = rollout.plan
+    done = rc.get_rollout(plan.endpoint, settings)
+    assert done.status is rc.Status.ROLLED_BACK and not done.pending
+    assert sum(e.kind == "decision" and e.action == "roll back" for e in done.timeline) == 1
+    held = ports.served_arms(plan.endpoint)
+    assert held[plan.champion] == 100 and held[plan.challenger] == 0
+    records = _rollout_records(settings, rollout)
+    rollbacks = [r for r in records if r.request_id.endswith("rollback-traffic")]
+    assert len(rollbacks) == 1 and rollbacks[0].completed, records
+    assert rollbacks[0].after == serving.percentages(ports._endpoint(plan.endpoint))
+    assert "breached" in rollbacks[0].reason and "error_rate" in rollbacks[0].reason
+    assert all(r.completed for r in records) and len(records) == 2  # the first step and the rollback
+    assert rollback_writes == 1  # the backend was asked once to move the traffic back
+    notices = _notices(receiver, plan.endpoint)[notices_before:]
+    assert len(notices) == 1 and "error_rate" in notices[0]["title"]
+    return {"records": len(records), "rollback writes": rollback_writes, "notices": len(notices)}
+
+
+# --- a real mlflow server: local gateway endpoints and MLflow AI Gateway endpoints -------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, receiver):
+    root = tmp_path_factory.mktemp("rollout-faults")
+    env = {"MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "http,https", "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_MODEL_CATALOG_URI": ""}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AGENTOPS_ALERT_CHANNELS_FILE", str(root / "private" / "alert-channels.json"))
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a dead server fails at once, not after backoffs
+        with restartable_backend(root, env=env) as (srv, settings):
+            build_agent(settings)
+            served = tuple(ServedVersion(serving.entity_name_for(AGENT, v), AGENT, v) for v in ("1", "2"))
+            serving.save_local_endpoint(Endpoint(
+                LOCAL_ENDPOINT, served, (TrafficRoute(served[0].entity_name, 100), TrafficRoute(served[1].entity_name, 0)),
+                EndpointState.READY, backend="local"), settings)
+            alerting.save_channel(settings, "oncall", f"json://127.0.0.1:{receiver.server_port}/hooks/rollouts",
+                                  OPERATOR)
+            yield srv, settings
+
+
+def _alive(srv) -> None:
+    if not srv.alive():
+        srv.start()
+
+
+def _kill_when(srv, original, matches):
+    """``original`` wrapped: the server is SIGKILLed right after the first call that ``matches``."""
+    calls = {"faulted": 0}
+
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if calls["faulted"] == 0 and matches(*args, **kwargs):
+            calls["faulted"] += 1
+            srv.kill()
+        return result
+
+    return wrapped, calls
+
+
+LOCAL_POINTS = ["after the decision, before the traffic write", "after the traffic write, before its audit completion",
+                "after the audit completion, before the notification"]
+
+
+@pytest.mark.parametrize("point", LOCAL_POINTS, ids=["decided", "written", "recorded"])
+def test_a_rollback_interrupted_by_the_mlflow_server_dying_completes_once_after_restart(server, receiver, monkeypatch,
+                                                                                       point):
+    srv, settings = server
+    _alive(srv)
+    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
+    ports = GivenEvidencePorts(settings, BREACH)
+    notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
+    rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+
+    # Every write of the endpoint's split that sends the challenger nothing is the rollback's.
+    writes = []
+    save = serving.local.save_local_endpoint
+
+    def counted(endpoint, *args, **kwargs):
+        if endpoint.percentage_for(challenger) == 0:
+            writes.append(endpoint)
+        return save(endpoint, *args, **kwargs)
+
+    monkeypatch.setattr(serving.local, "save_local_endpoint", counted)
+    with monkeypatch.context() as fault:
+        if point == LOCAL_POINTS[0]:  # the pending action is recorded; the server dies as the split is planned
+            original = ServicePorts.set_shares
+            fault.setattr(ports, "set_shares", lambda *a, **k: (srv.kill(), original(ports, *a, **k)))
+            calls = {"faulted": 1}
+        elif point == LOCAL_POINTS[1]:
+            wrapped, calls = _kill_when(srv, counted, lambda endpoint, *a, **k: endpoint.percentage_for(challenger) == 0)
+            fault.setattr(serving.local, "save_local_endpoint", wrapped)
+        else:
+            original = alerting.notify_channels  # the traffic change is complete; the server dies before the notice
+            fault.setattr(alerting, "notify_channels", lambda *a, **k: (srv.kill(), original(*a, **k))[1])
+            calls = {"faulted": 1}
+        looked = rc.tick(settings, ports)
+    assert looked == [(LOCAL_ENDPOINT, None)] and calls["faulted"] == 1 and not srv.alive()
+
+    srv.start()
+    pending = rc.get_rollout(LOCAL_ENDPOINT, settings)
+    assert pending.pending and pending.pending["action"] == "roll back" and pending.status is rc.Status.RUNNING
+    ports.given = CLEAR  # whatever the evidence says now, the decision taken stands
+    [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, CLEAR))
+    assert finished.action.value == "roll back" and finished.rule == "error_rate"
+    figures = _agree(settings, ports, rollout, receiver, rollback_writes=len(writes), notices_before=notices_before)
+    aliases = MlflowClient(tracking_uri=settings.tracking_uri).get_registered_model(AGENT).aliases
+    assert str(aliases["champion"]) == "1"  # a rollback leaves the registry as it was
+    assert rc.tick(settings, ports) == []  # nothing left to do, nothing sent again
+    assert len(_notices(receiver, LOCAL_ENDPOINT)) == notices_before + 1
+    write_record("faults", f"guarded rollout (local endpoint): server killed {point}", {
+        **figures, "restart (s)": round(srv.starts[-1], 1), "trail agrees": "yes"},
+        notes="mlflow server SIGKILLed at this point of the controller's rollback, restarted on the same SQLite "
+              "store; the next tick completes the pending action with the same request id.")
+
+
+def _gateway_raw(settings, name: str) -> dict:
+    """The AI Gateway endpoint as MLflow's REST API returns it, read as another client would."""
+    url = f"{settings.tracking_uri}/api/3.0/mlflow/gateway/endpoints/get?name={name}"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())["endpoint"]
+
+
+def _without_weights(raw: dict) -> dict:
+    kept = {k: v for k, v in raw.items() if k not in ("last_updated_at", "last_updated_by", "updated_at")}
+    kept["model_mappings"] = sorted(
+        ({k: v for k, v in m.items() if k not in ("weight", "created_at", "mapping_id", "created_by")}
+         for m in raw.get("model_mappings", [])), key=json.dumps)
+    return kept
+
+
+def _weights(raw: dict) -> dict[str, float]:
+    return {m["model_definition"]["name"]: round(float(m.get("weight") or 0), 2)
+            for m in raw.get("model_mappings", []) if m.get("linkage_type", "PRIMARY") == "PRIMARY"}
+
+
+def test_a_rollout_step_and_rollback_on_an_mlflow_ai_gateway_endpoint_keep_its_config(server, receiver):
+    srv, settings = server
+    _alive(srv)
+    rest = serving.ai_gateway._rest
+    secret = rest(settings, "POST", "secrets/create", body={
+        "secret_name": "rollout-openai", "secret_value": {"api_key": "sk-test"}, "provider": "openai",
+        "auth_config": {"api_base": "http://127.0.0.1:9/v1"}})["secret"]["secret_id"]
+    ids = {name: rest(settings, "POST", "model-definitions/create", body={
+        "name": name, "secret_id": secret, "provider": "openai", "model_name": f"gpt-{name}"})["model_definition"][
+        "model_definition_id"] for name in ("rgw-a", "rgw-b", "rgw-f")}
+    name = "rollout-gw"
+    rest(settings, "POST", "endpoints/create", body={
+        "name": name, "routing_strategy": "REQUEST_BASED_TRAFFIC_SPLIT", "usage_tracking": True,
+        "fallback_config": {"strategy": "SEQUENTIAL", "max_attempts": 1},
+        "model_configs": [{"model_definition_id": ids["rgw-a"], "linkage_type": "PRIMARY", "weight": 0.8},
+                          {"model_definition_id": ids["rgw-b"], "linkage_type": "PRIMARY", "weight": 0.2},
+                          {"model_definition_id": ids["rgw-f"], "linkage_type": "FALLBACK", "fallback_order": 1}]})
+    before = _gateway_raw(settings, name)
+    ports = GivenEvidencePorts(settings, CLEAR)
+    rollout = rc.start(_plan(name, "rgw-a", "rgw-b"), OPERATOR, settings, ports)
+    assert _weights(_gateway_raw(settings, name)) == {"rgw-a": 0.9, "rgw-b": 0.1}
+    [(_, advanced)] = rc.tick(settings, ports)
+    assert advanced.action.value == "advance"
+    stepped = _gateway_raw(settings, name)
+    assert _weights(stepped) == {"rgw-a": 0.5, "rgw-b": 0.5}
+    ports.given = BREACH
+    [(_, rolled)] = rc.tick(settings, ports)
+    assert rolled.action.value == "roll back"
+    after = _gateway_raw(settings, name)
+    assert _weights(after) == {"rgw-a": 1.0, "rgw-b": 0.0}
+    # Routing, fallback, usage tracking and every model mapping (the fallback too) are as they were.
+    assert _without_weights(after) == _without_weights(before) == _without_weights(stepped)
+    records = _rollout_records(settings, rollout)
+    assert [sorted(r.after.values()) for r in records] == [[10, 90], [50, 50], [0, 100]]
+    assert all(r.completed for r in records) and len(_notices(receiver, name)) == 1
+
+
+# --- the Databricks workspace harness: Model Serving and the workspace's MLflow ----------------------
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tests.harness import databricks_workspace as dw
+
+    outage = WorkspaceOutage()
+    with dw.databricks_workspace(tmp_path_factory.mktemp("rollout-faults-dbx")) as ws:
+        ws.harness.handlers.insert(0, outage)
+        # Alert channel URLs live in the app's secret scope on Databricks (an admin creates it).
+        ws.harness.handlers.insert(1, SecretsApi(scopes={"agentops-alerts": {}}))
+        yield ws, outage
+
+
+@pytest.fixture
+def databricks(workspace, receiver, tmp_path, monkeypatch):
+    """The app's settings on the workspace, acting as its service principal (as the background worker does)."""
+    from services import _clients
+    from tests.harness import databricks_workspace as dw
+
+    ws, outage = workspace
+    monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "2")
+    settings = use_app_env(monkeypatch, {**ws.app_env(), "AGENTOPS_DATA_DIR": str(tmp_path),
+                                         "AGENTOPS_DATABRICKS_RETRY_SECONDS": "2",
+                                         "AGENTOPS_ALERT_CHANNELS_FILE": str(tmp_path / "private" / "channels.json")},
+                           unset=("DATABRICKS_TOKEN",), configure=True)
+    ws.harness.endpoints[dw.ENDPOINT] = dw.endpoint()  # 80 / 20
+    try:
+        operator = Identity(dw.OPERATOR.email, dw.OPERATOR.display, IdentitySource.DATABRICKS_APPS,
+                            access_token=dw.OPERATOR.token)
+        alerting.save_channel(settings, "oncall", f"json://127.0.0.1:{receiver.server_port}/hooks/rollouts", operator,
+                              replace_existing=True)
+        yield ws, outage, settings, operator
+    finally:
+        outage.restore()
+        ws.harness.endpoints[dw.ENDPOINT] = dw.endpoint()
+        _clients._cached_settings.cache_clear()
+        monkeypatch.undo()
+        _clients.configure_mlflow(_clients.get_settings())
+
+
+def _config_puts(ws) -> list:
+    return [r for r in ws.harness.requests if r.method == "PUT" and r.path.split("?")[0].endswith("/config")]
+
+
+def _routes(ws, name: str) -> dict[str, int]:
+    config = ws.harness.endpoints[name].config
+    return {r.served_entity_name: r.traffic_percentage for r in config.traffic_config.routes}
+
+
+def _clear_rollout(settings, name: str) -> None:
+    current = rc.get_rollout(name, settings)
+    if current is not None and current.status.active:
+        rc.abort(name, OPERATOR, settings, GivenEvidencePorts(settings), reason="test cleanup")
+
+
+def test_a_rollout_step_and_rollback_on_a_databricks_serving_endpoint_keep_its_config(databricks, receiver):
+    from tests.harness import databricks_workspace as dw
+
+    ws, _, settings, operator = databricks
+    _clear_rollout(settings, dw.ENDPOINT)
+    champion, challenger = f"{dw.AGENT}_1", f"{dw.AGENT}_2"
+    notices_before = len(_notices(receiver, dw.ENDPOINT))
+    entities = [e.as_dict() for e in ws.harness.endpoints[dw.ENDPOINT].config.served_entities]
+    puts = len(_config_puts(ws))
+    ports = GivenEvidencePorts(settings, CLEAR)
+    rollout = rc.start(_plan(dw.ENDPOINT, champion, challenger), operator, settings, ports)
+    assert _routes(ws, dw.ENDPOINT) == {champion: 90, challenger: 10}
+    [(_, advanced)] = rc.tick(settings, ports)
+    assert advanced.action.value == "advance" and _routes(ws, dw.ENDPOINT) == {champion: 50, challenger: 50}
+    ports.given = BREACH
+    [(_, rolled)] = rc.tick(settings, ports)
+    assert rolled.action.value == "roll back" and _routes(ws, dw.ENDPOINT) == {champion: 100, challenger: 0}
+    sent = _config_puts(ws)[puts:]
+    assert len(sent) == 3
+    # Each update re-sent every served entity as read (workload, scale-to-zero, tracing env, secret
+    # reference): the endpoint serves the same entities as before, only the routes moved.
+    assert [e.as_dict() for e in ws.harness.endpoints[dw.ENDPOINT].config.served_entities] == entities
+    for put in sent:
+        assert [e["environment_vars"] for e in put.body["served_entities"]] == [e["environment_vars"] for e in entities]
+    records = _rollout_records(settings, rollout)
+    assert [sorted(r.after.values()) for r in records] == [[10, 90], [50, 50], [0, 100]]
+    assert all(r.completed for r in records)
+    assert len(_notices(receiver, dw.ENDPOINT)) - notices_before == 1
+
+
+DATABRICKS_POINTS = ["after the decision, before the traffic write", "after the traffic write, before its audit completion"]
+
+
+@pytest.mark.parametrize("point", DATABRICKS_POINTS, ids=["decided", "written"])
+def test_a_rollback_interrupted_by_a_databricks_outage_completes_once_after_it_ends(databricks, receiver, monkeypatch,
+                                                                                   point):
+    from tests.harness import databricks_workspace as dw
+
+    ws, outage, settings, operator = databricks
+    _clear_rollout(settings, dw.ENDPOINT)
+    champion, challenger = f"{dw.AGENT}_1", f"{dw.AGENT}_2"
+    ports = GivenEvidencePorts(settings, BREACH)
+    rollout = rc.start(_plan(dw.ENDPOINT, champion, challenger), operator, settings, ports)
+    assert _routes(ws, dw.ENDPOINT) == {champion: 90, challenger: 10}
+    notices_before = len(_notices(receiver, dw.ENDPOINT))
+    puts = len(_config_puts(ws))
+    with monkeypatch.context() as fault:
+        if point == DATABRICKS_POINTS[0]:
+            original = ServicePorts.set_shares
+            fault.setattr(ports, "set_shares", lambda *a, **k: (outage.take_down(), original(ports, *a, **k)))
+        else:
+            outage.down_after(lambda method, path: method == "PUT" and path.endswith(f"/{dw.ENDPOINT}/config"))
+        looked = rc.tick(settings, ports)
+    refused = len(outage.refused)
+    assert looked == [(dw.ENDPOINT, None)] and outage.down and refused > 0
+    assert len(_config_puts(ws)) - puts == (0 if point == DATABRICKS_POINTS[0] else 1)
+    outage.restore()
+
+    pending = rc.get_rollout(dw.ENDPOINT, settings)
+    assert pending.pending and pending.pending["action"] == "roll back"
+    [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, CLEAR))
+    assert finished.action.value == "roll back"
+    rollback_puts = len(_config_puts(ws)) - puts
+    assert _routes(ws, dw.ENDPOINT) == {champion: 100, challenger: 0}
+    done = rc.get_rollout(dw.ENDPOINT, settings)
+    assert done.status is rc.Status.ROLLED_BACK and not done.pending
+    assert sum(e.kind == "decision" and e.action == "roll back" for e in done.timeline) == 1
+    records = _rollout_records(settings, rollout)
+    assert len(records) == 2 and all(r.completed for r in records)
+    assert sorted(records[-1].after.values()) == [0, 100] and records[-1].request_id.endswith("rollback-traffic")
+    assert rollback_puts == 1  # Model Serving was asked once to move the traffic back
+    assert len(_notices(receiver, dw.ENDPOINT)) - notices_before == 1
+    aliases = MlflowClient(tracking_uri=ws.server.tracking_uri).get_registered_model(dw.AGENT).aliases
+    assert str(aliases["champion"]) == "1"
+    assert rc.tick(settings, ports) == []
+    write_record("faults", f"guarded rollout (Databricks): workspace down {point}", {
+        "calls refused during the outage": refused, "records": len(records), "rollback updates": rollback_puts,
+        "notices": 1, "trail agrees": "yes"},
+        notes="the workspace harness answers 503 to every call (Model Serving and MLflow) from this point of the "
+              "controller's rollback; after it ends the next tick completes the pending action once.")

@@ -15,7 +15,7 @@ from components.split_editor import change_frame
 from components.tables import plain, readable
 from services.ab import ArmReport, ArmStats, Interval
 from services.serving import DeployPlan, Endpoint, version_label
-from services.audit import TrafficChange
+from services.audit import Change
 
 
 def _ci(interval: Interval, fmt: str) -> str:
@@ -63,7 +63,7 @@ def comparisons_frame(report: ArmReport) -> pd.DataFrame:
     return readable(pd.DataFrame(rows), {"p-value": ".4f"})
 
 
-def history_frame(changes: list[TrafficChange]) -> pd.DataFrame:
+def history_frame(changes: list[Change]) -> pd.DataFrame:
     fmt = lambda split: " · ".join(f"{k} {v}%" for k, v in split.items()) or "—"  # noqa: E731
     return pd.DataFrame([
         {"When": c.at, "Who": c.user, "Action": c.action, "Before": fmt(c.before), "After": fmt(c.after),
@@ -72,7 +72,7 @@ def history_frame(changes: list[TrafficChange]) -> pd.DataFrame:
     ]).fillna("—").replace("", "—")
 
 
-def history_block(changes: list[TrafficChange]) -> None:
+def history_block(changes: list[Change]) -> None:
     """The audit trail of one endpoint's traffic changes, or what to do when there is none."""
     if changes:
         st.dataframe(history_frame(changes), hide_index=True, use_container_width=True,
@@ -81,7 +81,7 @@ def history_block(changes: list[TrafficChange]) -> None:
         st.info("No traffic changes recorded through the app for this endpoint yet.", icon=":material/history:")
 
 
-def interrupted_notice(changes: list[TrafficChange]) -> str | None:
+def interrupted_notice(changes: list[Change]) -> str | None:
     """A warning for the newest change when it was interrupted (its outcome is unknown), else None."""
     if changes and not changes[0].completed:
         latest = changes[0]

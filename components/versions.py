@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from components.tables import code, plain, readable
-from services.audit import AliasChange
+from services.audit import Change
 from services.gates import CheckStatus, GateRule
 from services.promotion import PromotionPlan
 from services.releases import AliasState, Drift
@@ -206,7 +206,7 @@ def states_frame(states: list[AliasState]) -> pd.DataFrame:
     )
 
 
-def history_frame(changes: list[AliasChange]) -> pd.DataFrame:
+def history_frame(changes: list[Change]) -> pd.DataFrame:
     """Recorded alias changes, newest first; an interrupted attempt shows its requested version and status."""
     return pd.DataFrame(
         [{"When": c.at, "Alias": c.alias, "From": _v(c.from_version),

@@ -70,7 +70,7 @@ def _clear() -> None:
     _agents.clear()
 
 
-def _changes(endpoint_name: str, settings: Settings) -> list[audit.TrafficChange] | None:
+def _changes(endpoint_name: str, settings: Settings) -> list[audit.Change] | None:
     """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
     try:
         return audit.traffic_changes(endpoint_name, settings=settings)
@@ -79,7 +79,7 @@ def _changes(endpoint_name: str, settings: Settings) -> list[audit.TrafficChange
         return None
 
 
-def _interrupted(endpoint: serving.Endpoint, changes: list[audit.TrafficChange] | None, *, settings: Settings,
+def _interrupted(endpoint: serving.Endpoint, changes: list[audit.Change] | None, *, settings: Settings,
                  identity: Identity, can_change: bool) -> None:
     """Name an interrupted change; an operator can settle it from what the endpoint serves now."""
     notice = interrupted_notice(changes or [])

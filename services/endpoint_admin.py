@@ -220,38 +220,36 @@ def apply(plan: EndpointPlan, *, identity: Any, reason: str, settings: Settings 
     return done.state
 
 
-class _EndpointChange(audit.TwoPhaseChange[audit.TrafficChange, "serving.Endpoint | None"]):
+class _EndpointChange(audit.TwoPhaseChange["serving.Endpoint | None"]):
     """Creating or deleting a local endpoint, as the steps of the audit trail's two-phase change."""
+
+    kind = audit.ChangeKind.TRAFFIC
 
     def __init__(self, plan: EndpointPlan, user: str, reason: str, settings: Settings) -> None:
         self.plan, self.user, self.reason, self.settings = plan, user, reason, settings
-        self.lock_key = ("traffic", plan.name)  # the same lock as a split change of this endpoint
+        self.action, self.target = plan.kind.value, {"endpoint": plan.name}
+        self.lock_key = serving.endpoint_lock(plan.name)  # the same lock as a split change of this endpoint
         self.before_pct, self.after_pct = plan.percentages()
-
-    def find(self, request_id: str) -> audit.TrafficChange | None:
-        return audit.find_traffic_change(self.plan.name, request_id, settings=self.settings)
 
     def check(self) -> None:
         _check_unchanged(self.plan, self.settings)
 
-    def open(self, request_id: str) -> audit.TrafficChange:
-        return audit.open_traffic_change(
-            self.plan.name, action=self.plan.kind.value, user=self.user, reason=self.reason, before=self.before_pct,
-            after=self.after_pct, request_id=request_id, settings=self.settings)
+    def planned(self) -> tuple[dict[str, int], dict[str, int]]:
+        return self.before_pct, self.after_pct
 
-    def act(self, intent: audit.TrafficChange) -> serving.Endpoint | None:
+    def act(self, intent: audit.Change) -> serving.Endpoint | None:
         return _write(self.plan, self.user, self.settings)
 
     def observe(self) -> serving.Endpoint | None:
         return _current(self.plan.name, self.settings)
 
-    def complete(self, intent: audit.TrafficChange, state: serving.Endpoint | None) -> audit.TrafficChange:
-        return audit.complete_traffic_change(intent, _pct(state), settings=self.settings)
+    def recorded(self, state: serving.Endpoint | None) -> dict[str, int]:
+        return _pct(state)
 
-    def holds_requested(self, intent: audit.TrafficChange, state: serving.Endpoint | None) -> bool:
+    def holds_requested(self, intent: audit.Change, state: serving.Endpoint | None) -> bool:
         return _pct(state) == self.after_pct and (state is None) == (self.plan.after is None)
 
-    def holds_before(self, intent: audit.TrafficChange, state: serving.Endpoint | None) -> bool:
+    def holds_before(self, intent: audit.Change, state: serving.Endpoint | None) -> bool:
         return _pct(state) == self.before_pct and (state is None) == (self.plan.before is None)
 
     def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
@@ -259,13 +257,13 @@ class _EndpointChange(audit.TwoPhaseChange[audit.TrafficChange, "serving.Endpoin
             f"The backend stopped answering before {self.plan.kind.value} {self.plan.name!r} was recorded. Nothing "
             f"changed; retry once the backend is back. ({exc})")
 
-    def interrupted(self, intent: audit.TrafficChange, when: str, exc: Exception) -> BackendUnavailableError:
+    def interrupted(self, intent: audit.Change, when: str, exc: Exception) -> BackendUnavailableError:
         return BackendUnavailableError(
             f"The backend stopped answering {when} ({self.plan.kind.value} {self.plan.name!r}); it is recorded as "
             f"interrupted (request {intent.request_id}). Confirm again once the backend is back and it completes "
             f"exactly once. ({exc})")
 
-    def superseded(self, earlier: audit.TrafficChange, state: serving.Endpoint | None) -> ConflictError:
+    def superseded(self, earlier: audit.Change, state: serving.Endpoint | None) -> ConflictError:
         return ConflictError(
             f"{self.plan.name!r} was changed by someone else after the interrupted attempt; that attempt is closed "
             "without changing anything. Review the endpoint and try again.")

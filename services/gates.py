@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from services import readiness_live, registry, roles, versions
+from services import audit, readiness_live, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import ValidationError
 from services.evaluations import EvaluationSummary
@@ -183,24 +183,71 @@ def gate_rules(agent: str, settings: Settings | None = None) -> list[GateRule]:
     return parse_rules((model.tags or {}).get(GATE_TAG))
 
 
-def set_gate_rules(agent: str, rules: list[GateRule], identity: Identity, settings: Settings | None = None) -> list[GateRule]:
-    """Store the agent's gate rules as a registered-model tag (empty list clears them)."""
+def set_gate_rules(agent: str, rules: list[GateRule], identity: Identity, settings: Settings | None = None, *,
+                   reason: str = "", request_id: str | None = None) -> list[GateRule]:
+    """Store the agent's gate rules as a registered-model tag (empty list clears them), audited.
+
+    The edit goes through the audit trail's two-phase change: who changed which agent's rules from
+    what to what (and why, when a reason is given). ``request_id`` (one per confirmation) makes a
+    retry after an interruption complete the same edit once.
+    """
     agent = versions.check_agent_name(agent)
     roles.enforce(identity, roles.Action.EDIT_RULES, settings or get_settings())
     checked = [_check_rule(r) for r in rules]
-    payload = json.dumps([{"kind": r.kind.value, "threshold": r.threshold, "metric": r.metric} for r in checked])
-    client = mlflow_client(settings)
-    with translate_errors(f"registered model {agent!r}"):
-        if checked:
-            client.set_registered_model_tag(agent, GATE_TAG, payload)
-        else:
-            try:
-                client.delete_registered_model_tag(agent, GATE_TAG)
-            except Exception as exc:  # noqa: BLE001 - no tag to delete is fine
-                if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                    raise
-        client.set_registered_model_tag(agent, GATE_TAG + ".updated_by", identity.user)
+    audit.check_request_id(request_id)
+    audit.run_two_phase(_RulesEdit(agent, checked, identity.user, reason, settings), request_id)
     return checked
+
+
+def _rules_json(rules: list[GateRule]) -> list[dict[str, Any]]:
+    return [{"kind": r.kind.value, "threshold": r.threshold, "metric": r.metric} for r in rules]
+
+
+class _RulesEdit(audit.TwoPhaseChange["str | None"]):
+    """Replacing an agent's gate rules (the raw ``agentops.gate`` tag, None when unset) as a two-phase change."""
+
+    kind = audit.ChangeKind.GATE_RULES
+
+    def __init__(self, agent: str, rules: list[GateRule], user: str, reason: str, settings: Settings | None) -> None:
+        self.agent, self.rules, self.user, self.reason, self.settings = agent, rules, user, reason, settings
+        self.action = "edit gate rules" if rules else "clear gate rules"
+        self.target = {"model": agent}
+        self.lock_key = ("gate_rules", agent)
+        self.client = mlflow_client(settings)
+        self.before: str | None = None
+
+    def check(self) -> None:
+        self.before = self.observe()
+
+    def planned(self) -> tuple[Any, Any]:
+        return self.recorded(self.before), _rules_json(self.rules)
+
+    def act(self, intent: audit.Change) -> str | None:
+        client, agent = self.client, self.agent
+        with translate_errors(f"registered model {agent!r}"):
+            if self.rules:
+                client.set_registered_model_tag(agent, GATE_TAG, json.dumps(_rules_json(self.rules)))
+            else:
+                try:
+                    client.delete_registered_model_tag(agent, GATE_TAG)
+                except Exception as exc:  # noqa: BLE001 - no tag to delete is fine
+                    if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                        raise
+            client.set_registered_model_tag(agent, GATE_TAG + ".updated_by", self.user)
+        return self.observe()
+
+    def observe(self) -> str | None:
+        with translate_errors(f"registered model {self.agent!r}"):
+            return (self.client.get_registered_model(self.agent).tags or {}).get(GATE_TAG)
+
+    def recorded(self, state: str | None) -> Any:
+        try:
+            return json.loads(state) if state else []
+        except ValueError:
+            return {"unreadable": state}
+
+    def describe(self, state: str | None) -> str:
+        return state or "no rules"
 
 
 def evaluate_gate(rules: list[GateRule], evidence: Evidence) -> tuple[GateCheck, ...]:

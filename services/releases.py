@@ -15,7 +15,7 @@ from typing import Any
 
 from services import audit, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
-from services.audit import AliasAction, AliasChange, ChangeStatus
+from services.audit import AliasAction, Change, ChangeKind, ChangeStatus
 from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.gates import check_alias
 from services.identity import Identity
@@ -35,15 +35,15 @@ class Drift(StrEnum):
 class AliasState:
     alias: str
     version: str | None
-    last_change: AliasChange | None
+    last_change: Change | None
     drift: Drift
     previous_version: str | None  # what a one-click rollback would restore
-    interrupted: AliasChange | None = None  # an uncompleted intent newer than the last completed change
+    interrupted: Change | None = None  # an uncompleted intent newer than the last completed change
 
 
 @dataclass(frozen=True)
 class PromotionResult:
-    change: AliasChange
+    change: Change
     plan: PromotionPlan
     superseded: bool = False  # another operator moved the alias right after this change
     messages: tuple[str, ...] = field(default=())
@@ -83,20 +83,20 @@ def promote(request: PromotionRequest, identity: Identity, settings: Settings | 
     return PromotionResult(change, plan, superseded, messages)
 
 
-class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
+class _AliasMove(audit.TwoPhaseChange["str | None"]):
     """Moving one alias, as the steps of the audit trail's two-phase change."""
+
+    kind = ChangeKind.ALIAS
 
     def __init__(self, client: Any, plan: PromotionPlan, identity: Identity, *, action: AliasAction, reason: str,
                  gate: Any, evidence: dict[str, Any], seen: Seen | None,
                  settings: Settings | None) -> None:
         self.client, self.plan, self.identity, self.settings = client, plan, identity, settings
-        self.action, self.reason, self.gate, self.evidence = action, reason, gate, evidence
-        self.seen = seen
+        self.user, self.action, self.reason, self.seen = identity.user, action, reason, seen
+        self.target = {"model": plan.agent, "alias": plan.alias}
+        self.detail = {"gate": gate.value, "override": gate is audit.GateOutcome.OVERRIDDEN, "evidence": evidence}
         self.lock_key = ("alias", plan.agent, plan.alias)
         self.before: str | None = None
-
-    def find(self, request_id: str) -> AliasChange | None:
-        return audit.find_alias_change(self.plan.agent, self.plan.alias, request_id, settings=self.settings)
 
     def check(self) -> None:
         plan = self.plan
@@ -107,16 +107,12 @@ class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
                 "as when you looked. Nothing changed; review the new state and try again."
             )
 
-    def open(self, request_id: str) -> AliasChange:
-        # Written before the alias moves, so a failure after this point leaves a record that says
+    def planned(self) -> tuple[str | None, str]:
+        # Recorded before the alias moves, so a failure after this point leaves a record that says
         # "interrupted" rather than an alias move nobody recorded.
-        return audit.open_alias_change(
-            model=self.plan.agent, alias=self.plan.alias, action=self.action, from_version=self.before,
-            requested_version=self.plan.target_version, user=self.identity.user, reason=self.reason, gate=self.gate,
-            evidence=self.evidence, request_id=request_id, settings=self.settings,
-        )
+        return self.before, self.plan.target_version
 
-    def act(self, intent: AliasChange) -> str | None:
+    def act(self, intent: Change) -> str | None:
         plan = self.plan
         with translate_errors(f"setting {plan.agent}@{plan.alias}"):
             self.client.set_registered_model_alias(plan.agent, plan.alias, intent.requested_version)
@@ -126,16 +122,10 @@ class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
     def observe(self) -> str | None:
         return _read_alias(self.client, self.plan.agent, self.plan.alias)
 
-    def complete(self, intent: AliasChange, state: str | None) -> AliasChange:
-        return audit.complete_alias_change(intent, state, settings=self.settings)
+    def recorded(self, state: str | None) -> str | None:
+        return state
 
-    def holds_requested(self, intent: AliasChange, state: str | None) -> bool:
-        return state == intent.requested_version
-
-    def holds_before(self, intent: AliasChange, state: str | None) -> bool:
-        return state == intent.from_version
-
-    def same_request(self, earlier: AliasChange) -> ValidationError | None:
+    def same_request(self, earlier: Change) -> ValidationError | None:
         if earlier.requested_version == self.plan.target_version:
             return None
         return ValidationError(
@@ -156,7 +146,7 @@ class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
             f"Retry once the backend is back. ({exc})"
         )
 
-    def interrupted(self, intent: AliasChange, when: str, exc: Exception) -> BackendUnavailableError:
+    def interrupted(self, intent: Change, when: str, exc: Exception) -> BackendUnavailableError:
         return BackendUnavailableError(
             f"The MLflow backend stopped answering {when} ({self.plan.agent}@{self.plan.alias} → "
             f"v{intent.requested_version}), so the alias may or may not have moved. It is recorded as interrupted "
@@ -164,7 +154,7 @@ class _AliasMove(audit.TwoPhaseChange[AliasChange, "str | None"]):
             f"exactly once. ({exc})"
         )
 
-    def superseded(self, earlier: AliasChange, state: str | None) -> ConflictError:
+    def superseded(self, earlier: Change, state: str | None) -> ConflictError:
         return ConflictError(
             f"{self.plan.agent}@{self.plan.alias} now points to {_label(state)}, not {_label(earlier.from_version)} or "
             f"v{earlier.requested_version}: another change happened after the interrupted promotion. "
@@ -204,10 +194,26 @@ def rollback(request: RollbackRequest, identity: Identity, settings: Settings | 
     ), identity, settings)
 
 
+def settle_interrupted(agent: str, alias: str, identity: Identity, settings: Settings | None = None) -> str:
+    """Settle an alias's interrupted change whose confirmation is gone, from what the registry holds now.
+
+    The resume path of every audited change, without moving the alias again: the record is
+    completed when the alias holds the version the change asked for, else the attempt is closed.
+    """
+    roles.enforce(identity, roles.Action.PROMOTE, settings or get_settings())
+    state = alias_state(agent, alias, settings)
+    if state.interrupted is None:
+        return f"{agent}@{alias} has no interrupted change to settle."
+    client = mlflow_client(settings)
+    done = audit.settle(state.interrupted, lock_key=("alias", agent, alias), recorded=lambda version: version,
+                        observe=lambda: _read_alias(client, agent, alias), by=identity.user, settings=settings)
+    return audit.settled_message(done, f"{agent}@{alias}", _label(done.state))
+
+
 # --- history ------------------------------------------------------------------------------
 
 def alias_history(agent: str, alias: str | None = None, settings: Settings | None = None, *,
-                  include_interrupted: bool = False) -> list[AliasChange]:
+                  include_interrupted: bool = False) -> list[Change]:
     """Recorded changes of an agent's aliases, newest first (interrupted attempts only when asked)."""
     agent = versions.check_agent_name(agent)
     if alias is not None:
@@ -248,7 +254,7 @@ def alias_state(agent: str, alias: str, settings: Settings | None = None) -> Ali
     return _state(alias, current, audit.alias_changes(agent, alias, settings=settings))
 
 
-def _state(alias: str, version: str | None, records: list[AliasChange]) -> AliasState:
+def _state(alias: str, version: str | None, records: list[Change]) -> AliasState:
     history = [c for c in records if c.completed]
     last = history[0] if history else None
     interrupted = next((c for c in records if c.status is ChangeStatus.INTERRUPTED
@@ -272,7 +278,7 @@ def _state(alias: str, version: str | None, records: list[AliasChange]) -> Alias
     return AliasState(alias, version, last, drift, previous)
 
 
-def _undo_target(history: list[AliasChange], version: str | None) -> str | None:
+def _undo_target(history: list[Change], version: str | None) -> str | None:
     """The holder a rollback restores: the trail replayed as an undo stack (newest-first ``history``).
 
     A promotion pushes the holder it replaced (no-op promotions push nothing); a rollback that restored

@@ -83,7 +83,8 @@ class ServicePorts:
         current = self._endpoint(endpoint)
         wanted = {**{s.entity_name: 0 for s in current.served}, **shares}
         change_id = f"{request_id}-traffic"
-        if _shares(current) == wanted and audit.find_traffic_change(endpoint, change_id, settings=self.settings) is None:
+        if _shares(current) == wanted and audit.find_change(audit.ChangeKind.TRAFFIC, {"endpoint": endpoint}, change_id,
+                                                            settings=self.settings) is None:
             return  # already there before this action: nothing to change, nothing to record
         # Otherwise the audited change runs, or resumes: a split that landed before an interruption
         # (the backend went away before its record was completed) is completed in the trail, not

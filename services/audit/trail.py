@@ -11,8 +11,11 @@ and completes it instead of changing twice. An intent the backend definitely ref
 deleted, so it never reads back. ``services.audit.two_phase`` drives that sequence for every kind
 of change.
 
-Records of each kind share ``Change`` (who, when, why, request id, status): ``AliasChange`` adds the
-alias and versions, ``TrafficChange`` the split before and after.
+Every kind of change (an alias move, a traffic split, a deploy, a gate-rule edit, an experiment
+link) is one record type, ``Change``: who, when, why, its request id and status, what was changed
+(``target``), the state before, what was asked and what was observed after, and a few kind-specific
+``detail`` tags. The tags each kind has always written are kept, so older records read back as they
+were.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from services._clients import (
     get_experiment_by_name,
@@ -44,29 +47,51 @@ REASON_TAG = _PREFIX + "reason"
 AT_NS_TAG = _PREFIX + "at_ns"
 REQUEST_TAG = _PREFIX + "request_id"
 STATE_TAG = _PREFIX + "state"  # intent | done | refused; records without it are complete (older trail)
-# Alias changes
+OUTCOME_TAG = _PREFIX + "outcome"
+# What was changed (``Change.target``): each key is stored as ``agentops.audit.<key>``.
 MODEL_TAG = _PREFIX + "model"
 ALIAS_TAG = _PREFIX + "alias"
+ENDPOINT_TAG = _PREFIX + "endpoint"
+# Before / asked / after: plain strings for alias changes and experiment links (their older format) ...
 FROM_TAG = _PREFIX + "from_version"
 TO_TAG = _PREFIX + "to_version"
 REQUESTED_TAG = _PREFIX + "requested_version"
+# ... JSON for the other kinds.
+BEFORE_TAG = _PREFIX + "before"
+AFTER_TAG = _PREFIX + "after"
+REQUESTED_JSON_TAG = _PREFIX + "requested"
+# Kind-specific detail tags (``Change.detail``).
 GATE_TAG = _PREFIX + "gate"
 OVERRIDE_TAG = _PREFIX + "override"
 EVIDENCE_TAG = _PREFIX + "evidence"
-# Traffic changes (splits and deploys)
-ENDPOINT_TAG = _PREFIX + "endpoint"
-BEFORE_TAG = _PREFIX + "before"
-AFTER_TAG = _PREFIX + "after"
-OUTCOME_TAG = _PREFIX + "outcome"
+EXPERIMENT_TAG = _PREFIX + "experiment_id"
 
-ALIAS_CHANGE_KIND = "alias_change"
-TRAFFIC_KIND = "traffic_change"
-INTERRUPTED = "interrupted"  # the outcome a traffic change reads back with while it is an open intent
+INTERRUPTED = "interrupted"  # the outcome a change reads back with while it is an open intent
 _INTENT, _DONE, _REFUSED = "intent", "done", "refused"
 # Run tags hold at most 8,000 characters; evidence is a summary, trimmed to fit.
 _MAX_TAG = 7_900
 _PAGE = 1000
 _REQUEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_TARGET_KEYS = ("model", "alias", "endpoint")
+
+
+class ChangeKind(StrEnum):
+    """What an audited change changed (the value of its ``agentops.audit.kind`` tag)."""
+
+    ALIAS = "alias_change"
+    TRAFFIC = "traffic_change"  # a split change, or creating / deleting a local endpoint
+    DEPLOY = "deploy"  # databricks.agents.deploy of a version (older deploys read back as traffic changes)
+    GATE_RULES = "gate_rules"
+    EXPERIMENT_LINK = "experiment_link"
+
+
+# Kinds written with plain-string before/after tags (their format before the trail was unified).
+_PLAIN = (ChangeKind.ALIAS, ChangeKind.EXPERIMENT_LINK)
+ENDPOINT_KINDS = (ChangeKind.TRAFFIC, ChangeKind.DEPLOY)  # what an endpoint's history holds
+# Older names of the kind values, still used by readers of the raw tags.
+ALIAS_CHANGE_KIND = ChangeKind.ALIAS.value
+TRAFFIC_KIND = ChangeKind.TRAFFIC.value
+EXPERIMENT_LINK_KIND = ChangeKind.EXPERIMENT_LINK.value
 
 
 class AliasAction(StrEnum):
@@ -88,75 +113,144 @@ class ChangeStatus(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Change:
-    """What every audited change records: who, when, why, its request id and whether it completed."""
+    """One audited change of any kind.
 
+    ``before`` is what the changed thing held before, ``requested`` what the change asked for and
+    ``after`` what it held afterwards. Alias changes hold versions (``str | None``), traffic changes
+    and deploys splits (label -> percent), gate-rule edits lists of rules. While a change is an open
+    intent, ``after`` is None for an alias change and the requested split for the other kinds.
+    """
+
+    kind: ChangeKind
     run_id: str
+    target: Mapping[str, str]  # what was changed: {"model", "alias"} or {"endpoint"} (+ "model" for deploys)
+    action: str
     user: str
     reason: str
     at: datetime
+    at_ns: int
     request_id: str = ""
     status: ChangeStatus = ChangeStatus.COMPLETED
+    before: Any = None
+    requested: Any = None
+    after: Any = None
+    outcome: str = ""
+    detail: Mapping[str, str] = field(default_factory=dict)  # kind-specific tags (gate, evidence, version…)
 
     @property
     def completed(self) -> bool:
         return self.status is ChangeStatus.COMPLETED
 
+    @property
+    def subject(self) -> str:
+        """The changed thing, for messages: ``model@alias``, the endpoint, or the model."""
+        if self.kind is ChangeKind.ALIAS:
+            return f"{self.model}@{self.alias}"
+        return self.endpoint or self.model
 
-@dataclass(frozen=True, kw_only=True)
-class AliasChange(Change):
-    """One recorded alias move; ``to_version`` is what the registry held right after it."""
+    # Kind-specific views, so callers read an alias change or a split the way they always have.
+    @property
+    def model(self) -> str:
+        return self.target.get("model", "")
 
-    model: str
-    alias: str
-    action: AliasAction
-    from_version: str | None
-    to_version: str | None
-    requested_version: str
-    gate: GateOutcome
-    override: bool
-    evidence: dict[str, Any]
-    at_ns: int
+    @property
+    def alias(self) -> str:
+        return self.target.get("alias", "")
+
+    @property
+    def endpoint(self) -> str:
+        return self.target.get("endpoint", "")
+
+    @property
+    def from_version(self) -> str | None:
+        return self.before
+
+    @property
+    def to_version(self) -> str | None:
+        return self.after
+
+    @property
+    def requested_version(self) -> str:
+        return self.requested or ""
+
+    @property
+    def gate(self) -> GateOutcome:
+        try:
+            return GateOutcome(self.detail.get("gate", GateOutcome.NO_RULES.value))
+        except ValueError:
+            return GateOutcome.NO_RULES
+
+    @property
+    def override(self) -> bool:
+        return self.detail.get("override") == "true"
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.detail.get("evidence") or "{}")
+        except ValueError:
+            return {"unreadable": self.detail.get("evidence")}
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrafficChange(Change):
-    """One recorded split change or deploy; ``after`` is the split the endpoint served afterwards."""
-
-    endpoint: str
-    action: str
-    before: dict[str, int]
-    after: dict[str, int]
-    outcome: str
-    requested: dict[str, int] | None = None  # what the intent asked for, while it is open
+# --- writing: intent, completion, refusal ---------------------------------------------------------
 
 
-# --- writing: intent, completion, refusal (every kind) -------------------------------------------
-
-
-def _open(tags: dict[str, str], *, user: str, request_id: str, run_name: str,
-          settings: Settings | None) -> tuple[str, int]:
-    """Write an intent run with ``tags``; returns its run id and time (ns)."""
+def open_change(
+    kind: ChangeKind, target: Mapping[str, str], *, action: str, user: str, reason: str, before: Any,
+    requested: Any, request_id: str, detail: Mapping[str, Any] | None = None, run_name: str | None = None,
+    settings: Settings | None = None,
+) -> Change:
+    """Write the intent of a change before anything is touched; it reads back as interrupted until completed."""
     if not request_id:
         raise ValueError("an audited change needs a request id")
+    unknown = set(target) - set(_TARGET_KEYS)
+    if unknown:
+        raise ValueError(f"unknown audit target keys {sorted(unknown)}")
+    tags = {KIND_TAG: kind.value, ACTION_TAG: str(action), REASON_TAG: reason[:_MAX_TAG], OUTCOME_TAG: INTERRUPTED,
+            **{_PREFIX + k: v for k, v in target.items()},
+            **{_PREFIX + k: _detail_text(v) for k, v in (detail or {}).items()}}
+    if kind in _PLAIN:
+        tags.update({FROM_TAG: before or "", TO_TAG: "", REQUESTED_TAG: requested or ""})
+    else:
+        tags.update({BEFORE_TAG: _json(before), AFTER_TAG: _json(requested), REQUESTED_JSON_TAG: _json(requested)})
     settings = settings or get_settings()
     client = mlflow_client(settings)
     at_ns = time.time_ns()
-    tags = {**tags, USER_TAG: user, AT_NS_TAG: str(at_ns), REQUEST_TAG: request_id, STATE_TAG: _INTENT,
-            "mlflow.user": user}
+    tags.update({USER_TAG: user, AT_NS_TAG: str(at_ns), REQUEST_TAG: request_id, STATE_TAG: _INTENT,
+                 "mlflow.user": user})
+    intent = _from_tags("", tags, at_ns)
     with translate_errors(f"the audit experiment {settings.audit_label!r}"):
         experiment_id = audit_experiment_id(client, settings, create=True)
-        run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags, run_name=run_name)
-    return run.info.run_id, at_ns
+        run = client.create_run(experiment_id, start_time=at_ns // 1_000_000, tags=tags,
+                                run_name=run_name or _run_name(intent, requested))
+    return replace(intent, run_id=run.info.run_id)
 
 
-def _complete(run_id: str, tags: dict[str, str], *, run_name: str, settings: Settings | None) -> None:
-    """Mark an intent done with the observed ``tags``, in one batch: they land together or not at all."""
+def complete_change(intent: Change, after: Any, *, outcome: str = "applied", run_name: str | None = None,
+                    settings: Settings | None = None) -> Change:
+    """Mark an intent done with what the backend holds afterwards, in one batch: the tags land together or not at all."""
+    if intent.kind in _PLAIN:
+        tags = {TO_TAG: after or ""}
+        after = after or None
+    else:
+        tags = {AFTER_TAG: _json(after)}
+    done = replace(intent, after=after, outcome=outcome, status=ChangeStatus.COMPLETED)
+    tags.update({OUTCOME_TAG: outcome, STATE_TAG: _DONE, "mlflow.runName": run_name or _run_name(done, after)})
     settings = settings or get_settings()
     client = mlflow_client(settings)
-    done = {**tags, STATE_TAG: _DONE, "mlflow.runName": run_name}
     with translate_errors(f"the audit experiment {settings.audit_label!r}"):
-        client.log_batch(run_id, tags=[run_tag(k, v) for k, v in done.items()])
-        client.set_terminated(run_id, status="FINISHED")
+        client.log_batch(intent.run_id, tags=[run_tag(k, v) for k, v in tags.items()])
+        client.set_terminated(intent.run_id, status="FINISHED")
+    return done
+
+
+def record_change(kind: ChangeKind, target: Mapping[str, str], *, action: str, user: str, reason: str, before: Any,
+                  after: Any, outcome: str = "applied", detail: Mapping[str, Any] | None = None,
+                  run_name: str | None = None, settings: Settings | None = None) -> Change:
+    """Write one complete record (intent and completion) of a change made in one step."""
+    intent = open_change(kind, target, action=action, user=user, reason=reason, before=before, requested=after,
+                         request_id=uuid.uuid4().hex, detail=detail, run_name=run_name, settings=settings)
+    return complete_change(intent, after, outcome=outcome, run_name=run_name, settings=settings)
 
 
 def abandon(change: Change, why: str, *, settings: Settings | None = None) -> None:
@@ -168,6 +262,49 @@ def abandon(change: Change, why: str, *, settings: Settings | None = None) -> No
                                               run_tag(REASON_TAG + ".refused", why[:_MAX_TAG])])
         client.set_terminated(change.run_id, status="FAILED")
         client.delete_run(change.run_id)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def find_change(kind: ChangeKind | Iterable[ChangeKind], target: Mapping[str, str], request_id: str, *,
+                settings: Settings | None = None) -> Change | None:
+    """The record (completed or interrupted) written for ``request_id`` on ``target``, if any."""
+    found = changes(kind, target, settings=settings, extra=[f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
+    return found[0] if found else None
+
+
+def changes(kind: ChangeKind | Iterable[ChangeKind], target: Mapping[str, str] | None = None, *,
+            settings: Settings | None = None, completed_only: bool = False, limit: int | None = None,
+            extra: list[str] | None = None) -> list[Change]:
+    """Recorded changes of ``kind`` (one or several) on ``target`` (all its keys must match), newest first.
+
+    Interrupted intents are included with ``status=INTERRUPTED`` unless ``completed_only``; all
+    pages are read unless ``limit``.
+    """
+    kinds = (kind,) if isinstance(kind, ChangeKind) else tuple(kind)
+    clauses = [f"tags.`{_PREFIX + k}` = '{quote(v)}'" for k, v in (target or {}).items()] + (extra or [])
+    if len(kinds) == 1:
+        runs = _search(settings, [f"tags.`{KIND_TAG}` = '{kinds[0].value}'", *clauses], limit=limit)
+    elif clauses:  # a target narrows it enough: one search, kinds filtered here
+        runs = _search(settings, clauses, limit=limit)
+    else:  # search_runs has no IN for tags
+        runs = [r for k in kinds for r in _search(settings, [f"tags.`{KIND_TAG}` = '{k.value}'"], limit=limit)]
+    found = [c for c in (_read(r) for r in runs) if c.kind in kinds and (c.completed or not completed_only)]
+    found.sort(key=lambda c: c.at_ns, reverse=True)
+    return found[:limit] if limit is not None else found
+
+
+def alias_changes(model: str, alias: str | None = None, *, settings: Settings | None = None,
+                  completed_only: bool = False) -> list[Change]:
+    """Recorded changes of one agent's aliases (optionally one alias), newest first."""
+    target = {"model": model, **({"alias": alias} if alias else {})}
+    return changes(ChangeKind.ALIAS, target, settings=settings, completed_only=completed_only)
+
+
+def traffic_changes(endpoint: str | None = None, *, settings: Settings | None = None, limit: int = 200) -> list[Change]:
+    """An endpoint's history (split changes and deploys; of every endpoint when None), newest first."""
+    return changes(ENDPOINT_KINDS, {"endpoint": endpoint} if endpoint else None, settings=settings, limit=limit)
 
 
 def _search(settings: Settings | None, clauses: list[str], *, limit: int | None = None) -> list[Any]:
@@ -190,182 +327,70 @@ def _search(settings: Settings | None, clauses: list[str], *, limit: int | None 
                 return runs
 
 
-def _status(tags: dict[str, str]) -> ChangeStatus:
-    # Records written before intents existed carry no state and are complete.
-    return ChangeStatus.INTERRUPTED if tags.get(STATE_TAG) == _INTENT else ChangeStatus.COMPLETED
+def _read(run: Any) -> Change:
+    tags = run.data.tags
+    return _from_tags(run.info.run_id, tags, int(tags.get(AT_NS_TAG) or run.info.start_time * 1_000_000))
 
 
-# --- alias changes ----------------------------------------------------------------------------
+_CORE = {KIND_TAG, ACTION_TAG, USER_TAG, REASON_TAG, AT_NS_TAG, REQUEST_TAG, STATE_TAG, OUTCOME_TAG, FROM_TAG,
+         TO_TAG, REQUESTED_TAG, BEFORE_TAG, AFTER_TAG, REQUESTED_JSON_TAG, REASON_TAG + ".refused",
+         *(_PREFIX + k for k in _TARGET_KEYS)}
 
 
-def record_alias_change(
-    *, model: str, alias: str, action: AliasAction, from_version: str | None, to_version: str | None,
-    requested_version: str, user: str, reason: str, gate: GateOutcome, evidence: dict[str, Any],
-    settings: Settings | None = None,
-) -> AliasChange:
-    """Write one complete audit run for an alias change (intent and completion) and return it."""
-    intent = open_alias_change(
-        model=model, alias=alias, action=action, from_version=from_version, requested_version=requested_version,
-        user=user, reason=reason, gate=gate, evidence=evidence, request_id=uuid.uuid4().hex, settings=settings,
-    )
-    return complete_alias_change(intent, to_version, settings=settings)
-
-
-def open_alias_change(
-    *, model: str, alias: str, action: AliasAction, from_version: str | None, requested_version: str, user: str,
-    reason: str, gate: GateOutcome, evidence: dict[str, Any], request_id: str, settings: Settings | None = None,
-) -> AliasChange:
-    """Write the intent of an alias change (before the alias moves); it reads back as interrupted until completed."""
-    evidence_json = json.dumps(evidence, default=str, sort_keys=True)
-    if len(evidence_json) > _MAX_TAG:
-        evidence_json = json.dumps({"truncated": True, "summary": evidence_json[: _MAX_TAG - 60]})
-    tags = {
-        KIND_TAG: ALIAS_CHANGE_KIND, MODEL_TAG: model, ALIAS_TAG: alias, ACTION_TAG: action.value,
-        FROM_TAG: from_version or "", TO_TAG: "", REQUESTED_TAG: requested_version, REASON_TAG: reason[:_MAX_TAG],
-        GATE_TAG: gate.value, OVERRIDE_TAG: str(gate is GateOutcome.OVERRIDDEN).lower(), EVIDENCE_TAG: evidence_json,
-    }
-    name = f"{model}@{alias}: v{from_version or '-'} -> v{requested_version} (requested)"
-    run_id, at_ns = _open(tags, user=user, request_id=request_id, run_name=name, settings=settings)
-    return _alias_change(run_id, {**tags, USER_TAG: user, REQUEST_TAG: request_id, STATE_TAG: _INTENT}, at_ns)
-
-
-def complete_alias_change(intent: AliasChange, to_version: str | None, *,
-                          settings: Settings | None = None) -> AliasChange:
-    """Complete an intent with the to-version observed in the registry; returns the completed record."""
-    _complete(intent.run_id, {TO_TAG: to_version or ""}, settings=settings,
-              run_name=f"{intent.model}@{intent.alias}: v{intent.from_version or '-'} -> v{to_version or '-'}")
-    return replace(intent, to_version=to_version or None, status=ChangeStatus.COMPLETED)
-
-
-def abandon_alias_change(intent: AliasChange, why: str, *, settings: Settings | None = None) -> None:
-    """Close an alias-change intent that was refused (``abandon``)."""
-    abandon(intent, why, settings=settings)
-
-
-def find_alias_change(model: str, alias: str, request_id: str, *,
-                      settings: Settings | None = None) -> AliasChange | None:
-    """The record (completed or interrupted) written for ``request_id``, if any."""
-    found = _alias_search(model, alias, settings, extra=[f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
-    return found[0] if found else None
-
-
-def alias_changes(
-    model: str, alias: str | None = None, *, settings: Settings | None = None, completed_only: bool = False,
-) -> list[AliasChange]:
-    """Recorded changes of one agent's aliases (optionally one alias), newest first.
-
-    Interrupted intents are included with ``status=INTERRUPTED`` unless ``completed_only``.
-    """
-    changes = _alias_search(model, alias, settings)
-    if completed_only:
-        changes = [c for c in changes if c.completed]
-    return changes
-
-
-def _alias_search(model: str, alias: str | None, settings: Settings | None,
-                  extra: list[str] | None = None) -> list[AliasChange]:
-    clauses = [f"tags.`{KIND_TAG}` = '{ALIAS_CHANGE_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"]
-    if alias:
-        clauses.append(f"tags.`{ALIAS_TAG}` = '{quote(alias)}'")
-    runs = _search(settings, clauses + (extra or []))
-    changes = [_alias_change(r.info.run_id, r.data.tags,
-                             int(r.data.tags.get(AT_NS_TAG) or r.info.start_time * 1_000_000)) for r in runs]
-    return sorted(changes, key=lambda c: c.at_ns, reverse=True)
-
-
-def _alias_change(run_id: str, tags: dict[str, str], at_ns: int) -> AliasChange:
+def _from_tags(run_id: str, tags: Mapping[str, str], at_ns: int) -> Change:
     try:
-        evidence = json.loads(tags.get(EVIDENCE_TAG) or "{}")
+        kind = ChangeKind(tags.get(KIND_TAG, ""))
     except ValueError:
-        evidence = {"unreadable": tags.get(EVIDENCE_TAG)}
-    try:
-        gate = GateOutcome(tags.get(GATE_TAG, GateOutcome.NO_RULES.value))
-    except ValueError:
-        gate = GateOutcome.NO_RULES
-    try:
-        action = AliasAction(tags.get(ACTION_TAG, AliasAction.PROMOTE.value))
-    except ValueError:
-        action = AliasAction.PROMOTE
-    return AliasChange(
-        run_id=run_id, model=tags.get(MODEL_TAG, ""), alias=tags.get(ALIAS_TAG, ""), action=action,
-        from_version=tags.get(FROM_TAG) or None, to_version=tags.get(TO_TAG) or None,
-        requested_version=tags.get(REQUESTED_TAG, ""), user=tags.get(USER_TAG, ""), reason=tags.get(REASON_TAG, ""),
-        gate=gate, override=tags.get(OVERRIDE_TAG) == "true", evidence=evidence,
+        kind = ChangeKind.TRAFFIC
+    interrupted = tags.get(STATE_TAG) == _INTENT  # records written before intents existed are complete
+    status = ChangeStatus.INTERRUPTED if interrupted else ChangeStatus.COMPLETED
+    action: str = tags.get(ACTION_TAG, "")
+    if kind in _PLAIN:
+        before, after = tags.get(FROM_TAG) or None, tags.get(TO_TAG) or None
+        requested: Any = tags.get(REQUESTED_TAG, "")
+        if kind is ChangeKind.ALIAS:
+            action = AliasAction(action) if action in AliasAction._value2member_map_ else AliasAction.PROMOTE
+    else:
+        before, after = _load(tags.get(BEFORE_TAG)), _load(tags.get(AFTER_TAG))
+        # Older traffic intents held what they asked for in the after tag only.
+        requested = _load(tags[REQUESTED_JSON_TAG]) if REQUESTED_JSON_TAG in tags else (after if interrupted else None)
+    return Change(
+        kind=kind, run_id=run_id, action=action, user=tags.get(USER_TAG, ""), reason=tags.get(REASON_TAG, ""),
+        target={k: tags[_PREFIX + k] for k in _TARGET_KEYS if _PREFIX + k in tags},
         at=datetime.fromtimestamp(at_ns / 1e9, tz=timezone.utc), at_ns=at_ns,
-        request_id=tags.get(REQUEST_TAG, ""), status=_status(tags),
+        request_id=tags.get(REQUEST_TAG, ""), status=status, before=before, requested=requested, after=after,
+        outcome=INTERRUPTED if interrupted else tags.get(OUTCOME_TAG, ""),
+        detail={k[len(_PREFIX):]: v for k, v in tags.items() if k.startswith(_PREFIX) and k not in _CORE},
     )
 
 
-# --- traffic changes (splits, deploys) ---------------------------------------------------------
+def _run_name(change: Change, value: Any) -> str:
+    pending = "" if change.completed else " (requested)"
+    if change.kind is ChangeKind.ALIAS:
+        return f"{change.subject}: v{change.before or '-'} -> v{value or '-'}{pending}"
+    return f"{change.subject}: {change.action}{pending}"
 
 
-def record_traffic_change(
-    endpoint: str, *, action: str, user: str, reason: str, before: dict[str, int], after: dict[str, int],
-    outcome: str = "applied", settings: Settings | None = None,
-) -> TrafficChange:
-    """Write one complete audit run for a split change (who, when, before, after, reason, outcome)."""
-    intent = open_traffic_change(endpoint, action=action, user=user, reason=reason, before=before, after=after,
-                                 request_id=uuid.uuid4().hex, settings=settings)
-    return complete_traffic_change(intent, after, outcome=outcome, settings=settings)
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
-def open_traffic_change(
-    endpoint: str, *, action: str, user: str, reason: str, before: dict[str, int], after: dict[str, int],
-    request_id: str, settings: Settings | None = None,
-) -> TrafficChange:
-    """Write the intent of a split change before the endpoint is touched; it reads back as interrupted until completed."""
-    tags = {
-        KIND_TAG: TRAFFIC_KIND, ENDPOINT_TAG: endpoint, ACTION_TAG: action, REASON_TAG: reason[:_MAX_TAG],
-        BEFORE_TAG: json.dumps(before, sort_keys=True), AFTER_TAG: json.dumps(after, sort_keys=True),
-        OUTCOME_TAG: INTERRUPTED,
-    }
-    run_id, at_ns = _open(tags, user=user, request_id=request_id, run_name=f"{endpoint}: {action} (requested)",
-                          settings=settings)
-    return _traffic_change(run_id, {**tags, USER_TAG: user, AT_NS_TAG: str(at_ns), REQUEST_TAG: request_id,
-                                    STATE_TAG: _INTENT})
+def _load(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {"unreadable": text}
 
 
-def complete_traffic_change(intent: TrafficChange, observed: dict[str, int], *, outcome: str = "applied",
-                            settings: Settings | None = None) -> TrafficChange:
-    """Complete an intent with the split the endpoint holds afterwards; returns the completed record."""
-    _complete(intent.run_id, {AFTER_TAG: json.dumps(observed, sort_keys=True), OUTCOME_TAG: outcome},
-              run_name=f"{intent.endpoint}: {intent.action}", settings=settings)
-    return replace(intent, after=dict(observed), outcome=outcome, status=ChangeStatus.COMPLETED, requested=None)
-
-
-def abandon_traffic_change(intent: TrafficChange, why: str, *, settings: Settings | None = None) -> None:
-    """Close a traffic-change intent that was refused (``abandon``)."""
-    abandon(intent, why, settings=settings)
-
-
-def find_traffic_change(endpoint: str, request_id: str, *, settings: Settings | None = None) -> TrafficChange | None:
-    """The record (completed or interrupted) written for ``request_id`` on ``endpoint``, if any."""
-    found = _traffic_search(settings, [f"tags.`{ENDPOINT_TAG}` = '{quote(endpoint)}'",
-                                       f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
-    return found[0] if found else None
-
-
-def traffic_changes(endpoint: str | None = None, *, settings: Settings | None = None, limit: int = 200) -> list[TrafficChange]:
-    """Recorded split changes, newest first (optionally of one endpoint); interrupted intents included."""
-    return _traffic_search(settings, [f"tags.`{ENDPOINT_TAG}` = '{quote(endpoint)}'"] if endpoint else [], limit=limit)
-
-
-def _traffic_search(settings: Settings | None, extra: list[str], *, limit: int = 200) -> list[TrafficChange]:
-    runs = _search(settings, [f"tags.`{KIND_TAG}` = '{TRAFFIC_KIND}'", *extra], limit=limit)
-    return sorted((_traffic_change(r.info.run_id, r.data.tags) for r in runs), key=lambda c: c.at, reverse=True)
-
-
-def _traffic_change(run_id: str, tags: dict[str, str]) -> TrafficChange:
-    status = _status(tags)
-    after = json.loads(tags.get(AFTER_TAG) or "{}")
-    return TrafficChange(
-        run_id=run_id, endpoint=tags.get(ENDPOINT_TAG, ""), action=tags.get(ACTION_TAG, ""),
-        user=tags.get(USER_TAG, ""), reason=tags.get(REASON_TAG, ""), before=json.loads(tags.get(BEFORE_TAG) or "{}"),
-        after=after, outcome=INTERRUPTED if status is ChangeStatus.INTERRUPTED else tags.get(OUTCOME_TAG, ""),
-        at=datetime.fromtimestamp(int(tags.get(AT_NS_TAG) or 0) / 1e9, tz=timezone.utc),
-        request_id=tags.get(REQUEST_TAG, ""), status=status,
-        requested=after if status is ChangeStatus.INTERRUPTED else None,
-    )
+def _detail_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value[:_MAX_TAG]
+    text = json.dumps(value, default=str, sort_keys=True)
+    if len(text) > _MAX_TAG:
+        text = json.dumps({"truncated": True, "summary": text[: _MAX_TAG - 60]})
+    return text
 
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -401,24 +426,17 @@ def quote(value: str) -> str:
 
 # --- experiments attached to an agent ----------------------------------------------------------
 
-EXPERIMENT_LINK_KIND = "experiment_link"
-EXPERIMENT_TAG = _PREFIX + "experiment_id"
-
 
 def record_experiment_link(*, model: str, action: str, experiment_id: str, before: list[str], after: list[str],
                            user: str, settings: Settings | None = None) -> str:
     """Write one audit run for attaching/detaching an experiment to an agent; returns the run id."""
-    tags = {KIND_TAG: EXPERIMENT_LINK_KIND, MODEL_TAG: model, ACTION_TAG: action, EXPERIMENT_TAG: experiment_id,
-            FROM_TAG: ",".join(before), TO_TAG: ",".join(after)}
-    run_name = f"{model}: {action} experiment {experiment_id}"
-    run_id, _ = _open(tags, user=user, request_id=uuid.uuid4().hex, run_name=run_name, settings=settings)
-    _complete(run_id, {}, run_name=run_name, settings=settings)
-    return run_id
+    return record_change(ChangeKind.EXPERIMENT_LINK, {"model": model}, action=action, user=user, reason="",
+                         before=",".join(before), after=",".join(after), detail={"experiment_id": experiment_id},
+                         run_name=f"{model}: {action} experiment {experiment_id}", settings=settings).run_id
 
 
 def experiment_links(model: str, *, settings: Settings | None = None) -> list[dict[str, str]]:
     """Recorded attach/detach changes of one agent's experiments, newest first."""
-    runs = _search(settings, [f"tags.`{KIND_TAG}` = '{EXPERIMENT_LINK_KIND}'", f"tags.`{MODEL_TAG}` = '{quote(model)}'"],
-                   limit=_PAGE)
-    return [{"action": r.data.tags.get(ACTION_TAG, ""), "experiment_id": r.data.tags.get(EXPERIMENT_TAG, ""),
-             "user": r.data.tags.get(USER_TAG, ""), "at_ns": r.data.tags.get(AT_NS_TAG, "")} for r in runs]
+    return [{"action": c.action, "experiment_id": c.detail.get("experiment_id", ""), "user": c.user,
+             "at_ns": str(c.at_ns)} for c in changes(ChangeKind.EXPERIMENT_LINK, {"model": model}, settings=settings,
+                                                     limit=_PAGE)]

@@ -36,6 +36,7 @@ from services.serving.splits import (
     SplitPlan,
     apply_split,
     arm_traffic,
+    endpoint_lock,
     get_endpoint,
     list_endpoints,
     normalise_version,
@@ -51,6 +52,6 @@ __all__ = [
     "agents_endpoint_name", "apply_split", "arm_traffic", "deploy_version", "describe_split", "endpoint_from_json",
     "endpoint_to_json", "entity_name_for", "get_endpoint", "list_endpoints", "local_config_path", "normalise_version",
     "percentages", "plan_deploy", "plan_shares", "plan_split", "plan_weights", "run_agents_call",
-    "delete_local_endpoint", "save_local_endpoint", "settle_interrupted", "split_backend", "validate_routes", "validate_uc_model_name",
+    "delete_local_endpoint", "save_local_endpoint", "endpoint_lock", "settle_interrupted", "split_backend", "validate_routes", "validate_uc_model_name",
     "version_label",
 ]

@@ -1,4 +1,4 @@
-"""Deploying a registered version with ``databricks.agents.deploy``, audited like a split change.
+"""Deploying a registered version with ``databricks.agents.deploy``, through the audited two-phase change.
 
 ``databricks.agents.deploy`` builds its own ``WorkspaceClient()`` and MLflow clients from the
 environment; it takes no credentials. Running it in this process as the signed-in user would
@@ -28,8 +28,9 @@ from services.errors import (
 )
 from services.serving.agents_child import run_agents_call
 from services.serving.backends import percentages
-from services.serving.entities import Endpoint, EndpointState
+from services.serving.entities import Endpoint, EndpointState, describe_split
 from services.serving.model_serving import agents_endpoint_name, entity_name_for, from_sdk
+from services.serving.splits import endpoint_lock
 from services.settings import Backend, Settings
 
 _logger = logging.getLogger(__name__)
@@ -155,21 +156,29 @@ def deploy_version(
     settings: Settings | None = None,
     progress: Callable[[str], None] | None = None,
     wait: bool = True,
+    request_id: str | None = None,
 ) -> Deployment:
     """Deploy a UC model version with ``databricks.agents.deploy`` (new version gets 100%), audited.
 
     Validates first (name, version, role and user token, the version in Unity Catalog, the endpoint's
     state) and sends nothing when that fails. With ``plan`` (the preview the user confirmed), the
     endpoint must still look as it did then. With ``wait``, follows the rollout to the end.
+
+    It goes through the audit trail's two-phase change: the intent is recorded before
+    databricks-agents is called and completed with the split the endpoint then serves. An attempt
+    the service refused (or whose rollout failed) stays on record as failed, with who tried.
+    ``request_id`` (one per confirmation) makes a retry after an interruption deploy at most once:
+    it completes the record when the version already took over, deploys when the endpoint still
+    serves what it did before, and closes the attempt when someone changed the endpoint since.
     """
     settings = settings or get_settings()
-    say = progress or (lambda _message: None)
     if settings.backend is not Backend.DATABRICKS:
         raise ValidationError(_LOCAL_DEPLOY)
-    validate_uc_model_name(model_name)
-    _validate_version(version)
+    name = validate_uc_model_name(model_name)
+    number = _validate_version(version)
     if not reason.strip():
         raise ValidationError("Give a reason for the deployment; it goes into the audit trail.")
+    audit.check_request_id(request_id)
     if identity is not None:
         roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
         user_token = user_token or getattr(identity, "access_token", None)
@@ -178,54 +187,125 @@ def deploy_version(
             "User authorization is on, but this request carries no user token; the app will not deploy as its "
             "service principal. Reload the app, or ask an admin to enable user authorization scopes for it."
         )
-    say(f"Checking {model_name} v{version} in Unity Catalog and its endpoint…")
-    fresh = plan_deploy(model_name, version, experiment_id=experiment_id, settings=settings, user_token=user_token)
-    if plan is not None and (plan.model_name, plan.model_version, plan.endpoint_name) != (
-            fresh.model_name, fresh.model_version, fresh.endpoint_name):
-        raise ValidationError("The confirmed plan is for another model or version; review the deployment again.")
-    if plan is not None and (plan.percentages()[0] != fresh.percentages()[0] or (
-            plan.before is not None and fresh.before is not None
-            and plan.before.config_version != fresh.before.config_version)):
-        raise ConflictError(f"The split of {fresh.endpoint_name!r} changed since this deployment was prepared; "
-                            "review it again.")
-    before_pct, after_pct = fresh.percentages()
-    args = {"model_name": fresh.model_name, "model_version": int(fresh.model_version),
-            "endpoint_name": fresh.endpoint_name, "experiment_id": fresh.experiment_id}
-    say(f"{'Creating' if fresh.creates_endpoint else 'Updating'} {fresh.endpoint_name} with databricks.agents.deploy…")
-    action = f"deploy v{fresh.model_version}"
+    deploy = _Deploy(name, number, user=user, reason=reason, experiment_id=experiment_id, plan=plan,
+                     settings=settings, user_token=user_token, progress=progress, wait=wait)
+    done = audit.run_two_phase(deploy, request_id)
+    stored = done.state
+    if stored is None:  # a retry found the endpoint gone since: nothing was deployed
+        raise NotFoundError(f"Endpoint {deploy.endpoint_name!r} no longer exists; deploy again.")
+    fresh = deploy.fresh or DeployPlan(name, number, deploy.endpoint_name, entity_name_for(name, number), None,
+                                       dict(done.record.requested or {}), experiment_id)
+    result = deploy.result
+    return Deployment(fresh, stored, result.get("endpoint_url"), result.get("review_app_url"), result.get("query_endpoint"))
 
-    def record_failure(outcome: str) -> None:
-        # The attempt may have changed the endpoint before failing: keep who tried, even then.
-        try:
-            audit.record_traffic_change(fresh.endpoint_name, action=action, user=user, reason=reason,
-                                                before=before_pct, after=after_pct, outcome=outcome[:500], settings=settings)
-        except AgentOpsError as audit_error:  # the deploy's own error is the one to show
-            _logger.warning("Could not record the failed deployment of %s v%s: %s", fresh.model_name,
-                            fresh.model_version, audit_error)
 
-    try:
+class _Deploy(audit.TwoPhaseChange["Endpoint | None"]):
+    """One ``databricks.agents.deploy``, as the steps of the audit trail's two-phase change."""
+
+    kind = audit.ChangeKind.DEPLOY
+
+    def __init__(self, name: str, number: str, *, user: str, reason: str, experiment_id: str | None,
+                 plan: DeployPlan | None, settings: Settings, user_token: str | None,
+                 progress: Callable[[str], None] | None, wait: bool) -> None:
+        self.name, self.number, self.user, self.reason, self.settings = name, number, user, reason, settings
+        self.experiment_id, self.plan, self.user_token, self.progress, self.wait = (
+            experiment_id, plan, user_token, progress, wait)
+        self.endpoint_name = agents_endpoint_name(name)
+        self.label = f"{name} v{number}"
+        self.action = f"deploy v{number}"
+        self.target = {"endpoint": self.endpoint_name, "model": name}
+        self.detail = {"version": number}
+        self.lock_key = endpoint_lock(self.endpoint_name)
+        self.fresh: DeployPlan | None = None
+        self.result: dict[str, Any] = {}
+        self._failure = "failed"  # how a refusal reads in the record: "failed" or "rollout failed"
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            self.progress(message)
+
+    def _plan(self) -> DeployPlan:
+        return plan_deploy(self.name, self.number, experiment_id=self.experiment_id, settings=self.settings,
+                           user_token=self.user_token)
+
+    def check(self) -> None:
+        self._say(f"Checking {self.name} v{self.number} in Unity Catalog and its endpoint…")
+        fresh, plan = self._plan(), self.plan
+        if plan is not None and (plan.model_name, plan.model_version, plan.endpoint_name) != (
+                fresh.model_name, fresh.model_version, fresh.endpoint_name):
+            raise ValidationError("The confirmed plan is for another model or version; review the deployment again.")
+        if plan is not None and (plan.percentages()[0] != fresh.percentages()[0] or (
+                plan.before is not None and fresh.before is not None
+                and plan.before.config_version != fresh.before.config_version)):
+            raise ConflictError(f"The split of {fresh.endpoint_name!r} changed since this deployment was prepared; "
+                                "review it again.")
+        self.fresh = fresh
+
+    def planned(self) -> tuple[dict[str, int], dict[str, int]]:
+        assert self.fresh is not None
+        return self.fresh.percentages()
+
+    def act(self, intent: audit.Change) -> Endpoint | None:
+        # A resumed deploy plans again: the endpoint still serves what it did before the interruption.
+        fresh = self.fresh = self.fresh or self._plan()
+        args = {"model_name": fresh.model_name, "model_version": int(fresh.model_version),
+                "endpoint_name": fresh.endpoint_name, "experiment_id": fresh.experiment_id}
+        self._say(f"{'Creating' if fresh.creates_endpoint else 'Updating'} {fresh.endpoint_name} with "
+                  "databricks.agents.deploy…")
+        self._failure = "failed"
         # databricks-agents calls Unity Catalog, MLflow and the agents API, which no Databricks Apps user
         # scope covers: it runs as the app's service principal, after the role check, with the user audited.
-        result = run_agents_call("deploy", args, settings)
-    except AgentOpsError as exc:
-        record_failure(f"failed: {exc}")
-        raise
-    client = workspace_client(settings, user_token=user_token)
-    if wait:
-        say("Deployment submitted; waiting for Model Serving to roll it out…")
-        stored = _wait_for_rollout(client, fresh, progress)
+        self.result = run_agents_call("deploy", args, self.settings)
+        client = workspace_client(self.settings, user_token=self.user_token)
+        if not self.wait:
+            with translate_errors(f"serving endpoint {fresh.endpoint_name!r}"):
+                return from_sdk(client.serving_endpoints.get(fresh.endpoint_name))
+        self._say("Deployment submitted; waiting for Model Serving to roll it out…")
+        stored = _wait_for_rollout(client, fresh, self.progress)
         if isinstance(stored, AgentOpsError):
-            record_failure(f"rollout failed: {stored}")
+            self._failure = "rollout failed"
             raise stored
-    else:
-        with translate_errors(f"serving endpoint {fresh.endpoint_name!r}"):
-            stored = from_sdk(client.serving_endpoints.get(fresh.endpoint_name))
-    if stored.routes:
-        after_pct = percentages(stored)
-    audit.record_traffic_change(
-        fresh.endpoint_name, action=action, user=user, reason=reason,
-        before=before_pct, after=after_pct, outcome="applied" if wait else "submitted", settings=settings)
-    return Deployment(fresh, stored, result.get("endpoint_url"), result.get("review_app_url"), result.get("query_endpoint"))
+        return stored
+
+    def observe(self) -> Endpoint | None:
+        from databricks.sdk.errors import NotFound
+
+        client = workspace_client(self.settings, user_token=self.user_token)
+        try:
+            detailed = client.serving_endpoints.get(self.endpoint_name)
+        except NotFound:
+            return None
+        except Exception as exc:  # noqa: BLE001 - classified below
+            raise classify_error(exc, f"serving endpoint {self.endpoint_name!r}") from exc
+        endpoint = from_sdk(detailed)
+        if endpoint.state is EndpointState.UPDATING:
+            # Neither done nor undone yet: deciding now could deploy twice.
+            raise ConflictError(f"{self.endpoint_name!r} has an update in progress; retry once it has finished.")
+        return endpoint
+
+    def recorded(self, state: Endpoint | None) -> dict[str, int]:
+        if state is None:
+            return {}
+        if not state.routes and self.fresh is not None:  # not rolled out yet (not waited for)
+            return dict(self.fresh.after)
+        return percentages(state)
+
+    def outcome(self, state: Endpoint | None) -> str:
+        return "applied" if self.wait else "submitted"
+
+    def holds_requested(self, intent: audit.Change, state: Endpoint | None) -> bool:
+        return state is not None and percentages(state).get(self.label) == 100
+
+    def close_refused(self, intent: audit.Change, exc: Exception) -> None:
+        # The attempt may have changed the endpoint before failing: keep who tried, even then.
+        try:
+            audit.complete_change(intent, intent.requested, outcome=f"{self._failure}: {exc}"[:500],
+                                  settings=self.settings)
+        except AgentOpsError as audit_error:  # the deploy's own error is the one to show
+            _logger.warning("Could not record the failed deployment of %s: %s", self.label, audit_error)
+
+    def describe(self, state: Endpoint | None) -> str:
+        return "no endpoint" if state is None else describe_split(percentages(state))
 
 
 def _wait_for_rollout(client: Any, plan: DeployPlan, progress: Callable[[str], None] | None) -> Endpoint | AgentOpsError:

@@ -9,8 +9,8 @@ from typing import Any, Callable, Sequence
 
 from services import audit, roles
 from services._clients import get_settings, mlflow_client, translate_errors
-from services.audit import TrafficChange
-from services.errors import BackendUnavailableError, ConflictError, ValidationError
+from services.audit import Change, ChangeKind
+from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from services.serving.backends import percentages, split_backend
 from services.serving.base import ArmTraffic, SplitBackend
 from services.serving.entities import (
@@ -183,19 +183,19 @@ def apply_split(
     return audit.run_two_phase(_SplitChange(plan, user, reason, action, backend), request_id).state
 
 
-class _SplitChange(audit.TwoPhaseChange[TrafficChange, Endpoint]):
+class _SplitChange(audit.TwoPhaseChange[Endpoint]):
     """Writing one plan's split through its backend, as the steps of the audit trail's two-phase change."""
+
+    kind = ChangeKind.TRAFFIC
 
     def __init__(self, plan: SplitPlan, user: str, reason: str, action: str, backend: SplitBackend) -> None:
         self.plan, self.user, self.reason, self.action, self.backend = plan, user, reason, action, backend
         self.settings = backend.settings
         self.name = plan.before.name
-        self.lock_key = ("traffic", self.name)
+        self.target = {"endpoint": self.name}
+        self.lock_key = endpoint_lock(self.name)
         self.before_pct, self.after_pct = plan.percentages()
         self._seen: Endpoint | None = None  # the state the write must still find (its concurrency token)
-
-    def find(self, request_id: str) -> TrafficChange | None:
-        return audit.find_traffic_change(self.name, request_id, settings=self.settings)
 
     def check(self) -> None:
         """Refuse a plan made against a split that has changed since; nothing is recorded or sent."""
@@ -203,28 +203,26 @@ class _SplitChange(audit.TwoPhaseChange[TrafficChange, Endpoint]):
         if conflict is not None:
             raise conflict
 
-    def open(self, request_id: str) -> TrafficChange:
-        return audit.open_traffic_change(self.name, action=self.action, user=self.user, reason=self.reason,
-                                         before=self.before_pct, after=self.after_pct, request_id=request_id,
-                                         settings=self.settings)
+    def planned(self) -> tuple[dict[str, int], dict[str, int]]:
+        return self.before_pct, self.after_pct
 
-    def act(self, intent: TrafficChange) -> Endpoint:
+    def act(self, intent: Change) -> Endpoint:
         return self.backend.write(self._seen or self.plan.before, self.plan.after, user=self.user)
 
     def observe(self) -> Endpoint:
         self._seen = self.backend.read(self.name)
         return self._seen
 
-    def complete(self, intent: TrafficChange, state: Endpoint) -> TrafficChange:
-        return audit.complete_traffic_change(intent, percentages(state), settings=self.settings)
+    def recorded(self, state: Endpoint) -> dict[str, int]:
+        return percentages(state)
 
-    def holds_requested(self, intent: TrafficChange, state: Endpoint) -> bool:
+    def holds_requested(self, intent: Change, state: Endpoint) -> bool:
         return self.backend.holds(state, self.plan.after)
 
-    def holds_before(self, intent: TrafficChange, state: Endpoint) -> bool:
+    def holds_before(self, intent: Change, state: Endpoint) -> bool:
         return self.backend.holds(state, self.plan.before)
 
-    def same_request(self, earlier: TrafficChange) -> ValidationError | None:
+    def same_request(self, earlier: Change) -> ValidationError | None:
         asked = earlier.requested if earlier.requested is not None else earlier.after
         if asked == self.after_pct:
             return None
@@ -238,7 +236,7 @@ class _SplitChange(audit.TwoPhaseChange[TrafficChange, Endpoint]):
             f"Retry once the backend is back. ({exc})"
         )
 
-    def interrupted(self, intent: TrafficChange, when: str, exc: Exception) -> BackendUnavailableError:
+    def interrupted(self, intent: Change, when: str, exc: Exception) -> BackendUnavailableError:
         return BackendUnavailableError(
             f"The backend stopped answering {when} (traffic change on {intent.endpoint!r} to "
             f"{describe_split(intent.requested or intent.after)}), so the split may or may not have changed. "
@@ -246,7 +244,7 @@ class _SplitChange(audit.TwoPhaseChange[TrafficChange, Endpoint]):
             f"backend is back and it completes exactly once. ({exc})"
         )
 
-    def superseded(self, earlier: TrafficChange, state: Endpoint) -> ConflictError:
+    def superseded(self, earlier: Change, state: Endpoint) -> ConflictError:
         return ConflictError(
             f"{self.name!r} now splits {describe_split(percentages(state))}, neither the split before the "
             "interrupted change nor the one it asked for: another change happened since. The interrupted attempt "
@@ -257,24 +255,36 @@ class _SplitChange(audit.TwoPhaseChange[TrafficChange, Endpoint]):
         return describe_split(percentages(state))
 
 
-def settle_interrupted(endpoint: Endpoint, change: TrafficChange, *, user: str, settings: Settings | None = None,
-                       identity: Any = None) -> str:
-    """Settle an interrupted traffic change from the split ``endpoint`` serves now; returns what was recorded.
+def endpoint_lock(name: str) -> tuple[str, ...]:
+    """The one lock key of every audited change of an endpoint (split changes, endpoint edits, deploys)."""
+    return ("traffic", name)
 
-    For when the confirmation that would retry it is gone (another session, a reload): if the
-    endpoint serves the split the change asked for, the record is completed as applied; otherwise
-    the change did not take effect (or was overwritten since) and the attempt is closed.
+
+def settle_interrupted(endpoint: Endpoint, change: Change, *, user: str, settings: Settings | None = None,
+                       identity: Any = None) -> str:
+    """Settle an interrupted change of ``endpoint`` (a split change or a deploy) from what it serves now.
+
+    For when the confirmation that would retry it is gone (another session, a reload). It goes
+    through the resume path of every audited change without changing the split again: if the
+    endpoint serves what the change asked for, the record is completed as applied; otherwise the
+    change did not take effect (or was overwritten since) and the attempt is closed.
     """
     settings = settings or get_settings()
     if identity is not None:
         roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
     if change.completed:
         return "This change is already recorded as done."
-    current = split_backend(endpoint.backend, settings).read(endpoint.name)
-    now = percentages(current)
-    if now == (change.requested or change.after):
-        audit.complete_traffic_change(change, now, outcome="applied (settled by " + user + ")", settings=settings)
-        return f"{endpoint.name} serves the split the change asked for; it is now recorded as applied."
-    why = "not applied" if now == change.before else "overwritten by a later change"
-    audit.abandon(change, f"settled by {user}: {why}; the endpoint served {describe_split(now)}", settings=settings)
-    return f"{endpoint.name} serves {describe_split(now)}: the interrupted change was {why}, and is closed."
+    backend = split_backend(endpoint.backend, settings)
+
+    def observe() -> Endpoint | None:
+        try:
+            return backend.read(endpoint.name)
+        except NotFoundError:  # a deploy that would have created it, or a deleted endpoint
+            return None
+
+    def recorded(state: Endpoint | None) -> dict[str, int]:
+        return percentages(state) if state is not None else {}
+
+    done = audit.settle(change, lock_key=endpoint_lock(endpoint.name), observe=observe, recorded=recorded, by=user,
+                        settings=settings)
+    return audit.settled_message(done, endpoint.name, describe_split(recorded(done.state)))

@@ -47,7 +47,7 @@ def _holder(settings) -> str | None:
     return None if held is None else str(held)
 
 
-def _records(settings, request_id: str) -> list[audit.AliasChange]:
+def _records(settings, request_id: str) -> list[audit.Change]:
     return [c for c in audit.alias_changes(AGENT, "champion", settings=settings) if c.request_id == request_id]
 
 

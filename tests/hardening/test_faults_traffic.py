@@ -62,11 +62,11 @@ def server(tmp_path_factory):
         yield srv, settings
 
 
-def _records(settings, endpoint: str, request_id: str) -> list[audit.TrafficChange]:
+def _records(settings, endpoint: str, request_id: str) -> list[audit.Change]:
     return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.request_id == request_id]
 
 
-def _completed(settings, endpoint: str) -> list[audit.TrafficChange]:
+def _completed(settings, endpoint: str) -> list[audit.Change]:
     return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.completed]
 
 

@@ -261,3 +261,76 @@ def test_names_match_databricks_agents_own(model):
     assert serving.agents_endpoint_name(model) == deployments._create_endpoint_name(model)
     for version in ("1", "12"):
         assert serving.entity_name_for(model, version) == deployments._create_served_model_name(model, version)
+
+
+DEPLOYS = ("POST", "/api/2.0/agents/deployments")
+
+
+def _interrupt_agents_call(monkeypatch, *, after_deploying: bool) -> None:
+    """The next databricks-agents call stops answering: before it reaches the workspace, or after it deployed."""
+    from services.errors import BackendUnavailableError
+    from services.serving import deploy
+
+    real = deploy.run_agents_call
+
+    def once(*args, **kwargs):
+        monkeypatch.setattr(deploy, "run_agents_call", real)
+        if after_deploying:
+            real(*args, **kwargs)
+        raise BackendUnavailableError("databricks-agents stopped during deploy (exit -9)")
+
+    monkeypatch.setattr(deploy, "run_agents_call", once)
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not-deployed", "deployed"])
+def test_an_interrupted_deploy_is_recorded_first_and_its_retry_deploys_at_most_once(harness, dbx, monkeypatch,
+                                                                                   landed):
+    from services.errors import BackendUnavailableError
+
+    _interrupt_agents_call(monkeypatch, after_deploying=landed)
+    with pytest.raises(BackendUnavailableError, match="recorded as interrupted .request dep-1"):
+        serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", settings=dbx, request_id="dep-1")
+    (intent,) = audit.traffic_changes(ENDPOINT, settings=dbx)
+    assert (intent.kind, intent.completed, intent.outcome) == (audit.ChangeKind.DEPLOY, False, audit.INTERRUPTED)
+    assert (intent.before, intent.requested, intent.model) == ({}, {"main.demo.support v3": 100}, MODEL)
+    assert api_calls(harness).count(DEPLOYS) == (1 if landed else 0)
+
+    done = serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", settings=dbx, request_id="dep-1")
+    assert done.endpoint.percentage_for("main-demo-support_3") == 100
+    assert api_calls(harness).count(DEPLOYS) == 1  # deployed exactly once, whichever side of the call it failed
+    (change,) = audit.traffic_changes(ENDPOINT, settings=dbx)
+    assert (change.run_id, change.completed, change.outcome) == (intent.run_id, True, "applied")
+    assert change.after == {"main.demo.support v3": 100}
+    # A third press of the same confirmation changes nothing.
+    serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", settings=dbx, request_id="dep-1")
+    assert api_calls(harness).count(DEPLOYS) == 1 and len(audit.traffic_changes(ENDPOINT, settings=dbx)) == 1
+
+
+def test_an_interrupted_deploy_overtaken_by_another_change_is_closed_not_deployed(harness, dbx, monkeypatch):
+    harness.endpoints[ENDPOINT] = _existing_endpoint()
+    _interrupt_agents_call(monkeypatch, after_deploying=False)
+    with pytest.raises(Exception, match="recorded as interrupted"):
+        serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", settings=dbx, request_id="dep-2")
+
+    def colleague_shifts(endpoint):
+        endpoint.config.traffic_config.routes[0].traffic_percentage = 50
+        endpoint.config.traffic_config.routes[1].traffic_percentage = 50
+
+    harness.change_endpoint(ENDPOINT, colleague_shifts)
+    with pytest.raises(ConflictError, match="another change happened since"):
+        serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", settings=dbx, request_id="dep-2")
+    assert api_calls(harness).count(DEPLOYS) == 0 and _mutations(harness) == []
+    assert audit.traffic_changes(ENDPOINT, settings=dbx) == []  # closed: it never took effect
+
+
+def test_an_interrupted_deploy_whose_confirmation_is_gone_is_settled_through_the_same_resume_path(harness, dbx,
+                                                                                                 monkeypatch):
+    harness.endpoints[ENDPOINT] = _existing_endpoint()
+    _interrupt_agents_call(monkeypatch, after_deploying=False)
+    with pytest.raises(Exception, match="recorded as interrupted"):
+        serving.deploy_version(MODEL, 3, user="ana@example.com", reason="v3", settings=dbx, request_id="dep-3")
+    (intent,) = audit.traffic_changes(ENDPOINT, settings=dbx)
+    endpoint = serving.get_endpoint(ENDPOINT, dbx)
+    message = serving.settle_interrupted(endpoint, intent, user="bo@example.com", settings=dbx)
+    assert "was not applied" in message and "main.demo.support v1 90%" in message
+    assert audit.traffic_changes(ENDPOINT, settings=dbx) == [] and _mutations(harness) == []

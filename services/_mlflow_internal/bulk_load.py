@@ -20,6 +20,7 @@ from services._mlflow_internal.trace_write import (
     _ID_RNG,
     SpanSpec,
     TraceSpec,
+    _trace_info_and_span_dicts,
     _trace_parts,
     log_traces,
     supports_bulk_span_logging,
@@ -53,7 +54,7 @@ def supports_direct_load(client: MlflowClient, traces: Sequence[TraceSpec] = ())
 
 def bulk_load_traces(
     client: MlflowClient, traces: Sequence[TraceSpec], *, chunk_size: int = 5000, rng: random.Random = _ID_RNG,
-    workers: int = 1,
+    workers: int = 1, stamp: bool = True,
 ) -> list[str]:
     """Write finished traces straight into the SQL store's tables, thousands per transaction.
 
@@ -64,20 +65,15 @@ def bulk_load_traces(
     ``start_trace`` + ``log_spans``. Falls back to ``log_traces`` where that is not possible.
     With ``workers`` > 1, that many forked processes build the rows (the costly part: MLflow's span
     translation and cost calculation) while this one inserts them; trace ids then come from
-    per-piece generators seeded from ``rng``.
+    per-piece generators seeded from ``rng``. With ``stamp`` (the default) each distinct span shape
+    goes through MLflow's translation once and later spans of that shape are stamped into a copy
+    (``_Stamper``); every 100th trace is also built through MLflow's path and the rows compared, a
+    difference raises.
     """
     if not traces:
         return []
     if not supports_direct_load(client, traces):
         return log_traces(client, traces)
-    import sqlalchemy as sa
-    from mlflow.store.tracking.dbmodels.models import (
-        SqlSpan,
-        SqlTraceInfo,
-        SqlTraceMetadata,
-        SqlTraceTag,
-    )
-
     store = tracking_store(client)
     experiments = {}
     for experiment_id in {spec.experiment_id for spec in traces}:
@@ -86,52 +82,245 @@ def bulk_load_traces(
             raise ValueError(f"Experiment {experiment_id} is {experiment.lifecycle_stage}; traces need an active one.")
         experiments[experiment_id] = experiment
     trace_ids: list[str] = []
-    tables = (SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlTraceMetadata.__table__, SqlSpan.__table__)
-    context = _RowContext(store.db_type, experiments)
-
-    def insert(built: tuple[list[str], tuple[list[dict], ...]]) -> None:
-        ids, rows = built
-        with store.engine.begin() as connection:
-            copy = _copier(connection)
-            for table, table_rows in zip(tables, rows):
-                if table_rows:
-                    if copy is not None:
-                        copy(table, table_rows)
-                    else:
-                        connection.execute(sa.insert(table), table_rows)
-        trace_ids.extend(ids)
+    context = _RowContext(store.db_type, experiments, stamp=stamp)
 
     pieces = [traces[start : start + chunk_size] for start in range(0, len(traces), chunk_size)]
     with _without_missing_litellm():
         if workers <= 1 or len(pieces) < 2:
             for piece in pieces:
-                insert(_build_rows(context, piece, rng))
+                trace_ids.extend(_insert(store.engine, _build_rows(context, piece, rng)))
             return trace_ids
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         seeds = [rng.getrandbits(64) for _ in pieces]
+        with store.engine.connect() as connection:
+            copies = _copier(connection) is not None
+        url = store.engine.url.render_as_string(hide_password=False) if copies else None
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for built in pool.map(_build_rows_seeded, [context] * len(pieces), pieces, seeds):
-                insert(built)  # while the workers build the next pieces
+            if copies:  # PostgreSQL: each builder COPYs its own piece on its own connection
+                for ids in pool.map(_build_and_copy_seeded, [context] * len(pieces), pieces, seeds,
+                                    [url] * len(pieces)):
+                    trace_ids.extend(ids)
+            else:  # one writer (SQLite): this process inserts while the workers build the next pieces
+                for built in pool.map(_build_rows_seeded, [context] * len(pieces), pieces, seeds):
+                    trace_ids.extend(_insert(store.engine, built))
     return trace_ids
+
+
+def _tables() -> tuple:
+    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceMetadata, SqlTraceTag
+
+    return SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlTraceMetadata.__table__, SqlSpan.__table__
+
+
+def _insert(engine: Any, built: tuple[list[str], tuple[list[dict], ...]]) -> list[str]:
+    """Write one piece's rows in one transaction (COPY on PostgreSQL through psycopg 3)."""
+    import sqlalchemy as sa
+
+    ids, rows = built
+    with engine.begin() as connection:
+        copy = _copier(connection)
+        for table, table_rows in zip(_tables(), rows):
+            if table_rows:
+                if copy is not None:
+                    copy(table, table_rows)
+                else:
+                    connection.execute(sa.insert(table), table_rows)
+    return ids
+
+
+def _build_and_copy_seeded(context: "_RowContext", specs: Sequence[TraceSpec], seed: int, url: str) -> list[str]:
+    """In a forked builder: build one piece's rows and write them on a connection of its own."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)  # never the parent's pooled connections
+    try:
+        return _insert(engine, _build_rows_seeded(context, specs, seed))
+    finally:
+        engine.dispose()
 
 
 @dataclass(frozen=True)
 class _RowContext:
     db_type: str  # what _trace_rows reads of the store
     experiments: dict[str, Any]
+    stamp: bool = True  # translate each span shape once (_Stamper) instead of every span
+    verify_every: int = 100  # with stamp: every so many traces also through MLflow's path, rows compared
 
 
 def _build_rows(context: _RowContext, specs: Sequence[TraceSpec], rng: random.Random):
     ids: list[str] = []
     rows: tuple[list[dict], ...] = ([], [], [], [])
-    for spec in specs:
-        info, spans = _trace_parts(spec, rng)
-        for bucket, new in zip(rows, _trace_rows(context, context.experiments[spec.experiment_id], info, spans)):
+    stamper = _stamper() if context.stamp else None
+    for index, spec in enumerate(specs):
+        experiment = context.experiments[spec.experiment_id]
+        if stamper is None:
+            info, spans = _trace_parts(spec, rng)
+            built = _trace_rows(context, experiment, info, _translated(spans))
+        else:
+            info, span_dicts = _trace_info_and_span_dicts(spec, rng)
+            stamped = stamper.spans(span_dicts)
+            if stamped is None:  # a span MLflow's translation does not let us stamp
+                stamped = _translated([Span.from_dict(d) for d in span_dicts])
+            built = _trace_rows(context, experiment, info, stamped)
+            if index % context.verify_every == 0:  # MLflow's own path for this trace must give the same rows
+                own = _trace_rows(context, experiment, info, _translated([Span.from_dict(d) for d in span_dicts]))
+                if own != built:
+                    raise RuntimeError(f"Stamped rows of trace {info.trace_id} differ from MLflow's own path "
+                                       "(an MLflow upgrade changed span translation?): load with stamp=False.")
+        for bucket, new in zip(rows, built):
             bucket.extend(new)
         ids.append(info.trace_id)
     return ids, rows
+
+
+# --- stamping: MLflow's span translation once per span shape ------------------------------------
+
+# Attribute values that vary from trace to trace and that translate_span_when_storing only passes
+# through (after sanitize_attributes): a shape's template is translated with a marker in their place
+# and each trace's values go into a copy. Token usage also feeds the cost, recomputed per span with
+# MLflow's calculate_cost_by_model_and_token_usage exactly as the translation does.
+_STAMPED_KEYS = (SpanAttributeKey.REQUEST_ID, SpanAttributeKey.INPUTS, SpanAttributeKey.OUTPUTS,
+                 SpanAttributeKey.CHAT_USAGE)
+_MARK = "@@agentops-stamp-7c1e@@"
+
+
+@dataclass(frozen=True)
+class _StampedSpan:
+    """What ``_trace_rows`` reads of a ``Span``, taken from the shape's template ``Span``."""
+
+    span_id: str
+    parent_id: str | None
+    name: str
+    span_type: Any
+    status: Any
+    start_time_ns: int
+    end_time_ns: int
+
+
+@dataclass(frozen=True)
+class _Template:
+    translated: dict
+    span_type: Any
+    status: Any
+    recompute_cost: bool
+
+
+class _Stamper:
+    """Translates each distinct span shape (everything but ids, times, the request id, inputs,
+    outputs and token usage) once with MLflow's ``translate_span_when_storing`` and stamps each
+    span's own values into a copy. A shape whose translation does not pass the stamped values
+    through unchanged is never stamped (``spans`` returns None and the caller uses MLflow's path)."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple, _Template | None] = {}
+        self._costs: dict[tuple, str | None] = {}
+
+    @staticmethod
+    def _key(span_dict: dict) -> tuple:
+        return (
+            span_dict["name"], span_dict["parent_span_id"] is None,
+            span_dict["status"]["code"], span_dict["status"]["message"],
+            tuple((e["name"], tuple(e["attributes"].items())) for e in span_dict["events"]),
+            len(span_dict["links"]),
+            tuple((k, None if k in _STAMPED_KEYS else v) for k, v in span_dict["attributes"].items()),
+        )
+
+    def _template(self, span_dict: dict) -> _Template | None:
+        from mlflow.tracing.otel.translation import translate_span_when_storing
+        from mlflow.tracing.utils import TraceJSONEncoder
+
+        attributes = span_dict["attributes"]
+        marked = {k: json.dumps(f"{_MARK}{k}") if k in _STAMPED_KEYS else v for k, v in attributes.items()}
+        span = Span.from_dict({**span_dict, "attributes": marked})
+        translated = translate_span_when_storing(span)
+        out = translated["attributes"]
+        stamped = [k for k in _STAMPED_KEYS if k in attributes]
+        if any(out.get(k) != marked[k] for k in stamped):
+            return None
+        if json.dumps(translated, cls=TraceJSONEncoder).count(_MARK) != len(stamped):
+            return None  # a marker was copied into another value
+        recompute = (SpanAttributeKey.CHAT_USAGE in stamped and SpanAttributeKey.MODEL in out
+                     and SpanAttributeKey.LLM_COST not in attributes)
+        if recompute and SpanAttributeKey.LLM_COST in out:
+            return None
+        return _Template(translated, span.span_type, span.status, recompute)
+
+    def _cost(self, attributes: dict) -> str | None:
+        """The LLM_COST attribute ``translate_span_when_storing`` adds for these attributes (its own steps)."""
+        from mlflow.tracing.utils import calculate_cost_by_model_and_token_usage, dump_span_attribute_value
+
+        key = (attributes[SpanAttributeKey.CHAT_USAGE], attributes[SpanAttributeKey.MODEL],
+               attributes.get(SpanAttributeKey.MODEL_PROVIDER))
+        if key not in self._costs:
+            value = None
+            try:
+                token_usage = json.loads(key[0])
+                model_name = json.loads(key[1])
+                model_provider = json.loads(key[2]) if SpanAttributeKey.MODEL_PROVIDER in attributes else None
+                if cost := calculate_cost_by_model_and_token_usage(model_name, token_usage, model_provider):
+                    value = dump_span_attribute_value(cost)
+            except Exception:  # noqa: BLE001 - as the translation: no cost
+                value = None
+            if len(self._costs) >= 50_000:  # bounded: token usages vary widely
+                self._costs.clear()
+            self._costs[key] = value
+        return self._costs[key]
+
+    def spans(self, span_dicts: list[dict]) -> list[tuple[_StampedSpan, dict]] | None:
+        from mlflow.entities.span import _decode_id_from_byte
+        from mlflow.tracing.otel.translation import sanitize_attributes
+        from mlflow.tracing.utils import encode_span_id
+
+        out = []
+        for span_dict in span_dicts:
+            key = self._key(span_dict)
+            if key not in self._templates:
+                self._templates[key] = self._template(span_dict)
+            template = self._templates[key]
+            if template is None:
+                return None
+            attributes = span_dict["attributes"]
+            stamped_attributes = dict(template.translated["attributes"])
+            for k in _STAMPED_KEYS:
+                if k in attributes:
+                    value = attributes[k]
+                    # sanitize_attributes changes only a JSON string literal (json.loads gives a str)
+                    if isinstance(value, str) and value.lstrip()[:1] != '"':
+                        stamped_attributes[k] = value
+                    else:
+                        stamped_attributes.update(sanitize_attributes({k: value}))
+            if template.recompute_cost and (cost := self._cost(stamped_attributes)) is not None:
+                stamped_attributes[SpanAttributeKey.LLM_COST] = cost
+            translated = {
+                **template.translated,
+                "trace_id": span_dict["trace_id"],
+                "span_id": span_dict["span_id"],
+                "parent_span_id": span_dict["parent_span_id"],
+                "start_time_unix_nano": span_dict["start_time_unix_nano"],
+                "end_time_unix_nano": span_dict["end_time_unix_nano"],
+                "events": [{**e, "time_unix_nano": mine["time_unix_nano"]}
+                           for e, mine in zip(template.translated["events"], span_dict["events"])],
+                "attributes": stamped_attributes,
+            }
+            parent = span_dict["parent_span_id"]
+            out.append((_StampedSpan(
+                encode_span_id(_decode_id_from_byte(span_dict["span_id"])),
+                encode_span_id(_decode_id_from_byte(parent)) if parent else None,
+                span_dict["name"], template.span_type, template.status,
+                int(span_dict["start_time_unix_nano"]), int(span_dict["end_time_unix_nano"])), translated))
+        return out
+
+
+_STAMPERS: dict[int, _Stamper] = {}
+
+
+def _stamper() -> _Stamper:
+    """This process's stamper (forked builders each keep their own templates across pieces)."""
+    import os
+
+    return _STAMPERS.setdefault(os.getpid(), _Stamper())
 
 
 def _build_rows_seeded(context: _RowContext, specs: Sequence[TraceSpec], seed: int):
@@ -177,8 +366,18 @@ def _unquote(value: Any) -> Any:
     return parsed if isinstance(parsed, str) else value
 
 
-def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span]) -> tuple[list[dict], ...]:
-    """trace_info, trace_tags, trace_request_metadata and spans rows of one finished trace."""
+def _translated(spans: list[Span]) -> list[tuple[Any, dict]]:
+    """MLflow's own path: each span with the dict ``log_spans`` stores (``translate_span_when_storing``)."""
+    from mlflow.tracing.otel.translation import translate_span_when_storing
+
+    return [(span, translate_span_when_storing(span)) for span in spans]
+
+
+def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[tuple[Any, dict]]) -> tuple[list[dict], ...]:
+    """trace_info, trace_tags, trace_request_metadata and spans rows of one finished trace.
+
+    ``spans``: each span (a ``Span`` or a ``_StampedSpan``: what is read of it is its ids, name,
+    type, status and times) with its translated dict, as ``log_spans`` stores it."""
     from mlflow.store.tracking.utils.trace_analytics import (
         COST_COLUMN_BY_KEY,
         PROMOTED_TRACE_METADATA_KEYS,
@@ -190,7 +389,6 @@ def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span])
         validate_trace_name,
     )
     from mlflow.tracing.constant import SpansLocation, TraceTagKey
-    from mlflow.tracing.otel.translation import translate_span_when_storing
     from mlflow.tracing.utils import (
         SpanAggregationNode,
         TraceJSONEncoder,
@@ -198,13 +396,11 @@ def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span])
         aggregate_usage_from_span_nodes,
     )
     from mlflow.utils.mlflow_tags import MLFLOW_ARTIFACT_LOCATION
-    from mlflow.utils.uri import append_to_uri_path
 
     trace_id = info.trace_id
     experiment_id = int(experiment.experiment_id)
     span_rows, usage_nodes, cost_nodes = [], [], []
-    for span in spans:
-        span_dict = translate_span_when_storing(span)
+    for span, span_dict in spans:
         attributes = span_dict.get("attributes", {})
         usage_nodes.append(SpanAggregationNode(span.span_id, span.parent_id,
                                                _json_or_none(attributes.get(SpanAttributeKey.CHAT_USAGE))))
@@ -252,7 +448,7 @@ def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span])
         "trace_name": validate_trace_name(info.tags.get(TraceTagKey.TRACE_NAME)),
         **columns,
     }
-    artifact_uri = append_to_uri_path(experiment.artifact_location, "traces", trace_id, "artifacts")
+    artifact_uri = _artifact_uri(experiment.artifact_location, trace_id)
     tags = {k: v for k, v in info.tags.items() if k != TraceTagKey.TRACE_NAME}
     tags[MLFLOW_ARTIFACT_LOCATION] = artifact_uri
     tags[TraceTagKey.SPANS_LOCATION] = SpansLocation.TRACKING_STORE.value
@@ -265,6 +461,25 @@ def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[Span])
         span_rows,
     )
 
+
+
+_URI_PARTS: dict[str, tuple[str, str] | None] = {}
+_URI_PROBE = "tr-0123456789abcdef0123456789abcdef"
+
+
+def _artifact_uri(artifact_location: str, trace_id: str) -> str:
+    """MLflow's ``append_to_uri_path(location, "traces", trace_id, "artifacts")``; for trace ids of
+    letters, digits and dashes (what MLflow generates) by splicing the id into the path computed once
+    per experiment for a probe id of that form."""
+    from mlflow.utils.uri import append_to_uri_path
+
+    if artifact_location not in _URI_PARTS:
+        probe = append_to_uri_path(artifact_location, "traces", _URI_PROBE, "artifacts")
+        _URI_PARTS[artifact_location] = tuple(probe.split(_URI_PROBE)) if probe.count(_URI_PROBE) == 1 else None
+    parts = _URI_PARTS[artifact_location]
+    if parts is None or not trace_id.replace("-", "").isalnum() or not trace_id.isascii():
+        return append_to_uri_path(artifact_location, "traces", trace_id, "artifacts")
+    return parts[0] + trace_id + parts[1]
 
 
 def _copier(connection: Any) -> Any:

@@ -139,6 +139,12 @@ def _preview(value: Any) -> str | None:
 
 def _trace_parts(spec: TraceSpec, rng: random.Random = _ID_RNG) -> tuple[TraceInfo, list[Span]]:
     """The ``TraceInfo`` that ``start_trace`` takes and the spans that ``log_spans`` takes."""
+    info, span_dicts = _trace_info_and_span_dicts(spec, rng)
+    return info, [Span.from_dict(d) for d in span_dicts]
+
+
+def _trace_info_and_span_dicts(spec: TraceSpec, rng: random.Random = _ID_RNG) -> tuple[TraceInfo, list[dict]]:
+    """``_trace_parts`` with each span still as the dict ``Span.from_dict`` takes (same ids from ``rng``)."""
     otel_trace_id = rng.getrandbits(128) or 1
     trace_id = f"tr-{otel_trace_id:032x}"
     root = spec.root
@@ -158,8 +164,7 @@ def _trace_parts(spec: TraceSpec, rng: random.Random = _ID_RNG) -> tuple[TraceIn
         trace_metadata=metadata,
         tags={"mlflow.traceName": root.name, **spec.tags},
     )
-    spans = [Span.from_dict(d) for d in _span_dicts(root, trace_id, otel_trace_id, None, rng)]
-    return info, spans
+    return info, list(_span_dicts(root, trace_id, otel_trace_id, None, rng))
 
 
 def _log_traces_bulk(client: MlflowClient, traces: Sequence[TraceSpec], rng: random.Random = _ID_RNG) -> list[str]:

@@ -107,9 +107,14 @@ def catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> lis
     # app's modules (which the live code scorers call) are not installed.
     code_reason = ("The app's code scorers run in its worker; on Databricks production monitoring runs "
                    "only the LLM judges." if databricks else "")
-    choices = [LiveScorerChoice(n, specs[n].label, "code", not databricks, code_reason) for n in LIVE_CODE_SCORERS]
-    choices += [LiveScorerChoice(n, specs[n].label, "LLM judge", specs[n].available, specs[n].reason)
-                for n in LIVE_JUDGES]
+    # Where each runs, in the kind the Live scoring form shows beside the scorer.
+    judges_run_by = {"databricks": "Databricks production monitoring", "mlflow server": "the mlflow server",
+                     "worker": "the app's worker"}[where_runs(LiveScoringConfig(LIVE_JUDGES, 0.0), settings, environ)
+                                                   ["safety"]]
+    code_kind = "code" if databricks else "code, run by the app's worker"
+    choices = [LiveScorerChoice(n, specs[n].label, code_kind, not databricks, code_reason) for n in LIVE_CODE_SCORERS]
+    choices += [LiveScorerChoice(n, specs[n].label, f"LLM judge, run by {judges_run_by}", specs[n].available,
+                                 specs[n].reason) for n in LIVE_JUDGES]
     return choices
 
 

@@ -47,7 +47,9 @@ def world(tmp_path_factory):
     fake = FakeOpenAI()
     root = tmp_path_factory.mktemp("live-mlflow-server")
     env = {"MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "http,https", "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
-           "MLFLOW_MODEL_CATALOG_URI": ""}
+           "MLFLOW_MODEL_CATALOG_URI": "",
+           # The server's scheduler scores a trace only this long after it started (default 5 minutes).
+           "MLFLOW_ONLINE_SCORING_DEFAULT_TRACE_COMPLETION_BUFFER_SECONDS": "0"}
     try:
         with running_mlflow_server(root, env=env) as server:
             try:
@@ -94,6 +96,9 @@ def test_gateway_judges_run_in_the_server_and_code_scorers_in_the_worker(world, 
     experiment_id, ids = world["experiment_id"], world["trace_ids"]
     config = LiveScoringConfig(scorers=("latency_budget", "safety"), sample_rate=0.5, filter_string=FILTER)
     assert live_scoring.where_runs(config, server, JUDGE_ENV) == {"latency_budget": "worker", "safety": "mlflow server"}
+    kinds = {c.name: c.kind for c in live_scoring.catalog(server, JUDGE_ENV)}  # shown on the Live scoring form
+    assert (kinds["safety"], kinds["latency_budget"]) == ("LLM judge, run by the mlflow server",
+                                                          "code, run by the app's worker")
     assert live_scoring.where_runs(config, server, {"AGENTOPS_JUDGE_MODEL": "openai:/gpt-4o-mini",
                                                     "OPENAI_BASE_URL": "http://127.0.0.1:9"})["safety"] == "worker"
 
@@ -147,3 +152,23 @@ def test_gateway_judges_run_in_the_server_and_code_scorers_in_the_worker(world, 
     assert _registered(experiment_id) == {}
     history = team_state.history(server, f"{live_scoring.KEY_PREFIX}{AGENT}")
     assert sorted((c["version"], c["user"]) for c in history) == [(v, OPS.user) for v in (1, 2, 3, 4)]
+
+
+def test_the_servers_scheduler_scores_the_registered_judge(world, server):
+    """MLflow's own scheduler in the server (a job every minute) runs the registered judge, through the
+    server's AI Gateway, to the provider behind it; the judge's assessments land on the traces."""
+    experiment_id, ids, fake = world["experiment_id"], world["trace_ids"], world["fake"]
+    _, version = live_scoring.load_config(AGENT, server)
+    live_scoring.save_config(AGENT, LiveScoringConfig(scorers=("safety",), sample_rate=1.0), identity=OPS,
+                             settings=server, environ=JUDGE_ENV, expected_version=version)
+    client = MlflowClient(server.tracking_uri)
+    try:
+        deadline = time.monotonic() + 130
+        judged: list = []
+        while time.monotonic() < deadline and not judged:
+            time.sleep(3)
+            judged = [a for t in ids for a in (client.get_trace(t).info.assessments or []) if a.name == "live_safety"]
+    finally:
+        live_scoring.delete_config(AGENT, identity=OPS, settings=server)
+    assert judged, "the server's online scoring did not run the registered judge"
+    assert fake.calls["gpt-judge"] > 0  # through the server's AI Gateway, to the provider behind it

@@ -12,7 +12,7 @@ import streamlit as st
 from components.caching import per_user_cache
 from components.charts import chart_text
 from components.errors import show_error
-from services import live_scoring
+from services import live_quality
 from services.errors import AgentOpsError
 from services.settings import Settings
 
@@ -21,7 +21,7 @@ _PALETTE = ("#1f6feb", "#d97706", "#059669", "#9333ea", "#dc2626", "#0891b2")
 
 @per_user_cache(ttl=60, show_spinner=False)
 def _results(settings: Settings, agent: str, start: datetime, end: datetime) -> pd.DataFrame:
-    return live_scoring.live_results(agent, settings, start=start, end=end)
+    return live_quality.live_results(agent, settings, start=start, end=end)
 
 
 def _freq(start: datetime, end: datetime) -> str:
@@ -62,7 +62,7 @@ def render_live_quality(settings: Settings, agent: str, start: datetime, end: da
                    "new traces as they arrive.")
         return
     by = "arm" if split == "Arm" else "version"
-    quality = live_scoring.quality_over_time(results, by=by, freq=_freq(start, end))
+    quality = live_quality.quality_over_time(results, by=by, freq=_freq(start, end))
     st.caption(f"Live quality per {by}: pass rate per bucket with 95% Wilson intervals "
                f"({len(results):,} results on {results['trace_id'].nunique():,} traces).")
     for scorer in sorted(quality["scorer"].unique()):

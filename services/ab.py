@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from services import releases, roles, serving
+from services import live_quality, releases, roles, serving
 from services._clients import get_settings
 from services.audit import AliasAction
 from services.errors import AgentOpsError, NotFoundError, ValidationError
@@ -330,13 +330,11 @@ def live_outcomes(traffic: Sequence[serving.ArmTraffic], start: datetime, end: d
                   settings: Settings | None = None) -> dict[str, tuple[LiveScorerSample, ...]]:
     """Each arm's live-scorer results, per scorer, on exactly the arm's traces in the window.
 
-    Read through ``live_scoring.live_results`` (one search per agent) and grouped with
-    ``live_scoring.outcomes_by``; only traces the arm's own search found count, so the live scorers
+    Read through ``live_quality.live_results`` (one search per agent) and grouped with
+    ``live_quality.outcomes_by``; only traces the arm's own search found count, so the live scorers
     are judged on the same requests as the arm's other measures. Arms without a registered version
     (AI Gateway provider models) have no agent and so no live scorers.
     """
-    from services import live_scoring
-
     settings = settings or get_settings()
     arm_of: dict[str, str] = {}
     per_agent: dict[str, int] = {}
@@ -352,7 +350,7 @@ def live_outcomes(traffic: Sequence[serving.ArmTraffic], start: datetime, end: d
             continue
         try:
             # The agent's other traces in the window (evaluations, other endpoints) are read too: room for them.
-            frames.append(live_scoring.live_results(agent, settings, start=start, end=end,
+            frames.append(live_quality.live_results(agent, settings, start=start, end=end,
                                                     max_traces=max(5000, 4 * count)))
         except NotFoundError:
             continue
@@ -368,7 +366,7 @@ def live_outcomes(traffic: Sequence[serving.ArmTraffic], start: datetime, end: d
     pass_fail = {str(k): bool(v) for k, v in scored.groupby("scorer")["passed"].agg(lambda s: s.notna().all()).items()}
     return {arm: tuple(LiveScorerSample(scorer, pass_fail[scorer], tuple(values))
                        for scorer, values in sorted(by_scorer.items()))
-            for arm, by_scorer in live_scoring.outcomes_by(results, "arm").items()}
+            for arm, by_scorer in live_quality.outcomes_by(results, "arm").items()}
 
 
 def _sample(arm: serving.ArmTraffic) -> ArmSample:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services import live_scoring, team_state
+from services import live_quality, live_scoring, team_state
 from services.errors import PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from services.live_scoring import LiveScoringConfig
@@ -90,9 +90,9 @@ def test_mlflow_processor_scores_new_traces_once_and_quality_has_intervals(world
         assert forbidden.feedback.value == "no" and "refund" in forbidden.rationale.lower()
 
     now = datetime.now(tz=timezone.utc)
-    results = live_scoring.live_results(AGENT, isolated_settings, start=now - timedelta(hours=1), end=now)
+    results = live_quality.live_results(AGENT, isolated_settings, start=now - timedelta(hours=1), end=now)
     assert len(results) == 12 and set(results["version"]) == {"1"}
-    quality = live_scoring.quality_over_time(results, by="version", freq="1D")
+    quality = live_quality.quality_over_time(results, by="version", freq="1D")
     latency = quality[quality["scorer"] == "latency_budget"].iloc[0]
     assert (latency["n"], latency["passed"], latency["rate"]) == (6, 6, 1.0)
     assert 0.5 < latency["low"] < 1.0 and latency["high"] == pytest.approx(1.0)
@@ -114,7 +114,7 @@ def test_mlflows_own_checkpoint_neither_skips_nor_is_moved_by_the_worker(world, 
 
 
 def test_wilson_interval_matches_the_textbook_value():
-    low, high = live_scoring.wilson(8, 10)
+    low, high = live_quality.wilson(8, 10)
     assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433
 
 
@@ -143,8 +143,8 @@ def test_outcomes_per_arm_for_the_ab_judge():
             ["t2", stamp, "m1", "1", "a", "latency_budget", "no", False, 0.0],
             ["t3", stamp, "m2", "2", "b", "latency_budget", "yes", True, 1.0],
             ["t3", stamp, "m2", "2", "b", "relevance", "bad", None, None]]
-    results = pd.DataFrame(rows, columns=live_scoring.RESULT_COLUMNS)
-    assert live_scoring.outcomes_by(results, "arm") == {"a": {"latency_budget": [1.0, 0.0]},
+    results = pd.DataFrame(rows, columns=live_quality.RESULT_COLUMNS)
+    assert live_quality.outcomes_by(results, "arm") == {"a": {"latency_budget": [1.0, 0.0]},
                                                         "b": {"latency_budget": [1.0]}}
-    quality = live_scoring.quality_over_time(results, by="arm")
+    quality = live_quality.quality_over_time(results, by="arm")
     assert list(quality["n"]) == [2, 1, 1]

@@ -19,15 +19,21 @@ breach the error-rate guardrail), since what is checked here is the action, not 
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from services import alerting, audit, serving
+from services import alerting, audit, serving, team_state
 from services import rollout_controller as rc
 from services.identity import Identity, IdentitySource
 from services.rollout_ports import ServicePorts
@@ -41,7 +47,7 @@ from services.rollouts import (
 )
 from services.sequential import ArmSample
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.mlflow_restart import kill_group, restartable_backend
 from tests.hardening.reliability import write_record
 from tests.harness.databricks_secrets import SecretsApi
 from tests.harness.databricks_settings import use_app_env
@@ -230,6 +236,141 @@ def test_a_rollback_interrupted_by_the_mlflow_server_dying_completes_once_after_
         **figures, "restart (s)": round(srv.starts[-1], 1), "trail agrees": "yes"},
         notes="mlflow server SIGKILLed at this point of the controller's rollback, restarted on the same SQLite "
               "store; the next tick completes the pending action with the same request id.")
+
+
+# --- the controller process itself killed between deciding and acting --------------------------------
+
+
+class _HoldingProxy(ThreadingHTTPServer):
+    """A loopback proxy in front of the ``mlflow server``: it passes every request on, except the first
+    one ``hold`` names, which it keeps (never forwarded) until ``release``; then it drops the connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.upstream_port = upstream_port
+        self.matches = None
+        self.held, self.released = threading.Event(), threading.Event()
+        self.forwarded: list[tuple[str, str, bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    def _forward(self):
+        proxy = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        if proxy.matches is not None and not proxy.held.is_set() and proxy.matches(self.command, self.path, body):
+            proxy.held.set()
+            proxy.released.wait(120)
+            self.close_connection = True
+            return  # never forwarded: the caller sees its connection drop (if it is still alive)
+        proxy.forwarded.append((self.command, self.path, body))
+        upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "content-length")}
+        upstream.request(self.command, self.path, body=body or None, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def _endpoint_write(name: str):
+    """Whether a request is the write of local endpoint ``name``'s configuration (its record's tags)."""
+    slug = team_state._slug(serving.local.ENDPOINT_KEY + name)
+    heads = (f"{team_state.HEAD_PREFIX}{slug}", f"{team_state.CHUNK_PREFIX}{slug}.")
+
+    def matches(method: str, path: str, body: bytes) -> bool:
+        if method != "POST" or not path.split("?")[0].endswith("/experiments/set-experiment-tag"):
+            return False
+        key = json.loads(body or b"{}").get("key", "")
+        return key == heads[0] or key.startswith(heads[1])
+
+    return matches
+
+
+def test_the_controller_process_killed_between_deciding_and_moving_traffic_acts_once_after_restart(
+        server, receiver, monkeypatch):
+    """A controller in its own process records its rollback as pending and is SIGKILLed while its traffic
+    write is on the wire (held by a proxy, never delivered); a new controller finishes the action once."""
+    srv, settings = server
+    _alive(srv)
+    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
+    ports = GivenEvidencePorts(settings, CLEAR)
+    notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
+    rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+
+    proxy = _HoldingProxy(srv.port)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy.matches = _endpoint_write(LOCAL_ENDPOINT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTOPS_", "MLFLOW_TRACKING", "DATABRICKS_"))}
+    env.update({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": proxy.url, "AGENTOPS_DATA_DIR": str(settings.data_dir),
+                "AGENTOPS_ALERT_CHANNELS_FILE": os.environ["AGENTOPS_ALERT_CHANNELS_FILE"],
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_MODEL_CATALOG_URI": ""})
+    began = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-m", "tests.hardening.rollout_child", *map(str, BREACH)],
+                             cwd=Path(__file__).resolve().parents[2], env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not proxy.held.wait(0.2):
+            assert child.poll() is None, child.communicate()[1].decode()[-3000:]
+            assert time.monotonic() - began < 180, "the controller never reached its traffic write"
+        # The controller has decided and recorded its action; the traffic has not moved.
+        decided = rc.get_rollout(LOCAL_ENDPOINT, settings)
+        assert decided.pending and decided.pending["action"] == "roll back" and decided.pending["rule"] == "error_rate"
+        assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+        kill_group(child)
+        killed_after = round(time.monotonic() - began, 1)
+    finally:
+        if child.poll() is None:
+            kill_group(child)
+        proxy.released.set()
+        proxy.shutdown()
+        proxy.server_close()
+    assert child.returncode == -9
+    assert not _notices(receiver, LOCAL_ENDPOINT)[notices_before:]  # nothing was announced by the dead controller
+
+    writes = []
+    save = serving.local.save_local_endpoint
+
+    def counted(endpoint, *args, **kwargs):  # writes that landed
+        saved = save(endpoint, *args, **kwargs)
+        if endpoint.percentage_for(challenger) == 0:
+            writes.append(endpoint)
+        return saved
+
+    monkeypatch.setattr(serving.local, "save_local_endpoint", counted)
+    # The dead controller had claimed the endpoint record's next version: while that claim is fresh it
+    # may be a live writer's, so the next look leaves the rollout alone ...
+    assert rc.tick(settings, GivenEvidencePorts(settings, CLEAR)) == []
+    assert rc.get_rollout(LOCAL_ENDPOINT, settings).pending and not writes
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    # ... and once it is stale (team_state.STALE_CLAIM_SECONDS; here at once) the next look finishes the action.
+    monkeypatch.setattr(team_state, "STALE_CLAIM_SECONDS", 0.0)
+    [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, CLEAR))  # the evidence now would say advance
+    assert finished.action.value == "roll back" and finished.rule == "error_rate"
+    figures = _agree(settings, ports, rollout, receiver, rollback_writes=len(writes), notices_before=notices_before)
+    aliases = MlflowClient(tracking_uri=settings.tracking_uri).get_registered_model(AGENT).aliases
+    assert str(aliases["champion"]) == "1"
+    assert rc.tick(settings, ports) == []
+    write_record("faults", "guarded rollout (local endpoint): controller process killed before the traffic write", {
+        **figures, "controller killed after (s)": killed_after, "trail agrees": "yes"},
+        notes="the controller ran in its own process (python -m tests.hardening.rollout_child, one tick with the "
+              "real ServicePorts) through a proxy holding its traffic write; SIGKILLed there, a controller in "
+              "another process completed the pending rollback with the same request id.")
 
 
 def _gateway_raw(settings, name: str) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from services import alerting, audit, serving, team_state
+from services import alerting, audit, releases, serving, team_state
 from services import rollout_controller as rc
 from services.identity import Identity, IdentitySource
 from services.rollout_ports import ServicePorts
@@ -312,6 +312,7 @@ def test_the_controller_process_killed_between_deciding_and_moving_traffic_acts_
     notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
     rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
     assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    aliases_before = MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases
 
     proxy = _HoldingProxy(srv.port)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
@@ -363,14 +364,78 @@ def test_the_controller_process_killed_between_deciding_and_moving_traffic_acts_
     [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, CLEAR))  # the evidence now would say advance
     assert finished.action.value == "roll back" and finished.rule == "error_rate"
     figures = _agree(settings, ports, rollout, receiver, rollback_writes=len(writes), notices_before=notices_before)
-    aliases = MlflowClient(tracking_uri=settings.tracking_uri).get_registered_model(AGENT).aliases
-    assert str(aliases["champion"]) == "1"
+    assert MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases == aliases_before
     assert rc.tick(settings, ports) == []
     write_record("faults", "guarded rollout (local endpoint): controller process killed before the traffic write", {
         **figures, "controller killed after (s)": killed_after, "trail agrees": "yes"},
         notes="the controller ran in its own process (python -m tests.hardening.rollout_child, one tick with the "
               "real ServicePorts) through a proxy holding its traffic write; SIGKILLed there, a controller in "
               "another process completed the pending rollback with the same request id.")
+
+
+def test_a_final_promotion_interrupted_by_the_mlflow_server_dying_completes_once_after_restart(server, receiver,
+                                                                                              monkeypatch):
+    """The last step promotes (alias and 100 % traffic through the gated path); the server dies right after
+    the alias moved, before its audit record is completed and before anyone is told. The next tick
+    completes the record without moving the alias again, and announces the promotion once."""
+    srv, settings = server
+    _alive(srv)
+    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    client.set_registered_model_alias(AGENT, "champion", "1")  # as a person would have it before the rollout
+    ports = GivenEvidencePorts(settings, CLEAR)
+    plan = RolloutPlan(LOCAL_ENDPOINT, champion, challenger, (50, 100), min_sample=100, dwell_seconds=0,
+                       guardrails=GUARDRAILS, final=Final.PROMOTE)
+    notices_before = len(_notices(receiver, LOCAL_ENDPOINT, "promote"))
+    rollout = rc.start(plan, OPERATOR, settings, ports)
+    [(_, advanced)] = rc.tick(settings, ports)
+    assert advanced.action.value == "advance" and ports.served_arms(LOCAL_ENDPOINT) == {champion: 0, challenger: 100}
+
+    moves = []
+    original = MlflowClient.set_registered_model_alias
+
+    def moved(self, name, alias, version):
+        result = original(self, name, alias, version)
+        moves.append((name, alias, str(version)))
+        if len(moves) == 1 and not fault_over:
+            srv.kill()  # the alias is set; its audit record is not completed yet
+        return result
+
+    fault_over = False
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", moved)
+    assert rc.tick(settings, ports) == [(LOCAL_ENDPOINT, None)] and not srv.alive()
+    srv.start()
+    fault_over = True
+    assert str(client.get_registered_model(AGENT).aliases["champion"]) == "2"  # the registry moved ...
+    interrupted = rc.get_rollout(LOCAL_ENDPOINT, settings)
+    assert interrupted.pending and interrupted.pending["action"] == "promote"  # ... the rollout did not finish
+    assert not _notices(receiver, LOCAL_ENDPOINT, "promote")[notices_before:]
+
+    [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, BREACH))  # the decision taken stands
+    assert finished.action.value == "promote"
+    assert moves == [(AGENT, "champion", "2")]  # the alias was moved once, before the kill
+    done = rc.get_rollout(LOCAL_ENDPOINT, settings)
+    assert done.status is rc.Status.PROMOTED and not done.pending
+    assert sum(e.kind == "decision" and e.action == "promote" for e in done.timeline) == 1
+    # Endpoint, registry and audit trail agree: all traffic and the alias on the challenger, both recorded once.
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 0, challenger: 100}
+    prefix = f"rollout-{rollout.rollout_id}-"
+    alias_records = [c for c in releases.alias_history(AGENT, "champion", settings)
+                     if (c.request_id or "").startswith(prefix)]
+    assert len(alias_records) == 1 and alias_records[0].completed
+    assert alias_records[0].to_version == "2" and alias_records[0].user == OPERATOR.user
+    assert releases.alias_state(AGENT, "champion", settings).drift is releases.Drift.RECORDED
+    traffic = _rollout_records(settings, rollout)
+    assert [sorted(r.after.values()) for r in traffic] == [[50, 50], [0, 100]] and all(r.completed for r in traffic)
+    notices = _notices(receiver, LOCAL_ENDPOINT, "promote")[notices_before:]
+    assert len(notices) == 1
+    assert rc.tick(settings, ports) == []
+    write_record("faults", "guarded rollout (local endpoint): server killed after the promotion's alias move", {
+        "alias moves": len(moves), "alias records": len(alias_records), "traffic records": len(traffic),
+        "notices": len(notices), "restart (s)": round(srv.starts[-1], 1), "trail agrees": "yes"},
+        notes="mlflow server SIGKILLed right after the final step's alias move, before its audit record was "
+              "completed; after the restart the next tick completed the record (no second alias move) and the "
+              "rollout, and announced the promotion once.")
 
 
 def _gateway_raw(settings, name: str) -> dict:

@@ -41,11 +41,16 @@ def test_start_show_and_abort_a_rollout(isolated_settings, tmp_path):
     app.text_input(key="rollout::steps").set_value("10, 50, 100")
     app.get("form_submit_button")[0].click().run()
     assert not app.exception
+    assert any("10 % → 50 % → 100 %" in m.value for m in app.markdown)  # reviewed, not yet started
+    assert rc.get_rollout("support-ep", isolated_settings) is None
+    app.button(key="rollout::start").click().run()
+    assert not app.exception
     started = rc.get_rollout("support-ep", isolated_settings)
     assert started is not None and started.status is rc.Status.RUNNING and started.share == 10
     assert any("support-2" in m.value and "running" in m.value for m in app.markdown)
     assert len(app.dataframe) == 1 and "start" in app.dataframe[0].value["Action"].tolist()
 
+    assert app.button(key="rollout::abort").disabled  # the box is not ticked yet
     app.checkbox(key="rollout::abort_sure").check().run()
     app.text_input(key="rollout::abort_reason").set_value("paging storm").run()
     app.button(key="rollout::abort").click().run()

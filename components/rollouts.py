@@ -143,7 +143,7 @@ def _plan_form(endpoint: str, arms: Sequence[str], *, settings: Settings, identi
             scorer = cols[2].text_input(f"Scorer ({name})", key=f"{key}::scorer::{name}") \
                 if measure is Measure.LIVE_PASS_RATE else None
             guardrails.append(Guardrail(measure, float(tolerance), (scorer or "").strip() or None))
-        submitted = st.form_submit_button("Review plan", disabled=not can_change)
+        submitted = st.form_submit_button("Review plan", disabled=not can_change, key=f"{key}::review")
     planned = f"{key}::planned"
     if submitted:
         st.session_state.pop(planned, None)

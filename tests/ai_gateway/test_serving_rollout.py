@@ -38,7 +38,7 @@ def test_a_guarded_rollout_starts_and_aborts_on_an_ai_gateway_endpoint(gateway_s
         assert any("model-b" in m.value and "running" in m.value for m in app.markdown)
 
         app.checkbox(key=f"{KEY}::abort_sure").check()
-        app.text_input(key=f"{KEY}::abort_reason").set_value("provider incident")
+        app.text_input(key=f"{KEY}::abort_reason").set_value("provider incident").run()  # the box unlocks Abort
         app.button(key=f"{KEY}::abort").click().run()
         assert not app.exception
     assert rc.get_rollout(NAME, gateway_server).status is rc.Status.ABORTED

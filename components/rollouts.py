@@ -93,8 +93,9 @@ def _current(rollout: rc.Rollout, *, settings: Settings, identity: Identity, can
         actions.append(("Resume", "The controller looks and acts again; this step's dwell time starts over.",
                         lambda: rc.resume(plan.endpoint, identity, settings)))
     if rollout.status is rc.Status.AWAITING_APPROVAL:
-        actions.append(("Approve promotion", f"All traffic and the **{plain(plan.alias)}** alias move to "
-                        f"**{plain(plan.challenger)}** (the promotion gate checks your role and the evidence).",
+        actions.append(("Approve promotion",
+                        (f"All traffic moves to **{plain(plan.challenger)}**, and for a registered version the "
+                         f"**{plain(plan.alias)}** alias too (the promotion gate checks your role and the evidence)."),
                         lambda: rc.approve(plan.endpoint, identity, settings, ports)))
     cols = st.columns(2)
     for (label, summary, run), col in zip(actions, cols):

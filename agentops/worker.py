@@ -6,7 +6,9 @@ settings and the parsed options and returns a short report). SIGTERM or SIGINT s
 the task running finishes its current batch (bounded by ``--batch-size``), nothing starts after.
 
 On Databricks the platform runs registered scorers itself (production monitoring), so the worker
-refuses to start there.
+refuses to start there. On the ``mlflow`` backend the ``mlflow server`` runs the LLM judges whose
+model is one of its AI Gateway endpoints (registered and started there when live scoring is saved);
+the worker skips those and runs the code scorers and the judges on other models.
 
 CPU use is bounded: live scoring handles at most ``--batch-size`` traces per experiment per pass,
 MLflow's scorer rate limiter (``MLFLOW_GENAI_EVAL_SCORER_RATE_LIMIT``) caps scorer calls per second

@@ -471,6 +471,7 @@ with tab_gate:
     answer = confirm_box(
         rules_change(rules, new_rules) if changed else None,
         keys=ConfirmKeys(confirm="versions.save_rules", reason="versions.rules_reason"), confirm_label="Save gate rules", icon=":material/save:",
+        reason_label="Why change the gate rules? (optional, recorded)",
         blocked=["The edited rules cannot be read; fix the table first."] if new_rules is None else (),
         allow_override=False, disabled_hint="" if can_edit_rules else role_hint(roles.Action.EDIT_RULES),
     )

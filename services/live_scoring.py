@@ -2,17 +2,22 @@
 
 Configuration (per agent: scorers, a sample rate in 0..1, an optional MLflow trace filter and the
 code scorers' options) is team configuration, a versioned ``team_state`` record
-``live_scoring.<agent>`` written by operators only. Where it runs:
+``live_scoring.<agent>`` written by operators only. Where each scorer runs:
 
-* **local / mlflow backends** — the app's worker (``python -m agentops worker``, started by
-  ``scripts/run`` beside the gateway) runs MLflow's own online trace processor on every experiment
-  of every configured agent (:func:`run_pass`, via ``services._mlflow_internal.online_scoring``).
-  MLflow 3.17's tracking store refuses ``Scorer.start`` for anything but judges on an MLflow AI
-  Gateway model ("does not use a gateway model"), so the app's code scorers cannot be *registered*
-  there; the worker feeds the processor from the team record instead.
-* **Databricks** — :func:`save_config` also registers and starts (or updates, stops, deletes)
-  each scorer through MLflow's client (``Scorer.register`` / ``start`` / ``update`` / ``stop``,
-  ``delete_scorer``: the ``/api/2.0/managed-evals/scheduled-scorers`` calls), and Databricks
+* **local backend** — the app's worker (``python -m agentops worker``, started by ``scripts/run``
+  beside the gateway) runs MLflow's own online trace processor on every experiment of every
+  configured agent (:func:`run_pass`, via ``services._mlflow_internal.online_scoring``), for every
+  scorer.
+* **mlflow backend** (a shared ``mlflow server``) — the server runs what it can: LLM judges whose
+  model is one of its AI Gateway endpoints (``AGENTOPS_JUDGE_MODEL=gateway:/<endpoint>``).
+  :func:`save_config` registers and starts (or updates, stops) them there through MLflow's client
+  (``Scorer.register`` / ``start`` / ``update`` / ``stop``), :func:`delete_config` deletes them, and
+  the server's own scheduler scores them. MLflow 3.17's tracking store refuses ``Scorer.start`` for
+  anything else ("does not use a gateway model"), so the code scorers and judges on other models
+  run in the worker, which skips every scorer the server runs (:func:`runs_in_server`): nothing is
+  scored twice.
+* **Databricks** — :func:`save_config` registers and starts (or updates, stops, deletes) each
+  scorer the same way (the ``/api/2.0/managed-evals/scheduled-scorers`` calls), and Databricks
   production monitoring runs them; no worker runs. :func:`delete_config` deletes them.
 
 Results are assessments named ``live_<scorer>`` whose source id is the same name.
@@ -24,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -102,10 +107,43 @@ def catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> lis
     # app's modules (which the live code scorers call) are not installed.
     code_reason = ("The app's code scorers run in its worker; on Databricks production monitoring runs "
                    "only the LLM judges." if databricks else "")
-    choices = [LiveScorerChoice(n, specs[n].label, "code", not databricks, code_reason) for n in LIVE_CODE_SCORERS]
-    choices += [LiveScorerChoice(n, specs[n].label, "LLM judge", specs[n].available, specs[n].reason)
-                for n in LIVE_JUDGES]
+    # Where each runs, in the kind the Live scoring form shows beside the scorer.
+    judges_run_by = {"databricks": "Databricks production monitoring", "mlflow server": "the mlflow server",
+                     "worker": "the app's worker"}[where_runs(LiveScoringConfig(LIVE_JUDGES, 0.0), settings, environ)
+                                                   ["safety"]]
+    code_kind = "code" if databricks else "code, run by the app's worker"
+    choices = [LiveScorerChoice(n, specs[n].label, code_kind, not databricks, code_reason) for n in LIVE_CODE_SCORERS]
+    choices += [LiveScorerChoice(n, specs[n].label, f"LLM judge, run by {judges_run_by}", specs[n].available,
+                                 specs[n].reason) for n in LIVE_JUDGES]
     return choices
+
+
+def server_judges(config: LiveScoringConfig, settings: Settings,
+                  environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The judges of ``config`` the platform runs itself once registered and started.
+
+    On Databricks every live scorer offered (the judges); on the ``mlflow`` backend the judges whose
+    model is an AI Gateway endpoint of the server (``gateway:/<endpoint>``), the only scorers
+    MLflow's server agrees to start; on the local backend none.
+    """
+    judges = tuple(n for n in config.scorers if n in LIVE_JUDGES)
+    if settings.backend is Backend.DATABRICKS:
+        return judges
+    if settings.backend is Backend.MLFLOW and judges:
+        from services import scorers
+
+        model, _ = scorers.judge_model(dict(environ) if environ is not None else None)
+        if model and model.split(":/", 1)[0] == "gateway":
+            return judges
+    return ()
+
+
+def where_runs(config: LiveScoringConfig, settings: Settings,
+               environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Per scorer of ``config``, where it runs: ``"databricks"``, ``"mlflow server"`` or ``"worker"``."""
+    platform = set(server_judges(config, settings, environ))
+    here = "databricks" if settings.backend is Backend.DATABRICKS else "mlflow server"
+    return {n: here if n in platform else "worker" for n in config.scorers}
 
 
 def validate(agent: str, config: LiveScoringConfig, settings: Settings,
@@ -185,9 +223,7 @@ def save_config(agent: str, config: LiveScoringConfig, *, identity: Any, setting
 
         raise ConflictError(f"The live scoring of {agent} changed meanwhile (version {version}, you edited "
                             f"{expected_version}). Nothing was saved; reload and redo your change.")
-    experiments = agent_experiments(agent, settings)
-    if settings.backend is Backend.DATABRICKS:
-        apply_registered(experiments, config, current, environ)
+    _apply_on_platform(agent, config, current, settings, environ)
     team_state.write(_key(agent), config.to_record(), expected_version=version,
                      user=getattr(identity, "user", None) or "unknown", settings=settings,
                      note=f"live scoring of {agent}: {', '.join(config.scorers)} at {config.sample_rate:g}"
@@ -205,10 +241,26 @@ def delete_config(agent: str, *, identity: Any, settings: Settings) -> None:
     current, version = load_config(agent, settings)
     if current is None:
         return
-    if settings.backend is Backend.DATABRICKS:
-        apply_registered(agent_experiments(agent, settings), None, current)
+    _apply_on_platform(agent, None, current, settings)
     team_state.write(_key(agent), {}, expected_version=version, user=getattr(identity, "user", None) or "unknown",
                      settings=settings, note=f"live scoring of {agent} removed")
+
+
+def _apply_on_platform(agent: str, config: LiveScoringConfig | None, previous: LiveScoringConfig | None,
+                       settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Register/start/update/stop/delete, where the platform runs them, the judges it runs."""
+    if settings.backend is Backend.LOCAL:
+        return []
+    databricks = settings.backend is Backend.DATABRICKS
+    mine = replace(config, scorers=server_judges(config, settings, environ)) if config else None
+    # Every judge of the previous configuration may be registered (the judge model may have changed
+    # since); ``apply_registered`` deletes only those it finds.
+    before = replace(previous, scorers=tuple(n for n in previous.scorers if n in LIVE_JUDGES)) if previous else None
+    if not (mine and mine.scorers) and not (before and before.scorers):
+        return []
+    where = "Databricks production monitoring" if databricks else "the mlflow server's online scoring"
+    return apply_registered(agent_experiments(agent, settings), mine, before, environ,
+                            databricks=databricks, where=where)
 
 
 def agent_experiments(agent: str, settings: Settings) -> list[str]:
@@ -243,10 +295,12 @@ def _serialized(config: LiveScoringConfig, environ: Mapping[str, str] | None = N
 
 
 def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | None,
-                     previous: LiveScoringConfig | None, environ: Mapping[str, str] | None = None) -> list[str]:
+                     previous: LiveScoringConfig | None, environ: Mapping[str, str] | None = None, *,
+                     databricks: bool = True, where: str = "Databricks production monitoring") -> list[str]:
     """Make each experiment's registered scorers match ``config`` through MLflow's client.
 
-    Used where the platform runs registered scorers itself (Databricks production monitoring):
+    Used where the platform runs registered scorers itself (Databricks production monitoring, and
+    an ``mlflow server``'s online scoring for judges on its AI Gateway; ``where`` names it in errors):
     a scorer not registered yet (or whose definition changed) is registered (``Scorer.register``),
     then started (``start``) or, when already running, updated (``update``) with the sample rate and
     filter; a paused configuration stops them (``stop``); scorers of ``previous`` no longer in
@@ -258,15 +312,18 @@ def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | Non
     from services._clients import translate_errors
 
     done: list[str] = []
-    wanted = live_scorers(config, environ, databricks=True) if config else []
+    wanted = live_scorers(config, environ, databricks=databricks) if config and config.scorers else []
     running = bool(config and config.enabled and config.sample_rate > 0)
     ours = {live_name(n) for n in (previous.scorers if previous else ())}
     for experiment_id in experiments:
-        with translate_errors(f"Databricks production monitoring (experiment {experiment_id})"):
+        with translate_errors(f"{where} (experiment {experiment_id})"):
             for scorer in wanted:
                 current = _registered(scorer.name, experiment_id)
+                registered = current
                 if current is None or _definition(current) != _definition(scorer):
-                    scorer.register(name=scorer.name, experiment_id=experiment_id)
+                    # start/update/stop act on the registered copy (MLflow's tracking store refuses
+                    # them on an object that was not returned by register or get_scorer).
+                    registered = scorer.register(name=scorer.name, experiment_id=experiment_id)
                     done.append(f"registered {scorer.name} in {experiment_id}")
                 was_running = bool(current is not None and (current.sample_rate or 0) > 0)
                 if running:
@@ -275,17 +332,17 @@ def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | Non
                     filter_string = config.filter_string or ("" if current is not None and current.filter_string else None)
                     sampling = ScorerSamplingConfig(sample_rate=config.sample_rate, filter_string=filter_string)
                     if was_running:
-                        scorer.update(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
+                        registered.update(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
                         done.append(f"updated {scorer.name} to {config.sample_rate:g} in {experiment_id}")
                     else:
-                        scorer.start(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
+                        registered.start(name=scorer.name, experiment_id=experiment_id, sampling_config=sampling)
                         done.append(f"started {scorer.name} at {config.sample_rate:g} in {experiment_id}")
                 elif was_running:
-                    scorer.stop(name=scorer.name, experiment_id=experiment_id)
+                    registered.stop(name=scorer.name, experiment_id=experiment_id)
                     done.append(f"stopped {scorer.name} in {experiment_id}")
             for name in sorted(ours - {s.name for s in wanted}):
                 if _registered(name, experiment_id) is not None:
-                    delete_scorer(name=name, experiment_id=experiment_id)
+                    delete_scorer(name=name, experiment_id=experiment_id, version="all")
                     done.append(f"deleted {name} in {experiment_id}")
     return done
 
@@ -354,10 +411,11 @@ def _write_status(settings: Settings, status: WorkerStatus) -> None:
 
 
 def scorers_by_experiment(settings: Settings) -> dict[str, list[Any]]:
-    """The live scorers to run per experiment, from every agent's configuration.
+    """The live scorers the worker runs per experiment, from every agent's configuration.
 
     Two agents sharing an experiment share its checkpoint: their scorers run together, and the same
-    scorer configured twice runs once, at the higher sample rate.
+    scorer configured twice runs once, at the higher sample rate. Scorers the ``mlflow server`` runs
+    itself (:func:`running_in_server`) are left to it.
     """
     from services._mlflow_internal.online_scoring import LiveScorer
 
@@ -365,14 +423,32 @@ def scorers_by_experiment(settings: Settings) -> dict[str, list[Any]]:
     for agent, (config, _) in sorted(load_all(settings).items()):
         if not config.enabled or config.sample_rate <= 0:
             continue
-        serialized = _serialized(config)
         for experiment_id in agent_experiments(agent, settings):
+            skip = running_in_server(config, experiment_id, settings)
+            rest = replace(config, scorers=tuple(n for n in config.scorers if live_name(n) not in skip))
             slot = merged.setdefault(experiment_id, {})
-            for name, text in serialized.items():
+            for name, text in _serialized(rest).items():
                 old = slot.get(name)
                 if old is None or old.sample_rate < config.sample_rate:
                     slot[name] = LiveScorer(name, text, config.sample_rate, config.filter_string or None)
-    return {e: list(s.values()) for e, s in merged.items()}
+    return {e: list(s.values()) for e, s in merged.items() if s}
+
+
+def running_in_server(config: LiveScoringConfig, experiment_id: str, settings: Settings) -> set[str]:
+    """Live names of the judges of ``config`` registered and started in the ``mlflow server``'s experiment.
+
+    The server's answer, not the worker's environment: a judge counts when the server holds it with a
+    sample rate above 0 (MLflow starts only judges on its AI Gateway, see :func:`server_judges`).
+    """
+    if settings.backend is not Backend.MLFLOW:
+        return set()
+    running = set()
+    for name in config.scorers:
+        if name in LIVE_JUDGES:
+            current = _registered(live_name(name), experiment_id)
+            if current is not None and (current.sample_rate or 0) > 0:
+                running.add(live_name(name))
+    return running
 
 
 def run_pass(settings: Settings, *, batch_size: int = 50) -> WorkerStatus:

@@ -53,6 +53,8 @@ def test_operator_configures_live_scoring_and_sees_quality(ui_world, isolated_se
     app = _open()
     assert any(s.value == "Live scoring" for s in app.subheader)
     assert any("has not run on this store yet" in i.value for i in app.info)
+    # The form says where each scorer runs (here, the app's worker runs them all).
+    assert "Latency budget (code, run by the app's worker)" in app.multiselect(key=_form_key(app, "_scorers")).options
 
     app.number_input(key=_form_key(app, "_rate")).set_value(1.5)
     _save(app).click().run()

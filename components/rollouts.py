@@ -8,9 +8,11 @@ from typing import Sequence
 import pandas as pd
 import streamlit as st
 
+from components.confirm import ConfirmKeys, confirm_box
 from components.errors import show_error
 from components.tables import plain
 from services import rollout_controller as rc
+from services import rollouts as rollout_rules
 from services.errors import AgentOpsError
 from services.identity import Identity
 from services.rollouts import MEASURE_HELP, Final, Guardrail, Measure, RolloutPlan
@@ -24,6 +26,7 @@ METHOD_HELP = (
     "rollout moves to the next step only when every guardrail's interval lies within it, each arm has the "
     "minimum sample and the step's dwell time has passed. Evidence counts from the rollout's start."
 )
+NO_ROLE = "Changing traffic needs the operator role on this workspace."
 DEFAULT_TOLERANCE = {Measure.ERROR_RATE: 0.02, Measure.P95_LATENCY: 0.2, Measure.COST_PER_REQUEST: 0.1,
                      Measure.LIVE_PASS_RATE: 0.05, Measure.THUMBS_DOWN_RATE: 0.05}
 
@@ -81,21 +84,35 @@ def _current(rollout: rc.Rollout, *, settings: Settings, identity: Identity, can
     st.dataframe(timeline_frame(rollout), hide_index=True, use_container_width=True)
     if not rollout.status.active:
         return
-    cols = st.columns(4)
+    hint = "" if can_change else NO_ROLE
     actions = []
     if rollout.status is rc.Status.RUNNING:
-        actions.append(("Pause", lambda: rc.pause(plan.endpoint, identity, settings)))
+        actions.append(("Pause", "The controller stops looking and acting; traffic stays as it is.",
+                        lambda: rc.pause(plan.endpoint, identity, settings)))
     if rollout.status is rc.Status.PAUSED:
-        actions.append(("Resume", lambda: rc.resume(plan.endpoint, identity, settings)))
+        actions.append(("Resume", "The controller looks and acts again; this step's dwell time starts over.",
+                        lambda: rc.resume(plan.endpoint, identity, settings)))
     if rollout.status is rc.Status.AWAITING_APPROVAL:
-        actions.append(("Approve promotion", lambda: rc.approve(plan.endpoint, identity, settings, ports)))
-    for (label, run), col in zip(actions, cols):
-        if col.button(label, key=f"{key}::{label}", disabled=not can_change):
-            _do(run, f"{label} failed")
-    sure = cols[3].checkbox("Abort: all traffic to the champion", key=f"{key}::abort_sure", disabled=not can_change)
-    reason = st.text_input("Reason for aborting", key=f"{key}::abort_reason", disabled=not sure)
-    if st.button("Abort rollout", type="primary", key=f"{key}::abort", disabled=not (can_change and sure)):
-        _do(lambda: rc.abort(plan.endpoint, identity, settings, ports, reason=reason), "The rollout was not aborted")
+        actions.append(("Approve promotion",
+                        (f"All traffic moves to **{plain(plan.challenger)}**, and for a registered version the "
+                         f"**{plain(plan.alias)}** alias too (the promotion gate checks your role and the evidence)."),
+                        lambda: rc.approve(plan.endpoint, identity, settings, ports)))
+    cols = st.columns(2)
+    for (label, summary, run), col in zip(actions, cols):
+        with col:
+            if confirm_box(summary, keys=ConfirmKeys(confirm=f"{key}::{label}"), confirm_label=label,
+                           ask_reason=False, disabled_hint=hint).confirmed:
+                _do(run, f"{label} failed")
+    with cols[-1]:
+        sure = st.checkbox("Abort: all traffic to the champion", key=f"{key}::abort_sure", disabled=not can_change)
+        answer = confirm_box(
+            f"Abort: **{plain(plan.challenger)}** {rollout.share} % → 0 %, **{plain(plan.champion)}** gets all "
+            "traffic; aliases stay as they are.", keys=ConfirmKeys(confirm=f"{key}::abort", reason=f"{key}::abort_reason"),
+            confirm_label="Abort rollout", reason_label="Reason for aborting (optional, recorded)", disabled_hint=hint,
+            missing="" if sure else "Tick the box above to abort.")
+    if answer.confirmed:
+        _do(lambda: rc.abort(plan.endpoint, identity, settings, ports, reason=answer.reason),
+            "The rollout was not aborted")
 
 
 def _plan_form(endpoint: str, arms: Sequence[str], *, settings: Settings, identity: Identity, can_change: bool,
@@ -127,24 +144,48 @@ def _plan_form(endpoint: str, arms: Sequence[str], *, settings: Settings, identi
             scorer = cols[2].text_input(f"Scorer ({name})", key=f"{key}::scorer::{name}") \
                 if measure is Measure.LIVE_PASS_RATE else None
             guardrails.append(Guardrail(measure, float(tolerance), (scorer or "").strip() or None))
-        submitted = st.form_submit_button("Start rollout", type="primary", disabled=not can_change)
-    if not submitted:
+        submitted = st.form_submit_button("Review plan", disabled=not can_change, key=f"{key}::review")
+    planned = f"{key}::planned"
+    if submitted:
+        st.session_state.pop(planned, None)
+        try:
+            steps = tuple(int(part) for part in steps_text.replace("→", ",").split(",") if part.strip())
+        except ValueError:
+            st.error(f"Steps must be whole percents separated by commas (got {plain(steps_text)!r}).")
+            return
+        plan = RolloutPlan(endpoint, champion, challenger, steps, int(min_sample), int(dwell) * 60,
+                           tuple(guardrails), Final(final))
+        try:
+            st.session_state[planned] = rollout_rules.validate_plan(plan, served=tuple(arms))
+        except AgentOpsError as exc:
+            show_error(exc, what="The plan cannot run")
+            return
+    plan = st.session_state.get(planned)
+    if plan is None or plan.endpoint != endpoint:
         return
-    try:
-        steps = tuple(int(part) for part in steps_text.replace("→", ",").split(",") if part.strip())
-    except ValueError:
-        st.error(f"Steps must be whole percents separated by commas (got {plain(steps_text)!r}).")
-        return
-    plan = RolloutPlan(endpoint, champion, challenger, steps, int(min_sample), int(dwell) * 60, tuple(guardrails),
-                       Final(final))
-    _do(lambda: rc.start(plan, identity, settings, ports), "The rollout was not started")
+    rails = ", ".join(f"{g.label} within {g.tolerance:g}" for g in plan.guardrails)
+    answer = confirm_box(
+        f"Start: **{plain(plan.challenger)}** against **{plain(plan.champion)}**, "
+        f"{' → '.join(f'{s} %' for s in plan.steps)}; at least {plan.min_sample} requests per arm and "
+        f"{plan.dwell_seconds // 60} min per step; guardrails {plain(rails)}; at the end: {plan.final.value}. "
+        f"The first step moves {plan.steps[0]} % of traffic now.",
+        keys=ConfirmKeys(confirm=f"{key}::start", cancel=f"{key}::start_cancel"), confirm_label="Start rollout",
+        ask_reason=False, disabled_hint="" if can_change else NO_ROLE)
+    if answer.cancelled:
+        st.session_state.pop(planned, None)
+        st.rerun()
+    if answer.confirmed:
+        _do(lambda: rc.start(plan, identity, settings, ports), "The rollout was not started",
+            forget=planned)
 
 
-def _do(action, what: str) -> None:
+def _do(action, what: str, *, forget: str | None = None) -> None:
     try:
         with st.spinner("Working…"):
             action()
     except AgentOpsError as exc:
         show_error(exc, what=what)
         return
+    if forget:
+        st.session_state.pop(forget, None)
     st.rerun()

@@ -212,7 +212,7 @@ def _gateway_section(settings: Settings, identity: Identity, can_change: bool) -
         st.dataframe(budgets_frame(gateway), hide_index=True, use_container_width=True)
     g_changes = _changes(gname, settings)
     _interrupted(g_endpoint, g_changes, settings=settings, identity=identity, can_change=can_change)
-    g_split, g_judge, g_history = st.tabs(["Edit split", "Judge arms", "History"])
+    g_split, g_judge, g_rollout, g_history = st.tabs(["Edit split", "Judge arms", "Guarded rollout", "History"])
     with g_split:
         labels = serving.arm_labels(g_endpoint)
         stored = split_editor(
@@ -263,6 +263,13 @@ def _gateway_section(settings: Settings, identity: Identity, can_change: bool) -
                         st.success(outcome.message + " " + ai_gateway.CONFIG_CACHE_NOTE)
                     except AgentOpsError as exc:
                         show_error(exc, what="Promotion did not complete")
+    with g_rollout:
+        if gateway.attribution_problem:
+            st.warning(f"**No guarded rollout here yet.** The controller judges the arms from the gateway's usage "
+                       f"traces: {gateway.attribution_problem}", icon=":material/help:")
+        else:
+            rollout_panel(gname, [s.entity_name for s in g_endpoint.served], settings=settings, identity=identity,
+                          can_change=can_change, ports=ServicePorts(settings), key=f"aigw_rollout::{gname}")
     with g_history:
         if g_changes is not None:
             history_block(g_changes)

@@ -42,6 +42,10 @@ HEAD_PREFIX = "agentops.state."
 CHUNK_PREFIX = "agentops.state-chunk."
 RECORD_KIND_TAG = "agentops.state.record"
 MIGRATED_BY = "migration from the data folder"
+# A claim whose version never landed belongs to a writer that died (or failed) between claiming and
+# writing: once it is this old, the next writer claims the same version under a successor name.
+STALE_CLAIM_SECONDS = 120.0
+_CLAIM_SUCCESSORS = 20
 # Databricks limits experiment tag values more tightly than an mlflow server (20,000 characters).
 _CHUNK = 4000
 
@@ -129,24 +133,13 @@ def write(key: str, value: Any, *, expected_version: int, user: str, settings: S
     Raises ``ConflictError`` when the record is no longer at ``expected_version`` (0: never written):
     the caller re-reads and lets the user redo the edit on top of the other one.
     """
-    from mlflow.exceptions import MlflowException
-
     text = json.dumps(value, sort_keys=True)
     what = f"the team configuration ({state_experiment(settings)})"
     with translate_errors(what):
         client = mlflow_client(settings)
         experiment = _experiment(client, settings, create=True)
         _check_version(key, _records(dict(experiment.tags or {})).get(key), expected_version)
-        claim = f"{state_experiment(settings)}.claim.{_slug(key)}.v{expected_version + 1}"
-        try:
-            claim_id = client.create_experiment(claim, artifact_location=artifact_location(settings, claim))
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_CONFLICT"):
-                raise ConflictError(
-                    f"{_describe(key)} is being changed by someone else right now (version {expected_version + 1} "
-                    "is taken). Nothing was saved; reload to see their change, then redo yours."
-                ) from None
-            raise
+        claim_id = _claim(client, settings, key, expected_version + 1)
         try:
             fresh = client.get_experiment(experiment.experiment_id)
             _check_version(key, _records(dict(fresh.tags or {})).get(key), expected_version)
@@ -208,6 +201,46 @@ def migrate_file(key: str, path: Path, parse: Callable[[Path], Any], settings: S
                      note=f"migrated from {path}")
     except ConflictError:
         return read(key, settings)  # another process migrated it first
+
+
+def _claim(client: Any, settings: Settings, key: str, version: int) -> str:
+    """Claim ``version`` of ``key`` (an experiment only one writer can create); returns the claim's id.
+
+    A store keeps an experiment's name taken after it is deleted, so a writer that died after claiming
+    would hold the version for ever: a claim that was given up (deleted) or is older than
+    ``STALE_CLAIM_SECONDS`` is followed by a successor name (``.r1``, ``.r2`` ...), again claimable by
+    exactly one writer; the version re-check after claiming refuses a version that did land meanwhile.
+    """
+    from mlflow.exceptions import MlflowException
+
+    base = f"{state_experiment(settings)}.claim.{_slug(key)}.v{version}"
+    for attempt in range(_CLAIM_SUCCESSORS + 1):
+        name = base if attempt == 0 else f"{base}.r{attempt}"
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(settings, name))
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_CONFLICT"):
+                raise
+        if not _abandoned(client, name):
+            break
+    raise ConflictError(
+        f"{_describe(key)} is being changed by someone else right now (version {version} is taken). "
+        "Nothing was saved; reload to see their change, then redo yours."
+    )
+
+
+def _abandoned(client: Any, claim: str) -> bool:
+    """Whether a taken claim was given up (deleted) or is too old to belong to a writer still at work."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_experiment_by_name(claim)
+    except MlflowException:
+        return False
+    if found is None or found.lifecycle_stage == "deleted":
+        return True
+    age = datetime.now(tz=timezone.utc).timestamp() - (found.creation_time or 0) / 1000
+    return age > STALE_CLAIM_SECONDS
 
 
 def _check_version(key: str, current: Record | None, expected: int) -> None:

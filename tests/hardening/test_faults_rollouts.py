@@ -19,15 +19,21 @@ breach the error-rate guardrail), since what is checked here is the action, not 
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from services import alerting, audit, serving
+from services import alerting, audit, releases, serving, team_state
 from services import rollout_controller as rc
 from services.identity import Identity, IdentitySource
 from services.rollout_ports import ServicePorts
@@ -41,7 +47,7 @@ from services.rollouts import (
 )
 from services.sequential import ArmSample
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.mlflow_restart import kill_group, restartable_backend
 from tests.hardening.reliability import write_record
 from tests.harness.databricks_secrets import SecretsApi
 from tests.harness.databricks_settings import use_app_env
@@ -230,6 +236,206 @@ def test_a_rollback_interrupted_by_the_mlflow_server_dying_completes_once_after_
         **figures, "restart (s)": round(srv.starts[-1], 1), "trail agrees": "yes"},
         notes="mlflow server SIGKILLed at this point of the controller's rollback, restarted on the same SQLite "
               "store; the next tick completes the pending action with the same request id.")
+
+
+# --- the controller process itself killed between deciding and acting --------------------------------
+
+
+class _HoldingProxy(ThreadingHTTPServer):
+    """A loopback proxy in front of the ``mlflow server``: it passes every request on, except the first
+    one ``hold`` names, which it keeps (never forwarded) until ``release``; then it drops the connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.upstream_port = upstream_port
+        self.matches = None
+        self.held, self.released = threading.Event(), threading.Event()
+        self.forwarded: list[tuple[str, str, bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    def _forward(self):
+        proxy = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        if proxy.matches is not None and not proxy.held.is_set() and proxy.matches(self.command, self.path, body):
+            proxy.held.set()
+            proxy.released.wait(120)
+            self.close_connection = True
+            return  # never forwarded: the caller sees its connection drop (if it is still alive)
+        proxy.forwarded.append((self.command, self.path, body))
+        upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "content-length")}
+        upstream.request(self.command, self.path, body=body or None, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def _endpoint_write(name: str):
+    """Whether a request is the write of local endpoint ``name``'s configuration (its record's tags)."""
+    slug = team_state._slug(serving.local.ENDPOINT_KEY + name)
+    heads = (f"{team_state.HEAD_PREFIX}{slug}", f"{team_state.CHUNK_PREFIX}{slug}.")
+
+    def matches(method: str, path: str, body: bytes) -> bool:
+        if method != "POST" or not path.split("?")[0].endswith("/experiments/set-experiment-tag"):
+            return False
+        key = json.loads(body or b"{}").get("key", "")
+        return key == heads[0] or key.startswith(heads[1])
+
+    return matches
+
+
+def test_the_controller_process_killed_between_deciding_and_moving_traffic_acts_once_after_restart(
+        server, receiver, monkeypatch):
+    """A controller in its own process records its rollback as pending and is SIGKILLed while its traffic
+    write is on the wire (held by a proxy, never delivered); a new controller finishes the action once."""
+    srv, settings = server
+    _alive(srv)
+    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
+    ports = GivenEvidencePorts(settings, CLEAR)
+    notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
+    rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    aliases_before = MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases
+
+    proxy = _HoldingProxy(srv.port)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy.matches = _endpoint_write(LOCAL_ENDPOINT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTOPS_", "MLFLOW_TRACKING", "DATABRICKS_"))}
+    env.update({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": proxy.url, "AGENTOPS_DATA_DIR": str(settings.data_dir),
+                "AGENTOPS_ALERT_CHANNELS_FILE": os.environ["AGENTOPS_ALERT_CHANNELS_FILE"],
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_MODEL_CATALOG_URI": ""})
+    began = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-m", "tests.hardening.rollout_child", *map(str, BREACH)],
+                             cwd=Path(__file__).resolve().parents[2], env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not proxy.held.wait(0.2):
+            assert child.poll() is None, child.communicate()[1].decode()[-3000:]
+            assert time.monotonic() - began < 180, "the controller never reached its traffic write"
+        # The controller has decided and recorded its action; the traffic has not moved.
+        decided = rc.get_rollout(LOCAL_ENDPOINT, settings)
+        assert decided.pending and decided.pending["action"] == "roll back" and decided.pending["rule"] == "error_rate"
+        assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+        kill_group(child)
+        killed_after = round(time.monotonic() - began, 1)
+    finally:
+        if child.poll() is None:
+            kill_group(child)
+        proxy.released.set()
+        proxy.shutdown()
+        proxy.server_close()
+    assert child.returncode == -9
+    assert not _notices(receiver, LOCAL_ENDPOINT)[notices_before:]  # nothing was announced by the dead controller
+
+    writes = []
+    save = serving.local.save_local_endpoint
+
+    def counted(endpoint, *args, **kwargs):  # writes that landed
+        saved = save(endpoint, *args, **kwargs)
+        if endpoint.percentage_for(challenger) == 0:
+            writes.append(endpoint)
+        return saved
+
+    monkeypatch.setattr(serving.local, "save_local_endpoint", counted)
+    # The dead controller had claimed the endpoint record's next version: while that claim is fresh it
+    # may be a live writer's, so the next look leaves the rollout alone ...
+    assert rc.tick(settings, GivenEvidencePorts(settings, CLEAR)) == []
+    assert rc.get_rollout(LOCAL_ENDPOINT, settings).pending and not writes
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    # ... and once it is stale (team_state.STALE_CLAIM_SECONDS; here at once) the next look finishes the action.
+    monkeypatch.setattr(team_state, "STALE_CLAIM_SECONDS", 0.0)
+    [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, CLEAR))  # the evidence now would say advance
+    assert finished.action.value == "roll back" and finished.rule == "error_rate"
+    figures = _agree(settings, ports, rollout, receiver, rollback_writes=len(writes), notices_before=notices_before)
+    assert MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases == aliases_before
+    assert rc.tick(settings, ports) == []
+    write_record("faults", "guarded rollout (local endpoint): controller process killed before the traffic write", {
+        **figures, "controller killed after (s)": killed_after, "trail agrees": "yes"},
+        notes="the controller ran in its own process (python -m tests.hardening.rollout_child, one tick with the "
+              "real ServicePorts) through a proxy holding its traffic write; SIGKILLed there, a controller in "
+              "another process completed the pending rollback with the same request id.")
+
+
+def test_a_final_promotion_interrupted_by_the_mlflow_server_dying_completes_once_after_restart(server, receiver,
+                                                                                              monkeypatch):
+    """The last step promotes (alias and 100 % traffic through the gated path); the server dies right after
+    the alias moved, before its audit record is completed and before anyone is told. The next tick
+    completes the record without moving the alias again, and announces the promotion once."""
+    srv, settings = server
+    _alive(srv)
+    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    client.set_registered_model_alias(AGENT, "champion", "1")  # as a person would have it before the rollout
+    ports = GivenEvidencePorts(settings, CLEAR)
+    plan = RolloutPlan(LOCAL_ENDPOINT, champion, challenger, (50, 100), min_sample=100, dwell_seconds=0,
+                       guardrails=GUARDRAILS, final=Final.PROMOTE)
+    notices_before = len(_notices(receiver, LOCAL_ENDPOINT, "promote"))
+    rollout = rc.start(plan, OPERATOR, settings, ports)
+    [(_, advanced)] = rc.tick(settings, ports)
+    assert advanced.action.value == "advance" and ports.served_arms(LOCAL_ENDPOINT) == {champion: 0, challenger: 100}
+
+    moves = []
+    original = MlflowClient.set_registered_model_alias
+
+    def moved(self, name, alias, version):
+        result = original(self, name, alias, version)
+        moves.append((name, alias, str(version)))
+        if len(moves) == 1 and not fault_over:
+            srv.kill()  # the alias is set; its audit record is not completed yet
+        return result
+
+    fault_over = False
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", moved)
+    assert rc.tick(settings, ports) == [(LOCAL_ENDPOINT, None)] and not srv.alive()
+    srv.start()
+    fault_over = True
+    assert str(client.get_registered_model(AGENT).aliases["champion"]) == "2"  # the registry moved ...
+    interrupted = rc.get_rollout(LOCAL_ENDPOINT, settings)
+    assert interrupted.pending and interrupted.pending["action"] == "promote"  # ... the rollout did not finish
+    assert not _notices(receiver, LOCAL_ENDPOINT, "promote")[notices_before:]
+
+    [(_, finished)] = rc.tick(settings, GivenEvidencePorts(settings, BREACH))  # the decision taken stands
+    assert finished.action.value == "promote"
+    assert moves == [(AGENT, "champion", "2")]  # the alias was moved once, before the kill
+    done = rc.get_rollout(LOCAL_ENDPOINT, settings)
+    assert done.status is rc.Status.PROMOTED and not done.pending
+    assert sum(e.kind == "decision" and e.action == "promote" for e in done.timeline) == 1
+    # Endpoint, registry and audit trail agree: all traffic and the alias on the challenger, both recorded once.
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 0, challenger: 100}
+    prefix = f"rollout-{rollout.rollout_id}-"
+    alias_records = [c for c in releases.alias_history(AGENT, "champion", settings)
+                     if (c.request_id or "").startswith(prefix)]
+    assert len(alias_records) == 1 and alias_records[0].completed
+    assert alias_records[0].to_version == "2" and alias_records[0].user == OPERATOR.user
+    assert releases.alias_state(AGENT, "champion", settings).drift is releases.Drift.RECORDED
+    traffic = _rollout_records(settings, rollout)
+    assert [sorted(r.after.values()) for r in traffic] == [[50, 50], [0, 100]] and all(r.completed for r in traffic)
+    notices = _notices(receiver, LOCAL_ENDPOINT, "promote")[notices_before:]
+    assert len(notices) == 1
+    assert rc.tick(settings, ports) == []
+    write_record("faults", "guarded rollout (local endpoint): server killed after the promotion's alias move", {
+        "alias moves": len(moves), "alias records": len(alias_records), "traffic records": len(traffic),
+        "notices": len(notices), "restart (s)": round(srv.starts[-1], 1), "trail agrees": "yes"},
+        notes="mlflow server SIGKILLed right after the final step's alias move, before its audit record was "
+              "completed; after the restart the next tick completed the record (no second alias move) and the "
+              "rollout, and announced the promotion once.")
 
 
 def _gateway_raw(settings, name: str) -> dict:

@@ -114,3 +114,24 @@ def test_a_large_record_is_chunked_and_read_back_whole(two_apps):
     assert team_state.read("big", b).value == big
     team_state.update("big", lambda v: {**v, "x": "admin"}, user="bo", settings=b)
     assert team_state.read("big", a).value == {**big, "x": "admin"}
+
+
+def test_a_claim_left_by_a_writer_that_died_is_taken_over_once_stale(two_apps, monkeypatch):
+    """A writer killed after claiming a version (or failing after it) must not hold the record for ever."""
+    a, b = two_apps
+    key = "thresholds:dead-writer"
+    team_state.write(key, {"v": 1}, expected_version=0, user=ANA.user, settings=a)
+    client = MlflowClient(a.tracking_uri, a.tracking_uri)
+    claim = f"{team_state.state_experiment(a)}.claim.{team_state._slug(key)}"
+    client.create_experiment(f"{claim}.v2")  # a writer claimed version 2 and died before writing it
+    with pytest.raises(ConflictError, match="being changed by someone else"):  # it may still be at work
+        team_state.write(key, {"v": 2}, expected_version=1, user=BO.user, settings=b)
+    assert team_state.read(key, a).version == 1
+    monkeypatch.setattr(team_state, "STALE_CLAIM_SECONDS", 0.0)  # ... until its claim is stale
+    assert team_state.write(key, {"v": 2}, expected_version=1, user=BO.user, settings=b).version == 2
+    with pytest.raises(ConflictError, match="was changed"):  # the version it took over is taken now
+        team_state.write(key, {"v": "late"}, expected_version=1, user=ANA.user, settings=a)
+    monkeypatch.setattr(team_state, "STALE_CLAIM_SECONDS", 120.0)
+    client.delete_experiment(client.create_experiment(f"{claim}.v3"))  # a failed writer gave its claim up
+    assert team_state.write(key, {"v": 3}, expected_version=2, user=ANA.user, settings=a).version == 3
+    assert team_state.read(key, b).value == {"v": 3}

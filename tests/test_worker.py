@@ -134,7 +134,7 @@ def server_world(tmp_path_factory):
     from tests.harness.mlflow_server import running_mlflow_server
 
     root = tmp_path_factory.mktemp("worker-server")
-    with running_mlflow_server(root) as server:
+    with running_mlflow_server(root, jobs=True) as server:
         try:
             _clients.configure_mlflow(server)
             world = build_world(server, traces=24)

@@ -64,16 +64,18 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, on_fail:
 
 def start_mlflow_server(port: int, root: Path, *, backend_store_uri: str | None = None, workers: int = 1,
                         env: Mapping[str, str] | None = None, log: IO[bytes] | None = None,
-                        timeout_s: float = 120) -> subprocess.Popen:
+                        timeout_s: float = 120, jobs: bool = False) -> subprocess.Popen:
     """Start ``mlflow server`` on ``port`` in a session of its own and wait until it answers.
 
     ``log`` receives its output (discarded otherwise). If it does not come up, its process group is
-    killed and the test fails.
+    killed and the test fails. ``jobs``: MLflow's job execution (its online-scoring scheduler and
+    other periodic tasks), off unless a test needs it: with it on, every server also starts a job
+    runner and eight huey consumers, each importing mlflow, which the suite's CPU budget cannot afford.
     """
     process = subprocess.Popen(
         server_command(port, root, backend_store_uri=backend_store_uri, workers=workers),
         stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if jobs else "false", **(env or {})},
     )
     wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s,
                  on_fail=lambda: stop_mlflow_server(process, signal.SIGKILL))
@@ -100,15 +102,18 @@ def stop_mlflow_server(process: subprocess.Popen | None, sig: int = signal.SIGTE
 
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 120,
-                          backend_store_uri: str | None = None, open_roles: bool = True) -> Iterator[Settings]:
+                          backend_store_uri: str | None = None, open_roles: bool = True,
+                          jobs: bool = False) -> Iterator[Settings]:
     """Start a one-worker server (temp SQLite store unless ``backend_store_uri``); yield settings for it;
     stop it by PID.
 
     ``open_roles``: store a roles record making everyone admin, as a team that chose so would (the
-    tests act as many users). Without it the server has no roles and everyone is a viewer.
+    tests act as many users). Without it the server has no roles and everyone is a viewer. ``jobs``:
+    MLflow's job execution, as in ``start_mlflow_server``.
     """
     port = free_port()
-    process = start_mlflow_server(port, root, backend_store_uri=backend_store_uri, env=env, timeout_s=timeout_s)
+    process = start_mlflow_server(port, root, backend_store_uri=backend_store_uri, env=env, timeout_s=timeout_s,
+                                  jobs=jobs)
     try:
         yield server_settings(f"http://127.0.0.1:{port}", root, open_roles=open_roles)
     finally:

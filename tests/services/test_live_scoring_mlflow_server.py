@@ -54,7 +54,7 @@ def world(tmp_path_factory):
            # The server's scheduler scores a trace only this long after it started (default 5 minutes).
            "MLFLOW_ONLINE_SCORING_DEFAULT_TRACE_COMPLETION_BUFFER_SECONDS": "0"}
     try:
-        with running_mlflow_server(root, env=env) as server:
+        with running_mlflow_server(root, env=env, jobs=True) as server:
             try:
                 _clients.configure_mlflow(server)
                 store = _get_store(server.tracking_uri)

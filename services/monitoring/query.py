@@ -94,6 +94,11 @@ def validate_query(query: TraceQuery) -> None:
     for key, value in query.tag_equalities().items():
         if any(ch in value for ch in "\n\r`") or len(value) > 250:
             raise ValidationError(f"The filter value {value!r} for {key} is not a valid tag value.")
+        if "\\" in value:
+            # MLflow's filter parser reads an escaped backslash before the closing quote as an
+            # escaped quote, so such a value cannot be searched for: refuse it instead of failing later.
+            raise ValidationError(f"The filter value {value!r} for {key} contains a backslash, which MLflow's "
+                                  "trace search cannot match; filter on a value without one.")
 
 
 def metric_filters(query: TraceQuery) -> list[str]:

@@ -265,8 +265,15 @@ def _hammer(data_dir: str, queue_id: str, reviewer: str, barrier, results) -> No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("reviews", [1, 4])
-def test_reviewers_in_separate_processes_never_hold_the_same_item_at_once(isolated_settings, reviews):
+def test_reviewers_in_separate_processes_never_hold_the_same_item_at_once(isolated_settings, reviews, monkeypatch):
     import multiprocessing
+    import sys
+
+    # A spawned child first re-runs the parent's __main__ file. Under the whole suite that can be
+    # app.py (run by earlier page tests), which must not run outside Streamlit: give the children none.
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    monkeypatch.delattr(main, "__file__", raising=False)
 
     _, _, ids = make_traces(isolated_settings, 3 if reviews > 1 else 6)
     reviewers = [f"p{i}@example.com" for i in range(4)]

@@ -157,13 +157,13 @@ def _deploy_section(agents: dict[str, registry.AgentSummary], *, settings: Setti
     answer = confirm_box(None, keys=ConfirmKeys(confirm="deploy_go", cancel="deploy_cancel"), confirm_label="Deploy",
                          ask_reason=False, disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
                          missing="" if sure and reason.strip() else "Tick the box above and give a reason to deploy.")
+    request_key = f"deploy_request::{plan.model_name}::{plan.model_version}::{plan.endpoint_name}"
     if answer.confirmed:
         try:
             with st.status(f"Deploying {plan.model_name} v{plan.model_version}…", expanded=True) as status:
                 # One request id per planned deploy: pressing Deploy again after an interruption resumes
                 # the same audited change instead of deploying twice.
-                request_id = st.session_state.setdefault(
-                    f"deploy_request::{plan.model_name}::{plan.model_version}::{plan.endpoint_name}", uuid.uuid4().hex)
+                request_id = st.session_state.setdefault(request_key, uuid.uuid4().hex)
                 done = serving.deploy_version(plan.model_name, plan.model_version, user=identity.user, reason=reason,
                                               identity=identity, plan=plan, experiment_id=plan.experiment_id,
                                               settings=settings, progress=status.write, request_id=request_id)
@@ -176,7 +176,7 @@ def _deploy_section(agents: dict[str, registry.AgentSummary], *, settings: Setti
             # Rerun so the chart, the split editor and the history show the new state; the notice survives it.
             st.session_state.pop("deploy_plan", None)
             st.session_state.pop("deploy_confirm", None)
-            st.session_state.pop(f"deploy_request::{plan.model_name}::{plan.model_version}::{plan.endpoint_name}", None)
+            st.session_state.pop(request_key, None)
             st.session_state.pop(f"split_rows::{plan.endpoint_name}", None)  # the split editor re-reads the endpoint
             st.session_state["deploy_done"] = {
                 "message": f"Deployed {plan.model_name} v{plan.model_version} on {plan.endpoint_name}; recorded in its "

@@ -49,6 +49,7 @@ from services.sequential import ArmSample
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
 from tests.hardening.mlflow_restart import kill_group, restartable_backend
 from tests.hardening.reliability import write_record
+from tests.harness.webhook_receiver import running_webhook_receiver
 from tests.harness.databricks_secrets import SecretsApi
 from tests.harness.databricks_settings import use_app_env
 from tests.harness.workspace_outage import WorkspaceOutage
@@ -78,28 +79,11 @@ class GivenEvidencePorts(ServicePorts):
         return ArmEvidence({"error_rate": ArmSample(n, mine)}, {"error_rate": ArmSample(n, theirs)})
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with self.server.lock:
-            self.server.received.append(json.loads(body or b"{}"))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def receiver():
     """The alert channel's webhook on loopback: every notice the controller sends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.lock, server.received = threading.Lock(), []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_webhook_receiver() as server:
+        yield server
 
 
 def _notices(receiver, endpoint: str, words: str = "roll back") -> list[dict]:

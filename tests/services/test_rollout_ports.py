@@ -9,10 +9,7 @@ later request there), one audit record and one notification name the rule.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -25,6 +22,7 @@ from services._clients import mlflow_client
 from services.identity import Identity, IdentitySource
 from services.rollout_ports import ServicePorts
 from services.rollouts import Final, Guardrail, Measure, RolloutPlan
+from tests.harness.webhook_receiver import running_webhook_receiver
 
 AGENT_FILE = Path(__file__).resolve().parent / "rollout_flaky_agent.py"
 QUESTION = {"input": [{"role": "user", "content": "Where is my order?"}]}
@@ -32,28 +30,10 @@ OPERATOR = Identity("ops@example.com", "Ops", IdentitySource.OS_USER)
 ENDPOINT = "shop-ep"
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with self.server.lock:
-            self.server.received.append(json.loads(body or b"{}"))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.lock, server.received = threading.Lock(), []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_webhook_receiver() as server:
+        yield server
 
 
 @pytest.fixture

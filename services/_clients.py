@@ -10,14 +10,7 @@ import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterator
 
-from services.errors import (
-    AgentOpsError,
-    BackendUnavailableError,
-    ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
-    ValidationError,
-)
+from services.errors import AgentOpsError, BackendUnavailableError, error_class, typed_error
 from services.settings import Backend, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -324,29 +317,15 @@ def classify_error(exc: Exception, what: str) -> AgentOpsError:
             " for longer than the app waits).")
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, MlflowException):
-        code = exc.error_code
-        if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return NotFoundError(f"Not found in {what}: {message}")
-        if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-            return PermissionDeniedError(f"{what} refused the call: {message}")
-        if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE"):
-            return ValidationError(message)
-        if code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_CONFLICT", "ABORTED"):
-            return ConflictError(message)
+        return typed_error(error_class(code=exc.error_code), what, message)
     try:
-        from databricks.sdk import errors as dbx_errors
+        from databricks.sdk.errors import DatabricksError
 
-        if isinstance(exc, dbx_errors.NotFound):
-            return NotFoundError(f"Not found in {what}: {message}")
-        if isinstance(exc, dbx_errors.PermissionDenied):
-            return PermissionDeniedError(f"{what} refused the call: {message}")
-        if isinstance(exc, (dbx_errors.ResourceConflict, dbx_errors.Aborted)):
-            return ConflictError(message)
-        if isinstance(exc, dbx_errors.BadRequest):
-            return ValidationError(message)
+        if isinstance(exc, DatabricksError):
+            return typed_error(error_class(names=tuple(c.__name__ for c in type(exc).__mro__)), what, message)
     except ImportError:  # pragma: no cover - the SDK is a hard dependency
         pass
-    return BackendUnavailableError(f"Could not read {what}: {message}")
+    return typed_error(None, what, message)
 
 
 def throttled_for(exc: BaseException) -> int | None:

@@ -18,9 +18,9 @@ from services.errors import (
     AgentOpsError,
     BackendUnavailableError,
     ConflictError,
-    NotFoundError,
     PermissionDeniedError,
     ValidationError,
+    error_class,
 )
 from services.settings import PROJECT_ROOT, Settings
 
@@ -69,22 +69,22 @@ def run_agents_call(operation: str, args: dict[str, Any], settings: Settings, *,
 
 
 def _child_error(answer: dict[str, Any], operation: str) -> AgentOpsError:
-    kind, message, code = answer.get("error", ""), answer.get("message", ""), answer.get("error_code") or ""
+    name, message, code = answer.get("error", ""), answer.get("message", ""), answer.get("error_code") or ""
     what = "databricks.agents.deploy" if operation == "deploy" else "the Databricks Review App"
-    if kind in ("PermissionDenied", "Unauthenticated") or code in ("PERMISSION_DENIED", "UNAUTHENTICATED") \
-            or answer.get("status") in (401, 403):
+    kind = error_class(code=code, names=(name,), status=answer.get("status"))
+    if kind is None and "currently updating" in message:
+        kind = ConflictError
+    elif kind is None and name == "ValueError":
+        kind = ValidationError
+    if kind is PermissionDeniedError:
         hint = (" Deploying needs CAN_MANAGE on the endpoint (or the right to create one) and EXECUTE on the model."
                 if operation == "deploy" else "")
         return PermissionDeniedError(f"{what} was refused: {message}.{hint}")
-    if kind in ("NotFound", "ResourceDoesNotExist") or code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") \
-            or answer.get("status") == 404:
-        return NotFoundError(f"{what}: {message}")
-    if kind in ("ResourceConflict", "Aborted") or code in ("RESOURCE_CONFLICT", "ABORTED") \
-            or "currently updating" in message:
-        return ConflictError(f"{what}: {message}")
-    if kind in ("ValueError", "BadRequest", "InvalidParameterValue") or code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
+    if kind is ValidationError:
         return ValidationError(f"{what} refused the request: {message}")
-    return BackendUnavailableError(f"{what} failed: {kind}: {message}")
+    if kind is not None:
+        return kind(f"{what}: {message}")
+    return BackendUnavailableError(f"{what} failed: {name}: {message}")
 
 
 def child_main() -> int:

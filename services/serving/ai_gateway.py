@@ -32,10 +32,9 @@ from services.errors import (
     AgentOpsError,
     BackendUnavailableError,
     ConfigurationError,
-    ConflictError,
     NotFoundError,
-    PermissionDeniedError,
-    ValidationError,
+    error_class,
+    typed_error,
 )
 from services.serving.base import ArmTraffic, SplitBackend
 from services.serving.entities import Endpoint, EndpointBackend, EndpointState, ServedVersion, TrafficRoute, validate_routes
@@ -163,18 +162,10 @@ def _rest(settings: Settings, method: str, path: str, *, params: dict | None = N
         payload = {}
     code = payload.get("error_code", "")
     message = payload.get("message") or response.text[:300] or f"HTTP {response.status_code}"
-    if response.status_code == 404 or code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-        raise NotFoundError(f"Not found in {what}: {message}")
-    if response.status_code in (401, 403) or code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-        raise PermissionDeniedError(f"{what} refused the call: {message}")
-    if code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_CONFLICT", "ABORTED"):
-        raise ConflictError(message)
-    if response.status_code == 400 or code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-        raise ValidationError(message)
     if response.status_code == 501:
         raise BackendUnavailableError(f"The AI Gateway is disabled on this server ({message}); "
                                       "start it without MLFLOW_ENABLE_AI_GATEWAY=false.")
-    raise BackendUnavailableError(f"Could not read {what}: {message}")
+    raise typed_error(error_class(code=code, status=response.status_code), what, message)
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Judging the arms of an endpoint on live traffic, and promoting the winner.
+"""Judging the arms of an endpoint on live traffic.
 
 Per arm (served version) over a time window: requests, error rate, latency percentiles, tokens
 and cost per request, reviewer feedback and live scorer results — with confidence intervals,
@@ -8,21 +8,23 @@ estimate, and a plain verdict that says when there is not yet enough data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from services import live_quality, releases, roles, serving
-from services._clients import get_settings
-from services.audit import AliasAction
-from services.errors import AgentOpsError, NotFoundError, ValidationError
-from services.promotion import PromotionRequest
-from services.identity import Identity
-from services.live_scoring_scorers import LIVE_PREFIX
-from services.serving import EndpointBackend
+from services import serving
+from services.ab_promotion import PartialPromotionError, PromotionOutcome, promote_arm
+from services.ab_samples import (
+    ArmSample,
+    LiveScorerSample,
+    arm_samples,
+    endpoint_samples,
+    sample_from_traces,
+    validate_window,
+)
 from services.ab_statistics import (
     ALPHA,
     bootstrap_interval,
@@ -32,51 +34,18 @@ from services.ab_statistics import (
     required_sample_size,
     two_proportion_test,
 )
+from services.errors import ValidationError
+from services.serving import EndpointBackend
 from services.settings import Settings
 
-MAX_TRACES_PER_ARM = serving.MAX_TRACES_PER_ARM  # per arm and window
-POSITIVE_FEEDBACK = "thumbs_up"
-
-
-@dataclass(frozen=True)
-class LiveScorerSample:
-    """One live scorer's per-trace results on one arm: 1.0/0.0 for a pass/fail scorer, else its score."""
-
-    scorer: str
-    pass_fail: bool
-    values: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class ArmSample:
-    """Per-request values of one arm; lists are aligned only within themselves."""
-
-    entity_name: str
-    model_name: str
-    version: str
-    latencies_ms: tuple[float, ...]
-    errors: int
-    costs: tuple[float, ...]
-    tokens: tuple[int, ...]
-    feedback: tuple[bool, ...]
-    ratings: tuple[float, ...]
-    scorer_passes: tuple[bool, ...]  # scorer assessments other than the live scorers' (pooled)
-    truncated: bool = False
-    live: tuple[LiveScorerSample, ...] = ()  # one entry per live scorer with results on this arm
-
-    @property
-    def requests(self) -> int:
-        return len(self.latencies_ms)
-
-    @property
-    def scorer_passes_by_name(self) -> dict[str, tuple[bool, ...]]:
-        """Pass/fail live scorers' outcomes, by scorer name and by its assessment name (``live_<scorer>``)."""
-        out: dict[str, tuple[bool, ...]] = {}
-        for live in self.live:
-            if live.pass_fail:
-                passes = tuple(v >= 0.5 for v in live.values)
-                out[live.scorer] = out[LIVE_PREFIX + live.scorer] = passes
-        return out
+# Reading the arms' traffic (``ab_samples``) and promoting a winner (``ab_promotion``) live in their own
+# modules; their names are kept here, where the Serving page and the rollouts find the A/B as a whole.
+__all__ = [
+    "ArmComparison", "ArmReport", "ArmSample", "ArmStats", "Direction", "Interval", "LiveScorerSample",
+    "LiveScorerStats", "MetricComparison", "PartialPromotionError", "PromotionOutcome", "arm_samples", "arm_stats",
+    "compare_arms", "endpoint_samples", "judge_endpoint", "live_kinds", "live_scorer_stats", "promote_arm",
+    "sample_from_traces", "validate_window",
+]
 
 
 @dataclass(frozen=True)
@@ -304,106 +273,6 @@ def _fmt(value: float | None) -> str:
 # --- reading live traffic --------------------------------------------------------------------
 
 
-def validate_window(start: datetime, end: datetime) -> None:
-    if start.tzinfo is None or end.tzinfo is None:
-        raise ValidationError("Time windows need a time zone.")
-    if start >= end:
-        raise ValidationError("The window's start must be before its end.")
-
-
-def arm_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start: datetime, end: datetime,
-                *, settings: Settings | None = None) -> list[ArmSample]:
-    """Per-arm samples from the endpoint's traces in the window (metadata only, no spans)."""
-    return endpoint_samples(endpoint, experiment_ids, start, end, settings=settings)[0]
-
-
-def endpoint_samples(endpoint: serving.Endpoint, experiment_ids: Sequence[str], start: datetime, end: datetime,
-                     *, settings: Settings | None = None) -> tuple[list[ArmSample], int]:
-    """Per-arm samples from the endpoint's traces in the window, and how many traces name no arm."""
-    validate_window(start, end)
-    traffic, unattributed = serving.arm_traffic(endpoint, experiment_ids, start, end, settings=settings)
-    live = live_outcomes(traffic, start, end, settings=settings)
-    return [replace(_sample(arm), live=live.get(arm.served.entity_name, ())) for arm in traffic], unattributed
-
-
-def live_outcomes(traffic: Sequence[serving.ArmTraffic], start: datetime, end: datetime, *,
-                  settings: Settings | None = None) -> dict[str, tuple[LiveScorerSample, ...]]:
-    """Each arm's live-scorer results, per scorer, on exactly the arm's traces in the window.
-
-    Read through ``live_quality.live_results`` (one search per agent) and grouped with
-    ``live_quality.outcomes_by``; only traces the arm's own search found count, so the live scorers
-    are judged on the same requests as the arm's other measures. Arms without a registered version
-    (AI Gateway provider models) have no agent and so no live scorers.
-    """
-    settings = settings or get_settings()
-    arm_of: dict[str, str] = {}
-    per_agent: dict[str, int] = {}
-    for arm in traffic:
-        if not arm.served.model_version:
-            continue
-        per_agent[arm.served.model_name] = per_agent.get(arm.served.model_name, 0) + len(arm.infos)
-        for info in arm.infos:
-            arm_of[info.trace_id] = arm.served.entity_name
-    frames = []
-    for agent, count in per_agent.items():
-        if not count:
-            continue
-        try:
-            # The agent's other traces in the window (evaluations, other endpoints) are read too: room for them.
-            frames.append(live_quality.live_results(agent, settings, start=start, end=end,
-                                                    max_traces=max(5000, 4 * count)))
-        except NotFoundError:
-            continue
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return {}
-    import pandas as pd
-
-    results = pd.concat(frames, ignore_index=True)
-    results = results[results["trace_id"].isin(list(arm_of))]
-    results = results.assign(arm=results["trace_id"].map(arm_of))
-    scored = results.dropna(subset=["score"])
-    pass_fail = {str(k): bool(v) for k, v in scored.groupby("scorer")["passed"].agg(lambda s: s.notna().all()).items()}
-    return {arm: tuple(LiveScorerSample(scorer, pass_fail[scorer], tuple(values))
-                       for scorer, values in sorted(by_scorer.items()))
-            for arm, by_scorer in live_quality.outcomes_by(results, "arm").items()}
-
-
-def _sample(arm: serving.ArmTraffic) -> ArmSample:
-    sample = sample_from_traces(arm.served, list(arm.infos), truncated=arm.truncated)
-    # An AI Gateway arm's error is its own provider call failing, even when a fallback then answered.
-    return sample if arm.failed is None else replace(sample, errors=arm.failed)
-
-
-def sample_from_traces(served: serving.ServedVersion, infos: list[Any], *, truncated: bool) -> ArmSample:
-    """An arm's sample from its trace infos (latency, errors, cost, tokens, feedback, scorer passes)."""
-    latencies, costs, tokens, feedback, ratings, passes = [], [], [], [], [], []
-    errors = 0
-    for info in infos:
-        latencies.append(float(info.execution_duration or 0))
-        if str(info.state).endswith("ERROR"):
-            errors += 1
-        if info.cost and info.cost.get("total_cost") is not None:
-            costs.append(float(info.cost["total_cost"]))
-        if info.token_usage and info.token_usage.get("total_tokens") is not None:
-            tokens.append(int(info.token_usage["total_tokens"]))
-        for assessment in info.assessments or []:
-            value = getattr(assessment, "value", None)
-            if getattr(assessment, "valid", True) is False or value is None:
-                continue
-            source = str(getattr(assessment.source, "source_type", ""))
-            if assessment.name == POSITIVE_FEEDBACK and isinstance(value, bool):
-                feedback.append(value)
-            elif assessment.name == "rating" and isinstance(value, (int, float)):
-                ratings.append(float(value))
-            elif assessment.name.startswith(LIVE_PREFIX):
-                continue  # the live scorers: one measure each (live_outcomes)
-            elif source.endswith(("CODE", "LLM_JUDGE")) and isinstance(value, (bool, str)):
-                passes.append(value is True or str(value).lower() in ("yes", "true", "pass"))
-    return ArmSample(served.entity_name, served.model_name, served.model_version, tuple(latencies), errors,
-                     tuple(costs), tuple(tokens), tuple(feedback), tuple(ratings), tuple(passes), truncated)
-
-
 def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: datetime, end: datetime | None = None,
                    *, baseline: str | None = None, minimum_effect: float = 0.02,
                    settings: Settings | None = None, source: EndpointBackend | None = None) -> ArmReport:
@@ -436,64 +305,3 @@ def judge_endpoint(endpoint_name: str, experiment_ids: Sequence[str], start: dat
         verdict += (f" {unattributed} usage trace(s) name no arm of this endpoint (no provider call was "
                     "recorded, e.g. the request was refused first) and are not counted in any arm.")
     return ArmReport(endpoint.name, start, end, baseline, stats, comparisons, verdict)
-
-
-# --- promote the winner / roll back -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PromotionOutcome:
-    traffic_moved: bool
-    alias_moved: bool
-    endpoint: serving.Endpoint | None
-    message: str
-
-
-class PartialPromotionError(AgentOpsError):
-    """Traffic moved but the alias did not; the message says exactly where things stand."""
-
-
-def promote_arm(
-    endpoint_name: str, entity_name: str, identity: Identity, *, reason: str, alias: str = "champion",
-    override_gate: bool = False, action: str = "promote winner", settings: Settings | None = None,
-    source: EndpointBackend | None = None, request_id: str | None = None,
-) -> PromotionOutcome:
-    """Move 100% of traffic to one arm, then point ``alias`` at its version; both audited.
-
-    Traffic moves first. If the alias cannot follow, ``PartialPromotionError`` states that the
-    traffic moved and the alias did not, so the operator can retry the alias alone. An arm with no
-    registry version (an MLflow AI Gateway provider model) only gets the traffic: there is no alias
-    to move. ``request_id`` (one per confirmation) makes a retry after a backend failure complete
-    each step exactly once.
-    """
-    settings = settings or get_settings()
-    roles.enforce(identity, roles.Action.CHANGE_TRAFFIC, settings)
-    if not reason.strip():
-        raise ValidationError("Give a reason; it goes into the audit trail.")
-    endpoint = serving.get_endpoint(endpoint_name, settings, backend=source)
-    served = {s.entity_name: s for s in endpoint.served}
-    if entity_name not in served:
-        raise ValidationError(f"{entity_name!r} is not an arm of {endpoint_name!r}.")
-    winner = served[entity_name]
-    plan = serving.plan_shares(endpoint, {s.entity_name: 100 if s.entity_name == entity_name else 0
-                                          for s in endpoint.served})
-    stored = serving.apply_split(plan, user=identity.user, reason=reason, action=action, settings=settings,
-                                 user_token=identity.access_token, request_id=request_id and f"{request_id}-traffic")
-    if not winner.model_version:
-        return PromotionOutcome(True, False, stored,
-                                f"{endpoint_name}: 100% to {entity_name}. No alias moved: {winner.label} is a "
-                                "provider model, not a registered version.")
-    try:
-        releases.promote(PromotionRequest(
-            winner.model_name, alias, winner.model_version, reason=reason, override=override_gate,
-            action=AliasAction.ROLLBACK if action.startswith("roll") else AliasAction.PROMOTE,
-            request_id=request_id and f"{request_id}-alias",
-        ), identity, settings)
-    except AgentOpsError as exc:
-        raise PartialPromotionError(
-            f"Traffic on {endpoint_name!r} now goes 100% to {winner.model_name} v{winner.model_version}, "
-            f"but {winner.model_name}@{alias} was NOT moved: {exc} Retry moving the alias on the Versions page, "
-            "or roll the traffic back."
-        ) from exc
-    return PromotionOutcome(True, True, stored,
-                            f"{endpoint_name}: 100% to v{winner.model_version}; {alias} → v{winner.model_version}.")

@@ -32,6 +32,11 @@ def live_name(scorer_name: str) -> str:
     return f"{LIVE_PREFIX}{scorer_name}"
 
 
+def scorer_of(name: str) -> str:
+    """The live scorer a name stands for: its own name, or its assessment name (``live_<scorer>``) read back."""
+    return name.removeprefix(LIVE_PREFIX)
+
+
 @lru_cache(maxsize=64)
 def _built(name: str, options_json: str) -> Any:
     from services.scorers import ScorerOptions, build_scorers

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from services import roles, rollouts, team_state
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity
+from services.live_scoring_scorers import scorer_of
 from services.rollouts import (
     Action,
     ArmEvidence,
@@ -385,5 +386,6 @@ def _arm_sample(rail: Guardrail, arm: Any, baseline: Baseline) -> ArmSample | No
     if measure is Measure.THUMBS_DOWN_RATE:
         return ArmSample(len(arm.feedback), sum(1 for up in arm.feedback if not up))
     by_name = getattr(arm, "scorer_passes_by_name", None)
-    passes = list(by_name.get(rail.scorer, ())) if isinstance(by_name, Mapping) else list(arm.scorer_passes)
+    passes = list(by_name.get(scorer_of(rail.scorer or ""), ())) if isinstance(by_name, Mapping) \
+        else list(arm.scorer_passes)
     return ArmSample(len(passes), sum(1 for p in passes if p))

@@ -61,7 +61,7 @@ class Action(StrEnum):
 class Guardrail:
     measure: Measure
     tolerance: float
-    scorer: str | None = None  # the assessment name, for LIVE_PASS_RATE
+    scorer: str | None = None  # the live scorer (its name, or its live_ assessment name), for LIVE_PASS_RATE
 
     @property
     def label(self) -> str:

@@ -13,6 +13,8 @@ from mlflow import MlflowClient
 from services import ab, audit, serving
 from services.errors import ConflictError, ValidationError
 from services.identity import Identity, IdentitySource
+from services.rollout_controller import evidence_from_arms
+from services.rollouts import Baseline, Final, Guardrail, Measure, RolloutPlan
 
 OPERATOR = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
 
@@ -299,10 +301,17 @@ def test_each_live_scorer_gets_its_own_row_and_test_per_arm(isolated_settings, l
     assert table.loc["triage-bot v1 (baseline)", "live helpfulness mean score (95% CI)"] == "—"
     assert table.loc["triage-bot v2", "live forbidden_content pass rate (95% CI)"].startswith(f"{passes_2 / 8:.0%} (")
     assert "live helpfulness mean score" in set(comparisons_frame(report)["Metric"])
-    # Guarded rollouts read a pass/fail scorer's outcomes by its name or its assessment name.
+    # Pass/fail outcomes, one entry per live scorer (by its name); numeric scorers have none.
     samples = {s.entity_name: s for s in ab.arm_samples(serving.get_endpoint("triage", isolated_settings),
                                                          [live_world["experiment_id"]], now - timedelta(hours=1),
                                                          now + timedelta(minutes=1), settings=isolated_settings)}
     by_name = samples["triage-bot_2"].scorer_passes_by_name
-    assert sorted(by_name[FORBIDDEN]) == sorted(v == "yes" for v in forbidden_2) == sorted(by_name["forbidden_content"])
-    assert "helpfulness" not in by_name
+    assert list(by_name) == ["forbidden_content"]
+    assert sorted(by_name["forbidden_content"]) == sorted(v == "yes" for v in forbidden_2)
+    # A guarded rollout's guardrail finds them by the scorer's name or its assessment name (older plans).
+    rails = tuple(Guardrail(Measure.LIVE_PASS_RATE, 0.05, name) for name in ("forbidden_content", FORBIDDEN))
+    plan = RolloutPlan("triage", "triage-bot_1", "triage-bot_2", (10, 100), 5, 0, rails, Final.PROMOTE)
+    evidence = evidence_from_arms(plan, Baseline(), samples["triage-bot_2"], samples["triage-bot_1"])
+    for rail in rails:
+        assert evidence.challenger[rail.label].n == 8
+        assert evidence.challenger[rail.label].total == passes_2

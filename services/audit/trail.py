@@ -80,7 +80,7 @@ class ChangeKind(StrEnum):
 
     ALIAS = "alias_change"
     TRAFFIC = "traffic_change"  # a split change, or creating / deleting a local endpoint
-    DEPLOY = "deploy"  # databricks.agents.deploy of a version (older deploys read back as traffic changes)
+    DEPLOY = "deploy"  # databricks.agents.deploy of a version (older ones, tagged traffic_change, read back as this)
     GATE_RULES = "gate_rules"
     EXPERIMENT_LINK = "experiment_link"
 
@@ -88,6 +88,8 @@ class ChangeKind(StrEnum):
 # Kinds written with plain-string before/after tags (their format before the trail was unified).
 _PLAIN = (ChangeKind.ALIAS, ChangeKind.EXPERIMENT_LINK)
 ENDPOINT_KINDS = (ChangeKind.TRAFFIC, ChangeKind.DEPLOY)  # what an endpoint's history holds
+# The action of a deploy (``deploy v<N>``), which tells the deploys among older traffic-change records.
+_OLD_DEPLOY_ACTION = re.compile(r"deploy v\S+")
 # Older names of the kind values, still used by readers of the raw tags.
 ALIAS_CHANGE_KIND = ChangeKind.ALIAS.value
 TRAFFIC_KIND = ChangeKind.TRAFFIC.value
@@ -283,13 +285,16 @@ def changes(kind: ChangeKind | Iterable[ChangeKind], target: Mapping[str, str] |
     pages are read unless ``limit``.
     """
     kinds = (kind,) if isinstance(kind, ChangeKind) else tuple(kind)
+    # The kind tags those records may carry: older deploys were written as traffic changes.
+    stored = list(dict.fromkeys(v for k in kinds for v in ((k.value, ChangeKind.TRAFFIC.value)
+                                                          if k is ChangeKind.DEPLOY else (k.value,))))
     clauses = [f"tags.`{_PREFIX + k}` = '{quote(v)}'" for k, v in (target or {}).items()] + (extra or [])
-    if len(kinds) == 1:
-        runs = _search(settings, [f"tags.`{KIND_TAG}` = '{kinds[0].value}'", *clauses], limit=limit)
+    if len(stored) == 1:
+        runs = _search(settings, [f"tags.`{KIND_TAG}` = '{stored[0]}'", *clauses], limit=limit)
     elif clauses:  # a target narrows it enough: one search, kinds filtered here
         runs = _search(settings, clauses, limit=limit)
     else:  # search_runs has no IN for tags
-        runs = [r for k in kinds for r in _search(settings, [f"tags.`{KIND_TAG}` = '{k.value}'"], limit=limit)]
+        runs = [r for v in stored for r in _search(settings, [f"tags.`{KIND_TAG}` = '{v}'"], limit=limit)]
     found = [c for c in (_read(r) for r in runs) if c.kind in kinds and (c.completed or not completed_only)]
     found.sort(key=lambda c: c.at_ns, reverse=True)
     return found[:limit] if limit is not None else found
@@ -345,6 +350,8 @@ def _from_tags(run_id: str, tags: Mapping[str, str], at_ns: int) -> Change:
     interrupted = tags.get(STATE_TAG) == _INTENT  # records written before intents existed are complete
     status = ChangeStatus.INTERRUPTED if interrupted else ChangeStatus.COMPLETED
     action: str = tags.get(ACTION_TAG, "")
+    if kind is ChangeKind.TRAFFIC and _OLD_DEPLOY_ACTION.fullmatch(action):
+        kind = ChangeKind.DEPLOY  # written as a traffic change before deploys had their own kind
     if kind in _PLAIN:
         before, after = tags.get(FROM_TAG) or None, tags.get(TO_TAG) or None
         requested: Any = tags.get(REQUESTED_TAG, "")

@@ -117,3 +117,25 @@ def test_records_in_the_older_tag_format_read_back(isolated_settings):
     assert (split.before, split.requested, split.after) == ({"a v1": 100}, {"a v1": 50, "a v2": 50},
                                                             {"a v1": 50, "a v2": 50})
     assert audit.find_change(audit.ChangeKind.TRAFFIC, {"endpoint": "ep"}, "old-1", settings=isolated_settings) == split
+
+
+def test_deploys_recorded_before_they_had_their_own_kind_read_back_as_deploys(isolated_settings):
+    """Deploys were once written as traffic changes (action ``deploy v<N>``); they read back as deploys."""
+    client = _client(isolated_settings)
+    experiment_id = get_or_create_experiment(client, isolated_settings.audit_experiment, isolated_settings)
+    at = time.time_ns()
+    p = "agentops.audit."
+    for offset, action in enumerate(("deploy v3", "edit split")):
+        client.create_run(experiment_id, tags={
+            p + "kind": "traffic_change", p + "endpoint": "agents_m", p + "action": action, p + "user": "old@example.com",
+            p + "reason": "r", p + "before": json.dumps({"m_2": 100}), p + "after": json.dumps({"m_3": 100}),
+            p + "outcome": "applied", p + "state": "done", p + "request_id": f"old-{offset}", p + "at_ns": str(at + offset)})
+    split, deploy = audit.traffic_changes("agents_m", settings=isolated_settings)
+    assert (deploy.kind, deploy.action, split.kind, split.action) == (
+        audit.ChangeKind.DEPLOY, "deploy v3", audit.ChangeKind.TRAFFIC, "edit split")
+    # A search for one kind finds the old deploy under its kind, and the split change without it.
+    assert audit.changes(audit.ChangeKind.DEPLOY, {"endpoint": "agents_m"}, settings=isolated_settings) == [deploy]
+    assert audit.changes(audit.ChangeKind.DEPLOY, settings=isolated_settings) == [deploy]
+    assert audit.changes(audit.ChangeKind.TRAFFIC, {"endpoint": "agents_m"}, settings=isolated_settings) == [split]
+    assert audit.find_change(audit.ChangeKind.DEPLOY, {"endpoint": "agents_m"}, "old-0",
+                             settings=isolated_settings) == deploy

@@ -3,7 +3,7 @@
 Gate rules live in one registered-model tag (``agentops.gate``, JSON) so they travel with the
 agent. A rule is checked against the latest evaluations of the candidate and of the alias's
 current holder on one dataset, and against the candidate's *live* traffic (evaluation rows are
-not requests: see ``services.readiness_live``).
+not requests: see ``services.version_traffic``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from services import audit, readiness_live, registry, roles, versions
+from services import audit, version_traffic, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import ValidationError
 from services.evaluations import EvaluationSummary
@@ -297,7 +297,7 @@ def gather_evidence(agent: str, candidate: str, current: str | None, settings: S
                     experiment_ids: list[str] | None = None) -> Evidence:
     """Latest evaluations of both versions on the same dataset, with deltas, and traffic.
 
-    ``runs`` and ``traffic`` (live traffic by LoggedModel id, ``readiness_live``) may be passed when
+    ``runs`` and ``traffic`` (live traffic by LoggedModel id, ``version_traffic``) may be passed when
     already read (e.g. for many versions at once).
     """
     if experiment_ids is None:
@@ -332,7 +332,7 @@ def gather_evidence(agent: str, candidate: str, current: str | None, settings: S
             with translate_errors(f"version {number} of {agent!r}"):
                 model_of[number] = registry.model_id_of(client.get_model_version(agent, number))
     if traffic is None:
-        traffic = readiness_live.live_traffic_by_model(experiment_ids, [m for m in model_of.values() if m], settings)
+        traffic = version_traffic.live_traffic_by_model(experiment_ids, [m for m in model_of.values() if m], settings)
 
     def flow(number: str | None) -> versions.VersionTraffic | None:
         if number is None:

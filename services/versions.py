@@ -3,19 +3,17 @@
 Everything an agent's version table needs comes from a fixed number of calls whatever the
 number of versions: one paged ``search_model_versions``, one ``get_registered_model`` (aliases),
 one paged ``search_logged_models`` (params), one paged ``search_runs`` (evaluations) and one
-paged ``search_traces`` without spans (traffic). No call per version.
+store-side aggregate of served traffic (``version_traffic``). No call per version.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
-from services import _mlflow_internal as internal
 from services import registry
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
@@ -28,11 +26,9 @@ from services.evaluations import (
     summarise_runs,
 )
 from services.settings import Settings
+from services.version_traffic import VersionTraffic, live_traffic_by_model
 
 _PAGE = 200
-_TRACE_PAGE = 500
-TRAFFIC_WINDOW = timedelta(days=7)
-MODEL_ID_METADATA = "mlflow.modelId"
 
 # Columns of the frame ``list_versions`` returns, in order.
 VERSION_COLUMNS = (
@@ -40,20 +36,6 @@ VERSION_COLUMNS = (
     "description", "params", "tags", "eval_dataset", "eval_run_id", "metrics",
     "traces", "error_rate", "p95_ms", "cost_per_request",
 )
-
-
-@dataclass(frozen=True)
-class VersionTraffic:
-    """Traces linked to one version's LoggedModel over a window."""
-
-    traces: int
-    errors: int
-    p95_ms: float | None
-    cost_per_request: float | None
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.traces if self.traces else None
 
 
 @dataclass(frozen=True)
@@ -166,7 +148,7 @@ def list_versions(
         aliases_by_version.setdefault(str(number), []).append(alias)
     params = {m: f.params for m, f in models.items()}
     evaluations = latest_evaluation_by_version(name, settings, experiment_ids=experiment_ids)
-    traffic = traffic_by_model(experiment_ids, settings, now=now, model_ids=model_ids)
+    traffic = live_traffic_by_model(experiment_ids, model_ids, settings, now=now)
     rows = []
     for v in versions:
         number = str(v.version)
@@ -233,7 +215,7 @@ def version_detail(name: str, version: str | int, settings: Settings | None = No
     with translate_errors("logged models"):
         params = {m: f.params for m, f in registry.logged_models(client, [model_id] if model_id else []).items()}
     runs = evaluations_for(name, settings, experiment_ids=experiment_ids, version=number)
-    traffic = (traffic_by_model(experiment_ids, settings, model_ids=[model_id]).get(model_id, VersionTraffic(0, 0, None, None))
+    traffic = (live_traffic_by_model(experiment_ids, [model_id], settings).get(model_id, VersionTraffic(0, 0, None, None))
                if model_id else VersionTraffic(0, 0, None, None))
     tags = dict(v.tags or {})
     return VersionDetail(
@@ -310,66 +292,6 @@ def latest_evaluation_by_version(
         if run.version and run.status == "FINISHED" and run.version not in latest:
             latest[run.version] = run
     return latest
-
-
-def traffic_by_model(
-    experiment_ids: Sequence[str], settings: Settings | None = None, *, now: datetime | None = None,
-    window: timedelta = TRAFFIC_WINDOW, model_ids: Sequence[str] | None = None,
-) -> dict[str, VersionTraffic]:
-    """Trace count, errors, p95 latency and cost per request, grouped by LoggedModel id.
-
-    Every trace linked to the LoggedModel counts, evaluation rows included (as before). With
-    ``model_ids`` the figures are aggregated in the store (``_mlflow_internal.aggregate_traces``,
-    grouped by the ``mlflow.modelId`` metadata); without, every trace of the window is read.
-    """
-    if not experiment_ids:
-        return {}
-    now = now or datetime.now(tz=timezone.utc)
-    since_ms = int((now - window).timestamp() * 1000)
-    client = mlflow_client(settings)
-    if model_ids is not None:
-        wanted = [m for m in dict.fromkeys(model_ids) if m]
-        if not wanted:
-            return {}
-        with translate_errors("traces"):
-            result = internal.aggregate_traces(
-                client, list(experiment_ids), start_ms=since_ms, end_ms=int(now.timestamp() * 1000) + 1,
-                interval_seconds=86400, group_links={m: internal.TraceLink((m,)) for m in wanted},
-                with_models=False, evaluation_rows=True,
-            )
-        return {
-            row.group: VersionTraffic(row.requests, row.errors, row.p95_ms,
-                                      row.recorded_cost / row.requests if row.recorded_cost and row.requests else None)
-            for row in result.rows if row.bucket_ms is None and row.group
-        }
-    grouped: dict[str, list[Any]] = {}
-    with translate_errors("traces"):
-        token = None
-        while True:
-            page = client.search_traces(
-                locations=list(experiment_ids), filter_string=f"trace.timestamp_ms >= {since_ms}",
-                max_results=_TRACE_PAGE, page_token=token, include_spans=False,
-            )
-            for trace in page:
-                metadata = trace.info.trace_metadata or {}
-                model_id = metadata.get(MODEL_ID_METADATA)
-                if model_id:
-                    grouped.setdefault(model_id, []).append(trace.info)
-            token = page.token
-            if not token:
-                break
-    result = {}
-    for model_id, infos in grouped.items():
-        durations = [i.execution_duration for i in infos if i.execution_duration is not None]
-        costs = [c for c in ((i.cost or {}).get("total_cost") for i in infos) if c is not None]
-        errors = sum(1 for i in infos if str(getattr(i.state, "value", i.state)) == "ERROR")
-        result[model_id] = VersionTraffic(
-            traces=len(infos),
-            errors=errors,
-            p95_ms=float(np.percentile(durations, 95)) if durations else None,
-            cost_per_request=float(sum(costs)) / len(infos) if costs else None,
-        )
-    return result
 
 
 def _all_versions(client: Any, name: str) -> list[Any]:

@@ -7,7 +7,7 @@ they fail, exactly like a failing gate rule, with the same override-with-reason 
 
 The checks of the logged model itself (signature, input example, requirements, the load check in
 a separate process) are in ``services.readiness_checks``; live traffic (evaluation rows left out)
-in ``services.readiness_live``; the gate in ``services.gates``.
+in ``services.version_traffic``; the gate in ``services.gates``.
 
 - ``report``: ``ReadinessCheck``, ``ReadinessReport`` and the required items.
 - ``context``: what is read once per agent; ``items``: the items computed from it.

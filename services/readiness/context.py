@@ -9,9 +9,9 @@ from services import (
     alerting,
     alerts,
     live_scoring,
-    readiness_live,
     registry,
     serving,
+    version_traffic,
     versions,
 )
 from services._clients import (
@@ -42,7 +42,7 @@ class AgentContext:
     thresholds: dict[str, Any] | None
     thresholds_error: str
     dataset_cache: dict[str, tuple[int, int] | None] = field(default_factory=dict)
-    evaluations: readiness_live.EvaluationRuns | None = None  # which runs are evaluations, looked up once
+    evaluations: version_traffic.EvaluationRuns | None = None  # which runs are evaluations, looked up once
     alert_rules: int | None = None  # enabled alert rules watching the agent (None: could not be read)
     live: Any = None  # the agent's live-scoring configuration, if any
     live_error: str = ""
@@ -59,7 +59,7 @@ def read_context(agent: str, settings: Settings, required: frozenset[Item] | Non
     experiment_ids = versions.agent_experiment_ids(agent, settings, model=model, versions=all_versions)
     runs = versions.evaluations_for(agent, settings, experiment_ids=experiment_ids)
     # Live traffic per LoggedModel (the model-id link), evaluation rows left out.
-    traffic = readiness_live.live_traffic_by_model(
+    traffic = version_traffic.live_traffic_by_model(
         experiment_ids, [m for m in map(registry.model_id_of, all_versions) if m], settings)
     endpoints, endpoints_error = None, ""
     try:
@@ -83,5 +83,5 @@ def read_context(agent: str, settings: Settings, required: frozenset[Item] | Non
         live_error = str(exc)
     return AgentContext(agent, settings, client, model, experiment_ids, runs, traffic, required,
                     endpoints, endpoints_error, thresholds, thresholds_error,
-                    evaluations=readiness_live.EvaluationRuns(client), alert_rules=alert_rules, live=live,
+                    evaluations=version_traffic.EvaluationRuns(client), alert_rules=alert_rules, live=live,
                     live_error=live_error)

@@ -7,7 +7,7 @@ import json
 
 from services import (
     gates,
-    readiness_live,
+    version_traffic,
 )
 from services._clients import (
     translate_errors,
@@ -50,9 +50,9 @@ def traces_check(ctx: AgentContext, number: str, model_id: str | None) -> tuple[
         return (Item.TRACES, Verdict.PASS, f"{flow.traces:,} live trace(s) in the last 7 days", "")
     rows = 0
     try:
-        for clauses in ([readiness_live.model_clause(model_id)] if model_id else [],
+        for clauses in ([version_traffic.model_clause(model_id)] if model_id else [],
                         [f"tag.`agentops.agent` = '{_q(ctx.agent)}'", f"tag.`agentops.version` = '{_q(number)}'"]):
-            live, seen = readiness_live.find_live_trace(ctx.experiment_ids, clauses, ctx.settings,
+            live, seen = version_traffic.find_live_trace(ctx.experiment_ids, clauses, ctx.settings,
                                                         evaluations=ctx.evaluations)
             if live:
                 return (Item.TRACES, Verdict.PASS, "live traces exist (none in the last 7 days)", "")

@@ -66,9 +66,8 @@ def test_versions_page_shows_params_and_traffic_of_every_version(on_realworld):
         row = table.loc[f"v{number}"]
         for key, value in version.params.items():
             assert f"{key}={value}" in row["Params"]
-        # Every trace linked to the LoggedModel counts, the evaluation rows of that model too.
-        eval_rows = sum(len(run.questions) for run in on_realworld.eval_runs.values() if run.model_id == version.model_id)
-        assert row["Traces (7d)"] == version.traces + eval_rows
+        # Served traffic only: the evaluation rows linked to the same LoggedModel do not count.
+        assert row["Traces (7d)"] == version.traces
 
 
 def test_versions_page_of_an_agent_with_hundreds_of_versions(on_realworld):

@@ -19,7 +19,9 @@ def build_world(settings, *, traces: int = 10, agent: str = AGENT, answer: str =
     return {"experiment_id": experiment_id, "model_id": model.model_id, "trace_ids": trace_ids, "client": client}
 
 
-def log_traces(experiment_id: str, model_id: str, count: int, *, answer: str = "Refunds take 5 days.") -> list[str]:
+def log_traces(experiment_id: str, model_id: str, count: int, *, answer: str = "Refunds take 5 days.",
+               tags: dict[str, str] | None = None) -> list[str]:
+    """``count`` traces linked to the version by ``set_active_model``, each with ``tags`` (e.g. a gateway's)."""
     ids = []
     mlflow.set_experiment(experiment_id=experiment_id)
     mlflow.set_active_model(model_id=model_id)
@@ -28,6 +30,8 @@ def log_traces(experiment_id: str, model_id: str, count: int, *, answer: str = "
             with mlflow.start_span("agent") as span:
                 span.set_inputs({"input": [{"role": "user", "content": f"question {i}"}]})
                 span.set_outputs({"output": [{"type": "message", "content": [{"type": "output_text", "text": answer}]}]})
+                if tags:
+                    mlflow.update_current_trace(tags=tags)
                 ids.append(span.trace_id)
     finally:
         mlflow.clear_active_model()

@@ -15,6 +15,7 @@ from services.errors import ConflictError, ValidationError
 from services.identity import Identity, IdentitySource
 from services.rollout_controller import evidence_from_arms
 from services.rollouts import Baseline, Final, Guardrail, Measure, RolloutPlan
+from tests.services.live_scoring_world import log_traces
 
 OPERATOR = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
 
@@ -190,23 +191,7 @@ GATEWAY_ENDPOINT_TAG = "agentops.endpoint"
 
 def _served_traces(experiment_id: str, model_id: str, count: int, *, endpoint: str | None) -> list[str]:
     """Traces linked to a version by ``set_active_model``; ``endpoint`` is the tag a serving gateway writes."""
-    import mlflow
-
-    ids = []
-    mlflow.set_experiment(experiment_id=experiment_id)
-    mlflow.set_active_model(model_id=model_id)
-    try:
-        for i in range(count):
-            with mlflow.start_span("agent") as span:
-                span.set_inputs({"input": [{"role": "user", "content": f"q{i}"}]})
-                span.set_outputs({"output": f"a{i}"})
-                if endpoint:
-                    mlflow.update_current_trace(tags={GATEWAY_ENDPOINT_TAG: endpoint})
-                ids.append(span.trace_id)
-    finally:
-        mlflow.clear_active_model()
-    mlflow.flush_trace_async_logging()
-    return ids
+    return log_traces(experiment_id, model_id, count, tags={GATEWAY_ENDPOINT_TAG: endpoint} if endpoint else None)
 
 
 @pytest.fixture

@@ -109,3 +109,30 @@ def test_demo_versions_carry_traffic_and_evaluations(seeded_settings):
             assert set(row.aliases) == {a for a, v in aliases.items() if str(v) == str(row.version)}
             assert row.metrics and row.eval_dataset
             assert row.traces > 0 and row.p95_ms > 0
+
+
+def test_traces_of_a_version_count_served_traffic_not_evaluation_rows(isolated_settings, monkeypatch):
+    """Another team's version (public MLflow API only) with live traces and an evaluation run of it."""
+    import mlflow
+    from mlflow.genai.scorers import scorer
+
+    from tests.services.live_scoring_world import build_world
+
+    monkeypatch.setenv("MLFLOW_GENAI_EVAL_MAX_WORKERS", "2")
+    world = build_world(isolated_settings, traces=3)
+    experiment_id, model_id = world["experiment_id"], world["model_id"]
+
+    @scorer
+    def answered(outputs) -> bool:
+        return bool(outputs)
+
+    mlflow.set_experiment(experiment_id=experiment_id)
+    mlflow.genai.evaluate(data=[{"inputs": {"question": q}} for q in ("a?", "b?")],
+                          predict_fn=lambda question: f"answer to {question}", scorers=[answered], model_id=model_id)
+    mlflow.flush_trace_async_logging()
+    linked = mlflow.search_traces(locations=[experiment_id], model_id=model_id, return_type="list")
+    assert len(linked) == 5  # the store links the evaluation rows to the version too
+
+    row = versions.list_versions("support-bot", isolated_settings).set_index("version").loc[1]
+    assert row["traces"] == 3
+    assert versions.version_detail("support-bot", 1, isolated_settings).traffic.traces == 3

@@ -1,32 +1,48 @@
-"""Live traffic of agent versions: traces linked to a version's LoggedModel that are not evaluation rows.
+"""Served traffic of agent versions: traces linked to a version's LoggedModel that are not evaluation rows.
 
 ``mlflow.genai.evaluate`` writes one trace per row, linked to the evaluated LoggedModel
 (``mlflow.modelId``) and to its run (``mlflow.sourceRun``). Those rows are not requests anyone
-sent the agent, so the readiness item "traces exist" and the promotion evidence (trace counts,
-p95 latency and cost per request that gate rules check) leave them out. A trace logged inside any
-other run (a notebook, a build run) still counts: only runs that are evaluations
-(``mlflow.runType = genai_evaluate``) make their traces evaluation rows.
+sent the agent, so the Versions table's trace counts, the readiness item "traces exist" and the
+promotion evidence (trace counts, p95 latency and cost per request that gate rules check) leave
+them out. A trace logged inside any other run (a notebook, a build run) still counts: only runs
+that are evaluations (``mlflow.runType = genai_evaluate``) make their traces evaluation rows.
 
-The store-side aggregate (``versions.traffic_by_model``) stays the fast path; only versions that
-have evaluation rows in the window are read again trace by trace to take those rows out.
+The store-side aggregate (``_mlflow_internal.aggregate_traces``) stays the fast path; only versions
+that have evaluation rows in the window are read again trace by trace to take those rows out.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from services import versions
+from services import _mlflow_internal as internal
 from services._clients import mlflow_client, translate_errors
 from services.errors import AgentOpsError
 from services.settings import Settings
 
+TRAFFIC_WINDOW = timedelta(days=7)
 MODEL_ID = "mlflow.modelId"
 SOURCE_RUN = "mlflow.sourceRun"
 EVALUATION_RUN_TYPE = "genai_evaluate"
 _PAGE = 500
+
+
+@dataclass(frozen=True)
+class VersionTraffic:
+    """Traces linked to one version's LoggedModel over a window."""
+
+    traces: int
+    errors: int
+    p95_ms: float | None
+    cost_per_request: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.traces if self.traces else None
 
 
 def _q(value: str) -> str:
@@ -58,7 +74,7 @@ def is_evaluation_row(info: Any, evaluations: EvaluationRuns) -> bool:
     return (info.trace_metadata or {}).get(SOURCE_RUN) in evaluations
 
 
-def _infos(client: Any, experiment_ids: Sequence[str], clauses: list[str]) -> Iterable[Any]:
+def trace_infos(client: Any, experiment_ids: Sequence[str], clauses: list[str]) -> Iterable[Any]:
     token = None
     while True:
         with translate_errors("traces"):
@@ -70,34 +86,50 @@ def _infos(client: Any, experiment_ids: Sequence[str], clauses: list[str]) -> It
             return
 
 
-def _figures(infos: list[Any]) -> versions.VersionTraffic:
+def _figures(infos: list[Any]) -> VersionTraffic:
     durations = [i.execution_duration for i in infos if i.execution_duration is not None]
     costs = [c for c in ((i.cost or {}).get("total_cost") for i in infos) if c is not None]
     errors = sum(1 for i in infos if str(getattr(i.state, "value", i.state)) == "ERROR")
-    return versions.VersionTraffic(
+    return VersionTraffic(
         traces=len(infos), errors=errors,
         p95_ms=float(np.percentile(durations, 95)) if durations else None,
         cost_per_request=float(sum(costs)) / len(infos) if costs and infos else None,
     )
 
 
+def _stored_traffic(client: Any, experiment_ids: Sequence[str], model_ids: list[str], now: datetime,
+                    since_ms: int) -> dict[str, VersionTraffic]:
+    """Every trace linked to each LoggedModel in the window, evaluation rows included, aggregated in the store."""
+    with translate_errors("traces"):
+        result = internal.aggregate_traces(
+            client, list(experiment_ids), start_ms=since_ms, end_ms=int(now.timestamp() * 1000) + 1,
+            interval_seconds=86400, group_links={m: internal.TraceLink((m,)) for m in model_ids},
+            with_models=False, evaluation_rows=True,
+        )
+    return {
+        row.group: VersionTraffic(row.requests, row.errors, row.p95_ms,
+                                  row.recorded_cost / row.requests if row.recorded_cost and row.requests else None)
+        for row in result.rows if row.bucket_ms is None and row.group
+    }
+
+
 def live_traffic_by_model(
     experiment_ids: Sequence[str], model_ids: Sequence[str], settings: Settings | None = None, *,
-    now: datetime | None = None, window: timedelta = versions.TRAFFIC_WINDOW,
-) -> dict[str, versions.VersionTraffic]:
-    """Trace count, errors, p95 latency and cost per request of live traffic, by LoggedModel id."""
+    now: datetime | None = None, window: timedelta = TRAFFIC_WINDOW,
+) -> dict[str, VersionTraffic]:
+    """Trace count, errors, p95 latency and cost per request of served traffic, by LoggedModel id."""
     wanted = [m for m in dict.fromkeys(model_ids) if m]
     if not experiment_ids or not wanted:
         return {}
     now = now or datetime.now(tz=timezone.utc)
     since_ms = int((now - window).timestamp() * 1000)
-    traffic = versions.traffic_by_model(experiment_ids, settings, now=now, window=window, model_ids=wanted)
     client = mlflow_client(settings)
+    traffic = _stored_traffic(client, experiment_ids, wanted, now, since_ms)
     evaluations = EvaluationRuns(client)
     # Traces written inside a run are few next to live traffic: read those, find the evaluation rows.
     with_rows: set[str] = set()
     try:
-        for info in _infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
+        for info in trace_infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
                                                     f"metadata.`{SOURCE_RUN}` LIKE '%'"]):
             model_id = (info.trace_metadata or {}).get(MODEL_ID)
             if model_id in wanted and model_id in traffic and is_evaluation_row(info, evaluations):
@@ -105,8 +137,8 @@ def live_traffic_by_model(
     except AgentOpsError:
         with_rows = {m for m in wanted if m in traffic}  # cannot tell: read each version's traces
     for model_id in with_rows:
-        infos = [i for i in _infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
-                                                             f"metadata.`{MODEL_ID}` = '{_q(model_id)}'"])
+        infos = [i for i in trace_infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
+                                                                 model_clause(model_id)])
                  if not is_evaluation_row(i, evaluations)]
         if infos:
             traffic[model_id] = _figures(infos)
@@ -126,7 +158,7 @@ def find_live_trace(experiment_ids: Sequence[str], clauses: list[str], settings:
     client = mlflow_client(settings)
     evaluations = evaluations or EvaluationRuns(client)
     rows = 0
-    for info in _infos(client, experiment_ids, clauses):
+    for info in trace_infos(client, experiment_ids, clauses):
         if not is_evaluation_row(info, evaluations):
             return True, rows
         rows += 1

@@ -97,14 +97,32 @@ def _figures(infos: list[Any]) -> VersionTraffic:
     )
 
 
+def traffic_by_model(
+    experiment_ids: Sequence[str], model_ids: Sequence[str], settings: Settings | None = None, *,
+    now: datetime | None = None, window: timedelta = TRAFFIC_WINDOW,
+) -> dict[str, VersionTraffic]:
+    """Served traffic by LoggedModel id, aggregated in the store without reading a trace (the Versions table).
+
+    Traces carrying ``mlflow.sourceRun`` (evaluation rows) are left out on SQL stores and the
+    roll-ups; the ``query_trace_metrics`` fallback (other stores) cannot tell them apart. See
+    :func:`live_traffic_by_model` for the figures readiness and gates use, exact on every store.
+    """
+    wanted = [m for m in dict.fromkeys(model_ids) if m]
+    if not experiment_ids or not wanted:
+        return {}
+    now = now or datetime.now(tz=timezone.utc)
+    since_ms = int((now - window).timestamp() * 1000)
+    return _stored_traffic(mlflow_client(settings), experiment_ids, wanted, now, since_ms, evaluation_rows=False)
+
+
 def _stored_traffic(client: Any, experiment_ids: Sequence[str], model_ids: list[str], now: datetime,
-                    since_ms: int) -> dict[str, VersionTraffic]:
-    """Every trace linked to each LoggedModel in the window, evaluation rows included, aggregated in the store."""
+                    since_ms: int, *, evaluation_rows: bool) -> dict[str, VersionTraffic]:
+    """Traces linked to each LoggedModel in the window (evaluation rows too when asked), aggregated in the store."""
     with translate_errors("traces"):
         result = internal.aggregate_traces(
             client, list(experiment_ids), start_ms=since_ms, end_ms=int(now.timestamp() * 1000) + 1,
             interval_seconds=86400, group_links={m: internal.TraceLink((m,)) for m in model_ids},
-            with_models=False, evaluation_rows=True,
+            with_models=False, evaluation_rows=evaluation_rows,
         )
     return {
         row.group: VersionTraffic(row.requests, row.errors, row.p95_ms,
@@ -124,7 +142,7 @@ def live_traffic_by_model(
     now = now or datetime.now(tz=timezone.utc)
     since_ms = int((now - window).timestamp() * 1000)
     client = mlflow_client(settings)
-    traffic = _stored_traffic(client, experiment_ids, wanted, now, since_ms)
+    traffic = _stored_traffic(client, experiment_ids, wanted, now, since_ms, evaluation_rows=True)
     evaluations = EvaluationRuns(client)
     # Traces written inside a run are few next to live traffic: read those, find the evaluation rows.
     with_rows: set[str] = set()

@@ -26,7 +26,7 @@ from services.evaluations import (
     summarise_runs,
 )
 from services.settings import Settings
-from services.version_traffic import VersionTraffic, live_traffic_by_model
+from services.version_traffic import VersionTraffic, traffic_by_model
 
 _PAGE = 200
 
@@ -148,7 +148,7 @@ def list_versions(
         aliases_by_version.setdefault(str(number), []).append(alias)
     params = {m: f.params for m, f in models.items()}
     evaluations = latest_evaluation_by_version(name, settings, experiment_ids=experiment_ids)
-    traffic = live_traffic_by_model(experiment_ids, model_ids, settings, now=now)
+    traffic = traffic_by_model(experiment_ids, model_ids, settings, now=now)
     rows = []
     for v in versions:
         number = str(v.version)
@@ -215,7 +215,7 @@ def version_detail(name: str, version: str | int, settings: Settings | None = No
     with translate_errors("logged models"):
         params = {m: f.params for m, f in registry.logged_models(client, [model_id] if model_id else []).items()}
     runs = evaluations_for(name, settings, experiment_ids=experiment_ids, version=number)
-    traffic = (live_traffic_by_model(experiment_ids, [model_id], settings).get(model_id, VersionTraffic(0, 0, None, None))
+    traffic = (traffic_by_model(experiment_ids, [model_id], settings).get(model_id, VersionTraffic(0, 0, None, None))
                if model_id else VersionTraffic(0, 0, None, None))
     tags = dict(v.tags or {})
     return VersionDetail(

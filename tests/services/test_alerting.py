@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
@@ -31,6 +30,7 @@ from services.errors import (
     ValidationError,
 )
 from services.identity import Identity, IdentitySource
+from tests.harness.webhook_receiver import running_webhook_receiver
 
 AGENT = "shop-assistant"
 SECRET = "s3cr3t-hook-token-9f2c"
@@ -39,42 +39,15 @@ OPERATOR = Identity("ops@example.com", "Ops", IdentitySource.OS_USER)
 VIEWER = Identity("viewer@example.com", "Viewer", IdentitySource.OS_USER)
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):
-        server = self.server
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with server.lock:
-            server.attempts.append(self.path)
-            fail = server.fail_next > 0
-            if fail:
-                server.fail_next -= 1
-            else:
-                server.received.append((self.path, json.loads(body or b"{}")))
-        self.send_response(500 if fail else 200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def receiver():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.lock, server.received, server.attempts, server.fail_next = threading.Lock(), [], [], 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_webhook_receiver() as server:
+        yield server
 
 
 @pytest.fixture
 def hook(receiver):
-    with receiver.lock:
-        receiver.received.clear()
-        receiver.attempts.clear()
-        receiver.fail_next = 0
+    receiver.reset()
     return f"json://127.0.0.1:{receiver.server_port}/hooks/{SECRET}"
 
 
@@ -118,9 +91,16 @@ def _traffic(experiment_id: str, model_id: str, ok: int, failed: int) -> list[st
     return ids
 
 
+def _errors_rule(settings, hook: str) -> None:
+    """An "oncall" channel on ``hook`` and a rule firing on this agent's error rate above 30% (5 requests)."""
+    alerting.save_channel(settings, "oncall", hook, ADMIN)
+    alerting.save_rule(settings, dict(name="errors", measure="error_rate", threshold=0.3, min_sample=5,
+                                      agent=AGENT, channels=["oncall"]), ADMIN)
+
+
 def _messages(receiver) -> list[tuple[str, str]]:
     with receiver.lock:
-        return [(body["type"], body["title"]) for _, body in receiver.received]
+        return [(body["type"], body["title"]) for body in receiver.received]
 
 
 def test_one_firing_and_one_resolved_per_incident_and_none_below_the_minimum_sample(settings, hook, receiver, caplog):
@@ -149,7 +129,7 @@ def test_one_firing_and_one_resolved_per_incident_and_none_below_the_minimum_sam
     alerting.evaluate_and_notify(settings, attempts=1)
     assert _messages(receiver) == [("failure", "[FIRING] errors: error rate 50.0% (agent shop-assistant)"),
                                    ("success", "[RESOLVED] errors: error rate 15.0% (agent shop-assistant)")]
-    assert all(path == f"/hooks/{SECRET}" for path, _ in receiver.received)
+    assert set(receiver.paths) == {f"/hooks/{SECRET}"}
 
     history = alerting.delivery_history(settings)
     assert [(h["rule"], h["kind"], h["channel"], h["ok"]) for h in history] == [
@@ -194,9 +174,7 @@ def test_delivery_retries_with_backoff(hook, receiver):
 
 def test_a_failed_firing_is_sent_once_by_a_later_evaluation(settings, hook, receiver):
     experiment_id, model_id = _agent(settings)
-    alerting.save_channel(settings, "oncall", hook, ADMIN)
-    alerting.save_rule(settings, dict(name="errors", measure="error_rate", threshold=0.3, min_sample=5,
-                                      agent=AGENT, channels=["oncall"]), ADMIN)
+    _errors_rule(settings, hook)
     _traffic(experiment_id, model_id, ok=2, failed=4)
     receiver.fail_next = 2
     now = datetime.now(tz=UTC)
@@ -321,9 +299,7 @@ def test_the_channels_file_must_be_private_and_outside_the_repository(tmp_path):
 
 def test_two_workers_evaluating_the_same_breach_send_one_firing(settings, hook, receiver):
     experiment_id, model_id = _agent(settings)
-    alerting.save_channel(settings, "oncall", hook, ADMIN)
-    alerting.save_rule(settings, dict(name="errors", measure="error_rate", threshold=0.3, min_sample=5,
-                                      agent=AGENT, channels=["oncall"]), ADMIN)
+    _errors_rule(settings, hook)
     _traffic(experiment_id, model_id, ok=1, failed=5)
     barrier, reports = threading.Barrier(2), []
 
@@ -352,9 +328,7 @@ def test_a_notice_is_sent_once_per_key(settings, hook, receiver):
 
 def test_a_worker_killed_after_claiming_leaves_the_firing_to_the_next_one(settings, hook, receiver, monkeypatch):
     experiment_id, model_id = _agent(settings)
-    alerting.save_channel(settings, "oncall", hook, ADMIN)
-    alerting.save_rule(settings, dict(name="errors", measure="error_rate", threshold=0.3, min_sample=5,
-                                      agent=AGENT, channels=["oncall"]), ADMIN)
+    _errors_rule(settings, hook)
     _traffic(experiment_id, model_id, ok=1, failed=5)
     now = datetime.now(tz=UTC)
 

@@ -13,14 +13,17 @@ import sys
 from services import rollout_controller
 from services._clients import configure_mlflow, get_settings
 from services.rollout_ports import ServicePorts
-from services.rollouts import ArmEvidence, Baseline
-from services.sequential import ArmSample
+from services.rollouts import Baseline
+from tests.services.rollout_world import error_rate_evidence
+
+CLEAR = (20_000, 1_000, 1_000)  # requests per arm, challenger errors, champion errors
+BREACH = (2_000, 400, 100)
 
 
 class GivenEvidencePorts(ServicePorts):
-    """The real ports, with both arms' error-rate samples given."""
+    """The real ports, with both arms' error-rate samples given (requests per arm, challenger and champion errors)."""
 
-    def __init__(self, settings, given: tuple[int, int, int]) -> None:
+    def __init__(self, settings, given: tuple[int, int, int] = CLEAR) -> None:
         super().__init__(settings)
         self.given = given
 
@@ -28,8 +31,7 @@ class GivenEvidencePorts(ServicePorts):
         return Baseline()
 
     def evidence(self, plan, baseline, since, until):
-        n, mine, theirs = self.given
-        return ArmEvidence({"error_rate": ArmSample(n, mine)}, {"error_rate": ArmSample(n, theirs)})
+        return error_rate_evidence(*self.given)
 
 
 def main(argv: list[str]) -> int:

@@ -37,48 +37,22 @@ from services import alerting, audit, releases, serving, team_state
 from services import rollout_controller as rc
 from services.identity import Identity, IdentitySource
 from services.rollout_ports import ServicePorts
-from services.rollouts import (
-    ArmEvidence,
-    Baseline,
-    Final,
-    Guardrail,
-    Measure,
-    RolloutPlan,
-)
-from services.sequential import ArmSample
+from services.rollouts import Final, RolloutPlan
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
 from tests.hardening.mlflow_restart import kill_group, restartable_backend
 from tests.hardening.reliability import write_record
+from tests.hardening.rollout_child import BREACH, CLEAR, GivenEvidencePorts
 from tests.harness.webhook_receiver import running_webhook_receiver
 from tests.harness.databricks_secrets import SecretsApi
 from tests.harness.databricks_settings import use_app_env
 from tests.harness.workspace_outage import WorkspaceOutage
+from tests.services.rollout_world import error_rate_plan
 from tests.services.test_releases import AGENT, build_agent
 
 pytestmark = pytest.mark.slow
 
 OPERATOR = Identity("olivia.ops@example.com", "Olivia Ops", IdentitySource.OS_USER)
 LOCAL_ENDPOINT = "rollout-faults"
-GUARDRAILS = (Guardrail(Measure.ERROR_RATE, 0.02),)
-CLEAR = (20_000, 1_000, 1_000)  # requests per arm, challenger errors, champion errors
-BREACH = (2_000, 400, 100)
-
-
-class GivenEvidencePorts(ServicePorts):
-    """The real ports, with the arms' evidence set by the test."""
-
-    def __init__(self, settings, evidence=CLEAR) -> None:
-        super().__init__(settings)
-        self.given = evidence
-
-    def baseline(self, plan):
-        return Baseline()
-
-    def evidence(self, plan, baseline, since, until):
-        n, mine, theirs = self.given
-        return ArmEvidence({"error_rate": ArmSample(n, mine)}, {"error_rate": ArmSample(n, theirs)})
-
-
 @pytest.fixture(scope="module")
 def receiver():
     """The alert channel's webhook on loopback: every notice the controller sends."""
@@ -92,8 +66,20 @@ def _notices(receiver, endpoint: str, words: str = "roll back") -> list[dict]:
 
 
 def _plan(endpoint: str, champion: str, challenger: str, *, final: Final = Final.APPROVAL) -> RolloutPlan:
-    return RolloutPlan(endpoint, champion, challenger, (10, 50, 100), min_sample=100, dwell_seconds=0,
-                       guardrails=GUARDRAILS, final=final)
+    return error_rate_plan(endpoint, champion, challenger, final=final)
+
+
+def _start_local(server, receiver, evidence: tuple[int, int, int]):
+    """A rollout of v2 on the local endpoint at its first step (10 %): the server, settings, both arms, the
+    ports giving ``evidence``, how many notices were sent before it, and the rollout."""
+    srv, settings = server
+    _alive(srv)
+    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
+    ports = GivenEvidencePorts(settings, evidence)
+    notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
+    rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
+    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    return srv, settings, champion, challenger, ports, notices_before, rollout
 
 
 def _rollout_records(settings, rollout: rc.Rollout) -> list:
@@ -172,13 +158,7 @@ LOCAL_POINTS = ["after the decision, before the traffic write", "after the traff
 @pytest.mark.parametrize("point", LOCAL_POINTS, ids=["decided", "written", "recorded"])
 def test_a_rollback_interrupted_by_the_mlflow_server_dying_completes_once_after_restart(server, receiver, monkeypatch,
                                                                                        point):
-    srv, settings = server
-    _alive(srv)
-    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
-    ports = GivenEvidencePorts(settings, BREACH)
-    notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
-    rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
-    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    srv, settings, champion, challenger, ports, notices_before, rollout = _start_local(server, receiver, BREACH)
 
     # Every write of the endpoint's split that sends the challenger nothing is the rollback's.
     writes = []
@@ -289,13 +269,7 @@ def test_the_controller_process_killed_between_deciding_and_moving_traffic_acts_
         server, receiver, monkeypatch):
     """A controller in its own process records its rollback as pending and is SIGKILLed while its traffic
     write is on the wire (held by a proxy, never delivered); a new controller finishes the action once."""
-    srv, settings = server
-    _alive(srv)
-    champion, challenger = (serving.entity_name_for(AGENT, v) for v in ("1", "2"))
-    ports = GivenEvidencePorts(settings, CLEAR)
-    notices_before = len(_notices(receiver, LOCAL_ENDPOINT))
-    rollout = rc.start(_plan(LOCAL_ENDPOINT, champion, challenger), OPERATOR, settings, ports)
-    assert ports.served_arms(LOCAL_ENDPOINT) == {champion: 90, challenger: 10}
+    srv, settings, champion, challenger, ports, notices_before, rollout = _start_local(server, receiver, CLEAR)
     aliases_before = MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(AGENT).aliases
 
     proxy = _HoldingProxy(srv.port)
@@ -368,8 +342,7 @@ def test_a_final_promotion_interrupted_by_the_mlflow_server_dying_completes_once
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     client.set_registered_model_alias(AGENT, "champion", "1")  # as a person would have it before the rollout
     ports = GivenEvidencePorts(settings, CLEAR)
-    plan = RolloutPlan(LOCAL_ENDPOINT, champion, challenger, (50, 100), min_sample=100, dwell_seconds=0,
-                       guardrails=GUARDRAILS, final=Final.PROMOTE)
+    plan = error_rate_plan(LOCAL_ENDPOINT, champion, challenger, (50, 100))
     notices_before = len(_notices(receiver, LOCAL_ENDPOINT, "promote"))
     rollout = rc.start(plan, OPERATOR, settings, ports)
     [(_, advanced)] = rc.tick(settings, ports)

@@ -16,19 +16,11 @@ from services import rollout_controller as rc
 from services import team_state
 from services.errors import ConflictError, ValidationError
 from services.identity import Identity, IdentitySource
-from services.rollouts import (
-    ArmEvidence,
-    Baseline,
-    Final,
-    Guardrail,
-    Measure,
-    RolloutPlan,
-)
-from services.sequential import ArmSample
+from services.rollouts import Baseline, RolloutPlan
+from tests.services.rollout_world import error_rate_evidence, error_rate_plan
 
 OPERATOR = Identity("op@example.com", "Op", IdentitySource.OS_USER)
-PLAN = RolloutPlan("support-ep", "support-1", "support-2", (10, 50, 100), min_sample=100, dwell_seconds=0,
-                   guardrails=(Guardrail(Measure.ERROR_RATE, 0.02),), final=Final.PROMOTE)
+PLAN = error_rate_plan()
 
 
 class Killed(Exception):
@@ -54,8 +46,7 @@ class Ports:
 
     def evidence(self, plan, baseline, since, until):
         mine, theirs = self.error_rates
-        return ArmEvidence({"error_rate": ArmSample(self.n, round(self.n * mine))},
-                           {"error_rate": ArmSample(self.n, round(self.n * theirs))})
+        return error_rate_evidence(self.n, round(self.n * mine), round(self.n * theirs))
 
     def set_shares(self, endpoint, shares, *, request_id, actor, reason):
         self.calls.append(request_id)

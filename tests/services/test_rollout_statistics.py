@@ -25,13 +25,13 @@ from services.rollouts import (
 )
 from services.sequential import ArmSample
 from tests.hardening.reliability import write_record
+from tests.services.rollout_world import error_rate_evidence, error_rate_plan
 
 RUNS = 1000
 BATCH = 50
 LOOKS = 120  # up to 6,000 requests per arm
 ALPHA = 0.05
-PLAN = RolloutPlan("support-ep", "1", "2", (5, 25, 50, 100), min_sample=200, dwell_seconds=0,
-                   guardrails=(Guardrail(Measure.ERROR_RATE, 0.02),), final=Final.PROMOTE, alpha=ALPHA)
+PLAN = error_rate_plan("support-ep", "1", "2", (5, 25, 50, 100), min_sample=200, alpha=ALPHA)
 
 
 def _rollouts(plan: RolloutPlan, draw, *, runs: int = RUNS, seed: int) -> list[tuple[Action, int]]:
@@ -169,10 +169,10 @@ def test_a_fixed_horizon_test_repeated_at_every_look_would_not_keep_alpha():
 
 
 def test_decisions_hold_until_the_minimum_sample_and_dwell():
-    evidence = ArmEvidence({"error_rate": ArmSample(100, 1)}, {"error_rate": ArmSample(100, 5)})
+    evidence = error_rate_evidence(100, 1, 5)
     decision = rollouts.decide(PLAN, 0, evidence, dwell_elapsed_seconds=10**6, baseline=Baseline())
     assert decision.action is Action.HOLD and "200 requests" in decision.reason
-    clear = ArmEvidence({"error_rate": ArmSample(20000, 1000)}, {"error_rate": ArmSample(20000, 1000)})
+    clear = error_rate_evidence(20000, 1000, 1000)
     plan = RolloutPlan(**{**PLAN.__dict__, "dwell_seconds": 600})
     held = rollouts.decide(plan, 0, clear, dwell_elapsed_seconds=60, baseline=Baseline())
     assert held.action is Action.HOLD and "540 s" in held.reason

@@ -11,9 +11,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import pytest
 
 from services._clients import configure_mlflow, get_settings
+from services.errors import BackendUnavailableError
 from tests.harness.mlflow_server import free_port, server_settings, start_mlflow_server, stop_mlflow_server
 
 
@@ -63,3 +66,47 @@ def restartable_backend(root: Path, *, env: dict[str, str] | None = None,
     finally:
         srv.kill()
         configure_mlflow(get_settings())
+
+
+def kill_at_call(patch: Any, kill: Callable[[], Any], owner: Any, name: str, *, call: int = 1, when: str = "before",
+                 matches: Callable[..., bool] = lambda *a, **k: True) -> dict[str, int]:
+    """Make the ``call``-th matching call of ``owner.name`` run ``kill`` before it goes out or after it returned.
+
+    ``patch`` is the test's monkeypatch (or one of its contexts). Returns the live counter: ``n``
+    matching calls seen, ``faulted`` 1 once ``kill`` ran.
+    """
+    original = getattr(owner, name)
+    calls = {"n": 0, "faulted": 0}
+
+    def wrapped(*args, **kwargs):
+        if not matches(*args, **kwargs):
+            return original(*args, **kwargs)
+        calls["n"] += 1
+        fire = calls["n"] == call
+        if fire and when == "before":
+            calls["faulted"] += 1
+            kill()
+        result = original(*args, **kwargs)
+        if fire and when == "after":
+            calls["faulted"] += 1
+            kill()
+        return result
+
+    patch.setattr(owner, name, wrapped)
+    return calls
+
+
+def expect_backend_lost(act: Callable[[], Any], srv: RestartableServer, calls: dict[str, int],
+                        monkeypatch: Any) -> tuple[BaseException, str, float]:
+    """Run ``act`` with a fault armed: it raises ``BackendUnavailableError`` (no traceback in its message)
+    after the fault fired once and the server went down. The patches are undone; returns the error, its
+    message and how long the caller waited for it (s)."""
+    began = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as failed:
+        act()
+    error_s = time.monotonic() - began
+    monkeypatch.undo()
+    message = str(failed.value)
+    assert calls["faulted"] == 1 and not srv.alive()
+    assert "Traceback" not in message
+    return failed.value, message, error_s

@@ -19,7 +19,7 @@ from services import audit, releases
 from services.errors import BackendUnavailableError
 from services.promotion import PromotionRequest, Seen
 from services.releases import Drift
-from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, ALICE, build_agent
@@ -61,32 +61,11 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
     completed_before = releases.alias_history(AGENT, "champion", settings)
     request_id = uuid.uuid4().hex
 
-    original = getattr(MlflowClient, method)
-    calls = {"faulted": 0}
-
-    def faulty(self, *args, **kwargs):
-        # Only the promotion's own call (the audit trail's log_batch / create_run, the champion alias).
-        if calls["faulted"] == 0:
-            calls["faulted"] += 1
-            if when == "before":
-                srv.kill()
-                return original(self, *args, **kwargs)
-            result = original(self, *args, **kwargs)
-            srv.kill()
-            return result
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, method, faulty)
+    calls = kill_at_call(monkeypatch, srv.kill, MlflowClient, method, when=when)
     request = PromotionRequest(AGENT, "champion", target, reason=f"fault {point}", seen=Seen(before),
                                request_id=request_id)
-    began = time.monotonic()
-    with pytest.raises(BackendUnavailableError) as failed:
-        releases.promote(request, ALICE, settings=settings)
-    error_s = time.monotonic() - began
-    monkeypatch.undo()
-    message = str(failed.value)
-    assert calls["faulted"] == 1 and not srv.alive()
-    assert "Traceback" not in message
+    error, message, error_s = expect_backend_lost(lambda: releases.promote(request, ALICE, settings=settings), srv,
+                                                  calls, monkeypatch)
     if method == "create_run":
         # Nothing was written or moved yet, and the message says so.
         assert "Nothing changed" in message and f"still points to v{before}" in message, message
@@ -138,7 +117,7 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
     assert len(alias_calls) == expected_alias_calls
 
     write_record("faults", f"promotion: server killed {point}", {
-        "error": type(failed.value).__name__,
+        "error": type(error).__name__,
         "error after (s)": round(error_s, 2),
         "restart (s)": round(srv.starts[-1], 1),
         "alias after restart": f"v{held}" if held else "none",

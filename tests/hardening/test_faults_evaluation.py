@@ -18,7 +18,7 @@ from mlflow.tracing.client import TracingClient
 from services import evaluations
 from services.errors import BackendUnavailableError
 from services.evaluations import EvaluationRequest
-from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.mlflow_restart import kill_at_call, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
@@ -63,16 +63,7 @@ def test_server_killed_mid_evaluation_then_retry_completes_exactly_once(server, 
     if not srv.alive():
         srv.start()
     request_id = uuid.uuid4().hex
-    original = getattr(cls, method)
-    calls = {"n": 0}
-
-    def faulty(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == fatal_call:
-            srv.kill()
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, method, faulty)
+    calls = kill_at_call(monkeypatch, srv.kill, cls, method, call=fatal_call)
     began = time.monotonic()
     with pytest.raises(BackendUnavailableError) as failed:
         evaluations.run_evaluation(_request(request_id), settings)

@@ -21,7 +21,7 @@ from services import datasets
 from services import feedback as fb
 from services import review_queue as rq
 from services.errors import BackendUnavailableError
-from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.mlflow_restart import kill_at_call, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_feedback import QUESTIONS, make_traces
@@ -48,20 +48,7 @@ def server(tmp_path_factory):
 
 def _kill_at(monkeypatch, srv: RestartableServer, cls, method: str, call: int, when: str = "before") -> dict:
     """SIGKILL the server at the ``call``-th call of ``cls.method`` (before it goes out, or after it returned)."""
-    original = getattr(cls, method)
-    calls = {"n": 0}
-
-    def faulty(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call and when == "before":
-            srv.kill()
-        result = original(self, *args, **kwargs)
-        if calls["n"] == call and when == "after":
-            srv.kill()
-        return result
-
-    monkeypatch.setattr(cls, method, faulty)
-    return calls
+    return kill_at_call(monkeypatch, srv.kill, cls, method, call=call, when=when)
 
 
 def _counting(monkeypatch, cls, method: str) -> list:

@@ -25,7 +25,7 @@ from services import audit, serving
 from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from tests.hardening.mlflow_restart import restartable_backend
+from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.harness.databricks_settings import use_app_env
@@ -70,21 +70,10 @@ def _completed(settings, endpoint: str) -> list[audit.Change]:
     return [c for c in audit.traffic_changes(endpoint, settings=settings) if c.completed]
 
 
-def _faulty(kill, original, when: str, calls: dict, matches=lambda *a, **k: True):
-    """``original`` wrapped so that its first matching call kills the backend before or after it runs."""
-
-    def wrapped(*args, **kwargs):
-        if calls["faulted"] == 0 and matches(*args, **kwargs):
-            calls["faulted"] += 1
-            if when == "before":
-                kill()
-                return original(*args, **kwargs)
-            result = original(*args, **kwargs)
-            kill()
-            return result
-        return original(*args, **kwargs)
-
-    return wrapped
+def _applying(plan, point: str, settings, request_id: str):
+    """The operator's confirmation of ``plan`` (its retry reuses ``request_id``)."""
+    return lambda: serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings,
+                                       request_id=request_id)
 
 
 def _split(endpoint: Endpoint) -> dict[str, int]:
@@ -104,16 +93,8 @@ def test_local_split_change_with_the_server_killed_then_retry_completes_exactly_
     before_pct, after_pct = plan.percentages()
     completed_before = _completed(settings, ENDPOINT)
     request_id = uuid.uuid4().hex
-    calls = {"faulted": 0}
-    monkeypatch.setattr(MlflowClient, method, _faulty(srv.kill, getattr(MlflowClient, method), when, calls))
-    began = time.monotonic()
-    with pytest.raises(BackendUnavailableError) as failed:
-        serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
-    error_s = time.monotonic() - began
-    monkeypatch.undo()
-    message = str(failed.value)
-    assert calls["faulted"] == 1 and not srv.alive()
-    assert "Traceback" not in message
+    calls = kill_at_call(monkeypatch, srv.kill, MlflowClient, method, when=when)
+    error, message, error_s = expect_backend_lost(_applying(plan, point, settings, request_id), srv, calls, monkeypatch)
     if method == "create_run":
         assert "Nothing changed" in message, message
         assert f"keeps its split {serving.describe_split(before_pct)}" in message, message
@@ -151,7 +132,7 @@ def test_local_split_change_with_the_server_killed_then_retry_completes_exactly_
     assert _completed(settings, ENDPOINT)[1:] == completed_before
     assert len(writes) == (1 if method == "create_run" else 0)  # the split is written once in all
     write_record("faults", f"traffic change (local endpoint): server killed {point}", {
-        "error": type(failed.value).__name__, "error after (s)": round(error_s, 2),
+        "error": type(error).__name__, "error after (s)": round(error_s, 2),
         "restart (s)": round(srv.starts[-1], 1), "split after restart": _label(held),
         "records for the request": len(records), "config writes on retry": len(writes),
         "retry (s)": round(retry_s, 2), "trail agrees": "yes",
@@ -166,8 +147,7 @@ def test_a_retry_after_someone_else_changed_the_split_changes_nothing(server, mo
         srv.start()
     plan = serving.plan_split(ENDPOINT, {(AGENT, "1"): 30, (AGENT, "2"): 70}, settings=settings)
     request_id = uuid.uuid4().hex
-    calls = {"faulted": 0}
-    monkeypatch.setattr(MlflowClient, "log_batch", _faulty(srv.kill, MlflowClient.log_batch, "before", calls))
+    kill_at_call(monkeypatch, srv.kill, MlflowClient, "log_batch")
     with pytest.raises(BackendUnavailableError):
         serving.apply_split(plan, user=OPERATOR, reason="fault then conflict", settings=settings, request_id=request_id)
     monkeypatch.undo()
@@ -219,20 +199,13 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
     plan = serving.plan_weights(name, weights, settings=settings)
     before_pct, after_pct = plan.percentages()
     request_id = uuid.uuid4().hex
-    calls = {"faulted": 0}
     if target == "endpoints/update":
-        monkeypatch.setattr(ai_gateway, "_rest", _faulty(srv.kill, ai_gateway._rest, when, calls,
-                                                         matches=lambda _s, _m, path, **_k: path == target))
+        calls = kill_at_call(monkeypatch, srv.kill, ai_gateway, "_rest", when=when,
+                             matches=lambda _s, _m, path, **_k: path == target)
     else:
-        monkeypatch.setattr(MlflowClient, target, _faulty(srv.kill, getattr(MlflowClient, target), when, calls))
-    began = time.monotonic()
-    with pytest.raises(BackendUnavailableError) as failed:
-        serving.apply_split(plan, user=OPERATOR, reason=f"fault {point}", settings=settings, request_id=request_id)
-    error_s = time.monotonic() - began
-    monkeypatch.undo()
-    message = str(failed.value)
-    assert calls["faulted"] == 1 and not srv.alive()
-    assert "interrupted" in message and request_id in message and "Traceback" not in message, message
+        calls = kill_at_call(monkeypatch, srv.kill, MlflowClient, target, when=when)
+    error, message, error_s = expect_backend_lost(_applying(plan, point, settings, request_id), srv, calls, monkeypatch)
+    assert "interrupted" in message and request_id in message, message
 
     srv.start()
     held = ai_gateway.percentages(ai_gateway.get_gateway_endpoint(name, settings).endpoint)
@@ -257,7 +230,7 @@ def test_ai_gateway_weights_with_the_server_killed_then_retry_completes_exactly_
     expected_updates = 1 if (target, when) == ("endpoints/update", "before") else 0
     assert updates.count("endpoints/update") == expected_updates
     write_record("faults", f"traffic change (AI Gateway): server killed {point}", {
-        "error": type(failed.value).__name__, "error after (s)": round(error_s, 2),
+        "error": type(error).__name__, "error after (s)": round(error_s, 2),
         "restart (s)": round(srv.starts[-1], 1), "split after restart": _label(held),
         "records for the request": len(records), "gateway updates on retry": updates.count("endpoints/update"),
         "retry (s)": round(retry_s, 2), "trail agrees": "yes",
@@ -317,10 +290,8 @@ def test_databricks_split_change_with_mlflow_down_then_retry_completes_exactly_o
         plan = serving.plan_split(dw.ENDPOINT, {(dw.AGENT, "1"): 50, (dw.AGENT, "2"): 50}, settings=settings)
         before_pct, after_pct = plan.percentages()
         request_id = uuid.uuid4().hex
-        calls = {"faulted": 0}
         with monkeypatch.context() as patch:
-            patch.setattr(MlflowClient, method, _faulty(lambda: setattr(outage, "down", True),
-                                                        getattr(MlflowClient, method), "before", calls))
+            calls = kill_at_call(patch, lambda: setattr(outage, "down", True), MlflowClient, method)
             puts = len([e for e in ws.log.entries if e.method == "PUT"])
             began = time.monotonic()
             with pytest.raises(BackendUnavailableError) as failed:

@@ -21,7 +21,7 @@ from typing import Any
 
 from services import audit, roles, serving, team_state
 from services._clients import get_settings, mlflow_client, translate_errors
-from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
+from services.errors import ConflictError, NotFoundError, ValidationError
 from services.settings import Backend, Settings
 
 # The gateway serves ``/serving-endpoints/<name>/invocations``; Model Serving allows the same characters.
@@ -252,16 +252,8 @@ class _EndpointChange(audit.TwoPhaseChange["serving.Endpoint | None"]):
     def holds_before(self, intent: audit.Change, state: serving.Endpoint | None) -> bool:
         return _pct(state) == self.before_pct and (state is None) == (self.plan.before is None)
 
-    def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
-        return BackendUnavailableError(
-            f"The backend stopped answering before {self.plan.kind.value} {self.plan.name!r} was recorded. Nothing "
-            f"changed; retry once the backend is back. ({exc})")
-
-    def interrupted(self, intent: audit.Change, when: str, exc: Exception) -> BackendUnavailableError:
-        return BackendUnavailableError(
-            f"The backend stopped answering {when} ({self.plan.kind.value} {self.plan.name!r}); it is recorded as "
-            f"interrupted (request {intent.request_id}). Confirm again once the backend is back and it completes "
-            f"exactly once. ({exc})")
+    def what(self, intent: audit.Change | None = None) -> str:
+        return f"{self.plan.kind.value} {self.plan.name!r}"
 
     def superseded(self, earlier: audit.Change, state: serving.Endpoint | None) -> ConflictError:
         return ConflictError(

@@ -58,24 +58,24 @@ def _ts(ms: int | None) -> datetime | None:
 
 def aliases_of(model: Any) -> dict[str, str]:
     """A registered model's aliases as ``{alias: version}``, whatever shape the store returned them in."""
-    raw = getattr(model, "aliases", None) or {}
+    # Older entities expose a list of RegisteredModelAlias(alias, version).
+    return _as_dict(model, "aliases", "alias", "version")
+
+
+def _as_dict(model: Any, field: str, key: str, value: str) -> dict[str, str]:
+    """``model.<field>`` as a str dict, whether a dict or a list of entries with ``key`` and ``value``."""
+    raw = getattr(model, field, None) or {}
     if callable(raw):
-        # Unity Catalog search results (RegisteredModelSearch) replace the field with a method that raises.
+        # Unity Catalog search results (RegisteredModelSearch) replace the field with a method that raises:
+        # they carry neither aliases nor tags.
         return {}
     if isinstance(raw, dict):
         return {str(k): str(v) for k, v in raw.items()}
-    # Older entities expose a list of RegisteredModelAlias(alias, version).
-    return {str(a.alias): str(a.version) for a in raw}
+    return {str(getattr(e, key)): str(getattr(e, value)) for e in raw}
 
 
 def _tags(model: Any) -> dict[str, str]:
-    raw = getattr(model, "tags", None) or {}
-    if callable(raw):
-        # As with aliases: Unity Catalog search results carry no tags.
-        return {}
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    return {str(t.key): str(t.value) for t in raw}
+    return _as_dict(model, "tags", "key", "value")
 
 
 def list_agents(settings: Settings | None = None, *, max_results: int = 1000) -> list[AgentSummary]:

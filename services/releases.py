@@ -16,7 +16,7 @@ from typing import Any
 from services import audit, registry, roles, versions
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.audit import AliasAction, Change, ChangeKind, ChangeStatus
-from services.errors import BackendUnavailableError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.gates import check_alias
 from services.identity import Identity
 from services.promotion import PromotionPlan, PromotionRequest, RollbackRequest, Seen, decide, plan_promotion
@@ -138,21 +138,16 @@ class _AliasMove(audit.TwoPhaseChange["str | None"]):
             return PermissionDeniedError(_alias_refused(self.plan, self.identity, self.settings or get_settings(), exc))
         return exc
 
-    def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
-        plan = self.plan
-        return BackendUnavailableError(
-            f"The MLflow backend stopped answering before the promotion of {plan.agent}@{plan.alias} → "
-            f"v{plan.target_version} was recorded. Nothing changed: the alias still points to {_label(self.before)}. "
-            f"Retry once the backend is back. ({exc})"
-        )
+    uncertain = "the alias may or may not have moved"
 
-    def interrupted(self, intent: Change, when: str, exc: Exception) -> BackendUnavailableError:
-        return BackendUnavailableError(
-            f"The MLflow backend stopped answering {when} ({self.plan.agent}@{self.plan.alias} → "
-            f"v{intent.requested_version}), so the alias may or may not have moved. It is recorded as interrupted "
-            f"(request {intent.request_id}); retry the same confirmation once the backend is back and it completes "
-            f"exactly once. ({exc})"
-        )
+    def what(self, intent: Change | None = None) -> str:
+        plan = self.plan
+        if intent is None:
+            return f"the promotion of {plan.agent}@{plan.alias} → v{plan.target_version}"
+        return f"{plan.agent}@{plan.alias} → v{intent.requested_version}"
+
+    def unchanged(self) -> str:
+        return f": the alias still points to {_label(self.before)}"
 
     def superseded(self, earlier: Change, state: str | None) -> ConflictError:
         return ConflictError(

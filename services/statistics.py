@@ -136,19 +136,12 @@ def paired_pass_fail(
 ) -> PairedTest:
     """McNemar exact test on paired pass(1)/fail(0) values; rows missing a value are left out."""
     base, cand = _clean_pairs(baseline, candidate)
-    n = int(base.size)
-    if n == 0:
-        return PairedTest(metric, MetricKind.PASS_FAIL, "McNemar exact", 0, None, None, None, None, None, None,
-                          0, 0, 0, Direction.NOT_TESTABLE)
+    if base.size == 0:
+        return _paired(metric, MetricKind.PASS_FAIL, "McNemar exact", base, cand, None, alpha)
     both, base_only, cand_only, neither = mcnemar_counts(base >= 0.5, cand >= 0.5)
     p = mcnemar_p_value([[both, base_only], [cand_only, neither]])
-    diffs = (cand >= 0.5).astype(float) - (base >= 0.5).astype(float)
-    low, high = bootstrap_ci(diffs)
-    delta = float(diffs.mean())
-    return PairedTest(
-        metric, MetricKind.PASS_FAIL, "McNemar exact", n, float((base >= 0.5).mean()), float((cand >= 0.5).mean()),
-        delta, low, high, p, cand_only, base_only, both + neither, _direction(delta, p, alpha),
-    )
+    return _paired(metric, MetricKind.PASS_FAIL, "McNemar exact", (base >= 0.5).astype(float),
+                   (cand >= 0.5).astype(float), p, alpha)
 
 
 def paired_numeric(
@@ -158,23 +151,27 @@ def paired_numeric(
     from scipy import stats
 
     base, cand = _clean_pairs(baseline, candidate)
-    n = int(base.size)
-    if n == 0:
-        return PairedTest(metric, MetricKind.NUMERIC, "Wilcoxon signed-rank", 0, None, None, None, None, None, None,
-                          0, 0, 0, Direction.NOT_TESTABLE)
-    diffs = cand - base
-    if np.all(diffs == 0):
-        p = 1.0
+    if base.size == 0 or np.all(cand == base):
+        p = None if base.size == 0 else 1.0
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             p = float(stats.wilcoxon(cand, base, zero_method="wilcox").pvalue)
+    return _paired(metric, MetricKind.NUMERIC, "Wilcoxon signed-rank", base, cand, p, alpha)
+
+
+def _paired(metric: str, kind: MetricKind, test: str, base: np.ndarray, cand: np.ndarray, p: float | None,
+            alpha: float) -> PairedTest:
+    """The test's figures from the paired values (pass/fail as 1/0): means, mean delta with its bootstrap
+    interval, and how many rows the candidate does better, worse or the same on. No rows: not testable."""
+    if base.size == 0:
+        return PairedTest(metric, kind, test, 0, None, None, None, None, None, None, 0, 0, 0, Direction.NOT_TESTABLE)
+    diffs = cand - base
     low, high = bootstrap_ci(diffs)
     delta = float(diffs.mean())
     return PairedTest(
-        metric, MetricKind.NUMERIC, "Wilcoxon signed-rank", n, float(base.mean()), float(cand.mean()),
-        delta, low, high, p, int((diffs > 0).sum()), int((diffs < 0).sum()), int((diffs == 0).sum()),
-        _direction(delta, p, alpha),
+        metric, kind, test, int(base.size), float(base.mean()), float(cand.mean()), delta, low, high, p,
+        int((diffs > 0).sum()), int((diffs < 0).sum()), int((diffs == 0).sum()), _direction(delta, p, alpha),
     )
 
 

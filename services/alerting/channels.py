@@ -16,6 +16,7 @@ from services.alerting.rules import (
     DELIVERIES_KEY,
     EVALUATOR,
     HISTORY_SIZE,
+    delete_record,
     list_rules,
     live_records,
     user_of,
@@ -75,16 +76,12 @@ def save_channel(settings: Settings, name: str, url: str, identity: Any, *, repl
 
 def delete_channel(settings: Settings, name: str, identity: Any) -> None:
     """Delete a channel and its secret (operator role; recorded); refused while a rule uses it."""
-    roles.enforce(identity, roles.Action.MANAGE_ALERTS, settings)
-    records = team_state.read_all(settings, "alert-")
-    current = records.get(CHANNEL_KEY + name)
-    if current is None or current.value.get("deleted"):
-        raise NotFoundError(f"There is no channel {name!r}.")
-    users = [r.name for r in list_rules(settings, records) if name in r.channels]
-    if users:
-        raise ValidationError(f"Channel {name!r} is used by rule(s) {', '.join(users)}; remove it from them first.")
-    team_state.write(CHANNEL_KEY + name, {"name": name, "deleted": True}, expected_version=current.version,
-                     user=user_of(identity), settings=settings, note=f"deleted alert channel {name}")
+    def unused(records: Mapping[str, Any]) -> None:
+        users = [r.name for r in list_rules(settings, records) if name in r.channels]
+        if users:
+            raise ValidationError(f"Channel {name!r} is used by rule(s) {', '.join(users)}; remove it from them first.")
+
+    delete_record(settings, CHANNEL_KEY, name, identity, "alert channel", unused)
     notify.secret_store(settings).delete(name)
 
 

@@ -275,13 +275,7 @@ def save_rule(settings: Settings, rule: AlertRule | Mapping[str, Any], identity:
 
 def delete_rule(settings: Settings, name: str, identity: Any) -> None:
     """Delete a rule (operator role; recorded). Its open incident closes without a notification."""
-    roles.enforce(identity, roles.Action.MANAGE_ALERTS, settings)
-    records = team_state.read_all(settings, "alert-")
-    current = records.get(RULE_KEY + name)
-    if current is None or current.value.get("deleted"):
-        raise NotFoundError(f"There is no alert rule {name!r}.")
-    team_state.write(RULE_KEY + name, {"name": name, "deleted": True}, expected_version=current.version,
-                     user=user_of(identity), settings=settings, note=f"deleted alert rule {name}")
+    records = delete_record(settings, RULE_KEY, name, identity, "alert rule")
     incident = records.get(INCIDENT_KEY + name)
     if incident is not None and incident.value.get("status") == "firing":
         try:
@@ -292,6 +286,24 @@ def delete_rule(settings: Settings, name: str, identity: Any) -> None:
         except ConflictError:
             pass
 
+
+
+def delete_record(settings: Settings, key: str, name: str, identity: Any, what: str,
+                  check: Callable[[Mapping[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Mark the ``what`` called ``name`` (record ``key + name``) deleted (operator role; recorded).
+
+    ``check(records)`` may refuse first. Returns the alert records as read before the delete.
+    """
+    roles.enforce(identity, roles.Action.MANAGE_ALERTS, settings)
+    records = team_state.read_all(settings, "alert-")
+    current = records.get(key + name)
+    if current is None or current.value.get("deleted"):
+        raise NotFoundError(f"There is no {what} {name!r}.")
+    if check is not None:
+        check(records)
+    team_state.write(key + name, {"name": name, "deleted": True}, expected_version=current.version,
+                     user=user_of(identity), settings=settings, note=f"deleted {what} {name}")
+    return records
 
 
 def user_of(identity: Any) -> str:

@@ -125,16 +125,26 @@ class TwoPhaseChange(ABC, Generic[S]):
 
     def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
         """The error when the intent could not be written (nothing changed)."""
-        return BackendUnavailableError(f"The MLflow backend stopped answering before the change of "
-                                       f"{self._subject()} was recorded. Nothing changed; retry once the backend "
-                                       f"is back. ({exc})")
+        return BackendUnavailableError(f"The MLflow backend stopped answering before {self.what()} was recorded. "
+                                       f"Nothing changed{self.unchanged()}. Retry once the backend is back. ({exc})")
 
     def interrupted(self, intent: Change, when: str, exc: Exception) -> BackendUnavailableError:
         """The error when the backend stopped answering after the intent was written."""
         return BackendUnavailableError(
-            f"The backend stopped answering {when} ({intent.action} on {intent.subject}), so it may or may not have "
-            f"changed. It is recorded as interrupted (request {intent.request_id}); retry the same confirmation once "
-            f"the backend is back and it completes exactly once. ({exc})")
+            f"The backend stopped answering {when} ({self.what(intent)}), so {self.uncertain}. It is recorded as "
+            f"interrupted (request {intent.request_id}); retry the same confirmation once the backend is back and it "
+            f"completes exactly once. ({exc})")
+
+    # How the two errors above name the change; a kind may say it in its own words.
+    uncertain = "it may or may not have changed"  # what a change cut off mid-way may have done
+
+    def what(self, intent: Change | None = None) -> str:
+        """The change in words: as recorded in ``intent``, or (None) as about to be recorded."""
+        return f"{intent.action} on {intent.subject}" if intent is not None else f"the change of {self._subject()}"
+
+    def unchanged(self) -> str:
+        """What still holds when nothing changed, as ``: …`` (default: nothing to add)."""
+        return ""
 
     def superseded(self, earlier: Change, state: S) -> ConflictError:
         """The error when a retry finds neither the state before nor the one asked for."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from services import audit, roles
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.audit import Change, ChangeKind
-from services.errors import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
+from services.errors import ConflictError, NotFoundError, ValidationError
 from services.serving.backends import percentages, split_backend
 from services.serving.base import ArmTraffic, SplitBackend
 from services.serving.entities import (
@@ -229,20 +229,15 @@ class _SplitChange(audit.TwoPhaseChange[Endpoint]):
         return ValidationError(f"Request {earlier.request_id} changed {self.name!r} to {describe_split(asked)}, not "
                                f"{describe_split(self.after_pct)}; start a new confirmation for this one.")
 
-    def not_recorded(self, exc: BackendUnavailableError) -> BackendUnavailableError:
-        return BackendUnavailableError(
-            f"The MLflow backend stopped answering before the traffic change on {self.name!r} was recorded. "
-            f"Nothing changed: the endpoint keeps its split {describe_split(self.before_pct)}. "
-            f"Retry once the backend is back. ({exc})"
-        )
+    uncertain = "the split may or may not have changed"
 
-    def interrupted(self, intent: Change, when: str, exc: Exception) -> BackendUnavailableError:
-        return BackendUnavailableError(
-            f"The backend stopped answering {when} (traffic change on {intent.endpoint!r} to "
-            f"{describe_split(intent.requested or intent.after)}), so the split may or may not have changed. "
-            f"It is recorded as interrupted (request {intent.request_id}); retry the same confirmation once the "
-            f"backend is back and it completes exactly once. ({exc})"
-        )
+    def what(self, intent: Change | None = None) -> str:
+        if intent is None:
+            return f"the traffic change on {self.name!r}"
+        return f"traffic change on {intent.endpoint!r} to {describe_split(intent.requested or intent.after)}"
+
+    def unchanged(self) -> str:
+        return f": the endpoint keeps its split {describe_split(self.before_pct)}"
 
     def superseded(self, earlier: Change, state: Endpoint) -> ConflictError:
         return ConflictError(

@@ -221,24 +221,15 @@ def _float(value: Any) -> float | None:
     return float(value) if value is not None else None
 
 
-def warehouse_aggregates(
-    client: Any,
-    source: WarehouseSource,
-    *,
-    start_ms: int,
-    end_ms: int,
-    interval_seconds: int,
-    group_tag: str | None = None,
-    groups: Sequence[str] = (),
-    tag_equals: Mapping[str, str] | None = None,
-    status: str | None = None,
-    timeout_s: float = 120.0,
-    poll_s: float = 1.0,
-) -> internal.TraceAggregates:
-    """Run the aggregate on the warehouse (``client`` is a ``WorkspaceClient``) and parse its rows."""
-    statement = aggregate_statement(source, start_ms=start_ms, end_ms=end_ms, interval_seconds=interval_seconds,
-                                    group_tag=group_tag, groups=groups, tag_equals=tag_equals, status=status)
-    wanted = set(groups) if group_tag else None
+def warehouse_aggregates(client: Any, source: WarehouseSource, *, timeout_s: float = 120.0, poll_s: float = 1.0,
+                         **window: Any) -> internal.TraceAggregates:
+    """Run the aggregate on the warehouse (``client`` is a ``WorkspaceClient``) and parse its rows.
+
+    ``window``: the window, split and filters, as :func:`aggregate_statement` takes them.
+    """
+    statement = aggregate_statement(source, **window)
+    group_tag = window.get("group_tag")
+    wanted = set(window.get("groups", ())) if group_tag else None
     rows, overall = [], {}
     models = []
     for row in _run(client, source, statement, timeout_s=timeout_s, poll_s=poll_s):

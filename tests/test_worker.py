@@ -39,6 +39,15 @@ def _counts(client: MlflowClient, trace_ids: list[str]) -> dict[str, int]:
             for t in trace_ids}
 
 
+def _scored_exactly_once(worker, client, ids: list[str], expected: set[str]) -> None:
+    """A ``--once`` worker finishes cleanly, after which the sampled traces (only they) have one result each."""
+    output, _ = worker.communicate(timeout=300)
+    assert worker.returncode == 0, output
+    final = _counts(client, ids)
+    assert {t for t, n in final.items() if n} == expected
+    assert set(final.values()) <= {0, 1}, {t: n for t, n in final.items() if n > 1}
+
+
 @pytest.fixture
 def configured_world(isolated_settings):
     (isolated_settings.data_dir / "roles.json").write_text(json.dumps({"users": {"ops@example.com": "operator"}}))
@@ -71,12 +80,8 @@ def test_killed_mid_batch_and_restarted_every_sampled_trace_is_scored_exactly_on
     assert 3 <= sum(partial.values()) < len(expected), "the kill did not land mid-batch"
     assert not {APP_CHECKPOINT_TAG, CHECKPOINT_TAG} & set(client.get_experiment(experiment_id).tags or {})
 
-    rerun = _worker(isolated_settings, "--once", "--batch-size", "100", "--max-rate", "1000")
-    output, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, output
-    final = _counts(client, ids)
-    assert {t for t, n in final.items() if n} == expected
-    assert set(final.values()) <= {0, 1}, {t: n for t, n in final.items() if n > 1}
+    _scored_exactly_once(_worker(isolated_settings, "--once", "--batch-size", "100", "--max-rate", "1000"), client,
+                         ids, expected)
     status = live_scoring.read_status(isolated_settings)
     assert status.traces_scored_last == len(expected) - sum(partial.values())
     assert status.lag_seconds is not None and status.errors == []
@@ -185,12 +190,7 @@ def test_on_an_mlflow_server_every_sampled_trace_is_scored_once_across_restarts(
     assert loop.returncode == 0, output
 
     # Restarted once more: nothing left, nothing scored twice.
-    last = _server_worker(server, "--once", "--batch-size", "100")
-    output, _ = last.communicate(timeout=300)
-    assert last.returncode == 0, output
-    final = _counts(client, ids)
-    assert {t for t, n in final.items() if n} == expected
-    assert set(final.values()) <= {0, 1}, {t: n for t, n in final.items() if n > 1}
+    _scored_exactly_once(_server_worker(server, "--once", "--batch-size", "100"), client, ids, expected)
     status = live_scoring.read_status(server)
     assert status.traces_scored_last == 0 and status.errors == [] and status.path == "mlflow-processor"
     assert status.traces_scored_total == len(expected)

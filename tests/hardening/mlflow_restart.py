@@ -110,3 +110,13 @@ def expect_backend_lost(act: Callable[[], Any], srv: RestartableServer, calls: d
     assert calls["faulted"] == 1 and not srv.alive()
     assert "Traceback" not in message
     return failed.value, message, error_s
+
+
+def refuse_connections(patch: Any, *targets: tuple[Any, str]) -> None:
+    """Make each ``(owner, name)`` fail as a backend that is down does (connection refused), via ``patch``."""
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    for owner, name in targets:
+        patch.setattr(owner, name, down)

@@ -19,7 +19,7 @@ from services import audit, releases
 from services.errors import BackendUnavailableError
 from services.promotion import PromotionRequest, Seen
 from services.releases import Drift
-from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, restartable_backend
+from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, refuse_connections, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, ALICE, build_agent
@@ -133,12 +133,8 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
 def test_the_versions_page_says_a_promotion_was_interrupted(isolated_settings, monkeypatch):
     """The history tab shows the interrupted attempt as such and offers no rollback until it is resolved."""
     build_agent(isolated_settings)
-
-    def down(self, *args, **kwargs):
-        raise ConnectionError("Connection refused")
-
     with monkeypatch.context() as patch:
-        patch.setattr(MlflowClient, "set_registered_model_alias", down)
+        refuse_connections(patch, (MlflowClient, "set_registered_model_alias"))
         with pytest.raises(BackendUnavailableError):
             releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="page-req"), ALICE, settings=isolated_settings)
     with app_page(isolated_settings, monkeypatch, "pages/versions.py", timeout=60) as app:

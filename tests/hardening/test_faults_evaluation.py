@@ -18,7 +18,7 @@ from mlflow.tracing.client import TracingClient
 from services import evaluations
 from services.errors import BackendUnavailableError
 from services.evaluations import EvaluationRequest
-from tests.hardening.mlflow_restart import kill_at_call, restartable_backend
+from tests.hardening.mlflow_restart import kill_at_call, refuse_connections, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
@@ -151,10 +151,6 @@ def test_the_evaluations_page_labels_an_interrupted_run_and_retries_it(isolated_
     from services import eval_jobs
 
     build_agent(isolated_settings)
-
-    def down(self, *args, **kwargs):
-        raise ConnectionError("Connection refused")
-
     with app_page(isolated_settings, monkeypatch, "pages/evaluations.py", timeout=120) as app:
         assert not app.exception
         app.selectbox(key="eval_agent").set_value(AGENT).run()
@@ -163,9 +159,8 @@ def test_the_evaluations_page_labels_an_interrupted_run_and_retries_it(isolated_
             ("faults.json", json.dumps(list(ROWS[:3])).encode(), "application/json")).run()
         # The backend fails while the scores are stored, and the failed run cannot be closed either.
         with monkeypatch.context() as patch:
-            for cls, method in ((TracingClient, "log_assessment"), (MlflowClient, "log_batch"),
-                                (MlflowClient, "set_tag"), (MlflowClient, "set_terminated")):
-                patch.setattr(cls, method, down)
+            refuse_connections(patch, (TracingClient, "log_assessment"), (MlflowClient, "log_batch"),
+                               (MlflowClient, "set_tag"), (MlflowClient, "set_terminated"))
             app.button(key="eval_run").click().run()
             (job_id,) = app.session_state["eval_jobs"]
             job = eval_jobs.wait(job_id, timeout=120)

@@ -25,7 +25,7 @@ from services import audit, serving
 from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, restartable_backend
+from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, refuse_connections, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.harness.databricks_settings import use_app_env
@@ -357,12 +357,8 @@ def test_the_serving_page_says_a_traffic_change_was_interrupted_and_its_retry_co
         app.number_input(key=f"pct::{ENDPOINT}::{AGENT}::2").set_value(50).run()
         app.text_input(key=f"reason::{ENDPOINT}").input("even split").run()
         app.button(key=f"review::{ENDPOINT}").click().run()
-
-        def down(self, *args, **kwargs):
-            raise ConnectionError("Connection refused")
-
         with monkeypatch.context() as patch:
-            patch.setattr(MlflowClient, "log_batch", down)
+            refuse_connections(patch, (MlflowClient, "log_batch"))
             app.button(key=f"plan::{ENDPOINT}::confirm").click().run()
         assert not app.exception
         errors = " ".join(e.value for e in app.error)

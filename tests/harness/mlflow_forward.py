@@ -55,25 +55,26 @@ _V4_TRACES = "/api/4.0/mlflow/traces/"
 _MLFLOW_PREFIXES = ("/api/2.0/mlflow/", "/api/3.0/mlflow/", "/api/2.0/mlflow-artifacts/")
 _DATABRICKS_ONLY = ("/api/4.0/mlflow/", "/api/5.0/mlflow/", "/api/2.0/otel/", "/api/2.0/managed-evals/")
 
-# (method, UC path) -> (OSS path, key of the answer to rebuild as UC protos, or None)
-_UC_ROUTES: dict[tuple[str, str], tuple[str, str | None]] = {
-    ("GET", "registered-models/get"): ("registered-models/get", "registered_model"),
-    ("GET", "registered-models/search"): ("registered-models/search", "registered_models"),
-    ("POST", "registered-models/create"): ("registered-models/create", "registered_model"),
-    ("PATCH", "registered-models/update"): ("registered-models/update", "registered_model"),
-    ("DELETE", "registered-models/delete"): ("registered-models/delete", None),
-    ("POST", "registered-models/alias"): ("registered-models/alias", None),
-    ("DELETE", "registered-models/alias"): ("registered-models/alias", None),
-    ("GET", "registered-models/alias"): ("registered-models/alias", "model_version"),
-    ("POST", "registered-models/set-tag"): ("registered-models/set-tag", None),
-    ("DELETE", "registered-models/delete-tag"): ("registered-models/delete-tag", None),
-    ("GET", "model-versions/get"): ("model-versions/get", "model_version"),
-    ("GET", "model-versions/search"): ("model-versions/search", "model_versions"),
-    ("PATCH", "model-versions/update"): ("model-versions/update", "model_version"),
-    ("DELETE", "model-versions/delete"): ("model-versions/delete", None),
-    ("POST", "model-versions/set-tag"): ("model-versions/set-tag", None),
-    ("DELETE", "model-versions/delete-tag"): ("model-versions/delete-tag", None),
-    ("GET", "model-versions/get-download-uri"): ("model-versions/get-download-uri", None),
+# (method, path) -> key of the answer to rebuild as UC protos, or None. The UC routes forwarded have the
+# same path under the OSS registry API.
+_UC_ROUTES: dict[tuple[str, str], str | None] = {
+    ("GET", "registered-models/get"): "registered_model",
+    ("GET", "registered-models/search"): "registered_models",
+    ("POST", "registered-models/create"): "registered_model",
+    ("PATCH", "registered-models/update"): "registered_model",
+    ("DELETE", "registered-models/delete"): None,
+    ("POST", "registered-models/alias"): None,
+    ("DELETE", "registered-models/alias"): None,
+    ("GET", "registered-models/alias"): "model_version",
+    ("POST", "registered-models/set-tag"): None,
+    ("DELETE", "registered-models/delete-tag"): None,
+    ("GET", "model-versions/get"): "model_version",
+    ("GET", "model-versions/search"): "model_versions",
+    ("PATCH", "model-versions/update"): "model_version",
+    ("DELETE", "model-versions/delete"): None,
+    ("POST", "model-versions/set-tag"): None,
+    ("DELETE", "model-versions/delete-tag"): None,
+    ("GET", "model-versions/get-download-uri"): None,
 }
 _UC_NOT_FORWARDED = {"model-versions/create", "model-versions/generate-temporary-credentials",
                      "model-versions/finalize"}
@@ -272,10 +273,9 @@ class MlflowForwarder:
         if (method, route) == ("GET", "registered-models:is-databricks-sdk-models-artifact-repository-enabled"):
             # No Databricks-SDK artifact repository here: MLflow then asks for temporary credentials (501 above).
             return 200, {"is_databricks_sdk_models_artifact_repository_enabled": False}
-        target = _UC_ROUTES.get((method, route))
-        if target is None:
+        if (method, route) not in _UC_ROUTES:
             return 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No UC API found for '{method} {route}'"}
-        oss_route, rebuild = target
+        oss_route, rebuild = route, _UC_ROUTES[(method, route)]
         if route == "model-versions/search" and not any(k in (fields.get("filter") or "") for k in ("name", "run_id")):
             return 400, {"error_code": "INVALID_PARAMETER_VALUE",
                          "message": "Unity Catalog model version search needs a filter on name or run_id."}

@@ -16,6 +16,7 @@ from services.identity import Identity, IdentitySource
 from services.rollout_controller import evidence_from_arms
 from services.rollouts import Baseline, Final, Guardrail, Measure, RolloutPlan
 from tests.services.live_scoring_world import log_traces
+from tests.services.registry_world import register_versions
 
 OPERATOR = Identity("ops@example.com", "ops", IdentitySource.OS_USER)
 
@@ -132,11 +133,7 @@ def test_window_must_be_ordered(seeded_settings):
 
 @pytest.fixture
 def two_version_endpoint(isolated_settings):
-    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri)
-    client.create_registered_model("m")
-    for _ in range(2):
-        client.create_model_version("m", source="file:///tmp/none")
-    client.set_registered_model_alias("m", "champion", "1")
+    client = register_versions(isolated_settings, "m", 2, champion="1")
     served = (serving.ServedVersion("m_1", "m", "1"), serving.ServedVersion("m_2", "m", "2"))
     serving.save_local_endpoint(serving.Endpoint(
         "ep", served, (serving.TrafficRoute("m_1", 80), serving.TrafficRoute("m_2", 20)), serving.EndpointState.READY),

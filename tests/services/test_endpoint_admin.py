@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import pytest
 
 from services import audit, endpoint_admin, serving, team_state
@@ -12,6 +11,7 @@ from services.endpoint_admin import ChangeKind
 from services.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from services.identity import Identity, IdentitySource
 from tests.harness.databricks_settings import databricks_settings
+from tests.services.registry_world import register_versions
 
 MODEL = "billing agent"  # a registered name with a space, as another team may have
 OPS = Identity("olivia@example.com", "Olivia", IdentitySource.OS_USER)
@@ -19,11 +19,7 @@ OPS = Identity("olivia@example.com", "Olivia", IdentitySource.OS_USER)
 
 @pytest.fixture
 def store(isolated_settings):
-    client = mlflow.MlflowClient(tracking_uri=isolated_settings.tracking_uri,
-                                 registry_uri=isolated_settings.tracking_uri)
-    client.create_registered_model(MODEL)
-    for _ in range(3):
-        client.create_model_version(MODEL, source="file:///tmp/none")
+    register_versions(isolated_settings, MODEL, 3)
     return isolated_settings
 
 

@@ -109,15 +109,10 @@ def test_no_silent_fallback_to_the_service_principal():
 
 
 def test_promotion_is_refused_for_a_reviewer_and_nothing_changes(isolated_settings):
-    from mlflow import MlflowClient
-
     from services import audit, releases
+    from tests.services.registry_world import register_versions
 
-    client = MlflowClient(tracking_uri=isolated_settings.tracking_uri)
-    client.create_registered_model("m")
-    for _ in range(2):
-        client.create_model_version("m", source="file:///tmp/none")
-    client.set_registered_model_alias("m", "champion", "1")
+    client = register_versions(isolated_settings, "m", 2, champion="1")
     (isolated_settings.data_dir / "roles.json").write_text(json.dumps({"users": {"ops@example.com": "operator"},
                                                                         "default": "reviewer"}))
     reviewer = Identity("rev@example.com", "rev", IdentitySource.OS_USER)

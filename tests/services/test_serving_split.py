@@ -16,6 +16,7 @@ from services.errors import (
 )
 from tests.harness.databricks import DatabricksHarness
 from tests.harness.databricks_settings import databricks_settings
+from tests.services.registry_world import register_versions
 
 ENDPOINT = "agents_main-demo-support"
 
@@ -131,14 +132,9 @@ def test_unknown_databricks_endpoint_is_not_found(harness, dbx_settings):
 
 
 def test_local_split_change_is_stored_and_audited(isolated_settings):
-    import mlflow
-
     from services.serving import EndpointState, ServedVersion, TrafficRoute
 
-    client = mlflow.MlflowClient(tracking_uri=isolated_settings.tracking_uri)
-    client.create_registered_model("m")
-    for _ in range(2):
-        client.create_model_version("m", source="file:///tmp/none")
+    register_versions(isolated_settings, "m", 2)
     serving.save_local_endpoint(serving.Endpoint(
         "ep", (ServedVersion("m_1", "m", "1"),), (TrafficRoute("m_1", 100),), EndpointState.READY), isolated_settings)
     plan = serving.plan_split("ep", {("m", "1"): 70, ("m", "2"): 30}, settings=isolated_settings)

@@ -120,3 +120,16 @@ def refuse_connections(patch: Any, *targets: tuple[Any, str]) -> None:
 
     for owner, name in targets:
         patch.setattr(owner, name, down)
+
+
+def count_calls(patch: Any, owner: Any, name: str) -> list:
+    """Record the arguments of every call of ``owner.name`` (after ``self``), via ``patch``; the list fills live."""
+    original = getattr(owner, name)
+    calls: list = []
+
+    def counting(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    patch.setattr(owner, name, counting)
+    return calls

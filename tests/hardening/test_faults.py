@@ -19,7 +19,13 @@ from services import audit, releases
 from services.errors import BackendUnavailableError
 from services.promotion import PromotionRequest, Seen
 from services.releases import Drift
-from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, refuse_connections, restartable_backend
+from tests.hardening.mlflow_restart import (
+    count_calls,
+    expect_backend_lost,
+    kill_at_call,
+    refuse_connections,
+    restartable_backend,
+)
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, ALICE, build_agent
@@ -89,14 +95,7 @@ def test_server_killed_mid_promotion_then_retry_completes_exactly_once(server, m
         assert records[0].from_version == before and records[0].requested_version == target
 
     # The retry of the same confirmation completes it exactly once.
-    alias_calls = []
-    set_alias = MlflowClient.set_registered_model_alias
-
-    def counting(self, *args, **kwargs):
-        alias_calls.append(args)
-        return set_alias(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", counting)
+    alias_calls = count_calls(monkeypatch, MlflowClient, "set_registered_model_alias")
     began = time.monotonic()
     result = releases.promote(request, ALICE, settings=settings)
     retry_s = time.monotonic() - began

@@ -18,7 +18,7 @@ from mlflow.tracing.client import TracingClient
 from services import evaluations
 from services.errors import BackendUnavailableError
 from services.evaluations import EvaluationRequest
-from tests.hardening.mlflow_restart import kill_at_call, refuse_connections, restartable_backend
+from tests.hardening.mlflow_restart import count_calls, kill_at_call, refuse_connections, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_releases import AGENT, build_agent
@@ -93,14 +93,7 @@ def test_server_killed_mid_evaluation_then_retry_completes_exactly_once(server, 
     interrupted_run = stored[0].info.run_id if stored else None
 
     # The retry with the same request id completes it exactly once ...
-    creates = []
-    create_run = MlflowClient.create_run
-
-    def counting(self, *args, **kwargs):
-        creates.append(args)
-        return create_run(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "create_run", counting)
+    creates = count_calls(monkeypatch, MlflowClient, "create_run")
     began = time.monotonic()
     run_id = evaluations.run_evaluation(_request(request_id), settings)
     retry_s = time.monotonic() - began

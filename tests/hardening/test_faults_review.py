@@ -21,7 +21,7 @@ from services import datasets
 from services import feedback as fb
 from services import review_queue as rq
 from services.errors import BackendUnavailableError
-from tests.hardening.mlflow_restart import kill_at_call, restartable_backend
+from tests.hardening.mlflow_restart import count_calls, kill_at_call, restartable_backend
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.services.test_feedback import QUESTIONS, make_traces
@@ -49,18 +49,6 @@ def server(tmp_path_factory):
 def _kill_at(monkeypatch, srv: RestartableServer, cls, method: str, call: int, when: str = "before") -> dict:
     """SIGKILL the server at the ``call``-th call of ``cls.method`` (before it goes out, or after it returned)."""
     return kill_at_call(monkeypatch, srv.kill, cls, method, call=call, when=when)
-
-
-def _counting(monkeypatch, cls, method: str) -> list:
-    original = getattr(cls, method)
-    calls: list = []
-
-    def counting(self, *args, **kwargs):
-        calls.append(args)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, method, counting)
-    return calls
 
 
 def _current(settings, trace_id: str) -> list[tuple[str, object]]:
@@ -136,7 +124,7 @@ def test_server_killed_mid_review_then_retry_completes_exactly_once(server, monk
 
     # The retry (the same review by the same reviewer) writes only what is missing ...
     with monkeypatch.context() as patch:
-        writes = _counting(patch, TracingClient, "log_assessment")
+        writes = count_calls(patch, TracingClient, "log_assessment")
         began = time.monotonic()
         written = submit()
         retry_s = time.monotonic() - began
@@ -221,7 +209,7 @@ def test_server_killed_between_dataset_creation_and_merge_then_retry_completes_e
     assert name not in {d.name for d in datasets.list_datasets([experiment_id], settings).datasets}
 
     with monkeypatch.context() as patch:
-        creates = _counting(patch, MlflowClient, "create_dataset")
+        creates = count_calls(patch, MlflowClient, "create_dataset")
         began = time.monotonic()
         dataset_id = save()
         retry_s = time.monotonic() - began
@@ -307,8 +295,8 @@ def test_server_killed_mid_queue_creation_then_retry_completes_exactly_once(serv
     assert name not in {q.name for q in rq.list_queues(settings)}
 
     with monkeypatch.context() as patch:
-        tags = _counting(patch, MlflowClient, "set_trace_tag")
-        runs = _counting(patch, MlflowClient, "create_run")
+        tags = count_calls(patch, MlflowClient, "set_trace_tag")
+        runs = count_calls(patch, MlflowClient, "create_run")
         began = time.monotonic()
         queue = rq.create_queue(spec, "owner@example.com", settings, request_id=request_id)
         retry_s = time.monotonic() - began

@@ -25,7 +25,12 @@ from services import audit, serving
 from services.serving import ai_gateway
 from services.errors import BackendUnavailableError, ConflictError
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from tests.hardening.mlflow_restart import expect_backend_lost, kill_at_call, refuse_connections, restartable_backend
+from tests.hardening.mlflow_restart import (
+    expect_backend_lost,
+    kill_at_call,
+    refuse_connections,
+    restartable_backend,
+)
 from tests.hardening.page_session import app_page
 from tests.hardening.reliability import write_record
 from tests.harness.databricks_settings import use_app_env

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import chromium
-from tests.hardening.served_app import free_port, wait_healthy
+from tests.hardening.served_app import free_port, stop_group, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,11 +33,7 @@ def running_app(tmp_path_factory, artifacts_dir):
         wait_healthy(url, process, log, timeout=420)
         yield url, log
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
 
 
 def test_overview_shows_the_demo_agents(running_app, artifacts_dir):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.hardening.served_app import free_port, wait_healthy
+from tests.hardening.served_app import free_port, stop_group, wait_healthy
 from tests.harness import databricks_workspace as dw
 from tests.harness.apps_proxy import AppsProxy, ForwardedUser
 
@@ -75,11 +74,7 @@ def stack(tmp_path_factory, artifacts_dir):
         finally:
             for proxy in proxies:
                 proxy.stop()
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            stop_group(process)
 
 
 @pytest.fixture

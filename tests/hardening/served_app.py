@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,14 @@ from typing import Iterator, Mapping
 
 import pytest
 
+from tests.harness.mlflow_server import stop_mlflow_server
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started with ``start_new_session=True`` and its children: SIGTERM, then SIGKILL after 20 s."""
+    stop_mlflow_server(process, timeout_s=20)  # the one process-group stop of the test servers
 
 
 def free_port() -> int:
@@ -64,11 +70,7 @@ def served_app(data_dir: Path, log: Path, env: Mapping[str, str] | None = None, 
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

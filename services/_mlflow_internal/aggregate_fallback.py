@@ -9,10 +9,8 @@ from services._mlflow_internal.aggregate_rows import (
     PERCENTILES,
     AggregateRow,
     ModelRow,
-    TraceAggregates,
     _window_rows,
-    sort_models,
-    sort_rows,
+    sorted_aggregates,
 )
 from services._mlflow_internal.trace_links import MODEL_ID_KEY, TraceLink
 from services._mlflow_internal.trace_metrics import MetricPoint, query_trace_metrics
@@ -123,8 +121,7 @@ def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, g
         if aggregates["overall"] is not None:
             overall = {m.model: [m.llm_calls, m.recorded_cost] for m in aggregates["overall"]}
         models.extend(ModelRow(None, model, calls, cost) for model, (calls, cost) in overall.items())
-    return TraceAggregates(tuple(sort_rows(out_rows)), tuple(sort_models(models)), "query_trace_metrics",
-                           aggregates["queries"] + len(many))
+    return sorted_aggregates(out_rows, models, "query_trace_metrics", aggregates["queries"] + len(many))
 
 
 def _merge_rows(group: str | None, bucket_ms: int | None, parts: list[AggregateRow]) -> AggregateRow:

@@ -87,3 +87,15 @@ def sort_rows(rows: Iterable[AggregateRow]) -> list[AggregateRow]:
 def sort_models(rows: Iterable[ModelRow]) -> list[ModelRow]:
     return sorted(rows, key=lambda r: (r.group is None, r.group or "", r.model))
 
+
+def sorted_aggregates(rows: Iterable[AggregateRow], models: Iterable[ModelRow], path: str, store_queries: int,
+                      *, window_percentiles=None) -> TraceAggregates:
+    """The result of one aggregate, its rows and models in reading order (``sort_rows``, ``sort_models``).
+
+    With ``window_percentiles`` (group -> percentiles), ``rows`` are bucket rows and the whole-window
+    rows are added (``_window_rows``).
+    """
+    rows = list(rows)
+    if window_percentiles is not None:
+        rows.extend(_window_rows(rows, window_percentiles))
+    return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(models)), path, store_queries)

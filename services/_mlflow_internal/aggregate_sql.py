@@ -9,10 +9,7 @@ from services._mlflow_internal.aggregate_rows import (
     PERCENTILES,
     AggregateRow,
     ModelRow,
-    TraceAggregates,
-    _window_rows,
-    sort_models,
-    sort_rows,
+    sorted_aggregates,
 )
 from services._mlflow_internal.trace_links import (
     MODEL_ID_KEY,
@@ -165,7 +162,6 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_link
             c[2], c[3], c[4], c[5], c[6],
         ))
     whole = {g: np.concatenate(parts) for g, parts in by_group_durations.items()}
-    rows.extend(_window_rows(rows, lambda g: _percentiles(whole[g]) if len(whole[g]) else none))
 
     per_group: dict[tuple[str, str], tuple[int, float]] = {}
     overall: dict[str, tuple[int, float]] = {}
@@ -179,5 +175,6 @@ def _aggregate_sql(store, experiment_ids, start_ms, end_ms, interval, group_link
         overall[row.model_name] = (total[0] + calls, total[1] + cost)
     model_list = [ModelRow(g, m, calls, cost) for (g, m), (calls, cost) in per_group.items()]
     model_list.extend(ModelRow(None, model, calls, cost) for model, (calls, cost) in overall.items())
-    return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(model_list)), "sql", len(statements))
+    return sorted_aggregates(rows, model_list, "sql", len(statements),
+                             window_percentiles=lambda g: _percentiles(whole[g]) if len(whole[g]) else none)
 

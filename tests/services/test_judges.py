@@ -3,61 +3,22 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import mlflow
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
 from mlflow import MlflowClient
 
 from services import evaluations, scorers
+from tests.ai_gateway.fake_openai import FakeOpenAI
 
 VERDICT = {"result": "yes", "rationale": "The answer states the 30-minute reset link."}
 
 
-class FakeJudgeServer:
-    """Answers /v1/chat/completions with a fixed judge verdict and records what it was asked."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        app = FastAPI()
-
-        @app.post("/v1/chat/completions")
-        async def chat(request: Request) -> dict:
-            body = await request.json()
-            self.requests.append(body)
-            return {
-                "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": json.dumps(VERDICT)}}],
-                "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60},
-            }
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{port}/v1"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def judge_env(monkeypatch):
-    server = FakeJudgeServer()
+    server = FakeOpenAI(content=json.dumps(VERDICT))  # every chat answer is the judge's verdict
     monkeypatch.setenv("AGENTOPS_JUDGE_MODEL", "openai:/local-judge")
-    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.api_base)
     monkeypatch.setenv("OPENAI_API_KEY", "not-a-real-key")
     yield server
     server.stop()

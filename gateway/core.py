@@ -47,6 +47,7 @@ import mlflow
 from mlflow.entities import SpanType
 from mlflow.entities.span import NO_OP_SPAN_TRACE_ID
 from mlflow.entities.trace_location import MlflowExperimentLocation
+from mlflow.environment_variables import MLFLOW_ASYNC_TRACE_LOGGING_MAX_QUEUE_SIZE
 
 from gateway.journal import JournalEntry, RequestJournal, fingerprint
 from gateway.ledger import LedgerStats, TraceLedger
@@ -108,7 +109,6 @@ class Gateway:
         self.models = ModelLoader(self.client, self.settings)
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._counts_lock = threading.Lock()
-        self.ledger = TraceLedger(lambda ids: internal.stored_trace_ids(self.client, ids), max_pending=max_pending_traces)
         self.journal = (RequestJournal(settings.data_dir / "gateway-journal.sqlite", window_s=idempotency_window_s)
                         if journal else None)
         self._claims: dict[str, list[Any]] = {}  # request id -> [lock, holders]: one at a time per id
@@ -133,6 +133,11 @@ class Gateway:
                 "processor hook; "
                 "leave batch_traces unset to fall back to MLflow's exporter."
             )
+        if self.writer is None:
+            # MLflow's exporter discards a trace when its task queue is full (a trace takes one task
+            # for its info and at least one for its spans), so the backpressure stops well before.
+            max_pending_traces = min(max_pending_traces, max(1, MLFLOW_ASYNC_TRACE_LOGGING_MAX_QUEUE_SIZE.get() // 4))
+        self.ledger = TraceLedger(lambda ids: internal.stored_trace_ids(self.client, ids), max_pending=max_pending_traces)
         self._not_captured = 0
         _logger.info("gateway traces are written %s", "in batches" if self.writer else "by MLflow's exporter")
         self._replay_thread: threading.Thread | None = None

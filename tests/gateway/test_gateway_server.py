@@ -168,3 +168,37 @@ def test_a_trace_the_server_refuses_is_counted_lost_and_spooled(server_store):
     assert health["status"] == "degraded"
     spooled = (settings.data_dir / "gateway-spool").glob("*.jsonl")
     assert any(response.headers["X-AgentOps-Trace-Id"] in path.read_text() for path in spooled)
+
+
+def _shape(trace) -> dict[str, object]:
+    """What a stored trace holds, without what differs from one request to the next."""
+    return {
+        "tags": sorted(trace.info.tags), "metadata": sorted(trace.info.trace_metadata),
+        "state": trace.info.state.value, "model_id": trace.info.trace_metadata.get("mlflow.modelId"),
+        "endpoint": trace.info.tags.get("agentops.endpoint"), "previews": (bool(trace.info.request_preview),
+                                                                           bool(trace.info.response_preview)),
+        "token_usage": trace.info.token_usage, "spans": [(s.name, s.span_type, s.parent_id is None)
+                                                         for s in trace.data.spans],
+    }
+
+
+def test_batched_rest_writes_store_what_mlflows_exporter_stores(server_store):
+    """``rest_trace_batch`` (non-public RestStore methods) against its public fallback, MLflow's
+    exporter: the same tags, metadata, previews, token usage and spans. Fails loudly when an MLflow
+    upgrade changes the REST store or the server's handling of either request."""
+    from services._mlflow_internal import rest_trace_batch
+
+    settings, _ = server_store
+    assert rest_trace_batch.supports(mlflow_client(settings))
+    assert not rest_trace_batch.supports(MlflowClient(tracking_uri="databricks"))
+    _endpoint(settings, "team-shape")
+    shapes = {}
+    for mode, options in (("batched", {}), ("mlflow-exporter", {"batch_traces": False})):
+        with RunningGateway(settings, **options) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+            response = http.post("/serving-endpoints/team-shape/invocations", json=QUESTION)
+            ledger = running.gateway.drain(120)
+            assert running.gateway.stats()["trace_writer"]["mode"] == mode
+        assert response.status_code == 200 and (ledger.recorded, ledger.lost) == (1, 0)
+        trace_id = response.headers["X-AgentOps-Trace-Id"]
+        shapes[mode] = _shape(_stored(settings, [trace_id])[trace_id])
+    assert shapes["batched"] == shapes["mlflow-exporter"]

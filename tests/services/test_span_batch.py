@@ -211,8 +211,11 @@ def test_a_trace_that_cannot_be_written_is_reported_and_the_rest_are_stored(stor
     assert not client.search_traces(locations=[doomed], include_spans=False)
 
 
-def test_remote_stores_use_mlflow_exporter():
-    assert not span_batch.supports_batching(MlflowClient(tracking_uri="http://127.0.0.1:9"))
+def test_an_mlflow_server_is_batched_and_databricks_uses_mlflow_exporter():
+    # Issue 19: a remote mlflow server takes batches over REST (rest_trace_batch, tested against a
+    # real server in tests/gateway/test_gateway_server.py); Databricks keeps MLflow's exporter.
+    assert span_batch.supports_batching(MlflowClient(tracking_uri="http://127.0.0.1:9"))
+    assert not span_batch.supports_batching(MlflowClient(tracking_uri="databricks"))
 
 
 def test_uninstall_restores_mlflow_processor(store):

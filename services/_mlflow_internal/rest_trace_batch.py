@@ -20,10 +20,11 @@ Both are idempotent (the server merges a repeated ``start_trace`` and upserts sp
 caller may retry what failed. Success of both requests means the trace is stored, so the
 gateway needs no polling to confirm it.
 
-Non-public surface (checked by ``tests/services/test_rest_trace_batch.py``, which fails loudly
-when an upgrade changes it): the client's store is a ``RestStore`` with ``start_trace`` and
-``log_spans`` (the latter needs a server of MLflow >= 3.4). Public fallback: when it is not,
-``supports`` is False and MLflow's exporter records traces as before.
+Non-public surface: the client's store is a ``RestStore`` with ``start_trace`` and ``log_spans``
+(the latter needs a server of MLflow >= 3.4). ``tests/gateway/test_gateway_server.py`` writes
+through it to a real ``mlflow server`` and checks that the stored traces equal what MLflow's
+exporter stores, so an upgrade that changes either fails loudly. Public fallback: when the store
+is not one, ``supports`` is False and MLflow's exporter records traces as before.
 """
 
 from __future__ import annotations

@@ -202,3 +202,71 @@ def test_batched_rest_writes_store_what_mlflows_exporter_stores(server_store):
         trace_id = response.headers["X-AgentOps-Trace-Id"]
         shapes[mode] = _shape(_stored(settings, [trace_id])[trace_id])
     assert shapes["batched"] == shapes["mlflow-exporter"]
+
+
+_GATEWAY_PROCESS = """
+import sys
+
+import uvicorn
+
+from gateway.app import create_app
+from services._clients import configure_mlflow
+
+# What ``python -m gateway`` runs, with a writer that lingers a minute for a batch, so every
+# trace is still queued when SIGTERM arrives.
+app = create_app(configure_mlflow(), trace_linger_s=60, max_trace_batch=1_000)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_sigterm_writes_the_queued_traces_before_the_process_exits(server_store, tmp_path):
+    """A real gateway process stopped with SIGTERM (uvicorn's handler, then the app's shutdown
+    hook): the traces queued at that moment are all on the server when the process has exited."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.harness.mlflow_server import free_port
+
+    settings, _ = server_store
+    _endpoint(settings, "team-sigterm")
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": settings.mlflow_uri,
+           "AGENTOPS_DATA_DIR": str(tmp_path / "gateway-data"), "PYTHONPATH": str(root)}
+    log = (tmp_path / "gateway.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-c", _GATEWAY_PROCESS, str(port)], cwd=root, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                httpx.get(f"{url}/stats", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None, (tmp_path / "gateway.log").read_text()
+                assert time.monotonic() < deadline, "the gateway process did not start"
+                time.sleep(0.5)
+        responses = _send_concurrently(url, "team-sigterm", 8, clients=2)
+        writer = httpx.get(f"{url}/stats", timeout=30).json()["trace_writer"]
+        assert [r.status_code for r in responses] == [200] * 8
+        assert writer["mode"] == "batched" and writer["queued"] == 8 and writer["written"] == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=180) == 0, (tmp_path / "gateway.log").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    trace_ids = [r.headers["X-AgentOps-Trace-Id"] for r in responses]
+    assert sorted(_stored(settings, trace_ids)) == sorted(trace_ids)
+    journal = RequestJournal(tmp_path / "gateway-data" / "gateway-journal.sqlite")
+    try:
+        stats = journal.stats()
+        assert (stats.requests, stats.pending, stats.written) == (8, 0, 8)
+    finally:
+        journal.close()

@@ -8,8 +8,6 @@ has no live traffic; a version with both counts only its live traces.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from services import gates, promotion, readiness
 from services.gates import CheckStatus, GateRule, RuleKind
 from services.identity import Identity, IdentitySource
 from services.readiness import Item, Verdict
-from tests.realworld.workspace import TRACE_PLAN, UNICODE_AGENT
+from tests.realworld.workspace import TRACE_PLAN, UNICODE_AGENT, mlflow_store_at
 
 AGENT = "evaluated-not-served"
 LIVE_V1 = 3  # v1: two traces outside any run, one inside a plain (non-evaluation) run
@@ -33,58 +31,46 @@ def _build(data_dir: Path) -> dict[str, str]:
     from mlflow import MlflowClient
     from mlflow.genai.scorers import scorer
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{data_dir / 'mlflow.db'}"
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "2")
-    client = MlflowClient(uri, uri)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            experiment_id = client.create_experiment("team bot", artifact_location=(data_dir / "artifacts").as_uri())
-            mlflow.set_experiment(experiment_id=experiment_id)
-            model_ids = {}
-            for number in ("1", "2"):
-                model = mlflow.create_external_model(name=f"bot-{number}", experiment_id=experiment_id)
-                mv = mlflow.register_model(f"models:/{model.model_id}", AGENT)
-                assert str(mv.version) == number
-                model_ids[number] = model.model_id
-            client.set_registered_model_alias(AGENT, "champion", "1")
+    with mlflow_store_at(data_dir) as uri:
+        client = MlflowClient(uri, uri)
+        experiment_id = client.create_experiment("team bot", artifact_location=(data_dir / "artifacts").as_uri())
+        mlflow.set_experiment(experiment_id=experiment_id)
+        model_ids = {}
+        for number in ("1", "2"):
+            model = mlflow.create_external_model(name=f"bot-{number}", experiment_id=experiment_id)
+            mv = mlflow.register_model(f"models:/{model.model_id}", AGENT)
+            assert str(mv.version) == number
+            model_ids[number] = model.model_id
+        client.set_registered_model_alias(AGENT, "champion", "1")
 
-            def call(question: str) -> str:
-                with mlflow.start_span("agent") as span:
-                    span.set_inputs({"question": question})
-                    answer = f"About your order: {question}"
-                    span.set_outputs({"answer": answer})
-                return answer
+        def call(question: str) -> str:
+            with mlflow.start_span("agent") as span:
+                span.set_inputs({"question": question})
+                answer = f"About your order: {question}"
+                span.set_outputs({"answer": answer})
+            return answer
 
-            mlflow.set_active_model(model_id=model_ids["1"])
-            call("live one")
-            call("live two")
-            with mlflow.start_run(run_name="notebook session"):
-                call("live from a notebook run")
-            mlflow.clear_active_model()
-
-            @scorer
-            def mentions_order(outputs) -> bool:
-                return "order" in str(outputs)
-
-            with mlflow.start_run(run_name="evaluate v2"):
-                mlflow.genai.evaluate(
-                    data=[{"inputs": {"question": f"question {i}"}} for i in range(EVAL_ROWS_V2)],
-                    predict_fn=lambda question: f"About your order: {question}",
-                    scorers=[mentions_order], model_id=model_ids["2"],
-                )
-            mlflow.clear_active_model()
-            mlflow.flush_trace_async_logging()
-        return {"uri": uri, "experiment_id": experiment_id, **model_ids}
-    finally:
+        mlflow.set_active_model(model_id=model_ids["1"])
+        call("live one")
+        call("live two")
+        with mlflow.start_run(run_name="notebook session"):
+            call("live from a notebook run")
         mlflow.clear_active_model()
-        if mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+
+        @scorer
+        def mentions_order(outputs) -> bool:
+            return "order" in str(outputs)
+
+        with mlflow.start_run(run_name="evaluate v2"):
+            mlflow.genai.evaluate(
+                data=[{"inputs": {"question": f"question {i}"}} for i in range(EVAL_ROWS_V2)],
+                predict_fn=lambda question: f"About your order: {question}",
+                scorers=[mentions_order], model_id=model_ids["2"],
+            )
+        mlflow.clear_active_model()
+        mlflow.flush_trace_async_logging()
+    return {"uri": uri, "experiment_id": experiment_id, **model_ids}
 
 
 @pytest.fixture(scope="module")

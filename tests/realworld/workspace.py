@@ -17,6 +17,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 UNICODE_AGENT = "Café Helper ✨ ünïcode"
 EMPTY_AGENT = "empty-agent"
@@ -89,27 +90,30 @@ def build(data_dir: Path) -> WorkspaceFacts:
     import mlflow
     from mlflow import MlflowClient
 
+    with mlflow_store_at(data_dir) as uri:
+        return _build(mlflow, MlflowClient(uri, uri), uri, data_dir)
+
+
+@contextlib.contextmanager
+def mlflow_store_at(data_dir: Path) -> Iterator[str]:
+    """MLflow pointed (quietly) at ``data_dir/mlflow.db`` for the block; yields its URI. Afterwards no run or
+    model is left active and MLflow points where it did before."""
+    import mlflow
+
     data_dir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{data_dir / 'mlflow.db'}"
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, uri)
     try:
-        with _quiet():
-            return _build(mlflow, client, uri, data_dir)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield uri
     finally:
         mlflow.clear_active_model()
         if mlflow.active_run():
             mlflow.end_run()
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-
-
-@contextlib.contextmanager
-def _quiet():
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
 
 
 def _experiment(client, name: str, data_dir: Path) -> str:

@@ -99,56 +99,78 @@ def _figures(infos: list[Any]) -> VersionTraffic:
 
 def traffic_by_model(
     experiment_ids: Sequence[str], model_ids: Sequence[str], settings: Settings | None = None, *,
-    now: datetime | None = None, window: timedelta = TRAFFIC_WINDOW,
+    now: datetime | None = None, window: timedelta = TRAFFIC_WINDOW, force_fallback: bool = False,
 ) -> dict[str, VersionTraffic]:
-    """Served traffic by LoggedModel id, aggregated in the store without reading a trace (the Versions table).
+    """Served traffic by LoggedModel id, aggregated in the store (the Versions table).
 
-    Traces carrying ``mlflow.sourceRun`` (evaluation rows) are left out on SQL stores and the
-    roll-ups; the ``query_trace_metrics`` fallback (other stores) cannot tell them apart. See
-    :func:`live_traffic_by_model` for the figures readiness and gates use, exact on every store.
+    On SQL stores and the roll-ups the store itself leaves out the traces carrying ``mlflow.sourceRun``
+    (evaluation rows) and no trace is read. The ``query_trace_metrics`` fallback (other stores, or
+    ``force_fallback``) cannot tell them apart: there the versions with evaluation rows in the window
+    are read again trace by trace, as in :func:`live_traffic_by_model`.
     """
     wanted = [m for m in dict.fromkeys(model_ids) if m]
     if not experiment_ids or not wanted:
         return {}
     now = now or datetime.now(tz=timezone.utc)
     since_ms = int((now - window).timestamp() * 1000)
-    return _stored_traffic(mlflow_client(settings), experiment_ids, wanted, now, since_ms, evaluation_rows=False)
-
-
-def _stored_traffic(client: Any, experiment_ids: Sequence[str], model_ids: list[str], now: datetime,
-                    since_ms: int, *, evaluation_rows: bool) -> dict[str, VersionTraffic]:
-    """Traces linked to each LoggedModel in the window (evaluation rows too when asked), aggregated in the store."""
-    with translate_errors("traces"):
-        result = internal.aggregate_traces(
-            client, list(experiment_ids), start_ms=since_ms, end_ms=int(now.timestamp() * 1000) + 1,
-            interval_seconds=86400, group_links={m: internal.TraceLink((m,)) for m in model_ids},
-            with_models=False, evaluation_rows=evaluation_rows,
-        )
-    return {
-        row.group: VersionTraffic(row.requests, row.errors, row.p95_ms,
-                                  row.recorded_cost / row.requests if row.recorded_cost and row.requests else None)
-        for row in result.rows if row.bucket_ms is None and row.group
-    }
+    client = mlflow_client(settings)
+    traffic, path = _stored_traffic(client, experiment_ids, wanted, now, since_ms, evaluation_rows=False,
+                                    force_fallback=force_fallback)
+    if path == _FALLBACK_PATH:
+        return _without_evaluation_rows(client, experiment_ids, wanted, since_ms, traffic)
+    return traffic
 
 
 def live_traffic_by_model(
     experiment_ids: Sequence[str], model_ids: Sequence[str], settings: Settings | None = None, *,
     now: datetime | None = None, window: timedelta = TRAFFIC_WINDOW,
 ) -> dict[str, VersionTraffic]:
-    """Trace count, errors, p95 latency and cost per request of served traffic, by LoggedModel id."""
+    """Trace count, errors, p95 latency and cost per request of served traffic, by LoggedModel id.
+
+    Exact on every store: only traces of evaluation runs (``mlflow.runType = genai_evaluate``) are
+    left out, the versions that have some read again trace by trace (readiness and gates use this).
+    """
     wanted = [m for m in dict.fromkeys(model_ids) if m]
     if not experiment_ids or not wanted:
         return {}
     now = now or datetime.now(tz=timezone.utc)
     since_ms = int((now - window).timestamp() * 1000)
     client = mlflow_client(settings)
-    traffic = _stored_traffic(client, experiment_ids, wanted, now, since_ms, evaluation_rows=True)
+    traffic, _ = _stored_traffic(client, experiment_ids, wanted, now, since_ms, evaluation_rows=True)
+    return _without_evaluation_rows(client, experiment_ids, wanted, since_ms, traffic)
+
+
+# The aggregate's path when it ran through query_trace_metrics (``_mlflow_internal.aggregate_fallback``).
+_FALLBACK_PATH = "query_trace_metrics"
+
+
+def _stored_traffic(client: Any, experiment_ids: Sequence[str], model_ids: list[str], now: datetime,
+                    since_ms: int, *, evaluation_rows: bool, force_fallback: bool = False
+                    ) -> tuple[dict[str, VersionTraffic], str]:
+    """Traces linked to each LoggedModel in the window (evaluation rows too when asked), aggregated in the
+    store, and the aggregate's path."""
+    with translate_errors("traces"):
+        result = internal.aggregate_traces(
+            client, list(experiment_ids), start_ms=since_ms, end_ms=int(now.timestamp() * 1000) + 1,
+            interval_seconds=86400, group_links={m: internal.TraceLink((m,)) for m in model_ids},
+            with_models=False, evaluation_rows=evaluation_rows, force_fallback=force_fallback,
+        )
+    return {
+        row.group: VersionTraffic(row.requests, row.errors, row.p95_ms,
+                                  row.recorded_cost / row.requests if row.recorded_cost and row.requests else None)
+        for row in result.rows if row.bucket_ms is None and row.group
+    }, result.path
+
+
+def _without_evaluation_rows(client: Any, experiment_ids: Sequence[str], wanted: list[str], since_ms: int,
+                             traffic: dict[str, VersionTraffic]) -> dict[str, VersionTraffic]:
+    """``traffic`` with the evaluation rows taken out: the versions that have some are read again."""
     evaluations = EvaluationRuns(client)
     # Traces written inside a run are few next to live traffic: read those, find the evaluation rows.
     with_rows: set[str] = set()
     try:
         for info in trace_infos(client, experiment_ids, [f"trace.timestamp_ms >= {since_ms}",
-                                                    f"metadata.`{SOURCE_RUN}` LIKE '%'"]):
+                                                         f"metadata.`{SOURCE_RUN}` LIKE '%'"]):
             model_id = (info.trace_metadata or {}).get(MODEL_ID)
             if model_id in wanted and model_id in traffic and is_evaluation_row(info, evaluations):
                 with_rows.add(model_id)

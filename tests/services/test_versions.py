@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from demo.seed import DEMO_AGENTS
-from services import versions
+from services import version_traffic, versions
 from services.errors import NotFoundError, ValidationError
 from tests.services.test_releases import AGENT, DATASET, METRICS, build_agent
 
@@ -140,3 +140,6 @@ def test_traces_of_a_version_count_served_traffic_not_evaluation_rows(isolated_s
     row = versions.list_versions("support-bot", isolated_settings).set_index("version").loc[1]
     assert row["traces"] == 3
     assert versions.version_detail("support-bot", 1, isolated_settings).traffic.traces == 3
+    # Where the store cannot leave them out (the query_trace_metrics path of REST and Databricks stores).
+    fallback = version_traffic.traffic_by_model([experiment_id], [model_id], isolated_settings, force_fallback=True)
+    assert fallback[model_id].traces == 3

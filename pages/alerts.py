@@ -112,7 +112,7 @@ with rules_tab:
     if current is not None and can_manage:
         with st.expander(f"Delete rule {current.name}"):
             sure = st.checkbox(f"Yes, delete {current.name}", key="rule_delete_sure")
-            if confirm_box(None, keys=ConfirmKeys(confirm="rule_delete"), confirm_label="Delete rule", ask_reason=False,
+            if confirm_box(None, keys=ConfirmKeys(confirm="rule_delete"), confirm_label="Delete rule", ask_reason=False, actor=identity.user,
                            icon=":material/delete:", missing="" if sure else "Tick the box to delete.").confirmed:
                 try:
                     alerting.delete_rule(settings, current.name, identity)
@@ -163,7 +163,7 @@ with channels_tab:
             with st.expander(f"Delete channel {target}"):
                 sure = st.checkbox(f"Yes, delete {target}", key="channel_delete_sure")
                 deleted = confirm_box(None, keys=ConfirmKeys(confirm="channel_delete"), confirm_label="Delete channel",
-                                      ask_reason=False, icon=":material/delete:",
+                                      ask_reason=False, icon=":material/delete:", actor=identity.user,
                                       missing="" if sure else "Tick the box to delete.").confirmed
             if deleted:
                 try:

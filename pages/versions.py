@@ -336,7 +336,7 @@ with tab_promote:
             if plan.is_noop:
                 st.info(f"{plain(plan.alias)} already points to v{plan.target_version}.", icon=":material/info:")
             answer = confirm_box(None, keys=ConfirmKeys.under("versions"), confirm_label="Confirm promotion",
-                                 blocked=plan_blockers(plan),
+                                 blocked=plan_blockers(plan), actor=identity.user,
                                  disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE))
             if answer.cancelled:
                 st.session_state.pop(_PENDING, None)
@@ -427,6 +427,7 @@ with tab_history:
                 "(the previous recorded holder; rollbacks restore, so the gate is not applied).",
                 keys=ConfirmKeys(confirm="versions.rollback", reason="versions.rollback_reason"),
                 confirm_label="Roll back", icon=":material/undo:", reason_label="Reason (optional, recorded)",
+                actor=identity.user,
                 disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE),
             )
             if answer.confirmed:
@@ -506,6 +507,7 @@ with tab_gate:
         reason_label="Why change the gate rules? (optional, recorded)",
         blocked=["The edited rules cannot be read; fix the table first."] if new_rules is None else (),
         allow_override=False, disabled_hint="" if can_edit_rules else role_hint(roles.Action.EDIT_RULES),
+        actor=identity.user,
     )
     if answer.confirmed and new_rules is not None:
         try:

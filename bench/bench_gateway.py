@@ -1,6 +1,7 @@
 """Benchmark: the local gateway's traced throughput against calling the loaded model's ``predict``.
 
     .venv/bin/python -m bench.bench_gateway --requests 2000 --clients 8 [--compare-exporter 300]
+    .venv/bin/python -m bench.bench_gateway --store server-postgres --requests 1000 --clients 8 --compare-exporter 300
 
 Registers the demo support agent in a scratch store, then in the same run measures:
 
@@ -9,11 +10,18 @@ Registers the demo support agent in a scratch store, then in the same run measur
 * added latency: the same request over HTTP on loopback to a real uvicorn gateway
   (``gateway.runner``), one client, one request at a time, so no queueing is in the number;
 * throughput: ``--requests`` from ``--clients`` concurrent clients, traces batched into the
-  store (``gateway.trace_writer`` + ``gateway.trace_process``);
+  store (``gateway.trace_writer`` + ``gateway.trace_process``): on the embedded store with its
+  bulk path, with ``--store server-postgres`` through the ``mlflow server`` (one ``start_trace``
+  per trace and one OTLP span request per batch, ``services._mlflow_internal.rest_trace_batch``);
 * sustained traced throughput: requests divided by the time until every produced trace is
   confirmed stored (the gateway's ledger; the store is also counted by search, ``in_store``);
 * with ``--compare-exporter N``: the same for N requests through a gateway that leaves traces
-  to MLflow's exporter (its fallback for non-SQL stores), for the improvement in the same run.
+  to MLflow's exporter (its fallback when batching is not possible), for the improvement in the
+  same run.
+
+The direct baseline runs ``--direct-requests`` predictions (default: ``--requests``, at most 500:
+the rate is steady by then, and on a remote store each baseline trace also goes through MLflow's
+exporter before the gateway is measured). The report carries the load average before and after.
 
 Reports added latency (p50/p95, gateway minus direct ``predict``) and throughput as ratios
 against the baseline, and traces produced / recorded / lost / in the store (lost must be 0).
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -200,18 +209,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--latency-requests", type=int, default=200, help="sequential requests for added latency")
+    parser.add_argument("--direct-requests", type=int, default=None,
+                        help="sequential predictions for the baseline (default: --requests, at most 500)")
     parser.add_argument("--compare-exporter", type=int, default=0, metavar="N",
                         help="also send N requests through a gateway using MLflow's exporter (slow path)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--store", choices=("embedded", "server-postgres"), default="embedded",
                         help="the embedded SQLite store (default) or a real `mlflow server` on a throwaway PostgreSQL "
-                             "(the app on the mlflow backend; traces go through MLflow's exporter to the server)")
+                             "(the app on the mlflow backend; traces written in batches through the server's REST API)")
     args = parser.parse_args()
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="agentops-bench-gateway-")
     env = _serve_on_postgres(data_dir) if args.store == "server-postgres" else {}
     settings, experiment_id = _setup(data_dir, env)
-    direct = _direct(max(args.requests, args.latency_requests), experiment_id)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    direct_requests = args.direct_requests or max(args.latency_requests, min(args.requests, 500))
+    direct = _direct(direct_requests, experiment_id)
     batched = _through_gateway(settings, experiment_id, args.requests, args.clients, args.latency_requests)
 
     d50, d95 = _ms(direct["latencies"], 0.5), _ms(direct["latencies"], 0.95)
@@ -221,7 +234,8 @@ def main() -> None:
         "requests": args.requests,
         "clients": args.clients,
         "failures": batched["failures"],
-        "direct_predict": {"p50_ms": d50, "p95_ms": d95, "throughput_rps": round(direct["rps"], 1)},
+        "direct_predict": {"requests": direct_requests, "p50_ms": d50, "p95_ms": d95,
+                           "throughput_rps": round(direct["rps"], 1)},
         "gateway_one_client": {"p50_ms": s50, "p95_ms": s95},
         "gateway_added_latency_ms": {"p50": round(s50 - d50, 2), "p95": round(s95 - d95, 2)},
         f"gateway_{args.clients}_clients": {
@@ -250,6 +264,7 @@ def main() -> None:
         }
         report["ratios"]["batched_over_exporter_traced_throughput"] = round(
             batched["traced_rps"] / exporter["traced_rps"], 2)
+    report["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(report, indent=2))
 
 

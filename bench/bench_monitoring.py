@@ -14,22 +14,7 @@ without spans over the window, then the same summary in pandas. Both summaries m
 Peak memory is reported twice: Python allocations (tracemalloc) and the peak RSS of a fresh
 process doing only that work, above a process that only opened the store.
 
-Measured 2026-11-23 on this 2-core VM shared with other jobs (load average ~7), 100,000
-traces; details and the breakdown in ``bench/README.md``::
-
-    built 100,000 traces in 139 s (717 traces/s)
-    monitoring summary (sql, 2 store queries): cold 1.11 s, warm 1.54 s wall / 1.53 s CPU,
-        peak Python memory 2.6 MiB
-    mlflow.search_traces (no spans) + pandas: 222.24 s, peak Python memory 458.2 MiB
-    summaries agree: True
-    ratio warm summary / search+pandas: 0.0069 (144x faster); Python peak memory ratio 0.0057
-    peak memory above an idle process: summary 10 MiB anonymous, search+pandas 681 MiB
-
-Since issue 17 the traces carry no app tag: each is linked to ``bench-agent``'s version only by
-its ``mlflow.modelId`` (versions registered from LoggedModels), and the summary attributes them
-through the join on ``trace_request_metadata``. Measured 2026-12-06 at a small size only
-(3,000 traces, 2 days, load average ~6): warm 0.07 s vs search+pandas 0.67 s (ratio 0.10),
-summaries agree. The 100,000-trace figures above predate that change.
+Figures, stores and how they were built: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -45,11 +30,14 @@ import tracemalloc
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from bench.stores import STORES, Served, analyze
+
 VERSIONS = ("1", "2", "3")
 MODELS = {"1": "gpt-4o-mini", "2": "gpt-4o-mini", "3": "acme-llm"}
 EXPERIMENT = "bench-monitoring-model-id"
 AGENT = "bench-agent"
 TARGET_WARM_S = 2.0
+_SERVED: list = []  # the one Served of this process (child processes reuse its server)
 
 
 def _specs(experiment_id: str, rng: random.Random, count: int, first: int, now_ns: int, span_ns: int,
@@ -129,94 +117,11 @@ def _build(settings, n: int, days: int, store_uri: str | None = None, workers: i
         internal.bulk_load_traces(client, list(_specs(experiment_id, rng, count, first, now_ns, days * 86400 * 10**9,
                                                       model_ids)), chunk_size=5000, workers=workers)
         print(f"  {first + count:,} traces written ({time.perf_counter() - started:.0f} s)", flush=True)
-    _analyze(store_uri or settings.tracking_uri)  # planner statistics, as the demo seed does
+    analyze(store_uri or settings.tracking_uri)  # planner statistics, as the demo seed does
     elapsed = time.perf_counter() - started
     print(f"built {n:,} traces in {elapsed:.0f} s ({n / elapsed:,.0f} traces/s)", flush=True)
     marker.write_text(json.dumps({"traces": n, "seconds": round(elapsed, 1)}))
     return experiment_id
-
-
-def _analyze(store_uri: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(store_uri)
-    try:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sa.text("ANALYZE"))
-    finally:
-        engine.dispose()
-
-
-# --- where the store lives: embedded SQLite, or behind `mlflow server` on SQLite or PostgreSQL ------
-
-STORES = ("embedded", "server-sqlite", "server-postgres")
-_SERVED: list = []  # the one _Served of this process (child processes reuse its server)
-
-
-class _Served:
-    """The store of ``--store`` and the app's settings on it; started servers stop at exit."""
-
-    def __init__(self, args) -> None:
-        import atexit
-
-        from services._clients import get_settings
-        from services.settings import load_settings
-
-        self.local = get_settings()  # AGENTOPS_DATA_DIR is the bench folder
-        self.kind = args.store
-        self.store_uri = self.local.tracking_uri
-        self.reader_uri = self.store_uri
-        self.cluster = self.server = None
-        if self.kind == "server-postgres":
-            from tests.harness.postgres import PostgresCluster
-
-            root = self.local.data_dir / "postgres"
-            root.mkdir(parents=True, exist_ok=True)
-            from mlflow import MlflowClient
-
-            self.cluster = PostgresCluster(root)
-            fresh = not (root / "data").exists()
-            if not self.cluster.running():
-                self.cluster.start(settings={"shared_buffers": "1GB", "work_mem": "64MB", "max_wal_size": "4GB"})
-                atexit.register(self.cluster.stop)
-            self.store_uri = self.cluster.url("mlflow")
-            if fresh:
-                self.cluster.create_database("mlflow")
-                MlflowClient(tracking_uri=self.store_uri).search_experiments()  # MLflow creates its tables
-                self.cluster.create_reader("mlflow", rollup_schema="agentops")  # roll-ups: services/_mlflow_internal/rollups.py
-            self.reader_uri = self.store_uri.replace("postgres@", "agentops_reader@")
-        self.app = self.local
-        if self.kind != "embedded":
-            if args.reuse_server:
-                self.url = args.reuse_server
-            else:
-                self.url = self._start_server(args)
-                atexit.register(self.stop)
-
-            def app_settings(**extra):
-                return load_settings({"AGENTOPS_BACKEND": "mlflow", "AGENTOPS_MLFLOW_URI": self.url,
-                                      "AGENTOPS_DATA_DIR": str(self.local.data_dir / "app"), **extra})
-
-            self.app = app_settings(AGENTOPS_STORE_DB_URL=self.reader_uri)
-            self.app_api_only = app_settings()
-
-    def _start_server(self, args) -> str:
-        from tests.harness.mlflow_server import free_port, start_mlflow_server
-
-        port = free_port()
-        log = (self.local.data_dir / "mlflow-server.log").open("ab")
-        self.server = start_mlflow_server(port, self.local.data_dir / "server", backend_store_uri=self.store_uri,
-                                          workers=args.server_workers, env={"MLFLOW_MODEL_CATALOG_URI": ""}, log=log,
-                                          timeout_s=300)
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        from tests.harness.mlflow_server import stop_mlflow_server
-
-        stop_mlflow_server(self.server)
-
-
-# --- the plain approach: search without spans, summarize in pandas --------------------------------
 
 
 def summary_by_search(experiment_id: str, query, interval_seconds: int):
@@ -328,15 +233,15 @@ def _setup(args):
     from services import pricing
     from services._clients import configure_mlflow
 
-    served = _Served(args)
+    served = Served(args)
     experiment_id = _build(served.local, args.traces, args.days, served.store_uri, args.load_workers)
     settings = configure_mlflow(served.app)
     end = datetime.now(tz=timezone.utc) + timedelta(minutes=1)
     query = mon.TraceQuery((experiment_id,), end - timedelta(days=args.days + 1), end, agent=AGENT)
     prices = pricing.DEFAULT_PRICES | {"acme-llm": pricing.ModelPrice(1.0, 4.0, 0.25)}
 
-    def summary(app_settings=settings):
-        return mon.monitoring_data(query, mon.Split.VERSION, VERSIONS, prices=prices, settings=app_settings)
+    def summary(app_settings=settings, which=query):
+        return mon.monitoring_data(which, mon.Split.VERSION, VERSIONS, prices=prices, settings=app_settings)
 
     summary.served = served
     _SERVED[:] = [served]
@@ -405,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-rss", action="store_true", help="do not measure peak RSS in child processes")
     parser.add_argument("--one-search", action="store_true",
                         help="run the search baseline once, in the fresh process that measures its memory")
+    parser.add_argument("--search-fraction", type=float, default=0.0, metavar="F",
+                        help="time the search baseline over only the last F of the window (0 < F < 1; for 1M "
+                             "stores, where the whole search takes hours) and extrapolate to the whole window")
     parser.add_argument("--skip-api", action="store_true", help="server stores: do not time the query_trace_metrics path")
     parser.add_argument("--store", choices=STORES, default="embedded",
                         help="embedded SQLite (default), or the store behind a real `mlflow server` on SQLite or on "
@@ -520,6 +428,27 @@ def main(argv: list[str] | None = None) -> int:
               f"VmHWM), search+pandas {(found['anon'] - base['anon']) / 2**20:.0f} MiB anonymous "
               f"({(found['hwm'] - base['hwm']) / 2**20:.0f} MiB VmHWM); idle process {base['anon'] / 2**20:.0f} MiB")
         args.skip_search = args.skip_rss = True
+    if args.search_fraction and not args.skip_search:
+        # The whole window would take hours: the baseline over its last fraction, checked against the
+        # service's summary of that same narrower window, then scaled to the whole window's traces.
+        import dataclasses
+
+        narrow = dataclasses.replace(query, start=query.end - (query.end - query.start) * args.search_fraction)
+        narrow_data = summary(which=narrow)
+        started = time.perf_counter()
+        by_search = summary_by_search(experiment_id, narrow, narrow_data.interval_seconds)
+        searched = time.perf_counter() - started
+        problems = _agree(narrow_data, by_search)
+        for problem in problems[:10]:
+            print("  DISAGREE", problem)
+        ok = ok and by_search[0] == int(narrow_data.totals["requests"].sum()) and not problems
+        whole = searched * requests / max(by_search[0], 1)
+        print(f"mlflow.search_traces (no spans) + pandas over the last {args.search_fraction:.0%} of the window: "
+              f"{by_search[0]:,} traces in {searched:.2f} s ({by_search[0] / searched:,.0f} traces/s), load average "
+              f"{os.getloadavg()[0]:.1f}; summaries of that window agree: {not problems}")
+        print(f"search+pandas over the whole window extrapolated linearly (an estimate, not a measurement): "
+              f"{whole:,.0f} s; ratio warm summary / search+pandas ~{warm / whole:.6f} ({whole / warm:,.0f}x faster)")
+        args.skip_search = True
     if not args.skip_search:
         by_search, searched, search_peak = _timed(lambda: summary_by_search(experiment_id, query, data.interval_seconds))
         rows = by_search[0]

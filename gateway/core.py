@@ -6,9 +6,11 @@ conversation/user id, and produces one MLflow trace linked to that version's Log
 the tracking store on every request, so a new split, endpoint or deletion applies to the next
 request without a restart.
 
-Traces: on a SQL store each finished trace is captured in-process (the agent's spans plus the
-gateway's root span and metadata) and written in batches by ``TraceWriter`` with the store's
-bulk path (``services._mlflow_internal.span_batch``); elsewhere MLflow's own exporter records them.
+Traces: each finished trace is captured in-process (the agent's spans plus the gateway's root
+span and metadata) and written in batches by ``TraceWriter``: on a SQL store with the store's
+bulk path (``services._mlflow_internal.span_batch``), on a remote ``mlflow server`` with one
+``start_trace`` per trace and one OTLP span request per batch (``rest_trace_batch``); elsewhere
+(or with ``batch_traces=False``) MLflow's own exporter records them.
 Either way the ``TraceLedger`` confirms every trace in the store, backpressure holds requests
 while too many are unconfirmed, and anything that could not be recorded is counted in
 ``/stats`` and ``/health``.
@@ -45,6 +47,7 @@ import mlflow
 from mlflow.entities import SpanType
 from mlflow.entities.span import NO_OP_SPAN_TRACE_ID
 from mlflow.entities.trace_location import MlflowExperimentLocation
+from mlflow.environment_variables import MLFLOW_ASYNC_TRACE_LOGGING_MAX_QUEUE_SIZE
 
 from gateway.journal import JournalEntry, RequestJournal, fingerprint
 from gateway.ledger import LedgerStats, TraceLedger
@@ -66,7 +69,7 @@ from services._clients import configure_mlflow, mlflow_client
 from services._mlflow_internal import span_batch
 from services.errors import ValidationError
 from services.serving import Endpoint
-from services.settings import Backend, Settings
+from services.settings import Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -82,11 +85,14 @@ class Gateway:
         max_pending_traces: int = 2_000,
         batch_traces: bool | None = None,
         max_trace_batch: int = 200,
+        trace_linger_s: float = 0.1,
         writer_process: bool = True,
         journal: bool = True,
         idempotency_window_s: float = 3_600.0,
     ) -> None:
         """``batch_traces``: None picks the batched writer whenever the store supports it.
+
+        ``trace_linger_s``: how long the writer waits to gather a batch under light traffic.
 
         ``writer_process``: write batches from a child process (``gateway.trace_process``) so
         the store's Python work does not compete with requests for this process's GIL.
@@ -103,7 +109,6 @@ class Gateway:
         self.models = ModelLoader(self.client, self.settings)
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._counts_lock = threading.Lock()
-        self.ledger = TraceLedger(lambda ids: internal.stored_trace_ids(self.client, ids), max_pending=max_pending_traces)
         self.journal = (RequestJournal(settings.data_dir / "gateway-journal.sqlite", window_s=idempotency_window_s)
                         if journal else None)
         self._claims: dict[str, list[Any]] = {}  # request id -> [lock, holders]: one at a time per id
@@ -113,19 +118,26 @@ class Gateway:
         self.writer: TraceWriter | None = None
         self._sink: ProcessTraceSink | None = None
         if batch_traces is not False and span_batch.supports_batching(self.client) and span_batch.install():
-            spool = settings.data_dir / "gateway-spool" if settings.backend is Backend.LOCAL else None
+            # Traces given up on are kept here (JSON lines) as well as counted, on every backend.
+            spool = settings.data_dir / "gateway-spool"
             if writer_process:
                 self._sink = ProcessTraceSink(self.settings)
             self.writer = TraceWriter(
                 self._sink or (lambda traces: span_batch.write_traces(self.client, traces)),
-                max_queue=max_pending_traces, max_batch=max_trace_batch,
+                max_queue=max_pending_traces, max_batch=max_trace_batch, linger_s=trace_linger_s,
                 on_written=self._on_written, on_failed=self._on_failed, spool_dir=spool,
             )
         elif batch_traces:
             raise ValidationError(
-                "Batched trace writing needs a SQL tracking store and MLflow's span processor hook; "
+                "Batched trace writing needs a SQL tracking store or an mlflow server, and MLflow's span "
+                "processor hook; "
                 "leave batch_traces unset to fall back to MLflow's exporter."
             )
+        if self.writer is None:
+            # MLflow's exporter discards a trace when its task queue is full (a trace takes one task
+            # for its info and at least one for its spans), so the backpressure stops well before.
+            max_pending_traces = min(max_pending_traces, max(1, MLFLOW_ASYNC_TRACE_LOGGING_MAX_QUEUE_SIZE.get() // 4))
+        self.ledger = TraceLedger(lambda ids: internal.stored_trace_ids(self.client, ids), max_pending=max_pending_traces)
         self._not_captured = 0
         _logger.info("gateway traces are written %s", "in batches" if self.writer else "by MLflow's exporter")
         self._replay_thread: threading.Thread | None = None
@@ -164,7 +176,7 @@ class Gateway:
                 return
             if self.writer is None:
                 _logger.error("%d journaled traces wait to be written, but this gateway has no batched writer "
-                              "(the store is not a SQL store); they stay in %s", pending, self.journal.path)
+                              "(neither a SQL store nor an mlflow server, or batch_traces=False); they stay in %s", pending, self.journal.path)
                 return
             _logger.warning("writing %d traces served before the last restart", pending)
             for captured in self.journal.unwritten():

@@ -8,7 +8,8 @@ finished traces through the store), ``bulk_load`` (straight into its tables), ``
 ``rollup_sketch``, ``rollup_tables``, ``rollup_scan`` and ``rollup_combine``), ``distinct_values``
 (a window's model ids and tag values),
 ``store_db`` (the server's database, read-only), ``user_client`` (MLflow clients carrying one
-Databricks user's token) and ``span_batch`` (the gateway's batched trace writer). Each part has a public fallback or refuses
+Databricks user's token) and ``span_batch`` (the gateway's batched trace writer, with
+``rest_trace_batch`` for a remote ``mlflow server``). Each part has a public fallback or refuses
 loudly, and a test that fails when an MLflow upgrade changes what it relies on.
 
 Non-public store methods and tables that make the app fast on a SQL store:

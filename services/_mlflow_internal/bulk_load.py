@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import (
@@ -16,6 +15,8 @@ from mlflow.entities import (
 )
 from mlflow.tracing.constant import SpanAttributeKey, TraceMetadataKey
 
+from services._mlflow_internal import span_stamp
+from services._mlflow_internal.span_stamp import without_missing_litellm
 from services._mlflow_internal.trace_write import (
     _ID_RNG,
     SpanSpec,
@@ -67,7 +68,7 @@ def bulk_load_traces(
     translation and cost calculation) while this one inserts them; trace ids then come from
     per-piece generators seeded from ``rng``. With ``stamp`` (the default) each distinct span shape
     goes through MLflow's translation once and later spans of that shape are stamped into a copy
-    (``_Stamper``); every 100th trace is also built through MLflow's path and the rows compared, a
+    (``Stamper``); every 100th trace is also built through MLflow's path and the rows compared, a
     difference raises.
     """
     if not traces:
@@ -85,7 +86,7 @@ def bulk_load_traces(
     context = _RowContext(store.db_type, experiments, stamp=stamp)
 
     pieces = [traces[start : start + chunk_size] for start in range(0, len(traces), chunk_size)]
-    with _without_missing_litellm():
+    with without_missing_litellm():
         if workers <= 1 or len(pieces) < 2:
             for piece in pieces:
                 trace_ids.extend(_insert(store.engine, _build_rows(context, piece, rng)))
@@ -109,7 +110,12 @@ def bulk_load_traces(
 
 
 def _tables() -> tuple:
-    from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceMetadata, SqlTraceTag
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlSpan,
+        SqlTraceInfo,
+        SqlTraceMetadata,
+        SqlTraceTag,
+    )
 
     return SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlTraceMetadata.__table__, SqlSpan.__table__
 
@@ -145,14 +151,14 @@ def _build_and_copy_seeded(context: "_RowContext", specs: Sequence[TraceSpec], s
 class _RowContext:
     db_type: str  # what _trace_rows reads of the store
     experiments: dict[str, Any]
-    stamp: bool = True  # translate each span shape once (_Stamper) instead of every span
+    stamp: bool = True  # translate each span shape once (Stamper) instead of every span
     verify_every: int = 100  # with stamp: every so many traces also through MLflow's path, rows compared
 
 
 def _build_rows(context: _RowContext, specs: Sequence[TraceSpec], rng: random.Random):
     ids: list[str] = []
     rows: tuple[list[dict], ...] = ([], [], [], [])
-    stamper = _stamper() if context.stamp else None
+    stamper = span_stamp.stamper() if context.stamp else None
     for index, spec in enumerate(specs):
         experiment = context.experiments[spec.experiment_id]
         if stamper is None:
@@ -177,175 +183,9 @@ def _build_rows(context: _RowContext, specs: Sequence[TraceSpec], rng: random.Ra
 
 # --- stamping: MLflow's span translation once per span shape ------------------------------------
 
-# Attribute values that vary from trace to trace and that translate_span_when_storing only passes
-# through (after sanitize_attributes): a shape's template is translated with a marker in their place
-# and each trace's values go into a copy. Token usage also feeds the cost, recomputed per span with
-# MLflow's calculate_cost_by_model_and_token_usage exactly as the translation does.
-_STAMPED_KEYS = (SpanAttributeKey.REQUEST_ID, SpanAttributeKey.INPUTS, SpanAttributeKey.OUTPUTS,
-                 SpanAttributeKey.CHAT_USAGE)
-_MARK = "@@agentops-stamp-7c1e@@"
-
-
-@dataclass(frozen=True)
-class _StampedSpan:
-    """What ``_trace_rows`` reads of a ``Span``, taken from the shape's template ``Span``."""
-
-    span_id: str
-    parent_id: str | None
-    name: str
-    span_type: Any
-    status: Any
-    start_time_ns: int
-    end_time_ns: int
-
-
-@dataclass(frozen=True)
-class _Template:
-    translated: dict
-    span_type: Any
-    status: Any
-    recompute_cost: bool
-
-
-class _Stamper:
-    """Translates each distinct span shape (everything but ids, times, the request id, inputs,
-    outputs and token usage) once with MLflow's ``translate_span_when_storing`` and stamps each
-    span's own values into a copy. A shape whose translation does not pass the stamped values
-    through unchanged is never stamped (``spans`` returns None and the caller uses MLflow's path)."""
-
-    def __init__(self) -> None:
-        self._templates: dict[tuple, _Template | None] = {}
-        self._costs: dict[tuple, str | None] = {}
-
-    @staticmethod
-    def _key(span_dict: dict) -> tuple:
-        return (
-            span_dict["name"], span_dict["parent_span_id"] is None,
-            span_dict["status"]["code"], span_dict["status"]["message"],
-            tuple((e["name"], tuple(e["attributes"].items())) for e in span_dict["events"]),
-            len(span_dict["links"]),
-            tuple((k, None if k in _STAMPED_KEYS else v) for k, v in span_dict["attributes"].items()),
-        )
-
-    def _template(self, span_dict: dict) -> _Template | None:
-        from mlflow.tracing.otel.translation import translate_span_when_storing
-        from mlflow.tracing.utils import TraceJSONEncoder
-
-        attributes = span_dict["attributes"]
-        marked = {k: json.dumps(f"{_MARK}{k}") if k in _STAMPED_KEYS else v for k, v in attributes.items()}
-        span = Span.from_dict({**span_dict, "attributes": marked})
-        translated = translate_span_when_storing(span)
-        out = translated["attributes"]
-        stamped = [k for k in _STAMPED_KEYS if k in attributes]
-        if any(out.get(k) != marked[k] for k in stamped):
-            return None
-        if json.dumps(translated, cls=TraceJSONEncoder).count(_MARK) != len(stamped):
-            return None  # a marker was copied into another value
-        recompute = (SpanAttributeKey.CHAT_USAGE in stamped and SpanAttributeKey.MODEL in out
-                     and SpanAttributeKey.LLM_COST not in attributes)
-        if recompute and SpanAttributeKey.LLM_COST in out:
-            return None
-        return _Template(translated, span.span_type, span.status, recompute)
-
-    def _cost(self, attributes: dict) -> str | None:
-        """The LLM_COST attribute ``translate_span_when_storing`` adds for these attributes (its own steps)."""
-        from mlflow.tracing.utils import calculate_cost_by_model_and_token_usage, dump_span_attribute_value
-
-        key = (attributes[SpanAttributeKey.CHAT_USAGE], attributes[SpanAttributeKey.MODEL],
-               attributes.get(SpanAttributeKey.MODEL_PROVIDER))
-        if key not in self._costs:
-            value = None
-            try:
-                token_usage = json.loads(key[0])
-                model_name = json.loads(key[1])
-                model_provider = json.loads(key[2]) if SpanAttributeKey.MODEL_PROVIDER in attributes else None
-                if cost := calculate_cost_by_model_and_token_usage(model_name, token_usage, model_provider):
-                    value = dump_span_attribute_value(cost)
-            except Exception:  # noqa: BLE001 - as the translation: no cost
-                value = None
-            if len(self._costs) >= 50_000:  # bounded: token usages vary widely
-                self._costs.clear()
-            self._costs[key] = value
-        return self._costs[key]
-
-    def spans(self, span_dicts: list[dict]) -> list[tuple[_StampedSpan, dict]] | None:
-        from mlflow.entities.span import _decode_id_from_byte
-        from mlflow.tracing.otel.translation import sanitize_attributes
-        from mlflow.tracing.utils import encode_span_id
-
-        out = []
-        for span_dict in span_dicts:
-            key = self._key(span_dict)
-            if key not in self._templates:
-                self._templates[key] = self._template(span_dict)
-            template = self._templates[key]
-            if template is None:
-                return None
-            attributes = span_dict["attributes"]
-            stamped_attributes = dict(template.translated["attributes"])
-            for k in _STAMPED_KEYS:
-                if k in attributes:
-                    value = attributes[k]
-                    # sanitize_attributes changes only a JSON string literal (json.loads gives a str)
-                    if isinstance(value, str) and value.lstrip()[:1] != '"':
-                        stamped_attributes[k] = value
-                    else:
-                        stamped_attributes.update(sanitize_attributes({k: value}))
-            if template.recompute_cost and (cost := self._cost(stamped_attributes)) is not None:
-                stamped_attributes[SpanAttributeKey.LLM_COST] = cost
-            translated = {
-                **template.translated,
-                "trace_id": span_dict["trace_id"],
-                "span_id": span_dict["span_id"],
-                "parent_span_id": span_dict["parent_span_id"],
-                "start_time_unix_nano": span_dict["start_time_unix_nano"],
-                "end_time_unix_nano": span_dict["end_time_unix_nano"],
-                "events": [{**e, "time_unix_nano": mine["time_unix_nano"]}
-                           for e, mine in zip(template.translated["events"], span_dict["events"])],
-                "attributes": stamped_attributes,
-            }
-            parent = span_dict["parent_span_id"]
-            out.append((_StampedSpan(
-                encode_span_id(_decode_id_from_byte(span_dict["span_id"])),
-                encode_span_id(_decode_id_from_byte(parent)) if parent else None,
-                span_dict["name"], template.span_type, template.status,
-                int(span_dict["start_time_unix_nano"]), int(span_dict["end_time_unix_nano"])), translated))
-        return out
-
-
-_STAMPERS: dict[int, _Stamper] = {}
-
-
-def _stamper() -> _Stamper:
-    """This process's stamper (forked builders each keep their own templates across pieces)."""
-    import os
-
-    return _STAMPERS.setdefault(os.getpid(), _Stamper())
-
-
 def _build_rows_seeded(context: _RowContext, specs: Sequence[TraceSpec], seed: int):
-    with _without_missing_litellm():
+    with without_missing_litellm():
         return _build_rows(context, specs, random.Random(seed))
-
-
-@contextlib.contextmanager
-def _without_missing_litellm() -> Iterator[None]:
-    """MLflow's cost calculation tries ``import litellm`` for every costed span and falls back to its
-    own price table when that fails; a failed import is not cached, so each try searches sys.path
-    again (~0.35 ms, about 15% of building a trace's rows). When litellm is not installed, mark it
-    missing for the duration: the import then fails at once, with the same result."""
-    import importlib.util
-    import sys
-
-    if "litellm" in sys.modules or importlib.util.find_spec("litellm") is not None:
-        yield
-        return
-    sys.modules["litellm"] = None  # type: ignore[assignment]  # "import litellm" raises ImportError
-    try:
-        yield
-    finally:
-        if sys.modules.get("litellm", 0) is None:
-            del sys.modules["litellm"]
 
 
 def _json_or_none(value: Any) -> dict | None:
@@ -376,7 +216,7 @@ def _translated(spans: list[Span]) -> list[tuple[Any, dict]]:
 def _trace_rows(store: Any, experiment: Any, info: TraceInfo, spans: list[tuple[Any, dict]]) -> tuple[list[dict], ...]:
     """trace_info, trace_tags, trace_request_metadata and spans rows of one finished trace.
 
-    ``spans``: each span (a ``Span`` or a ``_StampedSpan``: what is read of it is its ids, name,
+    ``spans``: each span (a ``Span`` or a ``StampedSpan``: what is read of it is its ids, name,
     type, status and times) with its translated dict, as ``log_spans`` stores it."""
     from mlflow.store.tracking.utils.trace_analytics import (
         COST_COLUMN_BY_KEY,

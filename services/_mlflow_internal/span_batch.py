@@ -27,9 +27,13 @@ How the capture hooks in, and the non-public MLflow surface it relies on (all ch
   out one session (and ``get_experiment`` read once per batch). Any rollback inside voids the
   batch, which is then written trace by trace through the store's own sessions.
 
-Public fallback: when ``install()`` cannot hook (MLflow changed) or the store is not a SQL store
-(e.g. a remote ``mlflow server``), ``capture(enabled=False)`` captures nothing and MLflow's
-exporter records the trace as usual.
+On a remote ``mlflow server`` (a REST store) ``write_traces`` hands the batch to
+``rest_trace_batch``: each trace's info through ``start_trace`` and the spans of the whole batch
+in one OTLP request per experiment.
+
+Public fallback: when ``install()`` cannot hook (MLflow changed) or the store is neither a SQL
+store nor MLflow's REST store, ``capture(enabled=False)`` captures nothing and MLflow's exporter
+records the trace as usual.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Trace
 from mlflow.entities.model_registry import PromptVersion
 
+from services._mlflow_internal import rest_trace_batch
 from services._mlflow_internal.trace_write import supports_bulk_span_logging, tracking_store
 
 _logger = logging.getLogger(__name__)
@@ -243,8 +248,9 @@ def _rebuild_provider() -> None:
 
 
 def supports_batching(client: MlflowClient) -> bool:
-    """True when traces for this client's store can be captured and written in batches."""
-    return supports_bulk_span_logging(client)
+    """True when traces for this client's store can be captured and written in batches: a SQL
+    store, or a remote ``mlflow server`` (``rest_trace_batch``)."""
+    return supports_bulk_span_logging(client) or rest_trace_batch.supports(client)
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -263,6 +269,11 @@ def write_traces(client: MlflowClient, traces: Sequence[CapturedTrace]) -> dict[
     """
     if not traces:
         return {}
+    if not supports_bulk_span_logging(client) and rest_trace_batch.supports(client):
+        # A remote mlflow server: the batch goes through its REST API (rest_trace_batch).
+        failures = rest_trace_batch.write_traces(client, traces)
+        _after_write(client, [t for t in traces if t.trace_id not in failures])
+        return failures
     store = tracking_store(client)
     try:
         _write_in_one_transaction(store, traces)

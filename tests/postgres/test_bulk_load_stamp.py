@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from services import _mlflow_internal as internal
-from services._mlflow_internal import bulk_load
+from services._mlflow_internal import bulk_load, span_stamp
 
 NOW_NS = time.time_ns()
 
@@ -63,7 +63,7 @@ def test_stamped_rows_equal_mlflows_path_trace_by_trace():
     built = {}
     for stamp in (False, True):
         context = bulk_load._RowContext("postgresql", {"1": _Experiment()}, stamp=stamp, verify_every=10**9)
-        with bulk_load._without_missing_litellm():
+        with span_stamp.without_missing_litellm():
             built[stamp] = bulk_load._build_rows(context, specs, random.Random(3))
     (ids, rows), (stamped_ids, stamped_rows) = built[False], built[True]
     assert stamped_ids == ids
@@ -77,20 +77,20 @@ def test_stamped_rows_equal_mlflows_path_trace_by_trace():
     spans = stamped_rows[3]
     assert any(row["total_cost"] for row in spans) and any(row["model_name"] == "house-model" for row in spans)
     # Most spans really were stamped: a shape whose translation does not pass values through is not.
-    templates = bulk_load._stamper()._templates
+    templates = span_stamp.stamper()._templates
     assert sum(t is not None for t in templates.values()) >= len(templates) - 2
 
 
 def test_a_stamped_trace_that_differs_from_mlflows_path_raises(monkeypatch):
     specs = _specs("1", 5)
     context = bulk_load._RowContext("postgresql", {"1": _Experiment()}, stamp=True, verify_every=1)
-    real = bulk_load._Stamper.spans
+    real = span_stamp.Stamper.spans
 
     def off_by_one(self, span_dicts):
         out = real(self, span_dicts)
         return [(span, {**d, "end_time_unix_nano": d["end_time_unix_nano"] + 1}) for span, d in out]
 
-    monkeypatch.setattr(bulk_load._Stamper, "spans", off_by_one)
+    monkeypatch.setattr(span_stamp.Stamper, "spans", off_by_one)
     with pytest.raises(RuntimeError, match="differ from MLflow's own path"):
         bulk_load._build_rows(context, specs, random.Random(3))
 

@@ -82,6 +82,7 @@ def confirm_box(
     compact: bool = False,
     in_form: bool = False,
     button_type: str = "primary",
+    held_as: str = "",
 ) -> Confirmation:
     """Render the confirmation and return what the user did.
 
@@ -100,6 +101,7 @@ def confirm_box(
         actor: who acts (shown, escaped; the service records them).
         compact: one line (who acts · what changes) and the button; no reason field.
         in_form: inside an ``st.form``: the buttons are the form's submit buttons.
+        held_as: the key a reviewed change is held under (``hold``): Cancel forgets it and reruns.
     """
     who = f":material/person: **{plain(actor)}**" if actor else ""
     if compact:
@@ -138,6 +140,9 @@ def confirm_box(
     confirmed = press(buttons[0], confirm_label, type=button_type, icon=icon, key=keys.confirm,
                       disabled=bool(disabled_hint) or bool(missing) or not ready)
     cancelled = bool(keys.cancel) and bool(press(buttons[1], "Cancel", key=keys.cancel))
+    if cancelled and held_as:
+        release(held_as)
+        st.rerun()
     return Confirmation(bool(confirmed), cancelled, reason.strip(), override)
 
 

@@ -131,10 +131,7 @@ def _form(settings: Settings, identity: Identity, agent: str, current: live_scor
             f"Live scoring of **{plain(agent)}**: {plain(_summary(current))} → {plain(_summary(wanted))}\n\n"
             + changes(asdict(current) if current is not None else None, asdict(wanted)),
             keys=ConfirmKeys(confirm=f"{key}_save", cancel=f"{key}_save_cancel"), confirm_label="Save live scoring",
-            icon=":material/save:", ask_reason=False, actor=identity.user)
-        if answer.cancelled:
-            release(key)
-            st.rerun()
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as=key)
         if answer.confirmed:
             try:
                 with st.spinner("Saving live scoring…"):

@@ -94,10 +94,7 @@ with rules_tab:
         answer = confirm_box(
             f"{'Change' if before else 'Add'} rule **{plain(values['name'])}**:\n\n{changes(before, after)}",
             keys=ConfirmKeys(confirm="rule_save", cancel="rule_save_cancel"), confirm_label="Save rule",
-            icon=":material/save:", ask_reason=False, actor=identity.user)
-        if answer.cancelled:
-            release("alerts.rule")
-            st.rerun()
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.rule")
         if answer.confirmed:
             try:
                 expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
@@ -197,10 +194,7 @@ with channels_tab:
                if exists and not replace_existing else "")
             + ". The URL is stored as a secret and never shown again.",
             keys=ConfirmKeys(confirm="channel_save", cancel="channel_save_cancel"), confirm_label="Save channel",
-            icon=":material/save:", ask_reason=False, actor=identity.user)
-        if answer.cancelled:
-            release("alerts.channel")
-            st.rerun()
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.channel")
         if answer.confirmed:
             try:
                 channel = alerting.save_channel(settings, name, url, identity, replace_existing=replace_existing)

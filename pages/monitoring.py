@@ -198,10 +198,7 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
         answer = confirm_box(f"Thresholds for **{plain(target)}**:\n\n{changes(asdict(current), asdict(pending[1]))}",
                              keys=ConfirmKeys(confirm="mon_thr_save", cancel="mon_thr_cancel"),
                              confirm_label="Save thresholds", icon=":material/save:", ask_reason=False,
-                             actor=identity.user)
-        if answer.cancelled:
-            release("mon.thresholds")
-            st.rerun()
+                             actor=identity.user, held_as="mon.thresholds")
         if answer.confirmed:
             try:
                 alerts.save_thresholds(settings, target_key, pending[1], identity=identity,

@@ -177,10 +177,7 @@ if settings.backend is not Backend.DATABRICKS:
             answer = confirm_box(f"**{plain(user)}**: {plain(now)} → **{plain(new_role)}**",
                                  keys=ConfirmKeys(confirm="overview_grant_go", cancel="overview_grant_cancel"),
                                  confirm_label="Grant role", icon=":material/how_to_reg:", ask_reason=False,
-                                 actor=identity.user)
-            if answer.cancelled:
-                release("overview.grant")
-                st.rerun()
+                                 actor=identity.user, held_as="overview.grant")
             if answer.confirmed:
                 try:
                     roles.grant(user, new_role, identity=identity, settings=settings, expected_version=seen)

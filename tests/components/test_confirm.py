@@ -117,3 +117,23 @@ def test_changes_lists_only_what_changes():
         "- **threshold**: 0.1 → 0.25", "- **channels**: a → a, b", "- **arm**: b → —"]
     assert changes(None, {"name": "x", "agent": None}).splitlines() == ["- **name**: x", "- **agent**: —"]
     assert changes(after, after) == "_Nothing changes._"
+
+
+def test_cancel_forgets_the_held_change():
+    def page() -> None:
+        import streamlit as st
+
+        from components.confirm import ConfirmKeys, confirm_box, held, hold
+
+        if st.button("Review", key="h.review"):
+            hold("h", {"threshold": 0.2})
+        if held("h") is not None:
+            confirm_box("change", keys=ConfirmKeys(confirm="h.go", cancel="h.cancel"), ask_reason=False, held_as="h")
+
+    app = AppTest.from_function(page, default_timeout=30)
+    app.run()
+    app.button(key="h.review").click().run()
+    assert app.session_state["h.pending"] == {"threshold": 0.2}
+    app.button(key="h.cancel").click().run()
+    assert not app.exception and "h.pending" not in app.session_state
+    assert [b.key for b in app.button] == ["h.review"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import streamlit as st
 
 from components.caching import per_user_cache
@@ -32,6 +34,18 @@ NEW = "(new rule)"
 @per_user_cache(ttl=60, show_spinner=False)
 def _agent_names(settings: Settings) -> list[str]:
     return [a.name for a in registry.list_agents(settings)]
+
+
+def _apply(change: Callable[[], Any], *, failed: str, done: Callable[[Any], str], forget: str) -> None:
+    """Make a confirmed change: its error on the page, or (forgetting the held change) a notice and a rerun."""
+    try:
+        result = change()
+    except AgentOpsError as exc:
+        show_error(exc, what=failed)
+        return
+    release(forget)
+    st.session_state["alerts_flash"] = [done(result)]
+    st.rerun()
 
 
 settings = current_settings()
@@ -96,16 +110,11 @@ with rules_tab:
             keys=ConfirmKeys(confirm="rule_save", cancel="rule_save_cancel"), confirm_label="Save rule",
             icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.rule")
         if answer.confirmed:
-            try:
-                expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
-                    else snap.rule_versions.get(current.name, 0)
-                saved = alerting.save_rule(settings, values, identity, expected_version=expected)
-            except AgentOpsError as exc:
-                show_error(exc, what="The rule was not saved")
-            else:
-                release("alerts.rule")
-                st.session_state["alerts_flash"] = [f"Saved rule {saved.name}: {saved.condition}."]
-                st.rerun()
+            expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
+                else snap.rule_versions.get(current.name, 0)
+            _apply(lambda: alerting.save_rule(settings, values, identity, expected_version=expected),
+                   failed="The rule was not saved", done=lambda r: f"Saved rule {r.name}: {r.condition}.",
+                   forget="alerts.rule")
     if current is not None and can_manage:
         with st.expander(f"Delete rule {current.name}"):
             sure = st.checkbox(f"Yes, delete {current.name}", key="rule_delete_sure")
@@ -196,14 +205,9 @@ with channels_tab:
             keys=ConfirmKeys(confirm="channel_save", cancel="channel_save_cancel"), confirm_label="Save channel",
             icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.channel")
         if answer.confirmed:
-            try:
-                channel = alerting.save_channel(settings, name, url, identity, replace_existing=replace_existing)
-            except AgentOpsError as exc:
-                show_error(exc, what="The channel was not saved")
-            else:
-                release("alerts.channel")
-                st.session_state["alerts_flash"] = [f"Saved channel {channel.name}: {channel.masked}."]
-                st.rerun()
+            _apply(lambda: alerting.save_channel(settings, name, url, identity, replace_existing=replace_existing),
+                   failed="The channel was not saved", done=lambda c: f"Saved channel {c.name}: {c.masked}.",
+                   forget="alerts.channel")
 
 with history_tab:
     st.subheader("Incidents")

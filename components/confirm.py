@@ -161,6 +161,9 @@ def release(key: str) -> None:
     st.session_state.pop(f"{key}.pending", None)
 
 
+NOTHING_CHANGES = "Nothing to save: these are the stored values."
+
+
 def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
     """Markdown list of the fields that change: ``**field**: before → after`` (all fields when new).
 

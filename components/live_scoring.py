@@ -10,7 +10,7 @@ from typing import Sequence
 import streamlit as st
 
 from components.caching import per_user_cache
-from components.confirm import ConfirmKeys, changes, confirm_box, held, hold, release
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, role_hint
 from components.errors import show_error
 from components.live_quality import render_live_quality
@@ -131,7 +131,8 @@ def _form(settings: Settings, identity: Identity, agent: str, current: live_scor
             f"Live scoring of **{plain(agent)}**: {plain(_summary(current))} → {plain(_summary(wanted))}\n\n"
             + changes(asdict(current) if current is not None else None, asdict(wanted)),
             keys=ConfirmKeys(confirm=f"{key}_save", cancel=f"{key}_save_cancel"), confirm_label="Save live scoring",
-            icon=":material/save:", ask_reason=False, actor=identity.user, held_as=key)
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as=key,
+            missing=NOTHING_CHANGES if current == wanted else "")
         if answer.confirmed:
             try:
                 with st.spinner("Saving live scoring…"):

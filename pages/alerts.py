@@ -20,7 +20,7 @@ from components.alerting import (
     rules_frame,
     when,
 )
-from components.confirm import ConfirmKeys, changes, confirm_box, held, hold, release
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.tables import plain
@@ -108,7 +108,8 @@ with rules_tab:
         answer = confirm_box(
             f"{'Change' if before else 'Add'} rule **{plain(values['name'])}**:\n\n{changes(before, after)}",
             keys=ConfirmKeys(confirm="rule_save", cancel="rule_save_cancel"), confirm_label="Save rule",
-            icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.rule")
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.rule",
+            missing=NOTHING_CHANGES if before == after else "")
         if answer.confirmed:
             expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
                 else snap.rule_versions.get(current.name, 0)

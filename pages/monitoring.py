@@ -14,7 +14,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from dataclasses import asdict
 
-from components.confirm import ConfirmKeys, changes, confirm_box, held, hold, release
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
 from components.errors import show_error
@@ -198,7 +198,8 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
         answer = confirm_box(f"Thresholds for **{plain(target)}**:\n\n{changes(asdict(current), asdict(pending[1]))}",
                              keys=ConfirmKeys(confirm="mon_thr_save", cancel="mon_thr_cancel"),
                              confirm_label="Save thresholds", icon=":material/save:", ask_reason=False,
-                             actor=identity.user, held_as="mon.thresholds")
+                             actor=identity.user, held_as="mon.thresholds",
+                             missing=NOTHING_CHANGES if asdict(current) == asdict(pending[1]) else "")
         if answer.confirmed:
             try:
                 alerts.save_thresholds(settings, target_key, pending[1], identity=identity,
@@ -370,7 +371,8 @@ with prices_tab:
                          keys=ConfirmKeys(confirm="mon_save_prices"), confirm_label="Save prices",
                          icon=":material/save:", ask_reason=False, actor=identity.user, button_type="secondary",
                          disabled_hint="" if can_edit else role_hint(roles.Action.EDIT_RULES),
-                         missing="Fix the price table first." if refused else "")
+                         missing="Fix the price table first." if refused else (
+                             NOTHING_CHANGES if rows is not None and _shown(rows) == _shown(prices) else ""))
     if answer.confirmed:
         try:
             pricing.save_prices(settings, {m: asdict(p) for m, p in rows.items()}, identity=identity,

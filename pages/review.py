@@ -13,7 +13,7 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
-from components.confirm import ConfirmKeys, changes, confirm_box, held, hold, release
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
 from components.review import (agreement_frame, labeling_session_block, name_trend_chart, names_frame,
@@ -473,7 +473,8 @@ with labels_tab:
                        keys=ConfirmKeys(confirm="lq_save"), confirm_label="Save questions", icon=":material/save:",
                        ask_reason=False, actor=user, button_type="secondary",
                        disabled_hint="" if can_edit_questions else role_hint(roles.Action.EDIT_RULES),
-                       missing="Fix the questions first." if refused else "").confirmed:
+                       missing="Fix the questions first." if refused else (
+                           NOTHING_CHANGES if _shown(parsed) == _shown(current_questions) else "")).confirmed:
             try:
                 fb.set_label_questions(label_agent, parsed, settings, identity=identity)
             except AgentOpsError as exc:

@@ -75,7 +75,7 @@ def history_frame(entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def rule_form(current: AlertRule | None, channel_names: Sequence[str], agents: Sequence[str], *,
               disabled: bool) -> dict[str, Any] | None:
-    """The rule editor; returns the entered values when Save was pressed (validation is the service's).
+    """The rule editor; returns the entered values when Review was pressed (validation is the service's).
 
     Widget keys end with ``@<rule>`` when a stored rule is edited, so picking another rule shows its values
     (a keyed widget keeps its state across runs whatever its default says).
@@ -121,7 +121,7 @@ def rule_form(current: AlertRule | None, channel_names: Sequence[str], agents: S
                                          default=[ch for ch in (c.channels if c else ()) if ch in channel_names],
                                          key=f"rule_channels{suffix}", disabled=disabled)
         enabled = bottom[1].checkbox("Enabled", value=c.enabled if c else True, key=f"rule_enabled{suffix}", disabled=disabled)
-        pressed = st.form_submit_button("Save rule", type="primary", disabled=disabled)
+        pressed = st.form_submit_button("Review rule", icon=":material/fact_check:", disabled=disabled)
     if not pressed:
         return None
     return dict(name=name.strip(), measure=measure.value, threshold=threshold, window_minutes=int(window),
@@ -131,7 +131,7 @@ def rule_form(current: AlertRule | None, channel_names: Sequence[str], agents: S
 
 
 def channel_form(*, disabled: bool) -> tuple[str, str, bool] | None:
-    """The channel editor: name, URL (masked input) and whether to replace an existing channel."""
+    """The channel editor: name, URL (masked input) and whether to replace an existing channel (on Review)."""
     with st.form("alert_channel_form", clear_on_submit=True, border=True):
         cols = st.columns([1, 3])
         name = cols[0].text_input("Channel name", key="channel_name", placeholder="oncall-slack", disabled=disabled)
@@ -140,7 +140,7 @@ def channel_form(*, disabled: bool) -> tuple[str, str, bool] | None:
                                              "mailtos://user:pass@host?to=... · json://host/path",
                                  help="Any apprise URL. It is stored as a secret and never shown again.")
         replace = st.checkbox("Replace the channel if it exists", key="channel_replace", disabled=disabled)
-        pressed = st.form_submit_button("Save channel", type="primary", disabled=disabled)
+        pressed = st.form_submit_button("Review channel", icon=":material/fact_check:", disabled=disabled)
     if not pressed:
         return None
     return name.strip(), url, replace

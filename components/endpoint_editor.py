@@ -71,7 +71,7 @@ def _confirmation(reason: str, *, settings: Any, identity: Any, on_change: Calla
     st.markdown(f"**Preview.** {plain(plan.summary())}")
     st.dataframe(plan_frame(plan), hide_index=True, use_container_width=True)
     answer = confirm_box(None, keys=ConfirmKeys(confirm=_k("confirm"), cancel=_k("cancel")),
-                         confirm_label="Confirm and apply", ask_reason=False,
+                         confirm_label="Confirm and apply", ask_reason=False, actor=identity.user,
                          missing="" if reason.strip() else "A reason is needed to confirm.")
     if answer.confirmed:
         try:

@@ -3,13 +3,14 @@ on what share of traces, on which traces; and what the background worker last di
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Sequence
 
 import streamlit as st
 
 from components.caching import per_user_cache
-from components.confirm import ConfirmKeys, confirm_box
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, role_hint
 from components.errors import show_error
 from components.live_quality import render_live_quality
@@ -91,6 +92,8 @@ def _form(settings: Settings, identity: Identity, agent: str, current: live_scor
     for reason, names in blocked.items():
         st.caption(f":material/block: {plain(', '.join(names))} unavailable: {plain(reason)}")
     key = f"live_{agent}_{version}"
+    if flash := st.session_state.pop(f"live_{agent}_flash", None):
+        st.success(flash, icon=":material/check_circle:")
     with st.form(key=f"{key}_form", border=False):
         picked = st.multiselect("Scorers", usable, default=[s for s in base.scorers if s in usable],
                                 format_func=lambda n: labels.get(n, n), key=f"{key}_scorers")
@@ -108,28 +111,46 @@ def _form(settings: Settings, identity: Identity, agent: str, current: live_scor
         guidelines = st.text_area("Guidelines (one per line; for the Guidelines judge)",
                                   value="\n".join(base.guidelines), key=f"{key}_guidelines")
         enabled = st.toggle("Running", value=base.enabled, key=f"{key}_enabled")
-        submitted = st.form_submit_button("Save live scoring", icon=":material/save:", disabled=not can_edit)
+        reviewed = st.form_submit_button("Review live scoring", icon=":material/fact_check:", disabled=not can_edit)
     if not can_edit:
         st.caption(f":material/lock: {role_hint(ACTION)}")
-    if submitted:
+    if reviewed:  # checked now, saved only once confirmed
+        release(key)
         wanted = live_scoring.LiveScoringConfig(
             scorers=tuple(picked), sample_rate=float(rate), filter_string=filter_string.strip(),
             latency_budget_ms=float(latency), cost_budget_usd=float(cost),
             forbidden_terms=tuple(t.strip() for t in terms.split(",") if t.strip()),
             guidelines=tuple(g.strip() for g in guidelines.splitlines() if g.strip()), enabled=enabled)
         try:
-            with st.spinner("Saving live scoring…"):
-                live_scoring.save_config(agent, wanted, identity=identity, settings=settings, expected_version=version)
-            _configs.clear()
-            st.success(f"Live scoring of {plain(agent)}: {plain(_summary(current))} → {plain(_summary(wanted))}.")
+            hold(key, live_scoring.validate(agent, wanted, settings))
         except AgentOpsError as exc:
             show_error(exc, what="Live scoring not saved")
+    wanted = held(key)
+    if wanted is not None:
+        answer = confirm_box(
+            f"Live scoring of **{plain(agent)}**: {plain(_summary(current))} → {plain(_summary(wanted))}\n\n"
+            + changes(asdict(current) if current is not None else None, asdict(wanted)),
+            keys=ConfirmKeys(confirm=f"{key}_save", cancel=f"{key}_save_cancel"), confirm_label="Save live scoring",
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as=key,
+            missing=NOTHING_CHANGES if current == wanted else "")
+        if answer.confirmed:
+            try:
+                with st.spinner("Saving live scoring…"):
+                    live_scoring.save_config(agent, wanted, identity=identity, settings=settings,
+                                             expected_version=version)
+                _configs.clear()
+                release(key)
+                st.session_state[f"live_{agent}_flash"] = (f"Live scoring of {plain(agent)}: {plain(_summary(current))} → "
+                                                    f"{plain(_summary(wanted))}.")
+                st.rerun()
+            except AgentOpsError as exc:
+                show_error(exc, what="Live scoring not saved")
     if current is None or not can_edit:
         return
     with st.container(border=True):  # inside the "Configure live scoring" expander, which cannot hold another
         sure = st.checkbox(f"Yes, stop scoring {agent}'s live traffic", key=f"{key}_remove_sure")
         removed = confirm_box(None, keys=ConfirmKeys(confirm=f"{key}_remove"), confirm_label="Remove live scoring",
-                              icon=":material/delete:", ask_reason=False,
+                              icon=":material/delete:", ask_reason=False, actor=identity.user,
                               missing="" if sure else "Tick the box to remove.").confirmed
     if removed:
         try:

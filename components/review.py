@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components.charts import _PALETTE, chart_text, time_axis
+from components.confirm import ConfirmKeys, confirm_box
 from components.errors import show_error
 from components.tables import plain, readable
 from services.errors import AgentOpsError
@@ -49,8 +50,12 @@ def render_conversation(conv: Conversation) -> None:
                 st.code(conv.raw_output, language="json", wrap_lines=True)
 
 
-def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review | None) -> tuple[bool, Review]:
-    """The review form, prefilled with the reviewer's earlier judgement; returns (submitted, review)."""
+def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review | None, *, summary: str = "",
+                actor: str = "") -> tuple[bool, Review]:
+    """The review form, prefilled with the reviewer's earlier judgement; returns (submitted, review).
+
+    Submitting is the compact confirmation (``confirm_box``): one line says who judges what, then the button.
+    """
     previous = previous or Review()
     with st.form(key, clear_on_submit=False, border=True):
         thumbs_labels = list(THUMBS_OPTIONS)
@@ -72,7 +77,8 @@ def review_form(key: str, questions: tuple[LabelQuestion, ...], previous: Review
                 labels[q.name] = "" if choice == NO_ANSWER else choice
             else:
                 labels[q.name] = st.text_input(plain(q.prompt), value=old, key=f"{key}_label_{q.name}")
-        submitted = st.form_submit_button("Submit review", type="primary", icon=":material/send:")
+        submitted = confirm_box(summary, keys=ConfirmKeys(confirm=f"{key}_submit"), confirm_label="Submit review",
+                                icon=":material/send:", actor=actor, compact=True, in_form=True).confirmed
     review = Review(
         thumbs_up=THUMBS_OPTIONS[thumbs], rating=None if rating == "—" else int(rating),
         comment=comment or "", corrected_answer=corrected or "",

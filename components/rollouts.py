@@ -101,7 +101,7 @@ def _current(rollout: rc.Rollout, *, settings: Settings, identity: Identity, can
     for (label, summary, run), col in zip(actions, cols):
         with col:
             if confirm_box(summary, keys=ConfirmKeys(confirm=f"{key}::{label}"), confirm_label=label,
-                           ask_reason=False, disabled_hint=hint).confirmed:
+                           ask_reason=False, disabled_hint=hint, actor=identity.user).confirmed:
                 _do(run, f"{label} failed")
     with cols[-1]:
         sure = st.checkbox("Abort: all traffic to the champion", key=f"{key}::abort_sure", disabled=not can_change)
@@ -109,7 +109,7 @@ def _current(rollout: rc.Rollout, *, settings: Settings, identity: Identity, can
             f"Abort: **{plain(plan.challenger)}** {rollout.share} % → 0 %, **{plain(plan.champion)}** gets all "
             "traffic; aliases stay as they are.", keys=ConfirmKeys(confirm=f"{key}::abort", reason=f"{key}::abort_reason"),
             confirm_label="Abort rollout", reason_label="Reason for aborting (optional, recorded)", disabled_hint=hint,
-            missing="" if sure else "Tick the box above to abort.")
+            missing="" if sure else "Tick the box above to abort.", actor=identity.user)
     if answer.confirmed:
         _do(lambda: rc.abort(plan.endpoint, identity, settings, ports, reason=answer.reason),
             "The rollout was not aborted")
@@ -170,7 +170,7 @@ def _plan_form(endpoint: str, arms: Sequence[str], *, settings: Settings, identi
         f"{plan.dwell_seconds // 60} min per step; guardrails {plain(rails)}; at the end: {plan.final.value}. "
         f"The first step moves {plan.steps[0]} % of traffic now.",
         keys=ConfirmKeys(confirm=f"{key}::start", cancel=f"{key}::start_cancel"), confirm_label="Start rollout",
-        ask_reason=False, disabled_hint="" if can_change else NO_ROLE)
+        ask_reason=False, disabled_hint="" if can_change else NO_ROLE, actor=identity.user)
     if answer.cancelled:
         st.session_state.pop(planned, None)
         st.rerun()

@@ -122,7 +122,7 @@ def escape_md(text: str) -> str:
 
 def promote_form(report: ArmReport, *, key: str, labels: dict[str, str], can_change: bool, caption: str,
                  now: str, after_note: Callable[[str], str] | None = None,
-                 allow_override: bool = False) -> PromoteRequest | None:
+                 allow_override: bool = False, actor: str = "") -> PromoteRequest | None:
     """Pick an arm, promote or roll back, with a reason; returns the request once confirmed.
 
     ``labels`` names each arm (entity name → label); ``now`` describes the current split and
@@ -147,7 +147,7 @@ def promote_form(report: ArmReport, *, key: str, labels: dict[str, str], can_cha
     answer = confirm_box(f"**Now:** {escape_md(now)}  \n**After:** {escape_md(after)}",
                          keys=ConfirmKeys(confirm=f"{prefix}promote::{name}", reason=f"{prefix}why::{name}"),
                          reason_label="Reason", reason_required=True,
-                         disabled_hint="" if can_change else "Your role may not change traffic.")
+                         disabled_hint="" if can_change else "Your role may not change traffic.", actor=actor)
     if answer.confirmed:
         # The same arm and action keep their request id until ``promote_done``: a retry completes it once.
         kept = st.session_state.get(f"{prefix}request::{name}")

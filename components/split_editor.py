@@ -123,7 +123,7 @@ def drop_split(key: str) -> None:
 
 
 def split_confirmation(key: str, apply: Callable[[str, Callable[[str], None]], Endpoint], *,
-                       note: str | None = None) -> Endpoint | None:
+                       note: str | None = None, actor: str = "") -> Endpoint | None:
     """Preview the plan under ``key`` and apply it once confirmed; returns the stored endpoint then.
 
     ``apply(request_id, progress)`` writes the split. The request id is made once per
@@ -144,7 +144,7 @@ def split_confirmation(key: str, apply: Callable[[str, Callable[[str], None]], E
                    icon=":material/sync_problem:")
     # The reason was typed in the editor above (it is part of what was reviewed).
     answer = confirm_box(None, keys=ConfirmKeys(confirm=f"{key}::confirm", cancel=f"{key}::cancel"),
-                         confirm_label="Confirm and apply", ask_reason=False)
+                         confirm_label="Confirm and apply", ask_reason=False, actor=actor)
     if answer.confirmed:
         try:
             with st.status("Applying the new split…", expanded=True) as status:
@@ -168,7 +168,7 @@ def split_editor(endpoint: Endpoint, rows: list[SplitRow], *, prefix: str, can_c
                  plan: Callable[[dict[Hashable, int], bool | None], SplitPlan],
                  apply: Callable[[SplitPlan, str, str, Callable[[str], None]], Endpoint],
                  intro: str, add: VersionSource | None = None, sticky: bool | None = None,
-                 sticky_locked: bool = False, note: str | None = None) -> Endpoint | None:
+                 sticky_locked: bool = False, note: str | None = None, actor: str = "") -> Endpoint | None:
     """The one split editor, for every backend: shares per arm, a reason, a preview, then confirm.
 
     ``plan(shares, sticky)`` validates the shares (keyed by each row's ``ref``) into a plan;
@@ -203,7 +203,7 @@ def split_editor(endpoint: Endpoint, rows: list[SplitRow], *, prefix: str, can_c
             show_error(exc, what="This split cannot be applied")
     proposed = st.session_state.get(plan_key)
     stored = split_confirmation(plan_key, lambda request_id, progress: apply(proposed, reason, request_id, progress),
-                                note=note)
+                                note=note, actor=actor)
     if stored is not None:
         st.session_state.pop(state_key, None)
     return stored

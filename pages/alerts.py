@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import streamlit as st
 
 from components.caching import per_user_cache
@@ -18,11 +20,11 @@ from components.alerting import (
     rules_frame,
     when,
 )
-from components.confirm import ConfirmKeys, confirm_box
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.errors import show_error
 from components.tables import plain
-from services import alerting, registry, roles
+from services import alerting, notify, registry, roles
 from services.errors import AgentOpsError, ValidationError
 from services.settings import Settings
 
@@ -32,6 +34,18 @@ NEW = "(new rule)"
 @per_user_cache(ttl=60, show_spinner=False)
 def _agent_names(settings: Settings) -> list[str]:
     return [a.name for a in registry.list_agents(settings)]
+
+
+def _apply(change: Callable[[], Any], *, failed: str, done: Callable[[Any], str], forget: str) -> None:
+    """Make a confirmed change: its error on the page, or (forgetting the held change) a notice and a rerun."""
+    try:
+        result = change()
+    except AgentOpsError as exc:
+        show_error(exc, what=failed)
+        return
+    release(forget)
+    st.session_state["alerts_flash"] = [done(result)]
+    st.rerun()
 
 
 settings = current_settings()
@@ -76,22 +90,36 @@ with rules_tab:
     chosen = st.selectbox("Edit", [NEW, *names], key="rule_pick")
     current = next((r for r in snap.rules if r.name == chosen), None)
     values = rule_form(current, [c.name for c in snap.channels], agents, disabled=not can_manage)
-    if values is not None:
+    if values is not None:  # reviewed: checked now, saved only once confirmed
+        release("alerts.rule")
         try:
-            expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
-                else snap.rule_versions.get(current.name, 0)
             if current is None and values["name"] in names:
                 raise ValidationError(f"A rule named {values['name']!r} exists; pick it under Edit to change it.")
-            saved = alerting.save_rule(settings, values, identity, expected_version=expected)
+            alerting.validate_rule(values)
         except AgentOpsError as exc:
             show_error(exc, what="The rule was not saved")
         else:
-            st.session_state["alerts_flash"] = [f"Saved rule {saved.name}: {saved.condition}."]
-            st.rerun()
+            hold("alerts.rule", (values, current.name if current else None))
+    pending = held("alerts.rule")
+    if pending is not None and pending[1] == (current.name if current else None):
+        values, _ = pending
+        before = current.to_record() if current is not None and current.name == values["name"] else None
+        after = alerting.validate_rule(values).to_record()
+        answer = confirm_box(
+            f"{'Change' if before else 'Add'} rule **{plain(values['name'])}**:\n\n{changes(before, after)}",
+            keys=ConfirmKeys(confirm="rule_save", cancel="rule_save_cancel"), confirm_label="Save rule",
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.rule",
+            missing=NOTHING_CHANGES if before == after else "")
+        if answer.confirmed:
+            expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
+                else snap.rule_versions.get(current.name, 0)
+            _apply(lambda: alerting.save_rule(settings, values, identity, expected_version=expected),
+                   failed="The rule was not saved", done=lambda r: f"Saved rule {r.name}: {r.condition}.",
+                   forget="alerts.rule")
     if current is not None and can_manage:
         with st.expander(f"Delete rule {current.name}"):
             sure = st.checkbox(f"Yes, delete {current.name}", key="rule_delete_sure")
-            if confirm_box(None, keys=ConfirmKeys(confirm="rule_delete"), confirm_label="Delete rule", ask_reason=False,
+            if confirm_box(None, keys=ConfirmKeys(confirm="rule_delete"), confirm_label="Delete rule", ask_reason=False, actor=identity.user,
                            icon=":material/delete:", missing="" if sure else "Tick the box to delete.").confirmed:
                 try:
                     alerting.delete_rule(settings, current.name, identity)
@@ -102,8 +130,12 @@ with rules_tab:
                     st.session_state.pop("rule_pick", None)
                     st.rerun()
     if snap.rules and can_manage:
-        if st.button("Evaluate rules now", key="evaluate_now",
-                     help="what the worker does every minute; sends what incidents owe"):
+        st.divider()
+        if confirm_box("Evaluate every enabled rule on live traffic now, as the worker does every minute: incidents "
+                       "open or resolve and their channels are notified.",
+                       keys=ConfirmKeys(confirm="evaluate_now"), confirm_label="Evaluate rules now",
+                       icon=":material/play_arrow:", ask_reason=False, actor=identity.user, compact=True,
+                       button_type="secondary").confirmed:
             try:
                 with st.spinner("Evaluating rules…"):
                     report = alerting.evaluate_and_notify(settings)
@@ -118,9 +150,11 @@ with rules_tab:
 with channels_tab:
     if snap.channels:
         st.dataframe(channels_frame(snap.channels), hide_index=True, width="stretch")
-        test_cols = st.columns([2, 1])
-        target = test_cols[0].selectbox("Channel", [c.name for c in snap.channels], key="channel_pick")
-        if test_cols[1].button("Send test alert", key="send_test", disabled=not can_manage, type="primary"):
+        target = st.selectbox("Channel", [c.name for c in snap.channels], key="channel_pick")
+        if confirm_box(f"Send a test notification to **{plain(target)}** now; it is kept in the delivery history.",
+                       keys=ConfirmKeys(confirm="send_test"), confirm_label="Send test alert",
+                       icon=":material/send:", ask_reason=False, actor=identity.user, compact=True,
+                       disabled_hint="" if can_manage else role_hint(roles.Action.MANAGE_ALERTS)).confirmed:
             try:
                 with st.spinner(f"Sending a test alert to {target}…"):
                     result = alerting.send_test_alert(settings, target, identity)
@@ -136,7 +170,7 @@ with channels_tab:
             with st.expander(f"Delete channel {target}"):
                 sure = st.checkbox(f"Yes, delete {target}", key="channel_delete_sure")
                 deleted = confirm_box(None, keys=ConfirmKeys(confirm="channel_delete"), confirm_label="Delete channel",
-                                      ask_reason=False, icon=":material/delete:",
+                                      ask_reason=False, icon=":material/delete:", actor=identity.user,
                                       missing="" if sure else "Tick the box to delete.").confirmed
             if deleted:
                 try:
@@ -150,15 +184,31 @@ with channels_tab:
         st.info("**No channels yet.** Add one with an apprise URL: Slack, Microsoft Teams, e-mail, a JSON webhook "
                 "or any other apprise service.", icon=":material/inbox:")
     entered = channel_form(disabled=not can_manage)
-    if entered is not None:
+    if entered is not None:  # reviewed: checked now (name, what apprise makes of the URL), saved once confirmed
+        release("alerts.channel")
         name, url, replace_existing = entered
         try:
-            channel = alerting.save_channel(settings, name, url, identity, replace_existing=replace_existing)
+            notify.validate_channel_name(name)
+            info = notify.describe_url(url)
         except AgentOpsError as exc:
             show_error(exc, what="The channel was not saved")
         else:
-            st.session_state["alerts_flash"] = [f"Saved channel {channel.name}: {channel.masked}."]
-            st.rerun()
+            hold("alerts.channel", (name, url, replace_existing, info.masked))
+    pending = held("alerts.channel")
+    if pending is not None:
+        name, url, replace_existing, masked = pending
+        exists = name in {c.name for c in snap.channels}
+        answer = confirm_box(
+            f"{'Replace' if exists else 'Add'} channel **{plain(name)}**: {plain(masked)}"
+            + (" (a channel of this name exists: it is refused unless you ticked Replace)"
+               if exists and not replace_existing else "")
+            + ". The URL is stored as a secret and never shown again.",
+            keys=ConfirmKeys(confirm="channel_save", cancel="channel_save_cancel"), confirm_label="Save channel",
+            icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.channel")
+        if answer.confirmed:
+            _apply(lambda: alerting.save_channel(settings, name, url, identity, replace_existing=replace_existing),
+                   failed="The channel was not saved", done=lambda c: f"Saved channel {c.name}: {c.masked}.",
+                   forget="alerts.channel")
 
 with history_tab:
     st.subheader("Incidents")

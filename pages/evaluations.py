@@ -12,6 +12,7 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components import evaluations as view
+from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.empty import seed_hint
 from components.errors import show_error
@@ -60,7 +61,8 @@ def _clear_caches() -> None:
 
 
 settings = current_settings()
-can_run = allowed(settings, current_identity(settings), roles.Action.RUN_EVALUATION)
+identity = current_identity(settings)
+can_run = allowed(settings, identity, roles.Action.RUN_EVALUATION)
 st.title("Evaluations")
 st.caption("Run `mlflow.genai.evaluate` against a registered version, then compare runs row by row.")
 
@@ -143,10 +145,15 @@ with run_tab:
             forbidden = st.text_input("Forbidden terms (comma-separated)", value="")
 
     ready = version is not None and (dataset_name is not None or rows is not None) and bool(chosen)
-    if not can_run:
-        st.caption(f":material/lock: {role_hint(roles.Action.RUN_EVALUATION)}")
-    if st.button("Run evaluation", type="primary", icon=":material/play_arrow:", disabled=not ready or not can_run,
-                 key="eval_run"):
+    on = f"dataset **{plain(dataset_name)}**" if dataset_name is not None else (
+        f"{len(rows)} uploaded rows ({plain(upload_name)})" if rows is not None else "")
+    if confirm_box(f"Evaluate **{plain(agent)}** {plain(choices.get(version, version))} on {on} with "
+                   f"{plain(', '.join(chosen))}: one MLflow run in the agent's experiment." if ready else "",
+                   keys=ConfirmKeys(confirm="eval_run"), confirm_label="Run evaluation", icon=":material/play_arrow:",
+                   ask_reason=False, actor=identity.user, compact=True,
+                   disabled_hint="" if can_run else role_hint(roles.Action.RUN_EVALUATION),
+                   missing="" if ready else "Pick a version, a dataset (or a valid file) and at least one scorer.",
+                   ).confirmed:
         request = evaluations_service.EvaluationRequest(
             agent=agent,
             version=str(version),
@@ -168,7 +175,7 @@ with run_tab:
             st.session_state["eval_request"] = pending
         request = replace(request, request_id=pending["request_id"])
         try:
-            job_id = eval_jobs.start_job(request, settings, current_identity(settings))
+            job_id = eval_jobs.start_job(request, settings, identity)
             started = st.session_state.setdefault("eval_jobs", [])
             if job_id not in started:  # the same request still going returns its job
                 started.insert(0, job_id)

@@ -12,6 +12,9 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
+from dataclasses import asdict
+
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
 from components.errors import show_error
@@ -182,12 +185,27 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
         score = cols[3].number_input("Min feedback score", value=float(current.min_feedback_score or 0), step=0.05)
         fname = cols[4].text_input("Feedback name", value=current.feedback_name)
         st.caption("A zero switches a check off." + ("" if can_edit else f" {role_hint(roles.Action.EDIT_RULES)}"))
-        if st.form_submit_button("Save thresholds", disabled=not can_edit):
+        reviewed = st.form_submit_button("Review thresholds", icon=":material/fact_check:", disabled=not can_edit)
+    if reviewed:  # checked now, saved only once confirmed
+        release("mon.thresholds")
+        try:
+            hold("mon.thresholds", (target_key, alerts.validate_thresholds(alerts.AlertThresholds(
+                p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()))))
+        except AgentOpsError as exc:
+            show_error(exc, what="Thresholds not saved")
+    pending = held("mon.thresholds")
+    if pending is not None and pending[0] == target_key:
+        answer = confirm_box(f"Thresholds for **{plain(target)}**:\n\n{changes(asdict(current), asdict(pending[1]))}",
+                             keys=ConfirmKeys(confirm="mon_thr_save", cancel="mon_thr_cancel"),
+                             confirm_label="Save thresholds", icon=":material/save:", ask_reason=False,
+                             actor=identity.user, held_as="mon.thresholds",
+                             missing=NOTHING_CHANGES if asdict(current) == asdict(pending[1]) else "")
+        if answer.confirmed:
             try:
-                alerts.save_thresholds(settings, target_key, alerts.AlertThresholds(
-                    p95 or None, (err / 100) or None, daily or None, score or None, fname.strip()), identity=identity,
-                    expected_version=seen["thr:" + target_key])
+                alerts.save_thresholds(settings, target_key, pending[1], identity=identity,
+                                       expected_version=seen["thr:" + target_key])
                 seen.pop("thr:" + target_key, None)
+                release("mon.thresholds")
                 _health.clear()
                 st.success(f"Saved thresholds for {target}.")
                 st.rerun()
@@ -337,12 +355,28 @@ with prices_tab:
                          columns=["model", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok"])
     edited = st.data_editor(table, num_rows="dynamic", hide_index=True, width="stretch", key="mon_prices",
                             disabled=not can_edit)
-    if not can_edit:
-        st.caption(f":material/lock: {role_hint(roles.Action.EDIT_RULES)}")
-    if st.button("Save prices", icon=":material/save:", key="mon_save_prices", disabled=not can_edit):
+    rows, refused = None, ""
+    try:
+        rows = pricing.validate_prices(price_rows(edited.dropna(how="all")))
+    except AgentOpsError as exc:
+        refused = str(exc)
+        if can_edit:
+            st.warning(f"{plain(refused)} Nothing is saved until the table is fixed.", icon=":material/edit_off:")
+
+    def _shown(table_prices: dict) -> dict[str, str]:
+        return {m: f"in ${p.input_per_mtok:g} · out ${p.output_per_mtok:g} · cached in ${p.cached_input_per_mtok:g}"
+                for m, p in table_prices.items()}
+
+    answer = confirm_box(changes(_shown(prices), _shown(rows)) if rows is not None else None,
+                         keys=ConfirmKeys(confirm="mon_save_prices"), confirm_label="Save prices",
+                         icon=":material/save:", ask_reason=False, actor=identity.user, button_type="secondary",
+                         disabled_hint="" if can_edit else role_hint(roles.Action.EDIT_RULES),
+                         missing="Fix the price table first." if refused else (
+                             NOTHING_CHANGES if rows is not None and _shown(rows) == _shown(prices) else ""))
+    if answer.confirmed:
         try:
-            rows = price_rows(edited.dropna(how="all"))
-            pricing.save_prices(settings, rows, identity=identity, expected_version=seen["prices"])
+            pricing.save_prices(settings, {m: asdict(p) for m, p in rows.items()}, identity=identity,
+                                expected_version=seen["prices"])
             seen.pop("prices", None)
             _data.clear()
             _health.clear()

@@ -10,6 +10,7 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.charts import split_chart
+from components.confirm import ConfirmKeys, confirm_box, held, hold, release
 from components.context import (
     allowed,
     current_identity,
@@ -159,12 +160,32 @@ if settings.backend is not Backend.DATABRICKS:
             role = cols[1].selectbox("Role", [r.label for r in roles.Role], index=1, disabled=not can_grant)
             if not can_grant:
                 st.caption(role_hint(roles.Action.EDIT_RULES))
-            if st.form_submit_button("Grant role", disabled=not can_grant):
+            reviewed = st.form_submit_button("Review grant", icon=":material/fact_check:", disabled=not can_grant)
+        if flash := st.session_state.pop("overview_grant_flash", None):
+            st.success(flash, icon=":material/check_circle:")
+        if reviewed:  # shown now, granted only once confirmed (the service checks the name)
+            release("overview.grant")
+            if who.strip():
+                hold("overview.grant", (who.strip().lower(), role))
+            else:
+                st.warning("Give the user's email or name. Nothing was granted.", icon=":material/edit_off:")
+        pending = held("overview.grant")
+        if pending is not None:
+            user, new_role = pending
+            users = (table or {}).get("users", {})
+            now = users.get(user) or f"{(table or {}).get('default', roles.Role.VIEWER.label)} (everyone else)"
+            answer = confirm_box(f"**{plain(user)}**: {plain(now)} → **{plain(new_role)}**",
+                                 keys=ConfirmKeys(confirm="overview_grant_go", cancel="overview_grant_cancel"),
+                                 confirm_label="Grant role", icon=":material/how_to_reg:", ask_reason=False,
+                                 actor=identity.user, held_as="overview.grant")
+            if answer.confirmed:
                 try:
-                    roles.grant(who, role, identity=identity, settings=settings, expected_version=seen)
+                    roles.grant(user, new_role, identity=identity, settings=settings, expected_version=seen)
+                    release("overview.grant")
                     st.session_state.pop("overview_roles_version", None)
                     st.session_state.pop(f"_agentops_role::{identity.user}", None)
-                    st.success(f"{who.strip().lower()} is now {role}.")
+                    st.session_state["overview_grant_flash"] = f"{user} is now {new_role}."
+                    st.rerun()
                 except AgentOpsError as exc:
                     if isinstance(exc, ConflictError):
                         st.session_state["overview_roles_version"] = version

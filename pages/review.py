@@ -13,6 +13,7 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
+from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import show_error
 from components.review import (agreement_frame, labeling_session_block, name_trend_chart, names_frame,
@@ -172,7 +173,10 @@ with review_tab:
                 st.subheader("Conversation")
                 render_conversation(conv)
                 st.caption(f"Trace {trace_id} · reserved for you for {rq.CLAIM_SECONDS // 60} minutes")
-                submitted, review = review_form("review_form", questions, previous)
+                submitted, review = review_form(
+                    "review_form", questions, previous, actor=user,
+                    summary=f"your judgement on trace {plain(trace_id)} is stored as MLflow feedback and the item "
+                            f"counts as reviewed in **{plain(queue.name)}**")
                 if submitted:
                     try:
                         rq.submit_queue_review(queue, trace_id, review, user, questions=questions, settings=settings,
@@ -213,7 +217,10 @@ with review_tab:
                     show_error(exc, what="Cannot open this trace")
                 else:
                     render_conversation(conv)
-                    submitted, review = review_form("edit_form", questions, previous)
+                    submitted, review = review_form(
+                        "edit_form", questions, previous, actor=user,
+                        summary=f"changed answers on trace {plain(edit_id)} override your earlier ones, which stay "
+                                "in its history")
                     if submitted:
                         try:
                             changed = fb.submit_review(edit_id, review, user, questions=questions, settings=settings, identity=identity)
@@ -249,11 +256,12 @@ with queues_tab:
         negative = cols[2].text_input("Negative values (categories, comma-separated)", key="nq_negative",
                                       placeholder="e.g. unhelpful, wrong")
         pasted = st.text_area("Trace ids (for a hand-picked list; one per line)", key="nq_ids")
-        create = st.form_submit_button("Create queue", type="primary", icon=":material/add:")
-    if create:
+        previewed = st.form_submit_button("Preview queue", icon=":material/fact_check:")
+    if previewed:  # shown now, created only once confirmed (the service checks the spec and finds the traces)
+        release("review.new_queue")
         now = datetime.now(tz=timezone.utc)
         scope = tuple(dict.fromkeys((*experiments_of.get(agent, ()), *settings.experiment_ids))) or experiment_ids
-        spec = rq.QueueSpec(
+        hold("review.new_queue", (window, rq.QueueSpec(
             name=name, source=rq.QueueSource(source), experiment_ids=scope,
             agent=agent if agent in agent_names else None,
             start_ms=int((now - WINDOWS[window]).timestamp() * 1000), end_ms=int(now.timestamp() * 1000),
@@ -261,20 +269,41 @@ with queues_tab:
             threshold=float(threshold), feedback_name=feedback_name.strip() or None,
             negative_values=tuple(v.strip() for v in negative.split(",") if v.strip()),
             trace_ids=tuple(line.strip() for line in pasted.replace(",", "\n").splitlines() if line.strip()),
-        )
-        # One id per confirmation: pressing Create queue again after an interruption finishes that queue.
-        request_id = st.session_state.setdefault("nq_request", uuid.uuid4().hex)
-        try:
-            with st.spinner("Finding traces…"):
-                created = rq.create_queue(spec, user, settings, request_id=request_id)
-        except AgentOpsError as exc:
-            show_error(exc, what="The queue was not created")  # after an interruption the message says how to finish it
+        )))
+    pending = held("review.new_queue")
+    if pending is not None:
+        window_label, spec = pending
+        shown = {"name": spec.name, "traces from": SOURCE_LABELS.get(spec.source, spec.source),
+                 "agent": spec.agent or "any"}
+        if spec.source == rq.QueueSource.HAND_PICKED:
+            shown["trace ids"] = f"{len(spec.trace_ids)} pasted"
         else:
+            shown |= {"time window": window_label, "items": spec.size}
+        shown["reviewers per item"] = spec.reviews_per_item
+        answer = confirm_box(f"New queue:\n\n{changes(None, shown)}",
+                             keys=ConfirmKeys(confirm="nq_create", cancel="nq_cancel"), confirm_label="Create queue",
+                             icon=":material/add:", ask_reason=False, actor=user)
+        if answer.cancelled:
+            release("review.new_queue")
             st.session_state.pop("nq_request", None)
-            _after_mutation()
-            st.success(f"Queue '{plain(created.name)}' created. Open the Review tab to start.",
-                       icon=":material/check_circle:")
-            queues = _queues(settings, user)
+            st.rerun()
+        if answer.confirmed:
+            # One id per confirmation: pressing Create queue again after an interruption finishes that queue.
+            request_id = st.session_state.setdefault("nq_request", uuid.uuid4().hex)
+            try:
+                with st.spinner("Finding traces…"):
+                    created = rq.create_queue(spec, user, settings, request_id=request_id)
+            except AgentOpsError as exc:
+                show_error(exc, what="The queue was not created")  # after an interruption the message says how to finish it
+            else:
+                st.session_state.pop("nq_request", None)
+                release("review.new_queue")
+                _after_mutation()
+                st.session_state["nq_created"] = created.name
+                st.rerun()
+    if created_name := st.session_state.pop("nq_created", None):
+        st.success(f"Queue '{plain(created_name)}' created. Open the Review tab to start.",
+                   icon=":material/check_circle:")
 
     st.subheader("Queues")
     try:
@@ -308,13 +337,19 @@ with queues_tab:
             labeling_session_block(chosen_queue.labeling_session)
         else:
             assign = st.text_input("Assign to (workspace e-mails, comma-separated)", value=user, key="dbx_assign")
-            if st.button("Create a labeling session for this queue", icon=":material/open_in_new:", key="dbx_create",
-                         disabled=not can_review, help=None if can_review else role_hint(roles.Action.REVIEW)):
+            assignees = [a.strip() for a in assign.split(",") if a.strip()]
+            if confirm_box(f"A labeling session in the Databricks Review App over the traces of queue "
+                           f"**{plain(chosen_queue.name)}**, assigned to {plain(', '.join(assignees) or 'nobody')} "
+                           "(they get edit access to the traces' experiment).",
+                           keys=ConfirmKeys(confirm="dbx_create"), confirm_label="Create a labeling session for this queue",
+                           icon=":material/open_in_new:", ask_reason=False, actor=user, compact=True,
+                           button_type="secondary",
+                           disabled_hint="" if can_review else role_hint(roles.Action.REVIEW)).confirmed:
                 try:
                     ids = [i.trace_id for i in _items(settings, user, chosen_queue)]
                     with st.spinner("Creating the labeling session in the Review App…"):
                         session = rq.databricks_labeling_session(
-                            chosen_queue, ids, [a.strip() for a in assign.split(",") if a.strip()], settings,
+                            chosen_queue, ids, assignees, settings,
                             created_by=user, identity=identity)
                 except AgentOpsError as exc:
                     show_error(exc, what="The labeling session was not created")
@@ -340,7 +375,12 @@ with curate_tab:
             default = f"reviewed-{queue.agent or 'traces'}"
             dataset_name = st.text_input("Evaluation dataset (created when it does not exist)", value=default, key="cur_name")
             target = experiment_of.get(queue.agent or "") or (queue.experiment_ids[0] if queue.experiment_ids else "")
-            if st.button("Add reviewed traces to the dataset", type="primary", icon=":material/playlist_add:"):
+            if confirm_box(f"Add the corrected answers of {len(reviewed)} reviewed trace(s) of **{plain(queue.name)}** "
+                           f"to evaluation dataset **{plain(dataset_name.strip())}** (experiment {plain(target or '—')}); "
+                           "rows already there are not added twice.",
+                           keys=ConfirmKeys(confirm="cur_add"), confirm_label="Add reviewed traces to the dataset",
+                           icon=":material/playlist_add:", ask_reason=False, actor=user, compact=True,
+                           missing="" if dataset_name.strip() else "Give the evaluation dataset a name.").confirmed:
                 try:
                     result = fb.curate_to_dataset(reviewed, dataset_name, target, settings)
                 except AgentOpsError as exc:
@@ -418,10 +458,25 @@ with labels_tab:
         text = st.text_area("Questions", value=fb.questions_json(current_questions) if current_questions else "[]",
                             height=200, key=f"lq_text_{label_agent}")
         can_edit_questions = allowed(settings, identity, roles.Action.EDIT_RULES)
-        if st.button("Save questions", icon=":material/save:", key="lq_save", disabled=not can_edit_questions,
-                     help=None if can_edit_questions else role_hint(roles.Action.EDIT_RULES)):
+        parsed, refused = None, ""
+        try:
+            parsed = fb.parse_questions(text)
+        except AgentOpsError as exc:
+            refused = str(exc)
+            show_error(exc, what="These questions cannot be saved")
+
+        def _shown(qs) -> dict[str, str]:
+            return {q.name: q.prompt + (f" ({' / '.join(q.options)})" if q.options else " (free text)") for q in qs}
+
+        if confirm_box(f"Questions for **{plain(label_agent)}**:\n\n{changes(_shown(current_questions), _shown(parsed))}"
+                       if parsed is not None else None,
+                       keys=ConfirmKeys(confirm="lq_save"), confirm_label="Save questions", icon=":material/save:",
+                       ask_reason=False, actor=user, button_type="secondary",
+                       disabled_hint="" if can_edit_questions else role_hint(roles.Action.EDIT_RULES),
+                       missing="Fix the questions first." if refused else (
+                           NOTHING_CHANGES if _shown(parsed) == _shown(current_questions) else "")).confirmed:
             try:
-                fb.set_label_questions(label_agent, fb.parse_questions(text), settings, identity=identity)
+                fb.set_label_questions(label_agent, parsed, settings, identity=identity)
             except AgentOpsError as exc:
                 show_error(exc, what="The questions were not saved")
             else:

@@ -92,7 +92,7 @@ def _interrupted(endpoint: serving.Endpoint, changes: list[audit.Change] | None,
     st.warning(escape_md(notice) + " If that confirmation is gone (another session, a reload), settle the record "
                "from the split the endpoint serves now.", icon=":material/sync_problem:")
     answer = confirm_box(None, keys=ConfirmKeys(confirm=f"settle::{endpoint.name}"),
-                         confirm_label="Settle from the current split", ask_reason=False,
+                         confirm_label="Settle from the current split", ask_reason=False, actor=identity.user,
                          disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC))
     if answer.confirmed:
         try:
@@ -155,7 +155,7 @@ def _deploy_section(agents: dict[str, registry.AgentSummary], *, settings: Setti
     st.dataframe(deploy_frame(plan), hide_index=True, use_container_width=True)
     sure = st.checkbox(f"Send all traffic of {plan.endpoint_name} to v{plan.model_version}", key="deploy_confirm")
     answer = confirm_box(None, keys=ConfirmKeys(confirm="deploy_go", cancel="deploy_cancel"), confirm_label="Deploy",
-                         ask_reason=False, disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
+                         ask_reason=False, actor=identity.user, disabled_hint="" if can_change else role_hint(roles.Action.CHANGE_TRAFFIC),
                          missing="" if sure and reason.strip() else "Tick the box above and give a reason to deploy.")
     request_key = f"deploy_request::{plan.model_name}::{plan.model_version}::{plan.endpoint_name}"
     if answer.confirmed:
@@ -225,7 +225,7 @@ def _gateway_section(settings: Settings, identity: Identity, can_change: bool) -
             apply=lambda plan, reason, request_id, progress: serving.apply_split(
                 plan, user=identity.user, reason=reason, settings=settings, identity=identity,
                 progress=progress, request_id=request_id),
-            note=ai_gateway.CONFIG_CACHE_NOTE)
+            note=ai_gateway.CONFIG_CACHE_NOTE, actor=identity.user)
         if stored is not None:
             st.toast(f"{gname}: new weights applied and recorded.")
             st.rerun()
@@ -251,7 +251,7 @@ def _gateway_section(settings: Settings, identity: Identity, can_change: bool) -
                     st.dataframe(comparisons_frame(g_report), hide_index=True, use_container_width=True)
                 request = promote_form(
                     g_report, key=f"aigw_::{gname}", labels={a.entity_name: a.entity_name for a in g_report.arms},
-                    can_change=can_change, now=_split_text(g_endpoint, {}),
+                    can_change=can_change, now=_split_text(g_endpoint, {}), actor=identity.user,
                     caption="Sets the chosen model's weight to 100% and the others to 0%, audited. There is no "
                             "registry alias to move: AI Gateway models are provider models, not registered versions.")
                 if request is not None:
@@ -370,7 +370,8 @@ with split_tab:
         plan=lambda shares, sticky: serving.plan_split(name, shares, sticky=sticky, settings=settings),
         apply=lambda plan, reason, request_id, progress: serving.apply_split(
             plan, user=identity.user, reason=reason, settings=settings, identity=identity,
-            user_token=identity.access_token, progress=progress, request_id=request_id))
+            user_token=identity.access_token, progress=progress, request_id=request_id),
+        actor=identity.user)
     if stored is not None:
         _clear()
         st.toast(f"{stored.name}: new split applied and recorded.")
@@ -396,7 +397,7 @@ with judge_tab:
                 st.dataframe(comparisons_frame(report), hide_index=True, use_container_width=True)
             labels = {a.entity_name: serving.version_label(a.model_name, a.version) for a in report.arms}
             request = promote_form(
-                report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True,
+                report, key=f"::{name}", labels=labels, can_change=can_change, allow_override=True, actor=identity.user,
                 now=_split_text(endpoint, labels), after_note=lambda label: f" · champion → v{label.rsplit('v', 1)[-1]}",
                 caption="Moves 100% of traffic to the chosen arm, then points `champion` at its version. Both are audited.")
             if request is not None:

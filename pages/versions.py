@@ -34,6 +34,7 @@ from components.versions import (
 )
 from services import app_experiments, gates, promotion, prompts, readiness, registry, releases, roles, versions
 from services.errors import AgentOpsError
+from services.identity import Identity
 from services.settings import Settings
 
 PAGE_SIZES = (25, 50, 100)
@@ -207,9 +208,14 @@ with st.expander("Experiments of this agent", icon=":material/science:"):
     else:
         st.caption("No experiment found from the versions' LoggedModels: attach the experiment holding this "
                    "agent's traces.")
-    link_cols = st.columns([3, 1])
-    new_experiment = link_cols[0].text_input("Experiment id to attach", key="versions.attach_id")
-    if link_cols[1].button("Attach", key="versions.attach", disabled=not can_edit_rules):
+    edit_hint = "" if can_edit_rules else role_hint(roles.Action.EDIT_RULES)
+    new_experiment = st.text_input("Experiment id to attach", key="versions.attach_id")
+    if confirm_box(f"Attach experiment `{plain(new_experiment.strip())}` to **{plain(agent)}**: its traces and "
+                   "evaluations are read with this agent's." if new_experiment.strip() else "",
+                   keys=ConfirmKeys(confirm="versions.attach"), confirm_label="Attach", icon=":material/link:",
+                   ask_reason=False, actor=identity.user, compact=True, button_type="secondary",
+                   disabled_hint=edit_hint, missing="" if new_experiment.strip() else "Type an experiment id to attach.",
+                   ).confirmed:
         try:
             registry.attach_experiment(agent, new_experiment, identity, settings)
             _clear_caches()
@@ -218,9 +224,12 @@ with st.expander("Experiments of this agent", icon=":material/science:"):
         except AgentOpsError as exc:
             show_error(exc, what="Experiment not attached")
     if attached:
-        detach_cols = st.columns([3, 1])
-        to_detach = detach_cols[0].selectbox("Attached experiment", attached, key="versions.detach_id")
-        if detach_cols[1].button("Detach", key="versions.detach", disabled=not can_edit_rules):
+        to_detach = st.selectbox("Attached experiment", attached, key="versions.detach_id")
+        if confirm_box(f"Detach experiment `{plain(to_detach)}` from **{plain(agent)}**: its traces and evaluations "
+                       "are no longer read with this agent's (nothing is deleted).",
+                       keys=ConfirmKeys(confirm="versions.detach"), confirm_label="Detach", icon=":material/link_off:",
+                       ask_reason=False, actor=identity.user, compact=True, button_type="secondary",
+                       disabled_hint=edit_hint).confirmed:
             try:
                 registry.detach_experiment(agent, to_detach, identity, settings)
                 _clear_caches()
@@ -228,8 +237,6 @@ with st.expander("Experiments of this agent", icon=":material/science:"):
                 st.rerun()
             except AgentOpsError as exc:
                 show_error(exc, what="Experiment not detached")
-    if not can_edit_rules:
-        st.caption(role_hint(roles.Action.EDIT_RULES))
 
 numbers = [str(v) for v in frame["version"]]
 tab_list, tab_compare, tab_promote, tab_history, tab_gate = st.tabs(
@@ -329,7 +336,7 @@ with tab_promote:
             if plan.is_noop:
                 st.info(f"{plain(plan.alias)} already points to v{plan.target_version}.", icon=":material/info:")
             answer = confirm_box(None, keys=ConfirmKeys.under("versions"), confirm_label="Confirm promotion",
-                                 blocked=plan_blockers(plan),
+                                 blocked=plan_blockers(plan), actor=identity.user,
                                  disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE))
             if answer.cancelled:
                 st.session_state.pop(_PENDING, None)
@@ -356,6 +363,28 @@ with tab_promote:
                     )
                     st.rerun()
 
+def _settle(agent: str, state: releases.AliasState, *, settings: Settings, identity: Identity,
+            can_promote: bool) -> None:
+    """Settle an interrupted alias change from the registry (completes or closes the record; never moves the alias)."""
+    held_now = f"v{state.version}" if state.version else "nothing"
+    answer = confirm_box(
+        f"**{plain(agent)}@{plain(state.alias)}** holds {held_now}: the interrupted change to "
+        f"v{state.interrupted.requested_version} is recorded as applied if the alias holds it, otherwise closed as "
+        "not applied. The alias does not move.",
+        keys=ConfirmKeys(confirm=f"versions.settle::{state.alias}"), confirm_label=f"Settle {state.alias}",
+        icon=":material/task_alt:", ask_reason=False, actor=identity.user, button_type="secondary",
+        disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE))
+    if answer.confirmed:
+        try:
+            message = releases.settle_interrupted(agent, state.alias, identity, settings)
+        except AgentOpsError as exc:
+            show_error(exc, what="The interrupted change was not settled")
+        else:
+            _clear_caches()
+            st.session_state[_NOTICE] = message
+            st.rerun()
+
+
 with tab_history:
     try:
         audit_home = next(e for e in app_experiments.app_experiments(settings)
@@ -381,7 +410,10 @@ with tab_history:
                 st.warning(f"**{plain(state.alias)}**: a change to v{state.interrupted.requested_version} by "
                            f"{plain(state.interrupted.user)} was interrupted (the backend failed mid-change); the "
                            f"registry holds {'v' + state.version if state.version else 'nothing'}. Retrying that "
-                           "confirmation completes it once; a new promotion supersedes it.", icon=":material/warning:")
+                           "confirmation completes it once; a new promotion supersedes it. If that confirmation is "
+                           "gone (another session, a reload), settle the record from what the registry holds now.",
+                           icon=":material/warning:")
+                _settle(agent, state, settings=settings, identity=identity, can_promote=can_promote)
         rollbackable = [s for s in states if s.previous_version and s.version]
         if rollbackable:
             st.subheader("Roll back")
@@ -395,6 +427,7 @@ with tab_history:
                 "(the previous recorded holder; rollbacks restore, so the gate is not applied).",
                 keys=ConfirmKeys(confirm="versions.rollback", reason="versions.rollback_reason"),
                 confirm_label="Roll back", icon=":material/undo:", reason_label="Reason (optional, recorded)",
+                actor=identity.user,
                 disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE),
             )
             if answer.confirmed:
@@ -474,6 +507,7 @@ with tab_gate:
         reason_label="Why change the gate rules? (optional, recorded)",
         blocked=["The edited rules cannot be read; fix the table first."] if new_rules is None else (),
         allow_override=False, disabled_hint="" if can_edit_rules else role_hint(roles.Action.EDIT_RULES),
+        actor=identity.user,
     )
     if answer.confirmed and new_rules is not None:
         try:

@@ -60,3 +60,80 @@ def test_cancel_and_no_reason_field():
     assert not app.text_input
     app.button(key="t.cancel").click().run()
     assert app.session_state["cancelled"] is True and "done" not in app.session_state
+
+
+def _compact_page(in_form: bool = False) -> None:
+    import streamlit as st
+
+    from components.confirm import ConfirmKeys, confirm_box
+
+    def ask():
+        return confirm_box("stores **your** judgement", keys=ConfirmKeys(confirm="c.go"), confirm_label="Submit",
+                           actor="bo@example.com", compact=True, in_form=in_form)
+
+    if in_form:
+        with st.form("f"):
+            st.text_input("note", key="c.note")
+            answer = ask()
+    else:
+        answer = ask()
+    if answer.confirmed:
+        st.session_state["done"] = st.session_state.get("c.note", "")
+
+
+def test_compact_shows_who_acts_and_what_changes_in_one_line_and_no_reason():
+    for in_form in (False, True):
+        app = AppTest.from_function(_compact_page, kwargs={"in_form": in_form}, default_timeout=30)
+        app.run()
+        assert not app.exception
+        (line,) = [c.value for c in app.caption]
+        assert "bo@" in line and "stores **your** judgement" in line
+        assert not app.markdown and [t.key for t in app.text_input] == (["c.note"] if in_form else [])
+        if in_form:
+            app.text_input(key="c.note").input("typed")
+        app.button(key="c.go").click().run()
+        assert app.session_state["done"] == ("typed" if in_form else "")
+
+
+def test_the_full_box_names_the_actor_escaped():
+    def page() -> None:
+        from components.confirm import ConfirmKeys, confirm_box
+
+        confirm_box("**x**: 1 → 2", keys=ConfirmKeys(confirm="a.go"), actor="[me](http://evil)", ask_reason=False)
+
+    app = AppTest.from_function(page, default_timeout=30)
+    app.run()
+    assert app.markdown[0].value == "**x**: 1 → 2"
+    (caption,) = [c.value for c in app.caption]
+    assert "Acting as" in caption and "[me](http" not in caption
+
+
+def test_changes_lists_only_what_changes():
+    from components.confirm import changes
+
+    before = {"threshold": 0.1, "channels": ["a"], "agent": None, "arm": "b"}
+    after = {"threshold": 0.25, "channels": ["a", "b"], "agent": None}
+    assert changes(before, after).splitlines() == [
+        "- **threshold**: 0.1 → 0.25", "- **channels**: a → a, b", "- **arm**: b → —"]
+    assert changes(None, {"name": "x", "agent": None}).splitlines() == ["- **name**: x", "- **agent**: —"]
+    assert changes(after, after) == "_Nothing changes._"
+
+
+def test_cancel_forgets_the_held_change():
+    def page() -> None:
+        import streamlit as st
+
+        from components.confirm import ConfirmKeys, confirm_box, held, hold
+
+        if st.button("Review", key="h.review"):
+            hold("h", {"threshold": 0.2})
+        if held("h") is not None:
+            confirm_box("change", keys=ConfirmKeys(confirm="h.go", cancel="h.cancel"), ask_reason=False, held_as="h")
+
+    app = AppTest.from_function(page, default_timeout=30)
+    app.run()
+    app.button(key="h.review").click().run()
+    assert app.session_state["h.pending"] == {"threshold": 0.2}
+    app.button(key="h.cancel").click().run()
+    assert not app.exception and "h.pending" not in app.session_state
+    assert [b.key for b in app.button] == ["h.review"]

@@ -47,12 +47,16 @@ def test_channels_rules_and_the_test_button(store, hook, receiver):
 
     app.text_input(key="channel_name").input("oncall")
     app.text_input(key="channel_url").input("nosuchservice://tok/" + SECRET)
-    _button(app, "Save channel").click().run()
+    _button(app, "Review channel").click().run()
     assert any("apprise does not recognise" in w.value for w in app.warning)
+    assert not any(b.label == "Save channel" for b in app.button)  # nothing to confirm
     assert alerting.list_channels(store) == []
 
     app.text_input(key="channel_name").input("oncall")
     app.text_input(key="channel_url").input(hook)
+    _button(app, "Review channel").click().run()
+    assert "Add channel **oncall**" in _texts(app) and hook not in _texts(app)
+    assert alerting.list_channels(store) == []  # reviewed, not yet confirmed
     _button(app, "Save channel").click().run()
     assert not app.exception
     assert any("Saved channel oncall" in s.value for s in app.success)
@@ -66,11 +70,14 @@ def test_channels_rules_and_the_test_button(store, hook, receiver):
     app.number_input(key="rule_threshold").set_value(0.1)
     app.number_input(key="rule_min_sample").set_value(3)
     app.multiselect(key="rule_channels").select("oncall")
-    _button(app, "Save rule").click().run()
+    _button(app, "Review rule").click().run()
     assert any("minimum sample must be between 5" in w.value for w in app.warning)
+    assert not any(b.label == "Save rule" for b in app.button)
     assert alerting.list_rules(store) == []
 
     app.number_input(key="rule_min_sample").set_value(10)
+    _button(app, "Review rule").click().run()
+    assert "- **min_sample**: 10" in _texts(app)
     _button(app, "Save rule").click().run()
     assert not app.exception
     assert [(r.name, r.min_sample, r.channels) for r in alerting.list_rules(store)] == [("errors", 10, ("oncall",))]
@@ -85,7 +92,7 @@ def test_viewers_see_the_configuration_but_cannot_change_it(store):
     app = _open()
     assert not app.exception
     assert any("Needs the operator role" in c.value for c in app.caption)
-    assert _button(app, "Save channel").disabled and _button(app, "Save rule").disabled
+    assert _button(app, "Review channel").disabled and _button(app, "Review rule").disabled
 
 
 def test_editing_evaluating_and_deleting_a_rule(store, hook, receiver):
@@ -99,6 +106,8 @@ def test_editing_evaluating_and_deleting_a_rule(store, hook, receiver):
     assert app.text_input(key="rule_name@errors").value == "errors"
     assert app.number_input(key="rule_threshold@errors").value == 0.1
     app.number_input(key="rule_threshold@errors").set_value(0.25)
+    _button(app, "Review rule").click().run()
+    assert "**threshold**: 0.1 → 0.25" in _texts(app)
     _button(app, "Save rule").click().run()
     assert not app.exception
     assert [(r.name, r.threshold) for r in alerting.list_rules(store)] == [("errors", 0.25)]
@@ -125,6 +134,7 @@ def test_a_group_readable_channels_file_is_refused_on_the_page(store, hook, tmp_
     app = _open()
     app.text_input(key="channel_name").input("oncall")
     app.text_input(key="channel_url").input(hook)
+    _button(app, "Review channel").click().run()
     _button(app, "Save channel").click().run()
     assert not app.exception
     assert any("chmod 600" in e.value for e in app.error)

@@ -92,3 +92,25 @@ def test_empty_store_says_how_to_fill_it(tmp_path, use_store):
     app = _open()
     assert not app.exception
     assert any("python -m demo.seed" in i.value for i in app.info)
+
+
+def test_thresholds_and_prices_are_saved_only_once_confirmed(isolated_settings, use_store):
+    from services import alerts
+
+    _store(isolated_settings)
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    before = alerts.load_thresholds(isolated_settings)
+    next(n for n in app.number_input if n.label == "p95 latency (ms)").set_value(1234.0)
+    next(b for b in app.button if b.label == "Review thresholds").click().run()
+    assert not app.exception
+    assert any("**p95_latency_ms**: 5000.0 → 1234.0" in m.value for m in app.markdown)
+    assert alerts.load_thresholds(isolated_settings) == before  # reviewed, not saved
+    next(b for b in app.button if b.label == "Save thresholds").click().run()
+    assert not app.exception
+    assert alerts.load_thresholds(isolated_settings)["*"].p95_latency_ms == 1234.0
+
+    # The price table unchanged: the confirmation says so and there is nothing to save.
+    assert any("Nothing changes" in m.value for m in app.markdown)
+    assert app.button(key="mon_save_prices").disabled
+    assert any("Nothing to save" in c.value for c in app.caption)

@@ -104,3 +104,27 @@ def test_unreachable_mlflow_server_gives_a_message(monkeypatch):
         monkeypatch.undo()
         _clients._cached_settings.cache_clear()
         _clients.configure_mlflow()
+
+
+def test_a_role_is_granted_only_once_confirmed(isolated_settings, use_store):
+    from services import roles
+    from services.identity import Identity, IdentitySource
+
+    settings = isolated_settings
+    MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri).create_registered_model("agent-a")
+    use_store(settings.data_dir)
+    bo = Identity("bo@example.com", "bo", IdentitySource.OS_USER)
+    app = _run_app()
+    next(b for b in app.button if b.label == "Review grant").click().run()
+    assert any("Give the user's email or name" in w.value for w in app.warning)
+    assert not any(b.label == "Grant role" for b in app.button)
+    next(t for t in app.text_input if t.label.startswith("User")).input("Bo@Example.com")
+    next(s for s in app.selectbox if s.label == "Role").select("operator")
+    next(b for b in app.button if b.label == "Review grant").click().run()
+    assert any("bo@" in m.value and "→ **operator**" in m.value for m in app.markdown)
+    assert roles.roles_table(settings)[1] is roles.RolesSource.ONE_PERSON  # nothing stored yet
+    next(b for b in app.button if b.label == "Grant role").click().run()
+    assert not app.exception
+    assert any("bo@example.com is now operator" in s.value for s in app.success)
+    assert roles.local_role(bo, settings) is roles.Role.OPERATOR
+    assert not any(b.label == "Grant role" for b in app.button)

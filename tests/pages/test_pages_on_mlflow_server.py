@@ -118,6 +118,9 @@ def test_an_admin_grants_a_role_on_the_overview_and_a_teammate_has_it(teammate_a
     assert not [w for w in app.sidebar.warning if "everyone is a viewer" in w.value]
     next(t for t in app.text_input if t.label.startswith("User")).input("Bo@Example.com")
     next(s for s in app.selectbox if s.label == "Role").select("operator")
+    next(b for b in app.button if b.label == "Review grant").click().run()
+    assert any("bo@" in m.value and "→ **operator**" in m.value for m in app.markdown)
+    assert roles.local_role(Identity("bo@example.com", "bo", IdentitySource.OS_USER), settings) is roles.Role.VIEWER
     next(b for b in app.button if b.label == "Grant role").click().run()
     assert any("bo@example.com is now operator" in s.value for s in app.success)
     assert not app.exception and not _problems(app), _problems(app)

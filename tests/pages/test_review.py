@@ -142,6 +142,9 @@ def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewe
     app.text_input(key="nq_name").input("picked")
     app.selectbox(key="nq_source").select(rq.QueueSource.HAND_PICKED)
     app.text_area(key="nq_ids").input("\n".join(ids))
+    _button(app, "Preview queue").click().run()
+    assert any("- **trace ids**: 2 pasted" in m.value for m in app.markdown)
+    assert rq.list_queues(isolated_settings) == []  # previewed, not created
     _button(app, "Create queue").click().run()
     assert not app.exception
     assert any("Queue 'picked' created" in s.value for s in app.success)
@@ -151,16 +154,22 @@ def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewe
     # An unknown trace id creates nothing.
     app.text_input(key="nq_name").input("bad")
     app.text_area(key="nq_ids").input("tr-0000")
+    _button(app, "Preview queue").click().run()
     _button(app, "Create queue").click().run()
     assert any("does not exist" in w.value for w in app.warning)
     assert len(rq.list_queues(isolated_settings)) == 1
 
     # A label question with a single option is refused; the stored questions stay.
     text = app.text_area(key="lq_text_agent-a")
-    text.input('[{"name": "tone", "prompt": "Tone?", "options": ["only"]}]')
-    _button(app, "Save questions").click().run()
+    text.input('[{"name": "tone", "prompt": "Tone?", "options": ["only"]}]').run()
     assert any("at least two distinct" in w.value for w in app.warning)
+    assert _button(app, "Save questions").disabled
     assert fb.label_questions("agent-a", isolated_settings) == QUESTIONS
+    app.text_area(key="lq_text_agent-a").input('[{"name": "tone", "prompt": "Tone?", "options": ["ok", "rude"]}]').run()
+    assert any("**tone**:" in m.value and "→ " + plain("Tone? (ok / rude)") in m.value for m in app.markdown)
+    _button(app, "Save questions").click().run()
+    assert not app.exception
+    assert [(q.name, q.options) for q in fb.label_questions("agent-a", isolated_settings)] == [("tone", ("ok", "rude"))]
 
 
 def test_a_viewer_cannot_review(monkeypatch, tmp_path, use_store):

@@ -213,3 +213,29 @@ def test_failing_load_check_blocks_promotion_until_overridden(ready_store):
     change = releases.alias_history(READY, "champion", ready_store)[0]
     assert change.override and change.to_version == "3"
     assert change.evidence["readiness"]["failing_required"] == ["loads_and_predicts"]
+
+
+def test_an_interrupted_alias_change_is_settled_through_the_confirmation(isolated_settings, use_store, monkeypatch):
+    from services.errors import BackendUnavailableError
+
+    build_agent(isolated_settings)
+    lead = Identity("lead", "lead", IdentitySource.OS_USER)
+    with monkeypatch.context() as patch:  # the alias moves, then the trail cannot be completed
+        patch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("refused")))
+        with pytest.raises(BackendUnavailableError):
+            releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="lost-1"), lead,
+                             settings=isolated_settings)
+    use_store(isolated_settings.data_dir)
+    app = _open()
+    assert any("was interrupted" in w.value for w in app.warning)
+    settle = app.button(key="versions.settle::champion")
+    assert settle.label == "Settle champion" and not settle.disabled
+    assert releases.alias_history(AGENT, "champion", isolated_settings) == []  # nothing settled by looking
+    settle.click().run()
+    assert not app.exception
+    assert any("recorded as applied" in s.value for s in app.success), [s.value for s in app.success]
+    (done,) = releases.alias_history(AGENT, "champion", isolated_settings)
+    assert (done.to_version, done.completed, done.outcome) == ("2", True, f"applied (settled by {getpass.getuser()})")
+    assert _champion(isolated_settings) == "2"  # settling never moves the alias
+    assert not any("was interrupted" in w.value for w in app.warning)
+    assert not [b for b in app.button if b.key and b.key.startswith("versions.settle::")]

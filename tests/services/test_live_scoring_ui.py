@@ -35,6 +35,10 @@ def _save(app: AppTest):
     return next(b for b in app.button if b.label == "Save live scoring")
 
 
+def _review(app: AppTest):
+    return next(b for b in app.button if b.label == "Review live scoring")
+
+
 @pytest.fixture
 def ui_world(isolated_settings, monkeypatch):
     monkeypatch.setenv("MLFLOW_ONLINE_SCORING_DEFAULT_TRACE_COMPLETION_BUFFER_SECONDS", "0")
@@ -57,12 +61,16 @@ def test_operator_configures_live_scoring_and_sees_quality(ui_world, isolated_se
     assert "Latency budget (code, run by the app's worker)" in app.multiselect(key=_form_key(app, "_scorers")).options
 
     app.number_input(key=_form_key(app, "_rate")).set_value(1.5)
-    _save(app).click().run()
+    _review(app).click().run()
     assert any("outside 0–1" in w.value for w in app.warning)
+    assert not any(b.label == "Save live scoring" for b in app.button)
     assert team_state.read_all(isolated_settings, live_scoring.KEY_PREFIX) == {}
 
     app.number_input(key=_form_key(app, "_rate")).set_value(1.0)
     app.multiselect(key=_form_key(app, "_scorers")).set_value(["latency_budget"])
+    _review(app).click().run()
+    assert any("not configured → latency_budget on 100% of traces" in m.value for m in app.markdown)
+    assert team_state.read_all(isolated_settings, live_scoring.KEY_PREFIX) == {}
     _save(app).click().run()
     assert not app.exception, app.exception
     assert any("not configured → latency_budget on 100% of traces" in s.value for s in app.success)
@@ -81,5 +89,5 @@ def test_operator_configures_live_scoring_and_sees_quality(ui_world, isolated_se
 def test_a_viewer_cannot_save(ui_world, isolated_settings):
     (isolated_settings.data_dir / "roles.json").write_text(json.dumps({"users": {}, "default": "viewer"}))
     app = _open()
-    assert _save(app).disabled
+    assert _review(app).disabled
     assert any("Needs the operator role" in c.value for c in app.caption)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import streamlit as st
 
 from components.tables import plain
@@ -15,6 +18,8 @@ from services.errors import (
     PermissionDeniedError,
     ValidationError,
 )
+
+T = TypeVar("T")
 
 
 def show_error(exc: Exception, *, what: str = "Something went wrong") -> None:
@@ -36,3 +41,12 @@ def show_error(exc: Exception, *, what: str = "Something went wrong") -> None:
         st.error(f"**{what}.** {text}")
     else:
         st.error(f"**{what}.** Unexpected {type(exc).__name__}: {text}")
+
+
+def read_or(fallback: T, what: str, load: Callable[..., T], *args) -> T:
+    """``load(*args)``, or ``fallback`` with the error shown when it fails (``what`` says what was not read)."""
+    try:
+        return load(*args)
+    except AgentOpsError as exc:
+        show_error(exc, what=what)
+        return fallback

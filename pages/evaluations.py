@@ -14,8 +14,8 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 from components import evaluations as view
 from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
-from components.empty import seed_hint
-from components.errors import show_error
+from components.empty import agents_or_stop
+from components.errors import read_or, show_error
 from components.tables import code, plain
 from components.widgets import reset_when_changed
 from services import datasets, eval_jobs, registry, roles, scorers
@@ -66,19 +66,9 @@ can_run = allowed(settings, identity, roles.Action.RUN_EVALUATION)
 st.title("Evaluations")
 st.caption("Run `mlflow.genai.evaluate` against a registered version, then compare runs row by row.")
 
-try:
-    agents = _agents(settings)
-except AgentOpsError as exc:
-    show_error(exc, what="Cannot read the registered agents")
-    st.stop()
-
-if not agents:
-    st.info(
-        seed_hint(settings, "**No registered agents yet.** Register an agent version in MLflow, then evaluate it here;",
-                  "nothing else is needed."),
-        icon=":material/inbox:",
-    )
-    st.stop()
+agents = agents_or_stop(_agents, settings, what="Cannot read the registered agents",
+                        lead="**No registered agents yet.** Register an agent version in MLflow, then evaluate it "
+                             "here;", otherwise="nothing else is needed.")
 
 experiment_ids = tuple(agent_experiment_ids(agents, settings))
 run_tab, compare_tab = st.tabs(["Run", "Compare"])
@@ -91,11 +81,7 @@ with run_tab:
         agent = st.selectbox("Agent", names, key="eval_agent")
         # A version or dataset picked for the previous agent means nothing for this one.
         reset_when_changed("evaluations", agent, ("eval_version", "eval_dataset"))
-        try:
-            choices = _versions(settings, agent)
-        except AgentOpsError as exc:
-            show_error(exc, what=f"Cannot list the versions of {plain(agent)}")
-            choices = {}
+        choices = read_or({}, f"Cannot list the versions of {plain(agent)}", _versions, settings, agent)
         version = st.selectbox("Version or alias", list(choices), format_func=choices.get, key="eval_version")
         source = st.radio("Dataset", ["MLflow evaluation dataset", "Upload a file"], horizontal=True, key="eval_source")
         dataset_name: str | None = None
@@ -255,11 +241,7 @@ with run_tab:
 
 # --- Compare -----------------------------------------------------------------------------------
 with compare_tab:
-    try:
-        runs = _runs(settings, experiment_ids)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot list evaluation runs")
-        runs = []
+    runs = read_or([], "Cannot list evaluation runs", _runs, settings, experiment_ids)
     # An interrupted run's figures are partial: never compared, nor shown next to its retry.
     left_out = [r for r in runs if r.interrupted]
     runs = [r for r in runs if not r.interrupted]

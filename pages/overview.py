@@ -19,7 +19,7 @@ from components.context import (
     role_hint,
 )
 from components.empty import seed_hint
-from components.errors import show_error
+from components.errors import read_or, show_error
 from components.rollouts import rollouts_frame
 from components.tables import (
     agents_frame,
@@ -108,11 +108,7 @@ with left:
     elif data.gateway_problem:
         st.warning(f"MLflow AI Gateway endpoints could not be listed: {plain(data.gateway_problem)}",
                    icon=":material/cloud_off:")
-    try:
-        in_progress = _rollouts(settings)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot read the rollouts")
-        in_progress = []
+    in_progress = read_or([], "Cannot read the rollouts", _rollouts, settings)
     if in_progress:
         st.markdown("**Rollouts in progress**")
         st.dataframe(rollouts_frame(in_progress), hide_index=True, use_container_width=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, time, timezone
 
 import pandas as pd
 import streamlit as st
@@ -13,16 +12,15 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
+from components.alias_history import show_alias_history
 from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, current_identity, current_settings, role_hint
-from components.empty import seed_hint
-from components.errors import show_error
+from components.empty import agents_or_stop
+from components.errors import read_or, show_error
 from components.readiness import readiness_cell, show_readiness
 from components.tables import code, plain
-from components.widgets import reset_when_changed
 from components.versions import (
     diff_frame,
-    history_frame,
     plan_blockers,
     rules_change,
     show_linked_prompts,
@@ -30,11 +28,10 @@ from components.versions import (
     show_prompt_changes,
     show_version_detail,
     show_versions_table,
-    states_frame,
 )
-from services import app_experiments, gates, promotion, prompts, readiness, registry, releases, roles, versions
+from components.widgets import reset_when_changed
+from services import gates, promotion, prompts, readiness, registry, releases, roles, versions
 from services.errors import AgentOpsError
-from services.identity import Identity
 from services.settings import Settings
 
 PAGE_SIZES = (25, 50, 100)
@@ -42,7 +39,6 @@ _PENDING = "versions.pending_plan"
 # One id per confirmed plan: a retry after a failure completes the same promotion, exactly once.
 _PENDING_REQUEST = "versions.pending_request"
 _NOTICE = "versions.notice"
-_ROLLBACK_REQUEST = "versions.rollback_requests"
 _LOADS = "versions.load_checks"  # "agent/version" -> readiness.LoadCheckResult of this session
 
 
@@ -107,6 +103,15 @@ def _clear_caches() -> None:
         loader.clear()
 
 
+def _changed(notice: str, *forget: str) -> None:
+    """After a stored change: forget the session keys that described it, reload, and say what changed."""
+    for key in forget:
+        st.session_state.pop(key, None)
+    _clear_caches()
+    st.session_state[_NOTICE] = notice
+    st.rerun()
+
+
 def _load_result(agent: str, version: str) -> readiness.LoadCheckResult | None:
     return st.session_state.setdefault(_LOADS, {}).get(f"{agent}/{version}")
 
@@ -155,20 +160,10 @@ can_promote = allowed(settings, identity, roles.Action.PROMOTE)
 can_edit_rules = allowed(settings, identity, roles.Action.EDIT_RULES)
 st.title("Versions & releases")
 
-try:
-    agents = _agents(settings)
-except AgentOpsError as exc:
-    show_error(exc, what="Cannot read the model registry")
-    st.stop()
-
-if not agents:
-    st.info(
-        seed_hint(settings, "**No registered agents yet.** Register an agent version in MLflow (for example "
-                  "`mlflow.pyfunc.log_model(..., registered_model_name=...)`),",
-                  "and it appears here."),
-        icon=":material/inbox:",
-    )
-    st.stop()
+agents = agents_or_stop(_agents, settings, what="Cannot read the model registry",
+                        lead="**No registered agents yet.** Register an agent version in MLflow (for example "
+                             "`mlflow.pyfunc.log_model(..., registered_model_name=...)`),",
+                        otherwise="and it appears here.")
 
 notice = st.session_state.pop(_NOTICE, None)
 if notice:
@@ -218,9 +213,7 @@ with st.expander("Experiments of this agent", icon=":material/science:"):
                    ).confirmed:
         try:
             registry.attach_experiment(agent, new_experiment, identity, settings)
-            _clear_caches()
-            st.session_state[_NOTICE] = f"Attached experiment {new_experiment.strip()} to {agent}."
-            st.rerun()
+            _changed(f"Attached experiment {new_experiment.strip()} to {agent}.")
         except AgentOpsError as exc:
             show_error(exc, what="Experiment not attached")
     if attached:
@@ -232,9 +225,7 @@ with st.expander("Experiments of this agent", icon=":material/science:"):
                        disabled_hint=edit_hint).confirmed:
             try:
                 registry.detach_experiment(agent, to_detach, identity, settings)
-                _clear_caches()
-                st.session_state[_NOTICE] = f"Detached experiment {to_detach} from {agent}."
-                st.rerun()
+                _changed(f"Detached experiment {to_detach} from {agent}.")
             except AgentOpsError as exc:
                 show_error(exc, what="Experiment not detached")
 
@@ -299,11 +290,7 @@ with tab_compare:
             show_error(exc, what="Cannot compare the prompts of these versions")
 
 with tab_promote:
-    try:
-        states = _states(settings, agent)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot read the aliases")
-        states = []
+    states = read_or([], "Cannot read the aliases", _states, settings, agent)
     known = sorted({"champion", "challenger", *(s.alias for s in states)})
     cols = st.columns([2, 2, 2])
     alias_options = [*known, "other…"]
@@ -353,133 +340,25 @@ with tab_promote:
                 except AgentOpsError as exc:
                     show_error(exc, what="The promotion did not complete")
                 else:
-                    st.session_state.pop(_PENDING, None)
-                    st.session_state.pop(_PENDING_REQUEST, None)
-                    _clear_caches()
                     change = result.change
-                    st.session_state[_NOTICE] = (
-                        f"{change.alias}: v{change.from_version or '—'} → v{change.to_version} "
-                        f"(recorded as {change.gate.value} by {change.user}). " + " ".join(result.messages)
-                    )
-                    st.rerun()
-
-def _settle(agent: str, state: releases.AliasState, *, settings: Settings, identity: Identity,
-            can_promote: bool) -> None:
-    """Settle an interrupted alias change from the registry (completes or closes the record; never moves the alias)."""
-    held_now = f"v{state.version}" if state.version else "nothing"
-    answer = confirm_box(
-        f"**{plain(agent)}@{plain(state.alias)}** holds {held_now}: the interrupted change to "
-        f"v{state.interrupted.requested_version} is recorded as applied if the alias holds it, otherwise closed as "
-        "not applied. The alias does not move.",
-        keys=ConfirmKeys(confirm=f"versions.settle::{state.alias}"), confirm_label=f"Settle {state.alias}",
-        icon=":material/task_alt:", ask_reason=False, actor=identity.user, button_type="secondary",
-        disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE))
-    if answer.confirmed:
-        try:
-            message = releases.settle_interrupted(agent, state.alias, identity, settings)
-        except AgentOpsError as exc:
-            show_error(exc, what="The interrupted change was not settled")
-        else:
-            _clear_caches()
-            st.session_state[_NOTICE] = message
-            st.rerun()
+                    _changed(f"{change.alias}: v{change.from_version or '—'} → v{change.to_version} "
+                             f"(recorded as {change.gate.value} by {change.user}). " + " ".join(result.messages),
+                             _PENDING, _PENDING_REQUEST)
 
 
 with tab_history:
-    try:
-        audit_home = next(e for e in app_experiments.app_experiments(settings)
-                          if e.variable == "AGENTOPS_AUDIT_EXPERIMENT")
-        st.caption(f":material/folder: {plain(app_experiments.describe(audit_home))}")
-    except (AgentOpsError, StopIteration):
-        pass
     try:
         states = _states(settings, agent)
         history = _history(settings, agent)
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read the audit trail")
         states, history = [], []
-    if states:
-        st.dataframe(states_frame(states), hide_index=True, width="stretch",
-                     column_config={"Last change": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
-        for state in states:
-            if state.drift in (releases.Drift.EXTERNAL, releases.Drift.REMOVED):
-                st.warning(f"**{plain(state.alias)}** was {state.drift.value}: the last recorded change set it to "
-                           f"v{state.last_change.to_version}, the registry holds "
-                           f"{'v' + state.version if state.version else 'nothing'}.", icon=":material/warning:")
-            if state.drift is releases.Drift.INTERRUPTED and state.interrupted is not None:
-                st.warning(f"**{plain(state.alias)}**: a change to v{state.interrupted.requested_version} by "
-                           f"{plain(state.interrupted.user)} was interrupted (the backend failed mid-change); the "
-                           f"registry holds {'v' + state.version if state.version else 'nothing'}. Retrying that "
-                           "confirmation completes it once; a new promotion supersedes it. If that confirmation is "
-                           "gone (another session, a reload), settle the record from what the registry holds now.",
-                           icon=":material/warning:")
-                _settle(agent, state, settings=settings, identity=identity, can_promote=can_promote)
-        rollbackable = [s for s in states if s.previous_version and s.version]
-        if rollbackable:
-            st.subheader("Roll back")
-            roll_alias = st.selectbox(
-                "Roll back alias", [s.alias for s in rollbackable], key="versions.rollback_alias",
-                format_func=lambda a: next(f"{a}: v{s.version} → v{s.previous_version}" for s in rollbackable if s.alias == a),
-            )
-            state = next(s for s in rollbackable if s.alias == roll_alias)
-            answer = confirm_box(
-                f"**{plain(agent)}@{plain(roll_alias)}**: v{state.version} → v{state.previous_version} "
-                "(the previous recorded holder; rollbacks restore, so the gate is not applied).",
-                keys=ConfirmKeys(confirm="versions.rollback", reason="versions.rollback_reason"),
-                confirm_label="Roll back", icon=":material/undo:", reason_label="Reason (optional, recorded)",
-                actor=identity.user,
-                disabled_hint="" if can_promote else role_hint(roles.Action.PROMOTE),
-            )
-            if answer.confirmed:
-                # One request id per rollback of this alias from this holder: a retry after a backend
-                # failure completes the same rollback instead of making a second one.
-                request_key = (agent, roll_alias, state.version)
-                request_id = st.session_state.setdefault(_ROLLBACK_REQUEST, {}).setdefault(request_key, uuid.uuid4().hex)
-                try:
-                    result = releases.rollback(
-                        promotion.RollbackRequest(agent, roll_alias, reason=answer.reason, request_id=request_id,
-                                                  seen=promotion.Seen(state.version)),
-                        identity, settings,
-                    )
-                except AgentOpsError as exc:
-                    show_error(exc, what="The alias was not rolled back")
-                else:
-                    st.session_state[_ROLLBACK_REQUEST].pop(request_key, None)
-                    # The forms describing a change are rebuilt from the stored state: no stale reason,
-                    # and no promotion planned against the holder that was just replaced.
-                    for key in ("versions.rollback_reason", "versions.rollback_alias", _PENDING, _PENDING_REQUEST):
-                        st.session_state.pop(key, None)
-                    _clear_caches()
-                    st.session_state[_NOTICE] = (f"Rolled {roll_alias} back: v{result.change.from_version} → "
-                                                 f"v{result.change.to_version}.")
-                    st.rerun()
-    if history:
-        st.subheader("Recorded changes")
-        st.dataframe(history_frame(history), hide_index=True, width="stretch",
-                     column_config={"When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
-        st.subheader("Who held an alias at a given time?")
-        q = st.columns(3)
-        when_alias = q[0].selectbox("Alias", sorted({c.alias for c in history}), key="versions.when_alias")
-        when_day = q[1].date_input("Date (UTC)", key="versions.when_day")
-        when_time = q[2].time_input("Time (UTC)", value=time(23, 59), key="versions.when_time")
-        moment = datetime.combine(when_day, when_time, tzinfo=timezone.utc)
-        try:
-            holder = releases.holder_at(agent, when_alias, moment, settings)
-        except AgentOpsError as exc:
-            show_error(exc, what="Cannot answer from the audit trail")
-        else:
-            st.markdown(f"At {moment:%Y-%m-%d %H:%M} UTC **{plain(when_alias)}** held "
-                        f"**{'v' + holder if holder else 'no version (per the audit trail)'}**.")
-    else:
-        st.info("No alias change has been made through the app yet; promotions and rollbacks appear here.",
-                icon=":material/history:")
+    # An alias change also forgets a promotion planned against the holder it replaced.
+    show_alias_history(agent, states, history, settings=settings, identity=identity, can_promote=can_promote,
+                       changed=lambda notice, *keys: _changed(notice, *keys, _PENDING, _PENDING_REQUEST))
 
 with tab_gate:
-    try:
-        rules = _rules(settings, agent)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot read the gate rules")
-        rules = []
+    rules = read_or([], "Cannot read the gate rules", _rules, settings, agent)
     st.caption(f"Stored on the registered model as the `{gates.GATE_TAG}` tag, so they travel with the agent. "
                "Metrics are evaluation metric names such as `expected_facts/mean`.")
     editor = st.data_editor(
@@ -515,9 +394,7 @@ with tab_gate:
         except AgentOpsError as exc:
             show_error(exc, what="The gate rules were not saved")
         else:
-            _clear_caches()
-            st.session_state[_NOTICE] = f"Saved {len(new_rules)} gate rule(s) for {agent}."
-            st.rerun()
+            _changed(f"Saved {len(new_rules)} gate rule(s) for {agent}.")
 
 if st.button("Refresh", icon=":material/refresh:", key="versions.refresh"):
     _clear_caches()

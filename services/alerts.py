@@ -256,6 +256,16 @@ def _feedback_score(client: Any, query: TraceQuery, feedback_name: str,
     return (weighted / total if total else None), total
 
 
+def apart(value: float, limit: float, *, digits: int) -> tuple[str, str]:
+    """``value`` and ``limit`` written with ``digits`` decimals, or with as many more (up to 6) as it takes to
+    tell them apart: an alert never reads "0.60 is below 0.60"."""
+    for places in range(digits, 7):
+        written = f"{value:,.{places}f}", f"{limit:,.{places}f}"
+        if written[0] != written[1]:
+            break
+    return written
+
+
 def check_alerts(health: AgentHealth, thresholds: AlertThresholds) -> list[Alert]:
     """The thresholds an agent's figures cross (nothing is checked without traffic)."""
     alerts: list[Alert] = []
@@ -263,19 +273,22 @@ def check_alerts(health: AgentHealth, thresholds: AlertThresholds) -> list[Alert
         return alerts
     t = thresholds
     if t.p95_latency_ms is not None and health.p95_latency_ms is not None and health.p95_latency_ms > t.p95_latency_ms:
+        seen, limit = apart(health.p95_latency_ms, t.p95_latency_ms, digits=0)
         alerts.append(Alert(health.agent, "p95 latency", health.p95_latency_ms, t.p95_latency_ms,
-                            f"p95 latency {health.p95_latency_ms:,.0f} ms is above {t.p95_latency_ms:,.0f} ms"))
+                            f"p95 latency {seen} ms is above {limit} ms"))
     if t.error_rate is not None and health.error_rate is not None and health.error_rate > t.error_rate:
+        seen, limit = apart(health.error_rate * 100, t.error_rate * 100, digits=1)
         alerts.append(Alert(health.agent, "error rate", health.error_rate, t.error_rate,
-                            f"error rate {health.error_rate:.1%} is above {t.error_rate:.1%}"))
+                            f"error rate {seen}% is above {limit}%"))
     if t.daily_cost is not None and health.cost_last_24h > t.daily_cost:
+        seen, limit = apart(health.cost_last_24h, t.daily_cost, digits=2)
         alerts.append(Alert(health.agent, "daily cost", health.cost_last_24h, t.daily_cost,
-                            f"cost over the last 24 h ${health.cost_last_24h:,.2f} is above ${t.daily_cost:,.2f}"))
+                            f"cost over the last 24 h ${seen} is above ${limit}"))
     if (t.min_feedback_score is not None and health.feedback_score is not None
             and health.feedback_score < t.min_feedback_score):
+        seen, limit = apart(health.feedback_score, t.min_feedback_score, digits=2)
         alerts.append(Alert(health.agent, "feedback score", health.feedback_score, t.min_feedback_score,
-                            f"mean {t.feedback_name} {health.feedback_score:.2f} is below {t.min_feedback_score:.2f} "
-                            f"({health.feedback_count} assessments)"))
+                            f"mean {t.feedback_name} {seen} is below {limit} ({health.feedback_count} assessments)"))
     return alerts
 
 

@@ -52,7 +52,8 @@ class AgentSummary:
     experiment_ids: tuple[str, ...] = ()
 
 
-def _ts(ms: int | None) -> datetime | None:
+def datetime_of(ms: int | None) -> datetime | None:
+    """An MLflow epoch-milliseconds timestamp as an aware UTC datetime (None when unset)."""
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None
 
 
@@ -74,7 +75,8 @@ def _as_dict(model: Any, field: str, key: str, value: str) -> dict[str, str]:
     return {str(getattr(e, key)): str(getattr(e, value)) for e in raw}
 
 
-def _tags(model: Any) -> dict[str, str]:
+def model_tags(model: Any) -> dict[str, str]:
+    """A registered model's tags as a dict, whatever shape the store returned them in."""
     return _as_dict(model, "tags", "key", "value")
 
 
@@ -95,14 +97,14 @@ def list_agents(settings: Settings | None = None, *, max_results: int = 1000) ->
     agents = []
     for model in models:
         aliases = aliases_of(model)
-        tags = _tags(model)
+        tags = model_tags(model)
         if not aliases or not tags:
             # Search results leave aliases empty on SQLite, and aliases *and* tags empty on Unity
             # Catalog (where the experiment link lives in a tag); ask the model itself.
             with translate_errors(f"registered model {model.name!r}"):
                 full = client.get_registered_model(model.name)
             aliases = aliases or aliases_of(full)
-            tags = tags or _tags(full)
+            tags = tags or model_tags(full)
         agents.append(
             AgentSummary(
                 name=model.name,
@@ -111,11 +113,11 @@ def list_agents(settings: Settings | None = None, *, max_results: int = 1000) ->
                 version_count=counts.get(model.name, 0),
                 latest_version=latest.get(model.name),
                 experiment_id=None,
-                updated_at=_ts(model.last_updated_timestamp),
+                updated_at=datetime_of(model.last_updated_timestamp),
                 tags=tags,
             )
         )
-        ids = _agent_experiments(tags, [v for v in all_versions if v.name == model.name], found)
+        ids = experiments_of_agent(tags, [v for v in all_versions if v.name == model.name], found)
         agents[-1] = _with_experiments(agents[-1], ids)
     return sorted(agents, key=lambda a: a.name)
 
@@ -319,7 +321,8 @@ def attached_experiments(tags: dict[str, str]) -> list[str]:
     return [part.strip() for part in (tags.get(ATTACHED_TAG) or "").split(",") if part.strip()]
 
 
-def _agent_experiments(tags: dict[str, str], versions: Sequence[Any], found: dict[str, str]) -> list[str]:
+def experiments_of_agent(tags: dict[str, str], versions: Sequence[Any], found: dict[str, str]) -> list[str]:
+    """An agent's experiments: the tagged one, its versions' (newest first, from ``found``), then attached ones."""
     ids: list[str] = []
     if tags.get(EXPERIMENT_TAG):
         ids.append(tags[EXPERIMENT_TAG])
@@ -358,7 +361,7 @@ def agent_links(name: str, settings: Settings | None = None) -> tuple[list[Versi
         for v in versions
     ]
     links.sort(key=lambda link: int(link.version))
-    return links, _agent_experiments(_tags(model), versions, found)
+    return links, experiments_of_agent(model_tags(model), versions, found)
 
 
 def attach_experiment(name: str, experiment_id: str, identity: Any, settings: Settings | None = None) -> list[str]:
@@ -379,7 +382,7 @@ def attach_experiment(name: str, experiment_id: str, identity: Any, settings: Se
                             "Give the id shown in MLflow's experiment page.") from None
     if getattr(experiment, "lifecycle_stage", "active") != "active":
         raise ValidationError(f"Experiment {experiment_id} is deleted; restore it first. Nothing was attached.")
-    before = attached_experiments(_tags(model))
+    before = attached_experiments(model_tags(model))
     if experiment_id in before:
         return before
     after = [*before, experiment_id]
@@ -396,7 +399,7 @@ def detach_experiment(name: str, experiment_id: str, identity: Any, settings: Se
     client = mlflow_client(settings)
     with translate_errors(f"registered model {name!r}"):
         model = client.get_registered_model(name)
-    before = attached_experiments(_tags(model))
+    before = attached_experiments(model_tags(model))
     if experiment_id not in before:
         raise ValidationError(f"Experiment {experiment_id} is not attached to {name!r}; nothing was changed.")
     after = [e for e in before if e != experiment_id]

@@ -97,6 +97,12 @@ def _figures(infos: list[Any]) -> VersionTraffic:
     )
 
 
+def _window(now: datetime | None, window: timedelta) -> tuple[datetime, int]:
+    """The window's end (now when not given) and its start in epoch milliseconds."""
+    now = now or datetime.now(tz=timezone.utc)
+    return now, int((now - window).timestamp() * 1000)
+
+
 def traffic_by_model(
     experiment_ids: Sequence[str], model_ids: Sequence[str], settings: Settings | None = None, *,
     now: datetime | None = None, window: timedelta = TRAFFIC_WINDOW, force_fallback: bool = False,
@@ -111,8 +117,7 @@ def traffic_by_model(
     wanted = [m for m in dict.fromkeys(model_ids) if m]
     if not experiment_ids or not wanted:
         return {}
-    now = now or datetime.now(tz=timezone.utc)
-    since_ms = int((now - window).timestamp() * 1000)
+    now, since_ms = _window(now, window)
     client = mlflow_client(settings)
     traffic, path = _stored_traffic(client, experiment_ids, wanted, now, since_ms, evaluation_rows=False,
                                     force_fallback=force_fallback)
@@ -133,8 +138,7 @@ def live_traffic_by_model(
     wanted = [m for m in dict.fromkeys(model_ids) if m]
     if not experiment_ids or not wanted:
         return {}
-    now = now or datetime.now(tz=timezone.utc)
-    since_ms = int((now - window).timestamp() * 1000)
+    now, since_ms = _window(now, window)
     client = mlflow_client(settings)
     traffic, _ = _stored_traffic(client, experiment_ids, wanted, now, since_ms, evaluation_rows=True)
     return _without_evaluation_rows(client, experiment_ids, wanted, since_ms, traffic)

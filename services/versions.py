@@ -115,13 +115,13 @@ def agent_experiment_ids(name: str, settings: Settings | None = None, *, model: 
             found.update(registry.experiments_of_versions(client, runs_only) if runs_only else {})
         else:
             found = registry.experiments_of_versions(client, versions)
-    ids = registry._agent_experiments(registry._tags(model), versions, found)
+    ids = registry.experiments_of_agent(registry.model_tags(model), versions, found)
     ids += [i for i in settings.experiment_ids if i not in ids]
     return ids
 
 
 def _known_experiments(model: Any, settings: Settings | None) -> list[str]:
-    tags = registry._tags(model)
+    tags = registry.model_tags(model)
     known = [tags[registry.EXPERIMENT_TAG]] if tags.get(registry.EXPERIMENT_TAG) else []
     return list(dict.fromkeys([*known, *registry.attached_experiments(tags), *(settings or get_settings()).experiment_ids]))
 
@@ -159,7 +159,7 @@ def list_versions(
         rows.append(
             {
                 "version": int(number),
-                "created": registry._ts(v.creation_timestamp),
+                "created": registry.datetime_of(v.creation_timestamp),
                 "creator": v.user_id or "",
                 "status": str(v.status or ""),
                 "aliases": tuple(sorted(aliases_by_version.get(number, []))),
@@ -221,7 +221,7 @@ def version_detail(name: str, version: str | int, settings: Settings | None = No
     return VersionDetail(
         agent=name,
         version=number,
-        created=registry._ts(v.creation_timestamp),
+        created=registry.datetime_of(v.creation_timestamp),
         creator=v.user_id or "",
         status=str(v.status or ""),
         description=v.description or "",
@@ -295,7 +295,7 @@ def latest_evaluation_by_version(
 
 
 def _all_versions(client: Any, name: str) -> list[Any]:
-    versions = registry._all_pages(client.search_model_versions, filter_string=f"name='{_q(name)}'")
+    versions = registry.agent_versions(client, name)
     if not versions:
         # search_model_versions raises nothing for an unknown name; the caller already
         # fetched the registered model, so an empty list means "no versions yet".
@@ -346,10 +346,6 @@ def _matches(row: pd.Series, needle: str) -> bool:
         " ".join(map(str, row["params"].values())),
     ]
     return any(needle in str(part).lower() for part in haystack)
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def require_version_exists(client: Any, name: str, version: str) -> Any:

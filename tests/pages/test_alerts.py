@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import getpass
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from services import alerting, roles
+from tests.harness.app_page import button, open_page
 from tests.services.test_alerting import SECRET, _messages, hook, receiver  # noqa: F401 - fixtures used by name
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
@@ -19,18 +17,6 @@ def store(isolated_settings, use_store, tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTOPS_ALERT_CHANNELS_FILE", str(tmp_path / "private" / "alert-channels.json"))
     use_store(isolated_settings.data_dir)
     return isolated_settings
-
-
-def _open() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    app.switch_page("pages/alerts.py")
-    app.run()
-    return app
-
-
-def _button(app: AppTest, label: str):
-    return next(b for b in app.button if b.label == label)
 
 
 def _texts(app: AppTest) -> str:
@@ -41,28 +27,28 @@ def _texts(app: AppTest) -> str:
 
 
 def test_channels_rules_and_the_test_button(store, hook, receiver):
-    app = _open()
+    app = open_page("pages/alerts.py")
     assert not app.exception
     assert any("No alert rules yet" in i.value for i in app.info)
 
     app.text_input(key="channel_name").input("oncall")
     app.text_input(key="channel_url").input("nosuchservice://tok/" + SECRET)
-    _button(app, "Review channel").click().run()
+    button(app, "Review channel").click().run()
     assert any("apprise does not recognise" in w.value for w in app.warning)
     assert not any(b.label == "Save channel" for b in app.button)  # nothing to confirm
     assert alerting.list_channels(store) == []
 
     app.text_input(key="channel_name").input("oncall")
     app.text_input(key="channel_url").input(hook)
-    _button(app, "Review channel").click().run()
+    button(app, "Review channel").click().run()
     assert "Add channel **oncall**" in _texts(app) and hook not in _texts(app)
     assert alerting.list_channels(store) == []  # reviewed, not yet confirmed
-    _button(app, "Save channel").click().run()
+    button(app, "Save channel").click().run()
     assert not app.exception
     assert any("Saved channel oncall" in s.value for s in app.success)
     assert "JSON (json://" in _texts(app)
 
-    _button(app, "Send test alert").click().run()
+    button(app, "Send test alert").click().run()
     assert any("Test alert delivered to oncall" in s.value for s in app.success)
     assert [kind for kind, _ in _messages(receiver)] == ["info"]
 
@@ -70,15 +56,15 @@ def test_channels_rules_and_the_test_button(store, hook, receiver):
     app.number_input(key="rule_threshold").set_value(0.1)
     app.number_input(key="rule_min_sample").set_value(3)
     app.multiselect(key="rule_channels").select("oncall")
-    _button(app, "Review rule").click().run()
+    button(app, "Review rule").click().run()
     assert any("minimum sample must be between 5" in w.value for w in app.warning)
     assert not any(b.label == "Save rule" for b in app.button)
     assert alerting.list_rules(store) == []
 
     app.number_input(key="rule_min_sample").set_value(10)
-    _button(app, "Review rule").click().run()
+    button(app, "Review rule").click().run()
     assert "- **min_sample**: 10" in _texts(app)
-    _button(app, "Save rule").click().run()
+    button(app, "Save rule").click().run()
     assert not app.exception
     assert [(r.name, r.min_sample, r.channels) for r in alerting.list_rules(store)] == [("errors", 10, ("oncall",))]
     assert "error rate above 10.0% over 60 min" in _texts(app)
@@ -89,10 +75,10 @@ def test_channels_rules_and_the_test_button(store, hook, receiver):
 
 def test_viewers_see_the_configuration_but_cannot_change_it(store):
     roles.init_roles("someone-else@example.com", store, by="test")
-    app = _open()
+    app = open_page("pages/alerts.py")
     assert not app.exception
     assert any("Needs the operator role" in c.value for c in app.caption)
-    assert _button(app, "Review channel").disabled and _button(app, "Review rule").disabled
+    assert button(app, "Review channel").disabled and button(app, "Review rule").disabled
 
 
 def test_editing_evaluating_and_deleting_a_rule(store, hook, receiver):
@@ -101,26 +87,26 @@ def test_editing_evaluating_and_deleting_a_rule(store, hook, receiver):
     alerting.save_channel(store, "oncall", hook, ADMIN)
     alerting.save_rule(store, {"name": "errors", "measure": "error_rate", "threshold": 0.1, "channels": ["oncall"]},
                        ADMIN)
-    app = _open()
+    app = open_page("pages/alerts.py")
     app.selectbox(key="rule_pick").select("errors").run()
     assert app.text_input(key="rule_name@errors").value == "errors"
     assert app.number_input(key="rule_threshold@errors").value == 0.1
     app.number_input(key="rule_threshold@errors").set_value(0.25)
-    _button(app, "Review rule").click().run()
+    button(app, "Review rule").click().run()
     assert "**threshold**: 0.1 → 0.25" in _texts(app)
-    _button(app, "Save rule").click().run()
+    button(app, "Save rule").click().run()
     assert not app.exception
     assert [(r.name, r.threshold) for r in alerting.list_rules(store)] == [("errors", 0.25)]
 
-    _button(app, "Evaluate rules now").click().run()
+    button(app, "Evaluate rules now").click().run()
     assert not app.exception
     assert any("1 rule(s) evaluated, 0 firing, 0 notification(s) sent" in m.value for m in app.markdown)
     assert _messages(receiver) == []
 
     app.selectbox(key="rule_pick").select("errors").run()
-    assert _button(app, "Delete rule").disabled
+    assert button(app, "Delete rule").disabled
     app.checkbox(key="rule_delete_sure").check().run()
-    _button(app, "Delete rule").click().run()
+    button(app, "Delete rule").click().run()
     assert not app.exception and alerting.list_rules(store) == []
     assert any("Deleted rule errors" in s.value for s in app.success)
 
@@ -131,11 +117,11 @@ def test_a_group_readable_channels_file_is_refused_on_the_page(store, hook, tmp_
     secrets = private / "alert-channels.json"
     secrets.write_text("{}")
     secrets.chmod(0o644)
-    app = _open()
+    app = open_page("pages/alerts.py")
     app.text_input(key="channel_name").input("oncall")
     app.text_input(key="channel_url").input(hook)
-    _button(app, "Review channel").click().run()
-    _button(app, "Save channel").click().run()
+    button(app, "Review channel").click().run()
+    button(app, "Save channel").click().run()
     assert not app.exception
     assert any("chmod 600" in e.value for e in app.error)
     assert alerting.list_channels(store) == [] and secrets.read_text() == "{}"

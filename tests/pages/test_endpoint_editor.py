@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from services import audit, serving, team_state
+from tests.harness.app_page import open_page
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 MODEL = "triage agent"
 pytestmark = pytest.mark.slow
 
@@ -31,15 +30,6 @@ def _records(settings) -> dict:
     return {k: (r.version, r.value) for k, r in team_state.read_all(settings, serving.ENDPOINT_KEY).items()}
 
 
-def _page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=90)
-    app.run()
-    app.switch_page("pages/serving.py")
-    app.run()
-    assert not app.exception
-    return app
-
-
 def _add(app: AppTest, version: str) -> None:
     app.selectbox(key="epadm::create::add_agent").set_value(MODEL).run()
     app.selectbox(key="epadm::create::add_version").set_value(version).run()
@@ -47,7 +37,7 @@ def _add(app: AppTest, version: str) -> None:
 
 
 def test_create_an_endpoint_from_the_registry_with_a_preview_and_an_audit_record(store):
-    app = _page()
+    app = open_page("pages/serving.py", timeout=90)
     assert any("No agent endpoints yet" in i.value for i in app.info)
     app.text_input(key="epadm::name").input("triage-ab").run()
     _add(app, "1")
@@ -74,7 +64,7 @@ def test_create_an_endpoint_from_the_registry_with_a_preview_and_an_audit_record
 
 
 def test_a_bad_name_or_a_missing_version_is_explained_and_stores_nothing(store):
-    app = _page()
+    app = open_page("pages/serving.py", timeout=90)
     app.text_input(key="epadm::name").input("triage ab").run()
     _add(app, "1")
     app.text_input(key="epadm::reason").input("r").run()
@@ -97,7 +87,7 @@ def test_delete_after_a_preview_and_a_viewer_cannot_change(store, tmp_path, monk
     ops = Identity("ops", "ops", IdentitySource.OS_USER)
     endpoint_admin.apply(endpoint_admin.plan_create("old-ep", {(MODEL, "1"): 100}, settings=store), identity=ops,
                          reason="setup", settings=store)
-    app = _page()
+    app = open_page("pages/serving.py", timeout=90)
     app.segmented_control(key="epadm::mode").set_value("Delete").run()
     app.selectbox(key="epadm::delete_name").set_value("old-ep").run()
     app.button(key="epadm::preview").click().run()
@@ -112,6 +102,6 @@ def test_delete_after_a_preview_and_a_viewer_cannot_change(store, tmp_path, monk
     roles_file = tmp_path / "roles.json"
     roles_file.write_text(json.dumps({"users": {}, "default": "viewer"}))
     monkeypatch.setenv("AGENTOPS_ROLES_FILE", str(roles_file))
-    viewer = _page()
+    viewer = open_page("pages/serving.py", timeout=90)
     assert viewer.button(key="epadm::preview").disabled
     assert any("operator role" in c.value for c in viewer.caption)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from services import eval_jobs
+from tests.harness.app_page import open_page
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/evaluations.py"
 EVAL_FILTER = "tags.`mlflow.runType` = 'genai_evaluate'"
 GOOD_ROWS = [
@@ -19,14 +17,6 @@ GOOD_ROWS = [
     {"inputs": {"question": "How do I enable two-factor authentication?"}, "expectations": {"expected_facts": ["authenticator app"]}},
 ]
 BAD_JSONL = (json.dumps(GOOD_ROWS[0]) + "\n" + json.dumps({"inputs": {"prompt": "hi"}}) + "\n").encode()
-
-
-def _page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
-    app.switch_page(PAGE)
-    app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def _eval_runs(settings) -> list:
@@ -48,7 +38,7 @@ def _datasets(settings) -> int:
 
 
 def test_run_tab_offers_versions_datasets_and_explains_judges(seeded_settings):
-    app = _page()
+    app = open_page(PAGE, timeout=120)
     assert app.title[0].value == "Evaluations"
     assert app.selectbox(key="eval_agent").options == ["orders-agent", "support-agent"]
     assert "@champion (v2)" in app.selectbox(key="eval_version").options
@@ -60,7 +50,7 @@ def test_run_tab_offers_versions_datasets_and_explains_judges(seeded_settings):
 
 def test_malformed_upload_names_the_row_and_stores_nothing(seeded_settings):
     runs, stored = len(_eval_runs(seeded_settings)), _datasets(seeded_settings)
-    app = _page()
+    app = open_page(PAGE, timeout=120)
     app.radio(key="eval_source").set_value("Upload a file").run()
     app.file_uploader(key="eval_upload").set_value(("bad.jsonl", BAD_JSONL, "application/jsonl")).run()
     assert not app.exception
@@ -73,7 +63,7 @@ def test_malformed_upload_names_the_row_and_stores_nothing(seeded_settings):
 
 def test_run_from_the_page_in_the_background(seeded_settings):
     runs = len(_eval_runs(seeded_settings))
-    app = _page()
+    app = open_page(PAGE, timeout=120)
     app.selectbox(key="eval_agent").set_value("support-agent").run()
     app.radio(key="eval_source").set_value("Upload a file").run()
     upload = json.dumps(GOOD_ROWS).encode()
@@ -94,7 +84,7 @@ def test_compare_tab_shows_verdicts_summary_and_rows(seeded_settings):
         tags = run.data.tags
         if tags.get("agentops.agent") == "orders-agent" and tags.get("agentops.dataset") == "orders-agent-golden":
             by_version.setdefault(tags["agentops.version"], run.info.run_id)
-    app = _page()
+    app = open_page(PAGE, timeout=120)
     app.multiselect(key="compare_runs").set_value([by_version["1"], by_version["2"]]).run()
     assert not app.exception
     verdicts = " ".join(s.value for s in app.success)
@@ -109,5 +99,5 @@ def test_compare_tab_shows_verdicts_summary_and_rows(seeded_settings):
 
 def test_empty_store_says_what_to_do(tmp_path, use_store):
     use_store(tmp_path / "empty")
-    app = _page()
+    app = open_page(PAGE, timeout=120)
     assert any("No registered agents yet" in i.value for i in app.info)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from services import _mlflow_internal as internal
+from tests.harness.app_page import open_page
 from tests.services.test_monitoring import TRACES, _spec
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def _store(settings, traces=TRACES) -> None:
@@ -19,14 +15,6 @@ def _store(settings, traces=TRACES) -> None:
     experiment_id = client.create_experiment("mon", artifact_location=(settings.artifact_root / "m").as_uri())
     client.create_registered_model("agent-a", tags={"agentops.experiment_id": experiment_id})
     internal.log_traces(client, [_spec(experiment_id, *t) for t in traces])
-
-
-def _open() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    app.switch_page("pages/monitoring.py")
-    app.run()
-    return app
 
 
 def _problems(app: AppTest) -> list[str]:
@@ -45,7 +33,7 @@ def _metric(app: AppTest, label: str) -> str:
 def test_page_shows_store_figures_and_applies_filters(isolated_settings, use_store):
     _store(isolated_settings)
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/monitoring.py")
     assert not app.exception and not _problems(app)
     assert _metric(app, "Requests") == str(len(TRACES))
     assert _metric(app, "Traces without token usage") == "1"
@@ -73,7 +61,7 @@ def test_alerts_follow_saved_thresholds(isolated_settings, use_store):
     mon.save_thresholds(isolated_settings, "agent-a", mon.AlertThresholds(p95_latency_ms=500, error_rate=None,
                                                                          daily_cost=None, min_feedback_score=None))
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/monitoring.py")
     assert not app.exception
     assert any("agent-a" in e.value and "p95 latency" in e.value for e in app.error)
 
@@ -82,14 +70,14 @@ def test_empty_window_shows_an_empty_state(isolated_settings, use_store):
     old = [(v, a, 60 * 24 * 10 + m, d, u, model, e) for v, a, m, d, u, model, e in TRACES]  # ten days ago
     _store(isolated_settings, old)
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/monitoring.py")
     assert not app.exception and not _problems(app)
     assert any("No traces match these filters" in i.value for i in app.info)
 
 
 def test_empty_store_says_how_to_fill_it(tmp_path, use_store):
     use_store(tmp_path / "empty")
-    app = _open()
+    app = open_page("pages/monitoring.py")
     assert not app.exception
     assert any("python -m demo.seed" in i.value for i in app.info)
 
@@ -99,7 +87,7 @@ def test_thresholds_and_prices_are_saved_only_once_confirmed(isolated_settings, 
 
     _store(isolated_settings)
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/monitoring.py")
     before = alerts.load_thresholds(isolated_settings)
     next(n for n in app.number_input if n.label == "p95 latency (ms)").set_value(1234.0)
     next(b for b in app.button if b.label == "Review thresholds").click().run()

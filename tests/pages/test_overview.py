@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
+import streamlit as st
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from services import _clients
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-def _run_app() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    return app
+from tests.harness.app_page import open_page
 
 
 def _metric(app: AppTest, label: str) -> str:
@@ -38,8 +31,10 @@ def test_overview_shows_what_the_store_holds(seeded_settings):
     models = client.search_registered_models()
     experiment_ids = [m.tags["agentops.experiment_id"] for m in models]
     day_ms = 24 * 3600 * 1000
+    # Another test's page run may have cached the Overview's figures (30 s, process-wide): count afresh.
+    st.cache_data.clear()
     before = _traces_since(client, experiment_ids, int(time.time() * 1000) - day_ms)
-    app = _run_app()
+    app = open_page()
     after = _traces_since(client, experiment_ids, int(time.time() * 1000) - day_ms)
 
     assert not app.exception
@@ -70,7 +65,7 @@ def test_overview_shows_what_the_store_holds(seeded_settings):
 
 def test_empty_store_shows_how_to_fill_it(tmp_path, use_store):
     use_store(tmp_path / "empty")
-    app = _run_app()
+    app = open_page()
     assert not app.exception
     assert any("no registered agents" in i.value for i in app.info)
     assert any("python -m demo.seed" in i.value for i in app.info)
@@ -81,7 +76,7 @@ def test_corrupt_store_gives_a_message_not_a_traceback(tmp_path, use_store):
     data_dir.mkdir()
     (data_dir / "mlflow.db").write_bytes(b"garbage" * 100)
     use_store(data_dir)
-    app = _run_app()
+    app = open_page()
     assert not app.exception
     assert any("not an SQLite database" in e.value for e in app.error)
 
@@ -96,7 +91,7 @@ def test_unreachable_mlflow_server_gives_a_message(monkeypatch):
     monkeypatch.setenv("AGENTOPS_MLFLOW_URI", f"http://127.0.0.1:{port}")
     _clients._cached_settings.cache_clear()
     try:
-        app = _run_app()
+        app = open_page()
         assert not app.exception
         assert any(f"127.0.0.1:{port}" in e.value and "Cannot reach" in e.value for e in app.error)
         assert "MLflow server" in "".join(m.value for m in app.sidebar.markdown)
@@ -114,7 +109,7 @@ def test_a_role_is_granted_only_once_confirmed(isolated_settings, use_store):
     MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri).create_registered_model("agent-a")
     use_store(settings.data_dir)
     bo = Identity("bo@example.com", "bo", IdentitySource.OS_USER)
-    app = _run_app()
+    app = open_page()
     next(b for b in app.button if b.label == "Review grant").click().run()
     assert any("Give the user's email or name" in w.value for w in app.warning)
     assert not any(b.label == "Grant role" for b in app.button)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
@@ -11,10 +9,10 @@ from streamlit.testing.v1 import AppTest
 from components.tables import plain
 from services import feedback as fb
 from services import review_queue as rq
+from tests.harness.app_page import button, open_page
 from tests.harness.databricks_settings import databricks_env, use_app_env
 from tests.services.test_feedback import QUESTIONS, make_traces
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 REVIEWER = "rev@example.com"
 
 
@@ -31,21 +29,9 @@ def _store(settings, count: int = 2):
     return experiment_id, ids
 
 
-def _open() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    app.switch_page("pages/review.py")
-    app.run()
-    return app
-
-
-def _button(app: AppTest, label: str):
-    return next(b for b in app.button if b.label == label)
-
-
 def test_empty_store_explains_what_to_do(isolated_settings, use_store, as_reviewer):
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/review.py")
     assert not app.exception and not app.error
     assert any("no review queues yet" in i.value for i in app.info)
     assert any(plain(REVIEWER) in c.value for c in app.caption)  # shown as typed, not as a mailto link
@@ -56,17 +42,17 @@ def test_reviewer_reviews_edits_and_curates(isolated_settings, use_store, as_rev
     queue = rq.create_queue(rq.QueueSpec("triage", rq.QueueSource.HAND_PICKED, (), agent="agent-a", trace_ids=tuple(ids)),
                             "owner@example.com", isolated_settings)
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/review.py")
     assert not app.exception and not app.error
 
-    _button(app, "Review next item").click().run()
+    button(app, "Review next item").click().run()
     assert not app.exception
     shown = [t.value for t in app.text]
     assert any(v.startswith("What is") for v in shown) and any(v.startswith("It is") for v in shown)
     trace_id = next(i.trace_id for i in rq.queue_items(queue, isolated_settings) if i.claimed_by == REVIEWER)
 
     # An empty review is refused and nothing is stored.
-    _button(app, "Submit review").click().run()
+    button(app, "Submit review").click().run()
     assert any("empty" in w.value for w in app.warning)
     assert fb.assessment_history(trace_id, isolated_settings).empty
 
@@ -75,7 +61,7 @@ def test_reviewer_reviews_edits_and_curates(isolated_settings, use_store, as_rev
     app.text_area(key="review_form_comment").input("Wrong number")
     app.text_area(key="review_form_corrected").input("It is zero.")
     app.selectbox(key="review_form_label_tone").select("rude")
-    _button(app, "Submit review").click().run()
+    button(app, "Submit review").click().run()
     assert not app.exception and not app.warning, [w.value for w in app.warning]
     assert any("Review stored" in s.value for s in app.success)
     history = fb.assessment_history(trace_id, isolated_settings)
@@ -94,7 +80,7 @@ def test_reviewer_reviews_edits_and_curates(isolated_settings, use_store, as_rev
 
     # Curate the reviewed trace into an evaluation dataset.
     app.text_input(key="cur_name").input("triaged")
-    _button(app, "Add reviewed traces to the dataset").click().run()
+    button(app, "Add reviewed traces to the dataset").click().run()
     assert not app.exception
     assert any("Added 1 row" in s.value for s in app.success)
     from services import datasets
@@ -109,8 +95,8 @@ def test_a_trace_whose_agent_tag_is_no_registered_model_opens_with_its_tags_as_t
     _, _, ids = make_traces(isolated_settings, 1, agent=agent, name="tagged")
     rq.create_queue(rq.QueueSpec("tags", rq.QueueSource.HAND_PICKED, (), trace_ids=tuple(ids)), "o@x", isolated_settings)
     use_store(isolated_settings.data_dir)
-    app = _open()
-    _button(app, "Review next item").click().run()
+    app = open_page("pages/review.py")
+    button(app, "Review next item").click().run()
     assert not app.exception and not app.warning, [w.value for w in app.warning]
     assert any(t.value.startswith("What is") for t in app.text)
     meta = next(c.value for c in app.caption if "version 1" in c.value)
@@ -118,7 +104,7 @@ def test_a_trace_whose_agent_tag_is_no_registered_model_opens_with_its_tags_as_t
     # Only the built-in questions: the tag names no registered model with label questions.
     assert [w for w in app.selectbox if "review_form_label" in (w.key or "")] == []
     app.radio(key="review_form_thumbs").set_value(":material/thumb_up: Good answer")
-    _button(app, "Submit review").click().run()
+    button(app, "Submit review").click().run()
     assert any("Review stored" in s.value for s in app.success)
 
 
@@ -126,11 +112,11 @@ def test_deleted_item_gets_a_clear_message(isolated_settings, use_store, as_revi
     experiment_id, ids = _store(isolated_settings, 1)
     rq.create_queue(rq.QueueSpec("one", rq.QueueSource.HAND_PICKED, (), trace_ids=tuple(ids)), "o@x", isolated_settings)
     use_store(isolated_settings.data_dir)
-    app = _open()
-    _button(app, "Review next item").click().run()
+    app = open_page("pages/review.py")
+    button(app, "Review next item").click().run()
     MlflowClient(tracking_uri=isolated_settings.tracking_uri).delete_traces(experiment_id, trace_ids=ids)
     app.radio(key="review_form_thumbs").set_value(":material/thumb_up: Good answer")
-    _button(app, "Submit review").click().run()
+    button(app, "Submit review").click().run()
     assert not app.exception
     assert any("deleted meanwhile" in w.value for w in app.warning)
 
@@ -138,14 +124,14 @@ def test_deleted_item_gets_a_clear_message(isolated_settings, use_store, as_revi
 def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewer):
     _, ids = _store(isolated_settings, 2)
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page("pages/review.py")
     app.text_input(key="nq_name").input("picked")
     app.selectbox(key="nq_source").select(rq.QueueSource.HAND_PICKED)
     app.text_area(key="nq_ids").input("\n".join(ids))
-    _button(app, "Preview queue").click().run()
+    button(app, "Preview queue").click().run()
     assert any("- **trace ids**: 2 pasted" in m.value for m in app.markdown)
     assert rq.list_queues(isolated_settings) == []  # previewed, not created
-    _button(app, "Create queue").click().run()
+    button(app, "Create queue").click().run()
     assert not app.exception
     assert any("Queue 'picked' created" in s.value for s in app.success)
     (queue,) = rq.list_queues(isolated_settings)
@@ -154,8 +140,8 @@ def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewe
     # An unknown trace id creates nothing.
     app.text_input(key="nq_name").input("bad")
     app.text_area(key="nq_ids").input("tr-0000")
-    _button(app, "Preview queue").click().run()
-    _button(app, "Create queue").click().run()
+    button(app, "Preview queue").click().run()
+    button(app, "Create queue").click().run()
     assert any("does not exist" in w.value for w in app.warning)
     assert len(rq.list_queues(isolated_settings)) == 1
 
@@ -163,11 +149,11 @@ def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewe
     text = app.text_area(key="lq_text_agent-a")
     text.input('[{"name": "tone", "prompt": "Tone?", "options": ["only"]}]').run()
     assert any("at least two distinct" in w.value for w in app.warning)
-    assert _button(app, "Save questions").disabled
+    assert button(app, "Save questions").disabled
     assert fb.label_questions("agent-a", isolated_settings) == QUESTIONS
     app.text_area(key="lq_text_agent-a").input('[{"name": "tone", "prompt": "Tone?", "options": ["ok", "rude"]}]').run()
     assert any("**tone**:" in m.value and "→ " + plain("Tone? (ok / rude)") in m.value for m in app.markdown)
-    _button(app, "Save questions").click().run()
+    button(app, "Save questions").click().run()
     assert not app.exception
     assert [(q.name, q.options) for q in fb.label_questions("agent-a", isolated_settings)] == [("tone", ("ok", "rude"))]
 
@@ -234,10 +220,10 @@ def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_
                        "review_queue.review_app", "registry", "feedback.labels", "feedback.reviews",
                        "feedback.reading", "feedback.curation"):
             monkeypatch.setattr(f"services.{module}.mlflow_client", local)
-        app = _open()
+        app = open_page("pages/review.py")
         assert not app.exception
         app.text_input(key="dbx_assign").input(f"{REVIEWER}, bo@example.com").run()
-        _button(app, "Create a labeling session for this queue").click().run()
+        button(app, "Create a labeling session for this queue").click().run()
         assert not app.exception
         assert any("Labeling session created" in s.value for s in app.success), [w.value for w in app.warning + app.error]
         (session_id,) = api.sessions
@@ -248,7 +234,7 @@ def test_on_databricks_a_queue_becomes_a_labeling_session_and_the_page_links_to_
         assert _link_buttons(app) == {"Open in the Databricks Review App": url}
 
         # From now on the queue links to its session, on the Queues tab and while reviewing it.
-        app = _open()
+        app = open_page("pages/review.py")
         assert not app.exception
         assert not any(b.label == "Create a labeling session for this queue" for b in app.button)
         assert list(_link_buttons(app).values()) == [url]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from databricks.sdk.service import serving as sdk
-from streamlit.testing.v1 import AppTest
 
 from services import audit, serving
+from tests.harness.app_page import open_page
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
 
 
@@ -21,17 +18,9 @@ def _endpoint_records(settings) -> dict:
     return {k: (r.version, r.value) for k, r in team_state.read_all(settings, serving.ENDPOINT_KEY).items()}
 
 
-def _serving_page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=90)
-    app.run()
-    app.switch_page("pages/serving.py")
-    app.run()
-    return app
-
-
 def test_split_editor_checks_the_sum_and_a_bad_split_changes_nothing(seeded_settings):
     before = _endpoint_records(seeded_settings)
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     assert not app.exception
     assert app.selectbox(key="serving_endpoint").value == "orders-prod"
     assert any("Total: 100%" in s.value for s in app.success)
@@ -43,7 +32,7 @@ def test_split_editor_checks_the_sum_and_a_bad_split_changes_nothing(seeded_sett
 
 
 def test_judge_tab_shows_arms_and_a_verdict(seeded_settings):
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     assert not app.exception
     assert any("Verdict" in m.value for m in app.markdown)
     arms = app.dataframe[0].value
@@ -52,9 +41,8 @@ def test_judge_tab_shows_arms_and_a_verdict(seeded_settings):
 
 def test_confirmed_change_is_applied_and_audited(tmp_path, monkeypatch, seeded_settings):
     # Work on a copy of the endpoint file so the shared demo store keeps its split.
-    from services import _clients
 
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     endpoint = "support-prod"
     app.selectbox(key="serving_endpoint").set_value(endpoint).run()
     app.number_input(key=f"pct::{endpoint}::support-agent::1").set_value(50).run()
@@ -84,7 +72,7 @@ def test_a_reviewer_sees_the_split_but_cannot_change_it(seeded_settings, monkeyp
     roles_file.write_text(_json.dumps({"users": {}, "default": "reviewer"}))
     monkeypatch.setenv("AGENTOPS_ROLES_FILE", str(roles_file))
     before = _endpoint_records(seeded_settings)
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     assert not app.exception
     assert app.button(key="review::orders-prod").disabled
     assert any("operator role" in c.value for c in app.caption)
@@ -149,7 +137,7 @@ def databricks_page(monkeypatch, isolated_settings):
 
 def test_databricks_deploy_tab_previews_confirms_deploys_and_records(databricks_page):
     harness = databricks_page
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     assert not app.exception
     assert app.selectbox(key="serving_endpoint").value == DBX_ENDPOINT
     assert app.selectbox(key="deploy_model").value == DBX_MODEL
@@ -200,7 +188,7 @@ def test_databricks_page_shows_a_rollout_an_unreadable_endpoint_and_external_mod
     endpoint.state = sdk.EndpointState(config_update=sdk.EndpointStateConfigUpdate.IN_PROGRESS,
                                        ready=sdk.EndpointStateReady.READY)
     endpoint.last_updated_timestamp = 1_700_000_000_000
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     assert not app.exception
     info = " ".join(i.value for i in app.info)
     assert "rolling out" in info and "main.demo.support v2 100%" in info, info
@@ -215,6 +203,6 @@ def test_databricks_page_shows_a_rollout_an_unreadable_endpoint_and_external_mod
 
 def test_databricks_deploy_tab_is_disabled_for_a_viewer(databricks_page, monkeypatch):
     monkeypatch.setattr("components.context.request_headers", lambda: {"X-Forwarded-Email": "viv@example.com"})
-    app = _serving_page()
+    app = open_page("pages/serving.py", timeout=90)
     assert not app.exception
     assert app.button(key="deploy_review").disabled

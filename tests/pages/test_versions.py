@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-from pathlib import Path
 
 import pytest
 import streamlit as st
@@ -14,9 +13,9 @@ from services import gates, releases
 from services.errors import NotFoundError
 from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest, RollbackRequest
+from tests.harness.app_page import open_page
 from tests.services.test_releases import AGENT, GATE, build_agent
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/versions.py"
 
 
@@ -26,15 +25,6 @@ def release_store(isolated_settings, use_store):
     gates.set_gate_rules(AGENT, GATE, Identity("lead", "lead", IdentitySource.OS_USER), isolated_settings)
     use_store(isolated_settings.data_dir)
     return isolated_settings
-
-
-def _open() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.run()
-    app.switch_page(PAGE)
-    app.run()
-    assert not app.exception
-    return app
 
 
 def _review(app: AppTest, alias: str, version: str) -> AppTest:
@@ -55,13 +45,13 @@ def _champion(settings) -> str:
 
 def test_empty_store_says_how_to_fill_it(tmp_path, use_store):
     use_store(tmp_path / "empty")
-    app = _open()
+    app = open_page(PAGE)
     assert any("No registered agents yet" in i.value for i in app.info)
     assert any("python -m demo.seed" in i.value for i in app.info)
 
 
 def test_lists_versions_with_aliases_and_metrics(release_store):
-    app = _open()
+    app = open_page(PAGE)
     table = app.dataframe[0].value
     assert list(table["Version"]) == ["v3", "v2", "v1"]
     assert table.set_index("Version").loc["v1", "Aliases"] == "champion"
@@ -70,7 +60,7 @@ def test_lists_versions_with_aliases_and_metrics(release_store):
 
 
 def test_confirm_step_shows_before_after_and_evidence_then_promotes(release_store):
-    app = _review(_open(), "champion", "2")
+    app = _review(open_page(PAGE), "champion", "2")
 
     assert _metric(app, "Points to now") == "v1"
     assert _metric(app, "Will point to") == "v2"
@@ -90,7 +80,7 @@ def test_confirm_step_shows_before_after_and_evidence_then_promotes(release_stor
 
 
 def test_blocked_promotion_changes_nothing(release_store):
-    app = _review(_open(), "champion", "3")
+    app = _review(open_page(PAGE), "champion", "3")
 
     assert _metric(app, "Will point to") == "v3"
     assert any("gate blocks" in e.value for e in app.error)
@@ -102,7 +92,7 @@ def test_blocked_promotion_changes_nothing(release_store):
 
 
 def test_override_with_reason_is_recorded(release_store):
-    app = _review(_open(), "champion", "3")
+    app = _review(open_page(PAGE), "champion", "3")
     app.checkbox(key="versions.override").check().run()
     app.text_area(key="versions.reason").input("incident 42 hotfix").run()
     assert not app.button(key="versions.confirm").disabled
@@ -116,7 +106,7 @@ def test_override_with_reason_is_recorded(release_store):
 
 def test_history_tab_offers_rollback_and_flags_external_moves(release_store):
     releases.promote(PromotionRequest(AGENT, "champion", "2"), Identity("ops", "ops", IdentitySource.OS_USER), settings=release_store)
-    app = _open()
+    app = open_page(PAGE)
     states = next(d.value for d in app.dataframe if "Rollback to" in d.value.columns)
     assert states.set_index("Alias").loc["champion", "Rollback to"] == "v1"
 
@@ -127,14 +117,14 @@ def test_history_tab_offers_rollback_and_flags_external_moves(release_store):
     MlflowClient(release_store.tracking_uri, release_store.tracking_uri).set_registered_model_alias(
         AGENT, "champion", "3")
     st.cache_data.clear()  # reads are cached for 30 s; the page's Refresh button does the same
-    app = _open()
+    app = open_page(PAGE)
     assert any("moved outside the app" in w.value for w in app.warning)
 
 
 def test_after_a_rollback_the_form_is_rebuilt_and_a_second_click_does_not_re_promote(release_store):
     ops = Identity("ops", "ops", IdentitySource.OS_USER)
     releases.promote(PromotionRequest(AGENT, "champion", "2"), ops, settings=release_store)
-    app = _open()
+    app = open_page(PAGE)
     app.text_input(key="versions.rollback_reason").input("p95 regression").run()
     app.button(key="versions.rollback").click().run()
     assert not app.exception
@@ -165,7 +155,7 @@ def test_rollbacks_walk_back_through_the_promotions(release_store):
 @pytest.mark.slow
 def test_demo_agents_render(seeded_settings, use_store):
     use_store(seeded_settings.data_dir)
-    app = _open()
+    app = open_page(PAGE)
     assert not app.error
     assert len(app.dataframe[0].value) == 3
 
@@ -182,7 +172,7 @@ def ready_store(isolated_settings, use_store):
 def test_versions_list_has_a_readiness_column(ready_store):
     from tests.services.test_readiness import AGENT as READY
 
-    app = _open()
+    app = open_page(PAGE)
     app.selectbox(key="versions.agent").set_value(READY).run()
     table = app.dataframe[0].value.set_index("Version")
     assert table.loc["v2", "Readiness"].startswith("⛔")  # fails its gate (required)
@@ -193,7 +183,7 @@ def test_versions_list_has_a_readiness_column(ready_store):
 def test_failing_load_check_blocks_promotion_until_overridden(ready_store):
     from tests.services.test_readiness import AGENT as READY
 
-    app = _open()
+    app = open_page(PAGE)
     app.selectbox(key="versions.agent").set_value(READY).run()
     app = _review(app, "champion", "3")
     assert not any("Required readiness items fail" in e.value for e in app.error)
@@ -226,7 +216,7 @@ def test_an_interrupted_alias_change_is_settled_through_the_confirmation(isolate
             releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="lost-1"), lead,
                              settings=isolated_settings)
     use_store(isolated_settings.data_dir)
-    app = _open()
+    app = open_page(PAGE)
     assert any("was interrupted" in w.value for w in app.warning)
     settle = app.button(key="versions.settle::champion")
     assert settle.label == "Settle champion" and not settle.disabled

@@ -6,14 +6,12 @@ traffic: none of them shows None, nan, NaT or <NA> in a table.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamlit.testing.v1 import AppTest
 
 from components.tables import DASH
+from tests.harness.app_page import open_page
 from tests.realworld.workspace import UNICODE_AGENT
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 BAD = {"None", "nan", "NaN", "NaT", "<NA>"}
 
 
@@ -22,11 +20,7 @@ def _bad_cells(app: AppTest) -> list[str]:
 
 
 def test_monitoring_tables_show_a_dash_where_values_are_missing(on_realworld):
-    app = AppTest.from_file(APP, default_timeout=120)
-    app.run()
-    app.switch_page("pages/monitoring.py")
-    app.run()
-    assert not app.exception, app.exception
+    app = open_page("pages/monitoring.py", timeout=120)
     explorer = next(d.value for d in app.dataframe if "trace_id" in d.value.columns).set_index("trace_id")
     # All the traces of the window: the unlinked ones have no agent or version, and say why.
     assert set(on_realworld.unlinked_trace_ids) <= set(explorer.index)

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mlflow import MlflowClient
-from streamlit.testing.v1 import AppTest
 
+from tests.harness.app_page import open_page
 from tests.realworld.workspace import BULK_AGENT, EMPTY_AGENT, QUIET_AGENT, UNICODE_AGENT
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-def _open(page: str | None = None) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
-    app.run()
-    if page:
-        app.switch_page(page)
-        app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def _live(agent) -> tuple[int, int]:
@@ -27,7 +13,7 @@ def _live(agent) -> tuple[int, int]:
 
 
 def test_overview_rows_count_each_agents_traces_through_the_model_id(on_realworld):
-    app = _open()
+    app = open_page(timeout=120)
     frame = app.dataframe[0].value.set_index("Agent")
     assert set(frame.index) == set(on_realworld.agents)
     for name, agent in on_realworld.agents.items():
@@ -41,7 +27,7 @@ def test_overview_rows_count_each_agents_traces_through_the_model_id(on_realworl
 
 
 def test_monitoring_splits_the_unicode_agent_by_version(on_realworld):
-    app = _open("pages/monitoring.py")
+    app = open_page("pages/monitoring.py", timeout=120)
     assert not any("nothing to monitor" in i.value.lower() or "no agents" in i.value.lower() for i in app.info)
     app.selectbox(key="mon_agent").set_value(UNICODE_AGENT).run()
     app.selectbox(key="mon_split").set_value("Version").run()
@@ -58,7 +44,7 @@ def test_monitoring_splits_the_unicode_agent_by_version(on_realworld):
 
 
 def test_versions_page_shows_params_and_traffic_of_every_version(on_realworld):
-    app = _open("pages/versions.py")
+    app = open_page("pages/versions.py", timeout=120)
     app.selectbox(key="versions.agent").set_value(UNICODE_AGENT).run()
     assert not app.exception
     table = app.dataframe[0].value.set_index("Version")
@@ -71,7 +57,7 @@ def test_versions_page_shows_params_and_traffic_of_every_version(on_realworld):
 
 
 def test_versions_page_of_an_agent_with_hundreds_of_versions(on_realworld):
-    app = _open("pages/versions.py")
+    app = open_page("pages/versions.py", timeout=120)
     app.selectbox(key="versions.agent").set_value(BULK_AGENT).run()
     assert not app.exception
     bulk = on_realworld.agents[BULK_AGENT]
@@ -99,7 +85,7 @@ def test_versions_service_reads_params_of_all_two_hundred_versions(realworld, re
 def test_attach_and_detach_an_experiment_from_the_ui(on_realworld):
     client = MlflowClient(on_realworld.tracking_uri, on_realworld.tracking_uri)
     before = dict(client.get_registered_model(QUIET_AGENT).tags)
-    app = _open("pages/versions.py")
+    app = open_page("pages/versions.py", timeout=120)
     app.selectbox(key="versions.agent").set_value(QUIET_AGENT).run()
     # An experiment id that does not exist: a clear message, nothing stored.
     app.text_input(key="versions.attach_id").set_value("987654").run()

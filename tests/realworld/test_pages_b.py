@@ -6,28 +6,17 @@ MLflow records.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
+from tests.harness import app_page
 from tests.realworld.workspace import UNICODE_AGENT
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
 def open_page(on_realworld):
-    def open_(page: str) -> AppTest:
-        app = AppTest.from_file(APP, default_timeout=120)
-        app.run()
-        app.switch_page(page)
-        app.run()
-        assert not app.exception, app.exception
-        return app
-
-    return open_
+    return lambda page: app_page.open_page(page, timeout=120)
 
 
 def _table(app: AppTest, column: str):

@@ -5,23 +5,18 @@ and the form locked for a viewer."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from services import _clients, live_scoring, team_state
+from tests.harness.app_page import open_page
 from tests.services.live_scoring_world import AGENT, build_world
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def _open() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=90)
-    app.run()
-    app.switch_page("pages/monitoring.py")
-    app.run()
+    app = open_page("pages/monitoring.py", timeout=90)
     app.selectbox(key="mon_agent").set_value(AGENT).run()
     return app
 

@@ -238,6 +238,21 @@ def test_alerts_fire_per_agent_thresholds(known_store):
         alerts.save_thresholds(settings, "agent-a", alerts.AlertThresholds(error_rate=3))
 
 
+def test_an_alert_writes_its_value_and_threshold_apart_when_they_are_close():
+    close = alerts.AgentHealth("agent-a", requests=40, error_rate=0.10004, p95_latency_ms=1000.4, cost_last_24h=5.0041,
+                                feedback_score=0.5996, feedback_count=40)
+    limits = alerts.AlertThresholds(p95_latency_ms=1000, error_rate=0.1, daily_cost=5, min_feedback_score=0.6)
+    found = {a.check: a.message for a in alerts.check_alerts(close, limits)}
+    assert found["p95 latency"] == "p95 latency 1,000.4 ms is above 1,000.0 ms"
+    assert found["error rate"] == "error rate 10.004% is above 10.000%"
+    assert found["daily cost"] == "cost over the last 24 h $5.004 is above $5.000"
+    assert found["feedback score"] == "mean thumbs_up 0.5996 is below 0.6000 (40 assessments)"
+    # Values far apart keep the usual precision.
+    far = alerts.AgentHealth("agent-a", 40, 0.5, 3000.0, 9.0, 0.2, 40)
+    assert {a.message.split(" (")[0] for a in alerts.check_alerts(far, limits)} >= {
+        "error rate 50.0% is above 10.0%", "mean thumbs_up 0.20 is below 0.60"}
+
+
 def test_price_table_round_trip_and_validation(isolated_settings):
     assert pricing.load_prices(isolated_settings) == pricing.DEFAULT_PRICES
     saved = pricing.save_prices(isolated_settings, {"m": {"input_per_mtok": 1, "output_per_mtok": 2}})

@@ -34,9 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-from services import team_state
-from services.errors import ValidationError
+from services import registry, roles, team_state
+from services._clients import mlflow_client, translate_errors
+from services.errors import ConflictError, ValidationError
 from services.live_scoring_scorers import live_name, serialized_code_scorer, serialized_judge
 from services.settings import Backend, Settings
 
@@ -211,14 +211,10 @@ def configured(agent: str, settings: Settings) -> bool:
 def save_config(agent: str, config: LiveScoringConfig, *, identity: Any, settings: Settings,
                 expected_version: int | None = None, environ: Mapping[str, str] | None = None) -> LiveScoringConfig:
     """Validate, check the operator role, apply on Databricks, and store the configuration (audited)."""
-    from services import roles
-
     config = validate(agent, config, settings, environ)
     roles.enforce(identity, roles.Action.MANAGE_LIVE_SCORING, settings)
     current, version = load_config(agent, settings)
     if expected_version is not None and expected_version != version:
-        from services.errors import ConflictError
-
         raise ConflictError(f"The live scoring of {agent} changed meanwhile (version {version}, you edited "
                             f"{expected_version}). Nothing was saved; reload and redo your change.")
     _apply_on_platform(agent, config, current, settings, environ)
@@ -232,8 +228,6 @@ def save_config(agent: str, config: LiveScoringConfig, *, identity: Any, setting
 
 def delete_config(agent: str, *, identity: Any, settings: Settings) -> None:
     """Stop live scoring of an agent (operator role, audited); its past assessments stay."""
-    from services import roles
-
     team_state.validate_key_part(agent, "Agent")
     roles.enforce(identity, roles.Action.MANAGE_LIVE_SCORING, settings)
     current, version = load_config(agent, settings)
@@ -263,8 +257,6 @@ def _apply_on_platform(agent: str, config: LiveScoringConfig | None, previous: L
 
 def agent_experiments(agent: str, settings: Settings) -> list[str]:
     """The experiments an agent's traces land in (where its live scorers run)."""
-    from services import registry
-
     _, experiments = registry.agent_links(agent, settings)
     return experiments
 
@@ -306,8 +298,6 @@ def apply_registered(experiments: Sequence[str], config: LiveScoringConfig | Non
     assessments stay. Refusals become the app's typed errors naming the experiment. Returns what was done.
     """
     from mlflow.genai.scorers import ScorerSamplingConfig, delete_scorer
-
-    from services._clients import translate_errors
 
     done: list[str] = []
     wanted = live_scorers(config, environ, databricks=databricks) if config and config.scorers else []
@@ -451,7 +441,6 @@ def running_in_server(config: LiveScoringConfig, experiment_id: str, settings: S
 
 def run_pass(settings: Settings, *, batch_size: int = 50) -> WorkerStatus:
     """One pass of the live-scoring task: score up to ``batch_size`` new traces per experiment."""
-    from services._clients import mlflow_client
     from services._mlflow_internal import online_scoring
 
     started = time.monotonic()

@@ -109,6 +109,17 @@ def test_every_app_yaml_variable_is_declared_and_read_by_settings():
         assert name in read, f"app.yaml sets {name}, which nothing in services/settings.py reads"
 
 
+def test_the_readme_table_lists_every_declared_variable():
+    from services.settings import VARIABLES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(AGENTOPS_[A-Z_]+)` \|", readme, flags=re.M))
+    declared = {v.name for v in VARIABLES if v.name.startswith("AGENTOPS_")}  # the others are MLflow's, the SDK's
+    assert declared <= listed, f"README's variable table misses {sorted(declared - listed)}"
+    # The rest are read by the shell scripts only (scripts/run), not by the app.
+    assert listed - declared <= {"AGENTOPS_PORT", "AGENTOPS_WORKER"}, sorted(listed - declared)
+
+
 def test_every_required_databricks_setting_has_a_source():
     from services.settings import VARIABLES, Source
 

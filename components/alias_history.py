@@ -11,7 +11,7 @@ import streamlit as st
 from components.confirm import ConfirmKeys, confirm_box
 from components.context import role_hint
 from components.errors import show_error
-from components.tables import plain
+from components.tables import DASH, plain
 from components.versions import history_frame, states_frame
 from services import app_experiments, promotion, releases, roles
 from services.audit import Change
@@ -38,7 +38,7 @@ def show_alias_history(agent: str, states: list[releases.AliasState], history: l
     except (AgentOpsError, StopIteration):
         pass
     if states:
-        st.dataframe(states_frame(states), hide_index=True, width="stretch",
+        st.dataframe(states_frame(states), hide_index=True, width="stretch", placeholder=DASH,
                      column_config={"Last change": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
         for state in states:
             _drift_warning(agent, state, settings=settings, identity=identity, can_promote=can_promote, changed=changed)
@@ -125,7 +125,7 @@ def _rollback(agent: str, states: list[releases.AliasState], *, settings: Settin
 
 def _recorded(agent: str, history: list[Change], settings: Settings) -> None:
     st.subheader("Recorded changes")
-    st.dataframe(history_frame(history), hide_index=True, width="stretch",
+    st.dataframe(history_frame(history), hide_index=True, width="stretch", placeholder=DASH,
                  column_config={"When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
     st.subheader("Who held an alias at a given time?")
     q = st.columns(3)

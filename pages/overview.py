@@ -22,6 +22,7 @@ from components.empty import seed_hint
 from components.errors import read_or, show_error
 from components.rollouts import rollouts_frame
 from components.tables import (
+    DASH,
     agents_frame,
     endpoints_frame,
     evaluations_frame,
@@ -104,6 +105,7 @@ with left:
         st.plotly_chart(split_chart(data.gateway_endpoints), use_container_width=True,
                         config={"displayModeBar": False}, key="overview_gateway_chart")
         st.dataframe(endpoints_frame(data.gateway_endpoints), hide_index=True, use_container_width=True,
+                     placeholder=DASH,
                      column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
     elif data.gateway_problem:
         st.warning(f"MLflow AI Gateway endpoints could not be listed: {plain(data.gateway_problem)}",

@@ -93,7 +93,8 @@ def show_version_detail(detail: VersionDetail) -> None:
                    f"${detail.traffic.cost_per_request:.5f}" if detail.traffic.cost_per_request is not None else "—")
     # Registry fields are written by whoever can register a model: shown as text, never as markdown.
     st.markdown(
-        f"**Created** {detail.created:%Y-%m-%d %H:%M} UTC by {plain(detail.creator or 'unknown')} · "
+        f"**Created** {detail.created:%Y-%m-%d %H:%M} UTC"
+        f"{' by ' + plain(detail.creator) if detail.creator else ' (the registry recorded no creator)'} · "
         f"**status** {plain(detail.status)}  \n"
         f"**Source run** {code(detail.run_id or '—')} · **LoggedModel** {code(detail.model_id or '—')} · "
         f"**git commit** {code(detail.git_commit or '—')}"

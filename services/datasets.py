@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from services.filter_strings import escape
 from services._clients import classify_error, configure_mlflow, mlflow_client, translate_errors
 from services.errors import AgentOpsError, BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from services.settings import Backend, Settings
@@ -139,9 +140,8 @@ def _named(name: str) -> list[Any]:
     """The datasets called exactly ``name`` (MLflow does not keep names unique)."""
     from mlflow.genai.datasets import search_datasets
 
-    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
     with translate_errors(f"evaluation dataset {name!r}"):
-        return [d for d in search_datasets(filter_string=f"name = '{quoted}'", max_results=10) if d.name == name]
+        return [d for d in search_datasets(filter_string=f"name = '{escape(name)}'", max_results=10) if d.name == name]
 
 
 def _is_empty(dataset: Any, name: str) -> bool:

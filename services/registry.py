@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
 from services import audit, roles
+from services.filter_strings import escape
 from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
 from services.settings import Settings
@@ -337,8 +338,7 @@ def experiments_of_agent(tags: dict[str, str], versions: Sequence[Any], found: d
 
 def agent_versions(client: Any, name: str) -> list[Any]:
     """Every version of one registered model (paged)."""
-    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
-    return _all_pages(client.search_model_versions, filter_string=f"name='{escaped}'")
+    return _all_pages(client.search_model_versions, filter_string=f"name='{escape(name)}'")
 
 
 def agent_links(name: str, settings: Settings | None = None) -> tuple[list[VersionLink], list[str]]:

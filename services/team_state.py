@@ -35,6 +35,7 @@ from typing import Any, Callable
 from services._clients import artifact_location, mlflow_client, translate_errors
 from services.errors import ConflictError, ValidationError
 from services.settings import Backend, Settings
+from services.filter_strings import escape
 
 _logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def history(settings: Settings, key: str | None = None, limit: int = 50) -> list
         experiment = _experiment(client, settings, create=False)
         if experiment is None:
             return []
-        clause = f"tags.`{RECORD_KIND_TAG}` = '{_q(key)}'" if key else f"tags.`{RECORD_KIND_TAG}` != ''"
+        clause = f"tags.`{RECORD_KIND_TAG}` = '{escape(key)}'" if key else f"tags.`{RECORD_KIND_TAG}` != ''"
         runs = client.search_runs([experiment.experiment_id], clause, max_results=limit,
                                   order_by=["attributes.start_time DESC"])
     return [{"key": r.data.tags.get(RECORD_KIND_TAG), "version": int(r.data.tags.get("agentops.state.version", 0)),
@@ -266,10 +267,6 @@ def _record_change(client: Any, experiment_id: str, key: str, version: int, user
             "agentops.state.note": note[:500], "mlflow.user": user}
     run = client.create_run(experiment_id, tags=tags, run_name=f"{key} v{version}")
     client.update_run(run.info.run_id, status="FINISHED")
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _quietly(action: Callable[[], Any]) -> None:

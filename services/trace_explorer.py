@@ -30,6 +30,7 @@ from services.monitoring import (
 )
 from services.settings import Settings
 from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG
+from services.filter_strings import escape
 
 _logger = logging.getLogger(__name__)
 
@@ -63,15 +64,11 @@ class TracePage:
     next_token: str | None
 
 
-def _search_quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def search_filter(explorer: ExplorerQuery) -> str:
     """The explorer query as a ``search_traces`` filter string."""
     q = explorer.traces
     clauses = [f"trace.timestamp_ms >= {q.start_ms}", f"trace.timestamp_ms < {q.end_ms}"]
-    clauses += [f"tag.`{k}` = '{_search_quote(v)}'" for k, v in q.tag_equalities().items()]
+    clauses += [f"tag.`{k}` = '{escape(v)}'" for k, v in q.tag_equalities().items()]
     if q.status:
         clauses.append(f"trace.status = '{q.status.value}'")
     if explorer.min_latency_ms is not None:
@@ -180,7 +177,7 @@ def search_page(explorer: ExplorerQuery, *, page_size: int = 50, page_token: str
                                                       end_ms=q.end_ms))
             wanted = (wanted & active) or wanted
         if len(wanted) == 1:
-            filter_string += f" AND metadata.`{internal.MODEL_ID_KEY}` = '{_search_quote(next(iter(wanted)))}'"
+            filter_string += f" AND metadata.`{internal.MODEL_ID_KEY}` = '{escape(next(iter(wanted)))}'"
         post = links
     rows: list[dict[str, Any]] = []
     token = page_token
@@ -320,5 +317,3 @@ def trace_detail(trace_id: str, settings: Settings | None = None) -> TraceDetail
         assessments=pd.DataFrame(assessments, columns=list(ASSESSMENT_COLUMNS)),
         errors=tuple(f"{r['name']}: {r['error']}" for r in rows if r["error"]),
     )
-
-

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from services import _mlflow_internal as internal
 from services._clients import mlflow_client, translate_errors
 from services.settings import Settings
+from services.filter_strings import escape_double
 
 _logger = logging.getLogger(__name__)
 
@@ -122,16 +123,12 @@ def _search_clause(metric_filter: str) -> str:
 
 def tag_filter(key: str, value: str) -> str:
     """A metric filter on a trace tag."""
-    return f'trace.tag.`{key}` = "{_quote(value)}"'
+    return f'trace.tag.`{key}` = "{escape_double(value)}"'
 
 
 def model_filter(model_id: str) -> str:
     """A metric filter selecting traces linked to one LoggedModel."""
-    return f'trace.metadata.`mlflow.modelId` = "{_quote(model_id)}"'
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'trace.metadata.`mlflow.modelId` = "{escape_double(model_id)}"'
 
 
 def recent_tag_values(

@@ -23,6 +23,7 @@ from services import _mlflow_internal as internal
 from services._clients import mlflow_client, translate_errors
 from services.errors import AgentOpsError
 from services.settings import Settings
+from services.filter_strings import escape
 
 TRAFFIC_WINDOW = timedelta(days=7)
 MODEL_ID = "mlflow.modelId"
@@ -43,10 +44,6 @@ class VersionTraffic:
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.traces if self.traces else None
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 class EvaluationRuns:
@@ -211,4 +208,4 @@ def find_live_trace(experiment_ids: Sequence[str], clauses: list[str], settings:
 
 def model_clause(model_id: str) -> str:
     """The search clause of traces linked to a LoggedModel."""
-    return f"metadata.`{MODEL_ID}` = '{_q(model_id)}'"
+    return f"metadata.`{MODEL_ID}` = '{escape(model_id)}'"

@@ -19,9 +19,7 @@ from services._clients import get_settings, mlflow_client, translate_errors
 from services.errors import NotFoundError, ValidationError
 from services.evaluations import (
     AGENT_TAG,
-    DATASET_TAG,
     EVAL_RUN_FILTER,
-    VERSION_TAG,
     EvaluationSummary,
     summarise_runs,
 )

@@ -14,20 +14,17 @@ from services._mlflow_internal.aggregate_rows import (
 )
 from services._mlflow_internal.trace_links import MODEL_ID_KEY, TraceLink
 from services._mlflow_internal.trace_metrics import MetricPoint, query_trace_metrics
+from services.filter_strings import escape_double
 
 # --- fallback: one query_trace_metrics call per group and metric -------------------------------
 
 
-def _metric_quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 def _metric_model(model_id: str) -> str:
-    return f'trace.metadata.`{MODEL_ID_KEY}` = "{_metric_quote(model_id)}"'
+    return f'trace.metadata.`{MODEL_ID_KEY}` = "{escape_double(model_id)}"'
 
 
 def _metric_tag(key: str, value: str) -> str:
-    return f'trace.tag.`{key}` = "{_metric_quote(value)}"'
+    return f'trace.tag.`{key}` = "{escape_double(value)}"'
 
 
 def _fallback_units(base: list[str], group_links: dict[str, TraceLink], links: Sequence[TraceLink]
@@ -66,7 +63,7 @@ def _aggregate_metrics_api(client, experiment_ids, start_ms, end_ms, interval, g
 
     base = [_metric_tag(k, v) for k, v in tag_pairs]
     if status:
-        base.append(f'trace.status = "{_metric_quote(status)}"')
+        base.append(f'trace.status = "{escape_double(status)}"')
     # query_trace_metrics' window end is inclusive; ours is exclusive.
     window = {"start_time_ms": start_ms, "end_time_ms": end_ms - 1}
     units_by_label = _fallback_units(base, group_links, links)

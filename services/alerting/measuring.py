@@ -18,6 +18,7 @@ from services.alerting.rules import (
 from services.errors import NotFoundError, ValidationError
 from services.settings import Settings
 from services.traces import AGENT_TAG, ARM_TAG, ENDPOINT_TAG, VERSION_TAG
+from services.filter_strings import escape
 
 
 @dataclass(frozen=True)
@@ -67,22 +68,18 @@ def measure(rule: AlertRule, settings: Settings, now: datetime | None = None) ->
     return Measurement(value, requests)
 
 
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def _filter_sets(rule: AlertRule, query: monitoring.TraceQuery, settings: Settings) -> list[list[str]]:
     base = [f"trace.timestamp_ms >= {query.start_ms}", f"trace.timestamp_ms < {query.end_ms}"]
-    base += [f"tag.`{k}` = '{_q(v)}'" for k, v in ((ENDPOINT_TAG, rule.endpoint), (ARM_TAG, rule.arm)) if v]
+    base += [f"tag.`{k}` = '{escape(v)}'" for k, v in ((ENDPOINT_TAG, rule.endpoint), (ARM_TAG, rule.arm)) if v]
     if not rule.agent:
         return [base]
     links = monitoring.attribution(rule.agent, settings)
     model_ids = links.model_ids(agent=rule.agent, version=rule.version)
     if model_ids:
-        return [base + [f"metadata.`mlflow.modelId` = '{_q(m)}'"] for m in model_ids]
-    legacy = [f"tag.`{AGENT_TAG}` = '{_q(rule.agent)}'"]
+        return [base + [f"metadata.`mlflow.modelId` = '{escape(m)}'"] for m in model_ids]
+    legacy = [f"tag.`{AGENT_TAG}` = '{escape(rule.agent)}'"]
     if rule.version:
-        legacy.append(f"tag.`{VERSION_TAG}` = '{_q(rule.version)}'")
+        legacy.append(f"tag.`{VERSION_TAG}` = '{escape(rule.version)}'")
     return [base + legacy]
 
 

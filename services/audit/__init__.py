@@ -42,7 +42,6 @@ from services.audit.trail import (
     experiment_links,
     find_change,
     open_change,
-    quote,
     record_change,
     record_experiment_link,
     run_tag,
@@ -64,6 +63,6 @@ __all__ = [
     "EXPERIMENT_TAG", "FROM_TAG", "GATE_TAG", "GateOutcome", "INTERRUPTED", "KIND_TAG", "MODEL_TAG", "OUTCOME_TAG",
     "OVERRIDE_TAG", "Path", "REASON_TAG", "REQUESTED_TAG", "REQUEST_TAG", "STATE_TAG", "TO_TAG", "TRAFFIC_KIND",
     "TwoPhaseChange", "TwoPhaseResult", "USER_TAG", "abandon", "alias_changes", "audit_experiment_id", "change_lock",
-    "changes", "check_request_id", "complete_change", "experiment_links", "find_change", "open_change", "quote",
+    "changes", "check_request_id", "complete_change", "experiment_links", "find_change", "open_change",
     "record_change", "record_experiment_link", "run_tag", "run_two_phase", "settle", "settled_message", "traffic_changes",
 ]

@@ -38,6 +38,7 @@ from services._clients import (
 )
 from services.errors import ValidationError
 from services.settings import Settings
+from services.filter_strings import escape
 
 _PREFIX = "agentops.audit."
 KIND_TAG = _PREFIX + "kind"
@@ -272,7 +273,7 @@ def abandon(change: Change, why: str, *, settings: Settings | None = None) -> No
 def find_change(kind: ChangeKind | Iterable[ChangeKind], target: Mapping[str, str], request_id: str, *,
                 settings: Settings | None = None) -> Change | None:
     """The record (completed or interrupted) written for ``request_id`` on ``target``, if any."""
-    found = changes(kind, target, settings=settings, extra=[f"tags.`{REQUEST_TAG}` = '{quote(request_id)}'"])
+    found = changes(kind, target, settings=settings, extra=[f"tags.`{REQUEST_TAG}` = '{escape(request_id)}'"])
     return found[0] if found else None
 
 
@@ -288,7 +289,7 @@ def changes(kind: ChangeKind | Iterable[ChangeKind], target: Mapping[str, str] |
     # The kind tags those records may carry: older deploys were written as traffic changes.
     stored = list(dict.fromkeys(v for k in kinds for v in ((k.value, ChangeKind.TRAFFIC.value)
                                                           if k is ChangeKind.DEPLOY else (k.value,))))
-    clauses = [f"tags.`{_PREFIX + k}` = '{quote(v)}'" for k, v in (target or {}).items()] + (extra or [])
+    clauses = [f"tags.`{_PREFIX + k}` = '{escape(v)}'" for k, v in (target or {}).items()] + (extra or [])
     if len(stored) == 1:
         runs = _search(settings, [f"tags.`{KIND_TAG}` = '{stored[0]}'", *clauses], limit=limit)
     elif clauses:  # a target narrows it enough: one search, kinds filtered here
@@ -425,10 +426,6 @@ def audit_experiment_id(client: Any, settings: Settings | None, *, create: bool)
         return get_or_create_experiment(client, settings.audit_experiment, settings)
     experiment = get_experiment_by_name(client, settings.audit_experiment, settings)
     return experiment.experiment_id if experiment is not None else None
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 # --- experiments attached to an agent ----------------------------------------------------------

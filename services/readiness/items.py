@@ -26,6 +26,7 @@ from services.readiness_checks import (
     Verdict,
 )
 from services.settings import Backend
+from services.filter_strings import escape
 
 
 def count_traces(ctx: AgentContext, clauses: list[str]) -> int:
@@ -35,10 +36,6 @@ def count_traces(ctx: AgentContext, clauses: list[str]) -> int:
         page = ctx.client.search_traces(locations=list(ctx.experiment_ids), filter_string=" AND ".join(clauses),
                                         max_results=1, include_spans=False)
     return len(page)
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def traces_check(ctx: AgentContext, number: str, model_id: str | None) -> tuple[Item, Verdict, str, str]:
@@ -51,7 +48,7 @@ def traces_check(ctx: AgentContext, number: str, model_id: str | None) -> tuple[
     rows = 0
     try:
         for clauses in ([version_traffic.model_clause(model_id)] if model_id else [],
-                        [f"tag.`agentops.agent` = '{_q(ctx.agent)}'", f"tag.`agentops.version` = '{_q(number)}'"]):
+                        [f"tag.`agentops.agent` = '{escape(ctx.agent)}'", f"tag.`agentops.version` = '{escape(number)}'"]):
             live, seen = version_traffic.find_live_trace(ctx.experiment_ids, clauses, ctx.settings,
                                                         evaluations=ctx.evaluations)
             if live:
@@ -161,9 +158,9 @@ def served_check(ctx: AgentContext, number: str, model_id: str | None) -> tuple[
         for alias in STAGING_ALIASES:
             clauses = [f"tag.`{ALIAS_TRACE_TAG}` LIKE '%{alias}%'"]
             if model_id:
-                clauses.append(f"metadata.`mlflow.modelId` = '{_q(model_id)}'")
+                clauses.append(f"metadata.`mlflow.modelId` = '{escape(model_id)}'")
             else:
-                clauses += [f"tag.`agentops.agent` = '{_q(ctx.agent)}'", f"tag.`agentops.version` = '{_q(number)}'"]
+                clauses += [f"tag.`agentops.agent` = '{escape(ctx.agent)}'", f"tag.`agentops.version` = '{escape(number)}'"]
             if count_traces(ctx, clauses):
                 return (Item.SERVED, Verdict.PASS, f"served traffic as {alias} (traces tagged {ALIAS_TRACE_TAG})", "")
     except AgentOpsError as exc:

@@ -17,6 +17,7 @@ from services._clients import mlflow_client, translate_errors
 from services.errors import ConflictError
 from services.serving.entities import Endpoint, EndpointBackend, ServedVersion
 from services.settings import Settings
+from services.filter_strings import escape
 
 MAX_TRACES_PER_ARM = 20_000
 
@@ -98,15 +99,15 @@ class SplitBackend(ABC):
             clauses = [
                 f"trace.timestamp_ms >= {int(start.timestamp() * 1000)}",
                 f"trace.timestamp_ms < {int(end.timestamp() * 1000)}",
-                f"tag.`{traces.ENDPOINT_TAG}` = '{quote(endpoint.name)}'",
+                f"tag.`{traces.ENDPOINT_TAG}` = '{escape(endpoint.name)}'",
             ]
             model_id = _model_id(client, served) if sum(
                 (s.model_name, s.model_version) == (served.model_name, served.model_version) for s in endpoint.served
             ) == 1 else None
             if model_id:
-                clauses.append(f"metadata.`mlflow.modelId` = '{quote(model_id)}'")
+                clauses.append(f"metadata.`mlflow.modelId` = '{escape(model_id)}'")
             else:
-                clauses.append(f"tag.`{traces.ARM_TAG}` = '{quote(served.entity_name)}'")
+                clauses.append(f"tag.`{traces.ARM_TAG}` = '{escape(served.entity_name)}'")
             infos: list[Any] = []
             token = None
             with translate_errors(f"traces of {endpoint.name}"):
@@ -126,8 +127,3 @@ def _model_id(client: Any, served: ServedVersion) -> str | None:
         return registry.model_id_of(client.get_model_version(served.model_name, str(served.model_version)))
     except Exception:  # noqa: BLE001 - a version we cannot read: fall back to the arm tag
         return None
-
-
-def quote(value: str) -> str:
-    """A value for a single-quoted search filter."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")

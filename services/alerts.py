@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from services import _mlflow_internal as internal
 from services import roles, team_state
 from services._clients import mlflow_client, translate_errors
+from services.alerting.rules import apart
 from services.errors import ConflictError, ValidationError
 from services.monitoring import (
     MetricRunner,
@@ -254,16 +255,6 @@ def _feedback_score(client: Any, query: TraceQuery, feedback_name: str,
             total += n
             weighted += float(mean) * n
     return (weighted / total if total else None), total
-
-
-def apart(value: float, limit: float, *, digits: int) -> tuple[str, str]:
-    """``value`` and ``limit`` written with ``digits`` decimals, or with as many more (up to 6) as it takes to
-    tell them apart: an alert never reads "0.60 is below 0.60"."""
-    for places in range(digits, 7):
-        written = f"{value:,.{places}f}", f"{limit:,.{places}f}"
-        if written[0] != written[1]:
-            break
-    return written
 
 
 def check_alerts(health: AgentHealth, thresholds: AlertThresholds) -> list[Alert]:

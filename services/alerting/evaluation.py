@@ -110,11 +110,11 @@ def _evaluate(rule: AlertRule, incident: team_state.Record | None, settings: Set
     version = incident.version if incident else 0
     enough = m.value is not None and m.sample >= rule.min_sample
     desired = (State.FIRING.value if breached(rule, m.value) else State.OK.value) if enough else None
-    shown = f"{rule.measure.format(m.value)} over {m.sample} {'assessed traces' if rule.measure.needs_assessment else 'requests'}"
+    shown = f"{rule.measure.format(m.value, rule.threshold)} over {m.sample} {'assessed traces' if rule.measure.needs_assessment else 'requests'}"
     if not enough:
         message = f"{shown}: below the minimum sample of {rule.min_sample}, not judged"
     else:
-        message = f"{shown} ({'breach' if desired == 'firing' else 'within'}: {rule.condition})"
+        message = f"{shown} ({'breach' if desired == 'firing' else 'within'}: {rule.condition_against(m.value)})"
     if m.note:
         message += f"; {m.note}"
 
@@ -157,8 +157,8 @@ def _deliver_owed(rule: AlertRule, claim: dict[str, Any], version: int, m: Measu
                   settings: Settings, now: datetime, attempts: int, backoff_s: float) -> RuleOutcome:
     kind = claim["pending"]
     title = (f"[{'FIRING' if kind == Kind.FIRING else 'RESOLVED'}] {rule.name}: {rule.measure.label} "
-             f"{rule.measure.format(m.value)} ({rule.scope})")
-    body = (f"Rule {rule.name} — {rule.condition}.\nScope: {rule.scope}.\nNow: {message}.\n"
+             f"{rule.measure.format(m.value, rule.threshold)} ({rule.scope})")
+    body = (f"Rule {rule.name} — {rule.condition_against(m.value)}.\nScope: {rule.scope}.\nNow: {message}.\n"
             f"Incident {claim.get('incident', '')}, firing since {claim.get('since', '')}.")
     done = list(claim.get("done") or [])
     entries, sent, failed = [], [], []

@@ -51,14 +51,30 @@ class Measure(StrEnum):
     def needs_assessment(self) -> bool:
         return self in (Measure.SCORER_PASS_RATE, Measure.THUMBS_DOWN_RATE)
 
-    def format(self, value: float | None) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+    def format(self, value: float | None, against: float | None = None) -> str:
+        """``value`` as shown; next to ``against`` (a threshold, or the value it is checked against) with as
+        many more decimals as it takes for the two to read differently."""
+        if _missing(value):
             return "n/a"
-        if self is Measure.P95_LATENCY:
-            return f"{value:,.0f} ms"
-        if self is Measure.COST_PER_REQUEST:
-            return f"${value:,.4f}"
-        return f"{value:.1%}"
+        scale, digits, before, after = {Measure.P95_LATENCY: (1, 0, "", " ms"),
+                                        Measure.COST_PER_REQUEST: (1, 4, "$", "")}.get(self, (100, 1, "", "%"))
+        if _missing(against):
+            return f"{before}{value * scale:,.{digits}f}{after}"
+        return before + apart(value * scale, against * scale, digits=digits)[0] + after
+
+
+def apart(value: float, limit: float, *, digits: int) -> tuple[str, str]:
+    """``value`` and ``limit`` written with ``digits`` decimals, or with as many more (up to 6) as it takes to
+    tell them apart: an alert never reads "0.60 is below 0.60"."""
+    for places in range(digits, 7):
+        written = f"{value:,.{places}f}", f"{limit:,.{places}f}"
+        if written[0] != written[1]:
+            break
+    return written
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 _LABELS = {
@@ -153,9 +169,13 @@ class AlertRule:
 
     @property
     def condition(self) -> str:
+        return self.condition_against(None)
+
+    def condition_against(self, value: float | None) -> str:
+        """The condition, its threshold written apart from ``value`` (the measured figure shown beside it)."""
         what = self.measure.label + (f" of {self.assessment}" if self.measure.needs_assessment else "")
         side = "below" if self.measure.fires_below else "above"
-        return (f"{what} {side} {self.measure.format(self.threshold)} over {self.window_minutes} min "
+        return (f"{what} {side} {self.measure.format(self.threshold, value)} over {self.window_minutes} min "
                 f"(at least {self.min_sample} {'assessed traces' if self.measure.needs_assessment else 'requests'})")
 
     def to_record(self) -> dict[str, Any]:

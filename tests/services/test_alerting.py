@@ -396,3 +396,16 @@ def test_any_rule_input_is_either_a_valid_rule_or_a_validation_error(raw, measur
     else:
         assert alerting.validate_rule(rule.to_record()) == rule  # what is stored reads back the same
         assert alerting.MIN_SAMPLE[0] <= rule.min_sample and alerting.WINDOW_MINUTES[0] <= rule.window_minutes
+
+
+def test_a_measured_figure_and_its_threshold_never_read_the_same():
+    from services.alerting.rules import AlertRule, Measure
+
+    rule = AlertRule("close", Measure.ERROR_RATE, 0.6)
+    assert rule.condition.startswith("error rate above 60.0% over")  # alone: the usual precision
+    assert Measure.ERROR_RATE.format(0.6004, 0.6) == "60.04%"
+    assert rule.condition_against(0.6004).startswith("error rate above 60.00% over")
+    assert Measure.P95_LATENCY.format(2000.4, 2000) == "2,000.4 ms"
+    assert Measure.COST_PER_REQUEST.format(0.01234, 0.0123) == "$0.01234"
+    assert Measure.ERROR_RATE.format(0.9, 0.6) == "90.0%"  # far apart: unchanged
+    assert Measure.ERROR_RATE.format(None, 0.6) == "n/a"

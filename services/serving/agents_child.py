@@ -18,6 +18,7 @@ from services.errors import (
     AgentOpsError,
     BackendUnavailableError,
     ConflictError,
+    NotFoundError,
     PermissionDeniedError,
     ValidationError,
     error_class,
@@ -72,7 +73,8 @@ def _child_error(answer: dict[str, Any], operation: str) -> AgentOpsError:
     name, message, code = answer.get("error", ""), answer.get("message", ""), answer.get("error_code") or ""
     what = "databricks.agents.deploy" if operation == "deploy" else "the Databricks Review App"
     kind = error_class(code=code, names=(name,), status=answer.get("status"))
-    if kind is None and "currently updating" in message:
+    # An endpoint mid-update is a conflict to retry, whatever class the refusal came as (often a 400).
+    if "currently updating" in message and kind not in (PermissionDeniedError, NotFoundError):
         kind = ConflictError
     elif kind is None and name == "ValueError":
         kind = ValidationError

@@ -44,3 +44,17 @@ def test_error_class_reads_code_then_class_names_then_status(reading, expected):
 def test_classify_error_gives_mlflow_and_sdk_errors_the_same_types(exc, expected, text):
     error = classify_error(exc, "the store")
     assert type(error) is expected and text in str(error)
+
+
+def test_the_agents_child_reads_an_endpoint_mid_update_as_a_conflict_whatever_class_it_came_as():
+    from services.serving.agents_child import _child_error
+
+    updating = "Endpoint agents_x is currently updating; wait and retry."
+    for error, code, status in (("BadRequest", "BAD_REQUEST", 400), ("InvalidState", "INVALID_STATE", 400),
+                                ("DatabricksError", "", None)):
+        answer = {"error": error, "error_code": code, "status": status, "message": updating}
+        assert isinstance(_child_error(answer, "deploy"), ConflictError), error
+    refused = {"error": "PermissionDenied", "error_code": "PERMISSION_DENIED", "status": 403, "message": updating}
+    assert isinstance(_child_error(refused, "deploy"), PermissionDeniedError)
+    bad = {"error": "BadRequest", "error_code": "BAD_REQUEST", "status": 400, "message": "name is invalid"}
+    assert isinstance(_child_error(bad, "deploy"), ValidationError)

@@ -13,8 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from scipy import stats
-from statsmodels.stats.proportion import proportion_confint
 
 from services import registry
 from services._clients import mlflow_client, translate_errors
@@ -94,6 +92,8 @@ def outcomes_by(results: pd.DataFrame, by: str = "arm") -> dict[str, dict[str, l
 
 def wilson(passed: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a pass rate (statsmodels)."""
+    from statsmodels.stats.proportion import proportion_confint  # heavy: loaded on first use, not with the pages
+
     if total == 0:
         return math.nan, math.nan
     low, high = proportion_confint(passed, total, alpha=1 - confidence, method="wilson")
@@ -111,6 +111,8 @@ def quality_over_time(results: pd.DataFrame, *, by: str = "version", freq: str =
     """
     if results.empty:
         return pd.DataFrame(columns=QUALITY_COLUMNS)
+    from scipy import stats  # heavy: loaded on first use, not with the pages
+
     frame = results.assign(bucket=results["timestamp"].dt.floor(freq), group=results[by].fillna("(none)"))
     rows = []
     for (bucket, group, scorer), part in frame.groupby(["bucket", "group", "scorer"], sort=True):

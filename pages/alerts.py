@@ -95,24 +95,23 @@ with rules_tab:
         try:
             if current is None and values["name"] in names:
                 raise ValidationError(f"A rule named {values['name']!r} exists; pick it under Edit to change it.")
-            alerting.validate_rule(values)
+            rule = alerting.validate_rule(values)
         except AgentOpsError as exc:
             show_error(exc, what="The rule was not saved")
         else:
-            hold("alerts.rule", (values, current.name if current else None))
+            hold("alerts.rule", (values, rule, current.name if current else None))
     pending = held("alerts.rule")
-    if pending is not None and pending[1] == (current.name if current else None):
-        values, _ = pending
+    if pending is not None and pending[2] == (current.name if current else None):
+        values, rule, _ = pending
         before = current.to_record() if current is not None and current.name == values["name"] else None
-        after = alerting.validate_rule(values).to_record()
+        after = rule.to_record()
         answer = confirm_box(
             f"{'Change' if before else 'Add'} rule **{plain(values['name'])}**:\n\n{changes(before, after)}",
             keys=ConfirmKeys(confirm="rule_save", cancel="rule_save_cancel"), confirm_label="Save rule",
             icon=":material/save:", ask_reason=False, actor=identity.user, held_as="alerts.rule",
             missing=NOTHING_CHANGES if before == after else "")
         if answer.confirmed:
-            expected = snap.rule_versions.get(values["name"], 0) if current is None or current.name != values["name"] \
-                else snap.rule_versions.get(current.name, 0)
+            expected = snap.rule_versions.get(values["name"], 0)
             _apply(lambda: alerting.save_rule(settings, values, identity, expected_version=expected),
                    failed="The rule was not saved", done=lambda r: f"Saved rule {r.name}: {r.condition}.",
                    forget="alerts.rule")
@@ -219,17 +218,17 @@ with history_tab:
     st.subheader("Notifications sent")
     try:
         sent = alerting.delivery_history(settings)
-        changes = alerting.change_history(settings)
+        change_log = alerting.change_history(settings)
     except AgentOpsError as exc:
         show_error(exc, what="Cannot read the history")
-        sent, changes = [], []
+        sent, change_log = [], []
     if sent:
         st.dataframe(history_frame(sent), hide_index=True, width="stretch")
     else:
         st.caption("Nothing sent yet. Send a test alert from the Channels tab.")
     st.subheader("Changes to rules and channels")
-    if changes:
+    if change_log:
         st.dataframe([{"at": c["at"], "what": c["key"], "version": c["version"], "by": c["user"], "note": c["note"]}
-                      for c in changes], hide_index=True, width="stretch")
+                      for c in change_log], hide_index=True, width="stretch")
     else:
         st.caption("No changes recorded yet.")

@@ -89,8 +89,8 @@ def _shape(trace) -> dict:
     trace_id = info.trace_id
     metadata = dict(info.trace_metadata)
     sizes = json.loads(metadata.pop("mlflow.trace.sizeStats"))
-    # The serialized size holds clock readings and ids of varying digits: equal within a few bytes,
-    # compared within 1 % where two traces are compared, not to the byte.
+    # The serialized size holds clock readings and durations of varying digits: equal within a few
+    # bytes (2 seen), compared within 16 bytes where two traces are compared, not to the byte.
     size_bytes = metadata.pop("mlflow.trace.sizeBytes", None)
     return {
         "has_size_bytes": size_bytes is not None and int(size_bytes) > 0,
@@ -157,7 +157,7 @@ def test_batched_traces_equal_traces_exported_by_mlflow(store, fail):
     batched, exported = client.get_trace(batched_id), client.get_trace(exported_id)
     assert _shape(batched) == _shape(exported)
     sizes = [int(t.info.trace_metadata["mlflow.trace.sizeBytes"]) for t in (batched, exported)]
-    assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[1], sizes
+    assert abs(sizes[0] - sizes[1]) <= 16, sizes
     assert batched.info.trace_metadata["mlflow.modelId"] == model_id
     assert batched.info.trace_metadata["mlflow.trace.user"] == "u-1"
     assert batched.info.tags["agentops.arm"] == "support_2"

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 from mlflow import MlflowClient
 
-from services._mlflow_internal.trace_write import tracking_store
+from services._mlflow_internal.trace_write import failure_text, tracking_store
 
 _logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def write_traces(client: MlflowClient, traces: Sequence[Any], *, workers: int = 
         try:
             store.log_spans(experiment_id, spans)
         except Exception as exc:  # noqa: BLE001 - every trace of the request failed; the caller retries
-            error = f"{type(exc).__name__}: {_first_line(exc)}"
+            error = failure_text(exc)
             failures.update({trace_id: error for trace_id in ids})
     return failures
 
@@ -98,10 +98,5 @@ def _start(store: Any, captured: Any) -> str | None:
     try:
         store.start_trace(captured.trace.info)
     except Exception as exc:  # noqa: BLE001 - reported per trace
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return failure_text(exc)
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else ""

@@ -50,7 +50,7 @@ from mlflow.entities import Trace
 from mlflow.entities.model_registry import PromptVersion
 
 from services._mlflow_internal import rest_trace_batch
-from services._mlflow_internal.trace_write import supports_bulk_span_logging, tracking_store
+from services._mlflow_internal.trace_write import failure_text, supports_bulk_span_logging, tracking_store
 
 _logger = logging.getLogger(__name__)
 
@@ -286,14 +286,10 @@ def write_traces(client: MlflowClient, traces: Sequence[CapturedTrace]) -> dict[
             try:
                 _write(store, [captured])
             except Exception as exc:  # noqa: BLE001 - reported to the caller, per trace
-                failures[captured.trace_id] = f"{type(exc).__name__}: {_first_line(exc)}"
+                failures[captured.trace_id] = failure_text(exc)
     _after_write(client, [t for t in traces if t.trace_id not in failures])
     return failures
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else ""
 
 
 def _write(store: Any, traces: Sequence[CapturedTrace]) -> None:

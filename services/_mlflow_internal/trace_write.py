@@ -240,3 +240,8 @@ def _status(spec: SpanSpec) -> SpanStatus:
         return SpanStatus(SpanStatusCode.ERROR, spec.error)
     return SpanStatus(SpanStatusCode.OK)
 
+
+def failure_text(exc: BaseException) -> str:
+    """A write failure as reported per trace: the exception's class and the first line of its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

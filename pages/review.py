@@ -15,7 +15,7 @@ ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
-from components.errors import show_error
+from components.errors import read_or, show_error
 from components.review import (agreement_frame, labeling_session_block, name_trend_chart, names_frame,
                                progress_block, render_conversation, review_failed, review_form)
 from components.tables import plain, readable
@@ -362,11 +362,8 @@ with queues_tab:
 with curate_tab:
     queue = _queue_picker(st, queues, "curate_queue")
     if queue is not None:
-        try:
-            reviewed = [i.trace_id for i in _items(settings, user, queue) if i.reviewed_by]
-        except AgentOpsError as exc:
-            show_error(exc, what="Cannot read the queue")
-            reviewed = []
+        reviewed = [i.trace_id for i in read_or([], "Cannot read the queue", _items, settings, user, queue)
+                    if i.reviewed_by]
         if not reviewed:
             st.info("No item of this queue has been reviewed yet; review some first.", icon=":material/inbox:")
         else:
@@ -406,12 +403,9 @@ with charts_tab:
     agent_filter = None if chart_agent == "All agents" else chart_agent
     scope = (tuple(dict.fromkeys((*experiments_of.get(chart_agent, ()), *settings.experiment_ids)))
              if agent_filter else experiment_ids)
-    try:
-        frame = _feedback(settings, user, scope, int(start.timestamp() * 1000), int(end.timestamp() * 1000),
-                          agent_filter, who == "People")
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot read feedback")
-        frame = pd.DataFrame(columns=list(fb.FEEDBACK_COLUMNS))
+    frame = read_or(pd.DataFrame(columns=list(fb.FEEDBACK_COLUMNS)), "Cannot read feedback", _feedback, settings,
+                    user, scope, int(start.timestamp() * 1000), int(end.timestamp() * 1000), agent_filter,
+                    who == "People")
     if frame.empty:
         st.info("No feedback in this window yet. Review some traces, widen the window, or include all sources.",
                 icon=":material/inbox:")
@@ -447,11 +441,7 @@ with labels_tab:
         st.info("Register an agent first; its owner then defines the questions reviewers answer.", icon=":material/inbox:")
     else:
         label_agent = st.selectbox("Agent", agent_names, key="lq_agent")
-        try:
-            current_questions = _questions(settings, user, label_agent)
-        except AgentOpsError as exc:
-            show_error(exc, what="Cannot read the label questions")
-            current_questions = ()
+        current_questions = read_or((), "Cannot read the label questions", _questions, settings, user, label_agent)
         st.caption("Custom questions reviewers answer for this agent, as JSON: a list of "
                    '`{"name": "tone", "prompt": "Is the tone right?", "options": ["ok", "too formal", "rude"]}` '
                    "(leave out options for a free-text answer). Stored on the registered model.")

@@ -16,7 +16,7 @@ from components.charts import split_chart
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
 from components.endpoint_editor import endpoint_editor
-from components.errors import show_error
+from components.errors import read_or, show_error
 from components.rollouts import rollout_panel
 from components.confirm import ConfirmKeys, confirm_box
 from components.serving import (
@@ -73,11 +73,7 @@ def _clear() -> None:
 
 def _changes(endpoint_name: str, settings: Settings) -> list[audit.Change] | None:
     """The audit trail of one endpoint (both sections of the page); None when it cannot be read."""
-    try:
-        return audit.traffic_changes(endpoint_name, settings=settings)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot read the audit trail")
-        return None
+    return read_or(None, "Cannot read the audit trail", lambda: audit.traffic_changes(endpoint_name, settings=settings))
 
 
 def _interrupted(endpoint: serving.Endpoint, changes: list[audit.Change] | None, *, settings: Settings,
@@ -382,11 +378,7 @@ with judge_tab:
     hours = window_select(f"window::{name}", c1)
     effect = c2.slider("Smallest error-rate change you care about", 0.005, 0.10, 0.02, 0.005, format="%.3f",
                        key=f"effect::{name}")
-    try:
-        report = _report(settings, name, experiments, hours, effect)
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot judge the arms")
-        report = None
+    report = read_or(None, "Cannot judge the arms", _report, settings, name, experiments, hours, effect)
     if report is not None:
         if not any(a.requests for a in report.arms):
             st.info("No traffic in this window yet. Send test traffic or widen the window.", icon=":material/hourglass_empty:")

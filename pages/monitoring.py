@@ -17,7 +17,7 @@ from dataclasses import asdict
 from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import seed_hint
-from components.errors import show_error
+from components.errors import read_or, show_error
 from components.live_scoring import render_live_scoring
 from components.monitoring import breakdown_chart, price_rows, series_chart, trace_detail_block
 from components.tables import explorer_frame, plain, totals_frame
@@ -83,6 +83,8 @@ settings = current_settings()
 identity = current_identity(settings)
 can_edit = allowed(settings, identity, roles.Action.EDIT_RULES)
 st.title("Monitoring")
+if notice := st.session_state.pop("mon_notice", None):  # a saved change, said after the rerun that shows it
+    st.success(notice, icon=":material/check_circle:")
 
 try:
     agents = _agents(settings)
@@ -207,7 +209,7 @@ with st.expander("Alert thresholds", icon=":material/tune:"):
                 seen.pop("thr:" + target_key, None)
                 release("mon.thresholds")
                 _health.clear()
-                st.success(f"Saved thresholds for {target}.")
+                st.session_state["mon_notice"] = f"Saved thresholds for {plain(target)}."
                 st.rerun()
             except AgentOpsError as exc:
                 if isinstance(exc, ConflictError):  # the next save builds on the values now shown
@@ -297,11 +299,7 @@ with explorer_tab:
     if st.session_state.get("mon_sig") != signature:
         st.session_state.mon_sig, st.session_state.mon_tokens = signature, [None]
     tokens: list[str | None] = st.session_state.mon_tokens
-    try:
-        page = _page(settings, explorer, page_size, tokens[-1])
-    except AgentOpsError as exc:
-        show_error(exc, what="Cannot search traces")
-        page = None
+    page = read_or(None, "Cannot search traces", _page, settings, explorer, page_size, tokens[-1])
     if page is not None:
         if page.rows.empty:
             st.info("**No traces match these filters.** Widen the time window, clear a filter or the latency range.",
@@ -333,11 +331,7 @@ with explorer_tab:
             selected = event.selection.rows if event and event.selection else []
             trace_id = page.rows.iloc[selected[0]]["trace_id"] if selected else None
             if trace_id:
-                try:
-                    detail = _detail(settings, trace_id)
-                except AgentOpsError as exc:
-                    show_error(exc, what="Cannot open the trace")
-                    detail = None
+                detail = read_or(None, "Cannot open the trace", _detail, settings, trace_id)
                 if detail is not None:
                     trace_detail_block(detail, PLOT_CONFIG)
             else:
@@ -380,7 +374,7 @@ with prices_tab:
             seen.pop("prices", None)
             _data.clear()
             _health.clear()
-            st.success("Prices saved.")
+            st.session_state["mon_notice"] = "Prices saved."
             st.rerun()
         except AgentOpsError as exc:
             if isinstance(exc, ConflictError):

@@ -97,6 +97,7 @@ def test_thresholds_and_prices_are_saved_only_once_confirmed(isolated_settings, 
     next(b for b in app.button if b.label == "Save thresholds").click().run()
     assert not app.exception
     assert alerts.load_thresholds(isolated_settings)["*"].p95_latency_ms == 1234.0
+    assert any("Saved thresholds for" in m.value for m in app.success)  # said after the rerun, not lost to it
 
     # The price table unchanged: the confirmation says so and there is nothing to save.
     assert any("Nothing changes" in m.value for m in app.markdown)

@@ -39,7 +39,7 @@ from services.identity import Identity, IdentitySource
 from services.rollout_ports import ServicePorts
 from services.rollouts import Final, RolloutPlan
 from services.serving import Endpoint, EndpointState, ServedVersion, TrafficRoute
-from tests.hardening.mlflow_restart import kill_group, restartable_backend
+from tests.hardening.mlflow_restart import kill_at_call, kill_group, restartable_backend
 from tests.hardening.reliability import write_record
 from tests.hardening.rollout_child import BREACH, CLEAR, GivenEvidencePorts
 from tests.harness.webhook_receiver import running_webhook_receiver
@@ -137,20 +137,6 @@ def _alive(srv) -> None:
         srv.start()
 
 
-def _kill_when(srv, original, matches):
-    """``original`` wrapped: the server is SIGKILLed right after the first call that ``matches``."""
-    calls = {"faulted": 0}
-
-    def wrapped(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if calls["faulted"] == 0 and matches(*args, **kwargs):
-            calls["faulted"] += 1
-            srv.kill()
-        return result
-
-    return wrapped, calls
-
-
 LOCAL_POINTS = ["after the decision, before the traffic write", "after the traffic write, before its audit completion",
                 "after the audit completion, before the notification"]
 
@@ -172,16 +158,12 @@ def test_a_rollback_interrupted_by_the_mlflow_server_dying_completes_once_after_
     monkeypatch.setattr(serving.local, "save_local_endpoint", counted)
     with monkeypatch.context() as fault:
         if point == LOCAL_POINTS[0]:  # the pending action is recorded; the server dies as the split is planned
-            original = ServicePorts.set_shares
-            fault.setattr(ports, "set_shares", lambda *a, **k: (srv.kill(), original(ports, *a, **k)))
-            calls = {"faulted": 1}
+            calls = kill_at_call(fault, srv.kill, ports, "set_shares")
         elif point == LOCAL_POINTS[1]:
-            wrapped, calls = _kill_when(srv, counted, lambda endpoint, *a, **k: endpoint.percentage_for(challenger) == 0)
-            fault.setattr(serving.local, "save_local_endpoint", wrapped)
-        else:
-            original = alerting.notify_channels  # the traffic change is complete; the server dies before the notice
-            fault.setattr(alerting, "notify_channels", lambda *a, **k: (srv.kill(), original(*a, **k))[1])
-            calls = {"faulted": 1}
+            calls = kill_at_call(fault, srv.kill, serving.local, "save_local_endpoint", when="after",
+                                 matches=lambda endpoint, *a, **k: endpoint.percentage_for(challenger) == 0)
+        else:  # the traffic change is complete; the server dies before the notice
+            calls = kill_at_call(fault, srv.kill, alerting, "notify_channels")
         looked = rc.tick(settings, ports)
     assert looked == [(LOCAL_ENDPOINT, None)] and calls["faulted"] == 1 and not srv.alive()
 

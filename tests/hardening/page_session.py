@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Mapping
 
 import pytest
 
 from services.settings import Backend
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
-
+from tests.harness.app_page import run_page
 
 @contextmanager
 def app_page(settings, monkeypatch: pytest.MonkeyPatch, page: str | None, *, timeout: int = 90,
@@ -23,7 +20,6 @@ def app_page(settings, monkeypatch: pytest.MonkeyPatch, page: str | None, *, tim
     environment and MLflow configuration, whatever happened.
     """
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
     from services import _clients
 
@@ -36,11 +32,7 @@ def app_page(settings, monkeypatch: pytest.MonkeyPatch, page: str | None, *, tim
     _clients._cached_settings.cache_clear()
     st.cache_data.clear()
     try:
-        app = AppTest.from_file(str(APP), default_timeout=timeout)
-        app.run()
-        if page is not None:
-            app.switch_page(page).run()
-        yield app
+        yield run_page(page, timeout=timeout)
     finally:
         monkeypatch.undo()  # restores the session's AGENTOPS_DATA_DIR
         _clients._cached_settings.cache_clear()

@@ -161,18 +161,12 @@ def test_queue_form_and_label_questions(isolated_settings, use_store, as_reviewe
 def test_a_viewer_cannot_review(monkeypatch, tmp_path, use_store):
     import json as _json
 
-    from streamlit.testing.v1 import AppTest as _AppTest
-
     use_store(tmp_path / "store")
     roles_file = tmp_path / "roles.json"
     roles_file.write_text(_json.dumps({"users": {}, "default": "viewer"}))
     monkeypatch.setenv("AGENTOPS_ROLES_FILE", str(roles_file))
     monkeypatch.setattr("components.context.request_headers", lambda: {"X-Forwarded-Email": "viewer@example.com"})
-    app = _AppTest.from_file(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "app.py"), default_timeout=90)
-    app.run()
-    app.switch_page("pages/review.py")
-    app.run()
-    assert not app.exception
+    app = open_page("pages/review.py", timeout=90)
     assert any("not review" in w.value and "reviewer role" in w.value for w in app.warning)
 
 

@@ -13,6 +13,7 @@ from services import gates, releases
 from services.errors import NotFoundError
 from services.identity import Identity, IdentitySource
 from services.promotion import PromotionRequest, RollbackRequest
+from tests.hardening.mlflow_restart import refuse_connections
 from tests.harness.app_page import open_page
 from tests.services.test_releases import AGENT, GATE, build_agent
 
@@ -211,7 +212,7 @@ def test_an_interrupted_alias_change_is_settled_through_the_confirmation(isolate
     build_agent(isolated_settings)
     lead = Identity("lead", "lead", IdentitySource.OS_USER)
     with monkeypatch.context() as patch:  # the alias moves, then the trail cannot be completed
-        patch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("refused")))
+        refuse_connections(patch, (MlflowClient, "log_batch"))
         with pytest.raises(BackendUnavailableError):
             releases.promote(PromotionRequest(AGENT, "champion", "2", request_id="lost-1"), lead,
                              settings=isolated_settings)

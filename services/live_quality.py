@@ -16,7 +16,7 @@ import pandas as pd
 
 from services import registry
 from services._clients import mlflow_client, translate_errors
-from services.live_scoring_scorers import LIVE_PREFIX
+from services.live_scoring_scorers import LIVE_PREFIX, scorer_of
 from services.settings import Settings
 from services.traces import ARM_TAG
 
@@ -70,7 +70,7 @@ def live_results(agent: str, settings: Settings, *, start: datetime, end: dateti
                     passed, score = _score(a.feedback.value)
                     rows.append({"trace_id": info.trace_id, "timestamp": pd.Timestamp(info.timestamp_ms, unit="ms", tz="UTC"),
                                  "model_id": model_id, "version": version_of[model_id],
-                                 "arm": (info.tags or {}).get(ARM_TAG), "scorer": a.name.removeprefix(LIVE_PREFIX),
+                                 "arm": (info.tags or {}).get(ARM_TAG), "scorer": scorer_of(a.name),
                                  "value": a.feedback.value, "passed": passed, "score": score})
             seen += len(page)
             token = page.token

@@ -29,8 +29,8 @@ MODEL = "gw-server-agent"
 
 @pytest.fixture(scope="module")
 def server_store(postgres, tmp_path_factory):
-    """An ``mlflow server`` on PostgreSQL with one version of the demo support agent, registered
-    through MLflow's public API as another team would."""
+    """An ``mlflow server`` on PostgreSQL with one version of the demo support agent, logged and registered
+    through MLflow's public API; the app's experiment tag then says where the gateway writes its traces."""
     root = tmp_path_factory.mktemp("gateway-server")
     with running_mlflow_server(root, backend_store_uri=postgres.new_database("gateway"),
                                env={"MLFLOW_MODEL_CATALOG_URI": ""}) as settings:

@@ -8,12 +8,13 @@ from datetime import datetime, time, timezone
 
 import streamlit as st
 
+from components.app_homes import show_home
 from components.confirm import ConfirmKeys, confirm_box
 from components.context import role_hint
 from components.errors import show_error
 from components.tables import DASH, plain
 from components.versions import history_frame, states_frame
-from services import app_experiments, promotion, releases, roles
+from services import promotion, releases, roles
 from services.audit import Change
 from services.errors import AgentOpsError
 from services.identity import Identity
@@ -31,12 +32,7 @@ def _held(version: str | None) -> str:
 def show_alias_history(agent: str, states: list[releases.AliasState], history: list[Change], *, settings: Settings,
                        identity: Identity, can_promote: bool, changed: Changed) -> None:
     """Where the audit trail lives, each alias as held (with drift and interruptions), rollback and history."""
-    try:
-        audit_home = next(e for e in app_experiments.app_experiments(settings)
-                          if e.variable == "AGENTOPS_AUDIT_EXPERIMENT")
-        st.caption(f":material/folder: {plain(app_experiments.describe(audit_home))}")
-    except (AgentOpsError, StopIteration):
-        pass
+    show_home(settings, "AGENTOPS_AUDIT_EXPERIMENT")
     if states:
         st.dataframe(states_frame(states), hide_index=True, width="stretch", placeholder=DASH,
                      column_config={"Last change": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})

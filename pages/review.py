@@ -13,6 +13,7 @@ from components.navigation import ensure_app_navigation
 
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
+from components.app_homes import forget_homes, show_home
 from components.confirm import NOTHING_CHANGES, ConfirmKeys, changes, confirm_box, held, hold, release
 from components.context import allowed, current_identity, current_settings, page_link, role_hint
 from components.errors import read_or, show_error
@@ -20,7 +21,7 @@ from components.review import (agreement_frame, labeling_session_block, name_tre
                                progress_block, render_conversation, review_failed, review_form)
 from components.tables import plain, readable
 from services import feedback as fb
-from services import app_experiments, registry, roles
+from services import registry, roles
 from services import review_queue as rq
 from services.errors import AgentOpsError, BackendUnavailableError
 from services.overview import agent_experiment_ids
@@ -77,14 +78,10 @@ def _feedback(settings: Settings, user: str, experiment_ids: tuple[str, ...], st
     return fb.human_feedback(experiment_ids, start_ms, end_ms, agent=agent, settings=settings, human_only=human_only)
 
 
-@per_user_cache(ttl=30, show_spinner=False)
-def _app_experiments(settings: Settings) -> tuple:
-    return app_experiments.app_experiments(settings)
-
-
 def _after_mutation() -> None:
-    for cached in (_queues, _progress, _items, _previous, _feedback, _questions, _app_experiments):
+    for cached in (_queues, _progress, _items, _previous, _feedback, _questions):
         cached.clear()
+    forget_homes()
 
 
 settings = current_settings()
@@ -306,11 +303,7 @@ with queues_tab:
                    icon=":material/check_circle:")
 
     st.subheader("Queues")
-    try:
-        queue_home = next(e for e in _app_experiments(settings) if e.variable == "AGENTOPS_REVIEW_EXPERIMENT")
-        st.caption(f":material/folder: {plain(app_experiments.describe(queue_home))}")
-    except (AgentOpsError, StopIteration):
-        pass
+    show_home(settings, "AGENTOPS_REVIEW_EXPERIMENT")
     if not queues:
         st.caption("No queues yet.")
     rows = []

@@ -13,6 +13,7 @@ from components.navigation import ensure_app_navigation
 ensure_app_navigation()  # before anything renders: see components/navigation.py
 
 from components.alias_history import show_alias_history
+from components.app_homes import forget_homes
 from components.confirm import ConfirmKeys, confirm_box
 from components.context import allowed, current_identity, current_settings, role_hint
 from components.empty import agents_or_stop
@@ -101,6 +102,7 @@ def _readiness(settings: Settings, agent: str, version: str, against: str, load_
 def _clear_caches() -> None:
     for loader in (_agents, _versions, _detail, _diff, _states, _history, _rules, _readiness_cells, _readiness):
         loader.clear()
+    forget_homes()  # the first alias change creates the audit experiment
 
 
 def _changed(notice: str, *forget: str) -> None:

@@ -251,5 +251,4 @@ def warehouse_aggregates(client: Any, source: WarehouseSource, *, timeout_s: flo
             _int(row["traces_with_tokens"]), _float(row["cost"]) or 0.0,
         ))
     models.extend(internal.ModelRow(None, m, calls, cost) for m, (calls, cost) in overall.items())
-    return internal.TraceAggregates(tuple(internal.sort_rows(rows)), tuple(internal.sort_models(models)),
-                                    "warehouse", 1)
+    return internal.sorted_aggregates(rows, models, "warehouse", 1)

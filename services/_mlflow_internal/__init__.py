@@ -36,8 +36,7 @@ from services._mlflow_internal.aggregate_rows import (
     AggregateRow,
     ModelRow,
     TraceAggregates,
-    sort_models,
-    sort_rows,
+    sorted_aggregates,
 )
 from services._mlflow_internal.aggregates import aggregate_traces, supports_sql_aggregation
 from services._mlflow_internal.bulk_load import bulk_load_traces, supports_direct_load
@@ -56,7 +55,7 @@ from services._mlflow_internal.trace_write import (
 __all__ = [
     "MODEL_ID_KEY", "PERCENTILES", "SEARCH_TRACES_PAGE_LIMIT", "SOURCE_RUN_KEY", "AggregateRow", "MetricPoint",
     "ModelRow", "SpanSpec", "TraceAggregates", "TraceLink", "TraceSpec", "aggregate_traces", "analyze_sqlite",
-    "bulk_load_traces", "log_traces", "query_trace_metrics", "sort_models", "sort_rows", "stored_trace_ids",
+    "bulk_load_traces", "log_traces", "query_trace_metrics", "sorted_aggregates", "stored_trace_ids",
     "supports_bulk_span_logging", "supports_direct_load", "supports_sql_aggregation", "trace_info",
     "trace_model_ids", "trace_tag_values", "tracking_store",
 ]

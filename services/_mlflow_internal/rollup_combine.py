@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from services._mlflow_internal.aggregate_rows import AggregateRow, ModelRow, TraceAggregates, _window_rows, sort_models, sort_rows
+from services._mlflow_internal.aggregate_rows import AggregateRow, ModelRow, TraceAggregates, sorted_aggregates
 from services._mlflow_internal.rollup_sketch import decode_sketch_into, sketch_percentiles
 from services._mlflow_internal.rollup_tables import ROLLUP_TAG_KEYS, TAG_COLUMNS
 from services._mlflow_internal.trace_links import TraceLink, _label_map, _labels_of
@@ -54,7 +54,6 @@ def combine(trace_rows: Sequence[Any], model_rows: Sequence[Any], interval: int,
             decode_sketch_into(row["latency_sketch"], whole.setdefault(group, {}))
     rows = [AggregateRow(g, ms, c[0], c[1], *sketch_percentiles(sketches[(g, ms)]), c[2], c[3], c[4], c[5], c[6])
             for (g, ms), c in cells.items() if c[0]]
-    rows.extend(_window_rows(rows, lambda g: sketch_percentiles(whole.get(g, {}))))
     models: list[ModelRow] = []
     if with_models:
         per_group: dict[tuple[str | None, str], list] = {}
@@ -68,4 +67,5 @@ def combine(trace_rows: Sequence[Any], model_rows: Sequence[Any], interval: int,
                 entry[0] += int(row["llm_calls"])
                 entry[1] += float(row["recorded_cost"])
         models = [ModelRow(g, m, calls, cost) for (g, m), (calls, cost) in per_group.items()]
-    return TraceAggregates(tuple(sort_rows(rows)), tuple(sort_models(models)), "rollup", queries)
+    return sorted_aggregates(rows, models, "rollup", queries,
+                             window_percentiles=lambda g: sketch_percentiles(whole.get(g, {})))

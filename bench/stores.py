@@ -16,11 +16,8 @@ def analyze(store_uri: str) -> None:
         engine.dispose()
 
 
-# --- the plain approach: search without spans, summarize in pandas --------------------------------
-
-
-
 STORES = ("embedded", "server-sqlite", "server-postgres")
+
 
 class Served:
     """The store of ``--store`` and the app's settings on it; started servers stop at exit."""

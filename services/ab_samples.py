@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from services import live_quality, serving
+from services import live_quality, registry, serving
 from services._clients import get_settings
 from services.errors import NotFoundError, ValidationError
 from services.live_scoring_scorers import LIVE_PREFIX
@@ -84,36 +84,33 @@ def live_outcomes(traffic: Sequence[serving.ArmTraffic], start: datetime, end: d
                   settings: Settings | None = None) -> dict[str, tuple[LiveScorerSample, ...]]:
     """Each arm's live-scorer results, per scorer, on exactly the arm's traces in the window.
 
-    Read through ``live_quality.live_results`` (one search per agent) and grouped with
-    ``live_quality.outcomes_by``; only traces the arm's own search found count, so the live scorers
-    are judged on the same requests as the arm's other measures. Arms without a registered version
-    (AI Gateway provider models) have no agent and so no live scorers.
+    Read from the live assessments the arm's own search already returned (``live_quality.result_rows``,
+    traces linked to one of the agent's registered versions) and grouped with ``live_quality.outcomes_by``,
+    so the live scorers are judged on the same requests as the arm's other measures and no trace is read
+    twice. Arms without a registered version (AI Gateway provider models) have no agent and so no live
+    scorers. ``start`` and ``end`` are the window the arms were read over.
     """
     settings = settings or get_settings()
-    arm_of: dict[str, str] = {}
-    per_agent: dict[str, int] = {}
+    versions_of: dict[str, dict[str, str] | None] = {}  # agent -> LoggedModel id -> version (None: not found)
+    rows = []
     for arm in traffic:
-        if not arm.served.model_version:
+        agent = arm.served.model_name
+        if not arm.served.model_version or not arm.infos:
             continue
-        per_agent[arm.served.model_name] = per_agent.get(arm.served.model_name, 0) + len(arm.infos)
+        if agent not in versions_of:
+            try:
+                links, _ = registry.agent_links(agent, settings)
+                versions_of[agent] = {link.model_id: link.version for link in links if link.model_id}
+            except NotFoundError:
+                versions_of[agent] = None
+        if versions_of[agent] is None:
+            continue
         for info in arm.infos:
-            arm_of[info.trace_id] = arm.served.entity_name
-    frames = []
-    for agent, count in per_agent.items():
-        if not count:
-            continue
-        try:
-            # The agent's other traces in the window (evaluations, other endpoints) are read too: room for them.
-            frames.append(live_quality.live_results(agent, settings, start=start, end=end,
-                                                    max_traces=max(5000, 4 * count)))
-        except NotFoundError:
-            continue
-    frames = [f for f in frames if not f.empty]
-    if not frames:
+            rows.extend(dict(row, arm=arm.served.entity_name)
+                        for row in live_quality.result_rows(info, versions_of[agent]))
+    if not rows:
         return {}
-    results = pd.concat(frames, ignore_index=True)
-    results = results[results["trace_id"].isin(list(arm_of))]
-    results = results.assign(arm=results["trace_id"].map(arm_of))
+    results = pd.DataFrame(rows, columns=live_quality.RESULT_COLUMNS)
     scored = results.dropna(subset=["score"])
     pass_fail = {str(k): bool(v) for k, v in scored.groupby("scorer")["passed"].agg(lambda s: s.notna().all()).items()}
     return {arm: tuple(LiveScorerSample(scorer, pass_fail[scorer], tuple(values))

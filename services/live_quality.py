@@ -58,25 +58,32 @@ def live_results(agent: str, settings: Settings, *, start: datetime, end: dateti
             page = client.search_traces(locations=list(experiments), filter_string=clause, include_spans=False,
                                         max_results=min(500, max_traces - seen), page_token=token)
             for trace in page:
-                info = trace.info
-                model_id = (info.trace_metadata or {}).get("mlflow.modelId")
-                if model_id not in version_of:
-                    continue
-                for a in info.assessments or []:
-                    if not a.name.startswith(LIVE_PREFIX) or getattr(a, "feedback", None) is None or not a.valid:
-                        continue
-                    if a.feedback.error is not None:
-                        continue
-                    passed, score = _score(a.feedback.value)
-                    rows.append({"trace_id": info.trace_id, "timestamp": pd.Timestamp(info.timestamp_ms, unit="ms", tz="UTC"),
-                                 "model_id": model_id, "version": version_of[model_id],
-                                 "arm": (info.tags or {}).get(ARM_TAG), "scorer": scorer_of(a.name),
-                                 "value": a.feedback.value, "passed": passed, "score": score})
+                rows.extend(result_rows(trace.info, version_of))
             seen += len(page)
             token = page.token
             if not token:
                 break
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def result_rows(info: Any, version_of: dict[str, str]) -> list[dict[str, Any]]:
+    """The live assessments on one trace as ``RESULT_COLUMNS`` rows; none when the trace is not linked to one
+    of the versions in ``version_of`` (LoggedModel id -> version) or has no valid, error-free live result."""
+    model_id = (info.trace_metadata or {}).get("mlflow.modelId")
+    if model_id not in version_of:
+        return []
+    rows = []
+    for a in info.assessments or []:
+        if not a.name.startswith(LIVE_PREFIX) or getattr(a, "feedback", None) is None or not a.valid:
+            continue
+        if a.feedback.error is not None:
+            continue
+        passed, score = _score(a.feedback.value)
+        rows.append({"trace_id": info.trace_id, "timestamp": pd.Timestamp(info.timestamp_ms, unit="ms", tz="UTC"),
+                     "model_id": model_id, "version": version_of[model_id],
+                     "arm": (info.tags or {}).get(ARM_TAG), "scorer": scorer_of(a.name),
+                     "value": a.feedback.value, "passed": passed, "score": score})
+    return rows
 
 
 def outcomes_by(results: pd.DataFrame, by: str = "arm") -> dict[str, dict[str, list[float]]]:

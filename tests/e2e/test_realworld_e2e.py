@@ -51,8 +51,18 @@ def _table(page, column: str, *, keys: set[str] | None = None, timeout_s: float 
 
 
 def _pick(page, label: str, option: str) -> None:
-    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    """Choose ``option`` in the select box labelled exactly ``label`` and see that it holds it; a choice made
+    while the page was still rerunning can be lost (seen on a loaded machine), so it is made again, twice at most."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has=page.get_by_text(label, exact=True)).first
+    shown = ""
+    for _ in range(3):
+        box.click()
+        page.get_by_role("option", name=option, exact=True).click()
+        _settle(page, 300)
+        shown = box.evaluate("e => e.innerText + ' ' + Array.from(e.querySelectorAll('input')).map(i => i.value).join(' ')")
+        if option in shown:
+            return
+    raise AssertionError(f"the select box {label!r} shows {shown!r}, not {option!r}")
 
 
 def _settle(page, ms: int = 1500) -> None:
